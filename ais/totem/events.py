@@ -1,0 +1,148 @@
+"""Inputs and outputs of the Totem state machine (``srp.Srp``).
+
+The core never performs I/O.  Every entry point (``start``, ``receive``,
+``timer``, ``mcast``) returns a list of the action objects below, which the
+caller -- the gevent transport or the simulator -- carries out in order.
+
+Node identities are 32-bit unsigned integers: the node's IPv4 address in
+network order read as a big-endian integer (``int(ipaddress.IPv4Address(a))``),
+so ring order by id is ring order by address.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+
+class TimerKind(enum.Enum):
+    """The protocol's timers.  At most one of each kind is armed at a time."""
+
+    TOKEN_LOSS = "token_loss"  #: no token for ``token`` ms: the ring is gone
+    TOKEN_RETRANSMIT = "token_retransmit"  #: successor silent: send the token again
+    TOKEN_HOLD = "token_hold"  #: idle ring: the resting token moves on
+    JOIN = "join"  #: gather: resend our join message
+    CONSENSUS = "consensus"  #: gather: give up on processors that do not agree
+    MERGE_DETECT = "merge_detect"  #: representative's probe for other rings
+    WAKE = "wake"  #: we have messages and no token: ask the holder to release it
+
+
+@dataclass(frozen=True, order=True)
+class RingId:
+    """Identifies a configuration: its representative and a ring sequence number."""
+
+    seq: int
+    rep: int
+
+    def __str__(self) -> str:
+        return f"{fmt_node(self.rep)}/{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to one node (``dest``) or to every node (``dest is None``).
+
+    ``dest is None`` means multicast; a unicast transport sends it to every
+    configured member instead.
+    """
+
+    data: bytes
+    dest: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Deliver one application message, in agreed order."""
+
+    sender: int
+    payload: bytes
+    ring_id: RingId
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """A configuration change, delivered at the same point in the order everywhere.
+
+    A transitional configuration (``transitional=True``) lists the members of
+    the old configuration that move with this node into the new one; its
+    ``ring_id`` is the old ring's.  A regular configuration lists all members
+    of the new ring with who joined and who left relative to the previous
+    regular configuration this node installed.
+    """
+
+    transitional: bool
+    ring_id: RingId
+    members: tuple[int, ...]
+    left: tuple[int, ...] = ()
+    joined: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Arm (or re-arm) the timer ``kind`` to fire at absolute time ``at`` (seconds)."""
+
+    kind: TimerKind
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Disarm the timer ``kind``.  A timer firing after cancellation is ignored anyway."""
+
+    kind: TimerKind
+
+
+Action = Union[Send, Deliver, ConfChange, StartTimer, CancelTimer]
+
+
+@dataclass
+class TotemConfig:
+    """Protocol parameters.  Times in milliseconds, sizes in bytes."""
+
+    #: no token for this long: token loss, the ring is re-formed
+    token: float = 1000.0
+    #: resend the token when nothing is heard from the successor for this long
+    token_retransmit: float = 150.0
+    #: resend join messages this often while gathering
+    join: float = 100.0
+    #: give up on processors that have not agreed after this long in gather
+    consensus: float = 500.0
+    #: how often the representative probes for other rings
+    merge_detect: float = 1000.0
+    #: how long an idle ring's token rests at the representative per rotation
+    token_hold: float = 250.0
+    #: minimum gap between two wake-up requests from one node
+    wake_interval: float = 20.0
+    #: largest frame the ring sends (payload of one UDP datagram before crypto)
+    frame_size: int = 1400
+    #: frames one node may send per token visit
+    max_messages: int = 20
+    #: frames the whole ring may send per rotation
+    window_size: int = 60
+    #: frames one node may have queued before ``mcast`` refuses (flow control)
+    send_queue_limit: int = 4096
+    #: bytes of application payload one node may have queued before ``mcast`` refuses
+    send_queue_bytes: int = 64 * 1024 * 1024
+    #: largest application message accepted by ``mcast``
+    max_message_size: int = 16 * 1024 * 1024
+
+
+class SendQueueFull(Exception):
+    """``Srp.mcast`` refuses: the send queue is full.  Try again after the ring drains."""
+
+
+def fmt_node(node: int) -> str:
+    """Dotted-quad text of a node id."""
+    return f"{node >> 24 & 255}.{node >> 16 & 255}.{node >> 8 & 255}.{node & 255}"
+
+
+def node_of(addr: str) -> int:
+    """Node id of a dotted-quad IPv4 address."""
+    a, b, c, d = (int(x) for x in addr.split("."))
+    return a << 24 | b << 16 | c << 8 | d
+
+
+__all__ = [
+    "Action", "CancelTimer", "ConfChange", "Deliver", "RingId", "Send",
+    "SendQueueFull", "StartTimer", "TimerKind", "TotemConfig", "fmt_node", "node_of",
+]
