@@ -1,0 +1,1069 @@
+"""Configuration files: ``openais.conf`` and ``groups.conf`` -> frozen dataclasses.
+
+Both grammars live here (STYLE.md P9).  Parsing happens in two steps:
+
+1. A pyparsing grammar turns the text into blocks and ``key: value`` /
+   ``key=value`` entries, each remembering its line.  It knows nothing about
+   which keys exist, so that a typo is reported as "unknown key 'x'" on its own
+   line instead of as a confusing syntax error somewhere else.
+2. A checking pass walks the blocks against a table of known sections/keys,
+   converts values and applies cross-field rules.
+
+Every problem is a :class:`ConfigError` whose ``str()`` is one line,
+``path:line: message``, which ``aisexec`` prints before exiting non-zero.
+
+openais.conf (``section { key: value }``, ``#`` comments)::
+
+    network  { bindnetaddr mcastaddr mcastport transport member* }
+    logging  { logoutput* logfile debug timestamp }
+    totem    { token token_retransmit join consensus merge_detect token_hold
+               window_size max_messages frame_size (alias netmtu) }
+    aisexec  { socket authkey groups group statedir clustername }
+
+groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
+
+    file       := group*
+    group      := "group" "{" ( name | model | active-units | backup-units
+                                | unit | protection )* "}"
+    unit       := "unit" "{" ( name | component )* "}"
+    component  := "component" "{" ( name | model )* "}"
+    protection := "protection" "{" ( name | member* )* "}"
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+import pyparsing as pp
+
+from ais.totem.events import TotemConfig
+
+#: Where clients look for the executive when ``AIS_SOCKET`` is not set
+#: (DESIGN.md).  ``saf`` must use the same path.
+DEFAULT_SOCKET = "/var/run/ais/aisexec.sock"
+#: Where ``aisexec`` looks for its configuration without ``-c``.
+DEFAULT_CONFIG = "/etc/ais/openais.conf"
+DEFAULT_GROUP = "ais"
+DEFAULT_CLUSTERNAME = "mvlcge"
+
+
+class ConfigError(Exception):
+    """A configuration problem, printed as one line: ``path:line: msg``.
+
+    ``line`` (1-based) and ``col`` may be 0 when the problem belongs to the
+    whole file (a missing section); ``str()`` is then ``path: msg``.
+    """
+
+    def __init__(self, path: str, line: int | None, col: int | None, msg: str) -> None:
+        super().__init__(path, line, col, msg)
+        self.path = path
+        self.line = line or 0
+        self.col = col or 0
+        self.msg = msg
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}: {self.msg}"
+        return f"{self.path}: {self.msg}"
+
+
+# --------------------------------------------------------------------------
+# Grammar pieces shared by both files
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One ``key: value`` (or ``key=value``) line as parsed."""
+
+    key: str
+    value: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One ``name { ... }`` block as parsed; items are entries and nested blocks."""
+
+    name: str
+    items: tuple[Any, ...]
+    line: int
+    col: int
+
+
+def _entry_action(s: str, loc: int, toks: pp.ParseResults) -> _Entry:
+    return _Entry(toks[0], toks[1], pp.lineno(loc, s), pp.col(loc, s))
+
+
+def _block_action(s: str, loc: int, toks: pp.ParseResults) -> _Block:
+    return _Block(toks[0], tuple(toks[1]), pp.lineno(loc, s), pp.col(loc, s))
+
+
+_COMMENT = pp.python_style_comment
+_LBRACE = pp.Suppress("{")
+_RBRACE = pp.Suppress("}")
+#: Section, block and key names: ``network``, ``active-units``, ``token_hold``.
+_NAME = pp.Word(pp.alphas + "_", pp.alphanums + "_-").set_name("name")
+#: A value is the rest of the line up to a comment or brace.  It must start on
+#: the key's own line, so a missing value is reported there and does not
+#: swallow the next line.
+_VALUE = pp.Regex(r"[^\s#{}][^\n#{}]*").set_name("value")
+_VALUE.set_whitespace_chars(" \t", copy_defaults=False)
+_VALUE.add_parse_action(lambda toks: toks[0].rstrip())
+
+# openais.conf: flat sections of "key: value".  "-" stops backtracking once a
+# name has been read, so errors point at the real line, not at the section start.
+_OA_ENTRY = (_NAME - pp.Suppress(":") - _VALUE).set_parse_action(_entry_action)
+_OA_SECTION = (
+    _NAME - _LBRACE - pp.Group(pp.ZeroOrMore(_OA_ENTRY)) - _RBRACE
+).set_parse_action(_block_action)
+OPENAIS_GRAMMAR = pp.ZeroOrMore(_OA_SECTION).ignore(_COMMENT)
+
+# groups.conf: nested blocks of "key=value" (spec/amf.md 2.2); which block may
+# hold what is checked afterwards.
+_GC_ITEM = pp.Forward()
+_GC_BODY = _LBRACE - pp.Group(pp.ZeroOrMore(_GC_ITEM)) - _RBRACE
+_GC_ASSIGN = pp.Suppress("=") - _VALUE
+_GC_ITEM <<= (_NAME - (_GC_BODY | _GC_ASSIGN).set_name("'=' or '{'")).set_parse_action(
+    lambda s, loc, toks: (
+        _block_action(s, loc, toks) if isinstance(toks[1], pp.ParseResults)
+        else _entry_action(s, loc, toks)
+    )
+)
+GROUPS_GRAMMAR = pp.ZeroOrMore(_GC_ITEM).ignore(_COMMENT)
+
+
+def _brace_problem(text: str) -> tuple[int, str] | None:
+    """Find an unbalanced brace; pyparsing would report it far from its cause."""
+    opened: list[int] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for ch in line.split("#", 1)[0]:
+            if ch == "{":
+                opened.append(lineno)
+            elif ch == "}":
+                if not opened:
+                    return lineno, "syntax error: '}' without a matching '{'"
+                opened.pop()
+    if opened:
+        return opened[-1], f"syntax error: '{{' opened on line {opened[-1]} is never closed"
+    return None
+
+
+def _describe_found(text: str, loc: int) -> str:
+    if loc >= len(text):
+        return "end of file"
+    if text[loc] == "\n":
+        return "end of line"
+    word = re.match(r"\S{1,30}", text[loc:])
+    return repr(word.group(0)) if word else repr(text[loc])
+
+
+def _parse(grammar: pp.ParserElement, text: str, path: str) -> list[Any]:
+    """Run ``grammar`` over ``text``; syntax errors become ConfigError."""
+    try:
+        return list(grammar.parse_string(text, parse_all=True))
+    except pp.ParseBaseException as exc:
+        problem = _brace_problem(text)
+        if problem is not None:
+            raise ConfigError(path, problem[0], 1, problem[1]) from None
+        expected = exc.msg[:1].lower() + exc.msg[1:]
+        found = _describe_found(exc.pstr, exc.loc)
+        raise ConfigError(
+            path, exc.lineno, exc.col, f"syntax error: {expected}, found {found}"
+        ) from None
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(path, 0, 0, f"cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, 0, 0, f"cannot read {what}: not UTF-8 text ({exc.reason})") from None
+
+
+# --------------------------------------------------------------------------
+# Value converters: take the text, return the value or raise ValueError(msg)
+# --------------------------------------------------------------------------
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def _port(text: str) -> int:
+    n = _int(text)
+    if not 1 <= n <= 65535:
+        raise ValueError(f"{n} is not a port number (1..65535)")
+    return n
+
+
+def _int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"{text!r} is not a number")
+    return int(text)
+
+
+def _positive_int(text: str) -> int:
+    n = _int(text)
+    if n <= 0:
+        raise ValueError("must be greater than 0")
+    return n
+
+
+def _millis(text: str) -> float:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
+        raise ValueError(f"{text!r} is not a number of milliseconds")
+    ms = float(text)
+    if ms <= 0:
+        raise ValueError("must be greater than 0")
+    return ms
+
+
+def _on_off(text: str) -> bool:
+    word = text.lower()
+    if word in ("on", "yes"):
+        return True
+    if word in ("off", "no"):
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
+def _word(text: str) -> str:
+    if re.search(r"\s", text):
+        raise ValueError(f"{text!r} must be one word")
+    return text
+
+
+def _choice(*words: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in words:
+            raise ValueError(f"{text!r} is not one of {', '.join(words)}")
+        return text
+    return convert
+
+
+class _Key(NamedTuple):
+    """How one key is read: its converter and whether it may repeat."""
+
+    convert: Callable[[str], Any]
+    repeated: bool = False
+
+
+class _Values:
+    """Converted values of one block, with the line each came from."""
+
+    def __init__(self, path: str, block: _Block | None) -> None:
+        self.path = path
+        self.block = block
+        self.values: dict[str, list[tuple[Any, _Entry]]] = {}
+
+    def has(self, key: str) -> bool:
+        return key in self.values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values[key][0][0] if key in self.values else default
+
+    def all(self, key: str) -> list[Any]:
+        return [v for v, _ in self.values.get(key, [])]
+
+    def entry(self, key: str) -> _Entry:
+        return self.values[key][0][1]
+
+    def error(self, key: str | None, msg: str) -> ConfigError:
+        """An error on ``key``'s line, else on the block's line, else the file's."""
+        if key is not None and key in self.values:
+            e = self.entry(key)
+            return ConfigError(self.path, e.line, e.col, msg)
+        if self.block is not None:
+            return ConfigError(self.path, self.block.line, self.block.col, msg)
+        return ConfigError(self.path, 0, 0, msg)
+
+
+def _collect(path: str, block: _Block, entries: Iterable[_Entry],
+             schema: dict[str, _Key]) -> _Values:
+    """Check entries against ``schema`` and convert them, in file order."""
+    out = _Values(path, block)
+    for e in entries:
+        spec = schema.get(e.key)
+        if spec is None:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(path, e.line, e.col,
+                              f"unknown key {e.key!r} in {block.name!r} (known: {known})")
+        if e.key in out.values and not spec.repeated:
+            first = out.entry(e.key).line
+            raise ConfigError(path, e.line, e.col, f"{e.key!r} is already set on line {first}")
+        try:
+            value = spec.convert(e.value)
+        except ValueError as exc:
+            raise ConfigError(path, e.line, e.col, f"{e.key}: {exc}") from None
+        out.values.setdefault(e.key, []).append((value, e))
+    return out
+
+
+# --------------------------------------------------------------------------
+# openais.conf
+# --------------------------------------------------------------------------
+
+
+class Transport(enum.StrEnum):
+    """How ring packets reach the other nodes."""
+
+    UDP = "udp"  #: IP multicast to ``mcastaddr``
+    UDPU = "udpu"  #: unicast to every configured ``member``
+
+
+class LogOutput(enum.StrEnum):
+    """Log destinations (``logoutput``)."""
+
+    FILE = "file"
+    STDERR = "stderr"
+    SYSLOG = "syslog"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The ``network`` section."""
+
+    #: network address (host part zero, e.g. 192.168.1.0) or a full local address
+    bindnetaddr: str
+    #: UDP port of the ring
+    mcastport: int
+    #: multicast group of the ring; required for udp, unused (may be None) for udpu
+    mcastaddr: str | None = None
+    #: udp (multicast) or udpu (unicast to ``members``)
+    transport: Transport = Transport.UDP
+    #: udpu only: every node of the cluster; the local node may be listed too
+    members: tuple[str, ...] = ()
+    #: line of ``bindnetaddr``, so a failed interface lookup can name it
+    bindnetaddr_line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """The ``logging`` section; defaults as the QUICKSTART says when it is absent."""
+
+    #: destinations, in file order, without repeats (key ``logoutput``)
+    outputs: tuple[LogOutput, ...] = (LogOutput.SYSLOG, LogOutput.STDERR)
+    #: log file, absolute; required when ``outputs`` has ``file``
+    logfile: str | None = None
+    #: show debug lines
+    debug: bool = True
+    #: prefix each line with the date and time
+    timestamp: bool = True
+
+
+_TOTEM_DEFAULTS = TotemConfig()
+
+
+@dataclass(frozen=True)
+class TotemSettings:
+    """The ``totem`` section.  Times in milliseconds; defaults are TotemConfig's."""
+
+    #: no token for this long: the ring is declared lost and re-formed
+    token: float = _TOTEM_DEFAULTS.token
+    #: resend the token when the successor stays silent this long
+    token_retransmit: float = _TOTEM_DEFAULTS.token_retransmit
+    #: resend join messages this often while gathering
+    join: float = _TOTEM_DEFAULTS.join
+    #: give up on processors that have not agreed after this long
+    consensus: float = _TOTEM_DEFAULTS.consensus
+    #: how often the representative probes for other rings
+    merge_detect: float = _TOTEM_DEFAULTS.merge_detect
+    #: how long an idle ring's token rests at the representative
+    token_hold: float = _TOTEM_DEFAULTS.token_hold
+    #: frames the whole ring may send per rotation
+    window_size: int = _TOTEM_DEFAULTS.window_size
+    #: frames one node may send per token visit
+    max_messages: int = _TOTEM_DEFAULTS.max_messages
+    #: largest frame in bytes (key ``frame_size`` or its alias ``netmtu``)
+    frame_size: int = _TOTEM_DEFAULTS.frame_size
+
+    def to_totem_config(self) -> TotemConfig:
+        """The ring's parameters; settings not in this section keep their defaults."""
+        return TotemConfig(
+            token=self.token, token_retransmit=self.token_retransmit, join=self.join,
+            consensus=self.consensus, merge_detect=self.merge_detect,
+            token_hold=self.token_hold, window_size=self.window_size,
+            max_messages=self.max_messages, frame_size=self.frame_size,
+        )
+
+
+@dataclass(frozen=True)
+class AisexecConfig:
+    """The ``aisexec`` section.  Paths are absolute after loading."""
+
+    #: Unix socket where this node's clients connect
+    socket: str = DEFAULT_SOCKET
+    #: the 128-byte ring key; default ``<config dir>/authkey``
+    authkey: str = "/etc/ais/authkey"
+    #: the AMF model; default ``<config dir>/groups.conf``
+    groups: str = "/etc/ais/groups.conf"
+    #: Unix group whose members may connect (besides root and our own user)
+    group: str = DEFAULT_GROUP
+    #: directory for state kept across restarts (the highest ring sequence);
+    #: default: the config directory
+    statedir: str = "/etc/ais"
+    #: name of the cluster, reported to clients
+    clustername: str = DEFAULT_CLUSTERNAME
+
+
+@dataclass(frozen=True)
+class OpenaisConfig:
+    """A whole ``openais.conf``."""
+
+    #: the file it was read from ("<string>" when parsed from text)
+    path: str
+    #: the ``network`` section (required)
+    network: NetworkConfig
+    #: the ``logging`` section, or its defaults
+    logging: LoggingConfig = LoggingConfig()
+    #: the ``totem`` section, or its defaults
+    totem: TotemSettings = TotemSettings()
+    #: the ``aisexec`` section, or its defaults
+    aisexec: AisexecConfig = AisexecConfig()
+
+    def to_totem_config(self) -> TotemConfig:
+        """Shortcut for ``self.totem.to_totem_config()``."""
+        return self.totem.to_totem_config()
+
+    def bind_address(self, interfaces: Sequence[Interface] | None = None) -> str:
+        """The local address to bind (see :func:`resolve_bind_address`).
+
+        Args:
+            interfaces: local addresses; read from the kernel when None.
+        Raises:
+            ConfigError: naming ``bindnetaddr``'s line when nothing matches.
+        """
+        if interfaces is None:
+            interfaces = local_ipv4_addresses()
+        return resolve_bind_address(self.network.bindnetaddr, interfaces,
+                                    path=self.path, line=self.network.bindnetaddr_line)
+
+
+_NETWORK_KEYS = {
+    "bindnetaddr": _Key(_ipv4),
+    "mcastaddr": _Key(_ipv4),
+    "mcastport": _Key(_port),
+    "transport": _Key(_choice(*Transport)),
+    "member": _Key(_ipv4, repeated=True),
+}
+_LOGGING_KEYS = {
+    "logoutput": _Key(_choice(*LogOutput), repeated=True),
+    "logfile": _Key(str),
+    "debug": _Key(_on_off),
+    "timestamp": _Key(_on_off),
+}
+_TOTEM_KEYS = {
+    "token": _Key(_millis),
+    "token_retransmit": _Key(_millis),
+    "join": _Key(_millis),
+    "consensus": _Key(_millis),
+    "merge_detect": _Key(_millis),
+    "token_hold": _Key(_millis),
+    "window_size": _Key(_positive_int),
+    "max_messages": _Key(_positive_int),
+    "frame_size": _Key(_positive_int),
+    "netmtu": _Key(_positive_int),
+}
+_AISEXEC_KEYS = {
+    "socket": _Key(str),
+    "authkey": _Key(str),
+    "groups": _Key(str),
+    "group": _Key(_word),
+    "statedir": _Key(str),
+    "clustername": _Key(_word),
+}
+_SECTIONS = {
+    "network": _NETWORK_KEYS,
+    "logging": _LOGGING_KEYS,
+    "totem": _TOTEM_KEYS,
+    "aisexec": _AISEXEC_KEYS,
+}
+#: Smallest and largest ring frame: room for headers, and one UDP datagram
+#: (65507 bytes) with space left for the crypto envelope.
+FRAME_SIZE_RANGE = (576, 65000)
+
+
+def _network(v: _Values) -> NetworkConfig:
+    for key in ("bindnetaddr", "mcastport"):
+        if not v.has(key):
+            raise v.error(None, f"network: {key} is not set")
+    transport = Transport(v.get("transport", Transport.UDP))
+    members = v.all("member")
+    if transport is Transport.UDP:
+        if not v.has("mcastaddr"):
+            raise v.error(None, "network: mcastaddr is not set")
+        if not ipaddress.IPv4Address(v.get("mcastaddr")).is_multicast:
+            raise v.error("mcastaddr",
+                          f"mcastaddr: {v.get('mcastaddr')} is not a multicast address "
+                          "(224.0.0.0 - 239.255.255.255)")
+        if members:
+            raise v.error("member", "member: only allowed with transport: udpu")
+    else:
+        if not members:
+            raise v.error("transport", "transport udpu needs at least one member")
+        seen: dict[str, int] = {}
+        for addr, e in v.values["member"]:
+            if addr in seen:
+                raise ConfigError(v.path, e.line, e.col,
+                                  f"member: {addr} is already listed on line {seen[addr]}")
+            seen[addr] = e.line
+    return NetworkConfig(
+        bindnetaddr=v.get("bindnetaddr"), mcastport=v.get("mcastport"),
+        mcastaddr=v.get("mcastaddr"), transport=transport, members=tuple(members),
+        bindnetaddr_line=v.entry("bindnetaddr").line,
+    )
+
+
+def _logging(v: _Values, base: str) -> LoggingConfig:
+    defaults = LoggingConfig()
+    outputs = tuple(dict.fromkeys(LogOutput(o) for o in v.all("logoutput"))) or defaults.outputs
+    logfile = v.get("logfile")
+    if LogOutput.FILE in outputs and logfile is None:
+        first_file = next(e for o, e in v.values["logoutput"] if o == LogOutput.FILE)
+        raise ConfigError(v.path, first_file.line, first_file.col,
+                          "logoutput: file needs a logfile")
+    return LoggingConfig(
+        outputs=outputs,
+        logfile=os.path.join(base, logfile) if logfile is not None else None,
+        debug=v.get("debug", defaults.debug),
+        timestamp=v.get("timestamp", defaults.timestamp),
+    )
+
+
+def _totem(v: _Values) -> TotemSettings:
+    if v.has("netmtu") and v.has("frame_size"):
+        raise v.error("netmtu", "netmtu: is an alias of frame_size, which is already set")
+    frame_key = "netmtu" if v.has("netmtu") else "frame_size"
+    defaults = TotemSettings()
+    kw = {k: v.get(k, getattr(defaults, k)) for k in _TOTEM_KEYS if k != "netmtu"}
+    kw["frame_size"] = v.get(frame_key, defaults.frame_size)
+    t = TotemSettings(**kw)
+
+    def check(ok: bool, keys: tuple[str, ...], msg: str) -> None:
+        if not ok:
+            # Name the line of a key the user wrote; defaults agree with each other.
+            given = [k for k in keys if v.has(k)]
+            raise v.error(given[-1] if given else None, msg)
+
+    check(t.token > t.token_retransmit, ("token", "token_retransmit"),
+          f"token ({t.token:g}) must be greater than token_retransmit ({t.token_retransmit:g})")
+    check(t.consensus > t.join, ("join", "consensus"),
+          f"consensus ({t.consensus:g}) must be greater than join ({t.join:g})")
+    check(t.token_hold < t.token, ("token", "token_hold"),
+          f"token_hold ({t.token_hold:g}) must be less than token ({t.token:g}), "
+          "or a resting token looks lost")
+    check(t.max_messages <= t.window_size, ("window_size", "max_messages"),
+          f"max_messages ({t.max_messages}) must not exceed window_size ({t.window_size})")
+    lo, hi = FRAME_SIZE_RANGE
+    check(lo <= t.frame_size <= hi, (frame_key,),
+          f"{frame_key}: {t.frame_size} is outside {lo}..{hi}")
+    return t
+
+
+def _aisexec(v: _Values, base: str) -> AisexecConfig:
+    def path(key: str, default: str) -> str:
+        value = v.get(key)
+        if value is None:
+            return default
+        return os.path.normpath(os.path.join(base, value))
+
+    return AisexecConfig(
+        socket=path("socket", DEFAULT_SOCKET),
+        authkey=path("authkey", os.path.join(base, "authkey")),
+        groups=path("groups", os.path.join(base, "groups.conf")),
+        group=v.get("group", DEFAULT_GROUP),
+        statedir=path("statedir", base),
+        clustername=v.get("clustername", DEFAULT_CLUSTERNAME),
+    )
+
+
+def parse_openais_conf(text: str, path: str = "<string>",
+                       base_dir: str | None = None) -> OpenaisConfig:
+    """Parse the text of an ``openais.conf``.
+
+    Args:
+        text: the file's contents.
+        path: named in errors; its directory is the base for relative paths.
+        base_dir: overrides that base (default: ``path``'s directory, or the
+            current directory for ``"<string>"``).
+    Returns:
+        The configuration, with every path absolute.
+    Raises:
+        ConfigError: the first problem found, with its line.
+    """
+    if base_dir is None:
+        base_dir = os.getcwd() if path == "<string>" else os.path.dirname(os.path.abspath(path))
+    base_dir = os.path.abspath(base_dir)
+    sections: dict[str, _Values] = {}
+    for block in _parse(OPENAIS_GRAMMAR, text, path):
+        schema = _SECTIONS.get(block.name)
+        if schema is None:
+            raise ConfigError(path, block.line, block.col,
+                              f"unknown section {block.name!r} "
+                              f"(known: {', '.join(sorted(_SECTIONS))})")
+        if block.name in sections:
+            first = sections[block.name].block
+            raise ConfigError(path, block.line, block.col,
+                              f"section {block.name!r} already appears on line "
+                              f"{first.line if first else 0}")
+        sections[block.name] = _collect(path, block, block.items, schema)
+    if "network" not in sections:
+        raise ConfigError(path, 0, 0,
+                          "no 'network' section (bindnetaddr, mcastaddr and mcastport "
+                          "must be set)")
+
+    def values(name: str) -> _Values:
+        return sections.get(name) or _Values(path, None)
+
+    return OpenaisConfig(
+        path=path,
+        network=_network(sections["network"]),
+        logging=_logging(values("logging"), base_dir),
+        totem=_totem(values("totem")),
+        aisexec=_aisexec(values("aisexec"), base_dir),
+    )
+
+
+def load_openais_conf(path: str) -> OpenaisConfig:
+    """Read and parse ``openais.conf``; relative paths in it are taken from its directory.
+
+    Raises:
+        ConfigError: unreadable file, or the first problem in it.
+    """
+    return parse_openais_conf(_read(path, "configuration"), path)
+
+
+# --------------------------------------------------------------------------
+# bindnetaddr -> local address
+# --------------------------------------------------------------------------
+
+
+class Interface(NamedTuple):
+    """One IPv4 address of a local interface."""
+
+    name: str
+    address: str
+    prefixlen: int
+
+
+def resolve_bind_address(bindnetaddr: str, interfaces: Sequence[tuple[str, str, int]], *,
+                         path: str = "<config>", line: int = 0) -> str:
+    """Pick the local address to bind for ``bindnetaddr``.
+
+    In order:
+
+    1. ``bindnetaddr`` is an address of an interface: use it as is.
+    2. It lies in a loopback interface's network (127.0.0.N): use it as is,
+       because Linux answers for the whole loopback network.  This is how
+       several nodes share one host.
+    3. It names an interface's network, the reference's way: its host part
+       under that interface's mask is zero, or it ends in ``.0`` (written
+       classful-style, as in the QUICKSTART's 192.168.1.0 for a wider subnet).
+       Use that interface's address; the first such interface wins.
+
+    Raises:
+        ConfigError: at ``path:line`` when nothing matches.
+    """
+    want = ipaddress.IPv4Address(bindnetaddr)
+    nets = [(name, ipaddress.IPv4Interface(f"{addr}/{plen}")) for name, addr, plen in interfaces]
+    for _, iface in nets:
+        if iface.ip == want:
+            return str(want)
+    for _, iface in nets:
+        if iface.ip.is_loopback and want in iface.network and want != iface.network.network_address:
+            return str(want)
+    for _, iface in nets:
+        if want in iface.network and (
+            want == iface.network.network_address or int(want) & 0xFF == 0
+        ):
+            return str(iface.ip)
+    local = ", ".join(f"{n} {i.with_prefixlen}" for n, i in nets) or "none"
+    raise ConfigError(path, line, 0,
+                      f"bindnetaddr: {bindnetaddr} is neither a local address nor the "
+                      f"network of a local interface (local: {local})")
+
+
+_IP_ADDR_LINE = re.compile(r"^\d+:\s+(\S+)\s+inet\s+([0-9.]+)(?:/(\d+))?")
+
+
+def parse_ip_addr_output(text: str) -> list[Interface]:
+    """Parse ``ip -o -4 addr show`` output into interfaces."""
+    out = []
+    for line in text.splitlines():
+        m = _IP_ADDR_LINE.match(line)
+        if m:
+            name = m.group(1).split("@", 1)[0]
+            out.append(Interface(name, m.group(2), int(m.group(3) or 32)))
+    return out
+
+
+def local_ipv4_addresses() -> list[Interface]:
+    """The IPv4 addresses of this host (of this network namespace), in kernel order.
+
+    Uses ``ip -o -4 addr`` when present (it lists secondary addresses too),
+    else the SIOCGIFCONF ioctl.
+    """
+    ip = shutil.which("ip") or next(
+        (p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip") if os.path.exists(p)),
+        None)
+    if ip is not None:
+        try:
+            done = subprocess.run([ip, "-o", "-4", "addr", "show"], capture_output=True,
+                                  text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            done = None
+        if done is not None and done.returncode == 0:
+            return parse_ip_addr_output(done.stdout)
+    return _ioctl_ipv4_addresses()
+
+
+def _ioctl_ipv4_addresses() -> list[Interface]:
+    """Addresses from SIOCGIFCONF; masks from SIOCGIFNETMASK (Linux)."""
+    import array
+    import fcntl
+
+    siocgifconf, siocgifnetmask = 0x8912, 0x891B
+    # struct ifreq: 16-byte name + a union whose largest member is struct ifmap
+    # (two unsigned longs, a short and three chars), so its size follows the ABI.
+    ifreq_size = 16 + max(16, 2 * struct.calcsize("P") + 8)
+    out: list[Interface] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        count = 32
+        while True:
+            buf = array.array("B", bytes(count * ifreq_size))
+            ifconf = struct.pack("iP", len(buf), buf.buffer_info()[0])
+            length = struct.unpack("iP", fcntl.ioctl(s.fileno(), siocgifconf, ifconf))[0]
+            if length < len(buf):
+                break
+            count *= 2  # the kernel filled the buffer: there may be more
+        data = buf.tobytes()[:length]
+        for off in range(0, length, ifreq_size):
+            raw_name = data[off:off + 16].split(b"\0", 1)[0]
+            address = socket.inet_ntoa(data[off + 20:off + 24])
+            req = struct.pack(f"16s{ifreq_size - 16}x", raw_name)
+            mask = fcntl.ioctl(s.fileno(), siocgifnetmask, req)[20:24]
+            prefixlen = bin(int.from_bytes(mask, "big")).count("1")
+            out.append(Interface(raw_name.decode(errors="replace"), address, prefixlen))
+    return out
+
+
+# --------------------------------------------------------------------------
+# groups.conf: the AMF model
+# --------------------------------------------------------------------------
+
+
+class GroupModel(enum.IntEnum):
+    """Redundancy model of a service group (values as in the 2004 code)."""
+
+    TWO_N = 0
+    NPLUSM = 1
+    NWAY = 2
+    NWAYACTIVE = 3
+    NOREDUNDANCY = 4
+
+
+class ComponentModel(enum.IntEnum):
+    """SaAmfComponentCapabilityModelT, as answered by saAmfComponentCapabilityModelGet."""
+
+    X_ACTIVE_AND_Y_STANDBY = 1
+    X_ACTIVE_OR_Y_STANDBY = 2
+    ONE_ACTIVE_OR_Y_STANDBY = 3
+    ONE_ACTIVE_OR_ONE_STANDBY = 4
+    X_ACTIVE = 5
+    ONE_ACTIVE = 6
+    NO_ACTIVE = 7
+
+
+_GROUP_MODELS = {"2n": GroupModel.TWO_N, "nplusm": GroupModel.NPLUSM,
+                 "noredundancy": GroupModel.NOREDUNDANCY}
+_UNSUPPORTED_GROUP_MODELS = {"nway": "nway redundancy model not supported",
+                             "nwayactive": "nway active redundancy model not supported"}
+_COMPONENT_MODELS = {
+    "x_active_and_y_standby": ComponentModel.X_ACTIVE_AND_Y_STANDBY,
+    "x_active_or_y_standby": ComponentModel.X_ACTIVE_OR_Y_STANDBY,
+    "1_active_or_y_standby": ComponentModel.ONE_ACTIVE_OR_Y_STANDBY,
+    "1_active_or_1_standby": ComponentModel.ONE_ACTIVE_OR_ONE_STANDBY,
+    "x_active": ComponentModel.X_ACTIVE,
+    "1_active": ComponentModel.ONE_ACTIVE,
+    "no_active": ComponentModel.NO_ACTIVE,
+}
+#: SaNameT holds at most this many bytes.
+MAX_NAME = 256
+
+
+def _amf_name(text: str) -> str:
+    if len(text.encode()) > MAX_NAME:
+        raise ValueError(f"name is longer than {MAX_NAME} bytes")
+    return _word(text)
+
+
+def _group_model(text: str) -> GroupModel:
+    word = text.lower()
+    if word in _UNSUPPORTED_GROUP_MODELS:
+        raise ValueError(_UNSUPPORTED_GROUP_MODELS[word])
+    if word not in _GROUP_MODELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(_GROUP_MODELS)}")
+    return _GROUP_MODELS[word]
+
+
+def _component_model(text: str) -> ComponentModel:
+    word = text.lower()
+    if word not in _COMPONENT_MODELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(_COMPONENT_MODELS)}")
+    return _COMPONENT_MODELS[word]
+
+
+@dataclass(frozen=True)
+class AmfComponent:
+    """A component: a process that registers under ``name``."""
+
+    #: the name the process registers with (globally unique)
+    name: str
+    #: capability model, only reported to clients
+    model: ComponentModel
+    #: name of its protection group, i.e. the CSI it is assigned
+    protection: str
+    #: line of its ``component {`` in groups.conf
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ServiceUnit:
+    """A service unit: components put in service and made active/standby together."""
+
+    #: unit name (globally unique)
+    name: str
+    #: its components, in file order
+    components: tuple[AmfComponent, ...]
+    #: line of its ``unit {``
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ProtectionGroup:
+    """A protection group: the CSI named ``name`` and the components that carry it."""
+
+    #: CSI / protection group name (globally unique)
+    name: str
+    #: component names, one per unit, in file order
+    members: tuple[str, ...]
+    #: line of its ``protection {``
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ServiceGroup:
+    """A service group: units protecting the same work."""
+
+    #: group name (globally unique)
+    name: str
+    #: redundancy model (stored; every accepted model behaves alike)
+    model: GroupModel
+    #: N: how many units are made active
+    active_units: int
+    #: M: desired standby units (stored; every in-service unit beyond N is standby)
+    backup_units: int
+    #: units, in file order
+    units: tuple[ServiceUnit, ...]
+    #: protection groups, in file order
+    protections: tuple[ProtectionGroup, ...]
+    #: line of its ``group {``
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class AmfModel:
+    """The whole AMF model.  Everything is in file order (the 2004 code iterated in
+    reverse; any fixed order gives the same result on every node)."""
+
+    #: service groups, in file order
+    groups: tuple[ServiceGroup, ...]
+    #: the file it came from
+    path: str = field(default="<string>", compare=False)
+
+    def components(self) -> Iterable[tuple[ServiceGroup, ServiceUnit, AmfComponent]]:
+        """Every component with its group and unit, in file order."""
+        for g in self.groups:
+            for u in g.units:
+                for c in u.components:
+                    yield g, u, c
+
+    def find_component(self, name: str) -> tuple[ServiceGroup, ServiceUnit, AmfComponent] | None:
+        """The component named ``name`` with its group and unit, or None."""
+        return next((t for t in self.components() if t[2].name == name), None)
+
+    def find_protection(self, name: str) -> tuple[ServiceGroup, ProtectionGroup] | None:
+        """The protection group (CSI) named ``name`` with its group, or None."""
+        for g in self.groups:
+            for p in g.protections:
+                if p.name == name:
+                    return g, p
+        return None
+
+
+_GROUP_KEYS = {"name": _Key(_amf_name), "model": _Key(_group_model),
+               "active-units": _Key(_int), "backup-units": _Key(_int)}
+_UNIT_KEYS = {"name": _Key(_amf_name)}
+_COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model)}
+_PROTECTION_KEYS = {"name": _Key(_amf_name), "member": _Key(_amf_name, repeated=True)}
+#: Which blocks each block may hold; None is the top of the file.
+_CHILD_BLOCKS: dict[str | None, tuple[str, ...]] = {
+    None: ("group",), "group": ("unit", "protection"), "unit": ("component",),
+    "component": (), "protection": (),
+}
+
+
+class _ModelBuilder:
+    """The checking pass over parsed groups.conf blocks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # Names are looked up globally (spec/amf.md 2.2), so duplicates are errors.
+        self.names: dict[str, dict[str, int]] = {
+            "group": {}, "unit": {}, "component": {}, "protection": {}}
+
+    def split(self, parent: str | None, items: Iterable[Any],
+              where: str) -> tuple[list[_Entry], list[_Block]]:
+        entries, blocks = [], []
+        allowed = _CHILD_BLOCKS[parent]
+        for item in items:
+            if isinstance(item, _Entry):
+                if parent is None:
+                    raise ConfigError(self.path, item.line, item.col,
+                                      f"{item.key!r} outside any group")
+                entries.append(item)
+            elif item.name in allowed:
+                blocks.append(item)
+            else:
+                expect = " or ".join(repr(a) for a in allowed) or "no blocks"
+                raise ConfigError(self.path, item.line, item.col,
+                                  f"unknown block {item.name!r} in {where} (expected {expect})")
+        return entries, blocks
+
+    def named(self, kind: str, block: _Block, v: _Values) -> str:
+        if not v.has("name"):
+            raise v.error(None, f"{kind} without a name")
+        name = v.get("name")
+        seen = self.names[kind]
+        if name in seen:
+            raise v.error("name", f"{kind} {name!r} is already defined on line {seen[name]}")
+        seen[name] = v.entry("name").line
+        return name
+
+    def build(self, blocks: list[Any]) -> AmfModel:
+        _, groups = self.split(None, blocks, "the file")
+        built = tuple(self.group(b) for b in groups)
+        return AmfModel(built, self.path)
+
+    def group(self, block: _Block) -> ServiceGroup:
+        entries, children = self.split("group", block.items, "group")
+        v = _collect(self.path, block, entries, _GROUP_KEYS)
+        name = self.named("group", block, v)
+        units: list[tuple[ServiceUnit, list[tuple[str, _Block]]]] = []
+        # component name -> (protection name, member entry); filled in file order,
+        # so a member can only name a component of a unit declared before it.
+        declared: dict[str, tuple[_Block, str | None]] = {}
+        assigned: dict[str, str] = {}
+        protections = []
+        for child in children:
+            if child.name == "unit":
+                unit, comps = self.unit(child)
+                units.append((unit, comps))
+                for cname, cblock in comps:
+                    declared[cname] = (cblock, None)
+            else:
+                pv, pname = self.protection(child)
+                members = []
+                for member, e in pv.values.get("member", []):
+                    if member not in declared:
+                        raise ConfigError(self.path, e.line, e.col,
+                                          f"member: {member!r} is not a component of a unit "
+                                          f"declared before it in group {name!r}")
+                    if member in assigned:
+                        raise ConfigError(self.path, e.line, e.col,
+                                          f"member: {member!r} is already in protection "
+                                          f"group {assigned[member]!r}")
+                    assigned[member] = pname
+                    members.append(member)
+                protections.append(ProtectionGroup(pname, tuple(members), child.line))
+        final_units = []
+        for unit, comps in units:
+            final = []
+            for comp, (cname, cblock) in zip(unit.components, comps):
+                if cname not in assigned:
+                    raise ConfigError(self.path, cblock.line, cblock.col,
+                                      f"component {cname!r} is in no protection group")
+                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line))
+            final_units.append(ServiceUnit(unit.name, tuple(final), unit.line))
+        return ServiceGroup(
+            name=name, model=v.get("model", GroupModel.TWO_N),
+            active_units=v.get("active-units", 0), backup_units=v.get("backup-units", 0),
+            units=tuple(final_units), protections=tuple(protections), line=block.line,
+        )
+
+    def unit(self, block: _Block) -> tuple[ServiceUnit, list[tuple[str, _Block]]]:
+        entries, children = self.split("unit", block.items, "unit")
+        v = _collect(self.path, block, entries, _UNIT_KEYS)
+        name = self.named("unit", block, v)
+        comps = [self.component(c) for c in children]
+        if not comps:
+            raise v.error(None, f"unit {name!r} has no components")
+        return (ServiceUnit(name, tuple(c for c, _ in comps), block.line),
+                [(c.name, b) for c, b in comps])
+
+    def component(self, block: _Block) -> tuple[AmfComponent, _Block]:
+        entries, _ = self.split("component", block.items, "component")
+        v = _collect(self.path, block, entries, _COMPONENT_KEYS)
+        name = self.named("component", block, v)
+        if not v.has("model"):
+            raise v.error(None, f"component {name!r} has no model")
+        return AmfComponent(name, v.get("model"), "", block.line), block
+
+    def protection(self, block: _Block) -> tuple[_Values, str]:
+        entries, _ = self.split("protection", block.items, "protection")
+        v = _collect(self.path, block, entries, _PROTECTION_KEYS)
+        return v, self.named("protection", block, v)
+
+
+def parse_groups_conf(text: str, path: str = "<string>") -> AmfModel:
+    """Parse the text of a ``groups.conf``.
+
+    Raises:
+        ConfigError: the first problem found, with its line.
+    """
+    return _ModelBuilder(path).build(_parse(GROUPS_GRAMMAR, text, path))
+
+
+def load_groups_conf(path: str) -> AmfModel:
+    """Read and parse ``groups.conf`` (the AMF model).
+
+    Raises:
+        ConfigError: unreadable file, or the first problem in it.
+    """
+    return parse_groups_conf(_read(path, "AMF model"), path)
+
+
+__all__ = [
+    "AisexecConfig", "AmfComponent", "AmfModel", "ComponentModel", "ConfigError",
+    "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET",
+    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "Interface", "LogOutput",
+    "LoggingConfig", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig", "ProtectionGroup",
+    "ServiceGroup", "ServiceUnit", "TotemSettings", "Transport", "load_groups_conf",
+    "load_openais_conf", "local_ipv4_addresses", "parse_groups_conf", "parse_ip_addr_output",
+    "parse_openais_conf", "resolve_bind_address",
+]
