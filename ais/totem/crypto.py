@@ -63,15 +63,8 @@ from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
-try:
-    # wire.py (the lead's) owns BadPacket once it exists; share its class.
-    from ais.totem.wire import BadPacket
-except ModuleNotFoundError as _e:  # pragma: no cover - depends on the tree
-    if _e.name != "ais.totem.wire":
-        raise
-
-    class BadPacket(Exception):  # type: ignore[no-redef]
-        """A datagram from the network that cannot be used.  Costs that packet only."""
+# BadPacket is declared once, with the wire formats; crypto failures are one kind of it.
+from ais.totem.wire import BadPacket
 
 
 class InvalidDigest(BadPacket):
