@@ -547,7 +547,7 @@ def _logging(v: _Values, base: str) -> LoggingConfig:
 
 def _totem(v: _Values) -> TotemSettings:
     if v.has("netmtu") and v.has("frame_size"):
-        raise v.error("netmtu", "netmtu: is an alias of frame_size, which is already set")
+        raise v.error("netmtu", "netmtu is an alias of frame_size, which is already set")
     frame_key = "netmtu" if v.has("netmtu") else "frame_size"
     defaults = TotemSettings()
     kw = {k: v.get(k, getattr(defaults, k)) for k in _TOTEM_KEYS if k != "netmtu"}
