@@ -1,0 +1,740 @@
+"""The Totem single-ring ordering and membership protocol, as a state machine.
+
+Theory of operation
+===================
+
+``Srp`` is sans-IO (spec/totem.md, DESIGN.md "The Totem core is a state
+machine"): ``start``, ``receive``, ``timer`` and ``mcast`` take the current
+time and return actions (``events.py``) for the caller to perform.  It reads
+no clock, opens no socket and keeps no thread.
+
+States (``RingState``)::
+
+    GATHER --consensus, rep sends commit token--> COMMIT
+    COMMIT --commit token's 2nd rotation--> RECOVERY
+    RECOVERY --a clean token rotation--> OPERATIONAL
+    any --token loss / foreign ring / join--> GATHER
+
+Ordering (OPERATIONAL).  The token carries ``seq`` (highest seq assigned),
+``aru`` (all received up to, lowered by whoever lacks messages and raised only
+by its owner), ``fcc``/``backlog`` (flow control) and ``rtr`` (seqs someone
+is missing).  The holder retransmits what it can from ``rtr``, sends new
+frames (at most ``max_messages`` per visit, ``window_size`` per rotation),
+adds its own holes to ``rtr``, updates ``aru``, frees frames that the token's
+aru covered on two consecutive visits, and passes the token on.  Frames are
+delivered in seq order as soon as they are contiguous (agreed order).
+
+Idle ring.  When a whole rotation sent nothing, the representative marks the
+token IDLE; if it comes back still IDLE it rests there for ``token_hold`` ms.
+A node with a new message multicasts WAKE and the representative releases the
+token at once, so the first message after a quiet spell is not held up.
+
+Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
+of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
+token for a new ring id (highest ring seq seen + 4).  Its first rotation
+collects each member's old ring id, aru and highest seq; its second moves
+every member to RECOVERY.  Processors that do not agree within ``consensus``
+are put in the fail set.
+
+Recovery (extended virtual synchrony).  Members that came from the same old
+ring re-send, encapsulated in the new ring, the old frames above the lowest
+aru among them (the holder of the highest aru covers the range up to it), so
+that afterwards each holds the union of what any of them held.  No new
+application frame is sent during recovery.  The representative marks the
+token COMPLETE after a rotation in which nobody sent anything, nobody still
+had frames to re-send and everyone had everything; each member then delivers
+the old ring's remaining frames in order up to the first hole, the
+transitional configuration, the frames after the hole, and the new regular
+configuration.  The old ring's store is frozen from the start of recovery so
+that every member's union is the same.
+
+A ring of one passes no token: its frames are delivered at once.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from typing import Callable
+
+from . import wire
+from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
+                     StartTimer, TimerKind, TotemConfig, fmt_node)
+from .queues import Frame, Reassembler, RxStore, SendQueue
+from .wire import (MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
+                   BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
+
+logger = logging.getLogger("ais.totem.srp")
+
+#: retransmit-list entries a token may carry (bounded so the token fits a frame)
+RTR_LIMIT = 100
+
+
+class RingState(enum.Enum):
+    OPERATIONAL = "operational"
+    GATHER = "gather"
+    COMMIT = "commit"
+    RECOVERY = "recovery"
+
+
+OPERATIONAL = RingState.OPERATIONAL
+GATHER = RingState.GATHER
+COMMIT = RingState.COMMIT
+RECOVERY = RingState.RECOVERY
+
+
+class Srp:
+    """One processor's Totem protocol engine.  See the module docstring."""
+
+    def __init__(self, node_id: int, config: TotemConfig | None = None, *, ring_seq: int = 0,
+                 log: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        self.node_id = node_id
+        self.cfg = cfg = config or TotemConfig()
+        self.log = log or logger
+        self.state = GATHER
+        #: highest ring sequence seen anywhere; persisted by the shell
+        self.max_ring_seq = ring_seq
+        #: the installed ring (seq 0: none yet) and its members
+        self.ring_id = RingId(0, node_id)
+        self.members: tuple[int, ...] = (node_id,)
+        self._regular: tuple[int, ...] = ()
+        self.rx = RxStore(self.ring_id)
+        self.queue = SendQueue(cfg.frame_size - RECOVERED_HEADER.size)
+        self._reasm = Reassembler(cfg.max_message_size)
+        # membership
+        self._proc: set[int] = {node_id}
+        self._fail: set[int] = set()
+        self._joins: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+        self._new_ring: RingId | None = None
+        self._new_members: tuple[int, ...] = ()
+        self._new_rx: RxStore | None = None
+        self._trans: tuple[int, ...] = ()
+        self._recovery: deque[bytes] = deque()
+        self._originated = False
+        # token handling
+        self._last_token_seq = -1
+        self._last_sent: tuple[bytes, int] | None = None
+        self._held: Token | None = None
+        self._my_last_sent = 0
+        self._my_last_backlog = 0
+        self._last_token_aru = 0
+        self._rep_last_seq = -1
+        self._forwarded_idle = False
+        self._wake_pending = False
+        self._timers: dict[TimerKind, float] = {}
+        self._out: list[Action] = []
+        self.stats: dict[str, int] = {
+            "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
+            "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
+            "rings_formed": 0, "gathers": 0,
+        }
+        self._handlers: dict[type, Callable] = {
+            Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
+            Commit: self._on_commit, Probe: self._on_probe,
+        }
+
+    # ------------------------------------------------------------ entry points
+
+    def start(self, now: float) -> list[Action]:
+        """Begin: gather; a node that hears nobody forms a ring of one."""
+        self._out = []
+        self._enter_gather("start", now)
+        return self._out
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """One datagram from the network (already authenticated and decrypted)."""
+        self._out = []
+        try:
+            pkt = wire.decode_untrusted(data)
+        except BadPacket:
+            self.stats["bad_packets"] += 1
+            return self._out
+        if pkt.sender != self.node_id:
+            self._handlers[type(pkt)](pkt, now)
+        return self._out
+
+    def timer(self, kind: TimerKind, now: float) -> list[Action]:
+        """A timer fired.  Timers cancelled or re-armed since are ignored."""
+        self._out = []
+        at = self._timers.get(kind)
+        if at is None or now < at - 1e-9:
+            return self._out
+        del self._timers[kind]
+        getattr(self, "_timer_" + kind.value)(now)
+        return self._out
+
+    def mcast(self, payload: bytes, now: float) -> list[Action]:
+        """Queue an application message for agreed delivery to the ring.
+
+        Raises:
+            SendQueueFull: too much is queued; try again when the ring drains.
+            ValueError: the message is larger than ``max_message_size``.
+        """
+        self._out = []
+        cfg = self.cfg
+        if len(payload) > cfg.max_message_size:
+            raise ValueError(f"message of {len(payload)} bytes exceeds "
+                             f"max_message_size {cfg.max_message_size}")
+        q = self.queue
+        if len(q) >= cfg.send_queue_limit or (q.bytes and q.bytes + len(payload) > cfg.send_queue_bytes):
+            raise SendQueueFull()
+        was_empty = not q.msgs
+        q.push(bytes(payload))
+        if self.state is OPERATIONAL:
+            if len(self.members) == 1:
+                self._solo_flush()
+            elif self._held is not None:
+                self._release_held(now)
+            elif was_empty and self._forwarded_idle:
+                self._send_wake(now)
+        return self._out
+
+    def queued(self) -> int:
+        """Application messages queued and not yet (completely) sent."""
+        return len(self.queue)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _arm(self, kind: TimerKind, delay_ms: float, now: float) -> None:
+        at = now + delay_ms / 1000.0
+        self._timers[kind] = at
+        self._out.append(StartTimer(kind, at))
+
+    def _disarm(self, *kinds: TimerKind) -> None:
+        for kind in kinds:
+            if self._timers.pop(kind, None) is not None:
+                self._out.append(CancelTimer(kind))
+
+    def _successor(self, members: tuple[int, ...]) -> int:
+        i = members.index(self.node_id)
+        return members[(i + 1) % len(members)]
+
+    def _set_state(self, state: RingState, reason: str) -> None:
+        if state is not self.state:
+            self.log.debug("%s: %s -> %s (%s)", fmt_node(self.node_id), self.state.value,
+                           state.value, reason)
+            self.state = state
+
+    # ----------------------------------------------------------- packet input
+
+    def _on_mcast(self, m: Mcast, now: float) -> None:
+        state = self.state
+        rid = m.ring_id
+        if rid == self.ring_id and state is not RECOVERY:
+            # The installed ring; while gathering we still collect its frames.
+            self.stats["frames_received"] += 1
+            if self.rx.add(m.seq, Frame(m.sender, m.flags, m.payload)) and state is OPERATIONAL:
+                if TimerKind.TOKEN_RETRANSMIT in self._timers and m.seq > self._sent_seq:
+                    self._disarm(TimerKind.TOKEN_RETRANSMIT)
+                self._deliver_ready()
+            return
+        if state is RECOVERY and rid == self._new_ring:
+            self.stats["frames_received"] += 1
+            rx = self._new_rx
+            assert rx is not None
+            if rx.add(m.seq, Frame(m.sender, m.flags, m.payload)):
+                if m.flags & MCAST_RECOVERED:
+                    self._absorb_recovered(m.payload)
+                if TimerKind.TOKEN_RETRANSMIT in self._timers and m.seq > self._sent_seq:
+                    self._disarm(TimerKind.TOKEN_RETRANSMIT)
+            return
+        if state is OPERATIONAL and m.sender not in self.members and rid.seq:
+            self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
+
+    def _on_probe(self, p: Probe, now: float) -> None:
+        if self.state is not OPERATIONAL:
+            return
+        if p.kind == wire.WAKE:
+            if p.ring_id == self.ring_id:
+                if self._held is not None:
+                    self._release_held(now)
+                else:
+                    self._wake_pending = True
+        elif p.ring_id != self.ring_id and p.sender not in self.members:
+            self._enter_gather(f"merge detect from ring {p.ring_id}", now)
+
+    def _on_join(self, j: Join, now: float) -> None:
+        if j.ring_seq > self.max_ring_seq:
+            self.max_ring_seq = j.ring_seq
+        state = self.state
+        if state is OPERATIONAL:
+            if j.sender in self.members and j.ring_seq < self.ring_id.seq:
+                return  # left over from the gather that formed this ring
+            if self.node_id in j.fail:
+                # It gave up on us in its own gather and will form a ring
+                # without us; merge detection brings us together afterwards
+                # with fresh fail sets.  Answering now would only make us
+                # give up on it too, round after round.
+                return
+            self._enter_gather(f"join from {fmt_node(j.sender)}", now, j)
+        elif state is GATHER:
+            self._merge_join(j, now)
+        else:
+            assert self._new_ring is not None
+            if j.sender in self._new_members and j.ring_seq >= self._new_ring.seq:
+                self._enter_gather(f"join from {fmt_node(j.sender)} during {state.value}", now, j)
+
+    def _on_commit(self, c: Commit, now: float) -> None:
+        members = c.members
+        me = self.node_id
+        if me not in members:
+            return
+        if c.ring_id.seq > self.max_ring_seq:
+            self.max_ring_seq = c.ring_id.seq
+        state = self.state
+        mine = c.entries[members.index(me)]
+        if state is GATHER:
+            if (not mine.filled and c.ring_id.seq > self.ring_id.seq
+                    and members == tuple(sorted(self._proc - self._fail))):
+                self._enter_commit(c, now)
+        elif state is COMMIT:
+            if c.ring_id == self._new_ring and all(e.filled for e in c.entries):
+                self._enter_recovery(c, now)
+        elif state is RECOVERY:
+            if c.ring_id == self._new_ring and c.ring_id.rep == me and not self._originated:
+                self._originate_token(now)
+
+    def _on_token(self, t: Token, now: float) -> None:
+        state = self.state
+        if state is OPERATIONAL:
+            if t.ring_id != self.ring_id:
+                return
+        elif state is RECOVERY:
+            if t.ring_id != self._new_ring:
+                return
+        else:
+            return
+        if t.token_seq <= self._last_token_seq:
+            self.stats["dup_tokens"] += 1
+            return
+        self._last_token_seq = t.token_seq
+        self.stats["tokens"] += 1
+        self._token_visit(t, now)
+
+    # ---------------------------------------------------------------- timers
+
+    def _timer_token_loss(self, now: float) -> None:
+        if self.state is not GATHER:
+            self._enter_gather("token loss", now)
+
+    def _timer_token_retransmit(self, now: float) -> None:
+        if self.state is GATHER or self._last_sent is None:
+            return
+        data, dest = self._last_sent
+        self.stats["token_retransmits"] += 1
+        self._out.append(Send(data, dest))
+        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+
+    def _timer_token_hold(self, now: float) -> None:
+        t = self._held
+        if t is not None and self.state is OPERATIONAL:
+            self._held = None
+            self._token_visit(t, now, may_hold=False)
+
+    def _timer_join(self, now: float) -> None:
+        if self.state is GATHER:
+            self._send_join()
+            self._arm(TimerKind.JOIN, self.cfg.join, now)
+            self._check_consensus(now)
+
+    def _timer_consensus(self, now: float) -> None:
+        if self.state is not GATHER:
+            return
+        key = (frozenset(self._proc), frozenset(self._fail))
+        silent = {n for n in self._proc - self._fail
+                  if n != self.node_id and self._joins.get(n) != key}
+        if silent:
+            self.log.debug("%s: no consensus from %s", fmt_node(self.node_id),
+                           " ".join(fmt_node(n) for n in sorted(silent)))
+            self._fail |= silent
+            for n in silent:
+                self._joins.pop(n, None)
+        else:
+            # Everyone agreed but no commit token came: the representative
+            # may have died.  Ask for fresh joins; the silent fail next time.
+            self._joins.clear()
+        self._restart_gather(now)
+        self._check_consensus(now)
+
+    def _timer_merge_detect(self, now: float) -> None:
+        if self.state is OPERATIONAL and self.ring_id.rep == self.node_id:
+            self._out.append(Send(wire.encode_probe(wire.MERGE_DETECT, self.node_id, self.ring_id)))
+            self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
+
+    def _timer_wake(self, now: float) -> None:
+        if self.state is OPERATIONAL and self.queue.msgs and len(self.members) > 1:
+            self._send_wake(now)
+
+    def _send_wake(self, now: float) -> None:
+        self._out.append(Send(wire.encode_probe(wire.WAKE, self.node_id, self.ring_id)))
+        self._arm(TimerKind.WAKE, self.cfg.wake_interval, now)
+
+    # ------------------------------------------------------------- membership
+
+    def _enter_gather(self, reason: str, now: float, join: Join | None = None) -> None:
+        prev = self.state
+        if prev is OPERATIONAL:
+            self._proc = set(self.members)
+            self._fail = set()
+        self._proc.add(self.node_id)
+        self.stats["gathers"] += 1
+        if prev is not GATHER:
+            self.log.debug("%s: gather: %s", fmt_node(self.node_id), reason)
+        self._set_state(GATHER, reason)
+        self._held = None
+        self._last_sent = None
+        self._disarm(TimerKind.TOKEN_HOLD, TimerKind.TOKEN_RETRANSMIT, TimerKind.TOKEN_LOSS,
+                     TimerKind.WAKE, TimerKind.MERGE_DETECT)
+        self._new_ring = None
+        self._new_members = ()
+        self._new_rx = None
+        self._recovery.clear()
+        self._originated = False
+        self._joins.clear()
+        self.queue.restart_partial()
+        if join is not None:
+            self._merge_join(join, now, restart=False)
+        self._restart_gather(now)
+        if join is not None:
+            self._check_consensus(now)
+
+    def _restart_gather(self, now: float) -> None:
+        self._send_join()
+        self._arm(TimerKind.JOIN, self.cfg.join, now)
+        self._arm(TimerKind.CONSENSUS, self.cfg.consensus, now)
+
+    def _send_join(self) -> None:
+        j = Join(self.node_id, self.max_ring_seq, frozenset(self._proc), frozenset(self._fail))
+        self._out.append(Send(wire.encode_join(j)))
+
+    def _merge_join(self, j: Join, now: float, restart: bool = True) -> None:
+        if j.sender in self._fail:
+            return
+        self._joins[j.sender] = (j.proc, j.fail)
+        proc = self._proc | j.proc
+        if self.node_id in j.fail:
+            # It gave up on us: give up on it, so both sides can agree apart.
+            fail = self._fail | {j.sender}
+        else:
+            fail = self._fail | j.fail
+        fail.discard(self.node_id)
+        if proc != self._proc or fail != self._fail:
+            self._proc, self._fail = proc, fail
+            for n in fail:
+                self._joins.pop(n, None)
+            if restart:
+                self._restart_gather(now)
+        if restart:
+            self._check_consensus(now)
+
+    def _check_consensus(self, now: float) -> None:
+        if self.state is not GATHER:
+            return
+        key = (frozenset(self._proc), frozenset(self._fail))
+        active = self._proc - self._fail
+        me = self.node_id
+        for n in active:
+            if n != me and self._joins.get(n) != key:
+                return
+        if min(active) == me:
+            ring = RingId(self.max_ring_seq + 4, me)
+            self.max_ring_seq = ring.seq
+            entries = [CommitEntry(n) for n in sorted(active)]
+            self._enter_commit(Commit(me, ring, entries), now)
+
+    def _enter_commit(self, c: Commit, now: float) -> None:
+        self._set_state(COMMIT, f"commit token for ring {c.ring_id}")
+        self._new_ring = c.ring_id
+        self._new_members = c.members
+        if c.ring_id.seq > self.max_ring_seq:
+            self.max_ring_seq = c.ring_id.seq
+        e = c.entries[c.members.index(self.node_id)]
+        e.filled = True
+        e.old_ring = self.ring_id
+        e.aru = self.rx.aru
+        e.high = self.rx.high
+        self._disarm(TimerKind.JOIN, TimerKind.CONSENSUS)
+        self._arm(TimerKind.TOKEN_LOSS, self.cfg.token, now)
+        if len(c.entries) == 1:
+            self._enter_recovery(c, now)
+        else:
+            self._pass_commit(c, now)
+
+    def _pass_commit(self, c: Commit, now: float) -> None:
+        c.sender = self.node_id
+        data = wire.encode_commit(c)
+        dest = self._successor(c.members)
+        self._last_sent = (data, dest)
+        self._out.append(Send(data, dest))
+        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+
+    def _enter_recovery(self, c: Commit, now: float) -> None:
+        self._set_state(RECOVERY, f"ring {c.ring_id}")
+        old = self.ring_id
+        trans = [e for e in c.entries if e.old_ring == old]
+        self._trans = tuple(e.node for e in trans)
+        self._recovery.clear()
+        if old.seq and len(trans) > 1:
+            low = min(e.aru for e in trans)
+            top = max(e.aru for e in trans)
+            holder = min(e.node for e in trans if e.aru == top)
+            start = low + 1 if holder == self.node_id else top + 1
+            frames = self.rx.frames
+            for s in sorted(s for s in frames if s >= start):
+                f = frames[s]
+                self._recovery.append(wire.encode_recovered(old, s, f.sender, f.payload))
+        self._new_rx = RxStore(c.ring_id)
+        self._last_token_seq = -1
+        self._my_last_sent = 0
+        self._my_last_backlog = 0
+        self._last_token_aru = 0
+        self._rep_last_seq = -1
+        self._sent_seq = 0
+        self._originated = False
+        self._arm(TimerKind.TOKEN_LOSS, self.cfg.token, now)
+        if len(c.entries) == 1:
+            self._disarm(TimerKind.TOKEN_LOSS, TimerKind.TOKEN_RETRANSMIT)
+            self._finish_recovery(now)
+            return
+        self._pass_commit(c, now)
+
+    def _absorb_recovered(self, payload: bytes) -> None:
+        try:
+            r = wire.decode_recovered_untrusted(payload)
+        except BadPacket:
+            self.stats["bad_packets"] += 1
+            return
+        if r.ring_id == self.ring_id and r.seq > self.rx.freed:
+            self.rx.add(r.seq, Frame(r.sender, 0, r.payload))
+
+    def _originate_token(self, now: float) -> None:
+        assert self._new_ring is not None
+        self._originated = True
+        self._disarm(TimerKind.TOKEN_RETRANSMIT)
+        t = Token(self.node_id, self._new_ring, 0, 0, 0, 0, 0, 0, 1, 0, [])
+        self._last_token_seq = 0
+        self._token_visit(t, now)
+
+    def _finish_recovery(self, now: float) -> None:
+        """Deliver the old ring's rest, the transitional and the regular configuration."""
+        old = self.rx
+        out = self._out
+        if self.ring_id.seq:
+            self._deliver_ready()
+            out.append(ConfChange(True, self.ring_id, self._trans))
+            reasm = self._reasm
+            for s in sorted(s for s in old.frames if s > old.delivered):
+                f = old.frames[s]
+                for payload in reasm.unpack(f.sender, f.payload):
+                    out.append(Deliver(f.sender, payload, old.ring_id))
+        self._reasm.reset()
+        assert self._new_ring is not None
+        members = self._new_members
+        prev = set(self._regular)
+        left = tuple(sorted(prev - set(members)))
+        joined = tuple(sorted(set(members) - prev))
+        out.append(ConfChange(False, self._new_ring, members, left, joined))
+        self._regular = members
+        self.ring_id = self._new_ring
+        self.members = members
+        self.rx = self._new_rx or RxStore(self._new_ring)
+        self._new_rx = None
+        self._new_ring = None
+        self._new_members = ()
+        self._recovery.clear()
+        self._proc = set(members)
+        self._fail = set()
+        self._joins.clear()
+        self._held = None
+        self._forwarded_idle = False
+        self._wake_pending = False
+        self.stats["rings_formed"] += 1
+        self._set_state(OPERATIONAL, f"ring {self.ring_id}")
+        self.log.info("%s: ring %s formed: %s", fmt_node(self.node_id), self.ring_id,
+                      " ".join(fmt_node(n) for n in members))
+        if self.ring_id.rep == self.node_id:
+            self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
+        self._deliver_ready()
+        if len(members) == 1:
+            self._solo_flush()
+
+    # --------------------------------------------------------------- ordering
+
+    def _deliver_ready(self) -> None:
+        rx = self.rx
+        if rx.delivered >= rx.aru:
+            return
+        frames = rx.frames
+        out = self._out
+        unpack = self._reasm.unpack
+        ring_id = rx.ring_id
+        s = rx.delivered
+        aru = rx.aru
+        while s < aru:
+            s += 1
+            f = frames.get(s)
+            if f is None or f.flags & MCAST_RECOVERED:
+                continue
+            for payload in unpack(f.sender, f.payload):
+                out.append(Deliver(f.sender, payload, ring_id))
+        rx.delivered = s
+
+    def _solo_flush(self) -> None:
+        rx = self.rx
+        me = self.node_id
+        while True:
+            payload = self.queue.take_frame()
+            if payload is None:
+                break
+            seq = rx.high + 1
+            rx.add(seq, Frame(me, 0, payload))
+        self._deliver_ready()
+        rx.free(rx.delivered)
+
+    def _release_held(self, now: float) -> None:
+        t = self._held
+        assert t is not None
+        self._held = None
+        self._disarm(TimerKind.TOKEN_HOLD)
+        self._token_visit(t, now, may_hold=False)
+
+    def _allowed(self, t: Token, backlog: int) -> int:
+        cfg = self.cfg
+        room = cfg.window_size - max(0, t.fcc - self._my_last_sent)
+        allowed = min(cfg.max_messages, room)
+        total = max(0, t.backlog - self._my_last_backlog) + backlog
+        if total > cfg.window_size and backlog:
+            allowed = min(allowed, max(1, cfg.window_size * backlog // total))
+        if t.seq - t.aru > 4 * cfg.window_size:
+            allowed = 0  # receivers are far behind: let retransmissions catch up
+        return max(0, allowed)
+
+    def _token_visit(self, t: Token, now: float, may_hold: bool = True) -> None:
+        cfg = self.cfg
+        me = self.node_id
+        out = self._out
+        self._disarm(TimerKind.TOKEN_RETRANSMIT, TimerKind.WAKE)
+        self._arm(TimerKind.TOKEN_LOSS, cfg.token, now)
+        recovering = self.state is RECOVERY
+        if recovering:
+            assert self._new_ring is not None
+            if t.flags & TOKEN_COMPLETE:
+                self._finish_recovery(now)
+                recovering = False
+            elif self._new_ring.rep == me:
+                rx = self._new_rx
+                assert rx is not None
+                if (t.retrans_flg == 0 and t.seq == self._rep_last_seq and t.aru == t.seq
+                        and rx.aru == t.seq and not self._recovery):
+                    t.flags |= TOKEN_COMPLETE
+                    self._finish_recovery(now)
+                    recovering = False
+                else:
+                    t.retrans_flg = 0
+        rx = self._new_rx if recovering else self.rx
+        assert rx is not None
+        ring_id = rx.ring_id
+        # 1. retransmit what others miss
+        retransmitted = 0
+        if t.rtr:
+            keep = []
+            frames = rx.frames
+            for s in t.rtr:
+                f = frames.get(s)
+                if f is None:
+                    keep.append(s)
+                else:
+                    out.append(Send(wire.encode_mcast(f.sender, ring_id, s, f.flags, f.payload)))
+                    retransmitted += 1
+            t.rtr = keep
+            self.stats["retransmits"] += retransmitted
+        # 2. new frames, within flow control
+        backlog = len(self._recovery) if recovering else self.queue.frames_pending()
+        allowed = self._allowed(t, backlog) - retransmitted
+        sent = 0
+        if allowed > 0:
+            if recovering:
+                flags = MCAST_RECOVERED
+                while sent < allowed and self._recovery:
+                    payload = self._recovery.popleft()
+                    t.seq += 1
+                    rx.add(t.seq, Frame(me, flags, payload))
+                    out.append(Send(wire.encode_mcast(me, ring_id, t.seq, flags, payload)))
+                    sent += 1
+            else:
+                take = self.queue.take_frame
+                while sent < allowed:
+                    payload = take()
+                    if payload is None:
+                        break
+                    t.seq += 1
+                    rx.add(t.seq, Frame(me, 0, payload))
+                    out.append(Send(wire.encode_mcast(me, ring_id, t.seq, 0, payload)))
+                    sent += 1
+                if sent:
+                    self._deliver_ready()
+        self.stats["frames_sent"] += sent
+        t.fcc = max(0, t.fcc - self._my_last_sent) + sent
+        self._my_last_sent = sent
+        backlog = len(self._recovery) if recovering else self.queue.frames_pending()
+        t.backlog = max(0, t.backlog - self._my_last_backlog) + backlog
+        self._my_last_backlog = backlog
+        # 3. ask for what we miss
+        added = False
+        if rx.aru < t.seq and len(t.rtr) < RTR_LIMIT:
+            have = set(t.rtr)
+            for s in rx.missing(t.seq, RTR_LIMIT - len(t.rtr)):
+                if s not in have:
+                    t.rtr.append(s)
+                    added = True
+        if sent or added:
+            t.flags &= ~TOKEN_IDLE
+        # 4. all-received-up-to
+        if rx.aru < t.aru or t.aru_addr == me or t.aru_addr == 0:
+            t.aru = rx.aru
+            t.aru_addr = 0 if t.aru == t.seq else me
+        if recovering and (self._recovery or rx.aru < t.seq):
+            t.retrans_flg = 1
+        # 5. free what the token's aru covered on two consecutive visits
+        low = min(t.aru, self._last_token_aru, rx.aru)
+        self._last_token_aru = t.aru
+        if not recovering:
+            low = min(low, rx.delivered)
+        rx.free(low)
+        # 6. an idle ring's token rests at the representative
+        if not recovering and ring_id.rep == me:
+            quiet = (sent == 0 and not t.rtr and t.aru == t.seq and t.seq == self._rep_last_seq
+                     and not self.queue.msgs)
+            if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
+                self._held = t
+                self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
+                return
+            if quiet:
+                t.flags |= TOKEN_IDLE
+            else:
+                t.flags &= ~TOKEN_IDLE
+        if ring_id.rep == me:
+            self._rep_last_seq = t.seq
+        self._forward(t, now)
+
+    def _forward(self, t: Token, now: float) -> None:
+        me = self.node_id
+        t.sender = me
+        t.token_seq += 1
+        self._last_token_seq = t.token_seq
+        self._sent_seq = t.seq
+        data = wire.encode_token(t)
+        members = self.members if self.state is OPERATIONAL else self._new_members
+        dest = self._successor(members)
+        self._last_sent = (data, dest)
+        self._out.append(Send(data, dest))
+        idle = bool(t.flags & TOKEN_IDLE)
+        self._forwarded_idle = idle
+        self._wake_pending = False
+        delay = self.cfg.token_retransmit + (self.cfg.token_hold if idle else 0.0)
+        self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
+
+    _sent_seq = 0
+
+
+__all__ = ["Srp", "RingState", "SendQueueFull"]

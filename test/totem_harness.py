@@ -1,0 +1,140 @@
+"""A small, scripted network for unit tests of ``Srp``.
+
+Unlike ``ais.totem.sim`` (random faults, invariant checking), this harness
+lets a test decide exactly which packets are lost and when, and inspect each
+node's deliveries.  Every loop is bounded by a step count.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ais.totem import wire
+from ais.totem.events import (CancelTimer, ConfChange, Deliver, Send, StartTimer, TimerKind,
+                              TotemConfig)
+from ais.totem.srp import Srp
+
+LATENCY = 0.0002
+
+
+@dataclass
+class Node:
+    srp: Srp
+    deliveries: list = field(default_factory=list)  # Deliver and ConfChange, in order
+    timers: dict = field(default_factory=dict)
+    alive: bool = True
+
+    @property
+    def confs(self) -> list[ConfChange]:
+        return [d for d in self.deliveries if isinstance(d, ConfChange)]
+
+    @property
+    def messages(self) -> list[bytes]:
+        return [d.payload for d in self.deliveries if isinstance(d, Deliver)]
+
+
+class Net:
+    """Nodes 1..n on a lossless network with a fixed latency, plus a drop filter."""
+
+    def __init__(self, ids: list[int], config: TotemConfig | None = None) -> None:
+        self.cfg = config or TotemConfig()
+        self.now = 0.0
+        self.nodes: dict[int, Node] = {}
+        self.heap: list = []
+        self.counter = itertools.count()
+        self.blocked: set[tuple[int, int]] = set()  # (src, dst) links that drop everything
+        #: a test's filter: return True to drop a packet (src, dst, decoded packet)
+        self.drop: Callable[[int, int, object], bool] | None = None
+        self.sent: list[tuple[int, int | None, object]] = []
+        for i in ids:
+            self.nodes[i] = Node(Srp(i, self.cfg))
+
+    def start(self, *ids: int) -> None:
+        for i in ids or tuple(self.nodes):
+            self._perform(i, self.nodes[i].srp.start(self.now))
+
+    def _perform(self, i: int, actions: list) -> None:
+        node = self.nodes[i]
+        for a in actions:
+            if isinstance(a, Send):
+                pkt = wire.decode_untrusted(a.data)
+                self.sent.append((self.now, i, a.dest, pkt))
+                dests = [a.dest] if a.dest is not None else [d for d in self.nodes if d != i]
+                for d in dests:
+                    if (i, d) in self.blocked:
+                        continue
+                    if self.drop is not None and self.drop(i, d, pkt):
+                        continue
+                    heapq.heappush(self.heap, (self.now + LATENCY, next(self.counter), "pkt", d, a.data))
+            elif isinstance(a, (Deliver, ConfChange)):
+                node.deliveries.append(a)
+            elif isinstance(a, StartTimer):
+                gen = next(self.counter)
+                node.timers[a.kind] = gen
+                heapq.heappush(self.heap, (a.at, gen, "timer", i, a.kind))
+            elif isinstance(a, CancelTimer):
+                node.timers.pop(a.kind, None)
+
+    def mcast(self, i: int, payload: bytes) -> None:
+        self._perform(i, self.nodes[i].srp.mcast(payload, self.now))
+
+    def crash(self, i: int) -> None:
+        self.nodes[i].alive = False
+
+    def partition(self, *groups: set[int]) -> None:
+        self.blocked = {(a, b) for g in groups for a in g for h in groups if h is not g for b in h}
+
+    def heal(self) -> None:
+        self.blocked = set()
+
+    def step(self) -> bool:
+        if not self.heap:
+            return False
+        at, gen, kind, i, arg = heapq.heappop(self.heap)
+        self.now = max(self.now, at)
+        node = self.nodes[i]
+        if not node.alive:
+            return True
+        if kind == "pkt":
+            self._perform(i, node.srp.receive(arg, self.now))
+        elif node.timers.get(arg) == gen:
+            del node.timers[arg]
+            self._perform(i, node.srp.timer(arg, self.now))
+        return True
+
+    def run(self, seconds: float, max_steps: int = 500_000) -> None:
+        end = self.now + seconds
+        for _ in range(max_steps):
+            if not self.heap or self.heap[0][0] > end:
+                break
+            self.step()
+        self.now = max(self.now, end)
+
+    def run_until(self, cond: Callable[[], bool], seconds: float = 10.0,
+                  max_steps: int = 500_000) -> bool:
+        end = self.now + seconds
+        for _ in range(max_steps):
+            if cond():
+                return True
+            if not self.heap or self.heap[0][0] > end:
+                return cond()
+            self.step()
+        return cond()
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.alive]
+
+    def one_ring(self, ids: list[int] | None = None) -> bool:
+        nodes = [self.nodes[i] for i in ids] if ids else self.live()
+        want = tuple(sorted(n.srp.node_id for n in nodes))
+        return all(n.srp.state.value == "operational" and n.srp.members == want
+                   and n.srp.ring_id == nodes[0].srp.ring_id for n in nodes)
+
+
+def ids(n: int) -> list[int]:
+    return [0x0A000001 + k for k in range(n)]
+
+
+__all__ = ["Net", "Node", "ids", "TimerKind"]
