@@ -39,10 +39,11 @@ def load_authkey(path: str) -> bytes:
         AuthKeyError: missing, unreadable, or not exactly 128 bytes.
     """
     try:
+        # stat first: opening a FIFO or device by mistake could block or never end.
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuthKeyError(path, "key is not a regular file")
         with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise AuthKeyError(path, "key is not a regular file")
             # Read one byte more than needed so a too-long key is noticed.
             key = f.read(AUTHKEY_SIZE + 1)
     except OSError as exc:

@@ -113,11 +113,8 @@ def setup_logging(cfg: LoggingConfig, name: str = "aisexec", *,
         ConfigError: the log file cannot be opened (``logfile: reason``).
     """
     global _warned_no_syslog
+    teardown_logging()
     root = logging.getLogger()
-    for handler in _installed:
-        root.removeHandler(handler)
-        handler.close()
-    _installed.clear()
 
     handlers: list[logging.Handler] = []
     syslog_problem = None
@@ -156,6 +153,15 @@ def setup_logging(cfg: LoggingConfig, name: str = "aisexec", *,
     if syslog_problem and not _warned_no_syslog:
         _warned_no_syslog = True
         logging.getLogger("ais.log").warning("not logging to syslog: %s", syslog_problem)
+
+
+def teardown_logging() -> None:
+    """Remove and close the handlers :func:`setup_logging` installed."""
+    root = logging.getLogger()
+    for handler in _installed:
+        root.removeHandler(handler)
+        handler.close()
+    _installed.clear()
 
 
 def notice(logger: logging.Logger | logging.LoggerAdapter, msg: str, *args: Any,
@@ -259,5 +265,5 @@ class RateLimiter:
 
 __all__ = [
     "AisFormatter", "NOTICE", "NodeAdapter", "RateLimiter", "SECURITY", "SUBSYSTEMS",
-    "level_word", "notice", "security", "setup_logging", "subsystem",
+    "level_word", "notice", "security", "setup_logging", "subsystem", "teardown_logging",
 ]
