@@ -189,7 +189,8 @@ def _read(path: str, what: str) -> str:
     except OSError as exc:
         raise ConfigError(path, 0, 0, f"cannot read {what}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(path, 0, 0, f"cannot read {what}: not UTF-8 text ({exc.reason})") from None
+        raise ConfigError(path, 0, 0,
+                          f"cannot read {what}: not UTF-8 text ({exc.reason})") from None
 
 
 # --------------------------------------------------------------------------
@@ -685,7 +686,8 @@ def resolve_bind_address(bindnetaddr: str, interfaces: Sequence[tuple[str, str, 
         if iface.ip == want:
             return str(want)
     for _, iface in nets:
-        if iface.ip.is_loopback and want in iface.network and want != iface.network.network_address:
+        net = iface.network
+        if iface.ip.is_loopback and want in net and want != net.network_address:
             return str(want)
     for _, iface in nets:
         if want in iface.network and (

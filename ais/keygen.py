@@ -110,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Gathering {AUTHKEY_SIZE * 8} bits for the key from the kernel's random source.")
     try:
         write_authkey(args.output, force=args.force)
-    except FileExistsError:
+    except FileExistsError as exc:
+        if exc.filename != args.output:  # a file where its directory should be
+            print(f"ais-keygen: cannot write {args.output}: {exc.filename} is not a directory",
+                  file=sys.stderr)
+            return 1
         print(f"ais-keygen: {args.output} already exists; not overwriting it "
               f"(use --force to replace it)", file=sys.stderr)
         return 1

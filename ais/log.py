@@ -189,7 +189,8 @@ class NodeAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         label = fmt_node(node) if isinstance(node, int) else str(node)
         super().__init__(logger, {"node": label})
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(self, msg: Any,
+                kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         # Merge rather than replace, so callers can still pass their own extra.
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
         return f"[{self.extra['node']}] {msg}", kwargs  # type: ignore[index]

@@ -53,6 +53,14 @@ def test_force_replaces_read_only_key(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["authkey"]  # no temporary file left
 
 
+def test_parent_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "etc").write_text("")
+    assert main(["-o", str(tmp_path / "etc" / "ais" / "authkey")]) == 1
+    assert main(["-o", str(tmp_path / "etc" / "authkey")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("cannot write" in line for line in err), err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     locked = tmp_path / "locked"
