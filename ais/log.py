@@ -43,15 +43,16 @@ _LEVEL_WORDS = (
     (0, "debug"),
 )
 
-#: Logger name prefix -> subsystem tag; first match wins.
-SUBSYSTEMS = (
-    ("ais.totem", "GMI"),
-    ("ais.services.clm", "CLM"),
-    ("ais.services.amf", "AMF"),
-    ("ais.services.ckpt", "CKPT"),
-    ("ais.services.evs", "EVS"),
-    ("ais.ipc", "IPC"),
-)
+#: Logger name part -> subsystem tag.  The last matching dotted part wins, so
+#: ``ais.totem.srp`` is GMI and both ``ais.services.clm`` and ``ais.clm`` are CLM.
+SUBSYSTEMS = {
+    "totem": "GMI",
+    "clm": "CLM",
+    "amf": "AMF",
+    "ckpt": "CKPT",
+    "evs": "EVS",
+    "ipc": "IPC",
+}
 
 TIMESTAMP_FORMAT = "%b %d %H:%M:%S"
 
@@ -63,9 +64,9 @@ def level_word(levelno: int) -> str:
 
 def subsystem(logger_name: str) -> str:
     """The subsystem tag for a logger name; MAIN when none matches."""
-    for prefix, tag in SUBSYSTEMS:
-        if logger_name == prefix or logger_name.startswith(prefix + "."):
-            return tag
+    for part in reversed(logger_name.split(".")):
+        if part in SUBSYSTEMS:
+            return SUBSYSTEMS[part]
     return "MAIN"
 
 

@@ -91,7 +91,8 @@ def test_level_words(tmp_path: Path) -> None:
     ("ais.totem", "GMI"), ("ais.totem.srp", "GMI"), ("ais.totem.transport", "GMI"),
     ("ais.services.clm", "CLM"), ("ais.services.amf", "AMF"), ("ais.services.ckpt", "CKPT"),
     ("ais.services.evs", "EVS"), ("ais.ipc", "IPC"), ("ais.main", "MAIN"), ("root", "MAIN"),
-    ("ais.totemic", "MAIN"), ("ais.services.base", "MAIN"),
+    ("ais.totemic", "MAIN"), ("ais.services.base", "MAIN"), ("ais.clm", "CLM"),
+    ("ais.amf", "AMF"), ("ais.totem.crypto", "GMI"),
 ])
 def test_subsystem(name: str, tag: str) -> None:
     assert subsystem(name) == tag
