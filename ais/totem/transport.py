@@ -1,0 +1,457 @@
+"""The gevent shell around the Totem state machine: one UDP socket, greenlets, timers.
+
+Theory of operation (STYLE P1, P2):
+
+* ``Srp`` is sans-IO.  Every entry point here -- a datagram arrived, a timer
+  fired, the application multicasts -- calls into it once with ``now`` from
+  ``clock`` and then *performs* the returned actions, in order.
+* One greenlet waits for the socket to become readable and reads what is
+  there.  Each armed timer kind has one ``gevent.spawn_later`` greenlet;
+  ``StartTimer`` replaces it, ``CancelTimer`` kills it.  Everything runs in
+  one thread and the core never yields, so there are no locks.
+* Performing never yields either: the socket is non-blocking and a send that
+  would block is dropped (the ring retransmits).  The user's callbacks might
+  yield, though, or call ``mcast`` from inside ``on_deliver``; so actions go
+  through one FIFO, and whoever finds it idle drains it.  Deliveries and
+  configuration changes therefore reach the callbacks exactly in the order
+  the core produced them, and never re-entrantly.
+* A timer greenlet detaches itself from the timer table before it calls the
+  core, so a ``CancelTimer``/``StartTimer`` performed meanwhile never kills a
+  greenlet in the middle of performing actions.
+* Untrusted input costs one packet: ``InvalidDigest`` is counted and logged
+  ("invalid digest", rate-limited); other ``BadPacket`` is counted at debug.
+  Any other exception in a ring greenlet is a bug: it reaches ``on_fatal``
+  through ``link_exception`` (default: log and exit the process non-zero),
+  because gevent's own default only prints it and carries on.
+* Send errors (ENOBUFS, EAGAIN, EMSGSIZE, ECONNREFUSED...) are counted and
+  logged at debug: UDP may lose packets and the protocol recovers.
+
+Modes: ``udp`` multicasts a ``Send(dest=None)`` to the group (TTL 1, no
+loopback, on the interface of ``bind_addr``); ``udpu`` sends it to every
+configured member except this node.  The node id is ``bind_addr``; it must be
+a full local address (the configuration layer resolves ``bindnetaddr``).
+
+Persistence: whenever a regular configuration is performed, ``srp.max_ring_seq``
+is written to ``state_file`` (write, fsync, rename), so a restarted node never
+reuses a ring id; ``load_ring_seq`` reads it back.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import gevent
+from gevent import Greenlet, getcurrent
+from gevent.hub import get_hub
+from gevent.monkey import get_original
+
+from ais.log import SECURITY, RateLimiter
+from ais.totem.crypto import Crypto, InvalidDigest, ReplayedPacket
+from ais.totem.events import (
+    Action, CancelTimer, ConfChange, Deliver, Send, StartTimer, TimerKind, fmt_node, node_of)
+from ais.totem.wire import BadPacket
+
+logger = logging.getLogger(__name__)
+
+#: the unpatched socket class: a monkey-patched one would yield inside sendto,
+#: and performing actions must not yield (see "Theory of operation")
+_RealSocket: type[socket.socket] = get_original("socket", "socket")
+
+#: largest datagram we read; bigger than any UDP payload
+RECV_BYTES = 65536
+#: datagrams read per wake-up before letting timers and other greenlets run
+RECV_BATCH = 64
+#: socket buffer size asked for (best effort; the kernel may cap it)
+SOCKET_BUFFER = 4 * 1024 * 1024
+#: "invalid digest" lines per window, and the window in seconds
+DIGEST_LOG_BURST = 3
+DIGEST_LOG_INTERVAL = 10.0
+#: Linux's IP_MULTICAST_ALL, missing from older ``socket`` modules
+_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+
+
+class SrpLike(Protocol):
+    """What the transport needs of ``ais.totem.srp.Srp`` (doc/INTERFACES.md)."""
+
+    node_id: int
+    max_ring_seq: int
+
+    def start(self, now: float) -> list[Action]: ...
+    def receive(self, data: bytes, now: float) -> list[Action]: ...
+    def timer(self, kind: TimerKind, now: float) -> list[Action]: ...
+    def mcast(self, payload: bytes, now: float) -> list[Action]: ...
+
+
+class TransportState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def load_ring_seq(path: str) -> int:
+    """The ring sequence saved in ``path``; 0 if there is none.
+
+    A missing file is normal (first start).  An unreadable or damaged one is
+    logged and treated as 0: nothing better is known.
+    """
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        logger.warning("cannot read ring state %s: %s", path, e)
+        return 0
+    try:
+        value = int(text.strip())
+    except ValueError:
+        logger.warning("ignoring damaged ring state %s", path)
+        return 0
+    return max(0, value)
+
+
+def save_ring_seq(path: str, seq: int) -> None:
+    """Write ``seq`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{seq}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _exit_process(exc: BaseException) -> None:
+    """Default ``on_fatal``: the ring is dead, so is the executive."""
+    logger.critical("totem transport failed, exiting: %r", exc)
+    logging.shutdown()
+    os._exit(1)  # from a hub callback, SystemExit would only reach the main greenlet
+
+
+class Transport:
+    """Drives one ``Srp`` over a UDP socket with gevent.
+
+    Args:
+        srp: the state machine; the transport is its only caller.
+        crypto: seals every packet sent, opens every packet received.
+        bind_addr: this node's IPv4 address (its node id).
+        port: the ring's UDP port, the same on every node.
+        mode: ``"udp"`` (multicast) or ``"udpu"`` (unicast to each member).
+        mcast_addr: the multicast group (``udp`` only).
+        members: every node's address, this one included or not (``udpu`` only).
+        on_deliver: called with each ``Deliver``, in order.
+        on_confchg: called with each ``ConfChange``, in order.
+        clock: monotonic seconds; the time base of ``StartTimer.at``.
+        log: logger (a ``NodeAdapter`` when several nodes share a process).
+        state_file: where ``max_ring_seq`` is kept across restarts, or None.
+        on_fatal: called with the exception when a ring greenlet dies of a
+            bug; the default logs it and exits the process with status 1.
+    Raises:
+        ValueError: inconsistent mode/addresses.
+    """
+
+    def __init__(self, srp: SrpLike, crypto: Crypto, *, bind_addr: str, port: int,
+                 mode: str = "udp", mcast_addr: str | None = None,
+                 members: Iterable[str] = (),
+                 on_deliver: Callable[[Deliver], None],
+                 on_confchg: Callable[[ConfChange], None],
+                 clock: Callable[[], float] = time.monotonic,
+                 log: logging.Logger | logging.LoggerAdapter = logger,
+                 state_file: str | None = None,
+                 on_fatal: Callable[[BaseException], None] = _exit_process) -> None:
+        if mode not in ("udp", "udpu"):
+            raise ValueError(f"transport mode must be udp or udpu, not {mode!r}")
+        if mode == "udp" and not mcast_addr:
+            raise ValueError("udp transport needs a multicast address")
+        members = list(members)
+        if mode == "udpu" and not members:
+            raise ValueError("udpu transport needs the list of members")
+        self.srp = srp
+        self.crypto = crypto
+        self.bind_addr = bind_addr
+        self.node_id = node_of(bind_addr)
+        self.port = port
+        self.mode = mode
+        self.mcast_addr = mcast_addr
+        self.members = members
+        self.on_deliver = on_deliver
+        self.on_confchg = on_confchg
+        self.clock = clock
+        self.log = log
+        self.state_file = state_file
+        self.on_fatal = on_fatal
+        self.state = TransportState.NEW
+        #: counters, for status output and tests
+        self.stats: dict[str, int] = dict.fromkeys((
+            "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "send_errors",
+            "invalid_digest", "replayed", "bad_packet", "own_dropped",
+            "deliveries", "confchanges", "timers_fired"), 0)
+        if mode == "udp":
+            self._everyone = [(mcast_addr, port)]
+        else:
+            # Never send a node its own packets (doc/INTERFACES.md).
+            self._everyone = [(m, port) for m in dict.fromkeys(members) if m != bind_addr]
+        self._sock: socket.socket | None = None
+        self._receiver: Greenlet | None = None
+        self._watcher: Any = None  # the receiver's io watcher while it exists
+        self._timers: dict[TimerKind, Greenlet] = {}
+        self._pending: deque[Action] = deque()
+        self._performing = False
+        self._saved_seq: int | None = None
+        self._digest_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
+        self._bad_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
+
+    # -- public entry points -------------------------------------------------
+
+    def start(self) -> None:
+        """Open and bind the socket, start receiving, and start the ring.
+
+        Raises:
+            OSError: the socket could not be bound or the group joined.
+            RuntimeError: already started.
+        """
+        if self.state is not TransportState.NEW:
+            raise RuntimeError(f"transport is {self.state.value}, cannot start")
+        self._sock = self._open_socket()
+        self.state = TransportState.RUNNING
+        self._receiver = gevent.spawn(self._receive_loop)
+        self._receiver.link_exception(self._died)
+        self.log.debug("totem transport %s on %s:%d started", self.mode, self.bind_addr,
+                       self.port)
+        self._perform(self.srp.start(self.clock()))
+
+    def mcast(self, payload: bytes) -> None:
+        """Queue an application message on the ring.
+
+        Raises:
+            SendQueueFull: from ``Srp.mcast``; retry when the ring has drained.
+            RuntimeError: the transport is not running.
+        """
+        if self.state is not TransportState.RUNNING:
+            raise RuntimeError(f"transport is {self.state.value}")
+        self._perform(self.srp.mcast(payload, self.clock()))
+
+    def stop(self) -> None:
+        """Stop receiving, disarm all timers and close the socket.  Idempotent."""
+        if self.state is TransportState.STOPPED:
+            return
+        self.state = TransportState.STOPPED
+        me = getcurrent()
+        for g in [self._receiver, *self._timers.values()]:
+            if g is not None and g is not me:
+                g.kill(block=False)
+        self._timers.clear()
+        self._pending.clear()
+        if self._watcher is not None:
+            # The receiver may still sit in hub.wait on this descriptor until
+            # the GreenletExit reaches it; the event loop must not watch a
+            # closed descriptor meanwhile.
+            self._watcher.stop()
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> Transport:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- sockets --------------------------------------------------------------
+
+    def _open_socket(self) -> socket.socket:
+        sock = _RealSocket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                                 (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+                self._set_buffer(sock, force, plain)
+            if self.mode == "udp":
+                group = socket.inet_aton(self.mcast_addr)  # type: ignore[arg-type]
+                iface = socket.inet_aton(self.bind_addr)
+                if sys.platform.startswith("linux"):
+                    # Otherwise a wildcard-bound socket also gets every other
+                    # group joined on this host for the same port.
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+                # Wildcard address: both the group's packets and unicast to us.
+                sock.bind(("", self.port))
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + iface)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            else:
+                sock.bind((self.bind_addr, self.port))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _set_buffer(self, sock: socket.socket, force: int | None, plain: int) -> None:
+        # As root, the FORCE variants pass the kernel's rmem_max/wmem_max cap.
+        for opt in (force, plain):
+            if opt is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                return
+            except OSError:
+                continue
+        self.log.debug("could not enlarge socket buffer (option %d)", plain)
+
+    def _sendto(self, packet: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._sock.sendto(packet, addr)  # type: ignore[union-attr]
+        except OSError as e:
+            self.stats["send_errors"] += 1
+            self.log.debug("send to %s:%d failed: %s", addr[0], addr[1],
+                           errno.errorcode.get(e.errno or 0, e))
+            return
+        self.stats["tx_packets"] += 1
+        self.stats["tx_bytes"] += len(packet)
+
+    # -- receiving -------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        hub = get_hub()
+        watcher = self._watcher = hub.loop.io(sock.fileno(), 1)  # 1 = readable
+        try:
+            while self.state is TransportState.RUNNING:
+                hub.wait(watcher)
+                for _ in range(RECV_BATCH):
+                    if self.state is not TransportState.RUNNING:
+                        return
+                    try:
+                        data, src = sock.recvfrom(RECV_BYTES)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as e:
+                        # e.g. a queued ICMP error; not about the next datagram
+                        self.log.debug("recvfrom: %s", e)
+                        continue
+                    self._datagram(data, src[0])
+        finally:
+            self._watcher = None
+            watcher.close()
+
+    def _datagram(self, data: bytes, host: str) -> None:
+        if host == self.bind_addr:
+            self.stats["own_dropped"] += 1  # multicast loop is off; belt and braces
+            return
+        self.stats["rx_packets"] += 1
+        self.stats["rx_bytes"] += len(data)
+        try:
+            plain = self.crypto.open_untrusted(data)
+        except ReplayedPacket:
+            self.stats["replayed"] += 1
+            return
+        except InvalidDigest:
+            self.stats["invalid_digest"] += 1
+            self._digest_limit.log(self.log, SECURITY,
+                                   "invalid digest: dropped %d-byte packet from %s "
+                                   "(another key?)", len(data), host)
+            return
+        try:
+            actions = self.srp.receive(plain, self.clock())
+        except BadPacket as e:
+            self.stats["bad_packet"] += 1
+            self._bad_limit.log(self.log, logging.DEBUG, "bad packet from %s: %s", host, e)
+            return
+        self._perform(actions)
+
+    # -- timers ----------------------------------------------------------------
+
+    def _arm(self, kind: TimerKind, at: float) -> None:
+        self._disarm(kind)
+        g = gevent.spawn_later(max(0.0, at - self.clock()), self._fire, kind, at)
+        g.link_exception(self._died)
+        self._timers[kind] = g
+
+    def _disarm(self, kind: TimerKind) -> None:
+        g = self._timers.pop(kind, None)
+        if g is not None:
+            g.kill(block=False)
+
+    def _fire(self, kind: TimerKind, at: float) -> None:
+        # The event loop's cached time may run a hair ahead of ``clock``; the
+        # core must never see a timer before its time.
+        while (early := at - self.clock()) > 0:
+            gevent.sleep(early)
+        if self._timers.get(kind) is not getcurrent():
+            return  # replaced or cancelled while we slept
+        del self._timers[kind]  # from here on nobody may kill us
+        if self.state is not TransportState.RUNNING:
+            return
+        self.stats["timers_fired"] += 1
+        self._perform(self.srp.timer(kind, self.clock()))
+
+    # -- performing actions ----------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        self._pending.extend(actions)
+        if self._performing:
+            return  # the greenlet already draining the queue will do these, in order
+        self._performing = True
+        try:
+            while self._pending and self.state is TransportState.RUNNING:
+                action = self._pending.popleft()
+                if isinstance(action, Send):
+                    self._send(action)
+                elif isinstance(action, Deliver):
+                    self.stats["deliveries"] += 1
+                    self.on_deliver(action)
+                elif isinstance(action, StartTimer):
+                    self._arm(action.kind, action.at)
+                elif isinstance(action, CancelTimer):
+                    self._disarm(action.kind)
+                elif isinstance(action, ConfChange):
+                    self._confchg(action)
+                else:
+                    raise TypeError(f"unknown action {action!r}")
+        finally:
+            self._performing = False
+
+    def _send(self, action: Send) -> None:
+        packet = self.crypto.seal(action.data)
+        if action.dest is None:
+            for addr in self._everyone:
+                self._sendto(packet, addr)
+        elif action.dest != self.node_id:
+            self._sendto(packet, (fmt_node(action.dest), self.port))
+
+    def _confchg(self, conf: ConfChange) -> None:
+        self.stats["confchanges"] += 1
+        if not conf.transitional and self.state_file is not None:
+            seq = self.srp.max_ring_seq
+            if seq != self._saved_seq:
+                try:
+                    save_ring_seq(self.state_file, seq)
+                    self._saved_seq = seq
+                except OSError as e:
+                    self.log.error("cannot save ring state to %s: %s", self.state_file, e)
+        self.on_confchg(conf)
+
+    # -- supervision -------------------------------------------------------------
+
+    def _died(self, g: Greenlet) -> None:
+        exc = g.exception
+        assert exc is not None
+        self.log.error("totem transport greenlet died: %r", exc,
+                       exc_info=(type(exc), exc, exc.__traceback__))
+        self.stop()
+        self.on_fatal(exc)
+
+
+__all__ = ["SrpLike", "Transport", "TransportState", "load_ring_seq", "save_ring_seq"]

@@ -1,0 +1,430 @@
+"""Tests of ais.totem.transport over real sockets.
+
+Only loopback (127.0.0.N, udpu) is used on the host; multicast runs only inside
+network namespaces the test creates and always deletes (DESIGN.md, "Safety
+rules").  Every wait is bounded.
+
+The first group drives the transport with ``StubSrp``, a scripted stand-in for
+``Srp`` that returns the actions a test chooses; the later groups use the real
+``ais.totem.srp.Srp`` when it exists.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import gevent
+import gevent.socket
+import pytest
+
+from ais.totem.crypto import Crypto
+from ais.totem.events import (
+    Action, CancelTimer, ConfChange, Deliver, RingId, Send, StartTimer, TimerKind, node_of)
+from ais.totem.transport import Transport, TransportState, load_ring_seq, save_ring_seq
+
+KEY = bytes(range(128))
+OTHER_KEY = bytes(range(1, 129))
+LOGGER = "ais.totem.transport"
+
+
+# -- helpers -------------------------------------------------------------------
+
+def free_port(hosts: Iterable[str] = ("127.0.0.1", "127.0.0.2", "127.0.0.3",
+                                       "127.0.0.4")) -> int:
+    """A UDP port free on all ``hosts`` right now (a small race is accepted)."""
+    for _ in range(50):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        socks = []
+        try:
+            for h in hosts:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((h, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free UDP port")
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
+    """Poll ``pred`` (yielding to gevent) until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        gevent.sleep(step)
+    return pred()
+
+
+def udp_sock(host: str, port: int) -> gevent.socket.socket:
+    s = gevent.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    return s
+
+
+def recv_all(sock: gevent.socket.socket, timeout: float = 0.3) -> list[bytes]:
+    """Every datagram that arrives until ``timeout`` seconds of silence."""
+    out = []
+    sock.settimeout(timeout)
+    while len(out) < 1000:
+        try:
+            out.append(sock.recvfrom(70000)[0])
+        except TimeoutError:
+            break
+    return out
+
+
+class StubSrp:
+    """A scripted stand-in for ``Srp``: records its inputs, returns chosen actions."""
+
+    def __init__(self, addr: str, *,
+                 on_start: Callable[[float], list[Action]] = lambda now: [],
+                 on_receive: Callable[[bytes, float], list[Action]] = lambda d, now: [],
+                 on_timer: Callable[[TimerKind, float], list[Action]] = lambda k, now: []):
+        self.node_id = node_of(addr)
+        self.max_ring_seq = 0
+        self.received: list[bytes] = []
+        self.fired: list[tuple[TimerKind, float]] = []
+        self._on_start, self._on_receive, self._on_timer = on_start, on_receive, on_timer
+
+    def start(self, now: float) -> list[Action]:
+        return self._on_start(now)
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        self.received.append(data)
+        return self._on_receive(data, now)
+
+    def timer(self, kind: TimerKind, now: float) -> list[Action]:
+        self.fired.append((kind, now))
+        return self._on_timer(kind, now)
+
+    def mcast(self, payload: bytes, now: float) -> list[Action]:
+        return [Send(payload)]
+
+
+class Harness:
+    """One transport plus what its callbacks saw."""
+
+    def __init__(self, srp: StubSrp | object, addr: str, port: int, members: list[str],
+                 key: bytes = KEY, **kw: object) -> None:
+        self.delivered: list[Deliver] = []
+        self.confs: list[ConfChange] = []
+        self.events: list[object] = []
+        self.fatal: list[BaseException] = []
+        self.t = Transport(
+            srp, Crypto(key), bind_addr=addr, port=port,  # type: ignore[arg-type]
+            mode="udpu", members=members,
+            on_deliver=lambda d: (self.delivered.append(d), self.events.append(d)),
+            on_confchg=lambda c: (self.confs.append(c), self.events.append(c)),
+            on_fatal=self.fatal.append, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def cleanup() -> Iterable[list[object]]:
+    """Things with stop()/close() to shut down after the test, even on failure."""
+    things: list[object] = []
+    yield things
+    for x in reversed(things):
+        getattr(x, "stop", getattr(x, "close", lambda: None))()
+
+
+# -- stand-in tests ------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_packets_go_encrypted_to_members_but_not_self(cleanup: list) -> None:
+    port = free_port()
+    raw2 = udp_sock("127.0.0.2", port)
+    raw3 = udp_sock("127.0.0.3", port)
+    cleanup += [raw2, raw3]
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    cleanup.append(h.t)
+    h.t.start()
+    marker = b"PLAINTEXT-MARKER " * 10
+    h.t.mcast(marker)  # the stub turns this into Send(dest=None)
+    got2, got3 = recv_all(raw2), recv_all(raw3)
+    assert len(got2) == len(got3) == 1
+    for pkt in (got2[0], got3[0]):
+        assert b"PLAINTEXT-MARKER" not in pkt
+        assert Crypto(KEY).open_untrusted(pkt) == marker
+    assert got2[0] == got3[0]  # one seal for the whole fan-out
+    # A unicast Send goes to that node only; one addressed to ourselves nowhere.
+    h.t._perform([Send(b"just three", dest=node_of("127.0.0.3")),
+                  Send(b"to myself", dest=node_of("127.0.0.1"))])
+    assert recv_all(raw2) == []
+    (uni,) = recv_all(raw3)
+    assert Crypto(KEY).open_untrusted(uni) == b"just three"
+    assert srp.received == []  # nothing looped back to the sender
+    assert h.t.stats["tx_packets"] == 3
+    assert h.fatal == []
+
+
+@pytest.mark.timeout(20)
+def test_receive_path_opens_and_feeds_srp(cleanup: list) -> None:
+    port = free_port()
+    peer = udp_sock("127.0.0.2", port)
+    cleanup.append(peer)
+    srp = StubSrp("127.0.0.1",
+                  on_receive=lambda d, now: [Deliver(node_of("127.0.0.2"), d, RingId(1, 1))])
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    sender = Crypto(KEY)
+    for i in range(20):
+        peer.sendto(sender.seal(b"m%d" % i), ("127.0.0.1", port))
+    assert wait_until(lambda: len(h.delivered) == 20)
+    assert [d.payload for d in h.delivered] == [b"m%d" % i for i in range(20)]
+    assert h.t.stats["rx_packets"] == 20 and h.t.stats["invalid_digest"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_garbage_and_wrong_key_dropped_counted_logged(cleanup: list,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    offset = [0.0]
+    port = free_port()
+    peer = udp_sock("127.0.0.2", port)
+    cleanup.append(peer)
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"],
+                clock=lambda: time.monotonic() + offset[0])
+    cleanup.append(h.t)
+    h.t.start()
+    rng = __import__("random").Random(7)
+    bad = [rng.randbytes(n) for n in (0, 1, 16, 31, 32, 33, 100, 1441, 9000)]
+    bad += [Crypto(OTHER_KEY).seal(b"hello from another cluster") for _ in range(21)]
+    for pkt in bad:
+        peer.sendto(pkt, ("127.0.0.1", port))
+    assert wait_until(lambda: h.t.stats["invalid_digest"] == len(bad))
+    lines = [r.getMessage() for r in caplog.records if "invalid digest" in r.getMessage()]
+    assert 1 <= len(lines) <= 3  # rate-limited
+    # Still serving: a good packet gets through.
+    peer.sendto(Crypto(KEY).seal(b"good"), ("127.0.0.1", port))
+    assert wait_until(lambda: srp.received == [b"good"])
+    # In the next window the suppressed count is reported.
+    offset[0] += 11.0
+    peer.sendto(b"garbage again", ("127.0.0.1", port))
+    assert wait_until(lambda: h.t.stats["invalid_digest"] == len(bad) + 1)
+    summary = [r.getMessage() for r in caplog.records if "suppressed" in r.getMessage()]
+    assert summary and "invalid digest" in summary[-1] and str(len(bad) - 3) in summary[-1]
+    assert h.t.state is TransportState.RUNNING and h.fatal == []
+
+
+@pytest.mark.timeout(20)
+def test_replayed_packet_dropped_quietly(cleanup: list, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    port = free_port()
+    peer = udp_sock("127.0.0.2", port)
+    cleanup.append(peer)
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    pkt = Crypto(KEY).seal(b"once")
+    peer.sendto(pkt, ("127.0.0.1", port))
+    peer.sendto(pkt, ("127.0.0.1", port))
+    assert wait_until(lambda: h.t.stats["replayed"] == 1)
+    assert srp.received == [b"once"]
+    assert not any("invalid digest" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(20)
+def test_timers_fire_rearm_and_cancel(cleanup: list) -> None:
+    port = free_port()
+    joins = []
+
+    def on_timer(kind: TimerKind, now: float) -> list[Action]:
+        if kind is TimerKind.JOIN:
+            joins.append(now)
+            if len(joins) < 4:
+                # Cancel CONSENSUS each time; it must never fire.
+                return [CancelTimer(TimerKind.CONSENSUS), StartTimer(TimerKind.JOIN, now + 0.05)]
+        return []
+
+    def on_start(now: float) -> list[Action]:
+        return [StartTimer(TimerKind.JOIN, now + 0.05),
+                StartTimer(TimerKind.CONSENSUS, now + 0.12),
+                StartTimer(TimerKind.TOKEN_LOSS, now + 0.1),
+                # re-arming replaces: only the later one fires
+                StartTimer(TimerKind.MERGE_DETECT, now + 0.05),
+                StartTimer(TimerKind.MERGE_DETECT, now + 0.3),
+                # armed and cancelled at once
+                StartTimer(TimerKind.WAKE, now + 0.01),
+                CancelTimer(TimerKind.WAKE)]
+
+    srp = StubSrp("127.0.0.1", on_start=on_start, on_timer=on_timer)
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    t0 = time.monotonic()
+    h.t.start()
+    assert wait_until(lambda: len(joins) == 4, timeout=5)
+    gevent.sleep(0.4)
+    kinds = [k for k, _ in srp.fired]
+    assert kinds.count(TimerKind.JOIN) == 4
+    assert kinds.count(TimerKind.TOKEN_LOSS) == 1
+    assert kinds.count(TimerKind.MERGE_DETECT) == 1
+    assert TimerKind.CONSENSUS not in kinds and TimerKind.WAKE not in kinds
+    merge_at = next(now for k, now in srp.fired if k is TimerKind.MERGE_DETECT)
+    assert merge_at - t0 >= 0.3
+    # Never early, and spaced by the re-arm interval.
+    assert all(b - a >= 0.05 for a, b in zip(joins, joins[1:]))
+    assert h.fatal == [] and h.t._timers == {}
+
+
+@pytest.mark.timeout(20)
+def test_stop_cancels_timers(cleanup: list) -> None:
+    port = free_port()
+    srp = StubSrp("127.0.0.1",
+                  on_start=lambda now: [StartTimer(TimerKind.TOKEN_LOSS, now + 0.1)])
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    h.t.start()
+    h.t.stop()
+    h.t.stop()  # idempotent
+    gevent.sleep(0.3)
+    assert srp.fired == [] and h.fatal == []
+    assert h.t.state is TransportState.STOPPED
+    # The port is free again.
+    udp_sock("127.0.0.1", port).close()
+
+
+@pytest.mark.timeout(20)
+def test_callbacks_in_order_and_mcast_from_callback(cleanup: list) -> None:
+    port = free_port()
+    raw2 = udp_sock("127.0.0.2", port)
+    cleanup.append(raw2)
+    ring = RingId(4, node_of("127.0.0.1"))
+    me = node_of("127.0.0.1")
+
+    def on_start(now: float) -> list[Action]:
+        return [ConfChange(False, ring, (me,), (), (me,)),
+                Deliver(me, b"a", ring), Deliver(me, b"b", ring),
+                ConfChange(True, ring, (me,)), Deliver(me, b"c", ring)]
+
+    srp = StubSrp("127.0.0.1", on_start=on_start)
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    seen: list[bytes] = []
+
+    def on_deliver(d: Deliver) -> None:
+        seen.append(d.payload)
+        if d.payload == b"a":
+            # A service replying from inside a delivery: performed after the
+            # current actions, not in the middle of them.
+            h.t.mcast(b"reply")
+            gevent.sleep(0.01)  # a callback that yields must not reorder anything
+        h.events.append(d)
+
+    h.t.on_deliver = on_deliver
+    h.t.start()
+    assert seen == [b"a", b"b", b"c"]
+    assert [type(e).__name__ for e in h.events] == [
+        "ConfChange", "Deliver", "Deliver", "ConfChange", "Deliver"]
+    (pkt,) = recv_all(raw2)
+    assert Crypto(KEY).open_untrusted(pkt) == b"reply"
+
+
+@pytest.mark.timeout(20)
+def test_send_errors_are_ignored(cleanup: list, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    port = free_port()
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    h.t.mcast(b"x" * 70000)  # larger than any UDP datagram: EMSGSIZE
+    assert h.t.stats["send_errors"] == 1
+    assert any("failed" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+    h.t.mcast(b"fine")
+    assert h.t.stats["tx_packets"] == 1 and h.fatal == []
+
+
+@pytest.mark.timeout(20)
+def test_bug_in_receive_path_is_fatal(cleanup: list) -> None:
+    port = free_port()
+    peer = udp_sock("127.0.0.2", port)
+    cleanup.append(peer)
+
+    def explode(data: bytes, now: float) -> list[Action]:
+        raise RuntimeError("bug in the core")
+
+    h = Harness(StubSrp("127.0.0.1", on_receive=explode), "127.0.0.1", port,
+                ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    peer.sendto(Crypto(KEY).seal(b"boom"), ("127.0.0.1", port))
+    assert wait_until(lambda: h.fatal != [])
+    assert isinstance(h.fatal[0], RuntimeError)
+    assert h.t.state is TransportState.STOPPED
+
+
+@pytest.mark.timeout(20)
+def test_bug_in_timer_is_fatal(cleanup: list) -> None:
+    port = free_port()
+
+    def explode(kind: TimerKind, now: float) -> list[Action]:
+        raise ValueError("bug in timer handling")
+
+    h = Harness(StubSrp("127.0.0.1", on_timer=explode,
+                        on_start=lambda now: [StartTimer(TimerKind.JOIN, now + 0.01)]),
+                "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    assert wait_until(lambda: h.fatal != [])
+    assert isinstance(h.fatal[0], ValueError)
+
+
+@pytest.mark.timeout(20)
+def test_bind_conflict_raises(cleanup: list) -> None:
+    port = free_port()
+    a = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    b = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup += [a.t, b.t]
+    a.t.start()
+    with pytest.raises(OSError):
+        b.t.start()
+
+
+def test_constructor_checks_mode() -> None:
+    srp = StubSrp("127.0.0.1")
+    kw = dict(bind_addr="127.0.0.1", port=1, on_deliver=print, on_confchg=print)
+    with pytest.raises(ValueError):
+        Transport(srp, Crypto(KEY), mode="tcp", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Transport(srp, Crypto(KEY), mode="udp", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Transport(srp, Crypto(KEY), mode="udpu", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(20)
+def test_ring_seq_persisted_on_regular_confchange(cleanup: list, tmp_path: Path) -> None:
+    state = tmp_path / "ringseq"
+    assert load_ring_seq(str(state)) == 0
+    port = free_port()
+    me = node_of("127.0.0.1")
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"], state_file=str(state))
+    cleanup.append(h.t)
+    h.t.start()
+    srp.max_ring_seq = 8
+    h.t._perform([ConfChange(True, RingId(4, me), (me,))])
+    assert not state.exists()  # transitional configurations are not persisted
+    h.t._perform([ConfChange(False, RingId(8, me), (me,))])
+    assert load_ring_seq(str(state)) == 8
+    srp.max_ring_seq = 12
+    h.t._perform([ConfChange(False, RingId(12, me), (me,))])
+    assert state.read_text() == "12\n" and load_ring_seq(str(state)) == 12
+    assert not (tmp_path / "ringseq.tmp").exists()
+    state.write_text("garbage")
+    assert load_ring_seq(str(state)) == 0
+    save_ring_seq(str(state), 99)
+    assert load_ring_seq(str(state)) == 99
