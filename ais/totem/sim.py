@@ -1,0 +1,869 @@
+"""A simulated network that drives many ``Srp`` nodes in one process.
+
+Theory of operation
+-------------------
+One ``random.Random(seed)`` decides everything: start times, per-packet loss,
+duplication and delay, the fault schedule, which node a fault hits, and when
+applications multicast.  Time is virtual: a heap of ``(time, counter, ...)``
+entries holds packets in flight, armed protocol timers, application sends and
+fault events, and the clock jumps to the earliest.  The counter breaks ties in
+insertion order, so a seed gives one schedule and a byte-identical trace.
+
+Nodes (spec/totem.md "Test scenarios")
+    Node ``i`` (1-based) has id 10.0.0.i; ring order is id order.  Each node is
+    an ``Srp`` built with the ring sequence kept on its "disk" (re-read after
+    every call into the core), so a restarted node never reuses ring ids.  A
+    crash drops the ``Srp`` and everything addressed to that incarnation; a
+    restart makes a new incarnation (EVS: a new processor).  A paused node
+    holds every event that comes due (packets, timers, its application) and
+    runs them, in order, when it resumes.
+
+Timers
+    ``StartTimer`` bumps a per-node, per-kind generation number and pushes an
+    entry carrying it; ``CancelTimer`` bumps it too.  An entry whose generation
+    (or incarnation) is stale when it pops is skipped, so re-arming is O(log n)
+    and cancelling O(1).
+
+Network
+    ``Send(dest=None)`` reaches every other node, ``Send(dest=X)`` only X, and
+    never the sender.  Each copy is dropped with probability ``loss``,
+    duplicated with ``dup``, delayed by ``delay`` plus, with probability
+    ``reorder``, up to ``reorder_delay`` more.  Partitions split the nodes into
+    2 or 3 groups for 1-4 s; a flapping link goes down and up for a few
+    seconds.  With ``crypto`` every packet is sealed by its sender and opened
+    by its receiver (``ais/totem/crypto.py``), and ``corrupt`` flips a byte.
+
+Phases
+    Faults happen only in the fault phase (``duration`` seconds, extended to
+    the end of the last pause/partition).  Then the quiet phase: no loss, no
+    partitions, paused nodes resumed, each crashed node restarted or left down
+    by a coin toss.  Liveness (spec "guarantees" 12) must then hold within
+    ``settle`` seconds: one regular configuration of exactly the live nodes,
+    after which every live node multicasts a probe that all must deliver, and
+    every live incarnation must have delivered all it submitted.  The run stops
+    as soon as that holds, and the recorded histories go through
+    ``invariants.check``.
+
+Output
+    ``run(seed, options)`` returns a ``RunResult``; ``python -m ais.totem.sim``
+    sweeps seeds and prints one line per run, the violations with the replay
+    command, and ``N runs, M violations``.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import importlib
+import importlib.util
+import random
+import struct
+import sys
+import traceback
+import zlib
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
+
+from ais.totem.events import (
+    CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer, TimerKind,
+    TotemConfig, fmt_node, node_of,
+)
+from ais.totem.invariants import Delivered, History, ProcId, Violation, check, check_liveness
+
+#: application payload header: sender node id, incarnation, counter
+MSG_HEADER = struct.Struct("!III")
+
+#: padding source; a message's padding is a slice of it chosen by its counter,
+#: so a delivered payload can be compared with what was submitted
+_PAD = bytes(range(256))
+
+_PACKET_NAMES = {1: "mcast", 2: "token", 3: "join", 4: "commit", 5: "merge", 6: "wake"}
+
+# heap entry kinds
+_PKT, _TIMER, _APP, _FAULT, _CHECK = range(5)
+
+
+class MsgKey(NamedTuple):
+    """Identity of one submitted message: (node id, incarnation, counter)."""
+
+    node: int
+    inc: int
+    n: int
+
+    def __repr__(self) -> str:
+        return f"{fmt_node(self.node)}#{self.inc}:{self.n}"
+
+
+@dataclass
+class SimOptions:
+    """One run's parameters.  Probabilities are per packet copy; times in seconds."""
+
+    #: number of nodes (ids 10.0.0.1 ...)
+    nodes: int = 3
+    #: probability that a packet copy is lost (fault phase only)
+    loss: float = 0.0
+    #: probability that a packet copy is delivered twice (fault phase only)
+    dup: float = 0.0
+    #: probability that a packet copy gets up to ``reorder_delay`` extra delay
+    reorder: float = 0.0
+    #: largest extra delay of a reordered packet
+    reorder_delay: float = 0.005
+    #: base one-way delay, uniform in this range
+    delay: tuple[float, float] = (0.0001, 0.0005)
+    #: partition episodes during the fault phase
+    partitions: int = 0
+    #: flapping-link episodes during the fault phase
+    flaps: int = 0
+    #: node crashes during the fault phase
+    crashes: int = 0
+    #: node pauses (2-5 s each) during the fault phase
+    pauses: int = 0
+    #: application messages per node, spread over the fault phase
+    messages: int = 20
+    #: payload bytes per application message (at least the 12-byte header)
+    size: int = 100
+    #: length of the fault phase
+    duration: float = 10.0
+    #: liveness bound: time after the fault phase for everything to settle
+    settle: float = 30.0
+    #: spread of the nodes' start times (0: simultaneous start)
+    start_spread: float = 0.05
+    #: seal/open every packet with ais/totem/crypto.py
+    crypto: bool = False
+    #: probability that a packet copy gets one byte flipped (only with crypto)
+    corrupt: float = 0.0
+    #: protocol parameters (None: TotemConfig defaults)
+    config: TotemConfig | None = None
+    #: hard bound on processed events
+    max_steps: int = 5_000_000
+    #: check invariants at the end (the benchmark turns this off)
+    check: bool = True
+    #: keep the full trace (else only the last ``trace_tail`` lines)
+    full_trace: bool = False
+    #: lines kept when not keeping the full trace (0: no tracing at all)
+    trace_tail: int = 200
+    #: stop once the application load is delivered everywhere (benchmark mode:
+    #: no quiet phase, no liveness probes)
+    stop_when_delivered: bool = False
+
+    def to_args(self) -> list[str]:
+        """Command-line flags that reproduce these options (non-defaults only)."""
+        out: list[str] = []
+        default = SimOptions()
+        for f in fields(self):
+            name = f.name
+            if name in _NOT_CLI:
+                continue
+            val = getattr(self, name)
+            if val == getattr(default, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(val, bool):
+                out.append(flag if val else "--no-" + flag[2:])
+            elif isinstance(val, tuple):
+                out += [flag, ",".join(repr(v) for v in val)]
+            else:
+                out += [flag, repr(val) if isinstance(val, float) else str(val)]
+        return out
+
+
+_NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered"}
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    seed: int
+    options: SimOptions
+    #: virtual time at the end of the run
+    time: float = 0.0
+    steps: int = 0
+    #: packet copies put on the network
+    packets: int = 0
+    #: Deliver actions, over all nodes
+    deliveries: int = 0
+    #: distinct messages delivered at least once
+    messages_delivered: int = 0
+    #: payload bytes of those distinct messages
+    bytes_delivered: int = 0
+    #: distinct regular ring ids installed
+    configurations: int = 0
+    #: virtual time at which liveness held (None: it did not, or not checked)
+    settled_at: float | None = None
+    violations: list[Violation] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    histories: dict[ProcId, History] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def line(self) -> str:
+        """One summary line."""
+        res = "ok" if self.ok else "VIOLATION " + ",".join(
+            sorted({v.invariant for v in self.violations}))
+        settled = "-" if self.settled_at is None else f"{self.settled_at:.1f}s"
+        return (f"seed {self.seed}: nodes {self.options.nodes} t={self.time:.1f}s "
+                f"settled={settled} packets {self.packets} deliveries {self.deliveries} "
+                f"confs {self.configurations} steps {self.steps}: {res}")
+
+    def replay(self) -> str:
+        """The command that replays this run with a full trace."""
+        return " ".join(["python -m ais.totem.sim", "--seed", str(self.seed),
+                         *self.options.to_args()])
+
+    def report(self, tail: int = 30) -> str:
+        """Violations, the last trace lines and the replay command."""
+        out = [f"seed {self.seed}: {len(self.violations)} violation(s)"]
+        out += [f"  {v}" for v in self.violations]
+        out.append(f"  last {min(tail, len(self.trace))} trace lines:")
+        out += [f"    {ln}" for ln in self.trace[-tail:]]
+        out.append(f"  replay: {self.replay()}")
+        return "\n".join(out)
+
+
+class _Node:
+    """Simulator-side state of one node id across its incarnations."""
+
+    __slots__ = ("id", "name", "srp", "inc", "paused", "held", "gens", "hist", "crypto",
+                 "disk", "state")
+
+    def __init__(self, node_id: int, name: str) -> None:
+        self.id = node_id
+        self.name = name
+        self.srp: Any = None  # the live Srp, None while down
+        self.inc = -1  # incarnation number; -1 before the first start
+        self.paused = False
+        self.held: list[tuple] = []
+        self.gens: dict[TimerKind, int] = {}
+        self.hist: History | None = None
+        self.crypto: Any = None
+        self.disk = 0  # srp.max_ring_seq survives crashes
+        self.state = ""
+
+
+def _load_srp() -> type:
+    from ais.totem.srp import Srp  # imported late: the simulator's tests run without it
+    return Srp
+
+
+def crypto_available() -> bool:
+    """Whether ais/totem/crypto.py is present (and its dependencies import)."""
+    if importlib.util.find_spec("ais.totem.crypto") is None:
+        return False
+    try:
+        importlib.import_module("ais.totem.crypto")
+    except ImportError:
+        return False
+    return True
+
+
+def payload_of(key: MsgKey, size: int) -> bytes:
+    """The bytes submitted for message ``key``: header, then padding up to ``size``."""
+    pad = max(size, MSG_HEADER.size) - MSG_HEADER.size
+    start = key.n & 255
+    reps = (start + pad) // 256 + 1
+    body = (_PAD * reps)[start:start + pad] if pad else b""
+    return MSG_HEADER.pack(key.node, key.inc, key.n) + body
+
+
+class Simulation:
+    """One seeded run.  Use ``run()`` unless you need to poke at the internals."""
+
+    def __init__(self, seed: int, options: SimOptions,
+                 srp_factory: Callable[..., Any] | None = None) -> None:
+        self.seed = seed
+        self.o = options
+        self.rng = random.Random(seed)
+        self.config = options.config or TotemConfig()
+        self.factory = srp_factory or _load_srp()
+        self.heap: list[tuple] = []
+        self.counter = 0
+        self.now = 0.0
+        self.steps = 0
+        self.nodes: dict[int, _Node] = {}
+        for i in range(1, options.nodes + 1):
+            nid = node_of(f"10.0.0.{i}") if i < 255 else node_of(f"10.0.{i // 250}.{i % 250 + 1}")
+            self.nodes[nid] = _Node(nid, f"n{i}")
+        self.ids = sorted(self.nodes)
+        self.histories: dict[ProcId, History] = {}
+        self.result = RunResult(seed, options)
+        # network state
+        self.loss, self.dup, self.reorder = options.loss, options.dup, options.reorder
+        self.corrupt = options.corrupt if options.crypto else 0.0
+        self.group: dict[int, int] = {n: 0 for n in self.ids}
+        self.cut: set[tuple[int, int]] = set()
+        self.faults_on = True
+        self.quiet_at = 0.0
+        self.deadline = 0.0
+        self.probes: list[MsgKey] = []
+        self.probes_sent = False
+        self.done = False
+        self.violations: list[Violation] = []
+        self.crypto_mod: Any = None
+        if options.crypto:
+            from ais.totem import crypto as crypto_mod
+            self.crypto_mod = crypto_mod
+            self.authkey = bytes(self.rng.getrandbits(8) for _ in range(128))
+        if options.full_trace:
+            self.trace: list[str] | deque[str] | None = []
+        elif options.trace_tail:
+            self.trace = deque(maxlen=options.trace_tail)
+        else:
+            self.trace = None
+        self.packets = 0
+        self.deliveries = 0
+        self.delivered_once: set[MsgKey] = set()
+        self.bytes_once = 0
+        self.rings: set[RingId] = set()
+        #: nodes with a restart scheduled for the quiet phase
+        self.restarting: set[int] = set()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def push(self, at: float, *entry: Any) -> None:
+        self.counter += 1
+        heapq.heappush(self.heap, (at, self.counter, *entry))
+
+    def tr(self, node: _Node | None, text: str) -> None:
+        if self.trace is not None:
+            who = node.name if node is not None else "--"
+            self.trace.append(f"{self.now:11.6f} {who:>4} {text}")
+
+    def describe(self, data: bytes) -> str:
+        kind = _PACKET_NAMES.get(data[1], "?") if len(data) > 1 else "?"
+        if self.o.full_trace:
+            return f"{kind} {len(data)}B crc {zlib.crc32(data):08x}"
+        return f"{kind} {len(data)}B"
+
+    # -- building the schedule -----------------------------------------------
+
+    def schedule(self) -> None:
+        o, rng = self.o, self.rng
+        for nid in self.ids:
+            self.push(rng.uniform(0, o.start_spread), _FAULT, "start", nid)
+        window = max(o.duration * 0.9, 0.001)
+        for nid in self.ids:
+            for _ in range(o.messages):
+                self.push(rng.uniform(0.05, window), _APP, nid)
+        ends = [o.duration]
+        t = 0.0
+        for _ in range(o.partitions):
+            t += rng.uniform(0.2, max(0.3, o.duration / max(o.partitions, 1)))
+            if t >= o.duration:
+                break
+            heal = t + rng.uniform(1.0, 4.0)
+            self.push(t, _FAULT, "partition", 0)
+            self.push(heal, _FAULT, "heal", 0)
+            ends.append(heal)
+            t = heal
+        for _ in range(o.flaps):
+            t0 = rng.uniform(0, o.duration)
+            a, b = rng.sample(self.ids, 2) if len(self.ids) > 1 else (self.ids[0],) * 2
+            t1 = t0
+            end = t0 + rng.uniform(2.0, 5.0)
+            down = True
+            while t1 < end:
+                self.push(t1, _FAULT, "cut" if down else "uncut", (a, b))
+                down = not down
+                t1 += rng.uniform(0.05, 0.8)
+            self.push(end, _FAULT, "uncut", (a, b))
+            ends.append(end)
+        for _ in range(o.crashes):
+            self.push(rng.uniform(0.1, o.duration), _FAULT, "crash", 0)
+        for _ in range(o.pauses):
+            t0 = rng.uniform(0.1, o.duration)
+            length = rng.uniform(2.0, 5.0)
+            self.push(t0, _FAULT, "pause", length)
+            ends.append(t0 + length)
+        self.quiet_at = max(ends)
+        if not o.stop_when_delivered:
+            self.push(self.quiet_at, _FAULT, "quiet", 0)
+        self.deadline = self.quiet_at + o.settle
+
+    # -- the event loop ------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self.schedule()
+        heap, nodes = self.heap, self.nodes
+        pop = heapq.heappop
+        max_steps = self.o.max_steps
+        deadline = self.deadline
+        try:
+            while heap and not self.done:
+                entry = pop(heap)
+                t = entry[0]
+                if t > deadline:
+                    break
+                self.steps += 1
+                if self.steps > max_steps:
+                    self.violations.append(Violation(
+                        "liveness", f"step bound {max_steps} reached at t={self.now:.3f}"))
+                    break
+                self.now = t
+                kind = entry[2]
+                if kind == _PKT:
+                    node = nodes[entry[3]]
+                    if node.srp is None:
+                        continue
+                    if node.paused:
+                        node.held.append(entry)
+                        continue
+                    self.on_packet(node, entry[4], entry[5])
+                elif kind == _TIMER:
+                    node = nodes[entry[3]]
+                    if node.srp is None or entry[4] != node.inc:
+                        continue
+                    if node.gens.get(entry[5]) != entry[6]:
+                        continue
+                    if node.paused:
+                        node.held.append(entry)
+                        continue
+                    node.gens[entry[5]] = entry[6] + 1  # fired: no longer armed
+                    self.tr(node, f"timer {entry[5].value}")
+                    self.call(node, node.srp.timer, entry[5])
+                elif kind == _APP:
+                    node = nodes[entry[3]]
+                    if node.srp is None:
+                        continue
+                    if node.paused:
+                        node.held.append(entry)
+                        continue
+                    self.on_app(node)
+                elif kind == _FAULT:
+                    getattr(self, "f_" + entry[3])(entry[4])
+                elif kind == _CHECK:
+                    self.on_check()
+            else:
+                if not self.done and not self.o.stop_when_delivered and not self.violations:
+                    self.violations.append(Violation("liveness", "event queue ran dry"))
+        except Exception:  # a bug in the core (or here): report it as this run's failure
+            tb = traceback.format_exc().rstrip().splitlines()
+            self.tr(None, "EXCEPTION " + tb[-1])
+            self.violations.append(Violation("exception", " | ".join(tb[-6:])))
+        return self.finish()
+
+    def call(self, node: _Node, fn: Callable[..., list], *args: Any) -> None:
+        """Call into the core and carry out its actions."""
+        acts = fn(*args, self.now)
+        srp = node.srp
+        node.disk = srp.max_ring_seq
+        self.perform(node, acts)
+        if self.trace is not None:
+            st = srp.state.name if hasattr(srp.state, "name") else str(srp.state)
+            if st != node.state:
+                self.tr(node, f"state {node.state or '-'} -> {st} ring {srp.ring_id}")
+                node.state = st
+
+    def perform(self, node: _Node, acts: Iterable[Any]) -> None:
+        for a in acts:
+            t = type(a)
+            if t is Send:
+                self.send(node, a.data, a.dest)
+            elif t is StartTimer:
+                gen = node.gens.get(a.kind, 0) + 1
+                node.gens[a.kind] = gen
+                self.push(a.at if a.at > self.now else self.now, _TIMER, node.id, node.inc,
+                          a.kind, gen)
+            elif t is CancelTimer:
+                node.gens[a.kind] = node.gens.get(a.kind, 0) + 1
+            elif t is Deliver:
+                self.on_deliver(node, a)
+            elif t is ConfChange:
+                node.hist.events.append(a)
+                if not a.transitional:
+                    self.rings.add(a.ring_id)
+                self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
+                        f"{self.names(a.members)} left {self.names(a.left)} "
+                        f"joined {self.names(a.joined)}")
+            else:
+                raise TypeError(f"unknown action {a!r}")
+
+    def names(self, ids: Iterable[int]) -> str:
+        return "[" + ",".join(self.nodes[i].name if i in self.nodes else fmt_node(i)
+                              for i in ids) + "]"
+
+    def send(self, node: _Node, data: bytes, dest: int | None) -> None:
+        rng = self.rng
+        src = node.id
+        if self.trace is not None:
+            self.tr(node, f"send {self.describe(data)} to "
+                    f"{'all' if dest is None else self.names((dest,))}")
+        wire = node.crypto.seal(data) if node.crypto is not None else data
+        targets: Sequence[int] = self.ids if dest is None else (dest,)
+        lo, hi = self.o.delay
+        for dst in targets:
+            if dst == src or dst not in self.nodes:
+                continue
+            self.packets += 1
+            if self.group[src] != self.group[dst] or (src, dst) in self.cut:
+                continue
+            if self.loss and rng.random() < self.loss:
+                continue
+            copies = 2 if self.dup and rng.random() < self.dup else 1
+            for _ in range(copies):
+                delay = rng.uniform(lo, hi)
+                if self.reorder and rng.random() < self.reorder:
+                    delay += rng.uniform(0, self.o.reorder_delay)
+                pkt = wire
+                if self.corrupt and rng.random() < self.corrupt:
+                    i = rng.randrange(len(pkt))
+                    pkt = pkt[:i] + bytes([pkt[i] ^ (1 + rng.randrange(255))]) + pkt[i + 1:]
+                self.push(self.now + delay, _PKT, dst, src, pkt)
+
+    def on_packet(self, node: _Node, src: int, data: bytes) -> None:
+        if self.group[src] != self.group[node.id] or (src, node.id) in self.cut:
+            return  # the partition started while it was in flight
+        if node.crypto is not None:
+            try:
+                data = node.crypto.open_untrusted(data)
+            except self.crypto_mod.BadPacket as e:
+                self.tr(node, f"drop from {self.nodes[src].name}: {type(e).__name__}")
+                return
+        if self.trace is not None:
+            self.tr(node, f"recv {self.describe(data)} from {self.nodes[src].name}")
+        self.call(node, node.srp.receive, data)
+
+    def on_deliver(self, node: _Node, d: Deliver) -> None:
+        self.deliveries += 1
+        p = d.payload
+        key: Hashable
+        if len(p) >= MSG_HEADER.size:
+            key = MsgKey(*MSG_HEADER.unpack_from(p))
+            if key.node != d.sender or p != payload_of(key, self.o.size):
+                key = ("garbled", d.sender, zlib.crc32(p), len(p))
+        else:
+            key = ("garbled", d.sender, zlib.crc32(p), len(p))
+        node.hist.events.append(Delivered(d.sender, key, d.ring_id))
+        if key not in self.delivered_once:
+            self.delivered_once.add(key)
+            self.bytes_once += len(p)
+        if self.trace is not None:
+            self.tr(node, f"deliver {key!r} ring {d.ring_id}")
+
+    def on_app(self, node: _Node, probe: bool = False) -> bool:
+        """The application on ``node`` multicasts its next message."""
+        hist = node.hist
+        key = MsgKey(node.id, node.inc, len(hist.submitted))
+        self.tr(node, f"mcast {key!r}{' (probe)' if probe else ''}")
+        try:
+            self.call(node, node.srp.mcast, payload_of(key, self.o.size))
+        except SendQueueFull:
+            self.tr(node, f"mcast {key!r}: queue full, will retry")
+            if not probe:
+                self.push(self.now + self.rng.uniform(0.05, 0.2), _APP, node.id)
+            return False
+        hist.submitted.append(key)
+        if probe:
+            self.probes.append(key)
+        return True
+
+    # -- faults --------------------------------------------------------------
+
+    def up(self) -> list[_Node]:
+        return [self.nodes[i] for i in self.ids if self.nodes[i].srp is not None]
+
+    def f_start(self, nid: int) -> None:
+        node = self.nodes[nid]
+        node.inc += 1
+        node.srp = self.factory(nid, self.config, ring_seq=node.disk)
+        node.gens = {}
+        node.held = []
+        node.paused = False
+        node.state = ""
+        node.hist = History(nid, node.inc)
+        self.histories[(nid, node.inc)] = node.hist
+        if self.o.crypto:
+            node.crypto = self.crypto_mod.Crypto(self.authkey)
+        self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk}")
+        self.call(node, node.srp.start)
+
+    def f_crash(self, _: Any) -> None:
+        if not self.faults_on:
+            return
+        up = self.up()
+        if len(up) < 2:
+            return
+        node = self.rng.choice(up)
+        node.srp = None
+        node.held = []
+        node.paused = False
+        node.hist.crashed = True
+        self.tr(node, f"CRASH incarnation {node.inc}")
+        restart = self.now + self.rng.uniform(0.5, 6.0)
+        if restart < self.quiet_at:
+            self.push(restart, _FAULT, "restart", (node.id, node.inc))
+
+    def f_restart(self, arg: tuple[int, int]) -> None:
+        nid, inc = arg
+        node = self.nodes[nid]
+        self.restarting.discard(nid)
+        if node.srp is None and node.inc == inc:
+            self.f_start(nid)
+
+    def f_pause(self, length: float) -> None:
+        if not self.faults_on:
+            return
+        cands = [n for n in self.up() if not n.paused]
+        if not cands:
+            return
+        node = self.rng.choice(cands)
+        node.paused = True
+        self.tr(node, f"PAUSE for {length:.2f}s")
+        self.push(self.now + length, _FAULT, "resume", (node.id, node.inc))
+
+    def f_resume(self, arg: tuple[int, int]) -> None:
+        nid, inc = arg
+        node = self.nodes[nid]
+        if node.srp is None or node.inc != inc or not node.paused:
+            return
+        node.paused = False
+        held, node.held = node.held, []
+        self.tr(node, f"RESUME with {len(held)} held events")
+        for entry in held:  # in the order they came due
+            self.push(self.now, *entry[2:])
+
+    def f_partition(self, _: Any) -> None:
+        if not self.faults_on or len(self.ids) < 2:
+            return
+        rng = self.rng
+        k = 3 if len(self.ids) >= 3 and rng.random() < 0.4 else 2
+        order = self.ids[:]
+        rng.shuffle(order)
+        groups = {nid: (i if i < k else rng.randrange(k)) for i, nid in enumerate(order)}
+        self.group = groups
+        parts = [[n for n in self.ids if groups[n] == g] for g in range(k)]
+        self.tr(None, "PARTITION " + " | ".join(self.names(p) for p in parts))
+
+    def f_heal(self, _: Any) -> None:
+        self.group = {n: 0 for n in self.ids}
+        self.tr(None, "HEAL")
+
+    def f_cut(self, pair: tuple[int, int]) -> None:
+        if not self.faults_on:
+            return
+        a, b = pair
+        self.cut |= {(a, b), (b, a)}
+        self.tr(None, f"LINK DOWN {self.names(pair)}")
+
+    def f_uncut(self, pair: tuple[int, int]) -> None:
+        a, b = pair
+        self.cut -= {(a, b), (b, a)}
+        self.tr(None, f"LINK UP {self.names(pair)}")
+
+    def f_quiet(self, _: Any) -> None:
+        """End of the fault phase: a fair network from now on."""
+        self.faults_on = False
+        self.loss = self.dup = self.reorder = self.corrupt = 0.0
+        self.group = {n: 0 for n in self.ids}
+        self.cut = set()
+        self.tr(None, "QUIET: faults stop")
+        for nid in self.ids:
+            node = self.nodes[nid]
+            if node.paused:
+                self.f_resume((nid, node.inc))
+        down = [self.nodes[i] for i in self.ids if self.nodes[i].srp is None]
+        for node in down:
+            if self.rng.random() < 0.5 or len(down) == len(self.ids):
+                self.push(self.now + self.rng.uniform(0.0, 1.0), _FAULT, "restart",
+                          (node.id, node.inc))
+                self.restarting.add(node.id)
+        self.push(self.now + 0.25, _CHECK)
+
+    def on_check(self) -> None:
+        up = self.up()
+        if self.restarting:
+            self.push(self.now + 0.25, _CHECK)
+            return
+        live = [(n.id, n.inc) for n in up]
+        if not self.probes_sent:
+            if not self._common_ring(up):
+                self.push(self.now + 0.25, _CHECK)
+                return
+            self.tr(None, "common configuration: sending probes")
+            for n in up:
+                self.on_app(n, probe=True)
+            self.probes_sent = True
+            self.push(self.now + 0.25, _CHECK)
+            return
+        if all(getattr(n.srp, "queued", lambda: 0)() == 0 for n in up):
+            vs = check_liveness(self.histories.values(), live, self.probes)
+            if not vs:
+                self.result.settled_at = self.now
+                self.tr(None, "settled")
+                self.done = True
+                return
+        self.push(self.now + 0.25, _CHECK)
+
+    def _common_ring(self, up: list[_Node]) -> bool:
+        want = tuple(n.id for n in up)
+        ring = None
+        for n in up:
+            last = next((e for e in reversed(n.hist.events) if isinstance(e, ConfChange)), None)
+            if last is None or last.transitional or tuple(sorted(last.members)) != want:
+                return False
+            if ring is not None and last.ring_id != ring:
+                return False
+            ring = last.ring_id
+            st = getattr(n.srp.state, "name", "OPERATIONAL")
+            if st != "OPERATIONAL":
+                return False
+        return True
+
+    def on_delivered_all(self) -> bool:
+        """Benchmark mode: every submitted message delivered by every node."""
+        total = sum(len(h.submitted) for h in self.histories.values())
+        return total == self.o.messages * len(self.ids) and len(self.delivered_once) == total
+
+    # -- the end -------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        r = self.result
+        r.time, r.steps, r.packets = self.now, self.steps, self.packets
+        r.deliveries = self.deliveries
+        r.messages_delivered = len(self.delivered_once)
+        r.bytes_delivered = self.bytes_once
+        r.configurations = len(self.rings)
+        r.histories = self.histories
+        vs = list(self.violations)
+        if not self.done and not self.o.stop_when_delivered and not vs:
+            live = [(n.id, n.inc) for n in self.up()]
+            vs += check_liveness(self.histories.values(), live, self.probes) or [
+                Violation("liveness", f"not settled {self.o.settle}s after the faults stopped")]
+        if self.o.check:
+            vs += check(self.histories.values(), complete=self.done)
+        r.violations = vs
+        for v in vs:
+            self.tr(None, f"VIOLATION {v}")
+        r.trace = list(self.trace) if self.trace is not None else []
+        return r
+
+
+def run(seed: int, options: SimOptions | None = None,
+        srp_factory: Callable[..., Any] | None = None) -> RunResult:
+    """Simulate one seeded run and check it.
+
+    Args:
+        seed: the only source of randomness.
+        options: network, fault and load parameters.
+        srp_factory: builds a node's core, ``factory(node_id, config, ring_seq=n)``;
+            default ``ais.totem.srp.Srp``.
+
+    Returns:
+        The run's counters, violations (``[]`` when every invariant held),
+        trace and histories.
+    """
+    return Simulation(seed, options or SimOptions(), srp_factory).run()
+
+
+class _Bench(Simulation):
+    """Benchmark mode: stop as soon as the whole load is delivered everywhere."""
+
+    def on_deliver(self, node: _Node, d: Deliver) -> None:
+        super().on_deliver(node, d)
+        if self.deliveries == self.o.messages * len(self.ids) * len(self.ids):
+            self.done = True
+
+
+def run_load(seed: int, options: SimOptions) -> RunResult:
+    """Run until all ``options.messages`` per node are delivered at every node.
+
+    No faults beyond packet loss/dup/reorder; used by bench/totem_bench.py.
+    """
+    o = SimOptions(**{f.name: getattr(options, f.name) for f in fields(options)})
+    o.stop_when_delivered = True
+    return _Bench(seed, o).run()
+
+
+# -- command line ----------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    d = SimOptions()
+    p = argparse.ArgumentParser(prog="python -m ais.totem.sim",
+                                description="Simulate Totem rings under faults and check "
+                                            "extended virtual synchrony.")
+    p.add_argument("--seed", type=int, help="one run, printing its full trace")
+    p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")
+    p.add_argument("--start", type=int, default=0, help="first seed of a sweep")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes for a sweep")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only violations and "
+                                                               "the total")
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    for name in ("loss", "dup", "reorder", "reorder_delay", "duration", "settle",
+                 "start_spread", "corrupt"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    for name in ("partitions", "flaps", "crashes", "pauses", "messages", "size"):
+        p.add_argument("--" + name, type=int, default=getattr(d, name))
+    p.add_argument("--delay", default=",".join(map(repr, d.delay)),
+                   help="base delay range in seconds, LO,HI")
+    p.add_argument("--crypto", action=argparse.BooleanOptionalAction, default=False,
+                   help="seal and open every packet with ais/totem/crypto.py")
+    p.add_argument("--token", type=float, help="token timeout (ms)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    return p
+
+
+def options_from_args(a: argparse.Namespace) -> SimOptions:
+    lo, hi = (float(x) for x in a.delay.split(","))
+    cfg = TotemConfig(token=a.token) if a.token else None
+    return SimOptions(
+        nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder,
+        reorder_delay=a.reorder_delay, delay=(lo, hi), partitions=a.partitions,
+        flaps=a.flaps, crashes=a.crashes, pauses=a.pauses, messages=a.messages, size=a.size,
+        duration=a.duration, settle=a.settle, start_spread=a.start_spread, crypto=a.crypto,
+        corrupt=a.corrupt, config=cfg, max_steps=a.max_steps)
+
+
+def _sweep_one(job: tuple[int, SimOptions]) -> RunResult:
+    seed, o = job
+    r = run(seed, o)
+    r.histories = {}  # keep what crosses the process boundary small
+    r.trace = r.trace[-40:] if r.violations else []
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m ais.totem.sim``; returns the exit status."""
+    a = _parser().parse_args(argv)
+    o = options_from_args(a)
+    if o.crypto and not crypto_available():
+        print("--crypto: ais/totem/crypto.py is not available", file=sys.stderr)
+        return 2
+    extra = [] if not a.token else ["--token", repr(a.token)]
+    if a.seed is not None:
+        o.full_trace = True
+        r = run(a.seed, o)
+        for ln in r.trace:
+            print(ln)
+        print(r.line())
+        if r.violations:
+            print(r.report().replace(r.replay(), r.replay() + " " + " ".join(extra)))
+        print(f"1 runs, {int(bool(r.violations))} violations")
+        return 1 if r.violations else 0
+    jobs = [(s, o) for s in range(a.start, a.start + a.seeds)]
+    bad = 0
+    if a.jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(a.jobs) as pool:
+            results: Iterable[RunResult] = pool.imap(_sweep_one, jobs, chunksize=1)
+            bad = _print_results(results, a.quiet, extra)
+    else:
+        bad = _print_results(map(_sweep_one, jobs), a.quiet, extra)
+    print(f"{len(jobs)} runs, {bad} violations")
+    return 1 if bad else 0
+
+
+def _print_results(results: Iterable[RunResult], quiet: bool, extra: list[str]) -> int:
+    bad = 0
+    for r in results:
+        if not quiet or r.violations:
+            print(r.line(), flush=True)
+        if r.violations:
+            bad += 1
+            print(r.report().replace(r.replay(), " ".join([r.replay(), *extra])), flush=True)
+    return bad
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The real Totem core under the simulated network: EVS invariants over seeded runs.
+
+``AIS_SIM_SEEDS=N`` widens every sweep to N seeds; ``AIS_SLOW=1`` also runs the
+soak sweeps marked slow.  A failing seed prints its replay command.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ais.totem.events import Deliver
+from ais.totem.sim import MsgKey, SimOptions, crypto_available, main, payload_of, run
+
+pytest.importorskip("ais.totem.srp")
+
+from ais.totem.srp import Srp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW = pytest.mark.skipif(os.environ.get("AIS_SLOW") != "1", reason="set AIS_SLOW=1")
+
+
+def seeds(default: int) -> list[int]:
+    """Seeds 0..n-1, n from AIS_SIM_SEEDS when set."""
+    return list(range(int(os.environ.get("AIS_SIM_SEEDS", default))))
+
+
+def assert_ok(seed: int, o: SimOptions) -> None:
+    r = run(seed, o)
+    assert not r.violations, r.report()
+    assert r.settled_at is not None, r.report()
+
+
+FAULTY3 = SimOptions(nodes=3, loss=0.1, dup=0.05, reorder=0.2, partitions=2, crashes=2,
+                     pauses=1, messages=15, duration=8)
+
+
+@pytest.mark.parametrize("seed", seeds(40))
+def test_three_nodes_under_faults(seed: int) -> None:
+    assert_ok(seed, FAULTY3)
+
+
+@pytest.mark.parametrize("seed", seeds(15))
+def test_two_nodes_lossy(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=2, loss=0.25, dup=0.1, reorder=0.3, crashes=1,
+                               partitions=1, messages=15, duration=6))
+
+
+@pytest.mark.parametrize("seed", seeds(10))
+def test_five_nodes_partitions_and_flaps(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=5, loss=0.15, dup=0.05, reorder=0.2, partitions=3,
+                               flaps=1, crashes=2, messages=10, duration=8))
+
+
+@pytest.mark.parametrize("seed", seeds(10))
+def test_pause_longer_than_token_timeout(seed: int) -> None:
+    r = run(seed, SimOptions(nodes=3, pauses=2, messages=15, duration=6))
+    assert not r.violations, r.report()
+    assert any("PAUSE" in ln for ln in run(seed, dataclasses.replace(
+        SimOptions(nodes=3, pauses=2, messages=15, duration=6), full_trace=True)).trace)
+
+
+@pytest.mark.parametrize("seed", seeds(5))
+def test_ring_of_one(seed: int) -> None:
+    r = run(seed, SimOptions(nodes=1, loss=0.2, pauses=1, messages=20, duration=4))
+    assert not r.violations, r.report()
+    (h,) = r.histories.values()
+    assert len([e for e in h.events if isinstance(e, type(h.events[0]))]) >= 1
+
+
+@pytest.mark.parametrize("seed", seeds(3))
+def test_eight_nodes(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=8, loss=0.05, dup=0.02, reorder=0.1, partitions=1,
+                               crashes=1, messages=10, size=2000, duration=6))
+
+
+@pytest.mark.parametrize("seed", seeds(3))
+def test_large_messages_are_fragmented_and_joined(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=3, loss=0.05, messages=5, size=20000, duration=4))
+
+
+def test_same_seed_same_trace() -> None:
+    o = dataclasses.replace(FAULTY3, full_trace=True)
+    a, b = run(7, o), run(7, o)
+    assert a.trace == b.trace
+    assert len(a.trace) > 500
+    assert run(8, o).trace != a.trace
+
+
+def test_same_seed_same_output_across_processes() -> None:
+    """Hash randomisation or process state must not leak into the schedule."""
+    cmd = [sys.executable, "-m", "ais.totem.sim", "--seed", "3", "--loss", "0.1",
+           "--partitions", "1", "--crashes", "1", "--messages", "5", "--duration", "3"]
+    outs = []
+    for hs in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hs)
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=120)
+        assert p.returncode == 0, p.stdout.decode()[-3000:]
+        outs.append(p.stdout)
+    assert outs[0] == outs[1]
+    assert outs[0].decode().rstrip().endswith("1 runs, 0 violations")
+
+
+def test_cli_sweep(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seeds", "4", "--jobs", "2", "--nodes", "3", "--loss", "0.1",
+                 "--messages", "5", "--duration", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in out[:4]] == [f"seed {i}" for i in range(4)]
+    assert out[-1] == "4 runs, 0 violations"
+
+
+@pytest.mark.skipif(not crypto_available(), reason="ais/totem/crypto.py not present")
+def test_crypto_layer() -> None:
+    r = run(1, SimOptions(nodes=3, crypto=True, corrupt=0.05, loss=0.05, dup=0.05,
+                          messages=10, duration=3, full_trace=True))
+    assert not r.violations, r.report()
+    assert any("InvalidDigest" in ln for ln in r.trace)
+
+
+class _SkipsOneDelivery:
+    """A deliberately broken core: node 2 silently drops its 5th delivery."""
+
+    def __init__(self, node_id: int, *a: Any, **kw: Any) -> None:
+        self._srp = Srp(node_id, *a, **kw)
+        self._n = 0
+        self._victim = node_id & 255 == 2
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._srp, name)
+
+    def _filter(self, acts: list[Any]) -> list[Any]:
+        out = []
+        for a in acts:
+            if isinstance(a, Deliver) and self._victim:
+                self._n += 1
+                if self._n == 5:
+                    continue
+            out.append(a)
+        return out
+
+    def start(self, now: float) -> list[Any]:
+        return self._filter(self._srp.start(now))
+
+    def receive(self, data: bytes, now: float) -> list[Any]:
+        return self._filter(self._srp.receive(data, now))
+
+    def timer(self, kind: Any, now: float) -> list[Any]:
+        return self._filter(self._srp.timer(kind, now))
+
+    def mcast(self, payload: bytes, now: float) -> list[Any]:
+        return self._filter(self._srp.mcast(payload, now))
+
+
+def test_a_broken_core_is_caught() -> None:
+    r = run(0, SimOptions(nodes=3, messages=10, duration=3), srp_factory=_SkipsOneDelivery)
+    names = {v.invariant for v in r.violations}
+    assert "agreed-order" in names or "liveness" in names, r.report()
+    rep = r.report()
+    assert "replay: python -m ais.totem.sim --seed 0" in rep
+    assert len(rep.splitlines()) > 30
+
+
+def test_payload_roundtrip() -> None:
+    k = MsgKey(1, 2, 300)
+    p = payload_of(k, 1000)
+    assert len(p) == 1000 and p[:12] == b"\0\0\0\1\0\0\0\2\0\0\1\x2c"
+    assert payload_of(k, 1) == p[:12]
+
+
+@SLOW
+@pytest.mark.parametrize("nodes", [2, 3, 5, 8, 16])
+def test_soak(nodes: int) -> None:
+    o = SimOptions(nodes=nodes, loss=0.3 if nodes < 8 else 0.1, dup=0.1, reorder=0.3,
+                   partitions=3, flaps=2, crashes=3, pauses=2, messages=20, duration=12)
+    bad = [run(s, o) for s in range(int(os.environ.get("AIS_SIM_SEEDS", 100)))]
+    bad = [r for r in bad if r.violations]
+    assert not bad, "\n\n".join(r.report() for r in bad[:3])
