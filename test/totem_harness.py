@@ -25,6 +25,8 @@ class Node:
     deliveries: list = field(default_factory=list)  # Deliver and ConfChange, in order
     timers: dict = field(default_factory=dict)
     alive: bool = True
+    started: bool = False
+    paused_until: float = 0.0
 
     @property
     def confs(self) -> list[ConfChange]:
@@ -53,6 +55,7 @@ class Net:
 
     def start(self, *ids: int) -> None:
         for i in ids or tuple(self.nodes):
+            self.nodes[i].started = True
             self._perform(i, self.nodes[i].srp.start(self.now))
 
     def _perform(self, i: int, actions: list) -> None:
@@ -83,6 +86,10 @@ class Net:
     def crash(self, i: int) -> None:
         self.nodes[i].alive = False
 
+    def pause(self, i: int, seconds: float) -> None:
+        """Stop node i for a while (a stalled process): its events wait until then."""
+        self.nodes[i].paused_until = self.now + seconds
+
     def partition(self, *groups: set[int]) -> None:
         self.blocked = {(a, b) for g in groups for a in g for h in groups if h is not g for b in h}
 
@@ -95,7 +102,10 @@ class Net:
         at, gen, kind, i, arg = heapq.heappop(self.heap)
         self.now = max(self.now, at)
         node = self.nodes[i]
-        if not node.alive:
+        if not node.alive or not node.started:
+            return True
+        if node.paused_until > self.now:
+            heapq.heappush(self.heap, (node.paused_until, gen, kind, i, arg))
             return True
         if kind == "pkt":
             self._perform(i, node.srp.receive(arg, self.now))
@@ -124,7 +134,7 @@ class Net:
         return cond()
 
     def live(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.alive]
+        return [n for n in self.nodes.values() if n.alive and n.started]
 
     def one_ring(self, ids: list[int] | None = None) -> bool:
         nodes = [self.nodes[i] for i in ids] if ids else self.live()

@@ -1,0 +1,491 @@
+"""Unit tests of the Totem state machine: each state, transition and ordering rule.
+
+Driven by ``totem_harness.Net``: a lossless network with scripted faults and a
+virtual clock, so every test is deterministic.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ais.totem import wire
+from ais.totem.events import (CancelTimer, ConfChange, Deliver, RingId, SendQueueFull,
+                              StartTimer, TimerKind, TotemConfig)
+from ais.totem.srp import RingState, Srp
+from totem_harness import Net, ids
+
+A, B, C, D = ids(4)
+
+
+def formed(n: int, cfg: TotemConfig | None = None) -> Net:
+    net = Net(ids(n), cfg)
+    net.start()
+    assert net.run_until(net.one_ring, 5)
+    return net
+
+
+def payloads(node, ring_id=None) -> list[bytes]:
+    return [d.payload for d in node.deliveries
+            if isinstance(d, Deliver) and (ring_id is None or d.ring_id == ring_id)]
+
+
+# ------------------------------------------------------------------ formation
+
+def test_lone_node_forms_ring_of_one() -> None:
+    net = Net([A])
+    net.start()
+    assert net.run_until(net.one_ring, 1)
+    node = net.nodes[A]
+    assert node.confs == [ConfChange(False, node.srp.ring_id, (A,), (), (A,))]
+    # it waited one join interval for others before going alone
+    assert net.now >= 0.1
+    net.mcast(A, b"solo")
+    assert node.messages == [b"solo"]
+
+
+def test_nodes_starting_together_form_one_ring_directly() -> None:
+    net = formed(4)
+    for node in net.nodes.values():
+        assert len(node.confs) == 1, "no ring of one before the common ring"
+        assert node.confs[0].members == (A, B, C, D)
+        assert node.confs[0].ring_id.rep == A
+    assert net.now < 0.05
+
+
+def test_ring_id_grows_by_four_and_is_persistable() -> None:
+    net = formed(2)
+    first = net.nodes[A].srp.ring_id
+    net.crash(B)
+    assert net.run_until(lambda: net.one_ring([A]), 3)
+    second = net.nodes[A].srp.ring_id
+    assert second.seq == first.seq + 4
+    assert net.nodes[A].srp.max_ring_seq == second.seq
+
+
+def test_restarted_node_never_reuses_a_ring_id() -> None:
+    srp = Srp(A, TotemConfig(), ring_seq=40)
+    net = Net([A])
+    net.nodes[A].srp = srp
+    net.start()
+    assert net.run_until(net.one_ring, 1)
+    assert srp.ring_id == RingId(44, A)
+
+
+# ------------------------------------------------------------------- ordering
+
+def test_agreed_order_same_everywhere_fifo_and_self_delivery() -> None:
+    net = formed(3)
+    for k in range(30):
+        for i in (A, B, C):
+            net.mcast(i, b"%d-%d" % (i & 255, k))
+    net.run(1)
+    seqs = [net.nodes[i].messages for i in (A, B, C)]
+    assert seqs[0] == seqs[1] == seqs[2]
+    assert len(seqs[0]) == 90
+    for i in (A, B, C):
+        mine = [m for m in seqs[0] if m.startswith(b"%d-" % (i & 255))]
+        assert mine == [b"%d-%d" % (i & 255, k) for k in range(30)]
+
+
+def test_small_messages_are_packed_several_to_a_frame() -> None:
+    net = formed(2)
+    for k in range(200):
+        net.mcast(A, b"x" * 50 + b"%d" % k)
+    net.run(1)
+    frames = [p for _, s, _, p in net.sent if s == A and isinstance(p, wire.Mcast)]
+    assert len(net.nodes[B].messages) == 200
+    assert len(frames) < 20
+
+
+@pytest.mark.parametrize("size", [1400, 5000, 1 << 20])
+def test_large_messages_are_fragmented_and_joined(size: int) -> None:
+    net = formed(3)
+    big = bytes(range(256)) * (size // 256) + b"e" * (size % 256)
+    net.mcast(B, b"before")
+    net.mcast(B, big)
+    net.mcast(C, b"other")
+    net.mcast(B, b"after")
+    net.run(3)
+    for i in (A, B, C):
+        msgs = net.nodes[i].messages
+        assert big in msgs and msgs.index(b"before") < msgs.index(big) < msgs.index(b"after")
+        assert len(msgs) == 4
+    frames = [p for _, s, _, p in net.sent if isinstance(p, wire.Mcast)]
+    assert all(len(f.payload) <= TotemConfig().frame_size for f in frames)
+
+
+def test_lost_frame_is_retransmitted_through_the_token_list() -> None:
+    net = formed(3)
+    dropped = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Mcast) and dst == C and not dropped:
+            dropped.append(pkt.seq)
+            return True
+        return False
+
+    net.drop = drop
+    for k in range(5):
+        net.mcast(A, b"m%d" % k)
+    net.run(1)
+    assert dropped
+    assert net.nodes[C].messages == [b"m%d" % k for k in range(5)]
+    assert sum(n.srp.stats["retransmits"] for n in net.nodes.values()) >= 1
+    assert all(len(n.confs) == 1 for n in net.nodes.values()), "no reconfiguration"
+
+
+def test_lost_token_is_retransmitted_without_reconfiguration() -> None:
+    net = formed(3)
+    lost = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Token) and not lost:
+            lost.append(pkt.token_seq)
+            return True
+        return False
+
+    net.drop = drop
+    net.mcast(B, b"hello")
+    net.run(2)
+    assert lost
+    assert all(n.messages == [b"hello"] for n in net.nodes.values())
+    assert all(len(n.confs) == 1 for n in net.nodes.values())
+    assert sum(n.srp.stats["token_retransmits"] for n in net.nodes.values()) >= 1
+    assert sum(n.srp.stats["dup_tokens"] for n in net.nodes.values()) >= 0
+
+
+def test_duplicated_packets_are_harmless() -> None:
+    net = formed(3)
+    orig = net._perform
+
+    def perform(i, actions):
+        orig(i, actions)
+        orig(i, [a for a in actions if type(a).__name__ == "Send"])
+
+    net._perform = perform
+    for k in range(20):
+        net.mcast(C, b"d%d" % k)
+    net.run(1)
+    assert all(n.messages == [b"d%d" % k for k in range(20)] for n in net.nodes.values())
+    assert all(len(n.confs) == 1 for n in net.nodes.values())
+
+
+def test_flow_control_bounds_frames_per_visit_and_per_rotation() -> None:
+    cfg = TotemConfig(max_messages=5, window_size=8)
+    net = formed(3, cfg)
+    for i in (A, B, C):
+        for k in range(100):
+            net.mcast(i, b"y" * 1000)
+    # count new frames between consecutive token sends of each node
+    net.sent.clear()
+    net.run(2)
+    per_visit: dict[int, int] = {}
+    worst = 0
+    rotation = 0
+    for _, src, _, pkt in net.sent:
+        if isinstance(pkt, wire.Mcast):
+            per_visit[src] = per_visit.get(src, 0) + 1
+            worst = max(worst, per_visit[src])
+            rotation += 1
+        elif isinstance(pkt, wire.Token):
+            per_visit[src] = 0
+            if src == A:
+                assert pkt.fcc <= cfg.window_size
+    assert worst <= cfg.max_messages
+    assert all(len(n.messages) == 300 for n in net.nodes.values())
+
+
+def test_stable_frames_are_freed() -> None:
+    net = formed(3)
+    for k in range(50):
+        net.mcast(A, b"z" * 300)
+    net.run(2)
+    for n in net.nodes.values():
+        assert n.srp.rx.frames == {}
+        assert n.srp.rx.freed == n.srp.rx.aru > 0
+
+
+def test_send_queue_limits() -> None:
+    cfg = TotemConfig(send_queue_limit=10, max_message_size=1000)
+    srp = Srp(A, cfg)
+    srp.start(0.0)
+    for _ in range(10):
+        srp.mcast(b"q", 0.0)
+    with pytest.raises(SendQueueFull):
+        srp.mcast(b"q", 0.0)
+    with pytest.raises(ValueError):
+        Srp(B, cfg).mcast(b"x" * 1001, 0.0)
+
+
+# ------------------------------------------------------------------ idle ring
+
+def test_idle_token_rests_and_wakes_fast() -> None:
+    net = formed(3)
+    net.run(1)
+    net.sent.clear()
+    net.run(10)
+    tokens = sum(isinstance(p, wire.Token) for _, _, _, p in net.sent)
+    # a spinning ring would pass thousands of tokens in 10 s
+    assert tokens < 10 * 3 * (1000 / TotemConfig().token_hold) + 10
+    assert all(len(n.confs) == 1 for n in net.nodes.values()), "resting is not token loss"
+    # first message after the quiet spell, from a node that does not hold the token
+    t0 = net.now
+    net.mcast(C, b"wake up")
+    assert net.run_until(lambda: all(n.messages == [b"wake up"] for n in net.nodes.values()), 1)
+    assert net.now - t0 < 0.01
+    assert any(isinstance(p, wire.Probe) and p.kind == wire.WAKE for _, _, _, p in net.sent)
+
+
+# ----------------------------------------------------------------- membership
+
+def test_crashed_node_is_removed_within_target_time() -> None:
+    net = formed(3)
+    net.run(1)
+    net.crash(B)
+    t0 = net.now
+    assert net.run_until(lambda: net.one_ring([A, C]), 3)
+    assert net.now - t0 <= 1.7
+    for i in (A, C):
+        trans, reg = net.nodes[i].confs[-2:]
+        assert trans.transitional and trans.members == (A, C)
+        assert not reg.transitional and reg.members == (A, C) and reg.left == (B,)
+
+
+def test_gather_puts_silent_processors_in_the_fail_set() -> None:
+    net = formed(3)
+    net.crash(C)
+    net.run_until(lambda: net.nodes[A].srp.state is RingState.GATHER, 2)
+    srp = net.nodes[A].srp
+    assert C in srp._proc and C not in srp._fail
+    net.run_until(lambda: C in srp._fail or srp.state is not RingState.GATHER, 1)
+    assert C in srp._fail
+
+
+def test_late_node_joins_running_ring() -> None:
+    net = Net(ids(3))
+    net.start(A, B)
+    assert net.run_until(lambda: net.one_ring([A, B]), 2)
+    net.mcast(A, b"early")
+    net.run(0.5)
+    t0 = net.now
+    net.start(C)
+    assert net.run_until(net.one_ring, 2)
+    assert net.now - t0 < 0.2
+    reg = net.nodes[A].confs[-1]
+    assert reg.joined == (C,) and reg.members == (A, B, C)
+    c_confs = net.nodes[C].confs
+    assert c_confs[-1].members == (A, B, C)
+
+
+def test_partition_makes_two_rings_and_healing_merges_them() -> None:
+    net = formed(4)
+    net.partition({A, B}, {C, D})
+    assert net.run_until(lambda: net.one_ring([A, B]) and net.one_ring([C, D]), 5)
+    net.mcast(A, b"left side")
+    net.mcast(D, b"right side")
+    net.run(0.5)
+    assert b"left side" in net.nodes[B].messages and b"left side" not in net.nodes[C].messages
+    net.heal()
+    assert net.run_until(net.one_ring, 5)
+    reg = net.nodes[C].confs[-1]
+    assert reg.members == (A, B, C, D) and reg.joined == (A, B)
+    trans = net.nodes[C].confs[-2]
+    assert trans.transitional and trans.members == (C, D)
+
+
+def test_commit_token_loss_is_retransmitted() -> None:
+    net = Net(ids(3))
+    lost = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Commit) and len(lost) < 2:
+            lost.append(pkt)
+            return True
+        return False
+
+    net.drop = drop
+    net.start()
+    assert net.run_until(net.one_ring, 3)
+    assert len(lost) == 2
+    assert all(len(n.confs) == 1 for n in net.nodes.values())
+
+
+def test_commit_token_gone_for_good_returns_to_gather() -> None:
+    net = Net(ids(3))
+    until = [0.0]
+
+    def drop(src, dst, pkt):
+        return isinstance(pkt, wire.Commit) and net.now < 1.5
+
+    net.drop = drop
+    net.start()
+    net.run(0.5)
+    assert net.nodes[A].srp.state is RingState.COMMIT
+    assert net.run_until(net.one_ring, 5)
+    assert net.nodes[A].srp.stats["gathers"] >= 2
+    del until
+
+
+def test_stale_join_from_a_member_is_ignored() -> None:
+    net = formed(2)
+    srp = net.nodes[A].srp
+    stale = wire.encode_join(wire.Join(B, srp.ring_id.seq - 4, frozenset({A, B}), frozenset()))
+    net._perform(A, srp.receive(stale, net.now))
+    assert srp.state is RingState.OPERATIONAL
+    fresh = wire.encode_join(wire.Join(B, srp.ring_id.seq, frozenset({B}), frozenset()))
+    net._perform(A, srp.receive(fresh, net.now))
+    assert srp.state is RingState.GATHER
+
+
+def test_paused_node_ends_in_one_agreed_ring() -> None:
+    net = formed(3)
+    net.mcast(A, b"x")
+    net.run(0.5)
+    net.pause(B, 3.0)
+    net.run(1.0)
+    net.mcast(A, b"during pause")
+    assert net.run_until(lambda: net.one_ring([A, C]) and net.now > net.nodes[B].paused_until, 6)
+    assert net.run_until(net.one_ring, 10)
+    net.run(3)
+    assert net.one_ring()
+    rings = {n.srp.ring_id for n in net.nodes.values()}
+    assert len(rings) == 1
+
+
+# ------------------------------------------------------------------- recovery
+
+def test_messages_only_some_survivors_hold_are_recovered() -> None:
+    net = formed(3)
+
+    def drop(src, dst, pkt):
+        return isinstance(pkt, wire.Mcast) and src == C and dst == A
+
+    net.drop = drop
+    net.run(0.3)
+    net.mcast(C, b"c1")
+    net.mcast(C, b"c2")
+    # let B get the frames, but crash C before A could ask for them again
+    net.run_until(lambda: net.nodes[B].messages == [b"c1", b"c2"], 1)
+    net.crash(C)
+    assert net.run_until(lambda: net.one_ring([A, B]), 3)
+    a, b = net.nodes[A], net.nodes[B]
+    assert a.messages == b.messages == [b"c1", b"c2"]
+    # delivered in the old ring, before the transitional configuration
+    old = a.confs[0].ring_id
+    idx = a.deliveries.index(a.confs[1])
+    assert [d.payload for d in a.deliveries[:idx] if isinstance(d, Deliver)] == [b"c1", b"c2"]
+    assert all(d.ring_id == old for d in a.deliveries[:idx] if isinstance(d, Deliver))
+
+
+def test_frames_after_a_hole_are_delivered_in_the_transitional_configuration() -> None:
+    net = formed(3)
+    net.run(0.3)
+    hole: list[int] = []
+
+    def drop(src, dst, pkt):
+        # C's first frame reaches nobody; its second reaches everyone
+        if isinstance(pkt, wire.Mcast) and src == C:
+            if not hole:
+                hole.append(pkt.seq)
+            return pkt.seq == hole[0]
+        return False
+
+    net.drop = drop
+    net.mcast(C, b"lost")
+    net.run_until(lambda: net.nodes[C].srp.queue.msgs == net.nodes[C].srp.queue.msgs.__class__(), 0.05)
+    net.mcast(C, b"kept")
+    net.run_until(lambda: any(isinstance(p, wire.Mcast) and s == C and p.seq > hole[0]
+                              for _, s, _, p in net.sent), 1)
+    net.run(0.002)
+    net.crash(C)
+    assert net.run_until(lambda: net.one_ring([A, B]), 3)
+    for i in (A, B):
+        n = net.nodes[i]
+        trans = next(c for c in n.confs if c.transitional)
+        idx = n.deliveries.index(trans)
+        after = [d.payload for d in n.deliveries[idx:] if isinstance(d, Deliver)]
+        assert b"kept" in after and b"lost" not in n.messages
+    assert net.nodes[A].messages == net.nodes[B].messages
+
+
+def test_no_new_messages_are_sent_during_recovery() -> None:
+    net = formed(3)
+    net.run(0.3)
+    net.crash(C)
+    states = {}
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Mcast):
+            states.setdefault(pkt.ring_id, []).append(
+                (net.nodes[src].srp.state, pkt.flags))
+        return False
+
+    net.drop = drop
+    net.run_until(lambda: net.nodes[A].srp.state is RingState.RECOVERY, 3)
+    for i in (A, B):
+        net.mcast(i, b"queued during recovery")
+    assert net.run_until(lambda: net.one_ring([A, B]), 3)
+    net.run(0.5)
+    for sent in states.values():
+        for state, flags in sent:
+            if state is RingState.RECOVERY:
+                assert flags & wire.MCAST_RECOVERED
+    new = net.nodes[A].srp.ring_id
+    for i in (A, B):
+        got = [d for d in net.nodes[i].deliveries if isinstance(d, Deliver)]
+        assert [d.ring_id for d in got] == [new, new]
+
+
+def test_fragmented_message_interrupted_by_reconfiguration_is_sent_again_whole() -> None:
+    net = formed(3)
+    big = b"F" * 50_000
+    cut = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Token) and src == A and net.nodes[A].srp.queue._offset and not cut:
+            cut.append(1)
+            net.crash(C)
+        return False
+
+    net.drop = drop
+    net.mcast(A, big)
+    assert net.run_until(lambda: cut and net.one_ring([A, B]), 5)
+    net.run(1)
+    assert net.nodes[A].messages.count(big) == 1
+    assert net.nodes[B].messages.count(big) == 1
+
+
+# ------------------------------------------------------------------ robustness
+
+def test_garbage_is_counted_and_ignored() -> None:
+    net = formed(2)
+    srp = net.nodes[A].srp
+    for junk in (b"", b"\x01", b"\xff" * 40, wire.PACKET_HEADER.pack(1, 99, B) + b"abc",
+                 wire.PACKET_HEADER.pack(1, wire.TOKEN, B) + b"\x00" * 10):
+        assert srp.receive(junk, net.now) == []
+    assert srp.stats["bad_packets"] == 5
+    assert srp.state is RingState.OPERATIONAL
+
+
+def test_hostile_token_claims_do_not_make_work_unbounded() -> None:
+    net = formed(2)
+    srp = net.nodes[A].srp
+    t = wire.Token(B, srp.ring_id, 10**9, 2**62, 2**62, B, 0, 0, 0, 0, [])
+    actions = srp.receive(wire.encode_token(t), net.now)
+    sent = [a for a in actions if type(a).__name__ == "Send"]
+    tok = wire.decode_untrusted(sent[-1].data)
+    assert isinstance(tok, wire.Token) and len(tok.rtr) <= 100
+
+
+def test_stale_timer_is_ignored() -> None:
+    srp = Srp(A, TotemConfig())
+    acts = srp.start(0.0)
+    arms = {a.kind: a.at for a in acts if isinstance(a, StartTimer)}
+    assert TimerKind.JOIN in arms
+    assert srp.timer(TimerKind.TOKEN_LOSS, 5.0) == []  # never armed
+    assert srp.timer(TimerKind.JOIN, arms[TimerKind.JOIN] - 0.05) == []  # too early
+    out = srp.timer(TimerKind.JOIN, arms[TimerKind.JOIN])
+    assert any(isinstance(a, ConfChange) for a in out)  # alone: ring of one
+    assert any(isinstance(a, CancelTimer) and a.kind is TimerKind.CONSENSUS for a in out)
+    # the consensus timer was cancelled: its late firing changes nothing
+    assert srp.timer(TimerKind.CONSENSUS, 10.0) == []
+    assert srp.state is RingState.OPERATIONAL
