@@ -428,3 +428,120 @@ def test_ring_seq_persisted_on_regular_confchange(cleanup: list, tmp_path: Path)
     assert load_ring_seq(str(state)) == 0
     save_ring_seq(str(state), 99)
     assert load_ring_seq(str(state)) == 99
+
+
+# -- real rings ----------------------------------------------------------------------
+
+srp_mod = pytest.importorskip("ais.totem.srp")
+from ais.totem.events import TotemConfig  # noqa: E402
+
+
+class Node:
+    """A real ``Srp`` behind a real transport on 127.0.0.N (udpu)."""
+
+    def __init__(self, addr: str, port: int, members: list[str], key: bytes = KEY,
+                 **kw: object) -> None:
+        self.addr = addr
+        self.srp = srp_mod.Srp(node_of(addr), TotemConfig(),
+                               log=logging.getLogger(f"ais.totem.srp.test.{addr}"))
+        self.h = Harness(self.srp, addr, port, members, key, **kw)
+        self.t = self.h.t
+
+    def regular(self) -> ConfChange | None:
+        """The last regular configuration this node installed."""
+        regs = [c for c in self.h.confs if not c.transitional]
+        return regs[-1] if regs else None
+
+    def members(self) -> tuple[int, ...]:
+        reg = self.regular()
+        return reg.members if reg else ()
+
+    def deliveries_since_last_regular(self) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        for e in self.h.events:
+            if isinstance(e, ConfChange) and not e.transitional:
+                out = []
+            elif isinstance(e, Deliver):
+                out.append((e.sender, e.payload))
+        return out
+
+
+ADDRS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+
+
+def _mcast_retrying(node: Node, payload: bytes, timeout: float = 5.0) -> None:
+    from ais.totem.events import SendQueueFull
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            node.t.mcast(payload)
+            return
+        except SendQueueFull:
+            if time.monotonic() > deadline:
+                raise
+            gevent.sleep(0.01)
+
+
+@pytest.mark.timeout(60)
+def test_three_real_nodes_form_one_ring_and_agree_on_order(cleanup: list,
+                                                           tmp_path: Path) -> None:
+    port = free_port()
+    nodes = [Node(a, port, ADDRS, state_file=str(tmp_path / f"seq.{a}")) for a in ADDRS]
+    cleanup += [n.t for n in nodes]
+    for n in nodes:
+        n.t.start()
+    everyone = tuple(sorted(node_of(a) for a in ADDRS))
+    assert wait_until(lambda: all(n.members() == everyone for n in nodes)
+                      and len({n.srp.ring_id for n in nodes}) == 1, timeout=20), \
+        [n.members() for n in nodes]
+    per_node = 40
+    for i in range(per_node):
+        for n in nodes:
+            _mcast_retrying(n, f"{n.addr} #{i}".encode() + b"~" * (i * 37 % 3000))
+        if i % 10 == 0:
+            gevent.sleep(0)  # let the ring turn while we keep sending
+    total = per_node * len(nodes)
+    assert wait_until(lambda: all(len(n.deliveries_since_last_regular()) >= total
+                                  for n in nodes), timeout=20), \
+        [len(n.deliveries_since_last_regular()) for n in nodes]
+    orders = [n.deliveries_since_last_regular() for n in nodes]
+    assert orders[0] == orders[1] == orders[2]
+    assert len(orders[0]) == total
+    # Per-sender FIFO inside the agreed order.
+    for a in ADDRS:
+        mine = [p for s, p in orders[0] if s == node_of(a)]
+        assert [p.split(b"~")[0] for p in mine] == [f"{a} #{i}".encode()
+                                                   for i in range(per_node)]
+    for n in nodes:
+        assert n.h.fatal == [] and n.t.stats["invalid_digest"] == 0
+        assert load_ring_seq(str(tmp_path / f"seq.{n.addr}")) == n.srp.max_ring_seq > 0
+
+
+@pytest.mark.timeout(60)
+def test_node_with_another_key_never_joins(cleanup: list,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    port = free_port()
+    addrs = ADDRS + ["127.0.0.4"]
+    nodes = [Node(a, port, addrs) for a in ADDRS]
+    stranger = Node("127.0.0.4", port, addrs, key=OTHER_KEY)
+    cleanup += [n.t for n in nodes] + [stranger.t]
+    for n in nodes + [stranger]:
+        n.t.start()
+    three = tuple(sorted(node_of(a) for a in ADDRS))
+    assert wait_until(lambda: all(n.members() == three for n in nodes), timeout=20)
+    # Give the stranger several join/consensus periods to (fail to) get in.
+    gevent.sleep(2.0)
+    assert all(n.members() == three for n in nodes)
+    assert stranger.members() == (node_of("127.0.0.4"),)
+    for n in nodes:
+        assert n.t.stats["invalid_digest"] > 0
+    assert stranger.t.stats["invalid_digest"] > 0
+    lines = [r.getMessage() for r in caplog.records if "invalid digest" in r.getMessage()]
+    assert any("from 127.0.0.4" in m for m in lines)  # the members about the stranger
+    assert any("from 127.0.0.1" in m for m in lines)  # the stranger about the members
+    # The ring still works.
+    _mcast_retrying(nodes[0], b"still here")
+    assert wait_until(lambda: all((node_of(ADDRS[0]), b"still here")
+                                  in n.deliveries_since_last_regular() for n in nodes))
+    assert all(n.h.fatal == [] for n in nodes + [stranger])
