@@ -67,7 +67,7 @@ and starts another; ``sync_start`` is then called again without a
 
 Services reach the world only through ``self.host`` (``HostAPI``):
 ``mcast``, ``mcast_sync``, ``reply``, ``reply_error``, ``call_later``,
-``now``, ``node_id``, ``syncing``.  They import neither gevent, socket nor
+``now``, ``node_id``, ``syncing``, ``logger``.  They import neither gevent, socket nor
 time, so the same code runs under the simulator.
 """
 from __future__ import annotations
@@ -81,6 +81,10 @@ from ais.totem.events import ConfChange, RingId
 from saf.errors import SA_OK, SaError
 
 logger = logging.getLogger(__name__)
+
+#: the executive's "notice" level (between INFO and WARNING), used for
+#: configuration-change reports; ais.log gives it its name
+NOTICE = 25
 
 
 class Deferred(enum.Enum):
@@ -194,6 +198,10 @@ class HostAPI(Protocol):
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
 
     def now(self) -> float: ...
+
+    def logger(self, subsystem: str) -> logging.LoggerAdapter:
+        """A logger for ``subsystem`` ("CLM") whose lines name this node."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +339,7 @@ def registered_services() -> dict[str, type[Service]]:
 
 
 __all__ = [
-    "DEFERRED", "Deferred", "ExecHandlerSpec", "ExecMessage", "HostAPI", "LibConn",
+    "DEFERRED", "Deferred", "NOTICE", "ExecHandlerSpec", "ExecMessage", "HostAPI", "LibConn",
     "LibHandlerSpec", "NO_TAG", "ReplyTag", "Request", "Service", "SyncInfo", "TimerHandle",
     "create_service", "exec_handler", "lib_handler", "register_service",
     "registered_services",
