@@ -545,3 +545,147 @@ def test_node_with_another_key_never_joins(cleanup: list,
     assert wait_until(lambda: all((node_of(ADDRS[0]), b"still here")
                                   in n.deliveries_since_last_regular() for n in nodes))
     assert all(n.h.fatal == [] for n in nodes + [stranger])
+
+
+# -- multicast inside network namespaces -------------------------------------------
+
+#: One ring node, run inside a namespace: ``python -c NODE_SCRIPT`` with
+#: AIS_ADDR, AIS_PORT, AIS_MCAST, AIS_KEY (hex), AIS_NODES, AIS_COUNT in the
+#: environment.  Prints one JSON line: the agreed deliveries after the last
+#: regular configuration, the members and the transport's counters.
+NODE_SCRIPT = r'''
+import json, logging, os, sys, time
+import gevent
+from ais.totem.crypto import Crypto
+from ais.totem.events import ConfChange, Deliver, SendQueueFull, TotemConfig, node_of
+from ais.totem.srp import Srp
+from ais.totem.transport import Transport
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+addr, port = os.environ["AIS_ADDR"], int(os.environ["AIS_PORT"])
+want_nodes, count = int(os.environ["AIS_NODES"]), int(os.environ["AIS_COUNT"])
+events = []
+def fatal(exc):
+    print(json.dumps({"fatal": repr(exc)}), flush=True)
+    os._exit(3)
+srp = Srp(node_of(addr), TotemConfig())
+t = Transport(srp, Crypto(bytes.fromhex(os.environ["AIS_KEY"])), bind_addr=addr, port=port,
+              mode="udp", mcast_addr=os.environ["AIS_MCAST"],
+              on_deliver=events.append, on_confchg=events.append, on_fatal=fatal)
+def regular():
+    regs = [e for e in events if isinstance(e, ConfChange) and not e.transitional]
+    return regs[-1] if regs else None
+def since_regular():
+    out = []
+    for e in events:
+        if isinstance(e, ConfChange) and not e.transitional:
+            out = []
+        elif isinstance(e, Deliver):
+            out.append([e.sender, e.payload.decode()])
+    return out
+def wait(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    return pred()
+t.start()
+formed = wait(lambda: regular() is not None and len(regular().members) == want_nodes, 20)
+if formed:
+    gevent.sleep(0.5)  # every node is in the ring before anyone sends
+    for i in range(count):
+        while True:
+            try:
+                t.mcast(f"{addr} #{i}".encode())
+                break
+            except SendQueueFull:
+                gevent.sleep(0.01)
+    wait(lambda: len(since_regular()) >= want_nodes * count, 20)
+result = {"formed": formed, "members": list(regular().members) if regular() else [],
+          "delivered": since_regular(), "stats": t.stats}
+gevent.sleep(2.0)  # stay in the ring while the others finish
+t.stop()
+print(json.dumps(result), flush=True)
+'''
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    import subprocess
+    subprocess.run(["ip", *args], check=check, timeout=10, capture_output=True, text=True)
+
+
+@pytest.fixture
+def netns_lan() -> Iterable[tuple[list[str], list[str]]]:
+    """Three namespaces on one bridge (in a fourth namespace), 10.250.0.1-3/24.
+
+    Nothing is created in the host's own namespace; all of it is deleted
+    afterwards even if setup or the test fails.
+    """
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("multicast test needs root for ip netns")
+    if shutil.which("ip") is None:
+        pytest.skip("multicast test needs the ip command (iproute2)")
+    tag = f"aist{os.getpid() % 100000}"
+    hub = f"{tag}hub"
+    nss = [f"{tag}n{i}" for i in range(3)]
+    addrs = [f"10.250.0.{i + 1}" for i in range(3)]
+    created: list[str] = []
+    try:
+        for ns in [hub, *nss]:
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        # No IGMP querier on this LAN: keep the bridge from filtering multicast.
+        _ip("-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", hub, "link", "set", "br0", "up")
+        for i, (ns, addr) in enumerate(zip(nss, addrs)):
+            # Created inside the node's namespace, peer moved straight into the hub's.
+            _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{i}",
+                "netns", hub)
+            _ip("-n", hub, "link", "set", f"p{i}", "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        yield nss, addrs
+    finally:
+        for ns in reversed(created):
+            _ip("netns", "del", ns, check=False)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_multicast_ring_in_network_namespaces(
+        netns_lan: tuple[list[str], list[str]]) -> None:
+    import json
+    import subprocess
+    import sys
+    nss, addrs = netns_lan
+    repo = str(Path(__file__).resolve().parent.parent)
+    count = 25
+    env = dict(os.environ, PYTHONPATH=repo, AIS_PORT="5405", AIS_MCAST="226.94.1.1",
+               AIS_KEY=KEY.hex(), AIS_NODES=str(len(nss)), AIS_COUNT=str(count))
+    procs = []
+    try:
+        for ns, addr in zip(nss, addrs):
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", NODE_SCRIPT],
+                env=dict(env, AIS_ADDR=addr), cwd=repo, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        outputs = []
+        for p in procs:
+            out, err = p.communicate(timeout=90)
+            assert p.returncode == 0, err[-3000:]
+            outputs.append((json.loads(out.strip().splitlines()[-1]), err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()  # by its own pid
+                p.wait(timeout=10)
+    everyone = sorted(node_of(a) for a in addrs)
+    results = [o for o, _ in outputs]
+    for r, err in outputs:
+        assert r.get("formed") and r["members"] == everyone, (r, err[-3000:])
+        assert len(r["delivered"]) == count * len(addrs), err[-3000:]
+        assert r["stats"]["invalid_digest"] == 0
+        assert r["stats"]["own_dropped"] == 0  # IP_MULTICAST_LOOP is off
+    assert results[0]["delivered"] == results[1]["delivered"] == results[2]["delivered"]
