@@ -271,3 +271,12 @@ def test_violations_are_capped(cap: int) -> None:
     hs = [History(A, 0, [reg(R1, [A])] + [d(k(B, i), R1) for i in range(50)])]
     vs = check(hs)
     assert 0 < len([v for v in vs if v.invariant == "integrity"]) <= 5
+
+
+def test_regular_deliveries_disjoint_from_others_are_no_gap() -> None:
+    # A delivers its own a0 and fails; B never got a0 and delivers b0 after the
+    # hole, in the transitional configuration: nothing in common, nothing to report
+    ha = History(A, 0, [reg(R1, [A, B]), d(a0, R1)], submitted=[a0], crashed=True)
+    hb = History(B, 0, [reg(R1, [A, B]), trans(R1, [B]), d(b0, R1, ), d(b1, R1),
+                        reg(R2, [B], left=[A])], submitted=[b0, b1])
+    assert check([ha, hb], complete=True) == []

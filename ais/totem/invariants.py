@@ -349,6 +349,8 @@ class _Checker:
                     seq = per[q]
                     pq = pos[q]
                     k = max((pq[m] for m in regular if m in pq), default=-1)
+                    if k < 0:
+                        continue  # nothing in common: no order to compare
                     for m in seq[:k]:
                         if m not in regular:
                             self.r.add("agreed-order", f"in {ring}: {_p(p)} delivers "
