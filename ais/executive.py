@@ -155,6 +155,10 @@ class ServiceHost:
         self._conns: dict[int, LibConn] = {}
         self._pending: dict[tuple[int, int], int] = {}  # (conn_id, seq) -> request msg_id
         self._conn_ids = itertools.count(1)
+        # Ring events that arrive while a service handler runs (a transport may
+        # deliver from inside mcast) wait here, so handlers are never re-entered.
+        self._inbox: collections.deque[Deliver | ConfChange] = collections.deque()
+        self._busy = False
         for svc in self.services.values():
             svc.exec_init(self)
 
@@ -181,7 +185,32 @@ class ServiceHost:
         return self.scheduler.now()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
-        return self.scheduler.call_later(delay, fn)
+        return self.scheduler.call_later(delay, lambda: self._guarded(fn))
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` as a service entry point: ring events wait until it returns."""
+        was = self._busy
+        self._busy = True
+        try:
+            return fn(*args)
+        finally:
+            self._busy = was
+            if not was:
+                self._drain()
+
+    def _drain(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._inbox:
+                ev = self._inbox.popleft()
+                if isinstance(ev, ConfChange):
+                    self._confchg(ev)
+                else:
+                    self._deliver(ev)
+        finally:
+            self._busy = False
 
     def logger(self, subsystem: str) -> logging.LoggerAdapter:
         return _NodeAdapter(logging.getLogger(f"ais.{subsystem.lower()}"),
@@ -237,7 +266,7 @@ class ServiceHost:
 
     def lib_connect(self, conn: LibConn) -> None:
         self._conns[conn.conn_id] = conn
-        self.services[conn.service_id].on_lib_connect(conn)
+        self._guarded(self.services[conn.service_id].on_lib_connect, conn)
 
     def lib_exit(self, conn: LibConn) -> None:
         """The connection closed (or finalized).  Idempotent."""
@@ -245,7 +274,8 @@ class ServiceHost:
             return
         for key in [k for k in self._pending if k[0] == conn.conn_id]:
             del self._pending[key]
-        self.services[conn.service_id].on_lib_exit(conn)
+        self._held_requests = [r for r in self._held_requests if r[0] is not conn]
+        self._guarded(self.services[conn.service_id].on_lib_exit, conn)
 
     def lib_request(self, conn: LibConn, msg_id: int, seq: int, body: bytes) -> None:
         """Run one client request; its response is queued on ``conn`` now or later.
@@ -253,6 +283,9 @@ class ServiceHost:
         Raises:
             IpcProtocolError: the body does not decode (the caller drops the client).
         """
+        self._guarded(self._lib_request, conn, msg_id, seq, body)
+
+    def _lib_request(self, conn: LibConn, msg_id: int, seq: int, body: bytes) -> None:
         svc = self.services[conn.service_id]
         spec = svc.lib_handlers.get(msg_id)
         if spec is None:
@@ -285,6 +318,15 @@ class ServiceHost:
 
     def on_deliver(self, d: Deliver) -> None:
         """One ring message in agreed order."""
+        self._inbox.append(d)
+        self._drain()
+
+    def on_confchg(self, conf: ConfChange) -> None:
+        """A configuration change in agreed order: tell services, start a sync round."""
+        self._inbox.append(conf)
+        self._drain()
+
+    def _deliver(self, d: Deliver) -> None:
         try:
             m = decode_ring_message_untrusted(d.payload)
         except RingMessageError as exc:
@@ -315,8 +357,7 @@ class ServiceHost:
     def _run_exec(self, svc: Service, msg: ExecMessage) -> None:
         svc.exec_handlers[msg.msg_id].fn(svc, msg)
 
-    def on_confchg(self, conf: ConfChange) -> None:
-        """A configuration change in agreed order: tell services, start a sync round."""
+    def _confchg(self, conf: ConfChange) -> None:
         if not conf.transitional:
             self.ring_id = conf.ring_id
             self.members = tuple(sorted(conf.members))
@@ -365,7 +406,7 @@ class ServiceHost:
     def _arm_pump(self, rnd: _SyncRound, delay: float) -> None:
         if not rnd.pump_armed:
             rnd.pump_armed = True
-            self.scheduler.call_later(delay, lambda: self._pump_sync(rnd))
+            self.call_later(delay, lambda: self._pump_sync(rnd))
 
     def _barrier(self, sender: int, seq: int) -> None:
         rnd = self._sync
@@ -394,7 +435,7 @@ class ServiceHost:
             if conn.closed:
                 continue
             try:
-                self.lib_request(conn, msg_id, seq, body)
+                self._lib_request(conn, msg_id, seq, body)
             except IpcProtocolError as exc:
                 self.log.error("closing connection %d: %s", conn.conn_id, exc)
                 conn.close(str(exc))

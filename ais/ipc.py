@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 #: bytes queued for one slow client before it is dropped
 MAX_OUTBOX = 32 * 1024 * 1024
+#: seconds a closing connection may spend sending what was queued
+LINGER = 1.0
 #: recv size
 _CHUNK = 65536
 
@@ -93,13 +95,14 @@ class _Outbox:
         self.queue: collections.deque[bytes] = collections.deque()
         self.bytes = 0
         self.wake = gevent.event.Event()
+        self.closing = False
         self.greenlet = gevent.spawn(self._run)
 
     def put(self, data: bytes) -> None:
         self.queue.append(data)
         self.bytes += len(data)
         if self.bytes > MAX_OUTBOX:
-            self.conn.close(f"client does not read its {self.what} channel")
+            self.conn.close(f"client does not read its {self.what} channel", flush=False)
             return
         self.wake.set()
 
@@ -113,11 +116,18 @@ class _Outbox:
                 try:
                     self.sock.sendall(data)
                 except OSError as exc:
-                    self.conn.close(f"{self.what} send failed: {exc}")
+                    self.conn.close(f"{self.what} send failed: {exc}", flush=False)
                     return
+            if self.closing:
+                return
 
-    def stop(self) -> None:
-        self.greenlet.kill(block=False)
+    def finish(self, flush: bool) -> None:
+        """Stop after sending what is queued (``flush``) or at once."""
+        self.closing = True
+        if not flush:
+            self.queue.clear()
+            self.greenlet.kill(block=False)
+        self.wake.set()
 
 
 class IpcConnection:
@@ -174,24 +184,42 @@ class IpcConnection:
             return
         out.put(data)
 
-    def close(self, reason: str = "") -> None:
+    def close(self, reason: str = "", flush: bool = True) -> None:
+        """Close both channels; never blocks (the sockets are closed by a greenlet).
+
+        Args:
+            flush: first send what is already queued (an error reply, say),
+                for at most ``LINGER`` seconds.
+        """
         if self.closed:
             return
         self.state = ConnState.CLOSED
         if reason:
             logger.debug("connection %d closed: %s", self.conn_id, reason)
         self.server._forget(self)
-        for out in (self._req_out, self._cb_out):
-            if out is not None:
-                out.stop()
-        for sock in (self._req_sock, self._cb_sock):
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+        socks = [s for s in (self._req_sock, self._cb_sock) if s is not None]
+        outs = [o for o in (self._req_out, self._cb_out) if o is not None]
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RD)  # wakes the reading greenlet
+            except OSError:
+                pass
+        for out in outs:
+            out.finish(flush)
+        gevent.spawn(self._linger, socks, outs)
         self.server.host.lib_exit(self)
+
+    @staticmethod
+    def _linger(socks: list[Any], outs: list[_Outbox]) -> None:
+        gevent.joinall([o.greenlet for o in outs], timeout=LINGER)
+        for out in outs:
+            out.greenlet.kill(block=False)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 class IpcServer:
