@@ -689,3 +689,26 @@ def test_multicast_ring_in_network_namespaces(
         assert r["stats"]["invalid_digest"] == 0
         assert r["stats"]["own_dropped"] == 0  # IP_MULTICAST_LOOP is off
     assert results[0]["delivered"] == results[1]["delivered"] == results[2]["delivered"]
+
+
+@pytest.mark.timeout(20)
+def test_bug_in_callback_during_mcast_is_fatal(cleanup: list) -> None:
+    port = free_port()
+    me = node_of("127.0.0.1")
+
+    class LoopbackSrp(StubSrp):
+        def mcast(self, payload: bytes, now: float) -> list[Action]:
+            return [Deliver(me, payload, RingId(1, me))]
+
+    h = Harness(LoopbackSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+
+    def broken(d: Deliver) -> None:
+        raise KeyError("bug in a service")
+
+    h.t.on_deliver = broken
+    h.t.start()
+    with pytest.raises(KeyError):
+        h.t.mcast(b"x")  # the caller sees it ...
+    assert isinstance(h.fatal[0], KeyError)  # ... and so does the supervisor
+    assert h.t.state is TransportState.STOPPED

@@ -4,36 +4,38 @@ Cipher: AES-256-OCB (RFC 7253, pycryptodome), a 120-bit random nonce per
 packet, 128-bit tag.  It was the fastest candidate at every size we measured,
 and it is safe as we use it:
 
-* ``python bench/crypto_bench.py --seconds 0.4`` on the development machine
-  (2 cores with AES-NI, PCLMUL and SHA-NI; one core; thousands of packets/s,
-  seal / open):
+* ``python bench/crypto_bench.py --seconds 0.5`` on the development machine
+  (2 cores with AES-NI, PCLMUL and SHA-NI; pycryptodome 4.4; one core;
+  thousands of packets/s, seal / open):
 
   ==============================  ==========  ==========  ===========
   candidate                        100 B       1400 B      64 KiB
   ==============================  ==========  ==========  ===========
-  AES-256-GCM, 96-bit nonce        20 / 21     20 / 20     13.9 / 13.2
-  ChaCha20-Poly1305, 96-bit        47 / 44     40 / 39     7.3 / 7.3
-  XChaCha20-Poly1305, 192-bit      39 / 40     36 / 37     7.6 / 7.5
-  AES-256-CTR + HMAC-SHA256/128    82 / 80     61 / 74     14.9 / 14.4
-  AES-256-OCB, 120-bit nonce       84 / 89     78 / 83     28.2 / 26.4
-  AES-256-SIV, 128-bit nonce       8 / 8       7.6 / 7.7   4.7 / 4.6
-  this module (OCB + replay)       87 / 82     83 / 79     29.3 / 26.3
+  AES-256-GCM, 96-bit nonce        22 / 21     20 / 20     14.3 / 12.9
+  ChaCha20-Poly1305, 96-bit        49 / 51     44 / 46     8.2 / 7.6
+  XChaCha20-Poly1305, 192-bit      42 / 43     39 / 39     7.9 / 7.7
+  AES-256-CTR + HMAC-SHA256/128    88 / 89     79 / 75     16.1 / 15.0
+  AES-256-OCB, 120-bit nonce       91 / 93     84 / 89     29.9 / 27.4
+  AES-256-SIV, 128-bit nonce       8.6 / 8.7   8.4 / 8.1   4.8 / 4.8
+  this module (OCB + replay)       89 / 89     84 / 83     29.7 / 26.4
   ==============================  ==========  ==========  ===========
 
-  At 1400 B this module seals about 116 MB/s and opens 111 MB/s; the
-  loopback UDP ceiling on the same machine is about 660-730 MB/s (470-520 k
-  datagrams/s), so one core of crypto, not the kernel, bounds a node.
-  Repeated interleaved runs put OCB 5-10 % ahead of CTR+HMAC at 1400 B and
-  level at 100 B; GCM loses because pycryptodome sets up GHASH tables for
-  every new cipher object, which dominates small packets.
+  At 1400 B this module seals 117 MB/s and opens 116 MB/s (64 KiB: 1.9 and
+  1.7 GB/s); the loopback UDP ceiling on the same machine is about 730 MB/s
+  (520 k datagrams/s of 1400 B), so one core of crypto, not the kernel,
+  bounds a node, and the per-packet cost (about 12 us) matters more than
+  bulk speed.  Interleaved repeated runs put OCB 5-10 % ahead of CTR+HMAC at
+  1400 B and level at 100 B; GCM loses because pycryptodome builds GHASH
+  tables for every new cipher object, which dominates small packets.
 * Safety: OCB is a one-pass AEAD with a standard security proof; its weak
   point is nonce reuse, so the nonce is the full 120 bits OCB allows, drawn
-  from ``os.urandom``: after 2**40 packets the chance that two ever collide
-  is about 2**-41.  (96-bit random nonces, as GCM/ChaCha20 take, reach the
-  usual 2**-32 bound after only 2**32 packets -- hours of a busy ring.)  The
-  privacy/forgery bound, roughly (blocks sealed)**2 / 2**128, stays below
-  2**-28 even for a year of a saturated link, since one key is shared by the
-  cluster for its lifetime.  The OCB patents were released by their owner.
+  from ``os.urandom``.  A year at the loopback ceiling is about 2**44 packets
+  of 1400 B (2**50 AES blocks): the chance that two nonces ever collide is
+  then about 2**88 / 2**121 = 2**-33, and OCB's privacy/forgery bound,
+  roughly blocks**2 / 2**128, about 2**-27 -- with one key for the cluster's
+  lifetime.  (96-bit random nonces, as GCM/ChaCha20 take, pass 2**-32 after
+  only 2**32 packets: hours of a busy ring.)  The OCB patents have been
+  abandoned by their owner.
 * The runner-up, AES-CTR + HMAC-SHA256 (encrypt-then-MAC, the reference's
   own shape), is the fallback if OCB is ever unavailable.
 

@@ -56,7 +56,8 @@ from gevent.monkey import get_original
 from ais.log import SECURITY, RateLimiter
 from ais.totem.crypto import Crypto, InvalidDigest, ReplayedPacket
 from ais.totem.events import (
-    Action, CancelTimer, ConfChange, Deliver, Send, StartTimer, TimerKind, fmt_node, node_of)
+    Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, StartTimer, TimerKind,
+    fmt_node, node_of)
 from ais.totem.wire import BadPacket
 
 logger = logging.getLogger(__name__)
@@ -236,11 +237,26 @@ class Transport:
 
         Raises:
             SendQueueFull: from ``Srp.mcast``; retry when the ring has drained.
+            ValueError: from ``Srp.mcast``; the message is too large.
             RuntimeError: the transport is not running.
+            Anything else is a ring failure: ``on_fatal`` is called first.
         """
         if self.state is not TransportState.RUNNING:
             raise RuntimeError(f"transport is {self.state.value}")
-        self._perform(self.srp.mcast(payload, self.clock()))
+        try:
+            actions = self.srp.mcast(payload, self.clock())
+        except (SendQueueFull, ValueError):
+            raise  # the documented refusals: the caller's business
+        except Exception as e:
+            self._fatal(e)
+            raise
+        try:
+            self._perform(actions)
+        except Exception as e:
+            # A delivery callback failed inside the caller's greenlet (an IPC
+            # client, say); it is still a ring failure, not that client's.
+            self._fatal(e)
+            raise
 
     def stop(self) -> None:
         """Stop receiving, disarm all timers and close the socket.  Idempotent."""
@@ -448,7 +464,10 @@ class Transport:
     def _died(self, g: Greenlet) -> None:
         exc = g.exception
         assert exc is not None
-        self.log.error("totem transport greenlet died: %r", exc,
+        self._fatal(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.log.error("totem transport failed: %r", exc,
                        exc_info=(type(exc), exc, exc.__traceback__))
         self.stop()
         self.on_fatal(exc)
