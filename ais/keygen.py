@@ -106,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"where to write the key (default {DEFAULT_AUTHKEY})")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing key (every node then needs the new one)")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="keep an existing key and exit 0 (for set-up scripts)")
     args = parser.parse_args(argv)
+    if args.if_missing and os.path.exists(args.output):
+        print(f"Keeping the existing key {args.output}.")
+        return 0
     print(f"Gathering {AUTHKEY_SIZE * 8} bits for the key from the kernel's random source.")
     try:
         write_authkey(args.output, force=args.force)

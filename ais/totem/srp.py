@@ -211,8 +211,7 @@ class Srp:
 
     def _set_state(self, state: RingState, reason: str) -> None:
         if state is not self.state:
-            self.log.debug("%s: %s -> %s (%s)", fmt_node(self.node_id), self.state.value,
-                           state.value, reason)
+            self.log.debug("%s -> %s (%s)", self.state.value, state.value, reason)
             self.state = state
 
     # ----------------------------------------------------------- packet input
@@ -344,8 +343,7 @@ class Srp:
         silent = {n for n in self._proc - self._fail
                   if n != self.node_id and self._joins.get(n) != key}
         if silent:
-            self.log.debug("%s: no consensus from %s", fmt_node(self.node_id),
-                           " ".join(fmt_node(n) for n in sorted(silent)))
+            self.log.debug("no consensus from %s", " ".join(fmt_node(n) for n in sorted(silent)))
             self._fail |= silent
             for n in silent:
                 self._joins.pop(n, None)
@@ -379,7 +377,7 @@ class Srp:
         self._proc.add(self.node_id)
         self.stats["gathers"] += 1
         if prev is not GATHER:
-            self.log.debug("%s: gather: %s", fmt_node(self.node_id), reason)
+            self.log.debug("gather: %s", reason)
         self._set_state(GATHER, reason)
         self._held = None
         self._last_sent = None
@@ -550,8 +548,7 @@ class Srp:
         self._wake_pending = False
         self.stats["rings_formed"] += 1
         self._set_state(OPERATIONAL, f"ring {self.ring_id}")
-        self.log.info("%s: ring %s formed: %s", fmt_node(self.node_id), self.ring_id,
-                      " ".join(fmt_node(n) for n in members))
+        self.log.info("ring %s formed: %s", self.ring_id, " ".join(fmt_node(n) for n in members))
         if self.ring_id.rep == self.node_id:
             self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
         self._deliver_ready()

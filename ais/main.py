@@ -1,0 +1,156 @@
+"""aisexec: the executive's entry point (``python aisexec.py -c FILE``).
+
+Start-up follows spec/executive.md: configuration, logging, a best-effort
+priority and memory lock, the key, the ring's socket, the AMF model, the
+services and the client socket, then the ring.  Anything wrong before the
+ring starts ends the program with one clear line and a non-zero status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+DEFAULT_CONFIG = "/etc/ais/openais.conf"
+
+#: services the executive loads, in start-up order (module, class)
+SERVICES = (
+    ("ais.services.clm", "ClmService"),
+    ("ais.services.ckpt", "CkptService"),
+    ("ais.services.evs", "EvsService"),
+)
+
+logger = logging.getLogger("ais.main")
+
+
+def _die(msg: str, status: int = 1) -> int:
+    print(f"aisexec: {msg}", file=sys.stderr)
+    return status
+
+
+def _best_effort_realtime() -> None:
+    """Raise priority and lock memory so health checks are not delayed by paging."""
+    try:
+        os.nice(-10)
+    except OSError as e:
+        logger.warning("could not raise scheduling priority: %s", e.strerror)
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mlockall(1 | 2) != 0:  # MCL_CURRENT | MCL_FUTURE
+            logger.warning("could not lock memory: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:
+        logger.warning("could not lock memory: %s", e)
+
+
+def _build_services(cfg) -> list:
+    services = []
+    for module, cls_name in SERVICES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue  # this service is not part of the installation
+            raise
+        cls = getattr(mod, cls_name)
+        if cls_name == "ClmService":
+            services.append(cls(cluster_name=cfg.aisexec.clustername))
+        else:
+            services.append(cls())
+    return services
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one executive in the foreground until SIGTERM or SIGINT.
+
+    Returns:
+        the exit status: 0 after a clean stop, 1 on a start-up error.
+    """
+    parser = argparse.ArgumentParser(prog="aisexec", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"openais.conf to read (default {DEFAULT_CONFIG})")
+    parser.add_argument("--no-realtime", action="store_true",
+                        help="skip raising priority and locking memory")
+    args = parser.parse_args(argv)
+
+    # gevent is imported here, not at module level, so that `aisexec --help`
+    # and configuration errors stay cheap.
+    from ais import config as config_mod
+    from ais.keygen import load_authkey
+    from ais.log import NodeAdapter, notice, setup_logging
+
+    try:
+        cfg = config_mod.load_openais_conf(args.config)
+    except config_mod.ConfigError as e:
+        return _die(str(e))
+    try:
+        setup_logging(cfg.logging)
+    except config_mod.ConfigError as e:
+        return _die(str(e))
+    notice(logger, "AIS Executive Service: starting (config %s)", cfg.path)
+    if not args.no_realtime:
+        _best_effort_realtime()
+    try:
+        key = load_authkey(cfg.aisexec.authkey)
+        bind_addr = cfg.bind_address()
+        amf_model = config_mod.load_groups_conf(cfg.aisexec.groups) \
+            if os.path.exists(cfg.aisexec.groups) else None
+    except config_mod.ConfigError as e:
+        logger.error("%s", e)
+        return _die(str(e))
+    if amf_model is None:
+        logger.warning("no AMF model: %s does not exist", cfg.aisexec.groups)
+
+    import gevent
+    import gevent.event
+
+    from ais.executive import GeventScheduler, ServiceHost
+    from ais.ipc import IpcServer
+    from ais.totem.crypto import Crypto
+    from ais.totem.events import node_of
+    from ais.totem.srp import Srp
+    from ais.totem.transport import Transport, load_ring_seq
+
+    node_id = node_of(bind_addr)
+    node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
+    os.makedirs(cfg.aisexec.statedir, exist_ok=True)
+    state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
+    srp = Srp(node_id, cfg.to_totem_config(), ring_seq=load_ring_seq(state_file), log=node_log)
+    host = ServiceHost(node_id, _build_services(cfg), GeventScheduler())
+    net = cfg.network
+    transport = Transport(
+        srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
+        mcast_addr=net.mcastaddr, members=[str(m) for m in net.members],
+        on_deliver=host.on_deliver, on_confchg=host.on_confchg, log=node_log,
+        state_file=state_file)
+    host.attach_ring(transport)
+    ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
+    try:
+        transport.start()
+    except OSError as e:
+        return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
+    try:
+        ipc.start()
+    except OSError as e:
+        transport.stop()
+        return _die(f"cannot serve {cfg.aisexec.socket}: {e}")
+    notice(logger, "AIS Executive Service: started and ready to receive connections "
+           "(node %s, %s on port %d, socket %s)", bind_addr, net.transport.value,
+           net.mcastport, cfg.aisexec.socket)
+
+    stop = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    stop.wait()
+    notice(logger, "AIS Executive Service: stopping")
+    ipc.stop()
+    transport.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
