@@ -10,9 +10,14 @@ The first group drives the transport with ``StubSrp``, a scripted stand-in for
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,7 +28,8 @@ import pytest
 
 from ais.totem.crypto import Crypto
 from ais.totem.events import (
-    Action, CancelTimer, ConfChange, Deliver, RingId, Send, StartTimer, TimerKind, node_of)
+    Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer,
+    TimerKind, TotemConfig, node_of)
 from ais.totem.transport import Transport, TransportState, load_ring_seq, save_ring_seq
 
 KEY = bytes(range(128))
@@ -200,7 +206,7 @@ def test_garbage_and_wrong_key_dropped_counted_logged(cleanup: list,
                 clock=lambda: time.monotonic() + offset[0])
     cleanup.append(h.t)
     h.t.start()
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     bad = [rng.randbytes(n) for n in (0, 1, 16, 31, 32, 33, 100, 1441, 9000)]
     bad += [Crypto(OTHER_KEY).seal(b"hello from another cluster") for _ in range(21)]
     for pkt in bad:
@@ -433,7 +439,6 @@ def test_ring_seq_persisted_on_regular_confchange(cleanup: list, tmp_path: Path)
 # -- real rings ----------------------------------------------------------------------
 
 srp_mod = pytest.importorskip("ais.totem.srp")
-from ais.totem.events import TotemConfig  # noqa: E402
 
 
 class Node:
@@ -470,7 +475,6 @@ ADDRS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
 
 def _mcast_retrying(node: Node, payload: bytes, timeout: float = 5.0) -> None:
-    from ais.totem.events import SendQueueFull
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -609,7 +613,6 @@ print(json.dumps(result), flush=True)
 
 
 def _ip(*args: str, check: bool = True) -> None:
-    import subprocess
     subprocess.run(["ip", *args], check=check, timeout=10, capture_output=True, text=True)
 
 
@@ -620,7 +623,6 @@ def netns_lan() -> Iterable[tuple[list[str], list[str]]]:
     Nothing is created in the host's own namespace; all of it is deleted
     afterwards even if setup or the test fails.
     """
-    import shutil
     if os.geteuid() != 0:
         pytest.skip("multicast test needs root for ip netns")
     if shutil.which("ip") is None:
@@ -656,9 +658,6 @@ def netns_lan() -> Iterable[tuple[list[str], list[str]]]:
 @pytest.mark.timeout(120)
 def test_multicast_ring_in_network_namespaces(
         netns_lan: tuple[list[str], list[str]]) -> None:
-    import json
-    import subprocess
-    import sys
     nss, addrs = netns_lan
     repo = str(Path(__file__).resolve().parent.parent)
     count = 25
