@@ -37,7 +37,7 @@ def assert_ok(seed: int, o: SimOptions) -> None:
 
 
 FAULTY3 = SimOptions(nodes=3, loss=0.1, dup=0.05, reorder=0.2, partitions=2, crashes=2,
-                     pauses=1, messages=15, duration=8)
+                     pauses=1, messages=40, duration=8)
 
 
 @pytest.mark.parametrize("seed", seeds(40))
@@ -51,10 +51,16 @@ def test_two_nodes_lossy(seed: int) -> None:
                                partitions=1, messages=15, duration=6))
 
 
-@pytest.mark.parametrize("seed", seeds(10))
+@pytest.mark.parametrize("seed", seeds(20))
 def test_five_nodes_partitions_and_flaps(seed: int) -> None:
     assert_ok(seed, SimOptions(nodes=5, loss=0.15, dup=0.05, reorder=0.2, partitions=3,
-                               flaps=1, crashes=2, messages=10, duration=8))
+                               flaps=1, crashes=2, messages=30, duration=8))
+
+
+@pytest.mark.parametrize("seed", seeds(15))
+def test_crashes_during_membership_changes(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=4, loss=0.1, dup=0.05, partitions=2, crashes=1,
+                               state_crashes=3, messages=20, duration=8))
 
 
 @pytest.mark.parametrize("seed", seeds(10))
@@ -176,7 +182,8 @@ def test_payload_roundtrip() -> None:
 @pytest.mark.parametrize("nodes", [2, 3, 5, 8, 16])
 def test_soak(nodes: int) -> None:
     o = SimOptions(nodes=nodes, loss=0.3 if nodes < 8 else 0.1, dup=0.1, reorder=0.3,
-                   partitions=3, flaps=2, crashes=3, pauses=2, messages=20, duration=12)
+                   partitions=3, flaps=2, crashes=3, state_crashes=2, pauses=2, messages=20,
+                   duration=12)
     bad = [run(s, o) for s in range(int(os.environ.get("AIS_SIM_SEEDS", 100)))]
     bad = [r for r in bad if r.violations]
     assert not bad, "\n\n".join(r.report() for r in bad[:3])

@@ -77,6 +77,8 @@ MSG_HEADER = struct.Struct("!III")
 #: so a delivered payload can be compared with what was submitted
 _PAD = bytes(range(256))
 
+_MEMBERSHIP_STATES = frozenset({"GATHER", "COMMIT", "RECOVERY"})
+
 _PACKET_NAMES = {1: "mcast", 2: "token", 3: "join", 4: "commit", 5: "merge", 6: "wake"}
 
 # heap entry kinds
@@ -116,6 +118,9 @@ class SimOptions:
     flaps: int = 0
     #: node crashes during the fault phase
     crashes: int = 0
+    #: crashes aimed at nodes entering gather, commit or recovery (each transition
+    #: into one of those states triggers one with probability 0.3, until used up)
+    state_crashes: int = 0
     #: node pauses (2-5 s each) during the fault phase
     pauses: int = 0
     #: application messages per node, spread over the fault phase
@@ -317,6 +322,7 @@ class Simulation:
         self.delivered_once: set[MsgKey] = set()
         self.bytes_once = 0
         self.rings: set[RingId] = set()
+        self.state_crashes = options.state_crashes
         #: nodes with a restart scheduled for the quiet phase
         self.restarting: set[int] = set()
 
@@ -371,7 +377,7 @@ class Simulation:
             self.push(end, _FAULT, "uncut", (a, b))
             ends.append(end)
         for _ in range(o.crashes):
-            self.push(rng.uniform(0.1, o.duration), _FAULT, "crash", 0)
+            self.push(rng.uniform(0.1, o.duration), _FAULT, "crash", None)
         for _ in range(o.pauses):
             t0 = rng.uniform(0.1, o.duration)
             length = rng.uniform(2.0, 5.0)
@@ -450,11 +456,17 @@ class Simulation:
         srp = node.srp
         node.disk = srp.max_ring_seq
         self.perform(node, acts)
-        if self.trace is not None:
-            st = srp.state.name if hasattr(srp.state, "name") else str(srp.state)
-            if st != node.state:
-                self.tr(node, f"state {node.state or '-'} -> {st} ring {srp.ring_id}")
-                node.state = st
+        st = getattr(srp.state, "name", None) or str(srp.state)
+        if st != node.state:
+            self.tr(node, f"state {node.state or '-'} -> {st} ring {srp.ring_id}")
+            node.state = st
+            if (self.state_crashes and self.faults_on and st in _MEMBERSHIP_STATES
+                    and self.rng.random() < 0.3):
+                # a crash in the middle of a membership change (spec: "a crash
+                # during gather, commit and recovery")
+                self.state_crashes -= 1
+                self.push(self.now + self.rng.uniform(0.0, 0.003), _FAULT, "crash",
+                          (node.id, node.inc))
 
     def perform(self, node: _Node, acts: Iterable[Any]) -> None:
         for a in acts:
@@ -579,13 +591,19 @@ class Simulation:
         self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk}")
         self.call(node, node.srp.start)
 
-    def f_crash(self, _: Any) -> None:
+    def f_crash(self, target: tuple[int, int] | None) -> None:
+        """Crash ``target`` (node id, incarnation) if still up, or a random node."""
         if not self.faults_on:
             return
         up = self.up()
         if len(up) < 2:
             return
-        node = self.rng.choice(up)
+        if target is None:
+            node = self.rng.choice(up)
+        else:
+            node = self.nodes[target[0]]
+            if node.srp is None or node.inc != target[1]:
+                return
         node.srp = None
         node.held = []
         node.paused = False
@@ -793,8 +811,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("loss", "dup", "reorder", "reorder_delay", "duration", "settle",
                  "start_spread", "corrupt"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    for name in ("partitions", "flaps", "crashes", "pauses", "messages", "size"):
-        p.add_argument("--" + name, type=int, default=getattr(d, name))
+    for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses", "messages",
+                 "size"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--delay", default=",".join(map(repr, d.delay)),
                    help="base delay range in seconds, LO,HI")
     p.add_argument("--crypto", action=argparse.BooleanOptionalAction, default=False,
@@ -810,7 +829,7 @@ def options_from_args(a: argparse.Namespace) -> SimOptions:
     return SimOptions(
         nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder,
         reorder_delay=a.reorder_delay, delay=(lo, hi), partitions=a.partitions,
-        flaps=a.flaps, crashes=a.crashes, pauses=a.pauses, messages=a.messages, size=a.size,
+        flaps=a.flaps, crashes=a.crashes, state_crashes=a.state_crashes, pauses=a.pauses, messages=a.messages, size=a.size,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread, crypto=a.crypto,
         corrupt=a.corrupt, config=cfg, max_steps=a.max_steps)
 
