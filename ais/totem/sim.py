@@ -248,6 +248,33 @@ class _Node:
         self.state = ""
 
 
+class _TraceLog:
+    """Stands in for the core's logger in full-trace runs: its lines join the trace."""
+
+    def __init__(self, sim: "Simulation", node: _Node) -> None:
+        self._sim, self._node = sim, node
+
+    def _log(self, level: str, msg: str, *args: Any, **_: Any) -> None:
+        self._sim.tr(self._node, f"{level}: {msg % args if args else msg}")
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log("debug", msg, *args)
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log("info", msg, *args)
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log("error", msg, *args)
+
+    exception = error
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
+        return True
+
+
 def _load_srp() -> type:
     from ais.totem.srp import Srp  # imported late: the simulator's tests run without it
     return Srp
@@ -347,6 +374,8 @@ class Simulation:
 
     def schedule(self) -> None:
         o, rng = self.o, self.rng
+        self.tr(None, "nodes " + " ".join(f"{self.nodes[i].name}={fmt_node(i)}"
+                                          for i in self.ids))
         for nid in self.ids:
             self.push(rng.uniform(0, o.start_spread), _FAULT, "start", nid)
         window = max(o.duration * 0.9, 0.001)
@@ -579,7 +608,11 @@ class Simulation:
     def f_start(self, nid: int) -> None:
         node = self.nodes[nid]
         node.inc += 1
-        node.srp = self.factory(nid, self.config, ring_seq=node.disk)
+        if self.o.full_trace:
+            node.srp = self.factory(nid, self.config, ring_seq=node.disk,
+                                    log=_TraceLog(self, node))
+        else:
+            node.srp = self.factory(nid, self.config, ring_seq=node.disk)
         node.gens = {}
         node.held = []
         node.paused = False
