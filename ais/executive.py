@@ -562,6 +562,8 @@ class FakeBus:
         self._flush_armed = False
         self._max = max_events_per_flush
         self.delivered = 0
+        #: while True, events queue up (a test's way to stop time on the ring)
+        self.paused = False
 
     def port(self, host: ServiceHost) -> "FakePort":
         """Attach ``host`` to the bus (down until a reconfiguration includes it)."""
@@ -592,34 +594,48 @@ class FakeBus:
             self._flush_armed = True
             self.scheduler.call_later(0.0, self.flush)
 
+    def pause(self) -> None:
+        """Stop carrying out events (they queue) until ``resume`` or ``step``."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._arm()
+
     def flush(self) -> None:
         """Carry out every queued event (and those they cause), bounded."""
         self._flush_armed = False
         steps = 0
-        while self._queue:
+        while not self.paused and self._queue:
             steps += 1
             if steps > self._max:
                 raise RuntimeError("FakeBus: too many events in one flush (livelock?)")
-            kind, arg = self._queue.popleft()
-            if kind == "msg":
-                sender, payload = arg
-                comp = self._component.get(sender)
-                if comp is None:
-                    continue
+            self.step()
+
+    def step(self) -> bool:
+        """Carry out the next queued event only; False when none is queued."""
+        if not self._queue:
+            return False
+        kind, arg = self._queue.popleft()
+        if kind == "msg":
+            sender, payload = arg
+            comp = self._component.get(sender)
+            if comp is not None:
                 ring = self._ring[sender]
                 for node in sorted(comp):
                     host = self.hosts.get(node)
                     if host is not None:
                         self.delivered += 1
                         host.on_deliver(Deliver(sender, payload, ring))
-            elif kind == "inject":
-                for host in list(self.hosts.values()):
-                    if isinstance(arg, ConfChange):
-                        host.on_confchg(arg)
-                    else:
-                        host.on_deliver(arg)
-            else:
-                self._apply_conf(arg)
+        elif kind == "inject":
+            for host in list(self.hosts.values()):
+                if isinstance(arg, ConfChange):
+                    host.on_confchg(arg)
+                else:
+                    host.on_deliver(arg)
+        else:
+            self._apply_conf(arg)
+        return True
 
     def _apply_conf(self, components: list[frozenset[int]]) -> None:
         new_of: dict[int, frozenset[int]] = {}

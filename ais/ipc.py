@@ -148,6 +148,7 @@ class IpcConnection:
         self._cb_out: _Outbox | None = None
         # Callbacks queued before the callback channel attached (normally none).
         self._early: list[bytes] = []
+        self._linger_g: Any = None
 
     @property
     def closed(self) -> bool:
@@ -206,8 +207,13 @@ class IpcConnection:
                 pass
         for out in outs:
             out.finish(flush)
-        gevent.spawn(self._linger, socks, outs)
+        self._linger_g = gevent.spawn(self._linger, socks, outs)
         self.server.host.lib_exit(self)
+
+    def wait_closed(self, timeout: float = LINGER + 1.0) -> None:
+        """Block this greenlet until the sockets are flushed and closed."""
+        if self._linger_g is not None:
+            self._linger_g.join(timeout)
 
     @staticmethod
     def _linger(socks: list[Any], outs: list[_Outbox]) -> None:
@@ -362,6 +368,9 @@ class IpcServer:
         finally:
             if conn is not None:
                 conn.close("channel closed")
+                # StreamServer closes this socket when we return: let queued
+                # replies (an error, say) go out first.
+                conn.wait_closed()
             else:
                 sock.close()
 
