@@ -129,18 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_file=state_file)
     host.attach_ring(transport)
     ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
-    try:
-        transport.start()
-    except OSError as e:
-        return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
+    # As the reference does: services and the client socket first, then the
+    # ring; requests that need the ring wait in the host until it has formed.
     try:
         ipc.start()
     except OSError as e:
-        transport.stop()
         return _die(f"cannot serve {cfg.aisexec.socket}: {e}")
     notice(logger, "AIS Executive Service: started and ready to receive connections "
            "(node %s, %s on port %d, socket %s)", bind_addr, net.transport.value,
            net.mcastport, cfg.aisexec.socket)
+    try:
+        transport.start()
+    except OSError as e:
+        ipc.stop()
+        return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
 
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
