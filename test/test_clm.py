@@ -411,3 +411,182 @@ def test_executive_death_gives_prompt_errors(trio):
     from saf.errors import TryAgain
     with pytest.raises(TryAgain):
         clm.initialize()
+
+
+# --- examples/testclm.py ------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_testclm_example(sock_dir):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(sock_dir, "ex.sock")
+    server = subprocess.Popen([sys.executable, os.path.join(root, "test", "helpers_exec.py"),
+                               "serve", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        env = dict(os.environ, AIS_SOCKET=path)
+        proc = subprocess.Popen([sys.executable, os.path.join(root, "examples", "testclm.py")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=env)
+        lines = []
+        deadline = time.monotonic() + 20
+        while "Done calling trackCallback" not in lines and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        out, _ = proc.communicate("\n", timeout=20)
+        lines += out.splitlines()
+        assert proc.returncode == 0
+        assert lines[:2] == ["Result of saClmClusterNodeGet 1",
+                             "Node Information for saClmClusterNodeGet SA_CLM_LOCAL_NODE_ID "
+                             "result %d"]
+        assert "\tnode id is 100007f" in lines and "\tnode address is 127.0.0.1." in lines
+        assert "\tCluster name is mvlcge" in lines and "\tMember is 1" in lines
+        assert lines.count("result is 1") == 4
+        assert any(x.startswith("select fd is ") for x in lines)
+        titles = [x for x in lines if x.startswith("Node Information for NodeGetCallback")]
+        assert titles == [f"Node Information for NodeGetCallback local machine {i}"
+                          for i in ("55", "59", "57")]
+        assert "NodeGetCallback 60 error 12" in lines
+        assert lines.count("NODE STATE NO CHANGE.") == 1
+        assert lines[-2:] == ["TrackStop result is 1 (should be 1)",
+                              "Finalize  result is 1 (should be 1)"]
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+# --- the service framework itself, with a toy service ------------------------------------
+
+from ais.executive import FakeBus, ManualScheduler  # noqa: E402
+from ais.services.base import (  # noqa: E402
+    DEFERRED, Service, exec_handler, lib_handler,
+)
+from helpers_exec import FakeConn  # noqa: E402
+
+
+class Counter(Service):
+    """A replicated list of numbers; joiners get the whole list streamed in chunks."""
+
+    name = "toy-counter"
+    service_id = 77
+    CHUNK = 3
+
+    def __init__(self):
+        self.values = []
+        self.sync_log = []
+
+    def sync_start(self, info):
+        self.sync_log.append(("start", info.ring_id.seq))
+        # The lowest member that was in the previous view sends the state.
+        olds = [n for n in info.members if n in info.previous_members]
+        self._sender = min(olds) if olds else min(info.members)
+        self._cursor = 0
+        self._incoming = []
+
+    def sync_process(self):
+        if self.host.node_id != self._sender:
+            return True
+        chunk = self.values[self._cursor:self._cursor + self.CHUNK]
+        if chunk:
+            self.host.mcast_sync(self, 2, bytes(chunk))
+            self._cursor += len(chunk)
+        return self._cursor >= len(self.values)
+
+    def sync_abort(self):
+        self.sync_log.append(("abort",))
+
+    def sync_done(self):
+        self.sync_log.append(("done",))
+        if self._incoming or self.host.node_id != self._sender:
+            self.values = self._incoming
+
+    @exec_handler(2)
+    def exec_chunk(self, msg):
+        assert msg.sync
+        self._incoming.extend(msg.payload)
+
+    @lib_handler(1, hold_during_sync=True)
+    def lib_add(self, conn, req):
+        self.host.mcast(self, 1, req.body, tag=req.tag)
+        return DEFERRED
+
+    @exec_handler(1)
+    def exec_add(self, msg):
+        self.values.extend(msg.payload)
+        self.host.reply(msg.tag, bytes([len(self.values)]))
+
+
+def toy_cluster(n):
+    sched = ManualScheduler()
+    bus = FakeBus(sched)
+    hosts = [ServiceHost(i + 1, [Counter()], sched) for i in range(n)]
+    for h in hosts:
+        bus.port(h)
+    return sched, bus, hosts
+
+
+def svc(host):
+    return host.service_by_id(Counter.service_id)
+
+
+@pytest.mark.timeout(20)
+def test_framework_replies_only_on_asking_node_and_streams_sync():
+    sched, bus, (h1, h2, h3) = toy_cluster(3)
+    bus.reconfigure([1, 2])
+    sched.run()
+    c1 = FakeConn(h1.new_conn_id(), Counter.service_id)
+    c2 = FakeConn(h2.new_conn_id(), Counter.service_id)
+    h1.lib_connect(c1)
+    h2.lib_connect(c2)
+    h1.lib_request(c1, 1, 10, bytes(range(5)))
+    h2.lib_request(c2, 1, 10, bytes(range(5, 10)))
+    sched.run()
+    assert svc(h1).values == svc(h2).values == list(range(10))
+    # Each client got exactly its own answer, from its own node.
+    assert [(f.seq, f.body) for f in c1.responses] == [(10, b"\x05")]
+    assert [(f.seq, f.body) for f in c2.responses] == [(10, b"\x0a")]
+    # A joiner receives the list in chunks of 3, through the ring, before requests run.
+    bus.reconfigure([1, 2, 3])
+    h1.lib_request(c1, 1, 11, b"\x63")  # arrives while the round runs: held
+    sched.run()
+    assert svc(h3).values == svc(h1).values == list(range(10)) + [0x63]
+    assert c1.responses[-1].body == bytes([11])
+
+
+@pytest.mark.timeout(20)
+def test_framework_holds_deliveries_and_restarts_abandoned_rounds():
+    sched, bus, (h1, h2) = toy_cluster(2)
+    bus.reconfigure([1])
+    sched.run()
+    c1 = FakeConn(h1.new_conn_id(), Counter.service_id)
+    h1.lib_connect(c1)
+    h1.lib_request(c1, 1, 1, b"\x01\x02")
+    sched.run()
+    # A configuration change arrives, and another before the first round ends.
+    bus.pause()
+    bus.reconfigure([1, 2])
+    bus.reconfigure([1])
+    bus.reconfigure([1, 2])
+    while bus.step():
+        pass
+    bus.resume()
+    sched.run()
+    log = svc(h1).sync_log
+    assert ("abort",) in log and log[-1] == ("done",)
+    assert svc(h2).values == svc(h1).values == [1, 2]
+    assert not h1.syncing and not h2.syncing
+    # A message delivered during a round waits until the round ends.
+    bus.pause()
+    bus.reconfigure([1], [2])
+    h1.mcast(svc(h1), 1, b"\x09")  # e.g. sent by a timer; ordered after the change
+    assert bus.step()  # the configuration change only
+    assert h1.syncing
+    assert bus.step()  # the message: delivered during the round, so held
+    assert svc(h1).values == [1, 2]
+    bus.resume()
+    sched.run()
+    assert svc(h1).values == [1, 2, 9]
