@@ -441,6 +441,32 @@ class ServiceHost:
                 conn.close(str(exc))
 
 
+def create_host(node_id: int, scheduler: Scheduler,
+                options: dict[str, dict[str, Any]] | None = None) -> ServiceHost:
+    """A host running every built-in service (``ais.services.BUILTIN_MODULES``).
+
+    Wiring for the executive::
+
+        host = create_host(node_of(addr), GeventScheduler(on_error=fatal),
+                           {"clm": {"cluster_name": "mvlcge"}})
+        transport = Transport(..., on_deliver=host.on_deliver, on_confchg=host.on_confchg)
+        host.attach_ring(transport)        # once the transport is started
+        IpcServer(host, socket_path, group="ais").start()
+
+    Args:
+        options: per service name, keyword options for its constructor.
+    """
+    from ais.services import load_builtin_services
+    from ais.services.base import create_service, registered_services
+
+    options = options or {}
+    names = load_builtin_services()
+    services = [create_service(cls.name, **options.get(cls.name, {}))
+                for cls in registered_services().values() if cls.__module__.rsplit(".", 1)[-1]
+                in names]
+    return ServiceHost(node_id, services, scheduler)
+
+
 # --- schedulers ----------------------------------------------------------------------
 
 
@@ -714,7 +740,7 @@ class LoopbackRing:
 
 
 __all__ = [
-    "FakeBus", "FakePort", "GeventScheduler", "HOST_SERVICE_ID", "LoopbackRing",
+    "create_host", "FakeBus", "FakePort", "GeventScheduler", "HOST_SERVICE_ID", "LoopbackRing",
     "ManualScheduler", "RING_HEADER", "RingMessage", "RingMessageError", "RingPort",
     "Scheduler", "ServiceHost", "decode_ring_message_untrusted", "encode_ring_message",
 ]

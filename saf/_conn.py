@@ -64,21 +64,13 @@ class _Channel:
 
     def ready(self) -> bool:
         """A complete frame is buffered, or bytes (or EOF) wait on the socket."""
-        if self.buf.pending and self._buffered_frame_complete():
+        if self.buf.has_frame():
             return True
         try:
             r, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return True  # closed under us: let the read report it
         return bool(r)
-
-    def _buffered_frame_complete(self) -> bool:
-        try:
-            head = bytes(self.buf._buf[:w.FRAME_HEADER.size])
-            return len(head) == w.FRAME_HEADER.size and \
-                len(self.buf._buf) >= w.decode_frame_size_untrusted(head)
-        except IpcProtocolError:
-            return True
 
     def recv_frame(self, deadline: float | None) -> w.Frame:
         """The next frame; waits until ``deadline`` (monotonic s, None: forever).

@@ -146,6 +146,15 @@ class FrameBuffer:
             decode_frame_size_untrusted(bytes(self._buf[:FRAME_HEADER.size]))
         return frame
 
+    def has_frame(self) -> bool:
+        """A complete frame is buffered (or a bad header, which next_frame will report)."""
+        if len(self._buf) < FRAME_HEADER.size:
+            return False
+        try:
+            return len(self._buf) >= decode_frame_size_untrusted(bytes(self._buf[:FRAME_HEADER.size]))
+        except IpcProtocolError:
+            return True
+
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a frame (nonzero at EOF = truncation)."""

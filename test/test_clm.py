@@ -590,3 +590,30 @@ def test_framework_holds_deliveries_and_restarts_abandoned_rounds():
     bus.resume()
     sched.run()
     assert svc(h1).values == [1, 2, 9]
+
+
+@pytest.mark.timeout(20)
+def test_create_host_with_options():
+    from ais.executive import create_host
+
+    host = create_host(node_of(A), ManualScheduler(), {"clm": {"cluster_name": "prod"}})
+    assert host.service_by_name("clm").local.cluster_name == b"prod"
+
+
+@pytest.mark.timeout(30)
+def test_dispatch_one_runs_exactly_one(sock_dir, monkeypatch):
+    with ExecThread(sock_dir, [A]) as ex:
+        monkeypatch.setenv("AIS_SOCKET", ex.socket_of(A))
+        rec = Recorder()
+        with clm.initialize(rec.callbacks) as h:
+            for inv in range(3):
+                h.cluster_node_get_async(inv, 0)
+            deadline = time.monotonic() + 5
+            while not select.select([h.selection_object()], [], [], 0.1)[0]:
+                assert time.monotonic() < deadline
+            time.sleep(0.1)  # let all three arrive
+            h.dispatch(SA_DISPATCH_ONE)
+            assert [g[0] for g in rec.gets] == [0]
+            h.dispatch(SA_DISPATCH_ALL)
+            assert [g[0] for g in rec.gets] == [0, 1, 2]
+            assert not select.select([h.selection_object()], [], [], 0)[0]
