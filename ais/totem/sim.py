@@ -30,7 +30,8 @@ Network
     duplicated with ``dup``, delayed by ``delay`` plus, with probability
     ``reorder``, up to ``reorder_delay`` more.  Partitions split the nodes into
     2 or 3 groups for 1-4 s; a flapping link goes down and up for a few
-    seconds.  With ``crypto`` every packet is sealed by its sender and opened
+    seconds.  Crashes hit random nodes at random times, or (``state_crashes``)
+    a node just entering gather, commit or recovery.  With ``crypto`` every packet is sealed by its sender and opened
     by its receiver (``ais/totem/crypto.py``), and ``corrupt`` flips a byte.
 
 Phases
@@ -47,7 +48,9 @@ Phases
 Output
     ``run(seed, options)`` returns a ``RunResult``; ``python -m ais.totem.sim``
     sweeps seeds and prints one line per run, the violations with the replay
-    command, and ``N runs, M violations``.
+    command, and ``N runs, M violations`` (M counts runs with at least one
+    violation; the exit status is 1 when M > 0).  ``--seed N`` replays one run
+    with the full trace, the core's log lines included.
 """
 from __future__ import annotations
 
