@@ -457,6 +457,7 @@ def test_testclm_example(sock_dir):
     finally:
         server.kill()
         server.wait(10)
+        server.stdout.close()
 
 
 # --- the service framework itself, with a toy service ------------------------------------

@@ -267,6 +267,7 @@ def test_executive_death_in_subprocess_is_prompt(sock_dir, monkeypatch):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        proc.stdout.close()
 
 
 @pytest.mark.timeout(30)
