@@ -8,7 +8,6 @@ ring starts ends the program with one clear line and a non-zero status.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -16,13 +15,6 @@ import sys
 from typing import Sequence
 
 DEFAULT_CONFIG = "/etc/ais/openais.conf"
-
-#: services the executive loads, in start-up order (module, class)
-SERVICES = (
-    ("ais.services.clm", "ClmService"),
-    ("ais.services.ckpt", "CkptService"),
-    ("ais.services.evs", "EvsService"),
-)
 
 logger = logging.getLogger("ais.main")
 
@@ -45,23 +37,6 @@ def _best_effort_realtime() -> None:
             logger.warning("could not lock memory: %s", os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as e:
         logger.warning("could not lock memory: %s", e)
-
-
-def _build_services(cfg) -> list:
-    services = []
-    for module, cls_name in SERVICES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue  # this service is not part of the installation
-            raise
-        cls = getattr(mod, cls_name)
-        if cls_name == "ClmService":
-            services.append(cls(cluster_name=cfg.aisexec.clustername))
-        else:
-            services.append(cls())
-    return services
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gevent
     import gevent.event
 
-    from ais.executive import GeventScheduler, ServiceHost
+    from ais.executive import GeventScheduler, create_host
     from ais.ipc import IpcServer
     from ais.totem.crypto import Crypto
     from ais.totem.events import node_of
@@ -120,14 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(cfg.aisexec.statedir, exist_ok=True)
     state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
     srp = Srp(node_id, cfg.to_totem_config(), ring_seq=load_ring_seq(state_file), log=node_log)
-    host = ServiceHost(node_id, _build_services(cfg), GeventScheduler())
+    def fatal(exc: BaseException) -> None:
+        logger.critical("internal error, exiting: %r", exc)
+        logging.shutdown()
+        os._exit(1)
+
+    host = create_host(node_id, GeventScheduler(on_error=fatal),
+                       {"clm": {"cluster_name": cfg.aisexec.clustername}})
     net = cfg.network
     transport = Transport(
         srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
         mcast_addr=net.mcastaddr, members=[str(m) for m in net.members],
         on_deliver=host.on_deliver, on_confchg=host.on_confchg, log=node_log,
         state_file=state_file)
-    host.attach_ring(transport)
     ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
     # As the reference does: services and the client socket first, then the
     # ring; requests that need the ring wait in the host until it has formed.
@@ -143,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         ipc.stop()
         return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
+    host.attach_ring(transport)  # until now the host answered TryAgain / held requests
 
     stop = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
