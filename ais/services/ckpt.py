@@ -1,0 +1,1156 @@
+"""CKPT, the checkpoint service (executive side), SAF AIS A.01.01.
+
+Theory of operation
+-------------------
+Every node holds a full replica of every checkpoint.  State (``ckpts`` by
+cluster-wide id, ``names`` for the linked ones) changes only in exec
+handlers, in agreed order, so the same deliveries give the same replicas.
+
+Requests.  Library handlers check what is local to the asking node (the
+checkpoint handle, its open flags: ACCESS, BAD_HANDLE) and multicast a ring
+message carrying the request's reply tag.  The exec handler validates
+against the replicated state, the same way on every node, applies the
+change (or not) and answers on the asking node.  So a call returns only
+after its message has been delivered and applied locally.  Reads, status
+and iterator snapshots also go through the ring, as barriers that only the
+asking node acts on: a read asked anywhere after a write returned is ordered
+after that write, so it sees it.
+
+Identity.  A checkpoint's id is (ring seq, ring rep, n): the ring in which
+its creating OPEN was delivered and how many that ring created before it.
+Unlink drops the name at once (a later OPEN with attributes creates a new
+checkpoint); the data goes when the last opener closes.
+
+Reference counts.  ``refs[node]`` counts the opens from each node.  OPEN
+adds one, CLOSE removes one; a client connection that closes makes its node
+multicast a CLOSE for each of its handles (also for an OPEN delivered after
+its client left or timed out).  Each node's own count is authoritative: in
+every sync round each member announces ``refs[self]`` for every checkpoint,
+and the counts are rebuilt from those announcements, so a departed node's
+references vanish everywhere at the same point.
+
+Retention and section expiry.  Deadlines are local timers
+(``host.call_later``), but deletion is decided in agreed order: when a timer
+fires, the lowest member multicasts RETENTION_EXPIRE (with the checkpoint's
+``retention_epoch``) or SECTION_EXPIRE (with the section's expiration
+time); the handler deletes only if nothing changed meanwhile (an OPEN bumps
+the epoch, a new expiration time changes the value).  Absolute expiration
+times (SaTimeT, wall clock) travel with the client's "remaining" time, so the
+executive needs no wall clock.
+
+Sync (base.py's sync step).  In every round each member announces its
+references (SYNC_REFS).  When somebody joined (``info.joined``, or members
+outside this node's previous configuration), the lowest member of each
+previous configuration streams every checkpoint of its side in bounded
+chunks (SYNC_CKPT, SYNC_SECTION); receivers stage them.  At ``sync_done``,
+if any side streamed, every member replaces its state with the merge of the
+staged sides (the merge rule below), which is a function of delivered
+messages only, so all members agree.
+
+Merge rule (SAF A.01.01 leaves partition merging to the implementation; it
+only requires every replica of a checkpoint to end up identical):
+
+1. A checkpoint (by id) present on one side only is kept.
+2. Present on several sides: the replica with the greatest
+   (updates, ring of its last update) is kept, where ``updates`` counts every
+   data change (write, overwrite, section create/delete/expiry, expiration
+   change); equal keys are equal histories; ties go to the side whose
+   sender has the lowest node id.  It is unlinked if any side unlinked it.
+3. Several linked checkpoints with one name (created on both sides during
+   the split): the one with the greatest (updates, ring of last update, id)
+   keeps the name; the others are unlinked, alive for their openers only.
+
+Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+from ais.services.base import (
+    DEFERRED, NO_TAG, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
+    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
+)
+from ais.totem.events import ConfChange, fmt_node
+from saf import _ckpt_wire as cw
+from saf.errors import (
+    SA_OK, Access, BadFlags, BadHandle, BadOperation, Exist, InvalidParam, IpcProtocolError,
+    NameTooLong, NoSpace, NotExist, SaError, Timeout,
+)
+from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END
+
+CkptId = cw.CkptId
+
+# --- ring message ids ---------------------------------------------------------------
+
+MSG_OPEN = 1
+MSG_CLOSE = 2
+MSG_UNLINK = 3
+MSG_RETENTION_SET = 4
+MSG_ACTIVE_SET = 5
+MSG_STATUS = 6  # barrier
+MSG_SECTION_CREATE = 7
+MSG_SECTION_DELETE = 8
+MSG_SECTION_EXPIRATION_SET = 9
+MSG_WRITE = 10
+MSG_OVERWRITE = 11
+MSG_READ = 12  # barrier
+MSG_ITER_INIT = 13  # barrier
+MSG_SYNCHRONIZE = 14  # barrier
+MSG_RETENTION_EXPIRE = 15
+MSG_SECTION_EXPIRE = 16
+MSG_SYNC_REFS = 20
+MSG_SYNC_CKPT = 21
+MSG_SYNC_SECTION = 22
+
+# --- ring layouts (after CKPT_ID where noted) --------------------------------------------
+
+# CLOSE: CKPT_ID | handle u32 (the asker's handle; 0 when the node closes on its own) |
+CLOSE_MSG = cw.HANDLE
+# RETENTION_EXPIRE: CKPT_ID | retention epoch u64 |
+EXPIRE_MSG = struct.Struct("!Q")
+# SECTION_EXPIRE: CKPT_ID | expiration i64 | section id ...
+SECTION_EXPIRE_MSG = struct.Struct("!q")
+# SYNC_REFS: | count u32 | then count x (CKPT_ID, REF_ITEM)
+SYNC_REFS_HEAD = struct.Struct("!I")
+REF_ITEM = struct.Struct("!I")
+# SYNC_CKPT: CKPT_ID, then (32 bytes), CREATION_ATTRS, name:
+#  0        1             9                 17               21            25        33
+#  | linked | updates u64 | last ring seq   | last ring rep  | active node | epoch   | name_len u16 |
+SYNC_CKPT_HEAD = struct.Struct("!BQQIIQH")
+# SYNC_SECTION: CKPT_ID, then (42 bytes), section id, chunk:
+#  | id_len u16 | expiration i64 | remaining i64 (ns; SA_TIME_END: none) | last_update i64
+#  | total u64 | offset u64 |
+SYNC_SECTION_HEAD = struct.Struct("!HqqqQQ")
+
+#: section bytes per SYNC_SECTION message
+SYNC_CHUNK = 60 * 1024
+#: bytes one sync_process call may queue before yielding to the ring
+SYNC_BUDGET = 1024 * 1024
+#: descriptors per ITER_NEXT reply
+ITER_BATCH = 1024
+#: seconds before retrying a service-originated message the ring refused
+RETRY_DELAY = 0.05
+
+
+@dataclass
+class Section:
+    data: bytearray
+    expiration: int  #: absolute SaTimeT; SA_TIME_END: never
+    last_update: int
+    #: local clock (host.now) when it expires; None: never.  Not replicated.
+    deadline: float | None = None
+    timer: TimerHandle | None = None
+    #: while staged in a sync round: ns left until expiry, from the sender's timer
+    remaining: int = SA_TIME_END
+
+
+@dataclass
+class Checkpoint:
+    id: CkptId
+    name: bytes
+    attrs: cw.CreationAttributes
+    linked: bool = True
+    sections: dict[bytes, Section] = field(default_factory=dict)
+    refs: dict[int, int] = field(default_factory=dict)
+    used: int = 0  #: bytes of section data
+    updates: int = 0
+    last_ring: tuple[int, int] = (0, 0)
+    active_node: int = 0  #: node holding the active replica (0: none)
+    retention_epoch: int = 0
+    #: local retention deadline (host.now) while nobody has it open; not replicated
+    retention_deadline: float | None = None
+    retention_timer: TimerHandle | None = None
+    #: local clock when the last opener closed (retention counts from there)
+    zero_since: float | None = None
+
+    @property
+    def total_refs(self) -> int:
+        return sum(self.refs.values())
+
+    def version(self) -> tuple[int, tuple[int, int]]:
+        return (self.updates, self.last_ring)
+
+
+@dataclass
+class _Handle:
+    ckpt_id: CkptId
+    flags: int
+    closing: bool = False
+
+
+@dataclass
+class _ConnState:
+    handles: dict[int, _Handle] = field(default_factory=dict)
+    next_handle: int = 1
+    iterators: dict[int, list[cw.SectionDescriptor]] = field(default_factory=dict)
+    next_iter: int = 1
+
+
+@dataclass
+class _PendingOpen:
+    timer: TimerHandle | None
+    abandoned: bool = False
+
+
+def _sync_ckpt_payload(ck: Checkpoint) -> bytes:
+    return (cw.CKPT_ID.pack(*ck.id)
+            + SYNC_CKPT_HEAD.pack(ck.linked, ck.updates, ck.last_ring[0], ck.last_ring[1],
+                                  ck.active_node, ck.retention_epoch, len(ck.name))
+            + cw.encode_attrs(ck.attrs) + ck.name)
+
+
+@register_service
+class CkptService(Service):
+    """Checkpoints, replicated on every node.  See the module docstring."""
+
+    name = "ckpt"
+    service_id = cw.CKPT_SERVICE_ID
+
+    def __init__(self) -> None:
+        self.ckpts: dict[CkptId, Checkpoint] = {}
+        self.names: dict[bytes, CkptId] = {}
+        self.members: tuple[int, ...] = ()
+        self._conns: dict[int, LibConn] = {}
+        self._pending_opens: dict[tuple[int, int], _PendingOpen] = {}
+        self._id_ring: tuple[int, int] | None = None
+        self._id_count = 0
+        self._outq: list[tuple[int, bytes]] = []
+        self._outq_armed = False
+        # sync round
+        self._round: SyncInfo | None = None
+        self._sync_gen: Iterator[tuple[int, bytes]] | None = None
+        self._sync_next: tuple[int, bytes] | None = None
+        self._incoming: dict[int, dict[CkptId, Checkpoint]] = {}
+        self._remaining: dict[tuple[int, CkptId, bytes], int] = {}
+        self._announced: dict[int, dict[CkptId, int]] = {}
+
+    # --- hooks -------------------------------------------------------------------------
+
+    def exec_init(self, host: HostAPI) -> None:
+        super().exec_init(host)
+        self.log = host.logger("CKPT")
+        self.members = (host.node_id,)
+
+    def on_lib_connect(self, conn: LibConn) -> None:
+        self._conns[conn.conn_id] = conn
+        conn.private["ckpt"] = _ConnState()
+
+    def on_lib_exit(self, conn: LibConn) -> None:
+        self._conns.pop(conn.conn_id, None)
+        cs: _ConnState | None = conn.private.get("ckpt")
+        if cs is None:
+            return
+        for h in cs.handles.values():
+            if not h.closing:
+                # Our node's reference must go in agreed order, like a client close.
+                h.closing = True
+                self._send_own(MSG_CLOSE, cw.CKPT_ID.pack(*h.ckpt_id) + CLOSE_MSG.pack(0))
+        cs.iterators.clear()
+
+    def on_confchg(self, conf: ConfChange) -> None:
+        if not conf.transitional:
+            self.members = tuple(sorted(conf.members))
+
+    @property
+    def is_lowest(self) -> bool:
+        """Whether this node decides timed deletions (the lowest member)."""
+        return bool(self.members) and self.host.node_id == min(self.members)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _conn_state(self, conn: LibConn) -> _ConnState:
+        cs = conn.private.get("ckpt")
+        if cs is None:
+            cs = conn.private["ckpt"] = _ConnState()
+        return cs
+
+    def _handle(self, conn: LibConn, handle: int) -> _Handle:
+        h = self._conn_state(conn).handles.get(handle)
+        if h is None or h.closing:
+            raise BadHandle(f"no open checkpoint handle {handle}")
+        return h
+
+    def _forward(self, conn: LibConn, req: Request, msg_id: int, need: int = 0) -> Deferred:
+        """Multicast ``req`` (a handle request) with the handle replaced by the checkpoint id."""
+        handle, rest = cw.split_handle_untrusted(req.body)
+        h = self._handle(conn, handle)
+        if need and not h.flags & need:
+            raise Access("checkpoint not opened for " +
+                         ("writing" if need == cw.SA_CKPT_CHECKPOINT_WRITE else "reading"))
+        self.host.mcast(self, msg_id, cw.CKPT_ID.pack(*h.ckpt_id) + rest, tag=req.tag)
+        return DEFERRED
+
+    def _send_own(self, msg_id: int, payload: bytes) -> None:
+        """Multicast a message the service sends on its own; retried until the ring takes it."""
+        self._outq.append((msg_id, payload))
+        self._flush_outq()
+
+    def _flush_outq(self) -> None:
+        self._outq_armed = False
+        while self._outq:
+            msg_id, payload = self._outq[0]
+            try:
+                self.host.mcast(self, msg_id, payload)
+            except SaError:
+                if not self._outq_armed:
+                    self._outq_armed = True
+                    self.host.call_later(RETRY_DELAY, self._flush_outq)
+                return
+            self._outq.pop(0)
+
+    def _ckpt_of(self, msg: ExecMessage) -> tuple[Checkpoint | None, bytes]:
+        """The checkpoint a message is about (None: gone; the asker gets BAD_HANDLE)."""
+        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
+        ck = self.ckpts.get(ckpt_id)
+        if ck is None:
+            self.host.reply_error(msg.tag, BadHandle("checkpoint no longer exists"))
+        return ck, rest
+
+    def _new_id(self, msg: ExecMessage) -> CkptId:
+        ring = (msg.ring_id.seq, msg.ring_id.rep)
+        if ring != self._id_ring:
+            self._id_ring, self._id_count = ring, 0
+        self._id_count += 1
+        return (ring[0], ring[1], self._id_count)
+
+    def _updated(self, ck: Checkpoint, msg: ExecMessage) -> None:
+        ck.updates += 1
+        ck.last_ring = (msg.ring_id.seq, msg.ring_id.rep)
+
+    def _origin(self, msg: ExecMessage) -> bool:
+        return msg.tag.node == self.host.node_id and msg.tag.is_client
+
+    @staticmethod
+    def _check_active(ck: Checkpoint) -> None:
+        if ck.attrs.creation_flags != cw.SA_CKPT_WR_ALL_REPLICAS and not ck.active_node:
+            raise NotExist("no active replica is set for this checkpoint")
+
+    # --- checkpoint life cycle ------------------------------------------------------------
+
+    def _delete(self, ck: Checkpoint) -> None:
+        self.ckpts.pop(ck.id, None)
+        if self.names.get(ck.name) == ck.id:
+            del self.names[ck.name]
+        self._stop_retention(ck)
+        for sec in ck.sections.values():
+            if sec.timer is not None:
+                sec.timer.cancel()
+        self.log.debug("checkpoint %r deleted", ck.name)
+
+    def _after_unref(self, ck: Checkpoint) -> None:
+        if ck.total_refs:
+            return
+        if not ck.linked:
+            self._delete(ck)
+        else:
+            self._start_retention(ck)
+
+    def _stop_retention(self, ck: Checkpoint) -> None:
+        if ck.retention_timer is not None:
+            ck.retention_timer.cancel()
+        ck.retention_timer = None
+        ck.retention_deadline = None
+
+    def _start_retention(self, ck: Checkpoint, since: float | None = None) -> None:
+        self._stop_retention(ck)
+        start = self.host.now() if since is None else since
+        ck.zero_since = start
+        dur = ck.attrs.retention_duration
+        if dur >= SA_TIME_END:
+            return
+        ck.retention_deadline = start + dur / 1e9
+        delay = max(0.0, ck.retention_deadline - self.host.now())
+        ck.retention_timer = self.host.call_later(delay, lambda: self._retention_due(ck.id))
+
+    def _retention_due(self, ckpt_id: CkptId) -> None:
+        ck = self.ckpts.get(ckpt_id)
+        if ck is None or ck.total_refs or not ck.linked:
+            return
+        ck.retention_timer = None
+        if self.is_lowest:
+            self._send_own(MSG_RETENTION_EXPIRE,
+                           cw.CKPT_ID.pack(*ck.id) + EXPIRE_MSG.pack(ck.retention_epoch))
+
+    def _arm_section(self, ck: Checkpoint, sid: bytes, sec: Section,
+                     remaining_ns: int | None) -> None:
+        if sec.timer is not None:
+            sec.timer.cancel()
+            sec.timer = None
+        if sec.expiration >= SA_TIME_END or remaining_ns is None or remaining_ns >= SA_TIME_END:
+            sec.deadline = None
+            return
+        delay = max(0, remaining_ns) / 1e9
+        sec.deadline = self.host.now() + delay
+        sec.timer = self.host.call_later(delay, lambda: self._section_due(ck.id, sid))
+
+    def _section_due(self, ckpt_id: CkptId, sid: bytes) -> None:
+        ck = self.ckpts.get(ckpt_id)
+        sec = ck.sections.get(sid) if ck else None
+        if sec is None:
+            return
+        sec.timer = None
+        if self.is_lowest:
+            self._send_own(MSG_SECTION_EXPIRE, cw.CKPT_ID.pack(*ckpt_id)
+                           + SECTION_EXPIRE_MSG.pack(sec.expiration) + sid)
+
+    # --- OPEN / CLOSE / UNLINK ------------------------------------------------------------
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if not name:
+            raise InvalidParam("empty checkpoint name")
+        if len(name) > SA_MAX_NAME_LENGTH:
+            raise NameTooLong(f"checkpoint name of {len(name)} bytes")
+
+    @staticmethod
+    def check_attributes(a: cw.CreationAttributes) -> None:
+        """Raise InvalidParam unless ``a`` are acceptable creation attributes."""
+        if a.creation_flags not in cw.CREATION_FLAGS:
+            raise InvalidParam(f"creationFlags {a.creation_flags:#x}")
+        if a.max_sections < 1:
+            raise InvalidParam("maxSections must be at least 1")
+        if not 0 <= a.max_section_size <= cw.MAX_IO_BYTES:
+            raise InvalidParam(f"maxSectionSize must be at most {cw.MAX_IO_BYTES}")
+        if not 0 <= a.max_section_id_size <= cw.MAX_SECTION_ID:
+            raise InvalidParam(f"maxSectionIdSize must be at most {cw.MAX_SECTION_ID}")
+        if a.checkpoint_size > a.max_sections * a.max_section_size:
+            raise InvalidParam("checkpointSize exceeds maxSections * maxSectionSize")
+        if a.retention_duration < 0:
+            raise InvalidParam("negative retentionDuration")
+
+    @lib_handler(cw.REQ_OPEN, hold_during_sync=True)
+    def lib_open(self, conn: LibConn, req: Request) -> bytes | Deferred:
+        return self._lib_open(conn, req, is_async=False)
+
+    @lib_handler(cw.REQ_OPEN_ASYNC, hold_during_sync=True)
+    def lib_open_async(self, conn: LibConn, req: Request) -> bytes | Deferred:
+        return self._lib_open(conn, req, is_async=True)
+
+    def _lib_open(self, conn: LibConn, req: Request, is_async: bool) -> bytes | Deferred:
+        op = cw.decode_open_untrusted(req.body)
+        if op.is_async != is_async:
+            raise IpcProtocolError("OPEN: async flag does not match the request id")
+        self._check_name(op.name)
+        if op.flags & ~cw.OPEN_FLAGS_MASK:
+            raise BadFlags(f"open flags {op.flags:#x}")
+        if op.flags & cw.SA_CKPT_CHECKPOINT_CREATE and op.attributes is None:
+            raise InvalidParam("SA_CKPT_CHECKPOINT_CREATE needs creation attributes")
+        if op.attributes is not None:
+            self.check_attributes(op.attributes)
+        self.host.mcast(self, MSG_OPEN, req.body, tag=req.tag)
+        if is_async:
+            return b""  # the handle comes in the open callback
+        key = (req.tag.conn_id, req.tag.seq)
+        pending = _PendingOpen(None)
+        if 0 < op.timeout < SA_TIME_END:
+            pending.timer = self.host.call_later(op.timeout / 1e9,
+                                                 lambda: self._open_timed_out(req.tag))
+        self._pending_opens[key] = pending
+        return DEFERRED
+
+    def _open_timed_out(self, tag: ReplyTag) -> None:
+        pending = self._pending_opens.get((tag.conn_id, tag.seq))
+        if pending is None or pending.abandoned:
+            return
+        pending.abandoned = True  # the OPEN's delivery will close what it opened
+        self.host.reply_error(tag, Timeout("checkpoint open timed out"))
+
+    @exec_handler(MSG_OPEN)
+    def exec_open(self, msg: ExecMessage) -> None:
+        op = cw.decode_open_untrusted(msg.payload)
+        ckpt_id = self.names.get(op.name)
+        ck = self.ckpts.get(ckpt_id) if ckpt_id is not None else None
+        err: SaError | None = None
+        if ck is None:
+            if op.attributes is None:
+                err = NotExist("no checkpoint of that name")
+            else:
+                ck = Checkpoint(self._new_id(msg), op.name, op.attributes)
+                if op.attributes.max_sections == 1:
+                    ck.sections[cw.SA_CKPT_DEFAULT_SECTION_ID] = Section(bytearray(), SA_TIME_END, 0)
+                self.ckpts[ck.id] = ck
+                self.names[op.name] = ck.id
+                self.log.debug("checkpoint %r created", op.name)
+        elif op.attributes is not None and op.attributes != ck.attrs:
+            err = Exist("checkpoint exists with other creation attributes")
+        if err is None:
+            assert ck is not None
+            ck.refs[msg.sender] = ck.refs.get(msg.sender, 0) + 1
+            ck.retention_epoch += 1  # an expiry already on its way must not apply
+            self._stop_retention(ck)
+        if not self._origin(msg):
+            return
+        pending = self._pending_opens.pop((msg.tag.conn_id, msg.tag.seq), None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+        conn = self._conns.get(msg.tag.conn_id)
+        if err is None and (conn is None or (pending is not None and pending.abandoned)):
+            assert ck is not None
+            self._send_own(MSG_CLOSE, cw.CKPT_ID.pack(*ck.id) + CLOSE_MSG.pack(0))
+            return
+        if conn is None:
+            return
+        handle = 0
+        if err is None:
+            assert ck is not None
+            cs = self._conn_state(conn)
+            handle = cs.next_handle
+            cs.next_handle += 1
+            cs.handles[handle] = _Handle(ck.id, op.flags)
+        if op.is_async:
+            conn.send_callback(cw.CB_OPEN, cw.encode_open_callback(op.invocation, handle),
+                               SA_OK if err is None else err.code)
+        elif err is None:
+            self.host.reply(msg.tag, cw.HANDLE.pack(handle))
+        else:
+            self.host.reply_error(msg.tag, err)
+
+    @lib_handler(cw.REQ_CLOSE, hold_during_sync=True)
+    def lib_close(self, conn: LibConn, req: Request) -> Deferred:
+        handle = cw.decode_handle_untrusted(req.body)
+        h = self._handle(conn, handle)
+        self.host.mcast(self, MSG_CLOSE, cw.CKPT_ID.pack(*h.ckpt_id) + CLOSE_MSG.pack(handle),
+                        tag=req.tag)
+        h.closing = True
+        return DEFERRED
+
+    @exec_handler(MSG_CLOSE)
+    def exec_close(self, msg: ExecMessage) -> None:
+        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
+        (handle,) = CLOSE_MSG.unpack(rest)
+        ck = self.ckpts.get(ckpt_id)
+        if ck is not None and ck.refs.get(msg.sender, 0) > 0:
+            ck.refs[msg.sender] -= 1
+            if not ck.refs[msg.sender]:
+                del ck.refs[msg.sender]
+            self._after_unref(ck)
+        if self._origin(msg):
+            conn = self._conns.get(msg.tag.conn_id)
+            if conn is not None:
+                self._conn_state(conn).handles.pop(handle, None)
+            self.host.reply(msg.tag)
+
+    @lib_handler(cw.REQ_UNLINK, hold_during_sync=True)
+    def lib_unlink(self, conn: LibConn, req: Request) -> Deferred:
+        name = cw.decode_name_untrusted(req.body)
+        self._check_name(name)
+        self.host.mcast(self, MSG_UNLINK, name, tag=req.tag)
+        return DEFERRED
+
+    @exec_handler(MSG_UNLINK)
+    def exec_unlink(self, msg: ExecMessage) -> None:
+        ckpt_id = self.names.pop(msg.payload, None)
+        ck = self.ckpts.get(ckpt_id) if ckpt_id is not None else None
+        if ck is None:
+            self.host.reply_error(msg.tag, NotExist("no checkpoint of that name"))
+            return
+        ck.linked = False
+        if not ck.total_refs:
+            self._delete(ck)
+        self.host.reply(msg.tag)
+
+    # --- attributes ------------------------------------------------------------------------
+
+    @lib_handler(cw.REQ_RETENTION_SET, hold_during_sync=True)
+    def lib_retention_set(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        if cw.decode_retention_untrusted(rest) < 0:
+            raise InvalidParam("negative retention duration")
+        return self._forward(conn, req, MSG_RETENTION_SET)
+
+    @exec_handler(MSG_RETENTION_SET)
+    def exec_retention_set(self, msg: ExecMessage) -> None:
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        if not ck.linked:
+            self.host.reply_error(msg.tag, BadOperation("checkpoint is unlinked"))
+            return
+        ck.attrs = replace(ck.attrs, retention_duration=cw.decode_retention_untrusted(rest))
+        if not ck.total_refs:
+            # Measured from the last close, not from this call.
+            self._start_retention(ck, since=ck.zero_since)
+        self.host.reply(msg.tag)
+
+    @lib_handler(cw.REQ_ACTIVE_SET, hold_during_sync=True)
+    def lib_active_set(self, conn: LibConn, req: Request) -> Deferred:
+        return self._forward(conn, req, MSG_ACTIVE_SET, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_ACTIVE_SET)
+    def exec_active_set(self, msg: ExecMessage) -> None:
+        ck, _ = self._ckpt_of(msg)
+        if ck is None:
+            return
+        if ck.attrs.creation_flags == cw.SA_CKPT_WR_ALL_REPLICAS:
+            self.host.reply_error(msg.tag, BadOperation("checkpoint has no active replica"))
+            return
+        ck.active_node = msg.sender
+        self.host.reply(msg.tag)
+
+    @lib_handler(cw.REQ_STATUS_GET, hold_during_sync=True)
+    def lib_status_get(self, conn: LibConn, req: Request) -> Deferred:
+        return self._forward(conn, req, MSG_STATUS)
+
+    @exec_handler(MSG_STATUS)
+    def exec_status(self, msg: ExecMessage) -> None:
+        if not self._origin(msg):
+            return
+        ck, _ = self._ckpt_of(msg)
+        if ck is not None:
+            self.host.reply(msg.tag, cw.encode_status(
+                cw.CheckpointStatus(ck.attrs, len(ck.sections), ck.used)))
+
+    # --- sections ----------------------------------------------------------------------------
+
+    @lib_handler(cw.REQ_SECTION_CREATE, hold_during_sync=True)
+    def lib_section_create(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        sc = cw.decode_section_create_untrusted(rest)
+        if sc.expiration < 0:
+            raise InvalidParam("negative expiration time")
+        return self._forward(conn, req, MSG_SECTION_CREATE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_SECTION_CREATE)
+    def exec_section_create(self, msg: ExecMessage) -> None:
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        sc = cw.decode_section_create_untrusted(rest)
+        try:
+            self._check_active(ck)
+            if sc.section_id == cw.SA_CKPT_DEFAULT_SECTION_ID:
+                raise InvalidParam("the default section cannot be created")
+            if len(sc.section_id) > ck.attrs.max_section_id_size:
+                raise InvalidParam("section id longer than maxSectionIdSize")
+            if len(sc.data) > ck.attrs.max_section_size:
+                raise InvalidParam("initial data larger than maxSectionSize")
+            if sc.section_id in ck.sections:
+                raise Exist("section exists")
+            if len(ck.sections) >= ck.attrs.max_sections:
+                raise NoSpace("maxSections reached")
+            if ck.used + len(sc.data) > ck.attrs.checkpoint_size:
+                raise NoSpace("checkpointSize would be exceeded")
+        except SaError as err:
+            self.host.reply_error(msg.tag, err)
+            return
+        sec = Section(bytearray(sc.data), sc.expiration, sc.now)
+        ck.sections[sc.section_id] = sec
+        ck.used += len(sc.data)
+        self._arm_section(ck, sc.section_id, sec, sc.remaining)
+        self._updated(ck, msg)
+        self.host.reply(msg.tag)
+
+    @lib_handler(cw.REQ_SECTION_DELETE, hold_during_sync=True)
+    def lib_section_delete(self, conn: LibConn, req: Request) -> Deferred:
+        return self._forward(conn, req, MSG_SECTION_DELETE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_SECTION_DELETE)
+    def exec_section_delete(self, msg: ExecMessage) -> None:
+        ck, sid = self._ckpt_of(msg)
+        if ck is None:
+            return
+        try:
+            self._check_active(ck)
+            if sid == cw.SA_CKPT_DEFAULT_SECTION_ID:
+                raise InvalidParam("the default section cannot be deleted")
+            if sid not in ck.sections:
+                raise NotExist("no such section")
+        except SaError as err:
+            self.host.reply_error(msg.tag, err)
+            return
+        self._remove_section(ck, sid)
+        self._updated(ck, msg)
+        self.host.reply(msg.tag)
+
+    def _remove_section(self, ck: Checkpoint, sid: bytes) -> None:
+        sec = ck.sections.pop(sid)
+        ck.used -= len(sec.data)
+        if sec.timer is not None:
+            sec.timer.cancel()
+
+    @lib_handler(cw.REQ_SECTION_EXPIRATION_SET, hold_during_sync=True)
+    def lib_section_expiration_set(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        _, exp, _ = cw.decode_section_expiration_untrusted(rest)
+        if exp < 0:
+            raise InvalidParam("negative expiration time")
+        return self._forward(conn, req, MSG_SECTION_EXPIRATION_SET,
+                             need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_SECTION_EXPIRATION_SET)
+    def exec_section_expiration_set(self, msg: ExecMessage) -> None:
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        sid, exp, remaining = cw.decode_section_expiration_untrusted(rest)
+        try:
+            self._check_active(ck)
+            if sid == cw.SA_CKPT_DEFAULT_SECTION_ID:
+                raise InvalidParam("the default section never expires")
+            sec = ck.sections.get(sid)
+            if sec is None:
+                raise NotExist("no such section")
+        except SaError as err:
+            self.host.reply_error(msg.tag, err)
+            return
+        sec.expiration = exp
+        self._arm_section(ck, sid, sec, remaining)
+        self._updated(ck, msg)
+        self.host.reply(msg.tag)
+
+    @exec_handler(MSG_SECTION_EXPIRE)
+    def exec_section_expire(self, msg: ExecMessage) -> None:
+        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
+        (exp,) = SECTION_EXPIRE_MSG.unpack_from(rest)
+        sid = rest[SECTION_EXPIRE_MSG.size:]
+        ck = self.ckpts.get(ckpt_id)
+        sec = ck.sections.get(sid) if ck else None
+        if ck is None or sec is None or sec.expiration != exp:
+            return  # deleted, or given a new expiration time meanwhile
+        self._remove_section(ck, sid)
+        self._updated(ck, msg)
+        self.log.debug("section %r of %r expired", sid, ck.name)
+
+    @exec_handler(MSG_RETENTION_EXPIRE)
+    def exec_retention_expire(self, msg: ExecMessage) -> None:
+        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
+        (epoch,) = EXPIRE_MSG.unpack(rest)
+        ck = self.ckpts.get(ckpt_id)
+        if ck is None or ck.total_refs or ck.retention_epoch != epoch:
+            return  # reopened (or deleted) before the expiry was delivered
+        self.log.debug("checkpoint %r retention expired", ck.name)
+        self._delete(ck)
+
+    # --- iteration -------------------------------------------------------------------------------
+
+    @lib_handler(cw.REQ_ITER_INIT, hold_during_sync=True)
+    def lib_iter_init(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        filt, exp = cw.decode_iter_init_untrusted(rest)
+        if filt not in cw.SECTION_FILTERS:
+            raise InvalidParam(f"sections chosen {filt}")
+        return self._forward(conn, req, MSG_ITER_INIT)
+
+    @exec_handler(MSG_ITER_INIT)
+    def exec_iter_init(self, msg: ExecMessage) -> None:
+        if not self._origin(msg):
+            return
+        ck, rest = self._ckpt_of(msg)
+        conn = self._conns.get(msg.tag.conn_id)
+        if ck is None or conn is None:
+            return
+        filt, when = cw.decode_iter_init_untrusted(rest)
+
+        def chosen(sec: Section) -> bool:
+            if filt == cw.SA_CKPT_SECTIONS_FOREVER:
+                return sec.expiration >= SA_TIME_END
+            if filt == cw.SA_CKPT_SECTIONS_LEQ_EXPIRATION_TIME:
+                return sec.expiration <= when
+            if filt == cw.SA_CKPT_SECTIONS_GEQ_EXPIRATION_TIME:
+                return sec.expiration >= when
+            if filt == cw.SA_CKPT_SECTIONS_CORRUPTED:
+                return False  # replicas are written in agreed order: never corrupted
+            return True
+
+        snap = [cw.SectionDescriptor(sid, s.expiration, len(s.data), cw.SA_CKPT_SECTION_VALID,
+                                     s.last_update)
+                for sid, s in ck.sections.items() if chosen(s)]
+        cs = self._conn_state(conn)
+        iter_id = cs.next_iter
+        cs.next_iter += 1
+        cs.iterators[iter_id] = snap
+        self.host.reply(msg.tag, cw.encode_iter_id(iter_id))
+
+    @lib_handler(cw.REQ_ITER_NEXT)
+    def lib_iter_next(self, conn: LibConn, req: Request) -> bytes:
+        iter_id = cw.decode_iter_id_untrusted(req.body)
+        snap = self._conn_state(conn).iterators.get(iter_id)
+        if snap is None:
+            raise BadHandle(f"no section iterator {iter_id}")
+        batch, snap[:] = snap[:ITER_BATCH], snap[ITER_BATCH:]
+        return cw.encode_iter_next_reply(not snap, batch)
+
+    @lib_handler(cw.REQ_ITER_FINALIZE)
+    def lib_iter_finalize(self, conn: LibConn, req: Request) -> bytes:
+        iter_id = cw.decode_iter_id_untrusted(req.body)
+        if self._conn_state(conn).iterators.pop(iter_id, None) is None:
+            raise BadHandle(f"no section iterator {iter_id}")
+        return b""
+
+    # --- data --------------------------------------------------------------------------------------
+
+    @lib_handler(cw.REQ_WRITE, hold_during_sync=True)
+    def lib_write(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        if not cw.decode_write_untrusted(rest).vectors:
+            raise InvalidParam("no IO vectors")
+        return self._forward(conn, req, MSG_WRITE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_WRITE)
+    def exec_write(self, msg: ExecMessage) -> None:
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        wr = cw.decode_write_untrusted(rest)
+        # Validate every vector before applying any, so a failing call changes
+        # nothing (on every replica alike) and names the failing element.
+        sizes: dict[bytes, int] = {}
+        used = ck.used
+        for i, (sid, off, data) in enumerate(wr.vectors):
+            try:
+                self._check_active(ck)
+                sec = ck.sections.get(sid)
+                if sec is None:
+                    raise NotExist("no such section")
+                end = off + len(data)
+                if end > ck.attrs.max_section_size:
+                    raise InvalidParam("write beyond maxSectionSize")
+                cur = sizes.get(sid, len(sec.data))
+                new = max(cur, end)
+                used += new - cur
+                sizes[sid] = new
+                if used > ck.attrs.checkpoint_size:
+                    raise NoSpace("checkpointSize would be exceeded")
+            except SaError as err:
+                self.host.reply(msg.tag, cw.encode_io_status(err.code, i))
+                return
+        for sid, off, data in wr.vectors:
+            sec = ck.sections[sid]
+            if off > len(sec.data):
+                sec.data.extend(bytes(off - len(sec.data)))
+            sec.data[off:off + len(data)] = data
+            sec.last_update = wr.now
+        ck.used = used
+        self._updated(ck, msg)
+        self.host.reply(msg.tag, cw.encode_io_status(SA_OK, 0))
+
+    @lib_handler(cw.REQ_OVERWRITE, hold_during_sync=True)
+    def lib_overwrite(self, conn: LibConn, req: Request) -> Deferred:
+        return self._forward(conn, req, MSG_OVERWRITE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_OVERWRITE)
+    def exec_overwrite(self, msg: ExecMessage) -> None:
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        now, sid, data = cw.decode_overwrite_untrusted(rest)
+        try:
+            self._check_active(ck)
+            sec = ck.sections.get(sid)
+            if sec is None:
+                raise NotExist("no such section")
+            if len(data) > ck.attrs.max_section_size:
+                raise InvalidParam("data larger than maxSectionSize")
+            if ck.used - len(sec.data) + len(data) > ck.attrs.checkpoint_size:
+                raise NoSpace("checkpointSize would be exceeded")
+        except SaError as err:
+            self.host.reply_error(msg.tag, err)
+            return
+        ck.used += len(data) - len(sec.data)
+        sec.data = bytearray(data)
+        sec.last_update = now
+        self._updated(ck, msg)
+        self.host.reply(msg.tag)
+
+    @lib_handler(cw.REQ_READ, hold_during_sync=True)
+    def lib_read(self, conn: LibConn, req: Request) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        if not cw.decode_read_untrusted(rest):
+            raise InvalidParam("no IO vectors")
+        return self._forward(conn, req, MSG_READ, need=cw.SA_CKPT_CHECKPOINT_READ)
+
+    @exec_handler(MSG_READ)
+    def exec_read(self, msg: ExecMessage) -> None:
+        if not self._origin(msg):
+            return
+        ck, rest = self._ckpt_of(msg)
+        if ck is None:
+            return
+        out: list[bytes] = []
+        total = 0
+        for i, (sid, off, size) in enumerate(cw.decode_read_untrusted(rest)):
+            try:
+                sec = ck.sections.get(sid)
+                if sec is None:
+                    raise NotExist("no such section")
+                if off > ck.attrs.max_section_size:
+                    raise InvalidParam("offset beyond maxSectionSize")
+                end = len(sec.data) if size == cw.READ_ALL else off + size
+                piece = bytes(sec.data[off:end])
+                total += len(piece)
+                if total > cw.MAX_IO_BYTES:
+                    raise NoSpace("more data than one read call can carry")
+            except SaError as err:
+                self.host.reply(msg.tag, cw.encode_read_reply(err.code, i, []))
+                return
+            out.append(piece)
+        self.host.reply(msg.tag, cw.encode_read_reply(SA_OK, 0, out))
+
+    @lib_handler(cw.REQ_SYNCHRONIZE, hold_during_sync=True)
+    def lib_synchronize(self, conn: LibConn, req: Request) -> Deferred:
+        return self._lib_synchronize(conn, req, False)
+
+    @lib_handler(cw.REQ_SYNCHRONIZE_ASYNC, hold_during_sync=True)
+    def lib_synchronize_async(self, conn: LibConn, req: Request) -> bytes | Deferred:
+        self._lib_synchronize(conn, req, True)
+        return b""  # the outcome comes in the synchronize callback
+
+    def _lib_synchronize(self, conn: LibConn, req: Request, is_async: bool) -> Deferred:
+        _, rest = cw.split_handle_untrusted(req.body)
+        if cw.decode_synchronize_untrusted(rest)[1] != is_async:
+            raise IpcProtocolError("SYNCHRONIZE: async flag does not match the request id")
+        return self._forward(conn, req, MSG_SYNCHRONIZE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+
+    @exec_handler(MSG_SYNCHRONIZE)
+    def exec_synchronize(self, msg: ExecMessage) -> None:
+        # Every replica applied every earlier write when this barrier is delivered:
+        # that is all synchronisation means when writes go through the ring.
+        if not self._origin(msg):
+            return
+        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
+        invocation, is_async, _ = cw.decode_synchronize_untrusted(rest)
+        ck = self.ckpts.get(ckpt_id)
+        err: SaError | None = None
+        if ck is None:
+            err = BadHandle("checkpoint no longer exists")
+        elif ck.attrs.creation_flags == cw.SA_CKPT_WR_ALL_REPLICAS:
+            err = BadOperation("SA_CKPT_WR_ALL_REPLICAS checkpoints are always synchronous")
+        if is_async:
+            conn = self._conns.get(msg.tag.conn_id)
+            if conn is not None:
+                conn.send_callback(cw.CB_SYNCHRONIZE, cw.encode_sync_callback(invocation),
+                                   SA_OK if err is None else err.code)
+        elif err is None:
+            self.host.reply(msg.tag)
+        else:
+            self.host.reply_error(msg.tag, err)
+
+    # --- sync ------------------------------------------------------------------------------------
+
+    def sync_start(self, info: SyncInfo) -> None:
+        self._round = info
+        self._incoming = {}
+        self._remaining = {}
+        self._announced = {}
+        me = self.host.node_id
+        prev = set(info.previous_members)
+        side = prev & set(info.members)
+        sends = bool(side) and me == min(side) and \
+            bool(info.joined or not set(info.members) <= prev)
+        self._sync_gen = self._sync_messages(sends)
+        self._sync_next = None
+
+    def _sync_messages(self, send_state: bool) -> Iterator[tuple[int, bytes]]:
+        me = self.host.node_id
+        mine = [(ck.id, ck.refs[me]) for ck in self.ckpts.values() if ck.refs.get(me)]
+        for start in range(0, max(1, len(mine)), 4096):
+            part = mine[start:start + 4096]
+            yield MSG_SYNC_REFS, SYNC_REFS_HEAD.pack(len(part)) + b"".join(
+                cw.CKPT_ID.pack(*i) + REF_ITEM.pack(n) for i, n in part)
+        if not send_state:
+            return
+        now = self.host.now()
+        for ck in list(self.ckpts.values()):
+            yield MSG_SYNC_CKPT, _sync_ckpt_payload(ck)
+            for sid, sec in list(ck.sections.items()):
+                remaining = SA_TIME_END if sec.deadline is None else \
+                    max(0, int((sec.deadline - now) * 1e9))
+                data = bytes(sec.data)
+                off = 0
+                while True:
+                    chunk = data[off:off + SYNC_CHUNK]
+                    yield MSG_SYNC_SECTION, (
+                        cw.CKPT_ID.pack(*ck.id)
+                        + SYNC_SECTION_HEAD.pack(len(sid), sec.expiration, remaining,
+                                                 sec.last_update, len(data), off)
+                        + sid + chunk)
+                    off += len(chunk)
+                    if off >= len(data):
+                        break
+
+    def sync_process(self) -> bool:
+        if self._sync_gen is None:
+            return True
+        budget = SYNC_BUDGET
+        while budget > 0:
+            if self._sync_next is None:
+                self._sync_next = next(self._sync_gen, None)
+                if self._sync_next is None:
+                    self._sync_gen = None
+                    return True
+            msg_id, payload = self._sync_next
+            self.host.mcast_sync(self, msg_id, payload)  # TryAgain: the host calls again
+            self._sync_next = None
+            budget -= len(payload)
+        return False
+
+    def sync_abort(self) -> None:
+        self._sync_gen = None
+        self._sync_next = None
+
+    @exec_handler(MSG_SYNC_REFS)
+    def exec_sync_refs(self, msg: ExecMessage) -> None:
+        r = cw.Reader(msg.payload, "SYNC_REFS")
+        (count,) = r.take(SYNC_REFS_HEAD)
+        got = self._announced.setdefault(msg.sender, {})
+        for _ in range(count):
+            ckpt_id = r.take(cw.CKPT_ID)
+            (n,) = r.take(REF_ITEM)
+            got[ckpt_id] = n
+
+    @exec_handler(MSG_SYNC_CKPT)
+    def exec_sync_ckpt(self, msg: ExecMessage) -> None:
+        r = cw.Reader(msg.payload, "SYNC_CKPT")
+        ckpt_id = r.take(cw.CKPT_ID)
+        linked, updates, rseq, rrep, active, epoch, n = r.take(SYNC_CKPT_HEAD)
+        attrs = cw.CreationAttributes(*r.take(cw.CREATION_ATTRS))
+        name = r.raw(n)
+        self._incoming.setdefault(msg.sender, {})[ckpt_id] = Checkpoint(
+            ckpt_id, name, attrs, bool(linked), updates=updates, last_ring=(rseq, rrep),
+            active_node=active, retention_epoch=epoch)
+
+    @exec_handler(MSG_SYNC_SECTION)
+    def exec_sync_section(self, msg: ExecMessage) -> None:
+        r = cw.Reader(msg.payload, "SYNC_SECTION")
+        ckpt_id = r.take(cw.CKPT_ID)
+        n, exp, remaining, last, total, off = r.take(SYNC_SECTION_HEAD)
+        sid = r.raw(n)
+        chunk = r.rest()
+        ck = self._incoming.get(msg.sender, {}).get(ckpt_id)
+        if ck is None:
+            self.log.error("sync section for unknown checkpoint from %s", fmt_node(msg.sender))
+            return
+        sec = ck.sections.get(sid)
+        if off == 0:
+            sec = ck.sections[sid] = Section(bytearray(), exp, last)
+            self._remaining[(msg.sender, ckpt_id, sid)] = remaining
+        if sec is None or off != len(sec.data):
+            self.log.error("sync section chunk out of order from %s", fmt_node(msg.sender))
+            return
+        sec.data += chunk
+        ck.used += len(chunk)
+
+    def sync_done(self) -> None:
+        info = self._round
+        self._round = None
+        self._sync_gen = None
+        if info is None:
+            return
+        replaced: set[CkptId] = set()
+        if self._incoming:
+            replaced = self._install(self._merge(self._incoming))
+        members = set(info.members)
+        for ck in list(self.ckpts.values()):
+            was_zero = ck.total_refs == 0
+            ck.refs = {node: got[ck.id] for node, got in sorted(self._announced.items())
+                       if node in members and got.get(ck.id)}
+            if ck.active_node and ck.active_node not in members:
+                ck.active_node = 0
+            if ck.total_refs:
+                self._stop_retention(ck)
+                continue
+            # Uniform on every member: expiries sent before this round no longer apply.
+            ck.retention_epoch += 1
+            if not ck.linked:
+                self._delete(ck)
+            elif ck.id in replaced or not was_zero or ck.retention_deadline is None:
+                self._start_retention(ck)
+        self._incoming = {}
+        self._announced = {}
+        self._remaining = {}
+        if self.is_lowest:
+            self._expire_overdue()
+
+    def _expire_overdue(self) -> None:
+        """Deadlines that passed while another node was lowest (it may have left)."""
+        now = self.host.now()
+        for ck in list(self.ckpts.values()):
+            if not ck.total_refs and ck.linked and ck.retention_deadline is not None \
+                    and ck.retention_deadline <= now:
+                self._retention_due(ck.id)
+            for sid, sec in list(ck.sections.items()):
+                if sec.deadline is not None and sec.deadline <= now:
+                    self._section_due(ck.id, sid)
+
+    def _merge(self, sides: dict[int, dict[CkptId, Checkpoint]]) -> dict[CkptId, Checkpoint]:
+        """The merge rule of the module docstring; a function of the staged sides only."""
+        by_id: dict[CkptId, Checkpoint] = {}
+        sender_of: dict[CkptId, int] = {}
+        unlinked: set[CkptId] = set()
+        for sender in sorted(sides):
+            for ckpt_id, ck in sides[sender].items():
+                if not ck.linked:
+                    unlinked.add(ckpt_id)
+                cur = by_id.get(ckpt_id)
+                if cur is None or ck.version() > cur.version():
+                    by_id[ckpt_id] = ck
+                    sender_of[ckpt_id] = sender
+        for ckpt_id in unlinked:
+            by_id[ckpt_id].linked = False
+        holder: dict[bytes, Checkpoint] = {}
+        for ck in sorted(by_id.values(), key=lambda c: c.id):
+            if not ck.linked:
+                continue
+            other = holder.get(ck.name)
+            if other is None:
+                holder[ck.name] = ck
+            elif (ck.updates, ck.last_ring, ck.id) > (other.updates, other.last_ring, other.id):
+                other.linked = False
+                holder[ck.name] = ck
+            else:
+                ck.linked = False
+        for ckpt_id, ck in by_id.items():
+            sender = sender_of[ckpt_id]
+            for sid, sec in ck.sections.items():
+                sec.deadline = None
+                sec.remaining = self._remaining.get((sender, ckpt_id, sid), SA_TIME_END)
+        return by_id
+
+    def _install(self, merged: dict[CkptId, Checkpoint]) -> set[CkptId]:
+        """Replace the live state with ``merged``; keep local timers of unchanged replicas."""
+        replaced: set[CkptId] = set()
+        old = self.ckpts
+        for ckpt_id, new in merged.items():
+            cur = old.get(ckpt_id)
+            if cur is not None and cur.version() == new.version() \
+                    and cur.sections.keys() == new.sections.keys():
+                # Same history: keep our replica and its running timers.
+                cur.linked = new.linked
+                cur.active_node = new.active_node
+                cur.retention_epoch = new.retention_epoch
+                cur.attrs = new.attrs
+                merged[ckpt_id] = cur
+                continue
+            replaced.add(ckpt_id)
+            for sid, sec in new.sections.items():
+                self._arm_section(new, sid, sec, sec.remaining)
+        for ckpt_id, cur in old.items():
+            if merged.get(ckpt_id) is not cur:
+                self._stop_retention(cur)
+                for sec in cur.sections.values():
+                    if sec.timer is not None:
+                        sec.timer.cancel()
+        self.ckpts = merged
+        self.names = {ck.name: ck.id for ck in merged.values() if ck.linked}
+        return replaced
+
+    # --- introspection ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """For logs, tests and the status command."""
+        return {"checkpoints": len(self.ckpts), "linked": len(self.names),
+                "bytes": sum(ck.used for ck in self.ckpts.values())}
+
+    def digest(self) -> list[tuple[Any, ...]]:
+        """The replicated state, comparable across nodes (tests)."""
+        return sorted(
+            (ck.id, ck.name, ck.linked, ck.attrs, ck.updates, ck.active_node,
+             tuple(sorted(ck.refs.items())),
+             tuple(sorted((sid, bytes(s.data), s.expiration, s.last_update)
+                          for sid, s in ck.sections.items())))
+            for ck in self.ckpts.values())
+
+
+__all__ = ["Checkpoint", "CkptService", "Section"]
