@@ -102,7 +102,10 @@ class TotemConfig:
     #: no token for this long: token loss, the ring is re-formed
     token: float = 1000.0
     #: resend the token when nothing is heard from the successor for this long
+    #: (at most: a busy ring retransmits after a few of its recent rotation times)
     token_retransmit: float = 150.0
+    #: floor of the adaptive token retransmit time
+    token_retransmit_min: float = 4.0
     #: resend join messages this often while gathering
     join: float = 100.0
     #: give up on processors that have not agreed after this long in gather

@@ -127,7 +127,7 @@ class SimOptions:
     #: node pauses (2-5 s each) during the fault phase
     pauses: int = 0
     #: application messages per node, spread over the fault phase
-    messages: int = 20
+    messages: int = 200
     #: payload bytes per application message (at least the 12-byte header)
     size: int = 100
     #: length of the fault phase
@@ -847,8 +847,11 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("loss", "dup", "reorder", "reorder_delay", "duration", "settle",
                  "start_spread", "corrupt"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses", "messages",
-                 "size"):
+    # Fault counts may be given bare (``--partitions --crashes``): then 2 of each.
+    for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, nargs="?", const=2,
+                       default=getattr(d, name), metavar="N")
+    for name in ("messages", "size"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--delay", default=",".join(map(repr, d.delay)),
                    help="base delay range in seconds, LO,HI")

@@ -121,6 +121,8 @@ class Srp:
         self._rep_last_seq = -1
         self._forwarded_idle = False
         self._wake_pending = False
+        self._forwarded_at: float | None = None
+        self._rotation: float | None = None  # smoothed token rotation time (s)
         self._timers: dict[TimerKind, float] = {}
         self._out: list[Action] = []
         self.stats: dict[str, int] = {
@@ -612,6 +614,11 @@ class Srp:
         out = self._out
         self._disarm(TimerKind.TOKEN_RETRANSMIT, TimerKind.WAKE)
         self._arm(TimerKind.TOKEN_LOSS, cfg.token, now)
+        if self._forwarded_at is not None and may_hold and not self._forwarded_idle:
+            rot = now - self._forwarded_at
+            r = self._rotation
+            self._rotation = rot if r is None else 0.8 * r + 0.2 * rot
+        self._forwarded_at = None
         recovering = self.state is RECOVERY
         if recovering:
             assert self._new_ring is not None
@@ -728,7 +735,18 @@ class Srp:
         idle = bool(t.flags & TOKEN_IDLE)
         self._forwarded_idle = idle
         self._wake_pending = False
-        delay = self.cfg.token_retransmit + (self.cfg.token_hold if idle else 0.0)
+        self._forwarded_at = now
+        cfg = self.cfg
+        if idle:
+            delay = cfg.token_retransmit + cfg.token_hold
+        elif self._rotation is None:
+            delay = cfg.token_retransmit
+        else:
+            # A lost token costs a retransmit wait; on a busy ring a few
+            # rotation times is plenty.  A needless resend is a duplicate
+            # that the successor drops by its token sequence.
+            delay = min(cfg.token_retransmit,
+                        max(cfg.token_retransmit_min, 3000.0 * self._rotation))
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
     _sent_seq = 0
