@@ -22,7 +22,7 @@ pytest.importorskip("ais.totem.srp")
 from ais.totem.srp import Srp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SLOW = pytest.mark.skipif(os.environ.get("AIS_SLOW") != "1", reason="set AIS_SLOW=1")
+SLOW = pytest.mark.slow  # deselected unless AIS_SLOW=1 (conftest.py)
 
 
 def seeds(default: int) -> list[int]:
