@@ -50,7 +50,10 @@ messages only, so all members agree.
 Merge rule (SAF A.01.01 leaves partition merging to the implementation; it
 only requires every replica of a checkpoint to end up identical):
 
-1. A checkpoint (by id) present on one side only is kept.
+1. A checkpoint (by id) present on one side only is kept -- unless another
+   side deleted it (unlinked and closed, or retention expired: each side
+   remembers the ids it deleted, its "tombstones"); then it is kept unlinked,
+   alive only while it has openers.
 2. Present on several sides: the replica with the greatest
    (updates, ring of its last update) is kept, where ``updates`` counts every
    data change (write, overwrite, section create/delete/expiry, expiration
@@ -59,6 +62,7 @@ only requires every replica of a checkpoint to end up identical):
 3. Several linked checkpoints with one name (created on both sides during
    the split): the one with the greatest (updates, ring of last update, id)
    keeps the name; the others are unlinked, alive for their openers only.
+4. Reference counts are not merged: each member announces its own.
 
 Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
 """
@@ -103,6 +107,7 @@ MSG_SECTION_EXPIRE = 16
 MSG_SYNC_REFS = 20
 MSG_SYNC_CKPT = 21
 MSG_SYNC_SECTION = 22
+MSG_SYNC_TOMBSTONES = 23
 
 # --- ring layouts (after CKPT_ID where noted) --------------------------------------------
 
@@ -124,6 +129,11 @@ SYNC_CKPT_HEAD = struct.Struct("!BQQIIQH")
 #  | total u64 | offset u64 |
 SYNC_SECTION_HEAD = struct.Struct("!HqqqQQ")
 
+# SYNC_TOMBSTONES: | count u32 | then count x CKPT_ID
+SYNC_TOMBSTONES_HEAD = struct.Struct("!I")
+
+#: ids of deleted checkpoints remembered for partition merges (oldest forgotten first)
+TOMBSTONES_MAX = 4096
 #: section bytes per SYNC_SECTION message
 SYNC_CHUNK = 60 * 1024
 #: bytes one sync_process call may queue before yielding to the ring
@@ -223,6 +233,9 @@ class CkptService(Service):
         self._sync_gen: Iterator[tuple[int, bytes]] | None = None
         self._sync_next: tuple[int, bytes] | None = None
         self._incoming: dict[int, dict[CkptId, Checkpoint]] = {}
+        #: ids of checkpoints deleted here, replicated like the rest (insertion ordered)
+        self.tombstones: dict[CkptId, None] = {}
+        self._incoming_tombs: dict[int, set[CkptId]] = {}
         self._remaining: dict[tuple[int, CkptId, bytes], int] = {}
         self._announced: dict[int, dict[CkptId, int]] = {}
 
@@ -331,6 +344,9 @@ class CkptService(Service):
 
     def _delete(self, ck: Checkpoint) -> None:
         self.ckpts.pop(ck.id, None)
+        self.tombstones[ck.id] = None
+        while len(self.tombstones) > TOMBSTONES_MAX:
+            del self.tombstones[next(iter(self.tombstones))]
         if self.names.get(ck.name) == ck.id:
             del self.names[ck.name]
         self._stop_retention(ck)
@@ -932,6 +948,7 @@ class CkptService(Service):
     def sync_start(self, info: SyncInfo) -> None:
         self._round = info
         self._incoming = {}
+        self._incoming_tombs = {}
         self._remaining = {}
         self._announced = {}
         me = self.host.node_id
@@ -951,6 +968,11 @@ class CkptService(Service):
                 cw.CKPT_ID.pack(*i) + REF_ITEM.pack(n) for i, n in part)
         if not send_state:
             return
+        tombs = list(self.tombstones)
+        for start in range(0, max(1, len(tombs)), 4096):
+            part = tombs[start:start + 4096]
+            yield MSG_SYNC_TOMBSTONES, SYNC_TOMBSTONES_HEAD.pack(len(part)) + b"".join(
+                cw.CKPT_ID.pack(*i) for i in part)
         now = self.host.now()
         for ck in list(self.ckpts.values()):
             yield MSG_SYNC_CKPT, _sync_ckpt_payload(ck)
@@ -1000,6 +1022,17 @@ class CkptService(Service):
             (n,) = r.take(REF_ITEM)
             got[ckpt_id] = n
 
+    @exec_handler(MSG_SYNC_TOMBSTONES)
+    def exec_sync_tombstones(self, msg: ExecMessage) -> None:
+        # Always the first state message of a streaming side: it registers the side
+        # even when the side has no checkpoints at all.
+        r = cw.Reader(msg.payload, "SYNC_TOMBSTONES")
+        (count,) = r.take(SYNC_TOMBSTONES_HEAD)
+        self._incoming.setdefault(msg.sender, {})
+        tombs = self._incoming_tombs.setdefault(msg.sender, set())
+        for _ in range(count):
+            tombs.add(r.take(cw.CKPT_ID))
+
     @exec_handler(MSG_SYNC_CKPT)
     def exec_sync_ckpt(self, msg: ExecMessage) -> None:
         r = cw.Reader(msg.payload, "SYNC_CKPT")
@@ -1041,6 +1074,11 @@ class CkptService(Service):
         replaced: set[CkptId] = set()
         if self._incoming:
             replaced = self._install(self._merge(self._incoming))
+            tombs: set[CkptId] = set()  # from delivered messages only, like the rest
+            for side in self._incoming_tombs.values():
+                tombs |= side
+            # Deterministic order everywhere, so the cap forgets the same ids.
+            self.tombstones = dict.fromkeys(sorted(tombs)[-TOMBSTONES_MAX:])
         members = set(info.members)
         for ck in list(self.ckpts.values()):
             was_zero = ck.total_refs == 0
@@ -1058,6 +1096,7 @@ class CkptService(Service):
             elif ck.id in replaced or not was_zero or ck.retention_deadline is None:
                 self._start_retention(ck)
         self._incoming = {}
+        self._incoming_tombs = {}
         self._announced = {}
         self._remaining = {}
         if self.is_lowest:
@@ -1087,6 +1126,10 @@ class CkptService(Service):
                 if cur is None or ck.version() > cur.version():
                     by_id[ckpt_id] = ck
                     sender_of[ckpt_id] = sender
+        for tombs in self._incoming_tombs.values():
+            # Deleted on one side (unlinked and closed, or retention expired):
+            # the deletion wins; still-open replicas live on unlinked.
+            unlinked |= tombs & by_id.keys()
         for ckpt_id in unlinked:
             by_id[ckpt_id].linked = False
         holder: dict[bytes, Checkpoint] = {}
