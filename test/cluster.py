@@ -37,10 +37,11 @@ def free_udp_port() -> int:
 
 
 class Node:
-    def __init__(self, cluster: "Cluster", n: int) -> None:
+    def __init__(self, cluster: "Cluster", n: int, addr: str, netns: str | None) -> None:
         self.cluster = cluster
         self.n = n
-        self.addr = f"127.0.0.{n}"
+        self.addr = addr
+        self.netns = netns
         self.dir = cluster.root / f"node{n}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "openais.conf"
@@ -79,14 +80,24 @@ class Cluster:
     """Up to ``size`` executives on 127.0.0.1 .. 127.0.0.size."""
 
     def __init__(self, root: Path, size: int, *, port: int | None = None,
-                 totem: str = "", debug: bool = False, key: bytes | None = None) -> None:
+                 totem: str = "", debug: bool = False, key: bytes | None = None,
+                 netns: list[str] | None = None, addrs: list[str] | None = None,
+                 bindnetaddr: str | None = None, mcastaddr: str = "226.94.1.1") -> None:
+        """With ``netns``, node n runs inside namespace netns[n-1] at addrs[n-1]
+        and the ring uses multicast (``transport: udp``); otherwise udpu on
+        127.0.0.n."""
         self.root = Path(root)
         self.size = size
         self.port = port or free_udp_port()
         self.totem = totem
         self.debug = debug
         self.key = key or os.urandom(128)
-        self.nodes = {n: Node(self, n) for n in range(1, size + 1)}
+        self.multicast = netns is not None
+        self.bindnetaddr = bindnetaddr
+        self.mcastaddr = mcastaddr
+        addrs = addrs or [f"127.0.0.{n}" for n in range(1, size + 1)]
+        self.nodes = {n: Node(self, n, addrs[n - 1], netns[n - 1] if netns else None)
+                      for n in range(1, size + 1)}
 
     def __enter__(self) -> "Cluster":
         return self
@@ -96,13 +107,16 @@ class Cluster:
 
     def write_conf(self, n: int, *, key: bytes | None = None, extra: str = "") -> Node:
         node = self.nodes[n]
-        members = "\n".join(f"\tmember: 127.0.0.{i}" for i in self.nodes)
+        if self.multicast:
+            net = (f"\tbindnetaddr: {self.bindnetaddr or node.addr}\n"
+                   f"\tmcastaddr: {self.mcastaddr}\n\ttransport: udp")
+        else:
+            net = f"\tbindnetaddr: {node.addr}\n\ttransport: udpu\n" + "\n".join(
+                f"\tmember: {m.addr}" for m in self.nodes.values())
         node.conf.write_text(f"""
 network {{
-\tbindnetaddr: {node.addr}
+{net}
 \tmcastport: {self.port}
-\ttransport: udpu
-{members}
 }}
 logging {{
 \tlogoutput: file
@@ -131,8 +145,10 @@ aisexec {{
     def start(self, n: int, *, key: bytes | None = None, extra: str = "") -> Node:
         node = self.write_conf(n, key=key, extra=extra)
         out = open(node.dir / "stdout.txt", "ab")
+        prefix = ["ip", "netns", "exec", node.netns] if node.netns else []
         node.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "aisexec.py"), "-c", str(node.conf), "--no-realtime"],
+            prefix + [sys.executable, str(ROOT / "aisexec.py"), "-c", str(node.conf),
+                      "--no-realtime"],
             stdout=out, stderr=subprocess.STDOUT, cwd=str(node.dir), env=node.env())
         out.close()
         return node
@@ -187,7 +203,7 @@ aisexec {{
 
         Returns the ring id.
         """
-        want = sorted(f"127.0.0.{n}" for n in ns)
+        want = sorted(self.nodes[n].addr for n in ns)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             last = [self.nodes[n].rings()[-1:] for n in (on or ns)]
@@ -204,5 +220,7 @@ aisexec {{
         """Run ``python -c script`` (or a file path) as a client of node n."""
         node = self.nodes[n]
         cmd = [sys.executable] + ([script] if script.endswith(".py") else ["-c", script])
+        if node.netns:
+            cmd = ["ip", "netns", "exec", node.netns] + cmd
         return subprocess.run(cmd + list(args), env=node.env(), capture_output=True, text=True,
                               timeout=timeout, input=input)

@@ -8,6 +8,8 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from netns import netns_lan  # noqa: E402,F401  (fixture: a LAN in namespaces)
+
 
 def pytest_collection_modifyitems(config, items):
     """Soak runs (marked slow) run only with AIS_SLOW=1; otherwise deselected, not skipped."""
