@@ -1,0 +1,177 @@
+"""CKPT with real executives (separate processes on 127.0.0.N, udpu).
+
+Written on node 1, read on 2 and 3; node 1 killed with -9 (its client still
+holding the checkpoint open), the data is still on 2 and 3; node 4 started
+afterwards receives it all; many writers on several nodes leave every node
+with the same bytes.  Clients are separate processes using ``saf.ckpt``.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster import ROOT, Cluster
+
+pytestmark = [pytest.mark.cluster]
+
+# Shared by the client scripts: deterministic content, a digest of a whole checkpoint.
+PRELUDE = r"""
+import hashlib, os, random, sys, time
+from saf import ckpt
+from saf.errors import SaError, TryAgain, Library
+RW = ckpt.SA_CKPT_CHECKPOINT_READ | ckpt.SA_CKPT_CHECKPOINT_WRITE
+
+def content(name, i):
+    rnd = random.Random(f"{name}/{i}")
+    return bytes(rnd.getrandbits(8) for _ in range(1000 + 997 * i))
+
+def retry(fn, *a, **kw):
+    end = time.monotonic() + 30
+    while True:
+        try:
+            return fn(*a, **kw)
+        except (TryAgain, Library):
+            # TryAgain: ring busy; Library: the executive was restarting under us
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+def dump(h, name):
+    c = retry(h.checkpoint_open, name, ckpt.SA_CKPT_CHECKPOINT_READ, timeout=10**10)
+    out = hashlib.sha256()
+    ids = sorted(d.section_id for d in c.sections())
+    for sid in ids:
+        out.update(sid + b"=" + c.read(ckpt.IOVector(sid))[0] + b";")
+    c.close()
+    return len(ids), out.hexdigest()
+"""
+
+WRITER = PRELUDE + r"""
+name = sys.argv[1]
+h = ckpt.initialize()
+a = ckpt.CreationAttributes(ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 22, 2**63 - 1, 40, 1 << 20, 16)
+c = retry(h.checkpoint_open, name, RW, a, timeout=10**10)
+for i in range(20):
+    c.section_create(b"s%02d" % i)
+    c.write(ckpt.IOVector(b"s%02d" % i, content(name, i)))
+big = content(name, 300)  # ~300 KiB: more than one ring frame, many fragments
+c.section_create(b"big", big)
+print("written", *dump(h, name), flush=True)
+if len(sys.argv) > 2 and sys.argv[2] == "hold":
+    sys.stdin.read()  # keep the checkpoint open until killed
+"""
+
+READER = PRELUDE + r"""
+name = sys.argv[1]
+with ckpt.initialize() as h:
+    print("read", *retry(dump, h, name), flush=True)
+"""
+
+MANY = PRELUDE + r"""
+name, me, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rnd = random.Random(me)
+with ckpt.initialize() as h:
+    a = ckpt.CreationAttributes(ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 22, 2**63 - 1, 64, 1 << 16, 16)
+    c = retry(h.checkpoint_open, name, RW, a, timeout=10**10)
+    mine = b"w-" + me.encode()
+    retry(c.section_create, mine)
+    for i in range(n):
+        # everybody also scribbles over the shared section: the final bytes are
+        # whatever agreed order made of it, but they must be the same on every node
+        retry(c.write, [ckpt.IOVector(mine, b"%s:%d;" % (me.encode(), i), rnd.randrange(0, 2000)),
+                        ckpt.IOVector(b"shared", bytes([rnd.randrange(256)]) * 50,
+                                      rnd.randrange(0, 4000))])
+    print("done", flush=True)
+"""
+
+SETUP_SHARED = PRELUDE + r"""
+name = sys.argv[1]
+with ckpt.initialize() as h:
+    a = ckpt.CreationAttributes(ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 22, 2**63 - 1, 64, 1 << 16, 16)
+    c = retry(h.checkpoint_open, name, RW, a, timeout=10**10)
+    c.section_create(b"shared")
+    print("ok", flush=True)
+"""
+
+
+def run(c: Cluster, n: int, script: str, *args: str, timeout: float = 60) -> list[str]:
+    p = c.client(n, script, *args, timeout=timeout)
+    assert p.returncode == 0, f"client on node {n} failed:\n{p.stdout}\n{p.stderr}"
+    return p.stdout.split()
+
+
+def start_ready(c: Cluster, ns: list[int]) -> None:
+    for n in ns:
+        c.start(n)
+    for n in ns:
+        c.wait_socket(n)
+
+
+@pytest.mark.timeout(180)
+def test_written_on_1_read_on_2_3_survives_kill_and_reaches_a_new_node(tmp_path):
+    with Cluster(tmp_path, 4) as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        holder = subprocess.Popen([sys.executable, "-c", WRITER, "cl", "hold"],
+                                  env=c.nodes[1].env(), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = holder.stdout.readline().split()
+            assert line[:1] == ["written"], holder.stderr.read() if holder.poll() else line
+            expect = line[1:]
+            assert expect[0] == "21"
+            for n in (2, 3):
+                assert run(c, n, READER, "cl")[1:] == expect
+            c.kill(1)  # kill -9 while its client still has the checkpoint open
+            c.wait_ring([2, 3])
+            for n in (2, 3):
+                assert run(c, n, READER, "cl")[1:] == expect
+            start_ready(c, [4])
+            c.wait_ring([2, 3, 4])
+            assert run(c, 4, READER, "cl")[1:] == expect
+        finally:
+            holder.kill()
+            holder.wait(timeout=10)
+
+
+@pytest.mark.timeout(180)
+def test_many_writers_on_several_nodes_end_with_the_same_bytes(tmp_path):
+    with Cluster(tmp_path, 3) as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        assert run(c, 1, SETUP_SHARED, "many") == ["ok"]
+        procs = []
+        for n in (1, 2, 3):
+            for k in range(3):
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", MANY, "many", f"{n}.{k}", "40"],
+                    env=c.nodes[n].env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True))
+        end = time.monotonic() + 120
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, end - time.monotonic()))
+            assert p.returncode == 0 and out.split() == ["done"], err
+        dumps = [run(c, n, READER, "many")[1:] for n in (1, 2, 3)]
+        assert dumps[0] == dumps[1] == dumps[2]
+        assert dumps[0][0] == "10"  # the shared section and nine writers' own
+
+
+@pytest.mark.timeout(180)
+def test_testckpt_and_benchmarks_on_a_two_node_cluster(tmp_path):
+    with Cluster(tmp_path, 2) as c:
+        start_ready(c, [1, 2])
+        c.wait_ring([1, 2])
+        p = c.client(2, str(ROOT / "examples" / "testckpt.py"), timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "saCkptCheckpointRead result 1 (should be 1)" in p.stdout
+        p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", "20",
+                     "--sizes", "1,100", timeout=120)
+        assert p.returncode == 0, p.stderr
+        print(p.stdout)
+        p = c.client(2, str(ROOT / "examples" / "ckptbenchth.py"), "--count", "10",
+                     "--threads", "3", "--sizes", "1,10", timeout=120)
+        assert p.returncode == 0, p.stderr
+        print(p.stdout)
