@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from saf import _ckpt_wire as cw
 from saf import _wire as w
@@ -130,7 +130,10 @@ def _encode(fn: Callable[..., bytes], *args: object) -> bytes:
         raise InvalidParam(str(exc)) from None
 
 
-def _decode(fn: Callable[..., object], *args: object) -> object:
+T = TypeVar("T")
+
+
+def _decode(fn: Callable[..., T], *args: object) -> T:
     try:
         return fn(*args)
     except IpcProtocolError as exc:
@@ -175,7 +178,6 @@ class CkptHandle(Connection):
         body = _encode(cw.encode_open, cw.OpenReq(raw, flags, attributes, timeout))
         reply = self.request(cw.REQ_OPEN, body, timeout=_guard(timeout))
         handle = _decode(cw.decode_handle_untrusted, reply)
-        assert isinstance(handle, int)
         return self._new_checkpoint(handle, raw, flags)
 
     def checkpoint_open_async(self, invocation: int, name: str | bytes, flags: int,
@@ -285,9 +287,7 @@ class CheckpointHandle:
 
     def status_get(self) -> CheckpointStatus:
         """Creation attributes, number of sections, bytes used."""
-        st = _decode(cw.decode_status_untrusted, self._request(cw.REQ_STATUS_GET))
-        assert isinstance(st, CheckpointStatus)
-        return st
+        return _decode(cw.decode_status_untrusted, self._request(cw.REQ_STATUS_GET))
 
     # --- sections -------------------------------------------------------------------------------
 
@@ -321,7 +321,6 @@ class CheckpointHandle:
         reply = self._request(cw.REQ_ITER_INIT,
                               _encode(cw.encode_iter_init, sections_chosen, expiration_time))
         iter_id = _decode(cw.decode_iter_id_untrusted, reply)
-        assert isinstance(iter_id, int)
         return SectionIterator(self._owner, iter_id)
 
     def sections(self, sections_chosen: int = SA_CKPT_SECTIONS_ANY,
@@ -346,7 +345,7 @@ class CheckpointHandle:
         if len(body) > MAX_IO_BYTES:
             raise InvalidParam(f"one write carries at most {MAX_IO_BYTES} bytes")
         reply = self._request(cw.REQ_WRITE, body)
-        code, index = _decode(cw.decode_write_reply_untrusted, reply)  # type: ignore[misc]
+        code, index = _decode(cw.decode_write_reply_untrusted, reply)
         if code != SA_OK:
             raise _io_error(code, index)
 
@@ -371,7 +370,7 @@ class CheckpointHandle:
         items = [(bytes(v.section_id), v.offset, cw.READ_ALL if v.size is None else v.size)
                  for v in vecs]
         reply = self._request(cw.REQ_READ, _encode(cw.encode_read, items))
-        code, index, datas = _decode(cw.decode_read_reply_untrusted, reply)  # type: ignore[misc]
+        code, index, datas = _decode(cw.decode_read_reply_untrusted, reply)
         if code != SA_OK:
             raise _io_error(code, index)
         return datas
@@ -411,7 +410,7 @@ class SectionIterator:
             if self._done:
                 raise NotExist("no more sections")
             reply = self._owner.request(cw.REQ_ITER_NEXT, cw.encode_iter_id(self.iter_id))
-            done, descs = _decode(cw.decode_iter_next_reply_untrusted, reply)  # type: ignore[misc]
+            done, descs = _decode(cw.decode_iter_next_reply_untrusted, reply)
             self._done = done
             self._buf = descs
         return self._buf.pop(0)
@@ -454,5 +453,12 @@ def initialize(callbacks: Callbacks | None = None,
 
 __all__ = [
     "Callbacks", "CheckpointHandle", "CheckpointStatus", "CkptHandle", "CreationAttributes",
-    "DEFAULT_VERSION", "IOVector", "SectionDescriptor", "SectionIterator", "initialize",
-] + [n for n in dir() if n.startswith("SA_CKPT_")]
+    "DEFAULT_VERSION", "IOVector", "MAX_IO_BYTES", "SectionDescriptor", "SectionIterator",
+    "initialize", "SA_CKPT_CHECKPOINT_COLLOCATED", "SA_CKPT_CHECKPOINT_CREATE",
+    "SA_CKPT_CHECKPOINT_READ", "SA_CKPT_CHECKPOINT_WRITE", "SA_CKPT_DEFAULT_SECTION_ID",
+    "SA_CKPT_SECTION_CORRUPTED", "SA_CKPT_SECTION_VALID", "SA_CKPT_SECTIONS_ANY",
+    "SA_CKPT_SECTIONS_CORRUPTED", "SA_CKPT_SECTIONS_FOREVER",
+    "SA_CKPT_SECTIONS_GEQ_EXPIRATION_TIME", "SA_CKPT_SECTIONS_LEQ_EXPIRATION_TIME",
+    "SA_CKPT_WR_ACTIVE_REPLICA", "SA_CKPT_WR_ACTIVE_REPLICA_WEAK", "SA_CKPT_WR_ALL_REPLICAS",
+    "SA_TIME_END",
+]

@@ -70,10 +70,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from ais.services.base import (
-    DEFERRED, NO_TAG, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
+    DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
     SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import ConfChange, fmt_node
@@ -252,6 +252,11 @@ class CkptService(Service):
 
     def on_lib_exit(self, conn: LibConn) -> None:
         self._conns.pop(conn.conn_id, None)
+        for key in [k for k in self._pending_opens if k[0] == conn.conn_id]:
+            # Its OPEN, when delivered, finds the client gone and closes again.
+            pending = self._pending_opens.pop(key)
+            if pending.timer is not None:
+                pending.timer.cancel()
         cs: _ConnState | None = conn.private.get("ckpt")
         if cs is None:
             return
@@ -970,9 +975,9 @@ class CkptService(Service):
             return
         tombs = list(self.tombstones)
         for start in range(0, max(1, len(tombs)), 4096):
-            part = tombs[start:start + 4096]
-            yield MSG_SYNC_TOMBSTONES, SYNC_TOMBSTONES_HEAD.pack(len(part)) + b"".join(
-                cw.CKPT_ID.pack(*i) for i in part)
+            ids = tombs[start:start + 4096]
+            yield MSG_SYNC_TOMBSTONES, SYNC_TOMBSTONES_HEAD.pack(len(ids)) + b"".join(
+                cw.CKPT_ID.pack(*i) for i in ids)
         now = self.host.now()
         for ck in list(self.ckpts.values()):
             yield MSG_SYNC_CKPT, _sync_ckpt_payload(ck)
