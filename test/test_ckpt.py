@@ -966,3 +966,102 @@ def test_examples_run(execs):
     out = run_example(execs, A, "ckptbenchth.py", "--count", "10", "--threads", "3",
                       "--sizes", "1,10")
     assert "writes/s" in out
+
+
+# --- rounds abandoned midway, and random histories with partitions ----------------------------
+
+
+@pytest.mark.timeout(30)
+def test_sync_round_abandoned_by_a_new_configuration():
+    cl = cluster(A, B)
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs(max_sections=5, checkpoint_size=5 << 20, max_section_size=1 << 20))
+    for i in range(3):  # more than one sync_process budget: the stream spans several calls
+        a.section_create(h, b"s%d" % i, os.urandom(1 << 20))
+    cl.add(C)
+    cl.add(D)
+    cl.bus.reconfigure([node_of(x) for x in (A, B, C)])
+    cl.sched.run()
+    cl.bus.reconfigure([node_of(x) for x in (A, B, C, D)])
+    cl.settle()
+    d = cl.digests()
+    assert d[0] == d[1] == d[2] == d[3]
+    c = cl.client(D)
+    assert len(c.read1(c.open(b"ck"), b"s2")) == 1 << 20
+
+
+def _random_history(seed: int) -> CkCluster:
+    rnd = random.Random(seed)
+    addrs = [A, B, C, D]
+    cl = cluster(*addrs)
+    clients = {x: [cl.client(x) for _ in range(2)] for x in addrs}
+    handles: dict[int, list[tuple[Client, int]]] = {}
+    names = [b"n%d" % i for i in range(4)]
+    for step in range(120):
+        op = rnd.random()
+        x = rnd.choice(addrs)
+        cli = rnd.choice(clients[x])
+        try:
+            if op < 0.25:
+                flags = RW
+                a = attrs(retention_duration=rnd.choice([SEC, 20 * SEC, SA_TIME_END]))
+                h = cli.open(rnd.choice(names), flags, a if rnd.random() < 0.7 else None)
+                handles.setdefault(id(cli), []).append((cli, h))
+            elif op < 0.5:
+                mine = handles.get(id(cli))
+                if mine:
+                    _, h = rnd.choice(mine)
+                    sid = b"s%d" % rnd.randrange(4)
+                    if rnd.random() < 0.3:
+                        exp = rnd.choice([SA_TIME_END, 5 * SEC])
+                        cli.section_create(h, sid, os.urandom(rnd.randrange(100)), exp=exp)
+                    else:
+                        cli.write(h, [(sid, rnd.randrange(50), os.urandom(rnd.randrange(80)))])
+            elif op < 0.6:
+                mine = handles.get(id(cli))
+                if mine:
+                    _, h = mine.pop(rnd.randrange(len(mine)))
+                    cli.close(h)
+            elif op < 0.65:
+                cli.unlink(rnd.choice(names))
+            elif op < 0.75:
+                split = rnd.randrange(1, 4)
+                order = addrs[:]
+                rnd.shuffle(order)
+                cl.form(order[:split], order[split:])
+            elif op < 0.85:
+                cl.form(addrs)
+            elif op < 0.9:
+                old = clients[x].pop(0)
+                old.exit()
+                handles.pop(id(old), None)
+                clients[x].append(cl.client(x))
+                cl.settle()
+            else:
+                cl.sched.advance(rnd.choice([0.5, 3, 30]))
+                cl.settle()
+        except SaError:
+            pass
+    cl.form(addrs)
+    cl.sched.advance(1)
+    cl.settle()
+    return cl
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(int(os.environ.get("AIS_CKPT_SEEDS", "8"))))
+def test_random_histories_with_partitions_converge(seed):
+    cl = _random_history(seed)
+    d = cl.digests()
+    assert all(x == d[0] for x in d), f"seed {seed}: replicas differ"
+    # every node's reference count equals its clients' open handles
+    for addr in cl.hosts:
+        svc = cl.svc(addr)
+        me = cl.hosts[addr].node_id
+        opened: dict[Any, int] = {}
+        for conn in svc._conns.values():
+            for hd in conn.private["ckpt"].handles.values():
+                if hd.ckpt_id in svc.ckpts:
+                    opened[hd.ckpt_id] = opened.get(hd.ckpt_id, 0) + 1
+        refs = {i: ck.refs[me] for i, ck in svc.ckpts.items() if ck.refs.get(me)}
+        assert refs == opened, f"seed {seed}: refs of {addr}"
