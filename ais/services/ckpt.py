@@ -41,14 +41,17 @@ executive needs no wall clock.
 Sync (base.py's sync step).  In every round each member announces its
 references (SYNC_REFS).  When somebody joined (``info.joined``, or members
 outside this node's previous configuration), the lowest member of each
-previous configuration streams every checkpoint of its side in bounded
-chunks (SYNC_CKPT, SYNC_SECTION); receivers stage them.  At ``sync_done``,
+previous configuration streams its side's tombstones (ids it deleted,
+SYNC_TOMBSTONES) and every checkpoint in bounded chunks (SYNC_CKPT,
+SYNC_SECTION, at most ``SYNC_BUDGET`` bytes per ``sync_process`` call);
+receivers stage them.  At ``sync_done``,
 if any side streamed, every member replaces its state with the merge of the
 staged sides (the merge rule below), which is a function of delivered
 messages only, so all members agree.
 
-Merge rule (SAF A.01.01 leaves partition merging to the implementation; it
-only requires every replica of a checkpoint to end up identical):
+Merge rule.  The A.01.01 checkpoint specification describes replicas and
+how writes reach them, but says nothing about reconciling replicas after a
+network partition heals, so this policy is ours:
 
 1. A checkpoint (by id) present on one side only is kept -- unless another
    side deleted it (unlinked and closed, or retention expired: each side
