@@ -134,3 +134,56 @@ def test_client_of_a_refused_user_is_refused(tmp_path) -> None:
         r = subprocess.run([sys.executable, "-c", "import saf.clm as clm; clm.initialize(); "
                             "print('ok')"], env=env, capture_output=True, text=True, timeout=30)
         assert r.stdout.strip() == "ok"
+
+
+def test_garbage_on_the_client_socket_costs_only_that_client(tmp_path) -> None:
+    import random
+    import socket as sk
+    import struct
+
+    with Cluster(tmp_path, 2) as c:
+        c.start_all()
+        c.wait_ring([1, 2])
+        # A well-behaved client connected before, during and after the garbage.
+        keeper = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, saf.clm as clm\n"
+             "from saf.types import SA_TRACK_CURRENT\n"
+             "got = []\n"
+             "h = clm.initialize(callbacks=clm.Callbacks(cluster_track_callback="
+             "lambda buf, *a: got.append(len(buf))))\n"
+             "print('ready', flush=True)\n"
+             "sys.stdin.readline()\n"
+             "h.cluster_track_start(SA_TRACK_CURRENT)\n"
+             "while not got: h.dispatch(1)\n"
+             "print('members', got[0], flush=True)\n"],
+            env=c.nodes[1].env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert keeper.stdout.readline().strip() == "ready"
+            rng = random.Random(3)
+            bad = [b"", b"\x00" * 3, struct.pack("!IHHiI", 2 ** 31, 1, 1, 0, 0),
+                   struct.pack("!IHHiI", 3, 1, 1, 0, 0), struct.pack("!IHHiI", 40, 1, 0, 0, 1) + b"x"]
+            bad += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))) for _ in range(30)]
+            for junk in bad:
+                s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(c.nodes[1].socket)
+                s.sendall(junk)
+                s.shutdown(sk.SHUT_WR)
+                try:
+                    while s.recv(4096):
+                        pass
+                except OSError:
+                    pass
+                s.close()
+            keeper.stdin.write("\n")
+            keeper.stdin.flush()
+            assert keeper.stdout.readline().strip() == "members 2"
+            assert keeper.wait(timeout=10) == 0
+            r = c.client(1, "import saf.clm as clm; clm.initialize(); print('ok')")
+            assert r.stdout.strip() == "ok", r.stderr
+            assert c.nodes[1].alive
+        finally:
+            if keeper.poll() is None:
+                keeper.kill()
+                keeper.wait()
