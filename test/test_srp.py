@@ -489,3 +489,84 @@ def test_stale_timer_is_ignored() -> None:
     # the consensus timer was cancelled: its late firing changes nothing
     assert srp.timer(TimerKind.CONSENSUS, 10.0) == []
     assert srp.state is RingState.OPERATIONAL
+
+
+# -------------------------------------------------- more membership transitions
+
+def test_token_loss_during_recovery_returns_to_gather_and_keeps_old_messages() -> None:
+    net = formed(3)
+
+    def drop_c_to_a(src, dst, pkt):
+        return isinstance(pkt, wire.Mcast) and src == C and dst == A
+
+    net.drop = drop_c_to_a
+    net.mcast(C, b"held by B and C only")
+    net.run_until(lambda: b"held by B and C only" in net.nodes[B].messages, 1)
+    net.crash(C)
+    recovering = []
+
+    def drop(src, dst, pkt):
+        # the new ring's regular tokens vanish while recovery is under way
+        if isinstance(pkt, wire.Token) and net.nodes[src].srp.state is RingState.RECOVERY:
+            recovering.append(pkt)
+            return len(recovering) < 40
+        return False
+
+    net.drop = drop
+    assert net.run_until(lambda: net.nodes[A].srp.state is RingState.RECOVERY, 3)
+    assert net.run_until(lambda: net.nodes[A].srp.state is RingState.GATHER, 3)
+    assert net.run_until(lambda: net.one_ring([A, B]), 10)
+    a, b = net.nodes[A], net.nodes[B]
+    assert a.messages == b.messages == [b"held by B and C only"]
+    # A and B never installed the abandoned ring: one transitional, one regular
+    assert [c.transitional for c in a.confs] == [False, True, False]
+    assert a.confs[1] == b.confs[1] and a.confs[2] == b.confs[2]
+
+
+def test_message_of_a_foreign_ring_starts_a_gather() -> None:
+    net = Net(ids(3))
+    net.start(A, B)
+    assert net.run_until(lambda: net.one_ring([A, B]), 2)
+    srp = net.nodes[A].srp
+    foreign = wire.encode_mcast(D, RingId(400, D), 1, 0, b"")
+    net._perform(A, srp.receive(foreign, net.now))
+    assert srp.state is RingState.GATHER
+    # but a stale frame of an old ring from one of our own members is ignored
+    net.run_until(lambda: net.one_ring([A, B]), 2)
+    stale = wire.encode_mcast(B, RingId(1, A), 1, 0, b"")
+    net._perform(A, srp.receive(stale, net.now))
+    assert srp.state is RingState.OPERATIONAL
+
+
+def test_processors_that_fail_each_other_still_merge_afterwards() -> None:
+    net = Net(ids(3))
+    net.start()
+    assert net.run_until(net.one_ring, 2)
+    # B and C cannot hear each other for a while: each gives up on the other
+    net.blocked = {(B, C), (C, B)}
+    net.run(4)
+    net.heal()
+    assert net.run_until(net.one_ring, 10)
+    net.run(2)
+    assert net.one_ring()
+
+
+def test_join_during_commit_from_a_new_member_restarts_gather() -> None:
+    net = Net(ids(3))
+    seen = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Commit) and not seen:
+            seen.append(pkt)
+            return True  # hold the commit token back: A stays in COMMIT
+        return False
+
+    net.drop = drop
+    net.start()
+    net.run_until(lambda: net.nodes[A].srp.state is RingState.COMMIT, 1)
+    srp = net.nodes[A].srp
+    new_seq = srp._new_ring.seq
+    join = wire.encode_join(wire.Join(C, new_seq, frozenset({A, B, C}), frozenset()))
+    net._perform(A, srp.receive(join, net.now))
+    assert srp.state is RingState.GATHER
+    assert net.run_until(net.one_ring, 5)
