@@ -17,7 +17,7 @@ openais.conf (``section { key: value }``, ``#`` comments)::
     network  { bindnetaddr mcastaddr mcastport transport member* }
     logging  { logoutput* logfile debug timestamp }
     totem    { token token_retransmit join consensus merge_detect token_hold
-               window_size max_messages frame_size (alias netmtu) }
+               window_size max_messages frame_size netmtu }
     aisexec  { socket authkey groups group statedir clustername }
 
 groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
@@ -368,6 +368,9 @@ class LoggingConfig:
 
 
 _TOTEM_DEFAULTS = TotemConfig()
+#: bytes a frame's datagram adds on the wire: IPv4 (20) + UDP (8) + crypto (32)
+#: + the Totem packet and frame headers (27)
+FRAME_OVERHEAD = 87
 
 
 @dataclass(frozen=True)
@@ -390,16 +393,31 @@ class TotemSettings:
     window_size: int = _TOTEM_DEFAULTS.window_size
     #: frames one node may send per token visit
     max_messages: int = _TOTEM_DEFAULTS.max_messages
-    #: largest frame in bytes (key ``frame_size`` or its alias ``netmtu``)
-    frame_size: int = _TOTEM_DEFAULTS.frame_size
+    #: largest frame in bytes before encryption; None: derived from the MTU
+    frame_size: int | None = None
+    #: the network's MTU; None: the MTU of the interface the ring is bound to
+    netmtu: int | None = None
 
-    def to_totem_config(self) -> TotemConfig:
+    def resolved_frame_size(self, interface_mtu: int | None = None) -> int:
+        """The frame size: ``frame_size`` if given, else the largest frame whose
+        datagram (headers and crypto included) fits ``netmtu`` or the interface's
+        MTU, else TotemConfig's default."""
+        if self.frame_size is not None:
+            return self.frame_size
+        mtu = self.netmtu or interface_mtu
+        if mtu is None:
+            return _TOTEM_DEFAULTS.frame_size
+        lo, hi = FRAME_SIZE_RANGE
+        return max(lo, min(hi, mtu - FRAME_OVERHEAD))
+
+    def to_totem_config(self, interface_mtu: int | None = None) -> TotemConfig:
         """The ring's parameters; settings not in this section keep their defaults."""
         return TotemConfig(
             token=self.token, token_retransmit=self.token_retransmit, join=self.join,
             consensus=self.consensus, merge_detect=self.merge_detect,
             token_hold=self.token_hold, window_size=self.window_size,
-            max_messages=self.max_messages, frame_size=self.frame_size,
+            max_messages=self.max_messages,
+            frame_size=self.resolved_frame_size(interface_mtu),
         )
 
 
@@ -437,9 +455,9 @@ class OpenaisConfig:
     #: the ``aisexec`` section, or its defaults
     aisexec: AisexecConfig = AisexecConfig()
 
-    def to_totem_config(self) -> TotemConfig:
-        """Shortcut for ``self.totem.to_totem_config()``."""
-        return self.totem.to_totem_config()
+    def to_totem_config(self, interface_mtu: int | None = None) -> TotemConfig:
+        """Shortcut for ``self.totem.to_totem_config(interface_mtu)``."""
+        return self.totem.to_totem_config(interface_mtu)
 
     def bind_address(self, interfaces: Sequence[Interface] | None = None) -> str:
         """The local address to bind (see :func:`resolve_bind_address`).
@@ -548,12 +566,9 @@ def _logging(v: _Values, base: str) -> LoggingConfig:
 
 def _totem(v: _Values) -> TotemSettings:
     if v.has("netmtu") and v.has("frame_size"):
-        raise v.error("netmtu", "netmtu is an alias of frame_size, which is already set")
-    frame_key = "netmtu" if v.has("netmtu") else "frame_size"
+        raise v.error("netmtu", "give netmtu (the network's MTU) or frame_size, not both")
     defaults = TotemSettings()
-    kw = {k: v.get(k, getattr(defaults, k)) for k in _TOTEM_KEYS if k != "netmtu"}
-    kw["frame_size"] = v.get(frame_key, defaults.frame_size)
-    t = TotemSettings(**kw)
+    t = TotemSettings(**{k: v.get(k, getattr(defaults, k)) for k in _TOTEM_KEYS})
 
     def check(ok: bool, keys: tuple[str, ...], msg: str) -> None:
         if not ok:
@@ -571,8 +586,12 @@ def _totem(v: _Values) -> TotemSettings:
     check(t.max_messages <= t.window_size, ("window_size", "max_messages"),
           f"max_messages ({t.max_messages}) must not exceed window_size ({t.window_size})")
     lo, hi = FRAME_SIZE_RANGE
-    check(lo <= t.frame_size <= hi, (frame_key,),
-          f"{frame_key}: {t.frame_size} is outside {lo}..{hi}")
+    if t.frame_size is not None:
+        check(lo <= t.frame_size <= hi, ("frame_size",),
+              f"frame_size: {t.frame_size} is outside {lo}..{hi}")
+    if t.netmtu is not None:
+        check(lo + FRAME_OVERHEAD <= t.netmtu <= 65535, ("netmtu",),
+              f"netmtu: {t.netmtu} is outside {lo + FRAME_OVERHEAD}..65535")
     return t
 
 
@@ -660,6 +679,20 @@ class Interface(NamedTuple):
     name: str
     address: str
     prefixlen: int
+
+
+def interface_mtu(address: str, interfaces: Sequence[Interface]) -> int | None:
+    """MTU of the interface whose network holds ``address`` (None if unknown)."""
+    addr = ipaddress.IPv4Address(address)
+    for iface in interfaces:
+        net = ipaddress.IPv4Network(f"{iface.address}/{iface.prefixlen}", strict=False)
+        if addr in net:
+            try:
+                with open(f"/sys/class/net/{iface.name}/mtu") as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def resolve_bind_address(bindnetaddr: str, interfaces: Sequence[tuple[str, str, int]], *,

@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _best_effort_realtime()
     try:
         key = load_authkey(cfg.aisexec.authkey)
-        bind_addr = cfg.bind_address()
+        interfaces = config_mod.local_ipv4_addresses()
+        bind_addr = cfg.bind_address(interfaces)
         amf_model = config_mod.load_groups_conf(cfg.aisexec.groups) \
             if os.path.exists(cfg.aisexec.groups) else None
     except config_mod.ConfigError as e:
@@ -94,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
     os.makedirs(cfg.aisexec.statedir, exist_ok=True)
     state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
-    srp = Srp(node_id, cfg.to_totem_config(), ring_seq=load_ring_seq(state_file), log=node_log)
+    totem_cfg = cfg.to_totem_config(config_mod.interface_mtu(bind_addr, interfaces))
+    logger.debug("frame size %d bytes", totem_cfg.frame_size)
+    srp = Srp(node_id, totem_cfg, ring_seq=load_ring_seq(state_file), log=node_log)
     def fatal(exc: BaseException) -> None:
         logger.critical("internal error, exiting: %r", exc)
         logging.shutdown()

@@ -107,7 +107,8 @@ def test_design_example_udpu_with_all_sections(tmp_path: Path) -> None:
     cfg = load_openais_conf(str(path))
     assert cfg.network.transport is Transport.UDPU
     assert cfg.network.members == ("127.0.0.1", "127.0.0.2")
-    assert cfg.totem.frame_size == 1200
+    assert cfg.totem.netmtu == 1200 and cfg.totem.frame_size is None
+    assert cfg.to_totem_config(interface_mtu=65536).frame_size == 1200 - 87
     assert cfg.totem.token_retransmit == 200.5
     assert cfg.logging == LoggingConfig((LogOutput.FILE,), str(tmp_path / "ais.log"), False, False)
     a = cfg.aisexec
@@ -121,6 +122,14 @@ def test_udpu_needs_no_mcastaddr() -> None:
         "network {\nbindnetaddr: 127.0.0.1\nmcastport: 5405\ntransport: udpu\n"
         "member: 127.0.0.1\n}\n")
     assert cfg.network.mcastaddr is None
+
+
+def test_frame_size_follows_the_mtu() -> None:
+    cfg = parse_openais_conf(NET_UDP)
+    assert cfg.totem.resolved_frame_size(None) == TotemConfig().frame_size
+    assert cfg.totem.resolved_frame_size(1500) == 1500 - 87
+    assert cfg.totem.resolved_frame_size(65536) == 65000  # the largest frame allowed
+    assert cfg.to_totem_config(9000).frame_size == 9000 - 87
 
 
 def test_to_totem_config() -> None:
@@ -204,7 +213,9 @@ OPENAIS_ERRORS = [
      "max_messages (100) must not exceed window_size (60)"),
     ("frame too big", NET_UDP + "totem {\n netmtu: 70000\n}\n", 7, "netmtu: 70000 is outside"),
     ("netmtu and frame_size", NET_UDP + "totem {\n frame_size: 1400\n netmtu: 1400\n}\n", 8,
-     "alias of frame_size"),
+     "netmtu (the network's MTU) or frame_size, not both"),
+    ("frame too small", NET_UDP + "totem {\n frame_size: 100\n}\n", 7,
+     "frame_size: 100 is outside"),
     ("bad on/off", NET_UDP + "logging {\n debug: maybe\n}\n", 7, "'maybe' is not on or off"),
     ("bad logoutput", NET_UDP + "logging {\n logoutput: console\n}\n", 7,
      "'console' is not one of file, stderr, syslog"),
