@@ -169,8 +169,12 @@ class ExecThread:
             srv.stop()
         self.hub.destroy(destroy_loop=True)
 
+    def make_host(self, addr: str, sched: Any) -> ServiceHost:
+        """The host of one node (override to run other services)."""
+        return make_host(addr, sched)
+
     def _add(self, addr: str, sched: Any, server_cls: Any) -> None:
-        host = make_host(addr, sched)
+        host = self.make_host(addr, sched)
         assert self.bus is not None
         self.bus.port(host)
         srv = server_cls(host, self.socket_of(addr), group=self.group, mode=self.mode)

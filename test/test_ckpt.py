@@ -813,15 +813,9 @@ def test_wire_garbage_raises_only_ipc_protocol_error():
 class CkptExecThread(ExecThread):
     """ExecThread whose hosts run CLM and CKPT."""
 
-    def _add(self, addr: str, sched: Any, server_cls: Any) -> None:
-        host = ServiceHost(node_of(addr), [ClmService("mvlcge", boot_timestamp=BOOT),
+    def make_host(self, addr: str, sched: Any) -> ServiceHost:
+        return ServiceHost(node_of(addr), [ClmService("mvlcge", boot_timestamp=BOOT),
                                            CkptService()], sched)
-        assert self.bus is not None
-        self.bus.port(host)
-        srv = server_cls(host, self.socket_of(addr), group=self.group, mode=self.mode)
-        srv.start()
-        self.hosts[addr] = host
-        self.servers[addr] = srv
 
 
 @pytest.fixture

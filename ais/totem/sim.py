@@ -441,34 +441,24 @@ class Simulation:
                     break
                 self.now = t
                 kind = entry[2]
-                if kind == _PKT:
+                if kind == _PKT or kind == _TIMER or kind == _APP:
                     node = nodes[entry[3]]
                     if node.srp is None:
                         continue
+                    if kind == _TIMER and (entry[4] != node.inc
+                                           or node.gens.get(entry[5]) != entry[6]):
+                        continue  # an older incarnation's, or re-armed / cancelled since
                     if node.paused:
                         node.held.append(entry)
                         continue
-                    self.on_packet(node, entry[4], entry[5])
-                elif kind == _TIMER:
-                    node = nodes[entry[3]]
-                    if node.srp is None or entry[4] != node.inc:
-                        continue
-                    if node.gens.get(entry[5]) != entry[6]:
-                        continue
-                    if node.paused:
-                        node.held.append(entry)
-                        continue
-                    node.gens[entry[5]] = entry[6] + 1  # fired: no longer armed
-                    self.tr(node, f"timer {entry[5].value}")
-                    self.call(node, node.srp.timer, entry[5])
-                elif kind == _APP:
-                    node = nodes[entry[3]]
-                    if node.srp is None:
-                        continue
-                    if node.paused:
-                        node.held.append(entry)
-                        continue
-                    self.on_app(node)
+                    if kind == _PKT:
+                        self.on_packet(node, entry[4], entry[5])
+                    elif kind == _TIMER:
+                        node.gens[entry[5]] = entry[6] + 1  # fired: no longer armed
+                        self.tr(node, f"timer {entry[5].value}")
+                        self.call(node, node.srp.timer, entry[5])
+                    else:
+                        self.on_app(node)
                 elif kind == _FAULT:
                     getattr(self, "f_" + entry[3])(entry[4])
                 elif kind == _CHECK:
