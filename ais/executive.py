@@ -43,6 +43,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
+from ais.log import NodeAdapter
 from ais.services.base import (
     DEFERRED, NO_TAG, ExecMessage, LibConn, ReplyTag, Request, Service, SyncInfo,
     TimerHandle,
@@ -106,13 +107,6 @@ class Scheduler(Protocol):
     def now(self) -> float: ...
 
 
-class _NodeAdapter(logging.LoggerAdapter):
-    """Prefix every line with the node's address (many nodes share a test process)."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['node']}] {msg}", kwargs
-
-
 @dataclass
 class _SyncRound:
     ring_id: RingId
@@ -138,7 +132,7 @@ class ServiceHost:
     def __init__(self, node_id: int, services: Iterable[Service], scheduler: Scheduler) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
-        self.log = _NodeAdapter(logger, {"node": fmt_node(node_id)})
+        self.log = NodeAdapter(logger, node_id)
         self.services: dict[int, Service] = {}
         for svc in services:
             if svc.service_id in self.services:
@@ -213,8 +207,7 @@ class ServiceHost:
             self._busy = False
 
     def logger(self, subsystem: str) -> logging.LoggerAdapter:
-        return _NodeAdapter(logging.getLogger(f"ais.{subsystem.lower()}"),
-                            {"node": fmt_node(self.node_id)})
+        return NodeAdapter(logging.getLogger(f"ais.{subsystem.lower()}"), self.node_id)
 
     def mcast(self, service: Service, msg_id: int, payload: bytes,
               tag: ReplyTag = NO_TAG) -> None:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys

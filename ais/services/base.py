@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 from ais.totem.events import ConfChange, RingId

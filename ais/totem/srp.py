@@ -122,6 +122,7 @@ class Srp:
         self._forwarded_idle = False
         self._wake_pending = False
         self._forwarded_at: float | None = None
+        self._sent_seq = 0  # token.seq when we last passed the token on
         self._rotation: float | None = None  # smoothed token rotation time (s)
         self._timers: dict[TimerKind, float] = {}
         self._out: list[Action] = []
@@ -668,12 +669,12 @@ class Srp:
             else:
                 take = self.queue.take_frame
                 while sent < allowed:
-                    payload = take()
-                    if payload is None:
+                    frame = take()
+                    if frame is None:
                         break
                     t.seq += 1
-                    rx.add(t.seq, Frame(me, 0, payload))
-                    out.append(Send(wire.encode_mcast(me, ring_id, t.seq, 0, payload)))
+                    rx.add(t.seq, Frame(me, 0, frame))
+                    out.append(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
                     sent += 1
                 if sent:
                     self._deliver_ready()
@@ -748,8 +749,6 @@ class Srp:
             delay = min(cfg.token_retransmit,
                         max(cfg.token_retransmit_min, 3000.0 * self._rotation))
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
-
-    _sent_seq = 0
 
 
 __all__ = ["Srp", "RingState", "SendQueueFull"]

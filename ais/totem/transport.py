@@ -199,7 +199,8 @@ class Transport:
             "invalid_digest", "replayed", "bad_packet", "own_dropped",
             "deliveries", "confchanges", "timers_fired"), 0)
         if mode == "udp":
-            self._everyone = [(mcast_addr, port)]
+            assert mcast_addr is not None
+            self._everyone: list[tuple[str, int]] = [(mcast_addr, port)]
         else:
             # Never send a node its own packets (doc/INTERFACES.md).
             self._everyone = [(m, port) for m in dict.fromkeys(members) if m != bind_addr]
