@@ -203,6 +203,15 @@ class ExecThread:
         if settle:
             self.settle()
 
+    def wait_until(self, pred: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll ``pred`` in the hub thread until it holds (True) or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.call(pred):
+                return True
+            time.sleep(0.01)
+        return bool(self.call(pred))
+
     def settle(self, timeout: float = 5.0) -> None:
         """Wait until the bus is idle and no running host is in a sync round."""
         bus = self.bus
