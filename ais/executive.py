@@ -145,6 +145,8 @@ class ServiceHost:
         self._sync: _SyncRound | None = None
         self._configured = False
         self._held_deliveries: list[tuple[Service, ExecMessage]] = []
+        self._resend: collections.deque[RingMessage] = collections.deque()
+        self._resend_armed = False
         self._held_requests: list[tuple[LibConn, int, int, bytes]] = []
         self._conns: dict[int, LibConn] = {}
         self._pending: dict[tuple[int, int], int] = {}  # (conn_id, seq) -> request msg_id
@@ -361,6 +363,7 @@ class ServiceHost:
         if self._sync is not None:
             for svc in self.services.values():
                 svc.sync_abort()
+            self._resend_held()
         self._sync = _SyncRound(conf.ring_id, tuple(sorted(conf.members)),
                                 list(self.services.values()))
         info = SyncInfo(conf.ring_id, tuple(sorted(conf.members)), tuple(sorted(conf.joined)),
@@ -370,6 +373,38 @@ class ServiceHost:
         self._pump_sync(self._sync)
 
     # --- sync rounds ---------------------------------------------------------------
+
+    def _resend_held(self) -> None:
+        """An abandoned round's held messages were never applied anywhere.
+
+        Every member of the abandoned configuration holds the same ones
+        (virtual synchrony), but a node joining now never saw them and will
+        receive state without them.  So nobody applies them late: each node
+        sends its own again, to be delivered in the new configuration, and
+        drops the others' (their senders do the same on their side).
+        """
+        held, self._held_deliveries = self._held_deliveries, []
+        for svc, msg in held:
+            if msg.sender != self.node_id:
+                continue
+            self._resend.append(RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0,
+                                            msg.payload))
+        self._flush_resend()
+
+    def _flush_resend(self) -> None:
+        while self._resend:
+            try:
+                self._send(self._resend[0])
+            except TryAgain:
+                if not self._resend_armed:
+                    self._resend_armed = True
+                    self.call_later(self.SYNC_RETRY_DELAY, self._retry_resend)
+                return
+            self._resend.popleft()
+
+    def _retry_resend(self) -> None:
+        self._resend_armed = False
+        self._flush_resend()
 
     def _pump_sync(self, rnd: _SyncRound) -> None:
         rnd.pump_armed = False
