@@ -115,12 +115,12 @@ def test_written_on_1_read_on_2_3_survives_kill_and_reaches_a_new_node(tmp_path)
     with Cluster(tmp_path, 4) as c:
         start_ready(c, [1, 2, 3])
         c.wait_ring([1, 2, 3])
-        holder = subprocess.Popen([sys.executable, "-c", WRITER, "cl", "hold"],
+        writer_proc = subprocess.Popen([sys.executable, "-c", WRITER, "cl", "hold"],
                                   env=c.nodes[1].env(), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            line = holder.stdout.readline().split()
-            assert line[:1] == ["written"], holder.stderr.read() if holder.poll() else line
+            line = writer_proc.stdout.readline().split()
+            assert line[:1] == ["written"], writer_proc.stderr.read() if writer_proc.poll() else line
             expect = line[1:]
             assert expect[0] == "21"
             for n in (2, 3):
@@ -133,8 +133,8 @@ def test_written_on_1_read_on_2_3_survives_kill_and_reaches_a_new_node(tmp_path)
             c.wait_ring([2, 3, 4])
             assert run(c, 4, READER, "cl")[1:] == expect
         finally:
-            holder.kill()
-            holder.wait(timeout=10)
+            writer_proc.kill()
+            writer_proc.wait(timeout=10)
 
 
 @pytest.mark.timeout(180)
@@ -202,30 +202,37 @@ with ckpt.initialize() as h:
 """
 
 
+def holder(c: Cluster, n: int, body: str) -> subprocess.Popen:
+    """A client of node n that runs ``body`` (after PRELUDE and ``h = ckpt.initialize()``),
+    says it is ready, and keeps its checkpoints open until killed."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + "\nh = ckpt.initialize()\n" + body
+         + "\nprint('ready', flush=True)\nsys.stdin.read()\n"],
+        env=c.nodes[n].env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
 @pytest.mark.timeout(120)
 def test_retention_and_section_expiration_on_time_on_every_node(tmp_path):
     with Cluster(tmp_path, 3) as c:
         start_ready(c, [1, 2, 3])
         c.wait_ring([1, 2, 3])
         # a checkpoint kept open elsewhere shows section expiry alone
-        holder = subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + "\nh = ckpt.initialize()\n"
-             "c = retry(h.checkpoint_open, 'exp', RW, ckpt.CreationAttributes("
-             "ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 19, 2**63 - 1, 8, 1 << 16, 16), timeout=10**10)\n"
-             "now = time.time_ns()\n"
-             "c.section_create(b'short', b'x', expiration_time=now + 10**9)\n"
-             "c.section_create(b'long', b'y', expiration_time=now + 3600 * 10**9)\n"
-             "print('ready', flush=True)\nsys.stdin.read()\n"],
-            env=c.nodes[2].env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        keep = holder(c, 2, (
+            "c = retry(h.checkpoint_open, 'exp', RW, ckpt.CreationAttributes("
+            "ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 19, 2**63 - 1, 8, 1 << 16, 16), timeout=10**10)\n"
+            "now = time.time_ns()\n"
+            "c.section_create(b'short', b'x', expiration_time=now + 10**9)\n"
+            "c.section_create(b'long', b'y', expiration_time=now + 3600 * 10**9)"))
         try:
-            assert holder.stdout.readline().strip() == "ready"
             assert run(c, 3, PROBE, "exp") == ["sections", "long", "short"]
             time.sleep(2.0)
             for n in (1, 2, 3):
                 assert run(c, n, PROBE, "exp") == ["sections", "long"]
         finally:
-            holder.kill()
-            holder.wait(timeout=10)
+            keep.kill()
+            keep.wait(timeout=10)
         # retention: closed by its last opener, gone from every node after 1 s
         assert run(c, 1, RETENTION, "ret") == ["created"]
         assert run(c, 2, PROBE, "ret")[0] in ("sections", "open-error")
@@ -261,17 +268,13 @@ def test_client_killed_in_the_middle_of_writes_leaves_consistent_data(tmp_path):
     with Cluster(tmp_path, 3) as c:
         start_ready(c, [1, 2, 3])
         c.wait_ring([1, 2, 3])
-        keep = subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + "\nh = ckpt.initialize()\n"
-             "c = retry(h.checkpoint_open, 'torn', ckpt.SA_CKPT_CHECKPOINT_READ "
-             "| ckpt.SA_CKPT_CHECKPOINT_CREATE, ckpt.CreationAttributes("
-             "ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 24, 2**63 - 1, 4, 1 << 22, 16), timeout=10**10)\n"
-             "print('ready', flush=True)\nsys.stdin.read()\n"],
-            env=c.nodes[3].env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        keep = holder(c, 3, (
+            "c = retry(h.checkpoint_open, 'torn', ckpt.SA_CKPT_CHECKPOINT_READ "
+            "| ckpt.SA_CKPT_CHECKPOINT_CREATE, ckpt.CreationAttributes("
+            "ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 24, 2**63 - 1, 4, 1 << 22, 16), timeout=10**10)"))
         writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "torn"],
                                   env=c.nodes[1].env(), stdout=subprocess.PIPE, text=True)
         try:
-            assert keep.stdout.readline().strip() == "ready"
             assert writer.stdout.readline().strip() == "go"
             time.sleep(1.5)
             writer.kill()  # mid-stream: some write is on its way somewhere
