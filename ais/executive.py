@@ -45,10 +45,10 @@ from typing import Any, Callable, Iterable, Protocol
 
 from ais.log import NodeAdapter
 from ais.services.base import (
-    DEFERRED, NO_TAG, ExecMessage, LibConn, ReplyTag, Request, Service, SyncInfo,
-    TimerHandle,
+    DEFERRED, NO_TAG, ExecMessage, LibConn, ReplyTag, Request, Service, StateGroup, StateId,
+    SyncInfo, TimerHandle,
 )
-from ais.totem.events import ConfChange, Deliver, RingId, SendQueueFull, fmt_node
+from ais.totem.events import ConfChange, Deliver, RingId, SendQueueFull, Stable, fmt_node
 from saf.errors import SA_OK, IpcProtocolError, Library, SaError, TryAgain
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,13 @@ RING_HEADER = struct.Struct("!HHB3xIIIQ")
 FLAG_SYNC = 0x01
 HOST_SERVICE_ID = 0xFFFF
 HOST_MSG_SYNC_BARRIER = 1
+HOST_MSG_SYNC_STATE = 2
+
+# SYNC_STATE payload (24 bytes): the sender's StateId; all zero: a fresh node.
+#  0                 8               12                20             24
+#  | synced ring seq | synced rep    | next ring seq   | next rep     |
+SYNC_STATE = struct.Struct("!QIQI")
+_NO_RING = RingId(0, 0)
 
 
 class RingMessageError(ValueError):
@@ -111,10 +118,50 @@ class Scheduler(Protocol):
 class _SyncRound:
     ring_id: RingId
     members: tuple[int, ...]
+    joined: tuple[int, ...]
+    left: tuple[int, ...]
     to_process: list[Service]
+    #: announced StateId (None: fresh) per member, as delivered
+    states: dict[int, StateId | None] = field(default_factory=dict)
+    state_sent: bool = False
+    #: set once every announcement is delivered and services' sync_start ran
+    info: SyncInfo | None = None
     barriers: set[int] = field(default_factory=set)
     barrier_sent: bool = False
     pump_armed: bool = False
+    #: the ring's transitional configuration was delivered: it can no longer complete
+    closed: bool = False
+
+
+def encode_state(state: StateId | None) -> bytes:
+    if state is None:
+        return SYNC_STATE.pack(0, 0, 0, 0)
+    return SYNC_STATE.pack(state.synced.seq, state.synced.rep, state.next.seq, state.next.rep)
+
+
+def decode_state_untrusted(data: bytes) -> StateId | None:
+    if len(data) != SYNC_STATE.size:
+        raise RingMessageError(f"sync state announcement of {len(data)} bytes")
+    s_seq, s_rep, n_seq, n_rep = SYNC_STATE.unpack(data)
+    if not s_seq:
+        return None
+    return StateId(RingId(s_seq, s_rep), RingId(n_seq, n_rep))
+
+
+def state_groups(states: dict[int, StateId | None]) -> tuple[tuple[StateGroup, ...],
+                                                               tuple[int, ...]]:
+    """Members grouped by announced state (ordered by sender), and the fresh ones."""
+    by_state: dict[StateId, list[int]] = {}
+    fresh: list[int] = []
+    for node in sorted(states):
+        st = states[node]
+        if st is None:
+            fresh.append(node)
+        else:
+            by_state.setdefault(st, []).append(node)
+    groups = sorted((StateGroup(st, tuple(nodes)) for st, nodes in by_state.items()),
+                    key=lambda g: g.sender)
+    return tuple(groups), tuple(fresh)
 
 
 class ServiceHost:
@@ -141,8 +188,16 @@ class ServiceHost:
         self.ring: RingPort | None = None
         self.ring_id: RingId | None = None
         self.members: tuple[int, ...] = ()
-        self._previous_members: tuple[int, ...] = ()
+        #: this node's StateId parts: ring of the last completed round (None: fresh)
+        #: and the first regular configuration installed after it
+        self._synced_ring: RingId | None = None
+        self._next_ring: RingId | None = None
         self._sync: _SyncRound | None = None
+        # safe delivery: replies waiting until every member holds their cause
+        self._live_ring: RingId | None = None  # the ring whose messages may be unsafe
+        self._stable_seq = 0  # highest Stable.seq of _live_ring
+        self._unsafe: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self._cause: tuple[RingId, int] | None = None  # the delivery being handled
         self._configured = False
         self._held_deliveries: list[tuple[Service, ExecMessage]] = []
         self._resend: collections.deque[RingMessage] = collections.deque()
@@ -153,7 +208,7 @@ class ServiceHost:
         self._conn_ids = itertools.count(1)
         # Ring events that arrive while a service handler runs (a transport may
         # deliver from inside mcast) wait here, so handlers are never re-entered.
-        self._inbox: collections.deque[Deliver | ConfChange] = collections.deque()
+        self._inbox: collections.deque[Deliver | ConfChange | Stable] = collections.deque()
         self._busy = False
         for svc in self.services.values():
             svc.exec_init(self)
@@ -203,6 +258,8 @@ class ServiceHost:
                 ev = self._inbox.popleft()
                 if isinstance(ev, ConfChange):
                     self._confchg(ev)
+                elif isinstance(ev, Stable):
+                    self._stable(ev)
                 else:
                     self._deliver(ev)
         finally:
@@ -227,14 +284,58 @@ class ServiceHost:
         self._send(RingMessage(service.service_id, msg_id, FLAG_SYNC, NO_TAG,
                                self._sync.ring_id.seq, payload))
 
-    def reply(self, tag: ReplyTag, body: bytes = b"") -> None:
-        """Answer the request ``tag`` with SA_OK, if it was asked here and is still waiting."""
-        self._answer(tag, SA_OK, body)
+    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> None:
+        """Answer the request ``tag`` with SA_OK, if it was asked here and is still waiting.
 
-    def reply_error(self, tag: ReplyTag, error: SaError | int) -> None:
+        Args:
+            safe: answer only once every member holds the message being
+                handled (``when_safe``); otherwise at once (agreed delivery).
+        """
+        if tag.node != self.node_id or not tag.is_client:
+            return
+        if safe:
+            self.when_safe(lambda: self._answer(tag, SA_OK, body))
+        else:
+            self._answer(tag, SA_OK, body)
+
+    def reply_error(self, tag: ReplyTag, error: SaError | int, *, safe: bool = False) -> None:
         """Answer the request ``tag`` with an error (an SaError or its code)."""
         code = error.code if isinstance(error, SaError) else int(error)
-        self._answer(tag, code, b"")
+        if tag.node != self.node_id or not tag.is_client:
+            return
+        if safe:
+            self.when_safe(lambda: self._answer(tag, code, b""))
+        else:
+            self._answer(tag, code, b"")
+
+    def when_safe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once every member of the ring holds the message being handled.
+
+        That is when a ``Stable`` of its ring covers its seq, or when the
+        ring's transitional configuration is delivered (recovery gave every
+        member of it every message delivered in the old ring).  At once in a
+        ring of one, outside a delivery, or for a message delivered after its
+        ring's transitional configuration (``Deliver.seq`` 0).
+        """
+        cause = self._cause
+        if (cause is None or cause[1] <= self._stable_seq or cause[0] != self._live_ring
+                or len(self.members) <= 1):
+            fn()
+            return
+        self._unsafe.append((cause[1], fn))
+
+    def _stable(self, s: Stable) -> None:
+        if s.ring_id != self._live_ring or s.seq <= self._stable_seq:
+            return
+        self._stable_seq = s.seq
+        unsafe = self._unsafe
+        while unsafe and unsafe[0][0] <= s.seq:
+            unsafe.popleft()[1]()
+
+    def _release_unsafe(self) -> None:
+        unsafe, self._unsafe = self._unsafe, collections.deque()
+        for _, fn in unsafe:
+            fn()
 
     def _answer(self, tag: ReplyTag, code: int, body: bytes) -> None:
         if tag.node != self.node_id or not tag.is_client:
@@ -321,6 +422,11 @@ class ServiceHost:
         self._inbox.append(conf)
         self._drain()
 
+    def on_stable(self, s: Stable) -> None:
+        """Every member of ``s.ring_id`` holds every frame up to ``s.seq``."""
+        self._inbox.append(s)
+        self._drain()
+
     def _deliver(self, d: Deliver) -> None:
         try:
             m = decode_ring_message_untrusted(d.payload)
@@ -330,6 +436,11 @@ class ServiceHost:
         if m.service == HOST_SERVICE_ID:
             if m.msg_id == HOST_MSG_SYNC_BARRIER:
                 self._barrier(d.sender, m.sync_seq)
+            elif m.msg_id == HOST_MSG_SYNC_STATE:
+                try:
+                    self._announced(d.sender, m.sync_seq, decode_state_untrusted(m.payload))
+                except RingMessageError as exc:
+                    self.log.error("dropping sync state from %s: %s", fmt_node(d.sender), exc)
             else:
                 self.log.warning("unknown host message %d from %s", m.msg_id, fmt_node(d.sender))
             return
@@ -339,10 +450,11 @@ class ServiceHost:
                              m.msg_id, m.service, fmt_node(d.sender))
             return
         msg = ExecMessage(d.sender, m.msg_id, m.payload, m.tag, d.ring_id,
-                          sync=bool(m.flags & FLAG_SYNC))
+                          sync=bool(m.flags & FLAG_SYNC), seq=d.seq)
         if msg.sync:
-            if self._sync is None or m.sync_seq != self._sync.ring_id.seq:
-                return  # a message of an abandoned round
+            rnd = self._sync
+            if rnd is None or m.sync_seq != rnd.ring_id.seq or rnd.info is None or rnd.closed:
+                return  # a message of an abandoned (or ending) round
             self._run_exec(svc, msg)
         elif self.syncing:
             self._held_deliveries.append((svc, msg))
@@ -350,12 +462,28 @@ class ServiceHost:
             self._run_exec(svc, msg)
 
     def _run_exec(self, svc: Service, msg: ExecMessage) -> None:
-        svc.exec_handlers[msg.msg_id].fn(svc, msg)
+        was, self._cause = self._cause, (msg.ring_id, msg.seq) if msg.seq else None
+        try:
+            svc.exec_handlers[msg.msg_id].fn(svc, msg)
+        finally:
+            self._cause = was
 
     def _confchg(self, conf: ConfChange) -> None:
-        if not conf.transitional:
+        if conf.transitional:
+            # Recovery gave every member of the transitional configuration every
+            # message delivered in the old ring: whatever waited for that is safe.
+            self._live_ring = None
+            self._release_unsafe()
+            if self._sync is not None:
+                self._sync.closed = True
+        else:
             self.ring_id = conf.ring_id
             self.members = tuple(sorted(conf.members))
+            self._release_unsafe()  # no transitional (the first ring): nothing was unsafe
+            self._live_ring = conf.ring_id
+            self._stable_seq = 0
+            if self._synced_ring is not None and self._next_ring is None:
+                self._next_ring = conf.ring_id
         for svc in self.services.values():
             svc.on_confchg(conf)
         if conf.transitional:
@@ -365,12 +493,16 @@ class ServiceHost:
                 svc.sync_abort()
             self._resend_held()
         self._sync = _SyncRound(conf.ring_id, tuple(sorted(conf.members)),
+                                tuple(sorted(conf.joined)), tuple(sorted(conf.left)),
                                 list(self.services.values()))
-        info = SyncInfo(conf.ring_id, tuple(sorted(conf.members)), tuple(sorted(conf.joined)),
-                        tuple(sorted(conf.left)), self._previous_members)
-        for svc in self.services.values():
-            svc.sync_start(info)
         self._pump_sync(self._sync)
+
+    @property
+    def state_id(self) -> StateId | None:
+        """What this node announces in a sync round (None: it holds no state yet)."""
+        if self._synced_ring is None:
+            return None
+        return StateId(self._synced_ring, self._next_ring or _NO_RING)
 
     # --- sync rounds ---------------------------------------------------------------
 
@@ -410,6 +542,16 @@ class ServiceHost:
         rnd.pump_armed = False
         if self._sync is not rnd:
             return  # abandoned
+        if not rnd.state_sent:
+            try:
+                self._send(RingMessage(HOST_SERVICE_ID, HOST_MSG_SYNC_STATE, 0, NO_TAG,
+                                       rnd.ring_id.seq, encode_state(self.state_id)))
+            except TryAgain:
+                self._arm_pump(rnd, self.SYNC_RETRY_DELAY)
+                return
+            rnd.state_sent = True
+        if rnd.info is None:
+            return  # services start once every member said what it holds
         while rnd.to_process:
             svc = rnd.to_process[0]
             try:
@@ -436,9 +578,28 @@ class ServiceHost:
             rnd.pump_armed = True
             self.call_later(delay, lambda: self._pump_sync(rnd))
 
+    def _announced(self, sender: int, seq: int, state: StateId | None) -> None:
+        rnd = self._sync
+        if rnd is None or seq != rnd.ring_id.seq or rnd.closed or rnd.info is not None \
+                or sender not in rnd.members:
+            return
+        rnd.states.setdefault(sender, state)
+        if len(rnd.states) < len(rnd.members):
+            return
+        # The same delivered announcements on every member: the same groups everywhere.
+        groups, fresh = state_groups(rnd.states)
+        rnd.info = SyncInfo(rnd.ring_id, rnd.members, rnd.joined, rnd.left, groups, fresh)
+        if rnd.info.transfer:
+            self.log.debug("sync round %s: state groups %s, fresh %s", rnd.ring_id,
+                           [[fmt_node(n) for n in g.members] for g in groups],
+                           [fmt_node(n) for n in fresh])
+        for svc in self.services.values():
+            svc.sync_start(rnd.info)
+        self._pump_sync(rnd)
+
     def _barrier(self, sender: int, seq: int) -> None:
         rnd = self._sync
-        if rnd is None or seq != rnd.ring_id.seq:
+        if rnd is None or seq != rnd.ring_id.seq or rnd.info is None or rnd.closed:
             return
         rnd.barriers.add(sender)
         if rnd.barriers.issuperset(rnd.members):
@@ -447,7 +608,7 @@ class ServiceHost:
     def _finish_sync(self, rnd: _SyncRound) -> None:
         self._sync = None
         self._configured = True
-        self._previous_members = rnd.members
+        self._synced_ring, self._next_ring = rnd.ring_id, None
         self.log.debug("sync round %s complete", rnd.ring_id)
         for svc in self.services.values():
             svc.sync_done()
@@ -604,6 +765,11 @@ class FakeBus:
     reconfiguration gives each affected node a transitional then a regular
     ConfChange, extended-virtual-synchrony style.  Nodes in no component are
     down: they neither send nor receive.
+
+    Messages carry a seq per ring.  Every member holds a message as soon as
+    it is delivered, so each delivery is followed by a ``Stable`` for it --
+    unless ``hold_stable`` is set: then ``Stable`` waits for ``stabilize()``
+    (a ring whose members have not all acknowledged yet).
     """
 
     def __init__(self, scheduler: Scheduler, max_events_per_flush: int = 100_000) -> None:
@@ -618,6 +784,9 @@ class FakeBus:
         self.delivered = 0
         #: while True, events queue up (a test's way to stop time on the ring)
         self.paused = False
+        #: while True, deliveries are not followed by ``Stable`` until ``stabilize``
+        self.hold_stable = False
+        self._last_seq: dict[RingId, int] = {}
 
     def port(self, host: ServiceHost) -> "FakePort":
         """Attach ``host`` to the bus (down until a reconfiguration includes it)."""
@@ -632,10 +801,30 @@ class FakeBus:
         self._component.pop(node_id, None)
         self._ring.pop(node_id, None)
 
-    def reconfigure(self, *components: Iterable[int]) -> None:
-        """Queue a membership change: the given node sets become the rings."""
-        self._queue.append(("conf", [frozenset(c) for c in components]))
+    def reconfigure(self, *components: Iterable[int],
+                    tails: dict[int, list[tuple[int, bytes]]] | None = None) -> None:
+        """Queue a membership change: the given node sets become the rings.
+
+        Args:
+            tails: per node, (sender, payload) messages of its old ring that it
+                delivers after its transitional configuration, as Totem may
+                deliver frames past a hole in recovery (each node its own list).
+        """
+        self._queue.append(("conf", ([frozenset(c) for c in components], dict(tails or {}))))
         self._arm()
+
+    def take_queued(self) -> list[tuple[int, bytes]]:
+        """Remove and return the messages queued and not yet delivered (sender, payload)."""
+        msgs = [arg for kind, arg in self._queue if kind == "msg"]
+        self._queue = collections.deque((k, a) for k, a in self._queue if k != "msg")
+        return msgs
+
+    def stabilize(self) -> None:
+        """Tell every host that each of its rings' deliveries so far is held by all."""
+        for node, host in sorted(self.hosts.items()):
+            ring = self._ring.get(node)
+            if ring is not None and self._last_seq.get(ring):
+                host.on_stable(Stable(ring, self._last_seq[ring]))
 
     def _mcast(self, sender: int, payload: bytes) -> None:
         if sender not in self._component:
@@ -676,11 +865,17 @@ class FakeBus:
             comp = self._component.get(sender)
             if comp is not None:
                 ring = self._ring[sender]
+                seq = self._last_seq[ring] = self._last_seq.get(ring, 0) + 1
                 for node in sorted(comp):
                     host = self.hosts.get(node)
                     if host is not None:
                         self.delivered += 1
-                        host.on_deliver(Deliver(sender, payload, ring))
+                        host.on_deliver(Deliver(sender, payload, ring, seq))
+                if not self.hold_stable:
+                    for node in sorted(comp):
+                        host = self.hosts.get(node)
+                        if host is not None:
+                            host.on_stable(Stable(ring, seq))
         elif kind == "inject":
             for host in list(self.hosts.values()):
                 if isinstance(arg, ConfChange):
@@ -691,7 +886,9 @@ class FakeBus:
             self._apply_conf(arg)
         return True
 
-    def _apply_conf(self, components: list[frozenset[int]]) -> None:
+    def _apply_conf(self, arg: tuple[list[frozenset[int]],
+                                      dict[int, list[tuple[int, bytes]]]]) -> None:
+        components, tails = arg
         new_of: dict[int, frozenset[int]] = {}
         for comp in components:
             for node in comp:
@@ -716,6 +913,8 @@ class FakeBus:
                     continue
                 if old is not None and old_ring is not None:
                     host.on_confchg(ConfChange(True, old_ring, tuple(sorted(old & comp))))
+                    for sender, payload in tails.get(node, ()):
+                        host.on_deliver(Deliver(sender, payload, old_ring))
                 prev = old or frozenset()
                 host.on_confchg(ConfChange(False, ring_id, tuple(sorted(comp)),
                                            left=tuple(sorted(prev - comp)),

@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     transport = Transport(
         srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
         mcast_addr=net.mcastaddr, members=[str(m) for m in net.members],
-        on_deliver=host.on_deliver, on_confchg=host.on_confchg, log=node_log,
+        on_deliver=host.on_deliver, on_confchg=host.on_confchg, on_stable=host.on_stable,
+        log=node_log,
         state_file=state_file)
     ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
     # As the reference does: services and the client socket first, then the

@@ -482,8 +482,8 @@ class Counter(Service):
 
     def sync_start(self, info):
         self.sync_log.append(("start", info.ring_id.seq))
-        # The lowest member that was in the previous view sends the state.
-        olds = [n for n in info.members if n in info.previous_members]
+        # The lowest member holding state sends it.
+        olds = [g.sender for g in info.groups]
         self._sender = min(olds) if olds else min(info.members)
         self._cursor = 0
         self._incoming = []

@@ -136,18 +136,74 @@ class ExecMessage:
     tag: ReplyTag
     ring_id: RingId
     sync: bool = False  #: sent with ``mcast_sync`` during a sync round
+    #: ``Deliver.seq`` of the frame that carried it (0: not known; see ``HostAPI.when_safe``)
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StateId:
+    """Which replicated state a node holds, as it announces it in a sync round.
+
+    ``synced`` is the ring of the last sync round this node completed and
+    ``next`` the first regular configuration it installed after that round
+    (the one that ended ``synced``'s message flow; ``RingId(0, 0)`` while
+    none).  Two nodes with equal ids hold equal state: both had the state
+    that round installed, then applied the messages of ``synced`` that they
+    delivered before leaving it for ``next`` -- the same ones, since they went
+    through the same transitional configuration (extended virtual synchrony).
+    Messages delivered in a round that does not complete are never applied
+    there (see ``ais.executive``), so the id stays valid until the next
+    completed round.  A node that never completed a round holds nothing and
+    announces no id (it is "fresh").
+    """
+
+    synced: RingId
+    next: RingId
+
+
+@dataclass(frozen=True, slots=True)
+class StateGroup:
+    """Members of a sync round that announced the same ``StateId``."""
+
+    state: StateId
+    members: tuple[int, ...]  #: ascending
+
+    @property
+    def sender(self) -> int:
+        """The member that streams this group's state when a transfer is needed."""
+        return self.members[0]
 
 
 @dataclass(frozen=True, slots=True)
 class SyncInfo:
-    """What a sync round is about."""
+    """What a sync round is about: the same value on every member of the round.
+
+    ``groups`` and ``fresh`` come from the members' own announcements in this
+    round (never from who was a member of what), so a restarted node that
+    kept its address is fresh, not a holder of its old state.
+    """
 
     ring_id: RingId
     members: tuple[int, ...]  #: the new configuration, ascending node ids
     joined: tuple[int, ...]
     left: tuple[int, ...]
-    #: members of the last configuration whose sync round completed on this node
-    previous_members: tuple[int, ...]
+    #: members holding state, by the state they hold; ordered by sender
+    groups: tuple[StateGroup, ...] = ()
+    #: members that never completed a sync round: they hold no state
+    fresh: tuple[int, ...] = ()
+
+    @property
+    def transfer(self) -> bool:
+        """Whether members hold different states (someone must stream)."""
+        return len(self.groups) > 1 or bool(self.groups and self.fresh)
+
+    @property
+    def senders(self) -> tuple[int, ...]:
+        """One member per state group when a transfer is needed, else none."""
+        return tuple(g.sender for g in self.groups) if self.transfer else ()
+
+    def group_of(self, node: int) -> StateGroup | None:
+        return next((g for g in self.groups if node in g.members), None)
 
 
 class LibConn(Protocol):
@@ -191,9 +247,14 @@ class HostAPI(Protocol):
 
     def mcast_sync(self, service: "Service", msg_id: int, payload: bytes) -> None: ...
 
-    def reply(self, tag: ReplyTag, body: bytes = b"") -> None: ...
+    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> None: ...
 
-    def reply_error(self, tag: ReplyTag, error: SaError | int) -> None: ...
+    def reply_error(self, tag: ReplyTag, error: SaError | int, *,
+                    safe: bool = False) -> None: ...
+
+    def when_safe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once every member holds the message being handled (at once if so)."""
+        ...
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
 
@@ -340,7 +401,8 @@ def registered_services() -> dict[str, type[Service]]:
 
 __all__ = [
     "DEFERRED", "Deferred", "NOTICE", "ExecHandlerSpec", "ExecMessage", "HostAPI", "LibConn",
-    "LibHandlerSpec", "NO_TAG", "ReplyTag", "Request", "Service", "SyncInfo", "TimerHandle",
+    "LibHandlerSpec", "NO_TAG", "ReplyTag", "Request", "Service", "StateGroup", "StateId",
+    "SyncInfo", "TimerHandle",
     "create_service", "exec_handler", "lib_handler", "register_service",
     "registered_services",
 ]

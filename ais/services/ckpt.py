@@ -959,12 +959,7 @@ class CkptService(Service):
         self._incoming_tombs = {}
         self._remaining = {}
         self._announced = {}
-        me = self.host.node_id
-        prev = set(info.previous_members)
-        side = prev & set(info.members)
-        sends = bool(side) and me == min(side) and \
-            bool(info.joined or not set(info.members) <= prev)
-        self._sync_gen = self._sync_messages(sends)
+        self._sync_gen = self._sync_messages(self.host.node_id in info.senders)
         self._sync_next = None
 
     def _sync_messages(self, send_state: bool) -> Iterator[tuple[int, bytes]]:

@@ -57,6 +57,22 @@ class Deliver:
     sender: int
     payload: bytes
     ring_id: RingId
+    #: seq of the frame that carried (the end of) the message in ``ring_id``; 0 when
+    #: not meaningful (old-ring frames delivered after the transitional configuration)
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stable:
+    """Every member of ``ring_id`` has received every frame up to ``seq``.
+
+    A message whose ``Deliver.seq`` is at most ``seq`` is held by every member
+    ("safe delivery"); after the transitional configuration that ends
+    ``ring_id``, every member of it holds every message delivered in that ring.
+    """
+
+    ring_id: RingId
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +108,7 @@ class CancelTimer:
     kind: TimerKind
 
 
-Action = Union[Send, Deliver, ConfChange, StartTimer, CancelTimer]
+Action = Union[Send, Deliver, ConfChange, StartTimer, CancelTimer, Stable]
 
 
 @dataclass
@@ -147,5 +163,5 @@ def node_of(addr: str) -> int:
 
 __all__ = [
     "Action", "CancelTimer", "ConfChange", "Deliver", "RingId", "Send",
-    "SendQueueFull", "StartTimer", "TimerKind", "TotemConfig", "fmt_node", "node_of",
+    "SendQueueFull", "Stable", "StartTimer", "TimerKind", "TotemConfig", "fmt_node", "node_of",
 ]

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 from ais.totem.events import (
-    CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer, TimerKind,
+    CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer, TimerKind,
     TotemConfig, fmt_node, node_of,
 )
 from ais.totem.invariants import Delivered, History, ProcId, Violation, check, check_liveness
@@ -504,6 +504,8 @@ class Simulation:
                 node.gens[a.kind] = node.gens.get(a.kind, 0) + 1
             elif t is Deliver:
                 self.on_deliver(node, a)
+            elif t is Stable:
+                pass  # safe-delivery progress: for the service host, not checked here
             elif t is ConfChange:
                 node.hist.events.append(a)
                 if not a.transitional:

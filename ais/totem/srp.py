@@ -59,7 +59,7 @@ from typing import Callable
 
 from . import wire
 from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
-                     StartTimer, TimerKind, TotemConfig, fmt_node)
+                     Stable, StartTimer, TimerKind, TotemConfig, fmt_node)
 from .queues import Frame, Reassembler, RxStore, SendQueue
 from .wire import (MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
                    BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
@@ -118,6 +118,7 @@ class Srp:
         self._my_last_sent = 0
         self._my_last_backlog = 0
         self._last_token_aru = 0
+        self._stable_seq = 0  # highest seq reported in a Stable action for this ring
         self._rep_last_seq = -1
         self._forwarded_idle = False
         self._wake_pending = False
@@ -489,6 +490,7 @@ class Srp:
         self._my_last_sent = 0
         self._my_last_backlog = 0
         self._last_token_aru = 0
+        self._stable_seq = 0
         self._rep_last_seq = -1
         self._sent_seq = 0
         self._originated = False
@@ -576,7 +578,7 @@ class Srp:
             if f is None or f.flags & MCAST_RECOVERED:
                 continue
             for payload in unpack(f.sender, f.payload):
-                out.append(Deliver(f.sender, payload, ring_id))
+                out.append(Deliver(f.sender, payload, ring_id, s))
         rx.delivered = s
 
     def _solo_flush(self) -> None:
@@ -590,6 +592,9 @@ class Srp:
             rx.add(seq, Frame(me, 0, payload))
         self._deliver_ready()
         rx.free(rx.delivered)
+        if rx.delivered > self._stable_seq:  # a ring of one: held by every member at once
+            self._stable_seq = rx.delivered
+            self._out.append(Stable(rx.ring_id, rx.delivered))
 
     def _release_held(self, now: float) -> None:
         t = self._held
@@ -704,6 +709,9 @@ class Srp:
         low = min(t.aru, self._last_token_aru, rx.aru)
         self._last_token_aru = t.aru
         if not recovering:
+            if low > self._stable_seq:  # every member holds every frame up to low
+                self._stable_seq = low
+                out.append(Stable(ring_id, low))
             low = min(low, rx.delivered)
         rx.free(low)
         # 6. an idle ring's token rests at the representative

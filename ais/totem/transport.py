@@ -56,7 +56,7 @@ from gevent.monkey import get_original
 from ais.log import SECURITY, RateLimiter
 from ais.totem.crypto import Crypto, InvalidDigest, ReplayedPacket
 from ais.totem.events import (
-    Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, StartTimer, TimerKind,
+    Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, Stable, StartTimer, TimerKind,
     fmt_node, node_of)
 from ais.totem.wire import BadPacket
 
@@ -153,6 +153,7 @@ class Transport:
         members: every node's address, this one included or not (``udpu`` only).
         on_deliver: called with each ``Deliver``, in order.
         on_confchg: called with each ``ConfChange``, in order.
+        on_stable: called with each ``Stable`` (safe-delivery progress), in order.
         clock: monotonic seconds; the time base of ``StartTimer.at``.
         log: logger (a ``NodeAdapter`` when several nodes share a process).
         state_file: where ``max_ring_seq`` is kept across restarts, or None.
@@ -167,6 +168,7 @@ class Transport:
                  members: Iterable[str] = (),
                  on_deliver: Callable[[Deliver], None],
                  on_confchg: Callable[[ConfChange], None],
+                 on_stable: Callable[[Stable], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  log: logging.Logger | logging.LoggerAdapter = logger,
                  state_file: str | None = None,
@@ -188,6 +190,7 @@ class Transport:
         self.members = members
         self.on_deliver = on_deliver
         self.on_confchg = on_confchg
+        self.on_stable = on_stable
         self.clock = clock
         self.log = log
         self.state_file = state_file
@@ -435,6 +438,9 @@ class Transport:
                     self._disarm(action.kind)
                 elif isinstance(action, ConfChange):
                     self._confchg(action)
+                elif isinstance(action, Stable):
+                    if self.on_stable is not None:
+                        self.on_stable(action)
                 else:
                     raise TypeError(f"unknown action {action!r}")
         finally:
