@@ -1058,3 +1058,219 @@ def test_random_histories_with_partitions_converge(seed):
                     opened[hd.ckpt_id] = opened.get(hd.ckpt_id, 0) + 1
         refs = {i: ck.refs[me] for i, ck in svc.ckpts.items() if ck.refs.get(me)}
         assert refs == opened, f"seed {seed}: refs of {addr}"
+
+
+# --- issue 7: state announced in the round, convergent merge, safe acknowledgement -----------
+
+
+def restart(cl: CkCluster, addr: str, others: list[str]) -> None:
+    """Kill ``addr`` and bring it back empty so fast that the round without it is cut short."""
+    cl.crash(addr)
+    cl.add(addr)
+    cl.bus.reconfigure([node_of(x) for x in others])
+    cl.bus.reconfigure([node_of(x) for x in sorted(others + [addr])])
+    cl.settle()
+
+
+@pytest.mark.timeout(30)
+def test_rolling_restart_with_rounds_cut_short_keeps_every_checkpoint():
+    # Finding 1: a node that restarted empty was counted as a holder of the old state
+    # (it was a member of the previous configuration), then streamed its empty state.
+    cl = cluster(A, B, C)
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs())
+    a.section_create(h, b"s", b"precious")
+    a.close(h)
+    restart(cl, A, [B, C])
+    restart(cl, B, [A, C])
+    restart(cl, C, [A, B])
+    d = cl.digests()
+    assert d[0] == d[1] == d[2]
+    for x in (A, B, C):
+        cli = cl.client(x)
+        assert cli.read1(cli.open(b"ck"), b"s") == b"precious"
+
+
+@pytest.mark.timeout(30)
+def test_round_of_fresh_nodes_and_an_interrupted_stream_install_the_holders_state():
+    # A round abandoned midway (the joiners got part of the stream), then a round in
+    # which one holder restarted empty: the remaining holder streams, nobody installs less.
+    cl = cluster(A, B)
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs(max_sections=5, checkpoint_size=5 << 20,
+                                  max_section_size=1 << 20))
+    for i in range(3):
+        a.section_create(h, b"s%d" % i, os.urandom(1 << 20))
+    a.close(h)
+    want = cl.svc(A).digest()
+    cl.add(C)
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(x) for x in (A, B, C)])
+    for _ in range(12):  # the configuration, the announcements, part of the stream
+        cl.bus.step()
+        cl.sched.run()
+    assert cl.svc(C)._incoming and cl.hosts[C].syncing
+    cl.crash(A)
+    cl.add(A)
+    cl.bus.reconfigure([node_of(x) for x in (A, B, C)])
+    cl.bus.resume()
+    cl.settle()
+    assert cl.digests() == [want, want, want]
+    assert cl.hosts[C].state_id is not None and cl.hosts[C].state_id == cl.hosts[A].state_id
+
+
+def _write_body(h: int, sid: bytes, data: bytes) -> bytes:
+    return cw.HANDLE.pack(h) + cw.encode_write(cw.WriteReq(7, ((sid, 0, data),)))
+
+
+@pytest.mark.timeout(30)
+def test_different_last_writes_of_the_old_ring_converge_at_heal(caplog):
+    # Finding 2: each side delivers a different last write of the old ring (past a gap,
+    # after its transitional configuration), so both have the same (updates, last ring).
+    cl = cluster(A, B, C)
+    a, c = cl.client(A), cl.client(C)
+    ha = a.open(b"ck", RW, attrs())
+    a.section_create(ha, b"s", b"base")
+    hc = c.open(b"ck", RW)
+    cl.bus.pause()
+    sa = a.send(cw.REQ_WRITE, _write_body(ha, b"s", b"AAAA"))
+    sc = c.send(cw.REQ_WRITE, _write_body(hc, b"s", b"CCCC"))
+    wa, wc = cl.bus.take_queued()
+    assert wa[0] == node_of(A) and wc[0] == node_of(C)
+    cl.bus.resume()
+    cl.bus.reconfigure([node_of(A), node_of(B)], [node_of(C)],
+                       tails={node_of(A): [wa], node_of(B): [wa], node_of(C): [wc]})
+    cl.settle()
+    assert a.response(sa).error == SA_OK and c.response(sc).error == SA_OK
+    assert the_ckpt(cl, A, b"ck").updates == the_ckpt(cl, C, b"ck").updates
+    assert the_ckpt(cl, A, b"ck").last_ring == the_ckpt(cl, C, b"ck").last_ring
+    with caplog.at_level("WARNING", logger="ais.ckpt"):
+        cl.form([A, B, C])
+    d = cl.digests()
+    assert d[0] == d[1] == d[2]
+    assert a.read1(ha, b"s") == c.read1(hc, b"s")
+    assert a.read1(ha, b"s") in (b"AAAA", b"CCCC")
+    # the losing write is named in the log of every node
+    lost = [r for r in caplog.records if "diverged" in r.getMessage()]
+    assert lost and all("'ck'" in r.getMessage() and "last 1 updates are lost" in r.getMessage()
+                        for r in lost)
+    # three more split/heal cycles change nothing
+    for _ in range(3):
+        cl.form([A, B], [C])
+        cl.form([A, B, C])
+        assert cl.digests() == d
+
+
+def test_merge_rule_orders_by_updates_then_ring_then_digest():
+    svc = CkptService()
+    svc.exec_init(ServiceHost(node_of(A), [], ManualScheduler()))
+    ck_id = (8, node_of(A), 1)
+
+    def replica(updates: int, ring: int, digest: bytes, data: bytes) -> Any:
+        from ais.services.ckpt import Checkpoint, Section
+        ck = Checkpoint(ck_id, b"ck", attrs(), updates=updates, last_ring=(ring, 1),
+                        digest=digest)
+        ck.sections[b"s"] = Section(bytearray(data), SA_TIME_END, 0)
+        return ck
+
+    def winner(*sides: Any) -> bytes:
+        merged = svc._merge({node_of(x): {ck_id: ck} for x, ck in zip((A, B, C), sides)})
+        return bytes(merged[ck_id].sections[b"s"].data)
+
+    lo, hi = b"\x01" * 16, b"\x02" * 16
+    assert winner(replica(3, 9, lo, b"x"), replica(4, 1, lo, b"y")) == b"y"  # more updates
+    assert winner(replica(4, 12, lo, b"x"), replica(4, 9, hi, b"y")) == b"x"  # later ring
+    assert winner(replica(4, 9, hi, b"x"), replica(4, 9, lo, b"y")) == b"x"  # digest
+    assert winner(replica(4, 9, lo, b"x"), replica(4, 9, hi, b"y")) == b"y"  # not the sender
+
+
+# --- safe acknowledgement -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_all_replicas_write_is_answered_only_once_every_member_holds_it():
+    cl = cluster(A, B, C)
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs())
+    a.section_create(h, b"s", b"v0")
+    cl.bus.hold_stable = True
+    seq = a.send(cw.REQ_WRITE, _write_body(h, b"s", b"v1"))
+    cl.settle()
+    assert bytes(the_ckpt(cl, B, b"ck").sections[b"s"].data) == b"v1"  # delivered...
+    assert a.response(seq) is None  # ...but not known to be held by every member
+    cl.bus.stabilize()
+    cl.sched.run()
+    f = a.response(seq)
+    assert f is not None and cw.decode_write_reply_untrusted(f.body)[0] == SA_OK
+    # a read is answered at agreed delivery; an error at once
+    rseq = a.send(cw.REQ_READ, cw.HANDLE.pack(h) + cw.encode_read([(b"s", 0, cw.READ_ALL)]))
+    eseq = a.send(cw.REQ_WRITE, _write_body(h, b"nope", b"x"))
+    cl.settle()
+    assert a.response(rseq) is not None and a.response(eseq) is not None
+    # the end of the ring (transitional configuration) also makes it safe
+    seq = a.send(cw.REQ_WRITE, _write_body(h, b"s", b"v2"))
+    cl.settle()
+    assert a.response(seq) is None
+    cl.form([A, B], [C])
+    assert a.response(seq) is not None and a.response(seq).error == SA_OK
+
+
+@pytest.mark.timeout(20)
+def test_calls_a_client_relies_on_wait_for_safe_delivery_weaker_writes_do_not():
+    cl = cluster(A, B)
+    a = cl.client(A)
+    cl.bus.hold_stable = True
+
+    def pending(msg_id: int, body: bytes) -> int:
+        seq = a.send(msg_id, body)
+        cl.settle()
+        assert a.response(seq) is None, f"request {msg_id} answered before it was safe"
+        cl.bus.stabilize()
+        cl.sched.run()
+        assert a.response(seq).error == SA_OK
+        return seq
+
+    seq = pending(cw.REQ_OPEN, cw.encode_open(cw.OpenReq(
+        b"act", RW, attrs(creation_flags=cw.SA_CKPT_WR_ACTIVE_REPLICA))))
+    h = cw.decode_handle_untrusted(a.response(seq).body)
+    pending(cw.REQ_ACTIVE_SET, cw.HANDLE.pack(h))
+    # the writer's node holds the active replica: agreed delivery is enough
+    seq = a.send(cw.REQ_SECTION_CREATE, cw.HANDLE.pack(h) + cw.encode_section_create(
+        cw.SectionCreateReq(b"s", SA_TIME_END, SA_TIME_END, 5, b"")))
+    cl.settle()
+    assert a.response(seq).error == SA_OK
+    seq = a.send(cw.REQ_WRITE, _write_body(h, b"s", b"fast"))
+    cl.settle()
+    assert a.response(seq) is not None
+    pending(cw.REQ_SYNCHRONIZE, cw.HANDLE.pack(h) + cw.encode_synchronize(0, False,
+                                                                           SA_TIME_END))
+    # a writer on another node than the active replica waits until that one has it
+    b = cl.client(B)
+    hb = b.open(b"act", RW)
+    cl.bus.hold_stable = True
+    seq = b.send(cw.REQ_WRITE, _write_body(hb, b"s", b"from B"))
+    cl.settle()
+    assert b.response(seq) is None
+    cl.bus.stabilize()
+    cl.sched.run()
+    assert b.response(seq) is not None
+    pending(cw.REQ_UNLINK, b"act")
+    # an open that does not create is answered at agreed delivery
+    cl.bus.stabilize()
+    cl.bus.hold_stable = False
+    a.close(a.open(b"x", RW, attrs()))
+    cl.bus.hold_stable = True
+    seq = a.send(cw.REQ_OPEN, cw.encode_open(cw.OpenReq(b"x", RW, None)))
+    cl.settle()
+    assert a.response(seq).error == SA_OK
+
+
+@pytest.mark.timeout(20)
+def test_ring_of_one_answers_at_once():
+    cl = cluster(A)
+    cl.bus.hold_stable = True
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs())
+    a.section_create(h, b"s", b"v")
+    a.write(h, [(b"s", 0, b"w")])
+    assert a.read1(h, b"s") == b"w"

@@ -71,6 +71,7 @@ Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
@@ -123,10 +124,14 @@ SECTION_EXPIRE_MSG = struct.Struct("!q")
 # SYNC_REFS: | count u32 | then count x (CKPT_ID, REF_ITEM)
 SYNC_REFS_HEAD = struct.Struct("!I")
 REF_ITEM = struct.Struct("!I")
-# SYNC_CKPT: CKPT_ID, then (32 bytes), CREATION_ATTRS, name:
-#  0        1             9                 17               21            25        33
-#  | linked | updates u64 | last ring seq   | last ring rep  | active node | epoch   | name_len u16 |
-SYNC_CKPT_HEAD = struct.Struct("!BQQIIQH")
+# SYNC_CKPT: CKPT_ID, then (52 bytes), CREATION_ATTRS, name, history:
+#  0        1             9               17              21            25
+#  | linked | updates u64 | last ring seq | last ring rep | active node | epoch u64 |
+#  33             49               50
+#  | digest (16)  | hist_count u8  | name_len u16 |
+# history: hist_count x HIST_ITEM, earlier (updates, digest, ring boundary flag), oldest first
+SYNC_CKPT_HEAD = struct.Struct("!BQQIIQ16sBH")
+HIST_ITEM = struct.Struct("!Q16sB")
 # SYNC_SECTION: CKPT_ID, then (42 bytes), section id, chunk:
 #  | id_len u16 | expiration i64 | remaining i64 (ns; SA_TIME_END: none) | last_update i64
 #  | total u64 | offset u64 |
@@ -145,6 +150,25 @@ SYNC_BUDGET = 1024 * 1024
 ITER_BATCH = 1024
 #: seconds before retrying a service-originated message the ring refused
 RETRY_DELAY = 0.05
+#: earlier versions kept per checkpoint, to tell at a merge how many updates the losing
+#: replica had that the kept one lacks: this many before the latest updates, and as many
+#: more at the ends of earlier rings (a side idle since a split matches one of those)
+HISTORY_MAX = 8
+DIGEST_SIZE = 16
+
+
+def _chain(digest: bytes, msg_id: int, payload: bytes) -> bytes:
+    """The history digest after applying ring message ``msg_id`` with ``payload``."""
+    h = hashlib.blake2b(digest, digest_size=DIGEST_SIZE)
+    h.update(msg_id.to_bytes(2, "big"))
+    h.update(payload)
+    return h.digest()
+
+
+def _genesis(ckpt_id: CkptId, name: bytes, attrs: cw.CreationAttributes) -> bytes:
+    """A new checkpoint's digest: its creation (an id created twice differs here)."""
+    return _chain(bytes(DIGEST_SIZE), MSG_OPEN, cw.CKPT_ID.pack(*ckpt_id)
+                  + cw.encode_attrs(attrs) + name)
 
 
 @dataclass
@@ -168,8 +192,14 @@ class Checkpoint:
     sections: dict[bytes, Section] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)
     used: int = 0  #: bytes of section data
+    #: replicated changes applied since creation (see the module docstring)
     updates: int = 0
     last_ring: tuple[int, int] = (0, 0)
+    #: chained hash of the creation and every update applied, in order
+    digest: bytes = bytes(DIGEST_SIZE)
+    #: earlier (updates, digest, ended a ring) versions, oldest first; not part of the
+    #: replica's identity, only for the merge's loss report
+    history: list[tuple[int, bytes, bool]] = field(default_factory=list)
     active_node: int = 0  #: node holding the active replica (0: none)
     retention_epoch: int = 0
     #: local retention deadline (host.now) while nobody has it open; not replicated
@@ -182,8 +212,18 @@ class Checkpoint:
     def total_refs(self) -> int:
         return sum(self.refs.values())
 
-    def version(self) -> tuple[int, tuple[int, int]]:
-        return (self.updates, self.last_ring)
+    def version(self) -> tuple[int, tuple[int, int], bytes]:
+        """Equal versions mean equal histories, hence equal replicas; the merge keeps the greatest."""
+        return (self.updates, self.last_ring, self.digest)
+
+    def common_updates(self, other: "Checkpoint") -> int | None:
+        """Updates the two histories share, when the kept history window shows it."""
+        mine = {n: d for n, d, _ in self.history}
+        mine[self.updates] = self.digest
+        theirs = {n: d for n, d, _ in other.history}
+        theirs[other.updates] = other.digest
+        shared = [n for n, d in theirs.items() if mine.get(n) == d]
+        return max(shared) if shared else None
 
 
 @dataclass
@@ -210,8 +250,10 @@ class _PendingOpen:
 def _sync_ckpt_payload(ck: Checkpoint) -> bytes:
     return (cw.CKPT_ID.pack(*ck.id)
             + SYNC_CKPT_HEAD.pack(ck.linked, ck.updates, ck.last_ring[0], ck.last_ring[1],
-                                  ck.active_node, ck.retention_epoch, len(ck.name))
-            + cw.encode_attrs(ck.attrs) + ck.name)
+                                  ck.active_node, ck.retention_epoch, ck.digest,
+                                  len(ck.history), len(ck.name))
+            + cw.encode_attrs(ck.attrs) + ck.name
+            + b"".join(HIST_ITEM.pack(n, d, b) for n, d, b in ck.history))
 
 
 @register_service
@@ -337,8 +379,27 @@ class CkptService(Service):
         return (ring[0], ring[1], self._id_count)
 
     def _updated(self, ck: Checkpoint, msg: ExecMessage) -> None:
+        ring = (msg.ring_id.seq, msg.ring_id.rep)
+        hist = ck.history
+        hist.append((ck.updates, ck.digest, ring != ck.last_ring))
+        for boundary in (False, True):
+            kept = [i for i, h in enumerate(hist) if h[2] == boundary]
+            if len(kept) > HISTORY_MAX:
+                del hist[kept[0]]
         ck.updates += 1
-        ck.last_ring = (msg.ring_id.seq, msg.ring_id.rep)
+        ck.last_ring = ring
+        ck.digest = _chain(ck.digest, msg.msg_id, msg.payload)
+
+    @staticmethod
+    def _safe(ck: Checkpoint, msg: ExecMessage) -> bool:
+        """Whether a data change's reply must wait until every member holds it.
+
+        WR_ALL_REPLICAS: the call returns once every replica is written.  The
+        active-replica modes return once the active replica is written: at
+        agreed delivery when the writer's node holds it, else when all hold it.
+        """
+        return (ck.attrs.creation_flags == cw.SA_CKPT_WR_ALL_REPLICAS
+                or ck.active_node != msg.sender)
 
     def _origin(self, msg: ExecMessage) -> bool:
         return msg.tag.node == self.host.node_id and msg.tag.is_client
@@ -487,11 +548,15 @@ class CkptService(Service):
         ckpt_id = self.names.get(op.name)
         ck = self.ckpts.get(ckpt_id) if ckpt_id is not None else None
         err: SaError | None = None
+        created = False
         if ck is None:
             if op.attributes is None:
                 err = NotExist("no checkpoint of that name")
             else:
-                ck = Checkpoint(self._new_id(msg), op.name, op.attributes)
+                created = True
+                new_id = self._new_id(msg)
+                ck = Checkpoint(new_id, op.name, op.attributes,
+                                digest=_genesis(new_id, op.name, op.attributes))
                 if op.attributes.max_sections == 1:
                     ck.sections[cw.SA_CKPT_DEFAULT_SECTION_ID] = Section(bytearray(), SA_TIME_END, 0)
                 self.ckpts[ck.id] = ck
@@ -524,10 +589,15 @@ class CkptService(Service):
             cs.next_handle += 1
             cs.handles[handle] = _Handle(ck.id, op.flags)
         if op.is_async:
-            conn.send_callback(cw.CB_OPEN, cw.encode_open_callback(op.invocation, handle),
-                               SA_OK if err is None else err.code)
+            cb = cw.encode_open_callback(op.invocation, handle)
+            code = SA_OK if err is None else err.code
+            # A creation returns once every member has the checkpoint.
+            if created:
+                self.host.when_safe(lambda: conn.send_callback(cw.CB_OPEN, cb, code))
+            else:
+                conn.send_callback(cw.CB_OPEN, cb, code)
         elif err is None:
-            self.host.reply(msg.tag, cw.HANDLE.pack(handle))
+            self.host.reply(msg.tag, cw.HANDLE.pack(handle), safe=created)
         else:
             self.host.reply_error(msg.tag, err)
 
@@ -573,7 +643,7 @@ class CkptService(Service):
         ck.linked = False
         if not ck.total_refs:
             self._delete(ck)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=True)
 
     # --- attributes ------------------------------------------------------------------------
 
@@ -593,10 +663,11 @@ class CkptService(Service):
             self.host.reply_error(msg.tag, BadOperation("checkpoint is unlinked"))
             return
         ck.attrs = replace(ck.attrs, retention_duration=cw.decode_retention_untrusted(rest))
+        self._updated(ck, msg)
         if not ck.total_refs:
             # Measured from the last close, not from this call.
             self._start_retention(ck, since=ck.zero_since)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=True)
 
     @lib_handler(cw.REQ_ACTIVE_SET, hold_during_sync=True)
     def lib_active_set(self, conn: LibConn, req: Request) -> Deferred:
@@ -611,7 +682,8 @@ class CkptService(Service):
             self.host.reply_error(msg.tag, BadOperation("checkpoint has no active replica"))
             return
         ck.active_node = msg.sender
-        self.host.reply(msg.tag)
+        self._updated(ck, msg)
+        self.host.reply(msg.tag, safe=True)
 
     @lib_handler(cw.REQ_STATUS_GET, hold_during_sync=True)
     def lib_status_get(self, conn: LibConn, req: Request) -> Deferred:
@@ -664,7 +736,7 @@ class CkptService(Service):
         ck.used += len(sc.data)
         self._arm_section(ck, sc.section_id, sec, sc.remaining)
         self._updated(ck, msg)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
     @lib_handler(cw.REQ_SECTION_DELETE, hold_during_sync=True)
     def lib_section_delete(self, conn: LibConn, req: Request) -> Deferred:
@@ -686,7 +758,7 @@ class CkptService(Service):
             return
         self._remove_section(ck, sid)
         self._updated(ck, msg)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
     def _remove_section(self, ck: Checkpoint, sid: bytes) -> None:
         sec = ck.sections.pop(sid)
@@ -722,7 +794,7 @@ class CkptService(Service):
         sec.expiration = exp
         self._arm_section(ck, sid, sec, remaining)
         self._updated(ck, msg)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
     @exec_handler(MSG_SECTION_EXPIRE)
     def exec_section_expire(self, msg: ExecMessage) -> None:
@@ -848,7 +920,7 @@ class CkptService(Service):
             sec.last_update = wr.now
         ck.used = used
         self._updated(ck, msg)
-        self.host.reply(msg.tag, cw.encode_io_status(SA_OK, 0))
+        self.host.reply(msg.tag, cw.encode_io_status(SA_OK, 0), safe=self._safe(ck, msg))
 
     @lib_handler(cw.REQ_OVERWRITE, hold_during_sync=True)
     def lib_overwrite(self, conn: LibConn, req: Request) -> Deferred:
@@ -876,7 +948,7 @@ class CkptService(Service):
         sec.data = bytearray(data)
         sec.last_update = now
         self._updated(ck, msg)
-        self.host.reply(msg.tag)
+        self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
     @lib_handler(cw.REQ_READ, hold_during_sync=True)
     def lib_read(self, conn: LibConn, req: Request) -> Deferred:
@@ -941,13 +1013,14 @@ class CkptService(Service):
             err = BadHandle("checkpoint no longer exists")
         elif ck.attrs.creation_flags == cw.SA_CKPT_WR_ALL_REPLICAS:
             err = BadOperation("SA_CKPT_WR_ALL_REPLICAS checkpoints are always synchronous")
+        # Returns once every member holds every write ordered before it.
         if is_async:
             conn = self._conns.get(msg.tag.conn_id)
             if conn is not None:
-                conn.send_callback(cw.CB_SYNCHRONIZE, cw.encode_sync_callback(invocation),
-                                   SA_OK if err is None else err.code)
+                cb, code = cw.encode_sync_callback(invocation), SA_OK if err is None else err.code
+                self.host.when_safe(lambda: conn.send_callback(cw.CB_SYNCHRONIZE, cb, code))
         elif err is None:
-            self.host.reply(msg.tag)
+            self.host.reply(msg.tag, safe=True)
         else:
             self.host.reply_error(msg.tag, err)
 
@@ -1040,12 +1113,16 @@ class CkptService(Service):
     def exec_sync_ckpt(self, msg: ExecMessage) -> None:
         r = cw.Reader(msg.payload, "SYNC_CKPT")
         ckpt_id = r.take(cw.CKPT_ID)
-        linked, updates, rseq, rrep, active, epoch, n = r.take(SYNC_CKPT_HEAD)
+        linked, updates, rseq, rrep, active, epoch, digest, nhist, n = r.take(SYNC_CKPT_HEAD)
         attrs = cw.CreationAttributes(*r.take(cw.CREATION_ATTRS))
         name = r.raw(n)
-        self._incoming.setdefault(msg.sender, {})[ckpt_id] = Checkpoint(
-            ckpt_id, name, attrs, bool(linked), updates=updates, last_ring=(rseq, rrep),
-            active_node=active, retention_epoch=epoch)
+        ck = Checkpoint(ckpt_id, name, attrs, bool(linked), updates=updates,
+                        last_ring=(rseq, rrep), active_node=active, retention_epoch=epoch,
+                        digest=digest)
+        for _ in range(nhist):
+            n_, d_, b_ = r.take(HIST_ITEM)
+            ck.history.append((n_, d_, bool(b_)))
+        self._incoming.setdefault(msg.sender, {})[ckpt_id] = ck
 
     @exec_handler(MSG_SYNC_SECTION)
     def exec_sync_section(self, msg: ExecMessage) -> None:
@@ -1121,14 +1198,21 @@ class CkptService(Service):
         by_id: dict[CkptId, Checkpoint] = {}
         sender_of: dict[CkptId, int] = {}
         unlinked: set[CkptId] = set()
+        replicas: dict[CkptId, list[tuple[int, Checkpoint]]] = {}
         for sender in sorted(sides):
             for ckpt_id, ck in sides[sender].items():
                 if not ck.linked:
                     unlinked.add(ckpt_id)
-                cur = by_id.get(ckpt_id)
-                if cur is None or ck.version() > cur.version():
-                    by_id[ckpt_id] = ck
-                    sender_of[ckpt_id] = sender
+                replicas.setdefault(ckpt_id, []).append((sender, ck))
+        for ckpt_id, reps in replicas.items():
+            # Greatest version; equal versions are equal replicas (the first, from
+            # the lowest sender, supplies the unversioned fields).
+            sender, win = max(reps, key=lambda r: r[1].version())
+            by_id[ckpt_id] = win
+            sender_of[ckpt_id] = sender
+            for other, ck in reps:
+                if ck.version() != win.version():
+                    self._log_loss(win, sender, ck, other)
         for tombs in self._incoming_tombs.values():
             # Deleted on one side (unlinked and closed, or retention expired):
             # the deletion wins; still-open replicas live on unlinked.
@@ -1142,7 +1226,7 @@ class CkptService(Service):
             other = holder.get(ck.name)
             if other is None:
                 holder[ck.name] = ck
-            elif (ck.updates, ck.last_ring, ck.id) > (other.updates, other.last_ring, other.id):
+            elif ck.version() + (ck.id,) > other.version() + (other.id,):
                 other.linked = False
                 holder[ck.name] = ck
             else:
@@ -1154,6 +1238,21 @@ class CkptService(Service):
                 sec.remaining = self._remaining.get((sender, ckpt_id, sid), SA_TIME_END)
         return by_id
 
+    def _log_loss(self, win: Checkpoint, win_sender: int, lost: Checkpoint,
+                  lost_sender: int) -> None:
+        common = win.common_updates(lost)
+        if common == lost.updates:
+            return  # the kept replica's history extends the other: nothing is lost
+        what = (f"its last {lost.updates - common} updates are lost" if common is not None
+                else "updates it had that the kept one lacks are lost (how many is beyond "
+                     "the remembered history)")
+        self.log.warning(
+            "checkpoint %r: replicas diverged during a partition; keeping the one sent by "
+            "%s (%d updates, last in ring %d), discarding the one sent by %s (%d updates, "
+            "last in ring %d): %s", win.name.decode(errors="replace"),
+            fmt_node(win_sender), win.updates, win.last_ring[0], fmt_node(lost_sender),
+            lost.updates, lost.last_ring[0], what)
+
     def _install(self, merged: dict[CkptId, Checkpoint]) -> set[CkptId]:
         """Replace the live state with ``merged``; keep local timers of unchanged replicas."""
         replaced: set[CkptId] = set()
@@ -1162,7 +1261,7 @@ class CkptService(Service):
             cur = old.get(ckpt_id)
             if cur is not None and cur.version() == new.version() \
                     and cur.sections.keys() == new.sections.keys():
-                # Same history: keep our replica and its running timers.
+                # Same history (the digest says so): keep our replica and its timers.
                 cur.linked = new.linked
                 cur.active_node = new.active_node
                 cur.retention_epoch = new.retention_epoch
