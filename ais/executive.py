@@ -18,15 +18,49 @@ messages, the sync round.  Messages of an unknown service are dropped and
 logged, so nodes with different service sets can still share a ring.
 
 Sync rounds (see ``ais.services.base``): after each regular configuration
-every service's ``sync_start`` runs, then ``sync_process`` until it returns
-True, then the host multicasts a barrier.  When barriers from every member
-of the configuration have been delivered, ``sync_done`` runs on every
-service, the ordinary messages delivered during the round are handed over
-in their order, and the library requests held meanwhile run.  Chosen
-policy for client requests during a round: handlers declared
+every member first multicasts a state announcement (``HOST_MSG_SYNC_STATE``):
+its ``StateId`` -- the ring of the last sync round it completed and the first
+regular configuration it installed after that round -- or nothing if it never
+completed one (a fresh node, e.g. one restarted empty).  Once every member's
+announcement has been delivered (the same point in agreed order on every
+member), the host groups the members by announced state (``SyncInfo.groups``,
+``SyncInfo.fresh``) and only then runs every service's ``sync_start``, then
+``sync_process`` until it returns True, then multicasts a barrier.  When
+barriers from every member have been delivered, ``sync_done`` runs on every
+service, the ordinary messages delivered during the round are handed over in
+their order, and the library requests held meanwhile run.  Membership is
+never taken as evidence of state: a node that was a member of the previous
+configuration but restarted since announces nothing and is never counted as
+holding the old state.
+
+Why the id is sound: state changes only at ``sync_done`` and by ordinary
+messages applied outside rounds.  Members completing the same round install
+the same state (the same delivered sync messages); afterwards they apply the
+messages of that ring they deliver, which are the same for members that
+leave it through the same transitional configuration, i.e. that install the
+same next ring.  Messages delivered during a round that does not complete are
+never applied (they are re-sent, see ``_resend_held``), so the id holds until
+the next completed round.  To keep "completed" the same on all members of a
+transitional configuration, a round whose ring's transitional configuration
+has been delivered can no longer complete: announcements, sync messages and
+barriers delivered after it (possibly past a gap) are ignored and the next
+configuration starts a new round.  A round abandoned midway changes nothing
+and so can never install less than some member holds.
+
+Chosen policy for client requests during a round: handlers declared
 ``hold_during_sync=True`` *wait* (the client sees a slower reply, never a
 TryAgain it would have to loop on); all others run at once on local state.
 Before the first configuration the host counts as syncing too.
+
+Safe delivery.  A reply may be declared safe (``reply(..., safe=True)``,
+``when_safe``): it is sent only once every member of the ring holds the
+message being handled -- when a ``Stable`` of the ring (``on_stable``, from
+the token's all-received-up-to) covers the seq of the ``Deliver`` that
+carried it, or when the ring's transitional configuration is delivered
+(recovery then gave every member of it every message delivered in the old
+ring).  In a ring of one, or for messages delivered after their ring's
+transitional configuration, it is sent at once.  Replies waiting are released
+in delivery order.
 
 Nothing here blocks or yields: the host is driven by calls from the ring
 shell and the IPC greenlets, and its outputs (ring mcasts, client frames)

@@ -2,12 +2,15 @@
 
     python bench/ckpt_cluster_bench.py [--nodes 1,2] [--sizes 1,10,100,500]
                                        [--count 300] [--frame-size 1400] [--threads 0]
+                                       [--modes all,active,weak]
 
 Starts N executives on 127.0.0.1..N (udpu), with ``frame_size`` derived from
 loopback's MTU (65536) unless ``--frame-size`` is given (1400 mimics an
 Ethernet's 1500-byte MTU), runs
 ``examples/ckptbench.py`` (or ``ckptbenchth.py`` with ``--threads``) as a
-client of node 1 and prints its figures.
+client of node 1 and prints its figures; ``--modes`` runs ckptbench once per
+checkpoint creation mode (all: WR_ALL_REPLICAS, active: WR_ACTIVE_REPLICA
+written from the active replica's node, weak: WR_ACTIVE_REPLICA_WEAK).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame-size", type=int, default=0,
                     help="frame_size to configure (default: derived from loopback's MTU)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--modes", default="all", help="ckptbench.py --mode values, comma-separated")
     a = ap.parse_args(argv)
     for n in (int(x) for x in a.nodes.split(",")):
         with tempfile.TemporaryDirectory() as d, \
@@ -38,14 +42,17 @@ def main(argv: list[str] | None = None) -> int:
                 c.wait_socket(i)
             c.wait_ring(list(range(1, n + 1)))
             prog = "ckptbenchth.py" if a.threads else "ckptbench.py"
-            args = ["--count", str(a.count), "--sizes", a.sizes]
-            if a.threads:
-                args += ["--threads", str(a.threads)]
-            print(f"=== {n} node(s), frame_size {a.frame_size or 'from the MTU'}: "
-                  f"{prog} {' '.join(args)}",
-                  flush=True)
-            p = c.client(1, str(ROOT / "examples" / prog), *args, timeout=900)
-            print(p.stdout, p.stderr[-2000:], flush=True)
+            for mode in a.modes.split(","):
+                args = ["--count", str(a.count), "--sizes", a.sizes]
+                if a.threads:
+                    args += ["--threads", str(a.threads)]
+                elif mode != "all":
+                    args += ["--mode", mode]
+                print(f"=== {n} node(s), frame_size {a.frame_size or 'from the MTU'}: "
+                      f"{prog} {' '.join(args)}",
+                      flush=True)
+                p = c.client(1, str(ROOT / "examples" / prog), *args, timeout=900)
+                print(p.stdout, p.stderr[-2000:], flush=True)
     return 0
 
 

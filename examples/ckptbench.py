@@ -22,6 +22,8 @@ from saf import ckpt  # noqa: E402
 from saf.errors import TryAgain  # noqa: E402
 
 KIB = 1024
+MODES = {"all": ckpt.SA_CKPT_WR_ALL_REPLICAS, "active": ckpt.SA_CKPT_WR_ACTIVE_REPLICA,
+         "weak": ckpt.SA_CKPT_WR_ACTIVE_REPLICA_WEAK}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1,2,5,10,20,50,100,200",
                    help="comma-separated write sizes in KiB")
     p.add_argument("--name", default=f"ckptbench-{os.getpid()}", help="checkpoint name prefix")
+    p.add_argument("--mode", choices=sorted(MODES), default="all",
+                   help="creation flags: WR_ALL_REPLICAS (all), WR_ACTIVE_REPLICA (active, "
+                        "this node's replica made active) or WR_ACTIVE_REPLICA_WEAK (weak)")
     return p.parse_args(argv)
 
 
@@ -44,9 +49,9 @@ def write_retrying(c: ckpt.CheckpointHandle, vec: ckpt.IOVector) -> None:
     raise TryAgain("the ring stayed full")
 
 
-def attributes(size: int) -> ckpt.CreationAttributes:
+def attributes(size: int, mode: str = "all") -> ckpt.CreationAttributes:
     return ckpt.CreationAttributes(
-        creation_flags=ckpt.SA_CKPT_WR_ALL_REPLICAS, checkpoint_size=size,
+        creation_flags=MODES[mode], checkpoint_size=size,
         retention_duration=0, max_sections=1, max_section_size=size, max_section_id_size=0)
 
 
@@ -58,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             data = os.urandom(size)
             name = f"{args.name}-{size}"
-            with h.checkpoint_open(name, rw, attributes(size)) as c:
+            with h.checkpoint_open(name, rw, attributes(size, args.mode)) as c:
+                if args.mode != "all":
+                    c.active_checkpoint_set()
                 vec = ckpt.IOVector(ckpt.SA_CKPT_DEFAULT_SECTION_ID, data)
                 write_retrying(c, vec)  # warm up
                 start = time.perf_counter()

@@ -48,3 +48,108 @@ def test_held_message_of_a_departed_sender_stays_with_its_sender():
     # nobody applied it in the abandoned configuration; its sender's side has it
     assert svc(h1).values == svc(h2).values == []
     assert svc(h3).values == [7]
+
+
+# --- state announcements and safe replies ----------------------------------------------------
+
+from ais.executive import FakeBus, ManualScheduler, ServiceHost  # noqa: E402
+from ais.services.base import DEFERRED, Service, exec_handler, lib_handler  # noqa: E402
+from ais.totem.events import ConfChange, RingId, Stable  # noqa: E402
+from helpers_exec import FakeConn  # noqa: E402
+
+
+class Recorder(Service):
+    """Records each round's SyncInfo; its one request is answered safe or not."""
+
+    name = "toy-recorder"
+    service_id = 78
+
+    def __init__(self) -> None:
+        self.infos = []
+
+    def sync_start(self, info):
+        self.infos.append(info)
+
+    @lib_handler(1, hold_during_sync=True)
+    def lib_do(self, conn, req):
+        self.host.mcast(self, 1, req.body, tag=req.tag)
+        return DEFERRED
+
+    @exec_handler(1)
+    def exec_do(self, msg):
+        self.host.reply(msg.tag, msg.payload, safe=msg.payload == b"safe")
+
+
+def recorders(n):
+    sched = ManualScheduler()
+    bus = FakeBus(sched)
+    hosts = {i: ServiceHost(i, [Recorder()], sched) for i in range(1, n + 1)}
+    for h in hosts.values():
+        bus.port(h)
+    return sched, bus, hosts
+
+
+def rec(host) -> Recorder:
+    return host.service_by_id(Recorder.service_id)
+
+
+@pytest.mark.timeout(20)
+def test_state_groups_come_from_announcements_not_from_membership():
+    sched, bus, hosts = recorders(4)
+    bus.reconfigure([1, 2, 3])
+    sched.run()
+    first = rec(hosts[1]).infos[-1]
+    assert first.groups == () and first.fresh == (1, 2, 3) and not first.transfer
+    bus.reconfigure([1, 2], [3])
+    sched.run()
+    # node 2 restarts empty, node 4 is new; 3 comes back from its own side
+    bus.remove(2)
+    hosts[2] = ServiceHost(2, [Recorder()], sched)
+    bus.port(hosts[2])
+    bus.reconfigure([1, 2, 3, 4])
+    sched.run()
+    infos = [rec(h).infos[-1] for h in hosts.values()]
+    # the same on every member (joined/left are each node's own view)
+    assert len({(i.ring_id, i.members, i.groups, i.fresh) for i in infos}) == 1
+    info = infos[0]
+    assert [g.members for g in info.groups] == [(1,), (3,)]
+    assert info.fresh == (2, 4) and info.transfer and info.senders == (1, 3)
+    assert len({h.state_id for h in hosts.values()}) == 1  # all completed this round
+    bus.reconfigure([1, 2, 3], [4])  # one state among 1, 2, 3: nothing to transfer
+    sched.run()
+    info = rec(hosts[1]).infos[-1]
+    assert [g.members for g in info.groups] == [(1, 2, 3)] and not info.transfer
+    assert info.senders == () and info.group_of(2) == info.groups[0]
+    # back together before the rounds of the split end: 4 left through another ring
+    bus.reconfigure([1, 2, 3], [4])  # (no change)
+    bus.reconfigure([1, 2], [3, 4])
+    bus.reconfigure([1, 2, 3, 4])
+    sched.run()
+    info = rec(hosts[1]).infos[-1]
+    assert [g.members for g in info.groups] == [(1, 2), (3,), (4,)]
+
+
+@pytest.mark.timeout(20)
+def test_safe_reply_waits_for_stable_of_its_ring_or_the_end_of_the_ring():
+    sched, bus, hosts = recorders(2)
+    bus.reconfigure([1, 2])
+    sched.run()
+    h = hosts[1]
+    conn = FakeConn(h.new_conn_id(), Recorder.service_id)
+    h.lib_connect(conn)
+    bus.hold_stable = True
+    base = bus._last_seq[h.ring_id]  # the round's own messages came first
+    for seq, body in ((1, b"safe"), (2, b"fast"), (3, b"safe")):
+        h.lib_request(conn, 1, seq, body)
+    sched.run()
+    assert [f.seq for f in conn.responses] == [2]
+    ring = h.ring_id
+    h.on_stable(Stable(RingId(ring.seq - 4, ring.rep), 99))  # another ring: nothing
+    assert [f.seq for f in conn.responses] == [2]
+    h.on_stable(Stable(ring, base + 1))  # covers the first request's message only
+    assert [f.seq for f in conn.responses] == [2, 1]
+    h.lib_request(conn, 1, 4, b"safe")
+    sched.run()
+    assert [f.seq for f in conn.responses] == [2, 1]
+    h.on_confchg(ConfChange(True, ring, (1,)))  # the ring ended: recovery gave it to all
+    assert [f.seq for f in conn.responses] == [2, 1, 3, 4]

@@ -570,3 +570,56 @@ def test_join_during_commit_from_a_new_member_restarts_gather() -> None:
     net._perform(A, srp.receive(join, net.now))
     assert srp.state is RingState.GATHER
     assert net.run_until(net.one_ring, 5)
+
+
+# ------------------------------------------------------------------ safe delivery
+
+def test_stable_covers_a_frame_only_once_every_member_has_it() -> None:
+    from ais.totem.events import Stable
+    net = formed(3)
+    log: list[tuple[float, int, object]] = []  # (time, node, Stable or Deliver)
+    perform = net._perform
+
+    def recording(i: int, actions: list) -> None:
+        log.extend((net.now, i, a) for a in actions if isinstance(a, (Stable, Deliver)))
+        perform(i, actions)
+
+    net._perform = recording  # type: ignore[method-assign]
+    dropped: list[int] = []
+
+    def drop_first_copy_to_c(src: int, dst: int, pkt: object) -> bool:
+        if dst == C and isinstance(pkt, wire.Mcast) and not dropped:
+            dropped.append(pkt.seq)
+            return True
+        return False
+
+    net.drop = drop_first_copy_to_c
+    net.mcast(A, b"x")
+    net.run(0.5)
+    got = {i: [(t, a) for t, n, a in log if n == i and isinstance(a, Deliver)
+               and a.payload == b"x"] for i in (A, B, C)}
+    assert all(len(v) == 1 for v in got.values())
+    seq = got[A][0][1].seq
+    assert dropped == [seq]
+    assert {v[0][1].seq for v in got.values()} == {seq}  # the frame's seq, everywhere
+    c_has_it = got[C][0][0]
+    assert c_has_it > got[A][0][0]  # C got it late, by retransmission
+    ring = net.nodes[A].srp.ring_id
+    for i in (A, B, C):
+        stables = [(t, a) for t, n, a in log if n == i and isinstance(a, Stable)]
+        assert all(a.ring_id == ring for _, a in stables)
+        covering = [t for t, a in stables if a.seq >= seq]
+        assert covering, f"node {i}: never reported the frame stable"
+        assert covering[0] >= c_has_it  # not before the last member had it
+        seqs = [a.seq for _, a in stables]
+        assert seqs == sorted(set(seqs))  # reported only when it advances
+
+
+def test_ring_of_one_makes_its_frames_stable_at_once() -> None:
+    from ais.totem.events import Stable
+    net = Net([A])
+    net.start()
+    assert net.run_until(net.one_ring, 1)
+    out = net.nodes[A].srp.mcast(b"solo", net.now)
+    (d,) = [a for a in out if isinstance(a, Deliver)]
+    assert Stable(d.ring_id, d.seq) in out and d.seq > 0

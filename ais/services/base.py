@@ -30,6 +30,14 @@ Replying later, from the exec handler, on every node::
 
     self.host.reply(msg.tag, body)              # SA_OK with a body
     self.host.reply_error(msg.tag, NotExist())  # an error response
+    self.host.reply(msg.tag, body, safe=True)   # once every member holds the message
+
+A plain reply goes out at agreed delivery: this node has applied the
+message, but a node that crashes right after delivering its own message may
+take it along (nobody else has it yet).  ``safe=True`` (and
+``host.when_safe(fn)`` for callbacks) waits until every member of the ring
+holds the message (safe delivery); use it for every answer whose promise is
+about the other replicas.
 
 Callbacks to a client: ``conn.send_callback(CB_X, body)``.  Sends never block
 the caller (the connection queues them), so a handler never yields.
@@ -39,22 +47,35 @@ Sync (bringing joining nodes up to date)
 After every *regular* configuration change the host runs a sync round, the
 same on every member, in agreed order:
 
+0. Every member announces which state it holds (its ``StateId``: the ring of
+   the last round it completed and the ring installed after it; nothing for
+   a node that never completed a round).  Once all announcements are
+   delivered, the host groups the members: ``info.groups`` (members with
+   equal ids hold equal state; ``group.sender`` is the lowest) and
+   ``info.fresh`` (members holding nothing).  ``info.transfer`` is True when
+   members hold different states; ``info.senders`` then names one member per
+   group.  The grouping comes from the round's own messages, never from who
+   was a member of an earlier configuration, so a node restarted empty is
+   never taken for a holder of its old state.
 1. ``sync_start(info)`` on every service (``info.members``, ``info.joined``,
-   ``info.left``, ``info.ring_id``, ``info.previous_members``).
+   ``info.left``, ``info.ring_id``, ``info.groups``, ``info.fresh``).
 2. The host calls ``sync_process()`` repeatedly until it returns True.  In
    each call the service sends a *bounded* part of its state with
    ``host.mcast_sync(self, MSG_Y, payload)``; a ``TryAgain`` raised by the
    ring ends that call and the host calls again later, so a service must
    advance its cursor only after a send succeeded.  This is how a service
-   with big state (checkpoints) streams it in chunks.  Typically one
-   deterministic sender (say the lowest old member) sends everything, or
-   every node sends its own part; the service decides from ``info``.
+   with big state (checkpoints) streams it in chunks.  Typically each of
+   ``info.senders`` streams its group's state and every member merges the
+   streams (a replicated state), or every node sends its own part (per-node
+   data, as CLM's node records); the service decides from ``info``.
 3. Sync messages are delivered to the same ``@exec_handler`` table, with
    ``msg.sync`` True, on every member.  Those of an older, abandoned round
    are dropped by the host.
 4. When every member has finished sending (the host multicasts a barrier per
    node after its services' sync_process returned True), ``sync_done()`` runs
-   on every service at the same point in the agreed order.
+   on every service at the same point in the agreed order.  A service must
+   change its replicated state only here (and in ordinary exec handlers), so
+   that an abandoned round changes nothing.
 
 While a round runs, ordinary (non-sync) ring messages delivered to a service
 are held by the host and handed to it, in order, right after ``sync_done``;
@@ -66,7 +87,7 @@ and starts another; ``sync_start`` is then called again without a
 ``sync_done`` in between, so services must treat it as a restart.
 
 Services reach the world only through ``self.host`` (``HostAPI``):
-``mcast``, ``mcast_sync``, ``reply``, ``reply_error``, ``call_later``,
+``mcast``, ``mcast_sync``, ``reply``, ``reply_error``, ``when_safe``, ``call_later``,
 ``now``, ``node_id``, ``syncing``, ``logger``.  They import neither gevent, socket nor
 time, so the same code runs under the simulator.
 """

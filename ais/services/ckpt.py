@@ -16,6 +16,26 @@ and iterator snapshots also go through the ring, as barriers that only the
 asking node acts on: a read asked anywhere after a write returned is ordered
 after that write, so it sees it.
 
+When a call returns (safe delivery, ``HostAPI.when_safe``).  Agreed delivery
+on the asking node does not mean the others have the message: a node
+delivers its own frames as it sends them, and if it dies at once they may be
+lost with it.  So every successful call whose promise is about the other
+replicas is answered only once every member of the ring holds its message:
+
+* writes, overwrites, section create/delete and expiration changes to a
+  WR_ALL_REPLICAS checkpoint (the call returns when all replicas are
+  written), and to an active-replica checkpoint (WR_ACTIVE_REPLICA and
+  _WEAK) when the asking node does not hold the active replica; from the
+  active replica's node they return at agreed delivery, which is when the
+  active replica is written -- the SAF semantics of those modes, and faster;
+* an OPEN that created the checkpoint (and its async callback), UNLINK,
+  retention duration set, active replica set;
+* SYNCHRONIZE (and its callback): all replicas hold every earlier write.
+
+Answered at agreed delivery: errors (nothing changed), an OPEN of an existing
+checkpoint and CLOSE (reference counts are per node and re-announced in every
+sync round), reads, status and iterator snapshots (local reads).
+
 Identity.  A checkpoint's id is (ring seq, ring rep, n): the ring in which
 its creating OPEN was delivered and how many that ring created before it.
 Unlink drops the name at once (a later OPEN with attributes creates a new
@@ -39,15 +59,28 @@ times (SaTimeT, wall clock) travel with the client's "remaining" time, so the
 executive needs no wall clock.
 
 Sync (base.py's sync step).  In every round each member announces its
-references (SYNC_REFS).  When somebody joined (``info.joined``, or members
-outside this node's previous configuration), the lowest member of each
-previous configuration streams its side's tombstones (ids it deleted,
-SYNC_TOMBSTONES) and every checkpoint in bounded chunks (SYNC_CKPT,
-SYNC_SECTION, at most ``SYNC_BUDGET`` bytes per ``sync_process`` call);
-receivers stage them.  At ``sync_done``,
-if any side streamed, every member replaces its state with the merge of the
-staged sides (the merge rule below), which is a function of delivered
-messages only, so all members agree.
+references (SYNC_REFS).  When members hold different states
+(``info.transfer``: more than one state group, or a group and fresh nodes),
+the sender of each state group streams its group's tombstones (ids it
+deleted, SYNC_TOMBSTONES) and every checkpoint in bounded chunks (SYNC_CKPT
+with the version, SYNC_SECTION; at most ``SYNC_BUDGET`` bytes per
+``sync_process`` call); receivers stage them.  Fresh members (restarted
+empty) stream nothing and are never taken for holders of any state.  At
+``sync_done``, if any group streamed, every member replaces its state with
+the merge of the staged sides (the merge rule below), which is a function
+of delivered messages only, so all members agree; a member keeps its own
+replica of a checkpoint (and its timers) only when its whole version equals
+the merged one.  A round abandoned midway installs nothing.
+
+Versions.  Each checkpoint carries ``updates`` (replicated changes since
+creation: write, overwrite, section create/delete/expiry, expiration change,
+retention duration set, active replica set), the ring of its last update,
+and ``digest``, a hash chained over its creation and every update message
+applied, in order (16 bytes of BLAKE2b over the previous digest and the
+message, not over the data).  Equal versions mean equal histories, hence
+equal bytes.  The last ``HISTORY_MAX`` earlier versions, and as many at the
+ends of earlier rings, travel along so a merge can tell how much a losing
+replica had that the winner lacks.
 
 Merge rule.  The A.01.01 checkpoint specification describes replicas and
 how writes reach them, but says nothing about reconciling replicas after a
@@ -57,13 +90,20 @@ network partition heals, so this policy is ours:
    side deleted it (unlinked and closed, or retention expired: each side
    remembers the ids it deleted, its "tombstones"); then it is kept unlinked,
    alive only while it has openers.
-2. Present on several sides: the replica with the greatest
-   (updates, ring of its last update) is kept, where ``updates`` counts every
-   data change (write, overwrite, section create/delete/expiry, expiration
-   change); equal keys are equal histories; ties go to the side whose
-   sender has the lowest node id.  It is unlinked if any side unlinked it.
+2. Present on several sides: the replica with the greatest version
+   (updates, last ring, digest) is kept, compared in that order (ring by
+   sequence number, then representative; digest as bytes); equal versions are
+   equal replicas.  So the longer history wins, then the one updated in the
+   later ring, then -- two different histories of equal length in the same
+   ring, e.g. each side delivered a different last write of the old ring --
+   the greater digest: one winner chosen the same way on every node, by no
+   node's id or arrival order.  The losing replica's updates that the winner
+   lacks are lost: each node logs a warning naming the checkpoint, both
+   replicas' update counts and how many updates are lost (nothing is logged
+   when the winner's history contains the loser's).  The checkpoint is
+   unlinked if any side unlinked it.
 3. Several linked checkpoints with one name (created on both sides during
-   the split): the one with the greatest (updates, ring of last update, id)
+   the split): the one with the greatest (updates, last ring, digest, id)
    keeps the name; the others are unlinked, alive for their openers only.
 4. Reference counts are not merged: each member announces its own.
 

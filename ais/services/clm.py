@@ -16,6 +16,12 @@ Inputs: regular configuration changes (logged at NOTICE), the sync round
 (every member multicasts its own record, ``MSG_NODE_RECORD``), and library
 requests (all answered from local state; none changes replicated state).
 
+CLM transfers no state and so ignores the round's state groups
+(``SyncInfo.groups``): every record is owned by its node and re-sent by it in
+every round, and the view is the configuration itself.  A node restarted
+empty (a fresh member) is thus told everything by the others' records, and
+its own new record (say, a new boot time) replaces what the others had.
+
 At ``sync_done`` the new view is the configuration's member list.  A member
 whose record did not arrive still appears, with a record built from its
 address (boot time 0), so a lost record cannot hide a member.  Trackers are
