@@ -1216,6 +1216,29 @@ def test_all_replicas_write_is_answered_only_once_every_member_holds_it():
 
 
 @pytest.mark.timeout(20)
+def test_write_delivered_only_by_its_node_that_then_dies_was_never_acknowledged():
+    # Finding 3: a node delivers its own frame as it sends it; if it dies before the
+    # others received the frame, the write is gone -- it must not have been answered.
+    from ais.totem.events import Deliver
+    cl = cluster(A, B, C)
+    a = cl.client(A)
+    h = a.open(b"ck", RW, attrs())
+    a.section_create(h, b"s", b"old")
+    cl.bus.pause()
+    seq = a.send(cw.REQ_WRITE, _write_body(h, b"s", b"new"))
+    ((sender, payload),) = cl.bus.take_queued()
+    ring = cl.hosts[A].ring_id
+    cl.hosts[A].on_deliver(Deliver(sender, payload, ring, cl.bus._last_seq[ring] + 1))
+    assert bytes(the_ckpt(cl, A, b"ck").sections[b"s"].data) == b"new"
+    assert a.response(seq) is None
+    cl.crash(A)
+    cl.bus.resume()
+    cl.form([B, C])
+    b = cl.client(B)
+    assert b.read1(b.open(b"ck"), b"s") == b"old"
+
+
+@pytest.mark.timeout(20)
 def test_calls_a_client_relies_on_wait_for_safe_delivery_weaker_writes_do_not():
     cl = cluster(A, B)
     a = cl.client(A)

@@ -290,3 +290,59 @@ def test_client_killed_in_the_middle_of_writes_leaves_consistent_data(tmp_path):
                 if p.poll() is None:
                     p.kill()
                 p.wait(timeout=10)
+
+
+ACK_WRITER = PRELUDE + r"""
+name = sys.argv[1]
+h = ckpt.initialize()
+a = ckpt.CreationAttributes(ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 16, 2**63 - 1, 2, 1 << 15, 16)
+c = retry(h.checkpoint_open, name, RW, a, timeout=10**10)
+try:
+    c.section_create(b"data")
+except SaError:
+    pass  # created by an earlier round
+i = int(sys.argv[2])
+while True:
+    i += 1
+    c.write(ckpt.IOVector(b"data", b"%08d" % i + bytes(4000)))
+    print("ok", i, flush=True)
+"""
+
+LAST_WRITE = PRELUDE + r"""
+name = sys.argv[1]
+with ckpt.initialize() as h:
+    c = retry(h.checkpoint_open, name, ckpt.SA_CKPT_CHECKPOINT_READ, timeout=10**10)
+    print(int(c.read(ckpt.IOVector(b"data", b"", 0, 8))[0]), flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_write_returned_then_writer_node_killed_is_on_every_survivor(tmp_path):
+    # WR_ALL_REPLICAS: a write returns once every member holds it, so kill -9 of the
+    # writer's node right after the call returned cannot take the write with it.
+    with Cluster(tmp_path, 3) as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        last = 0
+        for rep in range(3):
+            w = rep % 3 + 1
+            others = [n for n in (1, 2, 3) if n != w]
+            writer = subprocess.Popen([sys.executable, "-c", ACK_WRITER, "ack", str(last)],
+                                      env=c.nodes[w].env(), stdout=subprocess.PIPE, text=True)
+            try:
+                for _ in range(200):
+                    line = writer.stdout.readline().split()
+                    assert line[:1] == ["ok"], line
+                    if int(line[1]) >= last + 20:
+                        break
+                returned = int(line[1])
+                c.kill(w)  # at once: the next write may be on its way, this one returned
+            finally:
+                writer.kill()
+                writer.wait(timeout=10)
+            c.wait_ring(others)
+            seen = [int(run(c, n, LAST_WRITE, "ack")[0]) for n in others]
+            assert seen[0] == seen[1] and seen[0] >= returned, (rep, returned, seen)
+            last = seen[0]
+            start_ready(c, [w])
+            c.wait_ring([1, 2, 3])

@@ -623,3 +623,37 @@ def test_ring_of_one_makes_its_frames_stable_at_once() -> None:
     out = net.nodes[A].srp.mcast(b"solo", net.now)
     (d,) = [a for a in out if isinstance(a, Deliver)]
     assert Stable(d.ring_id, d.seq) in out and d.seq > 0
+
+
+def test_idle_token_rests_only_after_every_member_reported_the_last_frame_stable() -> None:
+    # The representative lacks the frame (first copy lost): the aru reaches seq only at
+    # its visit.  Resting the token one rotation later would leave the members before
+    # it with one aru==seq visit: their Stable (safe replies) would wait token_hold.
+    from ais.totem.events import Stable
+    cfg = TotemConfig()
+    net = formed(3, cfg)
+    net.run(1.0)  # idle: the token rests at the representative
+    log: list[tuple[float, int, object]] = []
+    perform = net._perform
+
+    def recording(i: int, actions: list) -> None:
+        log.extend((net.now, i, a) for a in actions if isinstance(a, (Stable, Deliver)))
+        perform(i, actions)
+
+    net._perform = recording  # type: ignore[method-assign]
+    dropped: list[int] = []
+
+    def drop_first_copy_to_a(src: int, dst: int, pkt: object) -> bool:
+        if dst == A and isinstance(pkt, wire.Mcast) and not dropped:
+            dropped.append(pkt.seq)
+            return True
+        return False
+
+    net.drop = drop_first_copy_to_a
+    t0 = net.now
+    net.mcast(B, b"x")
+    net.run(1.0)
+    (seq,) = dropped
+    for i in (A, B, C):
+        covering = [t for t, n, a in log if n == i and isinstance(a, Stable) and a.seq >= seq]
+        assert covering and covering[0] - t0 < cfg.token_hold / 1000 / 2, i

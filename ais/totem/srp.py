@@ -707,7 +707,7 @@ class Srp:
             t.retrans_flg = 1
         # 5. free what the token's aru covered on two consecutive visits
         low = min(t.aru, self._last_token_aru, rx.aru)
-        self._last_token_aru = t.aru
+        prev_aru, self._last_token_aru = self._last_token_aru, t.aru
         if not recovering:
             if low > self._stable_seq:  # every member holds every frame up to low
                 self._stable_seq = low
@@ -716,8 +716,10 @@ class Srp:
         rx.free(low)
         # 6. an idle ring's token rests at the representative
         if not recovering and ring_id.rep == me:
+            # prev_aru: the token rests only once every member has seen everything
+            # received on two visits, i.e. holds it and has reported it Stable
             quiet = (sent == 0 and not t.rtr and t.aru == t.seq and t.seq == self._rep_last_seq
-                     and not self.queue.msgs)
+                     and prev_aru == t.seq and not self.queue.msgs)
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
                 self._held = t
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
