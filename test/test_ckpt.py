@@ -983,7 +983,10 @@ def test_sync_round_abandoned_by_a_new_configuration():
     assert len(c.read1(c.open(b"ck"), b"s2")) == 1 << 20
 
 
-def _random_history(seed: int) -> CkCluster:
+def _random_history(seed: int, chaos: bool = False) -> CkCluster:
+    """Random calls, splits and heals; with ``chaos`` also quick restarts (nodes back
+    empty before the round without them ends) and splits in which each side
+    delivers a different last write of the old ring."""
     rnd = random.Random(seed)
     addrs = [A, B, C, D]
     cl = cluster(*addrs)
@@ -1017,6 +1020,45 @@ def _random_history(seed: int) -> CkCluster:
                     cli.close(h)
             elif op < 0.65:
                 cli.unlink(rnd.choice(names))
+            elif chaos and op < 0.7:
+                if rnd.random() < 0.5:
+                    for old in clients[x]:
+                        handles.pop(id(old), None)
+                    rest = [y for y in addrs if y != x]
+                    cl.crash(x)
+                    cl.add(x)
+                    cl.bus.reconfigure([node_of(y) for y in rest])
+                    cl.bus.reconfigure([node_of(y) for y in addrs])
+                    cl.settle()
+                    clients[x] = [cl.client(x) for _ in range(2)]
+                else:
+                    cl.form(addrs)
+                    order = addrs[:]
+                    rnd.shuffle(order)
+                    split = rnd.randrange(1, 4)
+                    sides = [order[:split], order[split:]]
+                    cl.bus.pause()
+                    for side in sides:
+                        y = rnd.choice(side)
+                        mine = [hd for c2 in clients[y] for hd in handles.get(id(c2), [])]
+                        if mine:
+                            c2, h = rnd.choice(mine)
+                            hd = c2.conn.private["ckpt"].handles.get(h)
+                            ck = cl.svc(y).ckpts.get(hd.ckpt_id) if hd else None
+                            sids = sorted(ck.sections) if ck else []
+                            sid = rnd.choice(sids) if sids else b"s0"
+                            c2.send(cw.REQ_WRITE, _write_body(
+                                h, sid, os.urandom(rnd.randrange(1, 40))))
+                    queued = cl.bus.take_queued()
+                    cl.bus.resume()
+                    tails = {}
+                    for side in sides:
+                        mine = [m for m in queued if m[0] in {node_of(y) for y in side}]
+                        for y in side:
+                            tails[node_of(y)] = mine
+                    cl.bus.reconfigure(*[[node_of(y) for y in side] for side in sides],
+                                       tails=tails)
+                    cl.settle()
             elif op < 0.75:
                 split = rnd.randrange(1, 4)
                 order = addrs[:]
@@ -1041,10 +1083,14 @@ def _random_history(seed: int) -> CkCluster:
     return cl
 
 
+SEEDS = int(os.environ.get("AIS_CKPT_SEEDS", "8"))
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", range(int(os.environ.get("AIS_CKPT_SEEDS", "8"))))
-def test_random_histories_with_partitions_converge(seed):
-    cl = _random_history(seed)
+@pytest.mark.parametrize("seed,chaos", [(s, False) for s in range(SEEDS)]
+                         + [(s, True) for s in range(5 * SEEDS)])
+def test_random_histories_with_partitions_converge(seed, chaos):
+    cl = _random_history(seed, chaos)
     d = cl.digests()
     assert all(x == d[0] for x in d), f"seed {seed}: replicas differ"
     # every node's reference count equals its clients' open handles

@@ -77,7 +77,7 @@ creation: write, overwrite, section create/delete/expiry, expiration change,
 retention duration set, active replica set), the ring of its last update,
 and ``digest``, a hash chained over its creation and every update message
 applied, in order (16 bytes of BLAKE2b over the previous digest and the
-message, not over the data).  Equal versions mean equal histories, hence
+message with its sender, not over the data).  Equal versions mean equal histories, hence
 equal bytes.  The last ``HISTORY_MAX`` earlier versions, and as many at the
 ends of earlier rings, travel along so a merge can tell how much a losing
 replica had that the winner lacks.
@@ -197,17 +197,20 @@ HISTORY_MAX = 8
 DIGEST_SIZE = 16
 
 
-def _chain(digest: bytes, msg_id: int, payload: bytes) -> bytes:
-    """The history digest after applying ring message ``msg_id`` with ``payload``."""
+def _chain(digest: bytes, msg_id: int, sender: int, payload: bytes) -> bytes:
+    """The history digest after applying ring message ``msg_id`` from ``sender``.
+
+    The sender is part of it because handlers use it (ACTIVE_SET: the active node).
+    """
     h = hashlib.blake2b(digest, digest_size=DIGEST_SIZE)
-    h.update(msg_id.to_bytes(2, "big"))
+    h.update(msg_id.to_bytes(2, "big") + sender.to_bytes(4, "big"))
     h.update(payload)
     return h.digest()
 
 
 def _genesis(ckpt_id: CkptId, name: bytes, attrs: cw.CreationAttributes) -> bytes:
     """A new checkpoint's digest: its creation (an id created twice differs here)."""
-    return _chain(bytes(DIGEST_SIZE), MSG_OPEN, cw.CKPT_ID.pack(*ckpt_id)
+    return _chain(bytes(DIGEST_SIZE), MSG_OPEN, 0, cw.CKPT_ID.pack(*ckpt_id)
                   + cw.encode_attrs(attrs) + name)
 
 
@@ -428,7 +431,7 @@ class CkptService(Service):
                 del hist[kept[0]]
         ck.updates += 1
         ck.last_ring = ring
-        ck.digest = _chain(ck.digest, msg.msg_id, msg.payload)
+        ck.digest = _chain(ck.digest, msg.msg_id, msg.sender, msg.payload)
 
     @staticmethod
     def _safe(ck: Checkpoint, msg: ExecMessage) -> bool:
