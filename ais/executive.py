@@ -489,18 +489,23 @@ class ServiceHost:
             rnd = self._sync
             if rnd is None or m.sync_seq != rnd.ring_id.seq or rnd.info is None or rnd.closed:
                 return  # a message of an abandoned (or ending) round
-            self._run_exec(svc, msg)
+            self._apply(svc, msg)
         elif self.syncing:
             self._held_deliveries.append((svc, msg))
         else:
-            self._run_exec(svc, msg)
+            self._apply(svc, msg)
 
-    def _run_exec(self, svc: Service, msg: ExecMessage) -> None:
-        was, self._cause = self._cause, (msg.ring_id, msg.seq) if msg.seq else None
+    def _apply(self, svc: Service, msg: ExecMessage) -> None:
+        """Run the handler of ``msg``, the cause of the safe replies it makes."""
+        was = self._cause
+        self._cause = (msg.ring_id, msg.seq) if msg.seq else None
         try:
-            svc.exec_handlers[msg.msg_id].fn(svc, msg)
+            self._run_exec(svc, msg)
         finally:
             self._cause = was
+
+    def _run_exec(self, svc: Service, msg: ExecMessage) -> None:
+        svc.exec_handlers[msg.msg_id].fn(svc, msg)
 
     def _confchg(self, conf: ConfChange) -> None:
         if conf.transitional:
@@ -652,7 +657,7 @@ class ServiceHost:
                 # A handler started nothing new, but stay safe: re-hold the rest in order.
                 self._held_deliveries = held[i:] + self._held_deliveries
                 break
-            self._run_exec(svc, msg)
+            self._apply(svc, msg)
         requests, self._held_requests = self._held_requests, []
         for conn, msg_id, seq, body in requests:
             if conn.closed:
