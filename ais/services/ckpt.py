@@ -256,7 +256,7 @@ class Checkpoint:
         return sum(self.refs.values())
 
     def version(self) -> tuple[int, tuple[int, int], bytes]:
-        """Equal versions mean equal histories, hence equal replicas; the merge keeps the greatest."""
+        """Equal versions mean equal histories, hence equal replicas; the greatest wins."""
         return (self.updates, self.last_ring, self.digest)
 
     def common_updates(self, other: "Checkpoint") -> int | None:
@@ -1253,9 +1253,9 @@ class CkptService(Service):
             sender, win = max(reps, key=lambda r: r[1].version())
             by_id[ckpt_id] = win
             sender_of[ckpt_id] = sender
-            for other, ck in reps:
+            for lost_sender, ck in reps:
                 if ck.version() != win.version():
-                    self._log_loss(win, sender, ck, other)
+                    self._log_loss(win, sender, ck, lost_sender)
         for tombs in self._incoming_tombs.values():
             # Deleted on one side (unlinked and closed, or retention expired):
             # the deletion wins; still-open replicas live on unlinked.
