@@ -60,7 +60,10 @@ carried it, or when the ring's transitional configuration is delivered
 (recovery then gave every member of it every message delivered in the old
 ring).  In a ring of one, or for messages delivered after their ring's
 transitional configuration, it is sent at once.  Replies waiting are released
-in delivery order.
+in delivery order.  A message held during a sync round is applied by each
+member only when it completes the round (a member that has not would drop it
+if the round were abandoned and its sender gone), so its replies wait for the
+round's last barrier to be stable.
 
 Nothing here blocks or yields: the host is driven by calls from the ring
 shell and the IPC greenlets, and its outputs (ring mcasts, client frames)
@@ -469,7 +472,7 @@ class ServiceHost:
             return
         if m.service == HOST_SERVICE_ID:
             if m.msg_id == HOST_MSG_SYNC_BARRIER:
-                self._barrier(d.sender, m.sync_seq)
+                self._barrier(d.sender, m.sync_seq, d.seq)
             elif m.msg_id == HOST_MSG_SYNC_STATE:
                 try:
                     self._announced(d.sender, m.sync_seq, decode_state_untrusted(m.payload))
@@ -495,10 +498,16 @@ class ServiceHost:
         else:
             self._apply(svc, msg)
 
-    def _apply(self, svc: Service, msg: ExecMessage) -> None:
-        """Run the handler of ``msg``, the cause of the safe replies it makes."""
+    def _apply(self, svc: Service, msg: ExecMessage, applied_at: int = 0) -> None:
+        """Run the handler of ``msg``, the cause of the safe replies it makes.
+
+        Args:
+            applied_at: for a message held during a sync round, the seq of the
+                barrier that ended the round: every member applies it there, so
+                its replies are safe once that barrier is.
+        """
         was = self._cause
-        self._cause = (msg.ring_id, msg.seq) if msg.seq else None
+        self._cause = (msg.ring_id, max(msg.seq, applied_at)) if msg.seq else None
         try:
             self._run_exec(svc, msg)
         finally:
@@ -636,15 +645,15 @@ class ServiceHost:
             svc.sync_start(rnd.info)
         self._pump_sync(rnd)
 
-    def _barrier(self, sender: int, seq: int) -> None:
+    def _barrier(self, sender: int, seq: int, deliver_seq: int = 0) -> None:
         rnd = self._sync
         if rnd is None or seq != rnd.ring_id.seq or rnd.info is None or rnd.closed:
             return
         rnd.barriers.add(sender)
         if rnd.barriers.issuperset(rnd.members):
-            self._finish_sync(rnd)
+            self._finish_sync(rnd, deliver_seq)
 
-    def _finish_sync(self, rnd: _SyncRound) -> None:
+    def _finish_sync(self, rnd: _SyncRound, done_seq: int = 0) -> None:
         self._sync = None
         self._configured = True
         self._synced_ring, self._next_ring = rnd.ring_id, None
@@ -657,7 +666,9 @@ class ServiceHost:
                 # A handler started nothing new, but stay safe: re-hold the rest in order.
                 self._held_deliveries = held[i:] + self._held_deliveries
                 break
-            self._apply(svc, msg)
+            # Held by every member once stable, but applied by a member only
+            # when it completes the round: safe when the last barrier is.
+            self._apply(svc, msg, done_seq)
         requests, self._held_requests = self._held_requests, []
         for conn, msg_id, seq, body in requests:
             if conn.closed:

@@ -66,6 +66,7 @@ class Recorder(Service):
 
     def __init__(self) -> None:
         self.infos = []
+        self.seqs = []
 
     def sync_start(self, info):
         self.infos.append(info)
@@ -75,8 +76,14 @@ class Recorder(Service):
         self.host.mcast(self, 1, req.body, tag=req.tag)
         return DEFERRED
 
+    @lib_handler(2)
+    def lib_do_now(self, conn, req):  # not held during a round: its message may be
+        self.host.mcast(self, 1, req.body, tag=req.tag)
+        return DEFERRED
+
     @exec_handler(1)
     def exec_do(self, msg):
+        self.seqs.append(msg.seq)
         self.host.reply(msg.tag, msg.payload, safe=msg.payload == b"safe")
 
 
@@ -153,3 +160,30 @@ def test_safe_reply_waits_for_stable_of_its_ring_or_the_end_of_the_ring():
     assert [f.seq for f in conn.responses] == [2, 1]
     h.on_confchg(ConfChange(True, ring, (1,)))  # the ring ended: recovery gave it to all
     assert [f.seq for f in conn.responses] == [2, 1, 3, 4]
+
+
+@pytest.mark.timeout(20)
+def test_safe_reply_to_a_message_held_by_a_round_waits_for_the_round_to_end_everywhere():
+    # Held during the round, the message is applied by each member when it completes
+    # the round: that it is held by all is not enough, the last barrier must be too
+    # (a member that has not completed the round would drop it if the sender died).
+    sched, bus, hosts = recorders(3)
+    bus.reconfigure([1, 2])
+    sched.run()
+    h = hosts[1]
+    conn = FakeConn(h.new_conn_id(), Recorder.service_id)
+    h.lib_connect(conn)
+    bus.hold_stable = True
+    bus.pause()
+    bus.reconfigure([1, 2, 3])
+    assert bus.step()  # the new configuration: a round starts
+    h.lib_request(conn, 2, 1, b"safe")
+    while bus.step():
+        pass
+    bus.resume()
+    sched.run()
+    assert not h.syncing and rec(h).seqs
+    h.on_stable(Stable(h.ring_id, rec(h).seqs[-1]))
+    assert conn.responses == []  # held by all, but not yet applied by all
+    bus.stabilize()
+    assert [f.seq for f in conn.responses] == [1]

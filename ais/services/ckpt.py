@@ -1286,7 +1286,7 @@ class CkptService(Service):
         common = win.common_updates(lost)
         if common == lost.updates:
             return  # the kept replica's history extends the other: nothing is lost
-        what = (f"its last {lost.updates - common} updates are lost" if common is not None
+        what = (f"the last {lost.updates - common} of its updates are lost" if common is not None
                 else "updates it had that the kept one lacks are lost (how many is beyond "
                      "the remembered history)")
         self.log.warning(
