@@ -1364,7 +1364,8 @@ class _HarnessPort:
 
 def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], dict[int, Any]]:
     """Section creates from random nodes at 15% frame loss; nodes killed (often right
-    after a call returned) and restarted empty; with ``partitions``, splits and heals.
+    after a call returned; never the last holder of its state) and restarted empty;
+    with ``partitions``, splits and heals.
     Returns the net, the sections whose creation was acknowledged, and the hosts."""
     from ais.totem import wire
     from ais.totem.events import ConfChange, Deliver, Stable
@@ -1434,6 +1435,10 @@ def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], di
 
     def kill_and_restart(i: int) -> None:
         collect()
+        mine = hosts[i].state_id
+        if not any(j != i and net.nodes[j].alive and not h.syncing and h.state_id == mine
+                   for j, h in hosts.items()):
+            return  # it is the last holder of its state: memory only, it would all go
         net.crash(i)
         for table in (hosts, conns, handles):
             table.pop(i, None)
