@@ -57,19 +57,24 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
     holds that checkpoint and section with a counter not older than the
     acknowledged one.  Required (``required_acks``):
 
-    - WR_ALL_REPLICAS: always, whatever happens to the writer's node;
-      ACTIVE_REPLICA(_WEAK): only while the acknowledging node's incarnation
-      is still alive at the end (the active replica may die with its node);
-    - except for checkpoints with *conflicting histories*: updates delivered
-      in two concurrent configurations (neither descends from the other in
-      the graph of installed configurations), or another checkpoint of the
-      same name created in a concurrent configuration.  There the merge
-      rule chooses one side, and losing the other side's writes is allowed
-      (the README's merge rule); convergence (a) is still required;
-    - except writes acknowledged before a moment when no live node held
-      the cluster's state any more (every holder crashed: state is in
-      memory only).  A restarted node holds state once it completes a sync
-      round in a configuration with a holder;
+    - while some live node holds it.  Holders of a WR_ALL_REPLICAS write,
+      and of every checkpoint creation, are at first every member of the
+      writer's configuration when it was acknowledged (safe delivery: all
+      of them have it then, whatever happens to the writer's node next);
+      of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
+      replica).  Then every node that delivers it, and every node that
+      completes a sync round with a holder, holds it; a crash ends a
+      holder.  An acknowledgement whose holders all crashed is lost with
+      them (checkpoints live in memory only);
+    - except for checkpoints with *conflicting histories*: a sync round
+      merged members each holding a change to the checkpoint that the other
+      lacked (the simulator follows, per replica, which changes it reflects:
+      those it delivered, plus, when a sync round completes, those of every
+      member), or another checkpoint of the same name was created in a
+      concurrent configuration (neither descends from the other in the graph
+      of installed configurations).  There the merge rule chooses one side,
+      and losing the other side's writes is allowed (the README's merge
+      rule); convergence (a) is still required.
 (c) every request of a client whose node is alive was answered (an error
     counts) within ``settle`` seconds after the faults stopped.
 
@@ -97,6 +102,7 @@ import logging
 import struct
 import sys
 import traceback
+import zlib
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator
@@ -322,16 +328,25 @@ def concurrent(a: RingId, b: RingId, desc: dict[RingId, set[RingId]]) -> bool:
     return a != b and b not in desc.get(a, ()) and a not in desc.get(b, ())
 
 
-def conflicted_checkpoints(updates: dict[tuple[int, int, int], set[RingId]],
-                           names: dict[tuple[int, int, int], bytes],
-                           desc: dict[RingId, set[RingId]]) -> set[tuple[int, int, int]]:
-    """Checkpoints whose histories conflict: changed in two concurrent configurations,
-    or sharing a name with one created in a configuration concurrent with its own."""
+def diverging(histories: Iterable[dict[Any, frozenset[Any]]]) -> set[Any]:
+    """Checkpoints on which the histories meeting in one sync round conflict: two
+    members each hold a change to it that the other lacks."""
+    hs = list(histories)
+    out: set[Any] = set()
+    for ck in {k for h in hs for k in h}:
+        sets = [h.get(ck, frozenset()) for h in hs]
+        for i, a in enumerate(sets):
+            if any(not a <= b and not b <= a for b in sets[i + 1:]):
+                out.add(ck)
+                break
+    return out
+
+
+def name_conflicts(names: dict[tuple[int, int, int], bytes],
+                   desc: dict[RingId, set[RingId]]) -> set[tuple[int, int, int]]:
+    """Checkpoints sharing a name with one created in a concurrent configuration
+    (the merge rule keeps one of them linked)."""
     out: set[tuple[int, int, int]] = set()
-    for ck, rings in updates.items():
-        rs = sorted(rings | {RingId(ck[0], ck[1])})
-        if any(concurrent(a, b, desc) for i, a in enumerate(rs) for b in rs[i + 1:]):
-            out.add(ck)
     by_name: dict[bytes, list[tuple[int, int, int]]] = {}
     for ck, name in names.items():
         by_name.setdefault(name, []).append(ck)
@@ -343,19 +358,26 @@ def conflicted_checkpoints(updates: dict[tuple[int, int, int], set[RingId]],
     return out
 
 
-def required_acks(acks: Iterable[Ack], conflicted: set[tuple[int, int, int]],
-                  alive: set[tuple[int, int]], lost_all_at: float | None) -> list[Ack]:
-    """The acknowledgements the guarantees require to survive (module docstring (b))."""
-    out = []
-    for a in acks:
-        if a.ckpt in conflicted:
-            continue
-        if lost_all_at is not None and a.at <= lost_all_at:
-            continue
-        if a.mode != cw.SA_CKPT_WR_ALL_REPLICAS and (a.node, a.inc) not in alive:
-            continue
-        out.append(a)
-    return out
+def required_acks(acks: Iterable[tuple[Ack, set[tuple[int, int]]]],
+                  conflicted: set[tuple[int, int, int]]) -> list[Ack]:
+    """The acknowledgements the guarantees require to survive (module docstring (b)):
+    each comes with its live holders at the end."""
+    return [a for a, holders in acks if holders and a.ckpt not in conflicted]
+
+
+class AckTrack:
+    """One acknowledgement and the live incarnations that hold (or must hold) it."""
+
+    __slots__ = ("ack", "key", "holders")
+
+    def __init__(self, ack: Ack, key: Any, holders: set[tuple[int, int]]) -> None:
+        self.ack, self.key, self.holders = ack, key, holders
+
+
+def _ack_text(a: Ack) -> str:
+    if a.sid is None:
+        return f"checkpoint {a.name.decode()} {a.ckpt}"
+    return f"write #{a.counter} of {a.name.decode()} {a.ckpt} section {a.sid.decode()}"
 
 
 def _capped(vs: list[Violation], limit: int = 6) -> list[Violation]:
@@ -414,14 +436,19 @@ def check_acked(required: Iterable[Ack],
         key = (a.ckpt, a.sid)
         if key not in newest or a.counter > newest[key].counter:
             newest[key] = a
+    gone: set[tuple[str, Any]] = set()
     for node, state in sorted(replicas.items()):
         for (ck, sid), a in sorted(newest.items(), key=lambda kv: (kv[0][0], kv[0][1] or b"")):
             what = (f"{a.name.decode()} {ck}" + (f" section {sid.decode()}" if sid else ""))
             mode = {1: "WR_ALL", 2: "ACTIVE", 4: "WEAK"}.get(a.mode, str(a.mode))
             secs = state.get(ck)
             if secs is None:
-                vs.append(Violation("lost", f"{node}: checkpoint {what} ({mode}) is gone; "
-                                            f"{a.client} was told it exists at {a.at:.3f}s"))
+                if (node, ck) not in gone:
+                    gone.add((node, ck))
+                    vs.append(Violation("lost", f"{node}: checkpoint {a.name.decode()} {ck} "
+                                                f"({mode}) is gone; {a.client} was told "
+                                                f"{'it exists' if sid is None else 'of ' + what}"
+                                                f" at {a.at:.3f}s"))
                 continue
             if sid is None:
                 continue
@@ -794,14 +821,25 @@ class ServiceSim(Simulation):
         self.syncing: dict[int, bool] = {n: True for n in self.ids}
         #: per (node, incarnation): regular configurations installed, in order
         self.installs: dict[tuple[int, int], list[RingId]] = {}
-        #: per checkpoint: configurations in which a change to it was delivered
-        self.updates: dict[tuple[int, int, int], set[RingId]] = {}
+        #: per incarnation and checkpoint: the changes its replica reflects (delivered,
+        #: or received with the state of a completed sync round), by message identity
+        self.held: dict[tuple[int, int], dict[tuple[int, int, int], set[Any]]] = {}
+        #: what each member held as it installed a configuration: (ring, node) -> copy
+        self.snap: dict[tuple[RingId, int], dict[tuple[int, int, int], frozenset[Any]]] = {}
+        self.members_of: dict[RingId, tuple[int, ...]] = {}
+        #: checkpoints whose histories conflicted when sides merged
+        self.conflicted: set[tuple[int, int, int]] = set()
         self.ck_names: dict[tuple[int, int, int], bytes] = {}
         self.acks: list[Ack] = []
         self.written: dict[bytes, int] = {}
         #: incarnations that hold the cluster's state (module docstring (b))
-        self.holders: set[tuple[int, int]] = set()
-        self.lost_all_at: float | None = None
+        #: acknowledgements and their holders (module docstring (b))
+        self.tracks: list[AckTrack] = []
+        self.tracks_by_key: dict[Any, list[AckTrack]] = {}
+        #: (node, incarnation, conn, seq) -> the last delivered change that request caused
+        self.key_of_request: dict[tuple[int, int, int, int], Any] = {}
+        #: per node: members of its last configuration (regular or transitional)
+        self.conf_members: dict[int, tuple[int, ...]] = {n: () for n in self.ids}
         self.asym_rules: list[tuple[int, str, bool]] = []  # (node, "in"/"out", big only)
         #: extra packet filters (scenarios): drop when f(src, dst, data) is True
         self.drop_rules: list[Callable[[int, int, bytes], bool]] = []
@@ -809,7 +847,6 @@ class ServiceSim(Simulation):
         self.send_hooks: list[Callable[[_Node, bytes], None]] = []
         self.ack_crashes = options.ack_crashes
         #: per incarnation: whether a holder was a member when its last configuration began
-        self._round_holders: dict[tuple[int, int], bool] = {}
         self.scripts: dict[int, Callable[[_Client], Iterator[Any]]] = {}
 
     # -- schedule ----------------------------------------------------------------------
@@ -967,7 +1004,14 @@ class ServiceSim(Simulation):
             if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC and msg_id in _UPDATES \
                     and msg_id != ckpt_mod.MSG_UNLINK:
                 ck = cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
-                self.updates.setdefault(ck, set()).add(d.ring_id)
+                key = (d.ring_id, d.sender, zlib.crc32(p))
+                me = (node.id, node.inc)
+                self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
+                tag_node, conn, seq = struct.unpack_from("!III", p, 8)
+                if tag_node == node.id and conn:
+                    self.key_of_request[(node.id, node.inc, conn, seq)] = key
+                for t in self.tracks_by_key.get(key, ()):
+                    t.holders.add(me)
         if self.trace is not None and self.o.full_trace:
             self.tr(node, f"deliver {len(p)}B from {self.nodes[d.sender].name if d.sender in self.nodes else d.sender} ring {d.ring_id}")
         host = self.hosts[node.id]
@@ -976,15 +1020,15 @@ class ServiceSim(Simulation):
 
     def on_confchg(self, node: _Node, a: ConfChange) -> None:
         node.hist.events.append(a)
+        self.conf_members[node.id] = a.members
         if not a.transitional:
             self.rings.add(a.ring_id)
             self.installs.setdefault((node.id, node.inc), []).append(a.ring_id)
             self.ring_of[node.id] = a.ring_id
             self.in_ring[node.id] = 0
-            # who holds state as this configuration starts (for the round's completion)
-            self._round_holders[(node.id, node.inc)] = any(
-                (m, self.nodes[m].inc) in self.holders for m in a.members if m in self.nodes
-                and self.nodes[m].srp is not None)
+            self.members_of[a.ring_id] = a.members
+            self.snap[(a.ring_id, node.id)] = {
+                ck: frozenset(v) for ck, v in self.held.get((node.id, node.inc), {}).items()}
         self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
                 f"{self.names(a.members)} left {self.names(a.left)} "
                 f"joined {self.names(a.joined)}")
@@ -1001,11 +1045,30 @@ class ServiceSim(Simulation):
         if self.syncing[node.id] and not s:
             self.sync_rounds += 1
             key = (node.id, node.inc)
-            if self._round_holders.get(key):
-                self.holders.add(key)
-            self.tr(node, f"sync round {host.ring_id} done"
-                    f"{' (holds state)' if key in self.holders else ''}")
+            self._merged(node, host.ring_id)
+            members = {(m, self.nodes[m].inc) for m in self.members_of.get(host.ring_id, ())}
+            for t in self.tracks:
+                if t.holders & members:
+                    t.holders.add(key)
+            self.tr(node, f"sync round {host.ring_id} done")
         self.syncing[node.id] = s
+
+    def _merged(self, node: _Node, ring: RingId | None) -> None:
+        """A sync round completed here: the replica now reflects every member's history
+        (when they conflict, the merge rule chose one: the checkpoint is marked)."""
+        if ring is None:
+            return
+        hs = [self.snap[(ring, m)] for m in self.members_of.get(ring, ())
+              if (ring, m) in self.snap]
+        bad = diverging(hs) - self.conflicted
+        if bad:
+            self.conflicted |= bad
+            self.tr(node, "conflicting histories merged in " + str(ring) + ": " +
+                    " ".join(self.ck_names.get(ck, b"?").decode() + str(ck) for ck in sorted(bad)))
+        mine = self.held.setdefault((node.id, node.inc), {})
+        for h in hs:
+            for ck, v in h.items():
+                mine.setdefault(ck, set()).update(v)
 
     # -- network additions ---------------------------------------------------------------
 
@@ -1039,8 +1102,6 @@ class ServiceSim(Simulation):
         node.state = ""
         node.hist = History(nid, node.inc)
         self.histories[(nid, node.inc)] = node.hist
-        if node.inc == 0:
-            self.holders.add((nid, 0))  # the cluster starts empty: everyone holds it
         host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()],
                            _Clock(self, nid, node.inc))
         self.hosts[nid] = host
@@ -1065,11 +1126,13 @@ class ServiceSim(Simulation):
             c.kill()
         self.clients[node.id] = []
         key = (node.id, node.inc)
-        if key in self.holders:
-            self.holders.discard(key)
-            if not self.holders:
-                self.lost_all_at = self.now
-                self.tr(None, "no live node holds the cluster's state any more")
+        for t in self.tracks:
+            if key in t.holders:
+                t.holders.discard(key)
+                if not t.holders:
+                    # memory only: the last node holding it is gone
+                    self.tr(node, f"{t.ack.client}'s {_ack_text(t.ack)} now lost with "
+                                  f"every node that held it")
 
     def f_crash(self, target: tuple[int, int] | None) -> None:
         super().f_crash(target)
@@ -1148,7 +1211,7 @@ class ServiceSim(Simulation):
             self.ck_names[hd.ckpt_id] = name
             if name.startswith(b"stable-"):
                 self._ack(c, Ack(hd.ckpt_id, name, None, 0, mode, c.node_id, c.inc, self.now,
-                                 c.name))
+                                 c.name), req.seq)
         elif req.kind in ("section_create", "write", "overwrite"):
             h = info["h"]
             if h not in c.handles:
@@ -1156,10 +1219,27 @@ class ServiceSim(Simulation):
             ck, name, mode = c.handles[h]
             if name.startswith(b"stable-"):
                 self._ack(c, Ack(ck, name, info["sid"], info["n"], mode, c.node_id, c.inc,
-                                 self.now, c.name))
+                                 self.now, c.name), req.seq)
 
-    def _ack(self, c: _Client, a: Ack) -> None:
+    def _ack(self, c: _Client, a: Ack, seq: int) -> None:
         self.acks.append(a)
+        key = (self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
+               if a.sid is not None else None)
+        if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
+            # safe: every member of the writer's configuration holds it now
+            holders = {(m, self.nodes[m].inc) for m in self.conf_members[c.node_id]
+                       if self.nodes[m].srp is not None}
+        else:
+            holders = {(c.node_id, c.inc)}  # the active replica's node
+        if key is not None:
+            holders |= {inc for inc, h in self.held.items()
+                        if key in h.get(a.ckpt, ()) and self.nodes[inc[0]].inc == inc[1]
+                        and self.nodes[inc[0]].srp is not None}
+            self.tracks_by_key.setdefault(key, [])
+        t = AckTrack(a, key, holders)
+        self.tracks.append(t)
+        if key is not None:
+            self.tracks_by_key[key].append(t)
         if a.sid is not None and a.counter:
             self.result.acked_writes += 1
         if c.on_ack is not None:
@@ -1243,9 +1323,8 @@ class ServiceSim(Simulation):
                 digests, views, replicas = self.observe()
                 vs += check_convergence(digests, views)
                 desc = ring_graph(self.installs.values())
-                conflicted = conflicted_checkpoints(self.updates, self.ck_names, desc)
-                alive = {(n.id, n.inc) for n in self.up()}
-                req = required_acks(self.acks, conflicted, alive, self.lost_all_at)
+                conflicted = self.conflicted | name_conflicts(self.ck_names, desc)
+                req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
                 vs += check_acked(req, replicas)
                 vs += check_values(replicas, self.written)
         r.violations = vs
