@@ -32,7 +32,10 @@ come from there.  It adds:
   asymmetric loss (``asym``: for 1-4 s one node's packets in one direction
   are dropped, all of them or only those above 800 bytes), and crashes aimed
   at writers (``ack_crashes``: a node is killed right after one of its
-  clients got a WR_ALL_REPLICAS write acknowledged).
+  clients got a WR_ALL_REPLICAS write acknowledged), and partitions aimed at
+  writes (``split_writes``: a node is cut off from the others as it sends a
+  frame carrying client data, so each side may end the old ring with a
+  different last write).
 * Clients.  ``clients`` per node incarnation, each one request at a time
   (a blocking SAF call), driven by the ``messages`` application events of
   the base schedule.  They open shared "stable" checkpoints (WR_ALL_REPLICAS,
@@ -148,7 +151,7 @@ CHURN_NAMES = 2
 _UPDATES = frozenset({
     ckpt_mod.MSG_SECTION_CREATE, ckpt_mod.MSG_SECTION_DELETE, ckpt_mod.MSG_WRITE,
     ckpt_mod.MSG_OVERWRITE, ckpt_mod.MSG_SECTION_EXPIRATION_SET, ckpt_mod.MSG_SECTION_EXPIRE,
-    ckpt_mod.MSG_UNLINK, ckpt_mod.MSG_RETENTION_EXPIRE})
+    ckpt_mod.MSG_ACTIVE_SET, ckpt_mod.MSG_RETENTION_SET, ckpt_mod.MSG_RETENTION_EXPIRE})
 
 
 def value_of(uid: int, counter: int, size: int) -> bytes:
@@ -213,6 +216,9 @@ class SvcOptions(SimOptions):
     asym: int = 0
     #: crashes of a writer's node right after a WR_ALL_REPLICAS acknowledgement
     ack_crashes: int = 0
+    #: partitions that cut a node off as it sends a frame with client data (healed
+    #: after 1-3 s)
+    split_writes: int = 0
     #: largest write in bytes (frames are 1400)
     max_write: int = 6000
     #: CkptService.SYNC_BUDGET during the run (bytes per sync_process call)
@@ -818,7 +824,6 @@ class ServiceSim(Simulation):
         #: per node: deliveries in its current regular configuration (quiescence)
         self.in_ring: dict[int, int] = {n: 0 for n in self.ids}
         self.ring_of: dict[int, RingId | None] = {n: None for n in self.ids}
-        self.syncing: dict[int, bool] = {n: True for n in self.ids}
         #: per (node, incarnation): regular configurations installed, in order
         self.installs: dict[tuple[int, int], list[RingId]] = {}
         #: per incarnation and checkpoint: the changes its replica reflects (delivered,
@@ -840,12 +845,15 @@ class ServiceSim(Simulation):
         self.key_of_request: dict[tuple[int, int, int, int], Any] = {}
         #: per node: members of its last configuration (regular or transitional)
         self.conf_members: dict[int, tuple[int, ...]] = {n: () for n in self.ids}
+        #: per node: changes delivered while its host syncs (applied when the round ends)
+        self.pending_upd: dict[int, list[tuple[Any, Any]]] = {n: [] for n in self.ids}
         self.asym_rules: list[tuple[int, str, bool]] = []  # (node, "in"/"out", big only)
         #: extra packet filters (scenarios): drop when f(src, dst, data) is True
         self.drop_rules: list[Callable[[int, int, bytes], bool]] = []
         #: send hooks (scenarios): called with (node, data) before the network sees it
         self.send_hooks: list[Callable[[_Node, bytes], None]] = []
         self.ack_crashes = options.ack_crashes
+        self.split_writes = options.split_writes
         #: per incarnation: whether a holder was a member when its last configuration began
         self.scripts: dict[int, Callable[[_Client], Iterator[Any]]] = {}
 
@@ -936,7 +944,6 @@ class ServiceSim(Simulation):
                         self.call(node, node.srp.timer, entry[5])
                     elif kind == _HOST:
                         entry[6]()
-                        self._after_host(node)
                     else:
                         self.on_app(node)
                 elif kind == _FAULT:
@@ -993,7 +1000,6 @@ class ServiceSim(Simulation):
                     raise TypeError(f"unknown action {a!r}")
         finally:
             self.draining[node.id] = False
-        self._after_host(node)
 
     def on_deliver(self, node: _Node, d: Deliver) -> None:
         self.deliveries += 1
@@ -1001,17 +1007,18 @@ class ServiceSim(Simulation):
         p = d.payload
         if len(p) >= RING_HEADER.size + cw.CKPT_ID.size:
             service, msg_id, flags = struct.unpack_from("!HHB", p)
-            if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC and msg_id in _UPDATES \
-                    and msg_id != ckpt_mod.MSG_UNLINK:
+            if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC and msg_id in _UPDATES:
                 ck = cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
                 key = (d.ring_id, d.sender, zlib.crc32(p))
-                me = (node.id, node.inc)
-                self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
                 tag_node, conn, seq = struct.unpack_from("!III", p, 8)
                 if tag_node == node.id and conn:
                     self.key_of_request[(node.id, node.inc, conn, seq)] = key
-                for t in self.tracks_by_key.get(key, ()):
-                    t.holders.add(me)
+                host = self.hosts[node.id]
+                if host is not None and host.syncing:
+                    # the host holds it until the round completes (dropped if abandoned)
+                    self.pending_upd[node.id].append((ck, key))
+                else:
+                    self._holds(node, ck, key)
         if self.trace is not None and self.o.full_trace:
             self.tr(node, f"deliver {len(p)}B from {self.nodes[d.sender].name if d.sender in self.nodes else d.sender} ring {d.ring_id}")
         host = self.hosts[node.id]
@@ -1027,6 +1034,7 @@ class ServiceSim(Simulation):
             self.ring_of[node.id] = a.ring_id
             self.in_ring[node.id] = 0
             self.members_of[a.ring_id] = a.members
+            self.pending_upd[node.id] = []  # an abandoned round's held messages are dropped
             self.snap[(a.ring_id, node.id)] = {
                 ck: frozenset(v) for ck, v in self.held.get((node.id, node.inc), {}).items()}
         self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
@@ -1036,22 +1044,25 @@ class ServiceSim(Simulation):
         if host is not None:
             host.on_confchg(a)
 
-    def _after_host(self, node: _Node) -> None:
-        """Notice the end of a sync round (holders, counters)."""
+    def _round_done(self, node: _Node, inc: int) -> None:
+        """CKPT's sync_done ran on ``node``: its round for the current ring completed."""
         host = self.hosts[node.id]
-        if host is None:
+        if host is None or node.inc != inc:
             return
-        s = host.syncing
-        if self.syncing[node.id] and not s:
-            self.sync_rounds += 1
-            key = (node.id, node.inc)
-            self._merged(node, host.ring_id)
-            members = {(m, self.nodes[m].inc) for m in self.members_of.get(host.ring_id, ())}
-            for t in self.tracks:
-                if t.holders & members:
-                    t.holders.add(key)
-            self.tr(node, f"sync round {host.ring_id} done")
-        self.syncing[node.id] = s
+        self.sync_rounds += 1
+        key = (node.id, node.inc)
+        self._merged(node, host.ring_id)
+        members = {(m, self.nodes[m].inc) for m in self.members_of.get(host.ring_id, ())}
+        for t in self.tracks:
+            if t.holders & members:
+                t.holders.add(key)
+        self.tr(node, f"sync round {host.ring_id} done")
+
+    def _holds(self, node: _Node, ck: tuple[int, int, int], key: Any) -> None:
+        me = (node.id, node.inc)
+        self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
+        for t in self.tracks_by_key.get(key, ()):
+            t.holders.add(me)
 
     def _merged(self, node: _Node, ring: RingId | None) -> None:
         """A sync round completed here: the replica now reflects every member's history
@@ -1069,10 +1080,22 @@ class ServiceSim(Simulation):
         for h in hs:
             for ck, v in h.items():
                 mine.setdefault(ck, set()).update(v)
+        pending, self.pending_upd[node.id] = self.pending_upd[node.id], []
+        for ck, key in pending:
+            self._holds(node, ck, key)
 
     # -- network additions ---------------------------------------------------------------
 
     def send(self, node: _Node, data: bytes, dest: int | None) -> None:
+        if (self.split_writes and self.faults_on and dest is None and len(data) > 1
+                and data[1] == 1 and MAGIC in data and len(set(self.group.values())) == 1
+                and self.rng.random() < 0.15):
+            # Cut the sender off as its frame with client data leaves: the frame
+            # reaches nobody, and each side may end the old ring with other writes.
+            self.split_writes -= 1
+            self.group = {n: int(n == node.id) for n in self.ids}
+            self.tr(node, "PARTITION: cut off as it sends client data")
+            self.push(self.now + self.rng.uniform(1.0, 3.0), _FAULT, "heal", 0)
         super().send(node, data, dest)
 
     def on_packet(self, node: _Node, src: int, data: bytes) -> None:
@@ -1106,9 +1129,16 @@ class ServiceSim(Simulation):
                            _Clock(self, nid, node.inc))
         self.hosts[nid] = host
         self.fifo[nid].clear()
-        self.syncing[nid] = True
+        self.pending_upd[nid] = []
         self.ring_of[nid] = None
         host.attach_ring(_Port(self, node))
+        ckpt = host.services[cw.CKPT_SERVICE_ID]
+        done = ckpt.sync_done
+
+        def sync_done(inc: int = node.inc) -> None:
+            done()
+            self._round_done(node, inc)
+        ckpt.sync_done = sync_done  # type: ignore[method-assign]
         script = self.scripts.get(nid)
         self.clients[nid] = []
         for k in range(self.o.clients):
@@ -1503,7 +1533,7 @@ def _parser() -> argparse.ArgumentParser:
                  "start_spread"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses", "restarts",
-                 "asym", "ack_crashes"):
+                 "asym", "ack_crashes", "split_writes"):
         p.add_argument("--" + name.replace("_", "-"), type=int, nargs="?", const=2,
                        default=getattr(d, name), metavar="N")
     for name in ("messages", "clients", "stable", "max_write", "sync_budget", "send_queue"):
@@ -1520,7 +1550,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder, reorder_delay=a.reorder_delay,
         delay=(lo, hi), partitions=a.partitions, flaps=a.flaps, crashes=a.crashes,
         state_crashes=a.state_crashes, pauses=a.pauses, restarts=a.restarts, asym=a.asym,
-        ack_crashes=a.ack_crashes, messages=a.messages, clients=a.clients, stable=a.stable,
+        ack_crashes=a.ack_crashes, split_writes=a.split_writes, messages=a.messages, clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps)
