@@ -203,7 +203,7 @@ class SvcOptions(SimOptions):
     ``messages`` counts client steps per node (one request each at most).
     """
 
-    messages: int = 40
+    messages: int = 60
     duration: float = 6.0
     settle: float = 40.0
     #: clients per node incarnation
@@ -220,11 +220,11 @@ class SvcOptions(SimOptions):
     #: after 1-3 s)
     split_writes: int = 0
     #: largest write in bytes (frames are 1400)
-    max_write: int = 6000
+    max_write: int = 12000
     #: CkptService.SYNC_BUDGET during the run (bytes per sync_process call)
-    sync_budget: int = 4096
+    sync_budget: int = 2048
     #: the ring's send queue (messages), so big syncs and bursts meet TRY_AGAIN
-    send_queue: int = 48
+    send_queue: int = 16
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -474,8 +474,9 @@ def check_acked(required: Iterable[Ack],
 
 
 def check_values(replicas: dict[str, dict[tuple[int, int, int], dict[bytes, bytes]]],
-                 written: dict[bytes, int]) -> list[Violation]:
-    """Every section of a simulated client holds a whole value that client wrote."""
+                 written: dict[bytes, tuple[int, int]]) -> list[Violation]:
+    """Every section of a simulated client holds a whole value that client wrote
+    (``written``: section id -> (the client's uid, its highest counter))."""
     vs: list[Violation] = []
     for node, state in sorted(replicas.items()):
         for ck, secs in sorted(state.items()):
@@ -483,7 +484,7 @@ def check_values(replicas: dict[str, dict[tuple[int, int, int], dict[bytes, byte
                 if sid not in written:
                     continue
                 v = decode_value(data)
-                if v is None or v[1] > written[sid]:
+                if v is None or v[0] != written[sid][0] or v[1] > written[sid][1]:
                     vs.append(Violation("torn", f"{node}: {ck} section {sid.decode()} holds "
                                                 f"{len(data)} bytes that no client wrote"))
     return _capped(vs)
@@ -641,6 +642,7 @@ def op_hcall(kind: str, msg_id: int, h: int, rest: bytes, **info: Any) -> Iterat
 
 def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Iterator[Any]:
     data = value_of(c.uid, 0, size)
+    c.sim.written.setdefault(sid, (c.uid, 0))
     now = int(c.sim.now * 1e9)
     return op_hcall("section_create", cw.REQ_SECTION_CREATE, h, cw.encode_section_create(
         cw.SectionCreateReq(sid, SA_TIME_END, SA_TIME_END, now, data)), sid=sid, n=0)
@@ -649,7 +651,7 @@ def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Iterator[Any
 def op_write(c: _Client, h: int, sid: bytes, size: int, overwrite: bool) -> Iterator[Any]:
     n = c.counters.get(sid, 0) + 1
     c.counters[sid] = n
-    c.sim.written[sid] = max(c.sim.written.get(sid, 0), n)
+    c.sim.written[sid] = (c.uid, max(c.sim.written.get(sid, (0, 0))[1], n))
     data = value_of(c.uid, n, size)
     now = int(c.sim.now * 1e9)
     if overwrite:
@@ -836,7 +838,7 @@ class ServiceSim(Simulation):
         self.conflicted: set[tuple[int, int, int]] = set()
         self.ck_names: dict[tuple[int, int, int], bytes] = {}
         self.acks: list[Ack] = []
-        self.written: dict[bytes, int] = {}
+        self.written: dict[bytes, tuple[int, int]] = {}
         #: incarnations that hold the cluster's state (module docstring (b))
         #: acknowledgements and their holders (module docstring (b))
         self.tracks: list[AckTrack] = []
@@ -1334,6 +1336,17 @@ class ServiceSim(Simulation):
                                 for i, c in ck.ckpts.items()}
         return digests, views, replicas
 
+    def check_state(self) -> list[Violation]:
+        """Checks (a) and (b) on the live nodes' current state (module docstring)."""
+        digests, views, replicas = self.observe()
+        vs = check_convergence(digests, views)
+        desc = ring_graph(self.installs.values())
+        conflicted = self.conflicted | name_conflicts(self.ck_names, desc)
+        req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
+        vs += check_acked(req, replicas)
+        vs += check_values(replicas, self.written)
+        return vs
+
     def finish(self) -> SvcResult:  # type: ignore[override]
         r = self.result
         r.time, r.steps, r.packets = self.now, self.steps, self.packets
@@ -1350,13 +1363,7 @@ class ServiceSim(Simulation):
                 vs.append(Violation("liveness", f"not settled {self.o.settle}s after the "
                                                 f"faults stopped (no common synced ring)"))
             if self.done:
-                digests, views, replicas = self.observe()
-                vs += check_convergence(digests, views)
-                desc = ring_graph(self.installs.values())
-                conflicted = self.conflicted | name_conflicts(self.ck_names, desc)
-                req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
-                vs += check_acked(req, replicas)
-                vs += check_values(replicas, self.written)
+                vs += self.check_state()
         r.violations = vs
         for v in vs:
             self.tr(None, f"VIOLATION {v}")
