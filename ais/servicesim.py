@@ -108,7 +108,7 @@ import traceback
 import zlib
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable
 
 from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
 from ais.services import ckpt as ckpt_mod
@@ -116,14 +116,13 @@ from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
 from ais.totem.events import (
     CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer, TotemConfig,
-    fmt_node,
 )
 from ais.totem.invariants import History, Violation
 from ais.totem.sim import _FAULT, _PKT, _TIMER, _APP, _CHECK, RunResult, SimOptions, Simulation
 from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record and trace logger
 from saf import _ckpt_wire as cw
 from saf import _wire as w
-from saf.errors import SA_OK, TryAgain
+from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
 from saf.types import SA_TIME_END
 
 # heap entry kinds beyond the base simulator's
@@ -540,19 +539,23 @@ class _Req:
 
 
 Reply = tuple[int, bytes]
+#: a client step: yields requests (kind, request id, body, info), receives replies
+Call = Generator[Any, Any, Reply]
 
 
 class _Client:
     """One simulated CKPT client: one request at a time, like a blocking SAF call."""
 
     def __init__(self, sim: "ServiceSim", node: _Node, k: int, uid: int,
-                 script: Callable[["_Client"], Iterator[Any]] | None = None) -> None:
+                 script: Callable[["_Client"], Generator[Any, Any, Any]] | None = None) -> None:
         self.sim = sim
         self.node_id = node.id
         self.inc = node.inc
         self.uid = uid
         self.name = f"{node.name}.{node.inc}/c{k}"
-        self.host: ServiceHost = sim.hosts[node.id]
+        host = sim.hosts[node.id]
+        assert host is not None
+        self.host: ServiceHost = host
         self.conn = _Conn(self.host.new_conn_id(), cw.CKPT_SERVICE_ID, self)
         self.host.lib_connect(self.conn)
         self.seq = 0
@@ -621,7 +624,7 @@ def _describe(info: dict[str, Any]) -> str:
                     for k, v in info.items())
 
 
-def _call(kind: str, msg_id: int, body: bytes, **info: Any) -> Iterator[Any]:
+def _call(kind: str, msg_id: int, body: bytes, **info: Any) -> Call:
     """One request, retried while the answer is TRY_AGAIN; returns (error, body)."""
     while True:
         reply = yield (kind, msg_id, body, info)
@@ -630,17 +633,17 @@ def _call(kind: str, msg_id: int, body: bytes, **info: Any) -> Iterator[Any]:
         yield ("sleep", 0, b"", {})  # let some time pass (one step) before retrying
 
 
-def op_open(name: bytes, attrs: cw.CreationAttributes | None) -> Iterator[Any]:
+def op_open(name: bytes, attrs: cw.CreationAttributes | None) -> Call:
     flags = RW | (CREATE if attrs is not None else 0)
     return _call("open", cw.REQ_OPEN, cw.encode_open(cw.OpenReq(name, flags, attrs)),
                  name=name)
 
 
-def op_hcall(kind: str, msg_id: int, h: int, rest: bytes, **info: Any) -> Iterator[Any]:
+def op_hcall(kind: str, msg_id: int, h: int, rest: bytes, **info: Any) -> Call:
     return _call(kind, msg_id, cw.HANDLE.pack(h) + rest, h=h, **info)
 
 
-def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Iterator[Any]:
+def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Call:
     data = value_of(c.uid, 0, size)
     c.sim.written.setdefault(sid, (c.uid, 0))
     now = int(c.sim.now * 1e9)
@@ -648,7 +651,7 @@ def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Iterator[Any
         cw.SectionCreateReq(sid, SA_TIME_END, SA_TIME_END, now, data)), sid=sid, n=0)
 
 
-def op_write(c: _Client, h: int, sid: bytes, size: int, overwrite: bool) -> Iterator[Any]:
+def op_write(c: _Client, h: int, sid: bytes, size: int, overwrite: bool) -> Call:
     n = c.counters.get(sid, 0) + 1
     c.counters[sid] = n
     c.sim.written[sid] = (c.uid, max(c.sim.written.get(sid, (0, 0))[1], n))
@@ -661,7 +664,7 @@ def op_write(c: _Client, h: int, sid: bytes, size: int, overwrite: bool) -> Iter
                     sid=sid, n=n, size=len(data))
 
 
-def _workload(c: _Client) -> Iterator[Any]:
+def _workload(c: _Client) -> Generator[Any, Any, Any]:
     """The random client: stable checkpoints, own sections, writes, reads, churn."""
     sim = c.sim
     rng = sim.rng
@@ -689,9 +692,9 @@ def _workload(c: _Client) -> Iterator[Any]:
             err, _ = yield from op_section_create(c, h, sid, rng.randrange(16, 200))
             if err == SA_OK:
                 secs.append(sid)
-            elif err == cw_bad_handle():
+            elif err == BadHandle.code:
                 opened.remove(h)
-            elif err == cw_not_exist():
+            elif err == NotExist.code:
                 yield from op_hcall("active_set", cw.REQ_ACTIVE_SET, h, b"")
             continue
         if r < 0.75:
@@ -700,9 +703,9 @@ def _workload(c: _Client) -> Iterator[Any]:
             size = (rng.randrange(40, 300) if x < 0.6 else rng.randrange(300, 3000)
                     if x < 0.9 else rng.randrange(3000, max(3001, o.max_write)))
             err, _ = yield from op_write(c, h, sid, size, overwrite=rng.random() < 0.3)
-            if err == cw_not_exist():
+            if err == NotExist.code:
                 yield from op_hcall("active_set", cw.REQ_ACTIVE_SET, h, b"")
-            elif err == cw_bad_handle():
+            elif err == BadHandle.code:
                 opened.remove(h)
             continue
         if r < 0.88:
@@ -730,16 +733,6 @@ def _workload(c: _Client) -> Iterator[Any]:
         yield from op_hcall("close", cw.REQ_CLOSE, ch, b"")
         if rng.random() < 0.5:
             yield from _call("unlink", cw.REQ_UNLINK, name, name=name)
-
-
-def cw_bad_handle() -> int:
-    from saf.errors import BadHandle
-    return BadHandle.code
-
-
-def cw_not_exist() -> int:
-    from saf.errors import NotExist
-    return NotExist.code
 
 
 # --- the simulation ------------------------------------------------------------------------
@@ -813,7 +806,8 @@ class ServiceSim(Simulation):
         if options.config is None:
             self.config = TotemConfig(send_queue_limit=options.send_queue,
                                       send_queue_bytes=256 * 1024)
-        self.result = SvcResult(seed, options)
+        self.sres = SvcResult(seed, options)
+        self.result = self.sres
         self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
         self.fifo: dict[int, deque[Any]] = {n: deque() for n in self.ids}
         self.draining: dict[int, bool] = {n: False for n in self.ids}
@@ -857,7 +851,7 @@ class ServiceSim(Simulation):
         self.ack_crashes = options.ack_crashes
         self.split_writes = options.split_writes
         #: per incarnation: whether a holder was a member when its last configuration began
-        self.scripts: dict[int, Callable[[_Client], Iterator[Any]]] = {}
+        self.scripts: dict[int, Callable[[_Client], Generator[Any, Any, Any]]] = {}
 
     # -- schedule ----------------------------------------------------------------------
 
@@ -1028,7 +1022,8 @@ class ServiceSim(Simulation):
             host.on_deliver(d)
 
     def on_confchg(self, node: _Node, a: ConfChange) -> None:
-        node.hist.events.append(a)
+        if node.hist is not None:
+            node.hist.events.append(a)
         self.conf_members[node.id] = a.members
         if not a.transitional:
             self.rings.add(a.ring_id)
@@ -1053,8 +1048,11 @@ class ServiceSim(Simulation):
             return
         self.sync_rounds += 1
         key = (node.id, node.inc)
-        self._merged(node, host.ring_id)
-        members = {(m, self.nodes[m].inc) for m in self.members_of.get(host.ring_id, ())}
+        ring = host.ring_id
+        if ring is None:
+            return
+        self._merged(node, ring)
+        members = {(m, self.nodes[m].inc) for m in self.members_of.get(ring, ())}
         for t in self.tracks:
             if t.holders & members:
                 t.holders.add(key)
@@ -1180,7 +1178,8 @@ class ServiceSim(Simulation):
         node.srp = None
         node.held = []
         node.paused = False
-        node.hist.crashed = True
+        if node.hist is not None:
+            node.hist.crashed = True
         self.tr(node, f"CRASH incarnation {node.inc}")
         self._kill(node)
 
@@ -1237,8 +1236,8 @@ class ServiceSim(Simulation):
             name = info["name"]
             svc = host.services[cw.CKPT_SERVICE_ID]
             assert isinstance(svc, CkptService)
-            ck = svc.ckpts.get(hd.ckpt_id)
-            mode = ck.attrs.creation_flags if ck is not None else 0
+            found = svc.ckpts.get(hd.ckpt_id)
+            mode = found.attrs.creation_flags if found is not None else 0
             c.handles[h] = (hd.ckpt_id, name, mode)
             self.ck_names[hd.ckpt_id] = name
             if name.startswith(b"stable-"):
@@ -1273,7 +1272,7 @@ class ServiceSim(Simulation):
         if key is not None:
             self.tracks_by_key[key].append(t)
         if a.sid is not None and a.counter:
-            self.result.acked_writes += 1
+            self.sres.acked_writes += 1
         if c.on_ack is not None:
             c.on_ack(c, a)
         if (self.ack_crashes and self.faults_on and a.mode == cw.SA_CKPT_WR_ALL_REPLICAS
@@ -1348,7 +1347,7 @@ class ServiceSim(Simulation):
         return vs
 
     def finish(self) -> SvcResult:  # type: ignore[override]
-        r = self.result
+        r = self.sres
         r.time, r.steps, r.packets = self.now, self.steps, self.packets
         r.deliveries = self.deliveries
         r.configurations = len(self.rings)
@@ -1380,26 +1379,17 @@ def run(seed: int, options: SvcOptions | None = None) -> SvcResult:
 # --- scenarios ------------------------------------------------------------------------------
 
 
-def _scripted(steps: list[Any]) -> Callable[[_Client], Iterator[Any]]:
-    """A client script that runs ``steps`` (generator factories) in order, then stops."""
-    def script(c: _Client) -> Iterator[Any]:
-        for make in steps:
-            yield from make(c)
-    return script
-
-
 class _Driver:
     """Explicit client requests at fixed times, for the scenarios."""
 
     def __init__(self, sim: ServiceSim) -> None:
         self.sim = sim
-        self.handles: dict[str, int] = {}
 
     def client(self, i: int, k: int = 0) -> _Client:
         nid = self.sim.ids[i - 1]
         return self.sim.clients[nid][k]
 
-    def do(self, t: float, i: int, make: Callable[[_Client], Iterator[Any]],
+    def do(self, t: float, i: int, make: Callable[[_Client], Generator[Any, Any, Any]],
            k: int = 0) -> None:
         """At ``t``, client ``k`` of node ``i`` runs ``make(client)`` to its end."""
         def start() -> None:
@@ -1422,10 +1412,12 @@ class _Driver:
 
 
 def _open_and_fill(name_i: int, sections: int, size: int, writes: int
-                   ) -> Callable[[_Client], Iterator[Any]]:
-    def make(c: _Client) -> Iterator[Any]:
+                   ) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    def make(c: _Client) -> Generator[Any, Any, Any]:
         err, body = yield from op_open(stable_name(name_i), stable_attrs(name_i))
-        assert err == SA_OK, err
+        if err != SA_OK:
+            c.sim.violations.append(Violation("scenario", f"{c.name}: open failed ({err})"))
+            return
         h = cw.decode_handle_untrusted(body)
         c.sim.tr(None, f"{c.name}: opened handle {h}")
         c.handle = h
@@ -1437,8 +1429,8 @@ def _open_and_fill(name_i: int, sections: int, size: int, writes: int
     return make
 
 
-def _write_once(sid_j: int, size: int) -> Callable[[_Client], Iterator[Any]]:
-    def make(c: _Client) -> Iterator[Any]:
+def _write_once(sid_j: int, size: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    def make(c: _Client) -> Generator[Any, Any, Any]:
         h = c.handle
         yield from op_write(c, h, b"%d.%d" % (c.uid, sid_j), size, overwrite=False)
     return make
@@ -1457,7 +1449,7 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
     """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7 and check it."""
     o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0)
     sim = ServiceSim(n, o)
-    sim.result.scenario = n
+    sim.sres.scenario = n
     d = _Driver(sim)
     n1, n2, n3 = sim.ids
     if n == 1:
