@@ -54,7 +54,9 @@ regular configuration, synced, with all requests answered and the ring
 quiet (``check_convergence``, ``check_acked``, ``check_answered``):
 
 (a) convergence: every live node's ``CkptService.digest()`` is identical,
-    and so are CLM's view (number and members, the live nodes) and records;
+    and so are CLM's view (number and members) and records; each node's CLM
+    tracker (SA_TRACK_CURRENT | SA_TRACK_CHANGES) was last told the live
+    nodes;
 (b) durability: for every acknowledged write (and section creation, and
     checkpoint creation) that the guarantee requires, every live replica
     holds that checkpoint and section with a counter not older than the
@@ -123,7 +125,9 @@ from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record a
 from saf import _ckpt_wire as cw
 from saf import _wire as w
 from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
-from saf.types import SA_TIME_END
+from saf.types import (
+    SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,
+)
 
 # heap entry kinds beyond the base simulator's
 _HOST, _CALL = 10, 11
@@ -489,6 +493,21 @@ def check_values(replicas: dict[str, dict[tuple[int, int, int], dict[bytes, byte
     return _capped(vs)
 
 
+def check_trackers(last: dict[str, w.ClmTrackCallback | None],
+                   members: Iterable[int]) -> list[Violation]:
+    """CLM: each live node's tracker was last told the final membership (SAF node ids)."""
+    want = sorted(members)
+    vs = []
+    for node, cb in sorted(last.items()):
+        got = None if cb is None else sorted(
+            i.cluster_node.node_id for i in cb.items
+            if i.cluster_change != ClusterChange.SA_CLM_NODE_LEFT)
+        if got != want:
+            vs.append(Violation("clm", f"{node}: the last track callback lists {got}, "
+                                       f"the cluster is {want}"))
+    return _capped(vs)
+
+
 def check_answered(outstanding: Iterable[tuple[str, str, float]], quiet_at: float,
                    settle: float) -> list[Violation]:
     """(c): no live client still waits for an answer."""
@@ -499,6 +518,32 @@ def check_answered(outstanding: Iterable[tuple[str, str, float]], quiet_at: floa
 
 
 # --- simulated clients --------------------------------------------------------------------
+
+
+class _TrackConn:
+    """A CLM client: SA_TRACK_CURRENT | SA_TRACK_CHANGES, keeping the last callback."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self.conn_id = host.new_conn_id()
+        self.service_id = w.CLM_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.closed = False
+        self.last: w.ClmTrackCallback | None = None
+        self.error = SA_OK
+        host.lib_connect(self)
+        host.lib_request(self, w.CLM_REQ_TRACK_START, 1, w.encode_clm_track_start(
+            w.ClmTrackStart(SA_TRACK_CURRENT | SA_TRACK_CHANGES, 0)))
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if msg_id == w.CLM_CB_TRACK and not self.closed:
+            self.last = w.decode_clm_track_callback_untrusted(body)
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        self.error = error
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
 
 
 class _Conn:
@@ -851,6 +896,7 @@ class ServiceSim(Simulation):
         self.ack_crashes = options.ack_crashes
         self.split_writes = options.split_writes
         #: per incarnation: whether a holder was a member when its last configuration began
+        self.trackers: dict[int, _TrackConn] = {}
         self.scripts: dict[int, Callable[[_Client], Generator[Any, Any, Any]]] = {}
 
     # -- schedule ----------------------------------------------------------------------
@@ -1139,6 +1185,7 @@ class ServiceSim(Simulation):
             done()
             self._round_done(node, inc)
         ckpt.sync_done = sync_done  # type: ignore[method-assign]
+        self.trackers[nid] = _TrackConn(host)
         script = self.scripts.get(nid)
         self.clients[nid] = []
         for k in range(self.o.clients):
@@ -1344,6 +1391,8 @@ class ServiceSim(Simulation):
         req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
         vs += check_acked(req, replicas)
         vs += check_values(replicas, self.written)
+        vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
+                             [node_id_from_totem(n.id) for n in self.up()])
         return vs
 
     def finish(self) -> SvcResult:  # type: ignore[override]

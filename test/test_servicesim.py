@@ -28,7 +28,7 @@ import pytest
 
 from ais.servicesim import (
     Ack, ServiceSim, SvcOptions, check_acked, check_answered, check_convergence,
-    check_values, decode_value, diverging, main, name_conflicts, required_acks, ring_graph,
+    check_trackers, check_values, decode_value, diverging, main, name_conflicts, required_acks, ring_graph,
     run, scenario, value_of,
 )
 from ais.totem.events import RingId
@@ -123,6 +123,25 @@ def test_checker_catches_torn_section_bytes() -> None:
     assert [v.invariant for v in vs] == ["torn"], "a counter no client ever wrote"
     vs = check_values({"n1": {CK: {b"1.1": value_of(2, 1, 50)}}}, written)
     assert [v.invariant for v in vs] == ["torn"], "another client's value"
+
+
+def test_checker_catches_a_stale_membership_callback() -> None:
+    from saf import _wire as w
+    from saf.types import ClusterChange, ClusterNotification
+    from ais.services.clm import record_for
+    from saf.types import node_id_from_totem
+
+    def cb(*changes: tuple[int, ClusterChange]) -> w.ClmTrackCallback:
+        return w.ClmTrackCallback(8, 2, tuple(ClusterNotification(record_for(n, b"c", 0), ch)
+                                               for n, ch in changes))
+    a, b, c = 0x0A000001, 0x0A000002, 0x0A000003
+    live = [node_id_from_totem(a), node_id_from_totem(b)]
+    good = cb((a, ClusterChange.SA_CLM_NODE_NO_CHANGE), (b, ClusterChange.SA_CLM_NODE_JOINED),
+              (c, ClusterChange.SA_CLM_NODE_LEFT))
+    assert check_trackers({"n1": good, "n2": good}, live) == []
+    stale = cb((a, ClusterChange.SA_CLM_NODE_NO_CHANGE), (c, ClusterChange.SA_CLM_NODE_NO_CHANGE))
+    vs = check_trackers({"n1": good, "n2": stale, "n3": None}, live)
+    assert [v.invariant for v in vs] == ["clm", "clm"]
 
 
 def test_checker_catches_an_unanswered_request() -> None:
