@@ -75,7 +75,8 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       merged members each holding a change to the checkpoint that the other
       lacked (the simulator follows, per replica, which changes it reflects:
       those it delivered, plus, when a sync round completes, those of every
-      member), or another checkpoint of the same name was created in a
+      member), or each holding a checkpoint of that name the other never
+      had, or another checkpoint of the same name was created in a
       concurrent configuration (neither descends from the other in the graph
       of installed configurations).  There the merge rule chooses one side,
       and losing the other side's writes is allowed (the README's merge
@@ -869,12 +870,12 @@ class ServiceSim(Simulation):
         self.installs: dict[tuple[int, int], list[RingId]] = {}
         #: per incarnation and checkpoint: the changes its replica reflects (delivered,
         #: or received with the state of a completed sync round), by message identity
-        self.held: dict[tuple[int, int], dict[tuple[int, int, int], set[Any]]] = {}
+        self.held: dict[tuple[int, int], dict[Any, set[Any]]] = {}
         #: what each member held as it installed a configuration: (ring, node) -> copy
-        self.snap: dict[tuple[RingId, int], dict[tuple[int, int, int], frozenset[Any]]] = {}
+        self.snap: dict[tuple[RingId, int], dict[Any, frozenset[Any]]] = {}
         self.members_of: dict[RingId, tuple[int, ...]] = {}
         #: checkpoints whose histories conflicted when sides merged
-        self.conflicted: set[tuple[int, int, int]] = set()
+        self.conflicted: set[Any] = set()
         self.ck_names: dict[tuple[int, int, int], bytes] = {}
         self.acks: list[Ack] = []
         self.written: dict[bytes, tuple[int, int]] = {}
@@ -882,8 +883,12 @@ class ServiceSim(Simulation):
         #: acknowledgements and their holders (module docstring (b))
         self.tracks: list[AckTrack] = []
         self.tracks_by_key: dict[Any, list[AckTrack]] = {}
-        #: (node, incarnation, conn, seq) -> the last delivered change that request caused
-        self.key_of_request: dict[tuple[int, int, int, int], Any] = {}
+        #: (node, incarnation, conn, seq) -> the last message that request caused, as
+        #: delivered there, and the members of the configuration it was delivered in
+        self.key_of_request: dict[tuple[int, int, int, int],
+                                  tuple[Any, frozenset[tuple[int, int]]]] = {}
+        #: message -> the incarnations that applied it
+        self.applied: dict[Any, set[tuple[int, int]]] = {}
         #: per node: members of its last configuration (regular or transitional)
         self.conf_members: dict[int, tuple[int, ...]] = {n: () for n in self.ids}
         #: per node: changes delivered while its host syncs (applied when the round ends)
@@ -1042,19 +1047,34 @@ class ServiceSim(Simulation):
                     raise TypeError(f"unknown action {a!r}")
         finally:
             self.draining[node.id] = False
+        ckpt = getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
+        if ckpt is not None:
+            # Every checkpoint id ever linked to a name; a replica "holds" the ids its
+            # names ever led to, so creations on two sides conflict like changes do.
+            names = ckpt.names
+            mine = self.held.setdefault((node.id, node.inc), {})
+            for name, ck_id in names.items():
+                if ck_id not in self.ck_names:
+                    self.ck_names[ck_id] = name
+                mine.setdefault(("name", name), set()).add(ck_id)
 
     def on_deliver(self, node: _Node, d: Deliver) -> None:
         self.deliveries += 1
         self.in_ring[node.id] += 1
         p = d.payload
-        if len(p) >= RING_HEADER.size + cw.CKPT_ID.size:
+        if len(p) >= RING_HEADER.size:
             service, msg_id, flags = struct.unpack_from("!HHB", p)
-            if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC and msg_id in _UPDATES:
-                ck = cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
+            if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC:
                 key = (d.ring_id, d.sender, zlib.crc32(p))
                 tag_node, conn, seq = struct.unpack_from("!III", p, 8)
                 if tag_node == node.id and conn:
-                    self.key_of_request[(node.id, node.inc, conn, seq)] = key
+                    # safe delivery means: every member of this configuration has it
+                    members = frozenset((m, self.nodes[m].inc) for m in self.conf_members[node.id]
+                                        if m in self.nodes and self.nodes[m].srp is not None)
+                    self.key_of_request[(node.id, node.inc, conn, seq)] = (key, members)
+                ck = (cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
+                      if msg_id in _UPDATES and len(p) >= RING_HEADER.size + cw.CKPT_ID.size
+                      else None)
                 host = self.hosts[node.id]
                 if host is not None and host.syncing:
                     # the host holds it until the round completes (dropped if abandoned)
@@ -1104,9 +1124,12 @@ class ServiceSim(Simulation):
                 t.holders.add(key)
         self.tr(node, f"sync round {host.ring_id} done")
 
-    def _holds(self, node: _Node, ck: tuple[int, int, int], key: Any) -> None:
+    def _holds(self, node: _Node, ck: tuple[int, int, int] | None, key: Any) -> None:
+        """``node`` applied the message ``key`` (a change to ``ck``, if not None)."""
         me = (node.id, node.inc)
-        self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
+        if ck is not None:
+            self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
+        self.applied.setdefault(key, set()).add(me)
         for t in self.tracks_by_key.get(key, ()):
             t.holders.add(me)
 
@@ -1120,8 +1143,9 @@ class ServiceSim(Simulation):
         bad = diverging(hs) - self.conflicted
         if bad:
             self.conflicted |= bad
-            self.tr(node, "conflicting histories merged in " + str(ring) + ": " +
-                    " ".join(self.ck_names.get(ck, b"?").decode() + str(ck) for ck in sorted(bad)))
+            for k in [k for k in bad if k[0] == "name"]:
+                self.conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
+            self.tr(node, f"conflicting histories merged in {ring}: {sorted(map(str, bad))}")
         mine = self.held.setdefault((node.id, node.inc), {})
         for h in hs:
             for ck, v in h.items():
@@ -1301,23 +1325,21 @@ class ServiceSim(Simulation):
 
     def _ack(self, c: _Client, a: Ack, seq: int) -> None:
         self.acks.append(a)
-        key = (self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
-               if a.sid is not None else None)
+        found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
+        key, members = found if found is not None else (None, frozenset())
         if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
-            # safe: every member of the writer's configuration holds it now
-            holders = {(m, self.nodes[m].inc) for m in self.conf_members[c.node_id]
-                       if self.nodes[m].srp is not None}
+            # safe: every member of the configuration it was delivered in holds it
+            holders = set(members)
         else:
             holders = {(c.node_id, c.inc)}  # the active replica's node
         if key is not None:
-            holders |= {inc for inc, h in self.held.items()
-                        if key in h.get(a.ckpt, ()) and self.nodes[inc[0]].inc == inc[1]
-                        and self.nodes[inc[0]].srp is not None}
-            self.tracks_by_key.setdefault(key, [])
+            holders |= self.applied.get(key, set())
+        holders = {x for x in holders if self.nodes[x[0]].inc == x[1]
+                   and self.nodes[x[0]].srp is not None}
         t = AckTrack(a, key, holders)
         self.tracks.append(t)
         if key is not None:
-            self.tracks_by_key[key].append(t)
+            self.tracks_by_key.setdefault(key, []).append(t)
         if a.sid is not None and a.counter:
             self.sres.acked_writes += 1
         if c.on_ack is not None:
