@@ -1,0 +1,1683 @@
+"""The real services on the real Totem core under the seeded network simulator.
+
+Theory of operation
+-------------------
+``ais.totem.sim`` drives bare ``Srp`` nodes and checks extended virtual
+synchrony.  This module drives what runs above the ring: on every node an
+``Srp`` (``ais.totem.srp``) carries a ``ServiceHost`` (``ais.executive``)
+with the real CLM and CKPT services, and simulated clients issue CKPT
+requests through ``host.lib_request`` exactly as ``ais.ipc`` would.  After
+every run it checks what a user of a replicated service relies on.
+
+Reuse.  ``ServiceSim`` subclasses ``ais.totem.sim.Simulation``: one
+``random.Random(seed)``, the virtual clock and event heap, the network
+(loss, duplication, delay, reorder, partitions, flapping links), crashes,
+restarts with the persisted ring sequence, pauses and the quiet phase all
+come from there.  It adds:
+
+* Hosts.  ``ServiceHost(node, [ClmService, CkptService], clock)`` per
+  incarnation.  The clock's ``call_later`` puts the host's timers on the
+  simulator's heap (held while the node is paused, dropped when it crashes).
+  The host's ring port calls ``srp.mcast`` (``SendQueueFull`` reaches the
+  host, which answers TRY_AGAIN).  The core's actions go through one FIFO
+  per node, as in ``ais.totem.transport``: a message the host multicasts
+  from inside ``on_deliver`` is carried out after the actions already
+  queued.  ``Deliver`` goes to ``host.on_deliver``, ``ConfChange`` to
+  ``host.on_confchg``, ``Stable`` (when the core has it) to
+  ``host.on_stable`` (when the host has it).  A crash drops the host, its
+  clients and its timers; a restart builds an empty host (checkpoints live
+  in memory only).
+* Faults on top of the base ones: quick restarts (``restarts``: a node
+  killed and back after 0.05-0.9 s, often before the others noticed),
+  asymmetric loss (``asym``: for 1-4 s one node's packets in one direction
+  are dropped, all of them or only those above 800 bytes), and crashes aimed
+  at writers (``ack_crashes``: a node is killed right after one of its
+  clients got a WR_ALL_REPLICAS write acknowledged), and partitions aimed at
+  writes (``split_writes``: a node is cut off from the others as it sends a
+  frame carrying client data, so each side may end the old ring with a
+  different last write).
+* Clients.  ``clients`` per node incarnation, each one request at a time
+  (a blocking SAF call), driven by the ``messages`` application events of
+  the base schedule.  They open shared "stable" checkpoints (WR_ALL_REPLICAS,
+  WR_ACTIVE_REPLICA, WR_ACTIVE_REPLICA_WEAK; never unlinked, retention
+  forever), create their own sections and write increasing counters into
+  them (``value_of``: header, counter, padding; sizes from 40 bytes to
+  several frames), overwrite and read them, and use "churn" checkpoints
+  (open, write, close, unlink, short retention).  TRY_AGAIN is retried.
+* Sync size.  ``CkptService``'s ``SYNC_BUDGET`` is lowered for the run and
+  the ring's send queue is small, so a sync round takes many
+  ``sync_process`` calls and retries spread over virtual time, and a new
+  configuration can cut it short.
+
+Checks, once the faults have stopped and every live node is in one
+regular configuration, synced, with all requests answered and the ring
+quiet (``check_convergence``, ``check_acked``, ``check_answered``):
+
+(a) convergence: every live node's ``CkptService.digest()`` is identical,
+    and so are CLM's view (number and members) and records; each node's CLM
+    tracker (SA_TRACK_CURRENT | SA_TRACK_CHANGES) was last told the live
+    nodes;
+(b) durability: for every acknowledged write (and section creation, and
+    checkpoint creation) that the guarantee requires, every live replica
+    holds that checkpoint and section with a counter not older than the
+    acknowledged one.  Required (``required_acks``):
+
+    - while some live node holds it.  Holders of a WR_ALL_REPLICAS write,
+      and of every checkpoint creation, are at first every member of the
+      writer's configuration when it was acknowledged (safe delivery: all
+      of them have it then, whatever happens to the writer's node next);
+      of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
+      replica).  Then every node that delivers it, and every node that
+      completes a sync round with a holder, holds it; a crash ends a
+      holder.  An acknowledgement whose holders all crashed is lost with
+      them (checkpoints live in memory only);
+    - except for checkpoints with *conflicting histories*: a sync round
+      merged members each holding a change to the checkpoint that the other
+      lacked (the simulator follows, per replica, which changes it reflects:
+      those it delivered, plus, when a sync round completes, those of every
+      member), or each holding a checkpoint of that name the other never
+      had, or another checkpoint of the same name was created in a
+      concurrent configuration (neither descends from the other in the graph
+      of installed configurations).  There the merge rule chooses one side,
+      and losing the other side's writes is allowed (the README's merge
+      rule); convergence (a) is still required.
+(c) every request of a client whose node is alive was answered (an error
+    counts) within ``settle`` seconds after the faults stopped.
+
+A section's bytes must also decode as a value some client wrote (no torn
+or mixed data), on every replica and in every read reply.
+
+Scenarios.  ``scenario(n)`` runs a fixed schedule that reproduces finding n
+of issue 7: 1, a node restarted before the others noticed, which later is
+the lowest member of a sync round and streams its empty state; 2, a
+partition where the two sides deliver different last writes of the old
+ring (delivery past a gap) and merge with a tie; 3, the writer's node killed
+right after a WR_ALL_REPLICAS write was acknowledged, the write's frame lost
+on the way to the others.
+
+Output and replay as in ``ais.totem.sim``: ``python -m ais.servicesim``
+prints one line per run and ``N runs, M violations``; ``--seed N`` replays
+one run with the full trace (the core's, the host's and the services' log
+lines included); ``--scenario N`` runs scenario N.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import struct
+import sys
+import traceback
+import zlib
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Generator, Iterable
+
+from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
+from ais.services import ckpt as ckpt_mod
+from ais.services.ckpt import CkptService
+from ais.services.clm import ClmService
+from ais.totem.events import (
+    CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer, TotemConfig,
+)
+from ais.totem.invariants import History, Violation
+from ais.totem.sim import _FAULT, _PKT, _TIMER, _APP, _CHECK, RunResult, SimOptions, Simulation
+from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record and trace logger
+from saf import _ckpt_wire as cw
+from saf import _wire as w
+from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
+from saf.types import (
+    SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,
+)
+
+# heap entry kinds beyond the base simulator's
+_HOST, _CALL = 10, 11
+
+#: boot timestamp of every simulated node (CLM records are then predictable)
+BOOT = 1_700_000_000 * 1_000_000_000
+
+RW = cw.SA_CKPT_CHECKPOINT_READ | cw.SA_CKPT_CHECKPOINT_WRITE
+CREATE = cw.SA_CKPT_CHECKPOINT_CREATE
+
+#: a written value: magic, writer uid, counter, total length, then padding
+VALUE = struct.Struct("!4sIII")
+MAGIC = b"SVAL"
+_PAD = bytes(range(256))
+
+#: creation flags of the stable checkpoints, by index
+STABLE_MODES = (cw.SA_CKPT_WR_ALL_REPLICAS, cw.SA_CKPT_WR_ACTIVE_REPLICA,
+                cw.SA_CKPT_WR_ALL_REPLICAS, cw.SA_CKPT_WR_ACTIVE_REPLICA_WEAK)
+MAX_SECTION = 16 * 1024
+STABLE_SECTIONS = 400
+CHURN_NAMES = 2
+
+#: ring messages that change a checkpoint (their payload starts with its id)
+_UPDATES = frozenset({
+    ckpt_mod.MSG_SECTION_CREATE, ckpt_mod.MSG_SECTION_DELETE, ckpt_mod.MSG_WRITE,
+    ckpt_mod.MSG_OVERWRITE, ckpt_mod.MSG_SECTION_EXPIRATION_SET, ckpt_mod.MSG_SECTION_EXPIRE,
+    ckpt_mod.MSG_ACTIVE_SET, ckpt_mod.MSG_RETENTION_SET, ckpt_mod.MSG_RETENTION_EXPIRE})
+
+
+def value_of(uid: int, counter: int, size: int) -> bytes:
+    """The bytes client ``uid`` writes as its ``counter``-th value (``size`` >= 16)."""
+    size = max(size, VALUE.size)
+    pad = size - VALUE.size
+    start = counter & 255
+    reps = (start + pad) // 256 + 1
+    return VALUE.pack(MAGIC, uid, counter, size) + (_PAD * reps)[start:start + pad]
+
+
+def decode_value(data: bytes) -> tuple[int, int] | None:
+    """(uid, counter) of a value written by ``value_of``; None if the bytes are not one."""
+    if len(data) < VALUE.size:
+        return None
+    magic, uid, counter, size = VALUE.unpack_from(data)
+    if magic != MAGIC or size > len(data) or size < VALUE.size:
+        return None
+    if bytes(data[:size]) != value_of(uid, counter, size):
+        return None
+    return uid, counter
+
+
+def stable_name(i: int) -> bytes:
+    return b"stable-%d" % i
+
+
+def stable_attrs(i: int) -> cw.CreationAttributes:
+    return cw.CreationAttributes(
+        creation_flags=STABLE_MODES[i % len(STABLE_MODES)],
+        checkpoint_size=STABLE_SECTIONS * MAX_SECTION, retention_duration=SA_TIME_END,
+        max_sections=STABLE_SECTIONS, max_section_size=MAX_SECTION, max_section_id_size=32)
+
+
+def churn_attrs() -> cw.CreationAttributes:
+    return cw.CreationAttributes(
+        creation_flags=cw.SA_CKPT_WR_ALL_REPLICAS, checkpoint_size=8 * MAX_SECTION,
+        retention_duration=500_000_000, max_sections=8, max_section_size=MAX_SECTION,
+        max_section_id_size=32)
+
+
+# --- options and results --------------------------------------------------------------
+
+
+@dataclass
+class SvcOptions(SimOptions):
+    """One run's parameters: the base simulator's, plus the services' own.
+
+    ``messages`` counts client steps per node (one request each at most).
+    """
+
+    messages: int = 60
+    duration: float = 6.0
+    settle: float = 40.0
+    #: clients per node incarnation
+    clients: int = 2
+    #: stable checkpoints shared by all clients
+    stable: int = 3
+    #: quick crash-and-restart episodes (back after 0.05-0.9 s)
+    restarts: int = 0
+    #: asymmetric loss episodes (one node's packets, in or out, for 1-4 s)
+    asym: int = 0
+    #: crashes of a writer's node right after a WR_ALL_REPLICAS acknowledgement
+    ack_crashes: int = 0
+    #: partitions that cut a node off as it sends a frame with client data (healed
+    #: after 1-3 s)
+    split_writes: int = 0
+    #: largest write in bytes (frames are 1400)
+    max_write: int = 12000
+    #: CkptService.SYNC_BUDGET during the run (bytes per sync_process call)
+    sync_budget: int = 2048
+    #: the ring's send queue (messages), so big syncs and bursts meet TRY_AGAIN
+    send_queue: int = 16
+
+    def to_args(self) -> list[str]:
+        """Command-line flags that reproduce these options (non-defaults only)."""
+        out: list[str] = []
+        default = SvcOptions()
+        for f in fields(self):
+            name = f.name
+            if name in _NOT_CLI:
+                continue
+            val = getattr(self, name)
+            if val == getattr(default, name):
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(val, bool):
+                out.append(flag if val else "--no-" + flag[2:])
+            elif isinstance(val, tuple):
+                out += [flag, ",".join(repr(v) for v in val)]
+            else:
+                out += [flag, repr(val) if isinstance(val, float) else str(val)]
+        return out
+
+
+_NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered",
+            "size", "crypto", "corrupt"}
+
+
+@dataclass
+class SvcResult(RunResult):
+    """What one run produced (``RunResult`` plus the services' counters)."""
+
+    #: scenario number, when the run was one
+    scenario: int = 0
+    requests: int = 0
+    answered: int = 0
+    acked_writes: int = 0
+    sync_rounds: int = 0
+
+    def line(self) -> str:
+        res = "ok" if self.ok else "VIOLATION " + ",".join(
+            sorted({v.invariant for v in self.violations}))
+        settled = "-" if self.settled_at is None else f"{self.settled_at:.1f}s"
+        what = f"scenario {self.scenario}" if self.scenario else f"seed {self.seed}"
+        return (f"{what}: nodes {self.options.nodes} t={self.time:.1f}s settled={settled} "
+                f"requests {self.requests} acked writes {self.acked_writes} "
+                f"confs {self.configurations} syncs {self.sync_rounds} steps {self.steps}: {res}")
+
+    def replay(self) -> str:
+        if self.scenario:
+            return f"python -m ais.servicesim --scenario {self.scenario}"
+        assert isinstance(self.options, SvcOptions)
+        return " ".join(["python -m ais.servicesim", "--seed", str(self.seed),
+                         *self.options.to_args()])
+
+    def report(self, tail: int = 30) -> str:
+        what = f"scenario {self.scenario}" if self.scenario else f"seed {self.seed}"
+        out = [f"{what}: {len(self.violations)} violation(s)"]
+        out += [f"  {v}" for v in self.violations]
+        out.append(f"  last {min(tail, len(self.trace))} trace lines:")
+        out += [f"    {ln}" for ln in self.trace[-tail:]]
+        out.append(f"  replay: {self.replay()}")
+        return "\n".join(out)
+
+
+# --- the checker (pure functions over what a run observed) ------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Something a client was told succeeded: a checkpoint open/create (``sid`` None),
+    a section creation (counter 0) or a write/overwrite of ``counter``."""
+
+    ckpt: tuple[int, int, int]
+    name: bytes
+    sid: bytes | None
+    counter: int
+    mode: int  #: the checkpoint's creation flags
+    node: int  #: the node whose client was answered
+    inc: int  #: that node's incarnation
+    at: float
+    client: str
+
+
+def ring_graph(installs: Iterable[list[RingId]]) -> dict[RingId, set[RingId]]:
+    """Descendants of every configuration: ``installs`` lists, per incarnation, the
+    regular configurations it installed in order."""
+    succ: dict[RingId, set[RingId]] = {}
+    for seq in installs:
+        for a, b in zip(seq, seq[1:]):
+            succ.setdefault(a, set()).add(b)
+        for r in seq:
+            succ.setdefault(r, set())
+    desc: dict[RingId, set[RingId]] = {}
+    for r in sorted(succ):
+        seen: set[RingId] = set()
+        stack = list(succ[r])
+        while stack:
+            x = stack.pop()
+            if x not in seen:
+                seen.add(x)
+                stack.extend(succ.get(x, ()))
+        desc[r] = seen
+    return desc
+
+
+def concurrent(a: RingId, b: RingId, desc: dict[RingId, set[RingId]]) -> bool:
+    """Neither configuration descends from the other (they ran on different sides)."""
+    return a != b and b not in desc.get(a, ()) and a not in desc.get(b, ())
+
+
+def diverging(histories: Iterable[dict[Any, frozenset[Any]]]) -> set[Any]:
+    """Checkpoints on which the histories meeting in one sync round conflict: two
+    members each hold a change to it that the other lacks."""
+    hs = list(histories)
+    out: set[Any] = set()
+    for ck in {k for h in hs for k in h}:
+        sets = [h.get(ck, frozenset()) for h in hs]
+        for i, a in enumerate(sets):
+            if any(not a <= b and not b <= a for b in sets[i + 1:]):
+                out.add(ck)
+                break
+    return out
+
+
+def name_conflicts(names: dict[tuple[int, int, int], bytes],
+                   desc: dict[RingId, set[RingId]]) -> set[tuple[int, int, int]]:
+    """Checkpoints sharing a name with one created in a concurrent configuration
+    (the merge rule keeps one of them linked)."""
+    out: set[tuple[int, int, int]] = set()
+    by_name: dict[bytes, list[tuple[int, int, int]]] = {}
+    for ck, name in names.items():
+        by_name.setdefault(name, []).append(ck)
+    for ids in by_name.values():
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                if concurrent(RingId(a[0], a[1]), RingId(b[0], b[1]), desc):
+                    out |= {a, b}
+    return out
+
+
+def required_acks(acks: Iterable[tuple[Ack, set[tuple[int, int]]]],
+                  conflicted: set[tuple[int, int, int]]) -> list[Ack]:
+    """The acknowledgements the guarantees require to survive (module docstring (b)):
+    each comes with its live holders at the end."""
+    return [a for a, holders in acks if holders and a.ckpt not in conflicted]
+
+
+class AckTrack:
+    """One acknowledgement and the live incarnations that hold (or must hold) it."""
+
+    __slots__ = ("ack", "key", "holders")
+
+    def __init__(self, ack: Ack, key: Any, holders: set[tuple[int, int]]) -> None:
+        self.ack, self.key, self.holders = ack, key, holders
+
+
+def _ack_text(a: Ack) -> str:
+    if a.sid is None:
+        return f"checkpoint {a.name.decode()} {a.ckpt}"
+    return f"write #{a.counter} of {a.name.decode()} {a.ckpt} section {a.sid.decode()}"
+
+
+def _capped(vs: list[Violation], limit: int = 6) -> list[Violation]:
+    if len(vs) <= limit:
+        return vs
+    return vs[:limit] + [Violation(vs[0].invariant, f"... and {len(vs) - limit} more")]
+
+
+def check_convergence(digests: dict[str, Any], views: dict[str, Any]) -> list[Violation]:
+    """(a): every live node's CKPT digest and CLM view are the same."""
+    vs: list[Violation] = []
+    names = sorted(digests)
+    for n in names[1:]:
+        if digests[n] != digests[names[0]]:
+            a, b = digests[names[0]], digests[n]
+            diff = _first_diff(a, b)
+            vs.append(Violation("diverged", f"CKPT replicas of {names[0]} and {n} differ: "
+                                            f"{diff}"))
+    vnames = sorted(views)
+    for n in vnames[1:]:
+        if views[n] != views[vnames[0]]:
+            vs.append(Violation("diverged", f"CLM views of {vnames[0]} and {n} differ: "
+                                            f"{views[vnames[0]]!r} vs {views[n]!r}"))
+    return _capped(vs)
+
+
+def _first_diff(a: list[Any], b: list[Any]) -> str:
+    da = {x[0]: x for x in a}
+    db = {x[0]: x for x in b}
+    for k in sorted(da.keys() | db.keys()):
+        if da.get(k) != db.get(k):
+            if k not in da or k not in db:
+                return f"checkpoint {k} only on {'the first' if k in da else 'the second'}"
+            xa, xb = da[k], db[k]
+            secs_a, secs_b = dict((s[0], s) for s in xa[-1]), dict((s[0], s) for s in xb[-1])
+            for sid in sorted(secs_a.keys() | secs_b.keys()):
+                if secs_a.get(sid) != secs_b.get(sid):
+                    va = decode_value(secs_a[sid][1]) if sid in secs_a else None
+                    vb = decode_value(secs_b[sid][1]) if sid in secs_b else None
+                    return (f"checkpoint {xa[1]!r} {k} section {sid!r}: "
+                            f"{va if sid in secs_a else 'missing'} vs "
+                            f"{vb if sid in secs_b else 'missing'} "
+                            f"(updates {xa[4]} vs {xb[4]})")
+            return f"checkpoint {xa[1]!r} {k}: {xa[:7]} vs {xb[:7]}"
+    return "?"
+
+
+def check_acked(required: Iterable[Ack],
+                replicas: dict[str, dict[tuple[int, int, int], dict[bytes, bytes]]]
+                ) -> list[Violation]:
+    """(b): each live replica holds every required acknowledged checkpoint, section and
+    write (a counter not older than the acknowledged one)."""
+    vs: list[Violation] = []
+    newest: dict[tuple[Any, ...], Ack] = {}
+    for a in required:
+        key = (a.ckpt, a.sid)
+        if key not in newest or a.counter > newest[key].counter:
+            newest[key] = a
+    gone: set[tuple[str, Any]] = set()
+    for node, state in sorted(replicas.items()):
+        for (ck, sid), a in sorted(newest.items(), key=lambda kv: (kv[0][0], kv[0][1] or b"")):
+            what = (f"{a.name.decode()} {ck}" + (f" section {sid.decode()}" if sid else ""))
+            mode = {1: "WR_ALL", 2: "ACTIVE", 4: "WEAK"}.get(a.mode, str(a.mode))
+            secs = state.get(ck)
+            if secs is None:
+                if (node, ck) not in gone:
+                    gone.add((node, ck))
+                    vs.append(Violation("lost", f"{node}: checkpoint {a.name.decode()} {ck} "
+                                                f"({mode}) is gone; {a.client} was told "
+                                                f"{'it exists' if sid is None else 'of ' + what}"
+                                                f" at {a.at:.3f}s"))
+                continue
+            if sid is None:
+                continue
+            data = secs.get(sid)
+            if data is None:
+                vs.append(Violation("lost", f"{node}: section {what} ({mode}) is gone; "
+                                            f"{a.client} was told it exists at {a.at:.3f}s"))
+                continue
+            v = decode_value(data)
+            if v is None:
+                continue  # reported by check_values
+            if v[1] < a.counter:
+                vs.append(Violation("lost", f"{node}: {what} ({mode}) holds write #{v[1]}; "
+                                            f"write #{a.counter} was acknowledged to "
+                                            f"{a.client} at {a.at:.3f}s"))
+    return _capped(vs)
+
+
+def check_values(replicas: dict[str, dict[tuple[int, int, int], dict[bytes, bytes]]],
+                 written: dict[bytes, tuple[int, int]]) -> list[Violation]:
+    """Every section of a simulated client holds a whole value that client wrote
+    (``written``: section id -> (the client's uid, its highest counter))."""
+    vs: list[Violation] = []
+    for node, state in sorted(replicas.items()):
+        for ck, secs in sorted(state.items()):
+            for sid, data in sorted(secs.items()):
+                if sid not in written:
+                    continue
+                v = decode_value(data)
+                if v is None or v[0] != written[sid][0] or v[1] > written[sid][1]:
+                    vs.append(Violation("torn", f"{node}: {ck} section {sid.decode()} holds "
+                                                f"{len(data)} bytes that no client wrote"))
+    return _capped(vs)
+
+
+def check_trackers(last: dict[str, w.ClmTrackCallback | None],
+                   members: Iterable[int]) -> list[Violation]:
+    """CLM: each live node's tracker was last told the final membership (SAF node ids)."""
+    want = sorted(members)
+    vs = []
+    for node, cb in sorted(last.items()):
+        got = None if cb is None else sorted(
+            i.cluster_node.node_id for i in cb.items
+            if i.cluster_change != ClusterChange.SA_CLM_NODE_LEFT)
+        if got != want:
+            vs.append(Violation("clm", f"{node}: the last track callback lists {got}, "
+                                       f"the cluster is {want}"))
+    return _capped(vs)
+
+
+def check_answered(outstanding: Iterable[tuple[str, str, float]], quiet_at: float,
+                   settle: float) -> list[Violation]:
+    """(c): no live client still waits for an answer."""
+    vs = [Violation("hang", f"{client}: {kind} sent at {at:.3f}s never answered "
+                            f"({settle:.0f}s after the faults stopped at {quiet_at:.3f}s)")
+          for client, kind, at in outstanding]
+    return _capped(vs)
+
+
+# --- simulated clients --------------------------------------------------------------------
+
+
+class _TrackConn:
+    """A CLM client: SA_TRACK_CURRENT | SA_TRACK_CHANGES, keeping the last callback."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self.conn_id = host.new_conn_id()
+        self.service_id = w.CLM_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.closed = False
+        self.last: w.ClmTrackCallback | None = None
+        self.error = SA_OK
+        host.lib_connect(self)
+        host.lib_request(self, w.CLM_REQ_TRACK_START, 1, w.encode_clm_track_start(
+            w.ClmTrackStart(SA_TRACK_CURRENT | SA_TRACK_CHANGES, 0)))
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if msg_id == w.CLM_CB_TRACK and not self.closed:
+            self.last = w.decode_clm_track_callback_untrusted(body)
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        self.error = error
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
+
+
+class _Conn:
+    """A ``LibConn`` without a socket: frames go to its client."""
+
+    def __init__(self, conn_id: int, service_id: int, client: "_Client") -> None:
+        self.conn_id = conn_id
+        self.service_id = service_id
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.client = client
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        pass  # the simulated clients make no asynchronous calls
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        if not self._closed:
+            self.client.on_response(seq, error, body)
+
+    def close(self, reason: str = "") -> None:
+        self._closed = True
+        self.client.sim.tr(None, f"{self.client.name}: connection closed: {reason}")
+
+
+@dataclass
+class _Req:
+    seq: int
+    kind: str
+    msg_id: int
+    body: bytes
+    sent: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Reply = tuple[int, bytes]
+#: a client step: yields requests (kind, request id, body, info), receives replies
+Call = Generator[Any, Any, Reply]
+
+
+class _Client:
+    """One simulated CKPT client: one request at a time, like a blocking SAF call."""
+
+    def __init__(self, sim: "ServiceSim", node: _Node, k: int, uid: int,
+                 script: Callable[["_Client"], Generator[Any, Any, Any]] | None = None) -> None:
+        self.sim = sim
+        self.node_id = node.id
+        self.inc = node.inc
+        self.uid = uid
+        self.name = f"{node.name}.{node.inc}/c{k}"
+        host = sim.hosts[node.id]
+        assert host is not None
+        self.host: ServiceHost = host
+        self.conn = _Conn(self.host.new_conn_id(), cw.CKPT_SERVICE_ID, self)
+        self.host.lib_connect(self.conn)
+        self.seq = 0
+        self.alive = True
+        self.pending: _Req | None = None
+        self.reply: Reply | None = None
+        self.counters: dict[bytes, int] = {}
+        self.gen = (script or _workload)(self)
+        self.started = False
+        self.finished = False
+        #: (ckpt id, name, mode) by handle
+        self.handles: dict[int, tuple[tuple[int, int, int], bytes, int]] = {}
+        self.on_ack: Callable[["_Client", Ack], None] | None = None
+        #: the handle a scenario's steps share
+        self.handle = 0
+
+    def step(self) -> None:
+        """Send the script's next request, if the last one was answered."""
+        if not self.alive or self.pending is not None or self.finished:
+            return
+        try:
+            if not self.started:
+                self.started = True
+                item = next(self.gen)
+            else:
+                item = self.gen.send(self.reply)
+        except StopIteration:
+            self.finished = True
+            return
+        self.reply = None
+        kind, msg_id, body, info = item
+        if kind == "sleep":
+            return
+        self.seq += 1
+        req = _Req(self.seq, kind, msg_id, body, self.sim.now, info)
+        self.pending = req
+        self.sim.requests += 1
+        self.sim.tr(self.sim.nodes[self.node_id], f"{self.name} -> {kind} #{req.seq} "
+                    f"{_describe(info)}")
+        self.host.lib_request(self.conn, msg_id, req.seq, body)
+
+    def on_response(self, seq: int, error: int, body: bytes) -> None:
+        req = self.pending
+        if req is None or req.seq != seq:
+            self.sim.violations.append(Violation(
+                "spurious", f"{self.name}: response to request {seq}, which is not waiting"))
+            return
+        self.pending = None
+        self.sim.answered += 1
+        if req.kind == "write" and error == SA_OK:
+            error = cw.decode_write_reply_untrusted(body)[0]
+        self.reply = (error, body)
+        self.sim.tr(self.sim.nodes[self.node_id], f"{self.name} <- {req.kind} #{seq}: "
+                    f"{'OK' if error == SA_OK else error}")
+        if error == SA_OK:
+            self.sim.on_ok(self, req, body)
+
+    def kill(self) -> None:
+        self.alive = False
+        self.conn._closed = True
+        self.pending = None
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v.decode() if isinstance(v, bytes) else v}"
+                    for k, v in info.items())
+
+
+def _call(kind: str, msg_id: int, body: bytes, **info: Any) -> Call:
+    """One request, retried while the answer is TRY_AGAIN; returns (error, body)."""
+    while True:
+        reply = yield (kind, msg_id, body, info)
+        if reply[0] != TryAgain.code:
+            return reply
+        yield ("sleep", 0, b"", {})  # let some time pass (one step) before retrying
+
+
+def op_open(name: bytes, attrs: cw.CreationAttributes | None) -> Call:
+    flags = RW | (CREATE if attrs is not None else 0)
+    return _call("open", cw.REQ_OPEN, cw.encode_open(cw.OpenReq(name, flags, attrs)),
+                 name=name)
+
+
+def op_hcall(kind: str, msg_id: int, h: int, rest: bytes, **info: Any) -> Call:
+    return _call(kind, msg_id, cw.HANDLE.pack(h) + rest, h=h, **info)
+
+
+def op_section_create(c: _Client, h: int, sid: bytes, size: int) -> Call:
+    data = value_of(c.uid, 0, size)
+    c.sim.written.setdefault(sid, (c.uid, 0))
+    now = int(c.sim.now * 1e9)
+    return op_hcall("section_create", cw.REQ_SECTION_CREATE, h, cw.encode_section_create(
+        cw.SectionCreateReq(sid, SA_TIME_END, SA_TIME_END, now, data)), sid=sid, n=0)
+
+
+def op_write(c: _Client, h: int, sid: bytes, size: int, overwrite: bool) -> Call:
+    n = c.counters.get(sid, 0) + 1
+    c.counters[sid] = n
+    c.sim.written[sid] = (c.uid, max(c.sim.written.get(sid, (0, 0))[1], n))
+    data = value_of(c.uid, n, size)
+    now = int(c.sim.now * 1e9)
+    if overwrite:
+        return op_hcall("overwrite", cw.REQ_OVERWRITE, h,
+                        cw.encode_overwrite(now, sid, data), sid=sid, n=n, size=len(data))
+    return op_hcall("write", cw.REQ_WRITE, h, cw.encode_write(cw.WriteReq(now, ((sid, 0, data),))),
+                    sid=sid, n=n, size=len(data))
+
+
+def _workload(c: _Client) -> Generator[Any, Any, Any]:
+    """The random client: stable checkpoints, own sections, writes, reads, churn."""
+    sim = c.sim
+    rng = sim.rng
+    o = sim.o
+    opened: list[int] = []
+    sections: dict[int, list[bytes]] = {}
+    nsec = 0
+    while True:
+        r = rng.random()
+        if not opened or (r < 0.04 and len(opened) < o.stable):
+            i = rng.randrange(o.stable)
+            err, body = yield from op_open(stable_name(i), stable_attrs(i))
+            if err == SA_OK:
+                h = cw.decode_handle_untrusted(body)
+                opened.append(h)
+                sections[h] = []
+                if stable_attrs(i).creation_flags != cw.SA_CKPT_WR_ALL_REPLICAS:
+                    yield from op_hcall("active_set", cw.REQ_ACTIVE_SET, h, b"")
+            continue
+        h = rng.choice(opened)
+        secs = sections[h]
+        if not secs or (r < 0.12 and len(secs) < 6):
+            nsec += 1
+            sid = b"%d.%d" % (c.uid, nsec)
+            err, _ = yield from op_section_create(c, h, sid, rng.randrange(16, 200))
+            if err == SA_OK:
+                secs.append(sid)
+            elif err == BadHandle.code:
+                opened.remove(h)
+            elif err == NotExist.code:
+                yield from op_hcall("active_set", cw.REQ_ACTIVE_SET, h, b"")
+            continue
+        if r < 0.75:
+            sid = rng.choice(secs)
+            x = rng.random()
+            size = (rng.randrange(40, 300) if x < 0.6 else rng.randrange(300, 3000)
+                    if x < 0.9 else rng.randrange(3000, max(3001, o.max_write)))
+            err, _ = yield from op_write(c, h, sid, size, overwrite=rng.random() < 0.3)
+            if err == NotExist.code:
+                yield from op_hcall("active_set", cw.REQ_ACTIVE_SET, h, b"")
+            elif err == BadHandle.code:
+                opened.remove(h)
+            continue
+        if r < 0.88:
+            sid = rng.choice(secs)
+            err, body = yield from op_hcall("read", cw.REQ_READ, h,
+                                            cw.encode_read([(sid, 0, cw.READ_ALL)]), sid=sid)
+            if err == SA_OK:
+                e, _, datas = cw.decode_read_reply_untrusted(body)
+                if e == SA_OK and datas and sid in sim.written and decode_value(datas[0]) is None:
+                    sim.violations.append(Violation(
+                        "torn", f"{c.name}: read of {sid.decode()} returned {len(datas[0])} "
+                                f"bytes that no client wrote"))
+            continue
+        # churn: a short-lived checkpoint, closed and sometimes unlinked
+        name = b"churn-%d" % rng.randrange(CHURN_NAMES)
+        err, body = yield from op_open(name, churn_attrs())
+        if err != SA_OK:
+            continue
+        ch = cw.decode_handle_untrusted(body)
+        nsec += 1
+        sid = b"%d.%d" % (c.uid, nsec)
+        err, _ = yield from op_section_create(c, ch, sid, rng.randrange(16, 2000))
+        if err == SA_OK:
+            yield from op_write(c, ch, sid, rng.randrange(16, 4000), overwrite=False)
+        yield from op_hcall("close", cw.REQ_CLOSE, ch, b"")
+        if rng.random() < 0.5:
+            yield from _call("unlink", cw.REQ_UNLINK, name, name=name)
+
+
+# --- the simulation ------------------------------------------------------------------------
+
+
+class _Clock:
+    """One incarnation's scheduler: host timers on the simulator's heap."""
+
+    __slots__ = ("sim", "nid", "inc")
+
+    def __init__(self, sim: "ServiceSim", nid: int, inc: int) -> None:
+        self.sim, self.nid, self.inc = sim, nid, inc
+
+    def now(self) -> float:
+        return self.sim.now
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> "_Timer":
+        t = _Timer()
+        self.sim.push(self.sim.now + max(0.0, delay), _HOST, self.nid, self.inc, t, fn)
+        return t
+
+
+class _Timer:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Port:
+    """The host's ring: ``srp.mcast`` of one incarnation."""
+
+    __slots__ = ("sim", "node", "inc")
+
+    def __init__(self, sim: "ServiceSim", node: _Node) -> None:
+        self.sim, self.node, self.inc = sim, node, node.inc
+
+    def mcast(self, payload: bytes) -> None:
+        node = self.node
+        if node.srp is None or node.inc != self.inc:
+            raise SendQueueFull()
+        acts = node.srp.mcast(payload, self.sim.now)
+        self.sim.perform(node, acts)
+
+
+class _TraceHandler(logging.Handler):
+    """Log records of the hosts and services become trace lines."""
+
+    def __init__(self, sim: "ServiceSim") -> None:
+        super().__init__(logging.DEBUG)
+        self.sim = sim
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a bad format string in a log call must not end the run
+            msg = str(record.msg)
+        self.sim.tr(None, f"{record.levelname.lower()}: {record.name}: {msg}")
+
+
+class ServiceSim(Simulation):
+    """One seeded run of hosts and clients over Srp.  See the module docstring."""
+
+    def __init__(self, seed: int, options: SvcOptions,
+                 srp_factory: Callable[..., Any] | None = None) -> None:
+        super().__init__(seed, options, srp_factory)
+        self.o: SvcOptions = options
+        if options.config is None:
+            self.config = TotemConfig(send_queue_limit=options.send_queue,
+                                      send_queue_bytes=256 * 1024)
+        self.sres = SvcResult(seed, options)
+        self.result = self.sres
+        self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
+        self.fifo: dict[int, deque[Any]] = {n: deque() for n in self.ids}
+        self.draining: dict[int, bool] = {n: False for n in self.ids}
+        self.clients: dict[int, list[_Client]] = {n: [] for n in self.ids}
+        self.all_clients: list[_Client] = []
+        self.next_uid = 1
+        self.requests = 0
+        self.answered = 0
+        self.sync_rounds = 0
+        #: per node: deliveries in its current regular configuration (quiescence)
+        self.in_ring: dict[int, int] = {n: 0 for n in self.ids}
+        self.ring_of: dict[int, RingId | None] = {n: None for n in self.ids}
+        #: per (node, incarnation): regular configurations installed, in order
+        self.installs: dict[tuple[int, int], list[RingId]] = {}
+        #: per incarnation and checkpoint: the changes its replica reflects (delivered,
+        #: or received with the state of a completed sync round), by message identity
+        self.held: dict[tuple[int, int], dict[Any, set[Any]]] = {}
+        #: what each member held as it installed a configuration: (ring, node) -> copy
+        self.snap: dict[tuple[RingId, int], dict[Any, frozenset[Any]]] = {}
+        self.members_of: dict[RingId, tuple[int, ...]] = {}
+        #: checkpoints whose histories conflicted when sides merged
+        self.conflicted: set[Any] = set()
+        self.ck_names: dict[tuple[int, int, int], bytes] = {}
+        self.acks: list[Ack] = []
+        self.written: dict[bytes, tuple[int, int]] = {}
+        #: incarnations that hold the cluster's state (module docstring (b))
+        #: acknowledgements and their holders (module docstring (b))
+        self.tracks: list[AckTrack] = []
+        self.tracks_by_key: dict[Any, list[AckTrack]] = {}
+        #: (node, incarnation, conn, seq) -> the last message that request caused, as
+        #: delivered there, and the members of the configuration it was delivered in
+        self.key_of_request: dict[tuple[int, int, int, int],
+                                  tuple[Any, frozenset[tuple[int, int]]]] = {}
+        #: message -> the incarnations that applied it
+        self.applied: dict[Any, set[tuple[int, int]]] = {}
+        #: per node: members of its last configuration (regular or transitional)
+        self.conf_members: dict[int, tuple[int, ...]] = {n: () for n in self.ids}
+        #: per node: changes delivered while its host syncs (applied when the round ends)
+        self.pending_upd: dict[int, list[tuple[Any, Any]]] = {n: [] for n in self.ids}
+        self.asym_rules: list[tuple[int, str, bool]] = []  # (node, "in"/"out", big only)
+        #: extra packet filters (scenarios): drop when f(src, dst, data) is True
+        self.drop_rules: list[Callable[[int, int, bytes], bool]] = []
+        #: send hooks (scenarios): called with (node, data) before the network sees it
+        self.send_hooks: list[Callable[[_Node, bytes], None]] = []
+        self.ack_crashes = options.ack_crashes
+        self.split_writes = options.split_writes
+        #: per incarnation: whether a holder was a member when its last configuration began
+        self.trackers: dict[int, _TrackConn] = {}
+        self.scripts: dict[int, Callable[[_Client], Generator[Any, Any, Any]]] = {}
+
+    # -- schedule ----------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        super().schedule()
+        o, rng = self.o, self.rng
+        ends = [self.quiet_at]
+        for _ in range(o.restarts):
+            self.push(rng.uniform(0.5, o.duration), _FAULT, "qcrash", None)
+        for _ in range(o.asym):
+            t0 = rng.uniform(0.3, o.duration)
+            length = rng.uniform(1.0, 4.0)
+            rule = (rng.choice(self.ids), rng.choice(("in", "out")), rng.random() < 0.5)
+            self.push(t0, _FAULT, "asym_on", rule)
+            self.push(t0 + length, _FAULT, "asym_off", rule)
+            ends.append(t0 + length)
+        if max(ends) > self.quiet_at:
+            # the base schedule put the quiet phase at its own end: move it
+            self.heap = [e for e in self.heap if not (e[2] == _FAULT and e[3] == "quiet")]
+            heapq.heapify(self.heap)
+            self.quiet_at = max(ends)
+            self.push(self.quiet_at, _FAULT, "quiet", 0)
+            self.deadline = self.quiet_at + o.settle
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at virtual time ``t`` (scenarios)."""
+        self.push(t, _CALL, fn)
+
+    # -- the event loop (the base loop plus host timers and scenario calls) -------------
+
+    def run(self) -> SvcResult:  # type: ignore[override]
+        saved = getattr(ckpt_mod, "SYNC_BUDGET", None)
+        log = logging.getLogger("ais")
+        handler = _TraceHandler(self)
+        old_level, old_prop = log.level, log.propagate
+        log.addHandler(handler)
+        log.propagate = False
+        log.setLevel(logging.DEBUG if self.o.full_trace else logging.WARNING)
+        if saved is not None:
+            ckpt_mod.SYNC_BUDGET = self.o.sync_budget
+        try:
+            self.schedule()
+            self._loop()
+        finally:
+            if saved is not None:
+                ckpt_mod.SYNC_BUDGET = saved
+            log.removeHandler(handler)
+            log.setLevel(old_level)
+            log.propagate = old_prop
+        return self.finish()
+
+    def _loop(self) -> None:
+        heap, nodes = self.heap, self.nodes
+        pop = heapq.heappop
+        max_steps = self.o.max_steps
+        try:
+            while heap and not self.done:
+                entry = pop(heap)
+                t = entry[0]
+                if t > self.deadline:
+                    break
+                self.steps += 1
+                if self.steps > max_steps:
+                    self.violations.append(Violation(
+                        "liveness", f"step bound {max_steps} reached at t={self.now:.3f}"))
+                    break
+                self.now = t
+                kind = entry[2]
+                if kind == _PKT or kind == _TIMER or kind == _APP or kind == _HOST:
+                    node = nodes[entry[3]]
+                    if node.srp is None:
+                        continue
+                    if kind == _TIMER and (entry[4] != node.inc
+                                           or node.gens.get(entry[5]) != entry[6]):
+                        continue
+                    if kind == _HOST and (entry[4] != node.inc or entry[5].cancelled):
+                        continue
+                    if node.paused:
+                        node.held.append(entry)
+                        continue
+                    if kind == _PKT:
+                        self.on_packet(node, entry[4], entry[5])
+                    elif kind == _TIMER:
+                        node.gens[entry[5]] = entry[6] + 1
+                        self.tr(node, f"timer {entry[5].value}")
+                        self.call(node, node.srp.timer, entry[5])
+                    elif kind == _HOST:
+                        entry[6]()
+                    else:
+                        self.on_app(node)
+                elif kind == _FAULT:
+                    getattr(self, "f_" + entry[3])(entry[4])
+                elif kind == _CHECK:
+                    self.on_check()
+                elif kind == _CALL:
+                    entry[3]()
+            else:
+                if not self.done and not self.violations:
+                    self.violations.append(Violation("liveness", "event queue ran dry"))
+        except Exception:  # a bug in a service, the host or the core: this run's failure
+            tb = traceback.format_exc().rstrip().splitlines()
+            self.tr(None, "EXCEPTION " + tb[-1])
+            self.violations.append(Violation("exception", " | ".join(tb[-6:])))
+
+    # -- the core's actions ----------------------------------------------------------------
+
+    def perform(self, node: _Node, acts: Iterable[Any]) -> None:
+        q = self.fifo[node.id]
+        q.extend(acts)
+        if self.draining[node.id]:
+            return
+        self.draining[node.id] = True
+        inc = node.inc
+        try:
+            while q:
+                if node.srp is None or node.inc != inc:
+                    q.clear()
+                    break
+                a = q.popleft()
+                t = type(a)
+                if t is Send:
+                    for hook in self.send_hooks:
+                        hook(node, a.data)
+                    self.send(node, a.data, a.dest)
+                elif t is StartTimer:
+                    gen = node.gens.get(a.kind, 0) + 1
+                    node.gens[a.kind] = gen
+                    self.push(a.at if a.at > self.now else self.now, _TIMER, node.id, node.inc,
+                              a.kind, gen)
+                elif t is CancelTimer:
+                    node.gens[a.kind] = node.gens.get(a.kind, 0) + 1
+                elif t is Deliver:
+                    self.on_deliver(node, a)
+                elif t is ConfChange:
+                    self.on_confchg(node, a)
+                elif t.__name__ == "Stable":
+                    host = self.hosts[node.id]
+                    on_stable = getattr(host, "on_stable", None)
+                    if on_stable is not None:
+                        on_stable(a)
+                else:
+                    raise TypeError(f"unknown action {a!r}")
+        finally:
+            self.draining[node.id] = False
+        ckpt = getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
+        if ckpt is not None:
+            # Every checkpoint id ever linked to a name; a replica "holds" the ids its
+            # names ever led to, so creations on two sides conflict like changes do.
+            names = ckpt.names
+            mine = self.held.setdefault((node.id, node.inc), {})
+            for name, ck_id in names.items():
+                if ck_id not in self.ck_names:
+                    self.ck_names[ck_id] = name
+                mine.setdefault(("name", name), set()).add(ck_id)
+
+    def on_deliver(self, node: _Node, d: Deliver) -> None:
+        self.deliveries += 1
+        self.in_ring[node.id] += 1
+        p = d.payload
+        if len(p) >= RING_HEADER.size:
+            service, msg_id, flags = struct.unpack_from("!HHB", p)
+            if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC:
+                key = (d.ring_id, d.sender, zlib.crc32(p))
+                tag_node, conn, seq = struct.unpack_from("!III", p, 8)
+                if tag_node == node.id and conn:
+                    # safe delivery means: every member of this configuration has it
+                    members = frozenset((m, self.nodes[m].inc) for m in self.conf_members[node.id]
+                                        if m in self.nodes and self.nodes[m].srp is not None)
+                    self.key_of_request[(node.id, node.inc, conn, seq)] = (key, members)
+                ck = (cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
+                      if msg_id in _UPDATES and len(p) >= RING_HEADER.size + cw.CKPT_ID.size
+                      else None)
+                host = self.hosts[node.id]
+                if host is not None and host.syncing:
+                    # the host holds it until the round completes (dropped if abandoned)
+                    self.pending_upd[node.id].append((ck, key))
+                else:
+                    self._holds(node, ck, key)
+        if self.trace is not None and self.o.full_trace:
+            self.tr(node, f"deliver {len(p)}B from {self.nodes[d.sender].name if d.sender in self.nodes else d.sender} ring {d.ring_id}")
+        host = self.hosts[node.id]
+        if host is not None:
+            host.on_deliver(d)
+
+    def on_confchg(self, node: _Node, a: ConfChange) -> None:
+        if node.hist is not None:
+            node.hist.events.append(a)
+        self.conf_members[node.id] = a.members
+        if not a.transitional:
+            self.rings.add(a.ring_id)
+            self.installs.setdefault((node.id, node.inc), []).append(a.ring_id)
+            self.ring_of[node.id] = a.ring_id
+            self.in_ring[node.id] = 0
+            self.members_of[a.ring_id] = a.members
+            self.pending_upd[node.id] = []  # an abandoned round's held messages are dropped
+            self.snap[(a.ring_id, node.id)] = {
+                ck: frozenset(v) for ck, v in self.held.get((node.id, node.inc), {}).items()}
+        self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
+                f"{self.names(a.members)} left {self.names(a.left)} "
+                f"joined {self.names(a.joined)}")
+        host = self.hosts[node.id]
+        if host is not None:
+            host.on_confchg(a)
+
+    def _round_done(self, node: _Node, inc: int) -> None:
+        """CKPT's sync_done ran on ``node``: its round for the current ring completed."""
+        host = self.hosts[node.id]
+        if host is None or node.inc != inc:
+            return
+        self.sync_rounds += 1
+        key = (node.id, node.inc)
+        ring = host.ring_id
+        if ring is None:
+            return
+        self._merged(node, ring)
+        members = {(m, self.nodes[m].inc) for m in self.members_of.get(ring, ())}
+        for t in self.tracks:
+            if t.holders & members:
+                t.holders.add(key)
+        self.tr(node, f"sync round {host.ring_id} done")
+
+    def _holds(self, node: _Node, ck: tuple[int, int, int] | None, key: Any) -> None:
+        """``node`` applied the message ``key`` (a change to ``ck``, if not None)."""
+        me = (node.id, node.inc)
+        if ck is not None:
+            self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
+        self.applied.setdefault(key, set()).add(me)
+        for t in self.tracks_by_key.get(key, ()):
+            t.holders.add(me)
+
+    def _merged(self, node: _Node, ring: RingId | None) -> None:
+        """A sync round completed here: the replica now reflects every member's history
+        (when they conflict, the merge rule chose one: the checkpoint is marked)."""
+        if ring is None:
+            return
+        hs = [self.snap[(ring, m)] for m in self.members_of.get(ring, ())
+              if (ring, m) in self.snap]
+        bad = diverging(hs) - self.conflicted
+        if bad:
+            self.conflicted |= bad
+            for k in [k for k in bad if k[0] == "name"]:
+                self.conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
+            self.tr(node, f"conflicting histories merged in {ring}: {sorted(map(str, bad))}")
+        mine = self.held.setdefault((node.id, node.inc), {})
+        for h in hs:
+            for ck, v in h.items():
+                mine.setdefault(ck, set()).update(v)
+        pending, self.pending_upd[node.id] = self.pending_upd[node.id], []
+        for ck, key in pending:
+            self._holds(node, ck, key)
+
+    # -- network additions ---------------------------------------------------------------
+
+    def send(self, node: _Node, data: bytes, dest: int | None) -> None:
+        if (self.split_writes and self.faults_on and dest is None and len(data) > 1
+                and data[1] == 1 and MAGIC in data and len(set(self.group.values())) == 1
+                and self.rng.random() < 0.15):
+            # Cut the sender off as its frame with client data leaves: the frame
+            # reaches nobody, and each side may end the old ring with other writes.
+            self.split_writes -= 1
+            self.group = {n: int(n == node.id) for n in self.ids}
+            self.tr(node, "PARTITION: cut off as it sends client data")
+            self.push(self.now + self.rng.uniform(1.0, 3.0), _FAULT, "heal", 0)
+        super().send(node, data, dest)
+
+    def on_packet(self, node: _Node, src: int, data: bytes) -> None:
+        dst = node.id
+        for nid, direction, big in self.asym_rules:
+            if (direction == "out" and src == nid) or (direction == "in" and dst == nid):
+                if not big or len(data) > 800:
+                    return
+        for rule in self.drop_rules:
+            if rule(src, dst, data):
+                return
+        super().on_packet(node, src, data)
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def f_start(self, nid: int) -> None:
+        node = self.nodes[nid]
+        node.inc += 1
+        if self.o.full_trace:
+            node.srp = self.factory(nid, self.config, ring_seq=node.disk,
+                                    log=_TraceLog(self, node))
+        else:
+            node.srp = self.factory(nid, self.config, ring_seq=node.disk)
+        node.gens = {}
+        node.held = []
+        node.paused = False
+        node.state = ""
+        node.hist = History(nid, node.inc)
+        self.histories[(nid, node.inc)] = node.hist
+        host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()],
+                           _Clock(self, nid, node.inc))
+        self.hosts[nid] = host
+        self.fifo[nid].clear()
+        self.pending_upd[nid] = []
+        self.ring_of[nid] = None
+        host.attach_ring(_Port(self, node))
+        ckpt = host.services[cw.CKPT_SERVICE_ID]
+        done = ckpt.sync_done
+
+        def sync_done(inc: int = node.inc) -> None:
+            done()
+            self._round_done(node, inc)
+        ckpt.sync_done = sync_done  # type: ignore[method-assign]
+        self.trackers[nid] = _TrackConn(host)
+        script = self.scripts.get(nid)
+        self.clients[nid] = []
+        for k in range(self.o.clients):
+            c = _Client(self, node, k, self.next_uid, script)
+            self.next_uid += 1
+            self.clients[nid].append(c)
+            self.all_clients.append(c)
+        self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk} (empty host)")
+        self.call(node, node.srp.start)
+
+    def _kill(self, node: _Node) -> None:
+        self.hosts[node.id] = None
+        self.fifo[node.id].clear()
+        for c in self.clients[node.id]:
+            c.kill()
+        self.clients[node.id] = []
+        key = (node.id, node.inc)
+        for t in self.tracks:
+            if key in t.holders:
+                t.holders.discard(key)
+                if not t.holders:
+                    # memory only: the last node holding it is gone
+                    self.tr(node, f"{t.ack.client}'s {_ack_text(t.ack)} now lost with "
+                                  f"every node that held it")
+
+    def f_crash(self, target: tuple[int, int] | None) -> None:
+        super().f_crash(target)
+        for nid in self.ids:
+            if self.nodes[nid].srp is None and self.hosts[nid] is not None:
+                self._kill(self.nodes[nid])
+
+    def crash_now(self, nid: int) -> None:
+        """Crash ``nid`` now, regardless of the fault phase (scenarios)."""
+        node = self.nodes[nid]
+        if node.srp is None:
+            return
+        node.srp = None
+        node.held = []
+        node.paused = False
+        if node.hist is not None:
+            node.hist.crashed = True
+        self.tr(node, f"CRASH incarnation {node.inc}")
+        self._kill(node)
+
+    def f_qcrash(self, _: Any) -> None:
+        """A quick restart: crash a node and start it again in 0.05-0.9 s."""
+        if not self.faults_on:
+            return
+        up = self.up()
+        if len(up) < 2:
+            return
+        node = self.rng.choice(up)
+        target = (node.id, node.inc)
+        super().f_crash(target)
+        if node.srp is None:
+            self._kill(node)
+            self.push(self.now + self.rng.uniform(0.05, 0.9), _FAULT, "restart", target)
+
+    def f_asym_on(self, rule: tuple[int, str, bool]) -> None:
+        if not self.faults_on:
+            return
+        self.asym_rules.append(rule)
+        nid, direction, big = rule
+        self.tr(None, f"ASYM LOSS {self.nodes[nid].name} {direction}"
+                      f"{' (frames > 800 B)' if big else ''}")
+
+    def f_asym_off(self, rule: tuple[int, str, bool]) -> None:
+        if rule in self.asym_rules:
+            self.asym_rules.remove(rule)
+            self.tr(None, f"ASYM LOSS OFF {self.nodes[rule[0]].name} {rule[1]}")
+
+    def f_quiet(self, arg: Any) -> None:
+        self.asym_rules = []
+        self.drop_rules = []
+        super().f_quiet(arg)
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def on_app(self, node: _Node, probe: bool = False) -> bool:
+        cs = [c for c in self.clients[node.id] if c.alive and c.pending is None]
+        if cs:
+            self.rng.choice(cs).step()
+        return True
+
+    def on_ok(self, c: _Client, req: _Req, body: bytes) -> None:
+        """A request succeeded: remember what the client was promised."""
+        host = c.host
+        info = req.info
+        if req.kind == "open":
+            h = cw.decode_handle_untrusted(body)
+            cs = c.conn.private.get("ckpt")
+            hd = cs.handles.get(h) if cs is not None else None
+            if hd is None:
+                return
+            name = info["name"]
+            svc = host.services[cw.CKPT_SERVICE_ID]
+            assert isinstance(svc, CkptService)
+            found = svc.ckpts.get(hd.ckpt_id)
+            mode = found.attrs.creation_flags if found is not None else 0
+            c.handles[h] = (hd.ckpt_id, name, mode)
+            self.ck_names[hd.ckpt_id] = name
+            if name.startswith(b"stable-"):
+                self._ack(c, Ack(hd.ckpt_id, name, None, 0, mode, c.node_id, c.inc, self.now,
+                                 c.name), req.seq)
+        elif req.kind in ("section_create", "write", "overwrite"):
+            h = info["h"]
+            if h not in c.handles:
+                return
+            ck, name, mode = c.handles[h]
+            if name.startswith(b"stable-"):
+                self._ack(c, Ack(ck, name, info["sid"], info["n"], mode, c.node_id, c.inc,
+                                 self.now, c.name), req.seq)
+
+    def _ack(self, c: _Client, a: Ack, seq: int) -> None:
+        self.acks.append(a)
+        found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
+        key, members = found if found is not None else (None, frozenset())
+        if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
+            # safe: every member of the configuration it was delivered in holds it
+            holders = set(members)
+        else:
+            holders = {(c.node_id, c.inc)}  # the active replica's node
+        if key is not None:
+            holders |= self.applied.get(key, set())
+        holders = {x for x in holders if self.nodes[x[0]].inc == x[1]
+                   and self.nodes[x[0]].srp is not None}
+        t = AckTrack(a, key, holders)
+        self.tracks.append(t)
+        if key is not None:
+            self.tracks_by_key.setdefault(key, []).append(t)
+        if a.sid is not None and a.counter:
+            self.sres.acked_writes += 1
+        if c.on_ack is not None:
+            c.on_ack(c, a)
+        if (self.ack_crashes and self.faults_on and a.mode == cw.SA_CKPT_WR_ALL_REPLICAS
+                and a.counter and self.rng.random() < 0.25 and len(self.up()) > 1):
+            self.ack_crashes -= 1
+            self.push(self.now + self.rng.uniform(0.0, 0.002), _FAULT, "crash",
+                      (c.node_id, c.inc))
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def on_check(self) -> None:
+        if not self.restarting and self.quiescent():
+            self.result.settled_at = self.now
+            self.tr(None, "settled")
+            self.done = True
+            return
+        self.push(self.now + 0.25, _CHECK)
+
+    def quiescent(self) -> bool:
+        """One configuration of exactly the live nodes, synced, every request answered,
+        and every message sent delivered everywhere."""
+        up = self.up()
+        if not up:
+            return False
+        ring = self.ring_of[up[0].id]
+        want = tuple(n.id for n in up)
+        for n in up:
+            if self.ring_of[n.id] != ring or n.paused:
+                return False
+            if getattr(n.srp.state, "name", "OPERATIONAL") != "OPERATIONAL":
+                return False
+            if tuple(n.srp.members) != want or n.srp.queued():
+                return False
+            host = self.hosts[n.id]
+            if host is None or host.syncing:
+                return False
+            if any(c.pending is not None for c in self.clients[n.id]):
+                return False
+        counts = {self.in_ring[n.id] for n in up}
+        return len(counts) == 1
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def observe(self) -> tuple[dict[str, Any], dict[str, Any],
+                               dict[str, dict[tuple[int, int, int], dict[bytes, bytes]]]]:
+        """Digests, CLM views and section bytes of every live node."""
+        digests: dict[str, Any] = {}
+        views: dict[str, Any] = {}
+        replicas: dict[str, dict[tuple[int, int, int], dict[bytes, bytes]]] = {}
+        for n in self.up():
+            host = self.hosts[n.id]
+            if host is None:
+                continue
+            ck = host.services[cw.CKPT_SERVICE_ID]
+            clm = host.services[w.CLM_SERVICE_ID]
+            assert isinstance(ck, CkptService) and isinstance(clm, ClmService)
+            digests[n.name] = ck.digest()
+            views[n.name] = (clm.view_number, clm.view_members, tuple(sorted(clm.records)))
+            replicas[n.name] = {i: {sid: bytes(s.data) for sid, s in c.sections.items()}
+                                for i, c in ck.ckpts.items()}
+        return digests, views, replicas
+
+    def check_state(self) -> list[Violation]:
+        """Checks (a) and (b) on the live nodes' current state (module docstring)."""
+        digests, views, replicas = self.observe()
+        vs = check_convergence(digests, views)
+        desc = ring_graph(self.installs.values())
+        conflicted = self.conflicted | name_conflicts(self.ck_names, desc)
+        req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
+        vs += check_acked(req, replicas)
+        vs += check_values(replicas, self.written)
+        vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
+                             [node_id_from_totem(n.id) for n in self.up()])
+        return vs
+
+    def finish(self) -> SvcResult:  # type: ignore[override]
+        r = self.sres
+        r.time, r.steps, r.packets = self.now, self.steps, self.packets
+        r.deliveries = self.deliveries
+        r.configurations = len(self.rings)
+        r.requests, r.answered, r.sync_rounds = self.requests, self.answered, self.sync_rounds
+        vs = list(self.violations)
+        if not any(v.invariant == "exception" for v in vs):
+            live = [c for n in self.up() for c in self.clients[n.id]]
+            waiting = [(c.name, c.pending.kind, c.pending.sent) for c in live
+                       if c.pending is not None]
+            vs += check_answered(waiting, self.quiet_at, self.o.settle)
+            if not self.done and not waiting:
+                vs.append(Violation("liveness", f"not settled {self.o.settle}s after the "
+                                                f"faults stopped (no common synced ring)"))
+            if self.done:
+                vs += self.check_state()
+        r.violations = vs
+        for v in vs:
+            self.tr(None, f"VIOLATION {v}")
+        r.trace = list(self.trace) if self.trace is not None else []
+        r.histories = {}
+        return r
+
+
+def run(seed: int, options: SvcOptions | None = None) -> SvcResult:
+    """Simulate one seeded run of the services and check it (module docstring)."""
+    return ServiceSim(seed, options or SvcOptions()).run()
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+
+class _Driver:
+    """Explicit client requests at fixed times, for the scenarios."""
+
+    def __init__(self, sim: ServiceSim) -> None:
+        self.sim = sim
+
+    def client(self, i: int, k: int = 0) -> _Client:
+        nid = self.sim.ids[i - 1]
+        return self.sim.clients[nid][k]
+
+    def do(self, t: float, i: int, make: Callable[[_Client], Generator[Any, Any, Any]],
+           k: int = 0) -> None:
+        """At ``t``, client ``k`` of node ``i`` runs ``make(client)`` to its end."""
+        def start() -> None:
+            c = self.client(i, k)
+            if c.pending is not None or not c.alive:
+                self.sim.violations.append(Violation(
+                    "scenario", f"{c.name} is not idle at {self.sim.now:.3f}s"))
+                return
+            c.gen = make(c)
+            c.started = False
+            c.finished = False
+            self._pump(c)
+        self.sim.at(t, start)
+
+    def _pump(self, c: _Client) -> None:
+        c.step()
+        if not c.finished and c.alive:
+            # A scripted client steps as soon as its answer is there (or 20 ms later).
+            self.sim.push(self.sim.now + 0.02, _CALL, lambda: self._pump(c))
+
+
+def _open_and_fill(name_i: int, sections: int, size: int, writes: int
+                   ) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    def make(c: _Client) -> Generator[Any, Any, Any]:
+        err, body = yield from op_open(stable_name(name_i), stable_attrs(name_i))
+        if err != SA_OK:
+            c.sim.violations.append(Violation("scenario", f"{c.name}: open failed ({err})"))
+            return
+        h = cw.decode_handle_untrusted(body)
+        c.sim.tr(None, f"{c.name}: opened handle {h}")
+        c.handle = h
+        for j in range(sections):
+            sid = b"%d.%d" % (c.uid, j)
+            yield from op_section_create(c, h, sid, 32)
+            for _ in range(writes):
+                yield from op_write(c, h, sid, size, overwrite=False)
+    return make
+
+
+def _write_once(sid_j: int, size: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    def make(c: _Client) -> Generator[Any, Any, Any]:
+        h = c.handle
+        yield from op_write(c, h, b"%d.%d" % (c.uid, sid_j), size, overwrite=False)
+    return make
+
+
+def _marker(c: _Client, sid_j: int) -> bytes:
+    """The first bytes of the next value client ``c`` writes to its section ``sid_j``."""
+    sid = b"%d.%d" % (c.uid, sid_j)
+    return value_of(c.uid, c.counters.get(sid, 0) + 1, VALUE.size)[:12]  # not the size
+
+
+SCENARIO_OPTIONS = SvcOptions(nodes=3, messages=0, clients=1, duration=12.0, settle=40.0)
+
+
+def scenario(n: int, full_trace: bool = False) -> SvcResult:
+    """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7 and check it."""
+    o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0)
+    sim = ServiceSim(n, o)
+    sim.sres.scenario = n
+    d = _Driver(sim)
+    n1, n2, n3 = sim.ids
+    if n == 1:
+        # State on every node; node 1 (the lowest) killed and back before the others
+        # noticed; then node 3 leaves and rejoins: a sync round with a joiner in which
+        # node 1 is the lowest member of the old configuration.
+        for i in (1, 2, 3):
+            d.do(2.0 + 0.1 * i, i, _open_and_fill(0, 3, 3000, 3))
+        sim.at(4.0, lambda: sim.crash_now(n1))
+        sim.at(4.2, lambda: sim.f_start(n1))
+        sim.at(6.0, lambda: sim.crash_now(n3))
+        sim.at(8.5, lambda: sim.f_start(n3))
+    elif n == 2:
+        # Writes by node 1 and node 3 to one checkpoint in the same rotation; node 1's
+        # frame never reaches node 3, node 3 is cut off as it sends its own: each side
+        # delivers a different last write of the old ring.  Healed 3 s later.
+        d.do(2.0, 1, _open_and_fill(0, 1, 100, 2))
+        d.do(2.2, 3, _open_and_fill(0, 1, 100, 2))
+
+        def split() -> None:
+            c1, c3 = d.client(1), d.client(3)
+            m1, m3 = _marker(c1, 0), _marker(c3, 0)
+            sim.drop_rules.append(lambda src, dst, data: dst == n3 and m1 in data)
+
+            def cut(node: _Node, data: bytes) -> None:
+                if node.id == n3 and m3 in data and sim.group[n3] == 0:
+                    sim.group = {n1: 0, n2: 0, n3: 1}
+                    sim.tr(None, "PARTITION [n1,n2] | [n3] (as n3 sends its write)")
+            sim.send_hooks.append(cut)
+        sim.at(4.0, split)
+        d.do(4.0, 1, _write_once(0, 100))
+        d.do(4.0, 3, _write_once(0, 100))
+
+        def heal() -> None:
+            sim.drop_rules.clear()
+            sim.send_hooks.clear()
+            sim.f_heal(0)
+        sim.at(7.0, heal)
+    elif n == 3:
+        # A WR_ALL_REPLICAS write whose frame is lost on its way to the others; the
+        # writer's node is killed as soon as the write returns (or 1 s later).
+        d.do(2.0, 1, _open_and_fill(0, 1, 500, 2))
+
+        def lossy() -> None:
+            m = _marker(d.client(1), 0)
+            sim.drop_rules.append(lambda src, dst, data: src == n1 and m in data)
+
+            def on_ack(c: _Client, a: Ack) -> None:
+                if a.counter == 3:
+                    sim.tr(None, "write #3 acknowledged: killing its node")
+                    sim.at(sim.now, lambda: sim.crash_now(n1))
+            d.client(1).on_ack = on_ack
+        sim.at(4.0, lossy)
+        d.do(4.0, 1, _write_once(0, 500))
+        sim.at(5.0, lambda: sim.crash_now(n1))
+    else:
+        raise ValueError(f"no scenario {n}")
+    return sim.run()
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = SvcOptions()
+    p = argparse.ArgumentParser(prog="python -m ais.servicesim",
+                                description="Simulate CLM and CKPT on Totem rings under "
+                                            "faults and check the replicated state.")
+    p.add_argument("--seed", type=int, help="one run, printing its full trace")
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3),
+                   help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
+    p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
+    p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")
+    p.add_argument("--start", type=int, default=0, help="first seed of a sweep")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes for a sweep")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only violations and the total")
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    for name in ("loss", "dup", "reorder", "reorder_delay", "duration", "settle",
+                 "start_spread"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses", "restarts",
+                 "asym", "ack_crashes", "split_writes"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, nargs="?", const=2,
+                       default=getattr(d, name), metavar="N")
+    for name in ("messages", "clients", "stable", "max_write", "sync_budget", "send_queue"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--delay", default=",".join(map(repr, d.delay)),
+                   help="base delay range in seconds, LO,HI")
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    return p
+
+
+def options_from_args(a: argparse.Namespace) -> SvcOptions:
+    lo, hi = (float(x) for x in a.delay.split(","))
+    return SvcOptions(
+        nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder, reorder_delay=a.reorder_delay,
+        delay=(lo, hi), partitions=a.partitions, flaps=a.flaps, crashes=a.crashes,
+        state_crashes=a.state_crashes, pauses=a.pauses, restarts=a.restarts, asym=a.asym,
+        ack_crashes=a.ack_crashes, split_writes=a.split_writes, messages=a.messages, clients=a.clients, stable=a.stable,
+        max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
+        duration=a.duration, settle=a.settle, start_spread=a.start_spread,
+        max_steps=a.max_steps)
+
+
+def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:
+    seed, o = job
+    r = run(seed, o)
+    r.trace = r.trace[-40:] if r.violations else []
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m ais.servicesim``; returns the exit status."""
+    a = _parser().parse_args(argv)
+    if a.scenario is not None:
+        r = scenario(a.scenario, full_trace=a.trace)
+        if a.trace:
+            for ln in r.trace:
+                print(ln)
+        print(r.line())
+        if r.violations:
+            print(r.report())
+        print(f"1 runs, {int(bool(r.violations))} violations")
+        return 1 if r.violations else 0
+    o = options_from_args(a)
+    if a.seed is not None:
+        o.full_trace = True
+        r = run(a.seed, o)
+        for ln in r.trace:
+            print(ln)
+        print(r.line())
+        if r.violations:
+            print(r.report())
+        print(f"1 runs, {int(bool(r.violations))} violations")
+        return 1 if r.violations else 0
+    jobs = [(s, o) for s in range(a.start, a.start + a.seeds)]
+    if a.jobs > 1 and len(jobs) > 1:
+        import multiprocessing
+        with multiprocessing.get_context("fork").Pool(a.jobs) as pool:
+            bad = _print_results(pool.imap(_sweep_one, jobs, chunksize=1), a.quiet)
+    else:
+        bad = _print_results(map(_sweep_one, jobs), a.quiet)
+    print(f"{len(jobs)} runs, {bad} violations")
+    return 1 if bad else 0
+
+
+def _print_results(results: Iterable[SvcResult], quiet: bool) -> int:
+    bad = 0
+    for r in results:
+        if not quiet or r.violations:
+            print(r.line(), flush=True)
+        if r.violations:
+            bad += 1
+            print(r.report(), flush=True)
+    return bad
+
+
+if __name__ == "__main__":
+    sys.exit(main())
