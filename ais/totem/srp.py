@@ -69,6 +69,10 @@ logger = logging.getLogger("ais.totem.srp")
 #: retransmit-list entries a token may carry (bounded so the token fits a frame)
 RTR_LIMIT = 100
 
+#: recent rotation samples kept; their minimum tells a clean rotation from one
+#: that waited for a retransmission
+ROTATION_WINDOW = 16
+
 
 class RingState(enum.Enum):
     OPERATIONAL = "operational"
@@ -123,7 +127,13 @@ class Srp:
         self._wake_pending = False
         self._forwarded_at: float | None = None
         self._sent_seq = 0  # token.seq when we last passed the token on
-        self._rotation: float | None = None  # smoothed token rotation time (s)
+        # retransmission timing from measured rotations (see _sample_rotation)
+        self._rot_window: deque[float] = deque(maxlen=ROTATION_WINDOW)
+        self._srtt: float | None = None  # smoothed rotation time (s)
+        self._rttvar = 0.0  # its smoothed mean deviation (s)
+        self._rt_delay = 0.0  # current token retransmit wait (ms), doubled per resend
+        self._rt_cap = 0.0  # ... up to this
+        self._resent = False  # we resent the token since we last passed it on (Karn)
         self._timers: dict[TimerKind, float] = {}
         self._out: list[Action] = []
         self.stats: dict[str, int] = {
@@ -252,6 +262,13 @@ class Srp:
                     self._release_held(now)
                 else:
                     self._wake_pending = True
+                    if (self._forwarded_idle and TimerKind.TOKEN_RETRANSMIT in self._timers
+                            and self.ring_id.rep != self.node_id):
+                        # Someone waits for the idle token we passed on: if it
+                        # was lost here, resend after a rotation's wait, not
+                        # after the representative's rest as well.
+                        self._forwarded_idle = False
+                        self._arm_retransmit(self._rto(), self._rt_cap, now)
         elif p.ring_id != self.ring_id and p.sender not in self.members:
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
 
@@ -324,8 +341,13 @@ class Srp:
             return
         data, dest = self._last_sent
         self.stats["token_retransmits"] += 1
+        self._resent = True
         self._out.append(Send(data, dest))
-        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+        # Back off: the resend may be lost too, or the successor merely slow;
+        # doubling bounds the duplicates while leaving many tries before the
+        # token timeout.
+        self._rt_delay = min(2.0 * self._rt_delay, self._rt_cap)
+        self._arm(TimerKind.TOKEN_RETRANSMIT, self._rt_delay, now)
 
     def _timer_token_hold(self, now: float) -> None:
         t = self._held
@@ -368,7 +390,10 @@ class Srp:
 
     def _send_wake(self, now: float) -> None:
         self._out.append(Send(wire.encode_probe(wire.WAKE, self.node_id, self.ring_id)))
-        self._arm(TimerKind.WAKE, self.cfg.wake_interval, now)
+        # a lost WAKE is sent again after about two rotations, at most wake_interval
+        cfg = self.cfg
+        self._arm(TimerKind.WAKE, min(cfg.wake_interval, max(cfg.token_retransmit_min,
+                                                             2.0 * self._rto())), now)
 
     # ------------------------------------------------------------- membership
 
@@ -467,7 +492,7 @@ class Srp:
         dest = self._successor(c.members)
         self._last_sent = (data, dest)
         self._out.append(Send(data, dest))
-        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+        self._arm_retransmit(self._rto(), self.cfg.token_retransmit, now)
 
     def _enter_recovery(self, c: Commit, now: float) -> None:
         self._set_state(RECOVERY, f"ring {c.ring_id}")
@@ -592,11 +617,12 @@ class Srp:
         rx.free(rx.delivered)
 
     def _release_held(self, now: float) -> None:
+        """Somebody has something to send: the resting token moves on at once."""
         t = self._held
         assert t is not None
         self._held = None
         self._disarm(TimerKind.TOKEN_HOLD)
-        self._token_visit(t, now, may_hold=False)
+        self._token_visit(t, now, may_hold=False, woken=True)
 
     def _allowed(self, t: Token, backlog: int) -> int:
         cfg = self.cfg
@@ -609,16 +635,18 @@ class Srp:
             allowed = 0  # receivers are far behind: let retransmissions catch up
         return max(0, allowed)
 
-    def _token_visit(self, t: Token, now: float, may_hold: bool = True) -> None:
+    def _token_visit(self, t: Token, now: float, may_hold: bool = True,
+                     woken: bool = False) -> None:
         cfg = self.cfg
         me = self.node_id
         out = self._out
         self._disarm(TimerKind.TOKEN_RETRANSMIT, TimerKind.WAKE)
         self._arm(TimerKind.TOKEN_LOSS, cfg.token, now)
-        if self._forwarded_at is not None and may_hold and not self._forwarded_idle:
-            rot = now - self._forwarded_at
-            r = self._rotation
-            self._rotation = rot if r is None else 0.8 * r + 0.2 * rot
+        if (self._forwarded_at is not None and not self._resent
+                and (not self._forwarded_idle or t.ring_id.rep == me)):
+            # An idle token may have rested at the representative on its way
+            # back; the representative's own rotations never include a rest.
+            self._sample_rotation(now - self._forwarded_at)
         self._forwarded_at = None
         recovering = self.state is RECOVERY
         if recovering:
@@ -714,7 +742,9 @@ class Srp:
                 self._held = t
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
                 return
-            if quiet:
+            if quiet and not (woken or self._wake_pending):
+                # (A woken token is not marked idle: someone waits for it, and
+                # its holders time it as a busy one.)
                 t.flags |= TOKEN_IDLE
             else:
                 t.flags &= ~TOKEN_IDLE
@@ -737,17 +767,48 @@ class Srp:
         self._forwarded_idle = idle
         self._wake_pending = False
         self._forwarded_at = now
+        self._resent = False
         cfg = self.cfg
-        if idle:
-            delay = cfg.token_retransmit + cfg.token_hold
-        elif self._rotation is None:
-            delay = cfg.token_retransmit
+        if idle and t.ring_id.rep != me:
+            # It may rest at the representative before it comes back.
+            self._arm_retransmit(self._rto() + cfg.token_hold,
+                                 cfg.token_retransmit + cfg.token_hold, now)
         else:
-            # A lost token costs a retransmit wait; on a busy ring a few
-            # rotation times is plenty.  A needless resend is a duplicate
-            # that the successor drops by its token sequence.
-            delay = min(cfg.token_retransmit,
-                        max(cfg.token_retransmit_min, 3000.0 * self._rotation))
+            self._arm_retransmit(self._rto(), cfg.token_retransmit, now)
+
+    # ------------------------------------------------- retransmission timing
+
+    def _sample_rotation(self, rot: float) -> None:
+        """Fold one measured token rotation (s) into the smoothed estimate.
+
+        A rotation in which someone waited for a token retransmission is the
+        clean rotation plus that wait; fed to the average, it would raise the
+        timeout and with it the next waits (at 30% loss most rotations hold
+        one).  A sample over twice the recent minimum is therefore left out;
+        a real change of the rotation time moves the minimum within
+        ``ROTATION_WINDOW`` rotations.
+        """
+        win = self._rot_window
+        win.append(rot)
+        if rot > 2.0 * min(win):
+            return
+        if self._srtt is None:
+            self._srtt, self._rttvar = rot, rot / 2.0
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rot)
+            self._srtt = 0.875 * self._srtt + 0.125 * rot
+
+    def _rto(self) -> float:
+        """Token retransmit timeout (ms): smoothed rotation plus four deviations, bounded."""
+        cfg = self.cfg
+        if self._srtt is None:
+            return cfg.token_retransmit
+        rto = 1000.0 * (self._srtt + 4.0 * self._rttvar)
+        return min(cfg.token_retransmit, max(cfg.token_retransmit_min, rto))
+
+    def _arm_retransmit(self, delay: float, cap: float, now: float) -> None:
+        self._rt_delay = delay
+        self._rt_cap = max(cap, delay)
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
 
