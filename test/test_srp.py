@@ -343,8 +343,9 @@ def test_paused_node_ends_in_one_agreed_ring() -> None:
     net.pause(B, 3.0)
     net.run(1.0)
     net.mcast(A, b"during pause")
-    assert net.run_until(lambda: net.one_ring([A, C]) and net.now > net.nodes[B].paused_until, 6)
-    assert net.run_until(net.one_ring, 10)
+    assert net.run_until(lambda: net.one_ring([A, C]), 6)
+    assert net.now < net.nodes[B].paused_until
+    assert net.run_until(lambda: net.now > net.nodes[B].paused_until and net.one_ring(), 10)
     net.run(3)
     assert net.one_ring()
     rings = {n.srp.ring_id for n in net.nodes.values()}

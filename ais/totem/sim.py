@@ -174,6 +174,10 @@ class SimOptions:
     #: seconds before the quiet phase must reach every such node within
     #: ``progress`` seconds (runs without crashes, pauses or partitions)
     progress: float = 0.0
+    #: check what pauses cost the nodes never paused (runs without crashes or
+    #: partitions): they never install a ring without one another, and install
+    #: at most one regular configuration from a resume to the next pause
+    resume_check: bool = False
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -391,6 +395,11 @@ class Simulation:
         #: (progress check) submission time per message, first delivery time per (node, msg)
         self.sub_time: dict[Hashable, float] = {}
         self.dlv_time: dict[tuple[int, Hashable], float] = {}
+        #: (resume check) regular configurations as (time, node id, members), pause
+        #: and resume times, nodes ever paused
+        self.confs: list[tuple[float, int, tuple[int, ...]]] = []
+        self.pause_log: list[tuple[float, str]] = []
+        self.paused_ever: set[int] = set()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -556,6 +565,7 @@ class Simulation:
                 node.hist.events.append(a)
                 if not a.transitional:
                     self.rings.add(a.ring_id)
+                    self.confs.append((self.now, node.id, a.members))
                 self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
                         f"{self.names(a.members)} left {self.names(a.left)} "
                         f"joined {self.names(a.joined)}")
@@ -738,6 +748,8 @@ class Simulation:
             return
         node = self.rng.choice(cands)
         node.paused = True
+        self.paused_ever.add(node.id)
+        self.pause_log.append((self.now, "pause"))
         self.tr(node, f"PAUSE for {length:.2f}s")
         self.push(self.now + length, _FAULT, "resume", (node.id, node.inc))
 
@@ -747,6 +759,7 @@ class Simulation:
         if node.srp is None or node.inc != inc or not node.paused:
             return
         node.paused = False
+        self.pause_log.append((self.now, "resume"))
         held, node.held = node.held, []
         self.tr(node, f"RESUME with {len(held)} held events")
         for entry in held:  # in the order they came due
@@ -857,6 +870,34 @@ class Simulation:
                 most = max(most, len(regs) - 1 - first)
         return most
 
+    def check_resumes(self) -> list[Violation]:
+        """What pauses cost the nodes that were never paused (``resume_check``)."""
+        healthy = set(self.ids) - self.paused_ever
+        out = []
+        # from the time every node was first in one ring of all nodes
+        start = max((next((t for t, x, m in self.confs if x == nid and len(m) == len(self.ids)),
+                          float("inf")) for nid in self.ids), default=0.0)
+        for t, nid, members in self.confs:
+            if t > start and nid in healthy and not healthy <= set(members):
+                out.append(Violation("resume", f"{fmt_node(nid)} installed {self.names(members)} "
+                                     f"at {t:.3f}s without every never-paused node"))
+                break
+        # windows from a resume that leaves no node paused to the next pause (or the end)
+        marks = sorted(self.pause_log)
+        paused = 0
+        for i, (t0, what) in enumerate(marks):
+            paused += 1 if what == "pause" else -1
+            if what != "resume" or paused:
+                continue
+            t1 = next((t for t, w in marks[i + 1:] if w == "pause"), float("inf"))
+            for nid in sorted(healthy):
+                n = sum(1 for t, x, _ in self.confs if x == nid and t0 <= t < t1)
+                if n > 1:
+                    out.append(Violation("resume", f"{fmt_node(nid)} installed {n} regular "
+                                         f"configurations after the resume at {t0:.3f}s"))
+                    break
+        return out
+
     def check_progress(self) -> list[Violation]:
         """Messages of the nodes the faulty link does not lead to keep reaching each other."""
         bound = self.o.progress
@@ -892,6 +933,8 @@ class Simulation:
         vs = list(self.violations)
         if self.o.progress and self.link is not None and self.o.check:
             vs += self.check_progress()
+        if self.o.resume_check and self.o.check:
+            vs += self.check_resumes()
         if not self.done and not self.o.stop_when_delivered and not vs:
             live = [(n.id, n.inc) for n in self.up()]
             vs += check_liveness(self.histories.values(), live, self.probes) or [
@@ -985,6 +1028,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--crypto", action=argparse.BooleanOptionalAction, default=False,
                    help="seal and open every packet with ais/totem/crypto.py")
     p.add_argument("--token", type=float, help="token timeout (ms)")
+    p.add_argument("--resume-check", action="store_true",
+                   help="nodes never paused must not split, nor re-form more than once per "
+                        "resume")
     p.add_argument("--max-steps", type=int, default=d.max_steps)
     return p
 
@@ -998,7 +1044,7 @@ def options_from_args(a: argparse.Namespace) -> SimOptions:
         flaps=a.flaps, crashes=a.crashes, state_crashes=a.state_crashes, pauses=a.pauses, messages=a.messages, size=a.size,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread, crypto=a.crypto,
         corrupt=a.corrupt, config=cfg, max_steps=a.max_steps, oneway_loss=a.oneway_loss,
-        size_limit=a.size_limit, progress=a.progress,
+        size_limit=a.size_limit, progress=a.progress, resume_check=a.resume_check,
         fault_link=tuple(int(x) for x in a.fault_link.split(",")))  # type: ignore[arg-type]
 
 

@@ -135,11 +135,13 @@ class Srp:
         self._rt_cap = 0.0  # ... up to this
         self._resent = False  # we resent the token since we last passed it on (Karn)
         self._timers: dict[TimerKind, float] = {}
+        self._drain_until = 0.0  # after a stall: input before this time is stale
+        self._commit_at = 0.0  # when we entered commit
         self._out: list[Action] = []
         self.stats: dict[str, int] = {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
-            "rings_formed": 0, "gathers": 0,
+            "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
@@ -162,7 +164,7 @@ class Srp:
         except BadPacket:
             self.stats["bad_packets"] += 1
             return self._out
-        if pkt.sender != self.node_id:
+        if pkt.sender != self.node_id and not self._stalled(now):
             self._handlers[type(pkt)](pkt, now)
         return self._out
 
@@ -170,7 +172,7 @@ class Srp:
         """A timer fired.  Timers cancelled or re-armed since are ignored."""
         self._out = []
         at = self._timers.get(kind)
-        if at is None or now < at - 1e-9:
+        if at is None or now < at - 1e-9 or self._stalled(now):
             return self._out
         del self._timers[kind]
         getattr(self, "_timer_" + kind.value)(now)
@@ -292,6 +294,13 @@ class Srp:
             assert self._new_ring is not None
             if j.sender in self._new_members and j.ring_seq >= self._new_ring.seq:
                 self._enter_gather(f"join from {fmt_node(j.sender)} during {state.value}", now, j)
+            elif (state is COMMIT and j.sender in self._new_members
+                    and now - self._commit_at > self.cfg.consensus / 2000.0):
+                # Still gathering long after our commit token left: the token
+                # is stuck (a member stopped) and the gatherers will fail us
+                # at their consensus timeout, long before our token timeout.
+                self._enter_gather(f"join from {fmt_node(j.sender)}, which has no commit "
+                                   "token", now, j)
 
     def _on_commit(self, c: Commit, now: float) -> None:
         members = c.members
@@ -388,6 +397,36 @@ class Srp:
         if self.state is OPERATIONAL and self.queue.msgs and len(self.members) > 1:
             self._send_wake(now)
 
+    def _stalled(self, now: float) -> bool:
+        """Whether this input is stale because the process did not run for a while.
+
+        A node stopped (SIGSTOP, a VM pause) for longer than the token timeout
+        finds on resuming a burst of queued packets and overdue timers: tokens
+        and joins of rings the others have long left, joins whose fail sets
+        name it.  Acting on them makes it fail the others in turn and hand
+        its fail set to nodes that never stopped, splitting them.  So a timer
+        overdue by more than half the token timeout means we were stopped:
+        we leave our ring, gather afresh, and drop whatever arrives for the
+        next ``join`` ms (the backlog); the others hear our join and we all
+        form one ring.
+        """
+        if now < self._drain_until:
+            self.stats["stale_dropped"] += 1
+            return True
+        timers = self._timers
+        if not timers:
+            return False
+        late = now - min(timers.values())
+        if late <= self.cfg.token / 2000.0:
+            return False
+        self.stats["stalls"] += 1
+        self.stats["stale_dropped"] += 1
+        self.log.info("did not run for %.1f s: leaving ring %s and ignoring what arrived "
+                      "meanwhile", late, self.ring_id)
+        self._drain_until = now + self.cfg.join / 1000.0
+        self._enter_gather("resumed after a stall", now, fresh=True)
+        return True
+
     def _send_wake(self, now: float) -> None:
         self._out.append(Send(wire.encode_probe(wire.WAKE, self.node_id, self.ring_id)))
         # a lost WAKE is sent again after about two rotations, at most wake_interval
@@ -397,9 +436,13 @@ class Srp:
 
     # ------------------------------------------------------------- membership
 
-    def _enter_gather(self, reason: str, now: float, join: Join | None = None) -> None:
+    def _enter_gather(self, reason: str, now: float, join: Join | None = None,
+                      fresh: bool = False) -> None:
         prev = self.state
-        if prev is OPERATIONAL:
+        if fresh:
+            # what we knew of the others is stale: start from ourselves
+            self._proc, self._fail = {self.node_id}, set()
+        elif prev is OPERATIONAL:
             self._proc = set(self.members)
             self._fail = set()
         self._proc.add(self.node_id)
@@ -472,6 +515,7 @@ class Srp:
         self._set_state(COMMIT, f"commit token for ring {c.ring_id}")
         self._new_ring = c.ring_id
         self._new_members = c.members
+        self._commit_at = now
         if c.ring_id.seq > self.max_ring_seq:
             self.max_ring_seq = c.ring_id.seq
         e = c.entries[c.members.index(self.node_id)]
