@@ -58,6 +58,7 @@ import argparse
 import heapq
 import importlib
 import importlib.util
+import logging
 import random
 import struct
 import sys
@@ -1060,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ais.totem.sim``; returns the exit status."""
     a = _parser().parse_args(argv)
     o = options_from_args(a)
+    # sweeps print results, not the cores' warnings (a --seed replay traces them)
+    logging.getLogger("ais.totem").addHandler(logging.NullHandler())
     if o.crypto and not crypto_available():
         print("--crypto: ais/totem/crypto.py is not available", file=sys.stderr)
         return 2

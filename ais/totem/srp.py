@@ -131,17 +131,23 @@ class Srp:
         self._rot_window: deque[float] = deque(maxlen=ROTATION_WINDOW)
         self._srtt: float | None = None  # smoothed rotation time (s)
         self._rttvar = 0.0  # its smoothed mean deviation (s)
-        self._rt_delay = 0.0  # current token retransmit wait (ms), doubled per resend
-        self._rt_cap = 0.0  # ... up to this
+        self._rt_next = 0.0  # wait (ms) before the next token resend, doubled per resend
         self._resent = False  # we resent the token since we last passed it on (Karn)
         self._timers: dict[TimerKind, float] = {}
         self._drain_until = 0.0  # after a stall: input before this time is stale
         self._commit_at = 0.0  # when we entered commit
+        # fail to receive (see _check_receiving)
+        self._frr_aru = -1  # our aru at the previous token visit
+        self._frr_count = 0  # consecutive visits it stayed there while others had more
+        self._frr_strikes = 0  # times we left a ring for it, lately
+        self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
+        self._apart_until = 0.0
         self._out: list[Action] = []
         self.stats: dict[str, int] = {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
+            "failed_to_receive": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
@@ -252,7 +258,8 @@ class Srp:
                 if TimerKind.TOKEN_RETRANSMIT in self._timers and m.seq > self._sent_seq:
                     self._disarm(TimerKind.TOKEN_RETRANSMIT)
             return
-        if state is OPERATIONAL and m.sender not in self.members and rid.seq:
+        if (state is OPERATIONAL and m.sender not in self.members and rid.seq
+                and not self._is_apart(m.sender, now)):
             self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
 
     def _on_probe(self, p: Probe, now: float) -> None:
@@ -270,8 +277,9 @@ class Srp:
                         # was lost here, resend after a rotation's wait, not
                         # after the representative's rest as well.
                         self._forwarded_idle = False
-                        self._arm_retransmit(self._rto(), self._rt_cap, now)
-        elif p.ring_id != self.ring_id and p.sender not in self.members:
+                        self._arm_retransmit(self._rto(), now)
+        elif (p.ring_id != self.ring_id and p.sender not in self.members
+                and not self._is_apart(p.sender, now)):
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
 
     def _on_join(self, j: Join, now: float) -> None:
@@ -281,7 +289,7 @@ class Srp:
         if state is OPERATIONAL:
             if j.sender in self.members and j.ring_seq < self.ring_id.seq:
                 return  # left over from the gather that formed this ring
-            if self.node_id in j.fail:
+            if self.node_id in j.fail or self._is_apart(j.sender, now):
                 # It gave up on us in its own gather and will form a ring
                 # without us; merge detection brings us together afterwards
                 # with fresh fail sets.  Answering now would only make us
@@ -352,11 +360,13 @@ class Srp:
         self.stats["token_retransmits"] += 1
         self._resent = True
         self._out.append(Send(data, dest))
-        # Back off: the resend may be lost too, or the successor merely slow;
-        # doubling bounds the duplicates while leaving many tries before the
-        # token timeout.
-        self._rt_delay = min(2.0 * self._rt_delay, self._rt_cap)
-        self._arm(TimerKind.TOKEN_RETRANSMIT, self._rt_delay, now)
+        # Back off: the resend may be lost too, or the successor merely slow.
+        # Doubling bounds the duplicates; the ceiling leaves some twenty tries
+        # within the token timeout, so that loss alone (even 30%) does not
+        # re-form the ring.
+        delay = self._rt_next
+        self._rt_next = min(2.0 * delay, self._rt_ceiling())
+        self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
     def _timer_token_hold(self, now: float) -> None:
         t = self._held
@@ -390,7 +400,9 @@ class Srp:
 
     def _timer_merge_detect(self, now: float) -> None:
         if self.state is OPERATIONAL and self.ring_id.rep == self.node_id:
-            self._out.append(Send(wire.encode_probe(wire.MERGE_DETECT, self.node_id, self.ring_id)))
+            if now >= self._apart_until:  # (apart: the others must not gather for us)
+                self._out.append(Send(wire.encode_probe(wire.MERGE_DETECT, self.node_id,
+                                                        self.ring_id)))
             self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
 
     def _timer_wake(self, now: float) -> None:
@@ -477,7 +489,7 @@ class Srp:
         self._out.append(Send(wire.encode_join(j)))
 
     def _merge_join(self, j: Join, now: float, restart: bool = True) -> None:
-        if j.sender in self._fail:
+        if j.sender in self._fail or self._is_apart(j.sender, now):
             return
         self._joins[j.sender] = (j.proc, j.fail)
         proc = self._proc | j.proc
@@ -536,7 +548,7 @@ class Srp:
         dest = self._successor(c.members)
         self._last_sent = (data, dest)
         self._out.append(Send(data, dest))
-        self._arm_retransmit(self._rto(), self.cfg.token_retransmit, now)
+        self._arm_retransmit(self._rto(), now)
 
     def _enter_recovery(self, c: Commit, now: float) -> None:
         self._set_state(RECOVERY, f"ring {c.ring_id}")
@@ -554,6 +566,7 @@ class Srp:
                 f = frames[s]
                 self._recovery.append(wire.encode_recovered(old, s, f.sender, f.payload))
         self._new_rx = RxStore(c.ring_id)
+        self._frr_aru, self._frr_count = -1, 0
         self._last_token_seq = -1
         self._my_last_sent = 0
         self._my_last_backlog = 0
@@ -618,6 +631,7 @@ class Srp:
         self._held = None
         self._forwarded_idle = False
         self._wake_pending = False
+        self._frr_aru, self._frr_count = -1, 0
         self.stats["rings_formed"] += 1
         self._set_state(OPERATIONAL, f"ring {self.ring_id}")
         self.log.info("ring %s formed: %s", self.ring_id, " ".join(fmt_node(n) for n in members))
@@ -711,6 +725,8 @@ class Srp:
         rx = self._new_rx if recovering else self.rx
         assert rx is not None
         ring_id = rx.ring_id
+        if self._check_receiving(rx, t, now):
+            return
         # 1. retransmit what others miss
         retransmitted = 0
         if t.rtr:
@@ -796,6 +812,48 @@ class Srp:
             self._rep_last_seq = t.seq
         self._forward(t, now)
 
+    def _check_receiving(self, rx: RxStore, t: Token, now: float) -> bool:
+        """Totem's fail-to-receive rule; True if we just left the ring because of it.
+
+        Our aru holds the ring back (the token's aru is ours) and has not
+        moved for ``fail_recv_const`` visits while the token's seq shows that
+        others hold frames we lack: retransmissions do not reach us (a one-way
+        fault, frames over some size dropped).  Such a member stalls every
+        sender (flow control waits for it) and recovery never completes with
+        it, yet the token keeps coming, so no timeout fires.  We leave: gather
+        alone, ignore the others for ``fail_recv_backoff`` ms (doubled on each
+        repeat), then merge detection brings us back; the others form a ring
+        without us after their consensus timeout.
+        """
+        me = self.node_id
+        if rx.aru < t.seq and rx.aru == self._frr_aru and t.aru_addr == me:
+            self._frr_count += 1
+        else:
+            self._frr_count = 0
+        self._frr_aru = rx.aru
+        if self._frr_count < self.cfg.fail_recv_const:
+            return False
+        cfg = self.cfg
+        if now - self._apart_until > 8 * cfg.fail_recv_backoff / 1000.0:
+            self._frr_strikes = 0  # the last episode is long past
+        self._frr_strikes += 1
+        apart = cfg.fail_recv_backoff * 2 ** min(self._frr_strikes - 1, 3)
+        members = self.members if self.state is OPERATIONAL else self._new_members
+        self.log.warning("failed to receive: our aru in ring %s stayed at %d for %d token "
+                         "rotations while the ring holds up to %d; leaving it for %.1f s",
+                         rx.ring_id, rx.aru, self._frr_count, t.seq, apart / 1000.0)
+        self.stats["failed_to_receive"] += 1
+        self._apart = frozenset(members) - {me}
+        self._apart_until = now + apart / 1000.0
+        self._frr_count = 0
+        self._frr_aru = -1
+        self._enter_gather("failed to receive", now, fresh=True)
+        return True
+
+    def _is_apart(self, node: int, now: float) -> bool:
+        """Whether we keep away from ``node`` after failing to receive in its ring."""
+        return node in self._apart and now < self._apart_until
+
     def _forward(self, t: Token, now: float) -> None:
         me = self.node_id
         t.sender = me
@@ -815,10 +873,9 @@ class Srp:
         cfg = self.cfg
         if idle and t.ring_id.rep != me:
             # It may rest at the representative before it comes back.
-            self._arm_retransmit(self._rto() + cfg.token_hold,
-                                 cfg.token_retransmit + cfg.token_hold, now)
+            self._arm_retransmit(self._rto() + cfg.token_hold, now)
         else:
-            self._arm_retransmit(self._rto(), cfg.token_retransmit, now)
+            self._arm_retransmit(self._rto(), now)
 
     # ------------------------------------------------- retransmission timing
 
@@ -834,9 +891,11 @@ class Srp:
         """
         win = self._rot_window
         win.append(rot)
-        if rot > 2.0 * min(win):
+        low = min(win)
+        if rot > 2.0 * low:
             return
-        if self._srtt is None:
+        if self._srtt is None or self._srtt > 2.0 * low:
+            # no estimate yet, or one taken from rotations that waited
             self._srtt, self._rttvar = rot, rot / 2.0
         else:
             self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rot)
@@ -850,9 +909,14 @@ class Srp:
         rto = 1000.0 * (self._srtt + 4.0 * self._rttvar)
         return min(cfg.token_retransmit, max(cfg.token_retransmit_min, rto))
 
-    def _arm_retransmit(self, delay: float, cap: float, now: float) -> None:
-        self._rt_delay = delay
-        self._rt_cap = max(cap, delay)
+    def _rt_ceiling(self) -> float:
+        """Longest wait (ms) between two resends of one token: some twenty fit in a timeout."""
+        cfg = self.cfg
+        return max(cfg.token_retransmit_min, min(cfg.token_retransmit, cfg.token / 20.0))
+
+    def _arm_retransmit(self, delay: float, now: float) -> None:
+        """First resend after ``delay`` ms; later ones after the RTO, doubling."""
+        self._rt_next = min(self._rto(), self._rt_ceiling())
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
 
