@@ -342,6 +342,7 @@ class Srp:
             return
         if t.token_seq <= self._last_token_seq:
             self.stats["dup_tokens"] += 1
+            self._relay_resend(t)
             return
         self._last_token_seq = t.token_seq
         self.stats["tokens"] += 1
@@ -367,6 +368,23 @@ class Srp:
         delay = self._rt_next
         self._rt_next = min(2.0 * delay, self._rt_ceiling())
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
+
+    def _relay_resend(self, t: Token) -> None:
+        """Our predecessor resent the idle token we already passed on.
+
+        It has not come back to it, so it has not come back to us either: the
+        loss may be further on.  Resending ours at once carries the repair
+        along the ring, so the representative's short wait (its rotations
+        never include a rest) covers a loss anywhere, instead of every node
+        waiting for the rest at the representative on top of a rotation.
+        """
+        if (self._forwarded_idle and self._last_sent is not None
+                and t.token_seq == self._last_token_seq - 1
+                and TimerKind.TOKEN_RETRANSMIT in self._timers):
+            self.stats["token_retransmits"] += 1
+            self._resent = True
+            data, dest = self._last_sent
+            self._out.append(Send(data, dest))
 
     def _timer_token_hold(self, now: float) -> None:
         t = self._held
@@ -903,11 +921,10 @@ class Srp:
 
     def _rto(self) -> float:
         """Token retransmit timeout (ms): smoothed rotation plus four deviations, bounded."""
-        cfg = self.cfg
         if self._srtt is None:
-            return cfg.token_retransmit
+            return self._rt_ceiling()
         rto = 1000.0 * (self._srtt + 4.0 * self._rttvar)
-        return min(cfg.token_retransmit, max(cfg.token_retransmit_min, rto))
+        return min(self._rt_ceiling(), max(self.cfg.token_retransmit_min, rto))
 
     def _rt_ceiling(self) -> float:
         """Longest wait (ms) between two resends of one token: some twenty fit in a timeout."""
