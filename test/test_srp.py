@@ -676,3 +676,13 @@ def test_lost_idle_token_is_resent_quickly() -> None:
     # A's own wait (a rotation, not the rest) and C's relay, well under the rest
     assert net.now - t0 < net.nodes[A].srp.cfg.token_hold / 1000.0
     assert net.one_ring()
+
+
+def test_fail_to_receive_settings_come_from_openais_conf() -> None:
+    from ais.config import parse_openais_conf
+    text = ("network {\n bindnetaddr: 127.0.0.1\n mcastaddr: 226.94.1.1\n mcastport: 5405\n}\n"
+            "totem {\n fail_recv_const: 80\n fail_recv_backoff: 5000\n}\n")
+    tc = parse_openais_conf(text).to_totem_config()
+    assert (tc.fail_recv_const, tc.fail_recv_backoff) == (80, 5000.0)
+    with pytest.raises(Exception, match="fail_recv_const"):
+        parse_openais_conf(text.replace("80", "0"))
