@@ -17,7 +17,8 @@ openais.conf (``section { key: value }``, ``#`` comments)::
     network  { bindnetaddr mcastaddr mcastport transport member* }
     logging  { logoutput* logfile debug timestamp }
     totem    { token token_retransmit join consensus merge_detect token_hold
-               window_size max_messages frame_size netmtu }
+               window_size max_messages frame_size netmtu fail_recv_const
+               fail_recv_backoff }
     aisexec  { socket authkey groups group statedir clustername }
 
 groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
@@ -397,6 +398,10 @@ class TotemSettings:
     frame_size: int | None = None
     #: the network's MTU; None: the MTU of the interface the ring is bound to
     netmtu: int | None = None
+    #: token visits a member's aru may hold the ring back before it leaves (fail to receive)
+    fail_recv_const: int = _TOTEM_DEFAULTS.fail_recv_const
+    #: how long a member that failed to receive stays apart before merging again
+    fail_recv_backoff: float = _TOTEM_DEFAULTS.fail_recv_backoff
 
     def resolved_frame_size(self, interface_mtu: int | None = None) -> int:
         """The frame size: ``frame_size`` if given, else the largest frame whose
@@ -418,6 +423,7 @@ class TotemSettings:
             token_hold=self.token_hold, window_size=self.window_size,
             max_messages=self.max_messages,
             frame_size=self.resolved_frame_size(interface_mtu),
+            fail_recv_const=self.fail_recv_const, fail_recv_backoff=self.fail_recv_backoff,
         )
 
 
@@ -497,6 +503,8 @@ _TOTEM_KEYS = {
     "max_messages": _Key(_positive_int),
     "frame_size": _Key(_positive_int),
     "netmtu": _Key(_positive_int),
+    "fail_recv_const": _Key(_positive_int),
+    "fail_recv_backoff": _Key(_millis),
 }
 _AISEXEC_KEYS = {
     "socket": _Key(str),

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from ais.totem.events import Deliver
-from ais.totem.sim import MsgKey, SimOptions, crypto_available, main, payload_of, run
+from ais.totem.events import Deliver, TotemConfig
+from ais.totem.sim import (MsgKey, SimOptions, crypto_available, main, payload_of, run,
+                           run_sync)
 
 pytest.importorskip("ais.totem.srp")
 
@@ -178,6 +179,94 @@ def test_payload_roundtrip() -> None:
     p = payload_of(k, 1000)
     assert len(p) == 1000 and p[:12] == b"\0\0\0\1\0\0\0\2\0\0\1\x2c"
     assert payload_of(k, 1) == p[:12]
+
+
+# -- liveness: issue 7, findings 4-6 ----------------------------------------
+
+def size_fault(nodes: int, **kw: Any) -> SimOptions:
+    """One node's frames over 800 bytes never reach another, for the whole fault phase."""
+    return SimOptions(nodes=nodes, size=1000, size_limit=800, progress=3.0, messages=60,
+                      duration=10, **kw)
+
+
+@pytest.mark.parametrize("seed", seeds(8))
+@pytest.mark.parametrize("nodes", [2, 3, 5])
+def test_others_keep_delivering_while_one_member_fails_to_receive(nodes: int, seed: int) -> None:
+    assert_ok(seed, size_fault(nodes))
+
+
+@pytest.mark.parametrize("seed", seeds(6))
+def test_fail_to_receive_under_loss_and_crashes(seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=4, size=1000, size_limit=800, loss=0.05, dup=0.02,
+                               reorder=0.05, crashes=1, partitions=1, messages=40, duration=10))
+
+
+def test_progress_check_catches_a_member_that_cannot_receive() -> None:
+    """Without the fail-to-receive rule the stall is reported (finding 4's silent hang)."""
+    never = TotemConfig(fail_recv_const=10**9)
+    r = run(0, dataclasses.replace(size_fault(2, config=never), duration=6))
+    assert "progress" in {v.invariant for v in r.violations}, r.report()
+    assert not run(0, size_fault(2)).violations
+
+
+@pytest.mark.parametrize("seed", seeds(6))
+@pytest.mark.parametrize("nodes", [2, 3, 5])
+def test_one_way_loss(nodes: int, seed: int) -> None:
+    assert_ok(seed, SimOptions(nodes=nodes, oneway_loss=0.3, progress=3.0, messages=60,
+                               duration=10))
+
+
+@pytest.mark.parametrize("seed", seeds(15))
+@pytest.mark.parametrize("nodes,pauses", [(3, 1), (5, 1), (3, 2), (8, 2)])
+def test_a_resume_costs_the_others_at_most_one_reformation(nodes: int, pauses: int,
+                                                            seed: int) -> None:
+    """Finding 5: nodes never paused never split, and re-form at most once per resume."""
+    assert_ok(seed, SimOptions(nodes=nodes, pauses=pauses, resume_check=True, messages=20,
+                               duration=8))
+
+
+def test_resume_check_catches_a_split() -> None:
+    """The checker itself: a core that ignores stalls splits the healthy nodes."""
+    class NoStallCheck(Srp):
+        def _stalled(self, now: float) -> bool:
+            return False
+
+    o = SimOptions(nodes=3, pauses=1, resume_check=True, messages=20, duration=8)
+    bad = [s for s in range(10) if run(s, o, srp_factory=NoStallCheck).violations]
+    assert bad
+    assert "resume" in {v.invariant for v in run(bad[0], o, NoStallCheck).violations}
+
+
+@pytest.mark.parametrize("nodes", [3, 5, 8])
+def test_loss_alone_never_reforms_the_ring(nodes: int) -> None:
+    """Finding 6: at 30% loss the ring, once formed, stays formed."""
+    for seed in seeds(3):
+        r = run(seed, SimOptions(nodes=nodes, loss=0.3, messages=40, duration=10))
+        assert not r.violations, r.report()
+        assert r.reformations == 0, r.report()
+
+
+def test_synchronous_writes_under_loss() -> None:
+    """Finding 6 in simulated time: 10% loss keeps a third of the loss-free rate."""
+    def writes(loss: float) -> tuple[int, int]:
+        r = run_sync(1, SimOptions(nodes=3, loss=loss, sync_writers=2, messages=10**6,
+                                   size=1024, duration=3.0, start_spread=0.0, trace_tail=0))
+        return r.writes, r.reformations
+
+    w0, f0 = writes(0.0)
+    w10, f10 = writes(0.1)
+    w30, f30 = writes(0.3)
+    assert w0 > 1000
+    assert 3 * w10 >= w0
+    assert w30 > 100
+    assert f0 == f10 == f30 == 0
+
+
+def test_sync_writers_wait_for_their_acknowledgement() -> None:
+    r = run_sync(2, SimOptions(nodes=3, sync_writers=2, sync_ack="all", messages=50,
+                               duration=2.0, trace_tail=0))
+    assert r.writes == 100
+    assert {len(h.submitted) for h in r.histories.values()} == {50, 0}
 
 
 @SLOW

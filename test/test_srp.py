@@ -343,8 +343,9 @@ def test_paused_node_ends_in_one_agreed_ring() -> None:
     net.pause(B, 3.0)
     net.run(1.0)
     net.mcast(A, b"during pause")
-    assert net.run_until(lambda: net.one_ring([A, C]) and net.now > net.nodes[B].paused_until, 6)
-    assert net.run_until(net.one_ring, 10)
+    assert net.run_until(lambda: net.one_ring([A, C]), 6)
+    assert net.now < net.nodes[B].paused_until
+    assert net.run_until(lambda: net.now > net.nodes[B].paused_until and net.one_ring(), 10)
     net.run(3)
     assert net.one_ring()
     rings = {n.srp.ring_id for n in net.nodes.values()}
@@ -657,3 +658,117 @@ def test_idle_token_rests_only_after_every_member_reported_the_last_frame_stable
     for i in (A, B, C):
         covering = [t for t, n, a in log if n == i and isinstance(a, Stable) and a.seq >= seq]
         assert covering and covering[0] - t0 < cfg.token_hold / 1000 / 2, i
+
+# ------------------------------------------------------------------ liveness
+
+def test_member_that_fails_to_receive_leaves_and_the_others_go_on(caplog) -> None:
+    """Finding 4: A's frames over 200 bytes never reach C; tokens and small frames do."""
+    net = formed(3)
+
+    def drop(src, dst, pkt):
+        return isinstance(pkt, wire.Mcast) and src == A and dst == C and len(pkt.payload) > 200
+
+    net.drop = drop
+    net.mcast(A, b"small")
+    net.mcast(A, b"L" * 1000)
+    with caplog.at_level("WARNING", logger="ais.totem.srp"):
+        assert net.run_until(lambda: net.one_ring([A, B]), 5)
+    assert any("failed to receive" in r.getMessage() for r in caplog.records)
+    assert net.nodes[C].srp.stats["failed_to_receive"] == 1
+    assert net.nodes[A].srp.stats["failed_to_receive"] == 0
+    assert net.nodes[B].srp.stats["failed_to_receive"] == 0
+    assert net.nodes[C].srp.members == (C,)
+    # the healthy members keep delivering while C stays apart
+    net.mcast(A, b"after" * 100)
+    assert net.run_until(lambda: net.nodes[B].messages[-1:] == [b"after" * 100], 1)
+    assert net.one_ring([A, B])
+    # fault gone: C merges back once its time apart is over
+    net.drop = None
+    assert net.run_until(lambda: net.one_ring([A, B, C]), 10)
+    net.mcast(A, b"together" * 100)
+    assert net.run_until(lambda: net.nodes[C].messages[-1:] == [b"together" * 100], 1)
+
+
+def test_ordinary_loss_is_not_a_failure_to_receive() -> None:
+    """Every frame from A to C lost four times before it gets through: slow, not failed."""
+    net = formed(3)
+    tries: dict[int, int] = {}
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Mcast) and dst == C:
+            tries[pkt.seq] = tries.get(pkt.seq, 0) + 1
+            return tries[pkt.seq] <= 4
+        return False
+
+    net.drop = drop
+    for i in range(30):
+        net.mcast(A, b"m%d" % i)
+    assert net.run_until(lambda: len(net.nodes[C].messages) == 30, 5)
+    assert all(n.srp.stats["failed_to_receive"] == 0 for n in net.nodes.values())
+    assert net.one_ring([A, B, C])
+
+
+def test_resumed_node_drops_its_backlog_and_rejoins_with_one_reformation() -> None:
+    """Finding 5: B stopped 3 s; on resuming, its queued joins name it failed."""
+    net = formed(3)
+    net.pause(B, 3.0)
+    assert net.run_until(lambda: net.one_ring([A, C]), 3)
+    rings_a = len(net.nodes[A].confs)
+    assert net.run_until(lambda: net.now > net.nodes[B].paused_until and net.one_ring(), 5)
+    assert net.nodes[B].srp.stats["stalls"] == 1
+    assert net.nodes[B].srp.stats["stale_dropped"] > 0
+    net.run(2)
+    assert net.one_ring()
+    # A and C installed exactly one more regular configuration: the one with B
+    regular = [c for c in net.nodes[A].confs[rings_a:] if not c.transitional]
+    assert [c.members for c in regular] == [(A, B, C)]
+    assert net.nodes[A].srp.stats["stalls"] == 0
+
+
+def test_token_retransmit_wait_follows_measured_rotations() -> None:
+    net = formed(3)
+    srp = net.nodes[A].srp
+    for i in range(40):
+        net.mcast(B, b"x%d" % i)
+        net.run(0.002)
+    cfg = srp.cfg
+    # the harness's rotation is well under a millisecond: the floor applies
+    assert srp._rto() == cfg.token_retransmit_min
+    # a rotation that waited for a resend is left out of the estimate
+    before = srp._srtt
+    srp._sample_rotation(0.2)
+    assert srp._srtt == before
+
+
+def test_lost_idle_token_is_resent_quickly() -> None:
+    """An idle token lost on its way to the representative costs no rest-length wait."""
+    net = formed(3)
+    net.run(2)  # idle: the token rests at A between rotations
+    assert net.nodes[A].srp._held is not None or net.run_until(
+        lambda: net.nodes[A].srp._held is not None, 1)
+    lost = []
+
+    def drop(src, dst, pkt):
+        if isinstance(pkt, wire.Token) and src == C and not lost:
+            lost.append(net.now)
+            return True
+        return False
+
+    net.drop = drop
+    assert net.run_until(lambda: bool(lost), 1)
+    t0 = net.now
+    seq = net.nodes[A].srp._last_token_seq
+    assert net.run_until(lambda: net.nodes[A].srp._last_token_seq > seq, 1)
+    # A's own wait (a rotation, not the rest) and C's relay, well under the rest
+    assert net.now - t0 < net.nodes[A].srp.cfg.token_hold / 1000.0
+    assert net.one_ring()
+
+
+def test_fail_to_receive_settings_come_from_openais_conf() -> None:
+    from ais.config import parse_openais_conf
+    text = ("network {\n bindnetaddr: 127.0.0.1\n mcastaddr: 226.94.1.1\n mcastport: 5405\n}\n"
+            "totem {\n fail_recv_const: 80\n fail_recv_backoff: 5000\n}\n")
+    tc = parse_openais_conf(text).to_totem_config()
+    assert (tc.fail_recv_const, tc.fail_recv_backoff) == (80, 5000.0)
+    with pytest.raises(Exception, match="fail_recv_const"):
+        parse_openais_conf(text.replace("80", "0"))

@@ -144,6 +144,14 @@ class TotemConfig:
     send_queue_bytes: int = 64 * 1024 * 1024
     #: largest application message accepted by ``mcast``
     max_message_size: int = 16 * 1024 * 1024
+    #: token visits during which a member's aru holds the ring back without moving
+    #: while others hold more, before it declares that it fails to receive and
+    #: leaves the ring (a few tenths of a second on a busy ring; at 30% loss a
+    #: hole survives this many retransmissions with probability 0.3**50)
+    fail_recv_const: int = 50
+    #: after failing to receive, how long the member stays apart before merging
+    #: again (doubled on each repeat, up to 8 times)
+    fail_recv_backoff: float = 2000.0
 
 
 class SendQueueFull(Exception):

@@ -58,6 +58,7 @@ import argparse
 import heapq
 import importlib
 import importlib.util
+import logging
 import random
 import struct
 import sys
@@ -153,6 +154,31 @@ class SimOptions:
     #: stop once the application load is delivered everywhere (benchmark mode:
     #: no quiet phase, no liveness probes)
     stop_when_delivered: bool = False
+    #: probability that a packet copy on the faulty link (``fault_link``) is lost,
+    #: in that direction only, for the whole fault phase
+    oneway_loss: float = 0.0
+    #: packets larger than this many bytes on the faulty link are dropped, in that
+    #: direction only, for the whole fault phase (0: no size-dependent loss)
+    size_limit: int = 0
+    #: the faulty link as (source, destination) node numbers, 1-based; 0 picks one
+    #: at random (only drawn when ``oneway_loss`` or ``size_limit`` is set)
+    fault_link: tuple[int, int] = (0, 0)
+    #: the first N nodes write synchronously: each multicasts its next message only
+    #: when the previous one is acknowledged (``sync_ack``), up to ``messages``; the
+    #: other nodes send nothing
+    sync_writers: int = 0
+    #: a synchronous write is acknowledged when ``self``: its sender delivers it;
+    #: ``all``: every node up delivers it
+    sync_ack: str = "self"
+    #: progress during the fault phase (0: not checked): a message that a node
+    #: outside the faulty link's destination submits between 2 s and ``progress``
+    #: seconds before the quiet phase must reach every such node within
+    #: ``progress`` seconds (runs without crashes, pauses or partitions)
+    progress: float = 0.0
+    #: check what pauses cost the nodes never paused (runs without crashes or
+    #: partitions): they never install a ring without one another, and install
+    #: at most one regular configuration from a resume to the next pause
+    resume_check: bool = False
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -175,7 +201,8 @@ class SimOptions:
         return out
 
 
-_NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered"}
+_NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered",
+            "sync_writers", "sync_ack"}
 
 
 @dataclass
@@ -199,6 +226,10 @@ class RunResult:
     configurations: int = 0
     #: virtual time at which liveness held (None: it did not, or not checked)
     settled_at: float | None = None
+    #: acknowledged synchronous writes (``sync_writers``)
+    writes: int = 0
+    #: most regular configurations any node installed after its first one of all nodes
+    reformations: int = 0
     violations: list[Violation] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     histories: dict[ProcId, History] = field(default_factory=dict)
@@ -355,6 +386,21 @@ class Simulation:
         self.state_crashes = options.state_crashes
         #: nodes with a restart scheduled for the quiet phase
         self.restarting: set[int] = set()
+        #: the faulty link (src, dst) of one-way and size-dependent loss, or None
+        self.link: tuple[int, int] | None = None
+        #: synchronous writers: node id -> key of the write awaiting its acknowledgement
+        self.writers: dict[int, MsgKey | None] = {}
+        self.acks: dict[MsgKey, set[int]] = {}
+        #: acknowledged synchronous writes
+        self.writes = 0
+        #: (progress check) submission time per message, first delivery time per (node, msg)
+        self.sub_time: dict[Hashable, float] = {}
+        self.dlv_time: dict[tuple[int, Hashable], float] = {}
+        #: (resume check) regular configurations as (time, node id, members), pause
+        #: and resume times, nodes ever paused
+        self.confs: list[tuple[float, int, tuple[int, ...]]] = []
+        self.pause_log: list[tuple[float, str]] = []
+        self.paused_ever: set[int] = set()
 
     # -- plumbing ------------------------------------------------------------
 
@@ -382,9 +428,21 @@ class Simulation:
         for nid in self.ids:
             self.push(rng.uniform(0, o.start_spread), _FAULT, "start", nid)
         window = max(o.duration * 0.9, 0.001)
-        for nid in self.ids:
-            for _ in range(o.messages):
-                self.push(rng.uniform(0.05, window), _APP, nid)
+        if o.oneway_loss or o.size_limit:
+            a, b = o.fault_link
+            if not a or not b or a == b or max(a, b) > len(self.ids):
+                a, b = (i + 1 for i in rng.sample(range(len(self.ids)), 2))
+            self.link = (self.ids[a - 1], self.ids[b - 1])
+            self.tr(None, f"faulty link {self.names(self.link)}: one-way loss {o.oneway_loss} "
+                    f"size limit {o.size_limit or '-'}")
+        if o.sync_writers:
+            for nid in self.ids[:o.sync_writers]:
+                self.writers[nid] = None
+                self.push(0.05, _APP, nid)
+        else:
+            for nid in self.ids:
+                for _ in range(o.messages):
+                    self.push(rng.uniform(0.05, window), _APP, nid)
         ends = [o.duration]
         t = 0.0
         for _ in range(o.partitions):
@@ -510,6 +568,7 @@ class Simulation:
                 node.hist.events.append(a)
                 if not a.transitional:
                     self.rings.add(a.ring_id)
+                    self.confs.append((self.now, node.id, a.members))
                 self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
                         f"{self.names(a.members)} left {self.names(a.left)} "
                         f"joined {self.names(a.joined)}")
@@ -536,6 +595,10 @@ class Simulation:
             if self.group[src] != self.group[dst] or (src, dst) in self.cut:
                 continue
             if self.loss and rng.random() < self.loss:
+                continue
+            if (src, dst) == self.link and self.faults_on and (
+                    (self.o.size_limit and len(wire) > self.o.size_limit)
+                    or (self.o.oneway_loss and rng.random() < self.o.oneway_loss)):
                 continue
             copies = 2 if self.dup and rng.random() < self.dup else 1
             for _ in range(copies):
@@ -572,25 +635,54 @@ class Simulation:
         else:
             key = ("garbled", d.sender, zlib.crc32(p), len(p))
         node.hist.events.append(Delivered(d.sender, key, d.ring_id))
+        if self.o.progress:
+            self.dlv_time.setdefault((node.id, key), self.now)
+        if self.writers and isinstance(key, MsgKey) and self.writers.get(key.node) == key:
+            self._ack(node, key)
         if key not in self.delivered_once:
             self.delivered_once.add(key)
             self.bytes_once += len(p)
         if self.trace is not None:
             self.tr(node, f"deliver {key!r} ring {d.ring_id}")
 
+    def _ack(self, node: _Node, key: MsgKey) -> None:
+        """A delivery of a synchronous write: acknowledge it once its mode is met."""
+        if self.o.sync_ack == "self":
+            if node.id != key.node:
+                return
+        else:
+            got = self.acks.setdefault(key, set())
+            got.add(node.id)
+            if any(n.id not in got for n in self.up()):
+                return
+            del self.acks[key]
+        self.writers[key.node] = None
+        self.writes += 1
+        writer = self.nodes[key.node]
+        if writer.srp is not None and writer.inc == key.inc and len(writer.hist.submitted) < self.o.messages:
+            self.push(self.now, _APP, key.node)
+
     def on_app(self, node: _Node, probe: bool = False) -> bool:
         """The application on ``node`` multicasts its next message."""
         hist = node.hist
         key = MsgKey(node.id, node.inc, len(hist.submitted))
+        if not probe and node.id in self.writers:
+            if self.writers[node.id] is not None or len(hist.submitted) >= self.o.messages:
+                return False
+            self.writers[node.id] = key
         self.tr(node, f"mcast {key!r}{' (probe)' if probe else ''}")
         try:
             self.call(node, node.srp.mcast, payload_of(key, self.o.size))
         except SendQueueFull:
             self.tr(node, f"mcast {key!r}: queue full, will retry")
+            if node.id in self.writers and not probe:
+                self.writers[node.id] = None
             if not probe:
                 self.push(self.now + self.rng.uniform(0.05, 0.2), _APP, node.id)
             return False
         hist.submitted.append(key)
+        if self.o.progress:
+            self.sub_time[key] = self.now
         if probe:
             self.probes.append(key)
         return True
@@ -618,6 +710,9 @@ class Simulation:
             node.crypto = self.crypto_mod.Crypto(self.authkey)
         self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk}")
         self.call(node, node.srp.start)
+        if nid in self.writers and node.inc:
+            self.writers[nid] = None
+            self.push(self.now + 0.05, _APP, nid)
 
     def f_crash(self, target: tuple[int, int] | None) -> None:
         """Crash ``target`` (node id, incarnation) if still up, or a random node."""
@@ -656,6 +751,8 @@ class Simulation:
             return
         node = self.rng.choice(cands)
         node.paused = True
+        self.paused_ever.add(node.id)
+        self.pause_log.append((self.now, "pause"))
         self.tr(node, f"PAUSE for {length:.2f}s")
         self.push(self.now + length, _FAULT, "resume", (node.id, node.inc))
 
@@ -665,6 +762,7 @@ class Simulation:
         if node.srp is None or node.inc != inc or not node.paused:
             return
         node.paused = False
+        self.pause_log.append((self.now, "resume"))
         held, node.held = node.held, []
         self.tr(node, f"RESUME with {len(held)} held events")
         for entry in held:  # in the order they came due
@@ -764,6 +862,67 @@ class Simulation:
 
     # -- the end -------------------------------------------------------------
 
+    def reformations(self) -> int:
+        everyone = tuple(self.ids)
+        most = 0
+        for h in self.histories.values():
+            regs = [e for e in h.events if isinstance(e, ConfChange) and not e.transitional]
+            first = next((i for i, e in enumerate(regs) if tuple(sorted(e.members)) == everyone),
+                         None)
+            if first is not None:
+                most = max(most, len(regs) - 1 - first)
+        return most
+
+    def check_resumes(self) -> list[Violation]:
+        """What pauses cost the nodes that were never paused (``resume_check``)."""
+        healthy = set(self.ids) - self.paused_ever
+        out = []
+        # from the time every node was first in one ring of all nodes
+        start = max((next((t for t, x, m in self.confs if x == nid and len(m) == len(self.ids)),
+                          float("inf")) for nid in self.ids), default=0.0)
+        for t, nid, members in self.confs:
+            if t > start and nid in healthy and not healthy <= set(members):
+                out.append(Violation("resume", f"{fmt_node(nid)} installed {self.names(members)} "
+                                     f"at {t:.3f}s without every never-paused node"))
+                break
+        # windows from a resume that leaves no node paused to the next pause (or the end)
+        marks = sorted(self.pause_log)
+        paused = 0
+        for i, (t0, what) in enumerate(marks):
+            paused += 1 if what == "pause" else -1
+            if what != "resume" or paused:
+                continue
+            t1 = next((t for t, w in marks[i + 1:] if w == "pause"), float("inf"))
+            for nid in sorted(healthy):
+                n = sum(1 for t, x, _ in self.confs if x == nid and t0 <= t < t1)
+                if n > 1:
+                    out.append(Violation("resume", f"{fmt_node(nid)} installed {n} regular "
+                                         f"configurations after the resume at {t0:.3f}s"))
+                    break
+        return out
+
+    def check_progress(self) -> list[Violation]:
+        """Messages of the nodes the faulty link does not lead to keep reaching each other."""
+        bound = self.o.progress
+        healthy = [n for n in self.ids if self.link is None or n != self.link[1]]
+        late = []
+        for key, t in self.sub_time.items():
+            if not (isinstance(key, MsgKey) and key.node in healthy):
+                continue
+            if not 2.0 <= t <= self.quiet_at - bound:
+                continue
+            for n in healthy:
+                got = self.dlv_time.get((n, key))
+                if got is None or got > t + bound:
+                    late.append((t, key, n, got))
+        if not late:
+            return []
+        t, key, n, got = min(late)
+        when = "never" if got is None else f"at {got:.3f}s"
+        return [Violation("progress", f"{len(late)} deliveries late by more than {bound}s during "
+                          f"the fault phase, first: {key!r} submitted at {t:.3f}s reached "
+                          f"{fmt_node(n)} {when}")]
+
     def finish(self) -> RunResult:
         r = self.result
         r.time, r.steps, r.packets = self.now, self.steps, self.packets
@@ -772,7 +931,13 @@ class Simulation:
         r.bytes_delivered = self.bytes_once
         r.configurations = len(self.rings)
         r.histories = self.histories
+        r.writes = self.writes
+        r.reformations = self.reformations()
         vs = list(self.violations)
+        if self.o.progress and self.link is not None and self.o.check:
+            vs += self.check_progress()
+        if self.o.resume_check and self.o.check:
+            vs += self.check_resumes()
         if not self.done and not self.o.stop_when_delivered and not vs:
             live = [(n.id, n.inc) for n in self.up()]
             vs += check_liveness(self.histories.values(), live, self.probes) or [
@@ -822,6 +987,19 @@ def run_load(seed: int, options: SimOptions) -> RunResult:
     return _Bench(seed, o).run()
 
 
+def run_sync(seed: int, options: SimOptions) -> RunResult:
+    """Synchronous writers (``options.sync_writers``) for ``options.duration`` simulated s.
+
+    No quiet phase and no invariant check; ``RunResult.writes`` counts the
+    acknowledged writes.  Used by ``bench/totem_bench.py --sync``.
+    """
+    o = SimOptions(**{f.name: getattr(options, f.name) for f in fields(options)})
+    o.stop_when_delivered = True
+    o.settle = 0.0
+    o.check = False
+    return Simulation(seed, o).run()
+
+
 # -- command line ----------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -837,19 +1015,25 @@ def _parser() -> argparse.ArgumentParser:
                                                                "the total")
     p.add_argument("--nodes", type=int, default=d.nodes)
     for name in ("loss", "dup", "reorder", "reorder_delay", "duration", "settle",
-                 "start_spread", "corrupt"):
+                 "start_spread", "corrupt", "oneway_loss", "progress"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     # Fault counts may be given bare (``--partitions --crashes``): then 2 of each.
     for name in ("partitions", "flaps", "crashes", "state_crashes", "pauses"):
         p.add_argument("--" + name.replace("_", "-"), type=int, nargs="?", const=2,
                        default=getattr(d, name), metavar="N")
-    for name in ("messages", "size"):
+    for name in ("messages", "size", "size_limit"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--fault-link", default="0,0",
+                   help="faulty link of --oneway-loss/--size-limit as SRC,DST node numbers "
+                        "(1-based; default: drawn at random)")
     p.add_argument("--delay", default=",".join(map(repr, d.delay)),
                    help="base delay range in seconds, LO,HI")
     p.add_argument("--crypto", action=argparse.BooleanOptionalAction, default=False,
                    help="seal and open every packet with ais/totem/crypto.py")
     p.add_argument("--token", type=float, help="token timeout (ms)")
+    p.add_argument("--resume-check", action="store_true",
+                   help="nodes never paused must not split, nor re-form more than once per "
+                        "resume")
     p.add_argument("--max-steps", type=int, default=d.max_steps)
     return p
 
@@ -862,7 +1046,9 @@ def options_from_args(a: argparse.Namespace) -> SimOptions:
         reorder_delay=a.reorder_delay, delay=(lo, hi), partitions=a.partitions,
         flaps=a.flaps, crashes=a.crashes, state_crashes=a.state_crashes, pauses=a.pauses, messages=a.messages, size=a.size,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread, crypto=a.crypto,
-        corrupt=a.corrupt, config=cfg, max_steps=a.max_steps)
+        corrupt=a.corrupt, config=cfg, max_steps=a.max_steps, oneway_loss=a.oneway_loss,
+        size_limit=a.size_limit, progress=a.progress, resume_check=a.resume_check,
+        fault_link=tuple(int(x) for x in a.fault_link.split(",")))  # type: ignore[arg-type]
 
 
 def _sweep_one(job: tuple[int, SimOptions]) -> RunResult:
@@ -877,6 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ais.totem.sim``; returns the exit status."""
     a = _parser().parse_args(argv)
     o = options_from_args(a)
+    # sweeps print results, not the cores' warnings (a --seed replay traces them)
+    logging.getLogger("ais.totem").addHandler(logging.NullHandler())
     if o.crypto and not crypto_available():
         print("--crypto: ais/totem/crypto.py is not available", file=sys.stderr)
         return 2

@@ -69,6 +69,10 @@ logger = logging.getLogger("ais.totem.srp")
 #: retransmit-list entries a token may carry (bounded so the token fits a frame)
 RTR_LIMIT = 100
 
+#: recent rotation samples kept; their minimum tells a clean rotation from one
+#: that waited for a retransmission
+ROTATION_WINDOW = 16
+
 
 class RingState(enum.Enum):
     OPERATIONAL = "operational"
@@ -124,13 +128,27 @@ class Srp:
         self._wake_pending = False
         self._forwarded_at: float | None = None
         self._sent_seq = 0  # token.seq when we last passed the token on
-        self._rotation: float | None = None  # smoothed token rotation time (s)
+        # retransmission timing from measured rotations (see _sample_rotation)
+        self._rot_window: deque[float] = deque(maxlen=ROTATION_WINDOW)
+        self._srtt: float | None = None  # smoothed rotation time (s)
+        self._rttvar = 0.0  # its smoothed mean deviation (s)
+        self._rt_next = 0.0  # wait (ms) before the next token resend, doubled per resend
+        self._resent = False  # we resent the token since we last passed it on (Karn)
         self._timers: dict[TimerKind, float] = {}
+        self._drain_until = 0.0  # after a stall: input before this time is stale
+        self._commit_at = 0.0  # when we entered commit
+        # fail to receive (see _check_receiving)
+        self._frr_aru = -1  # our aru at the previous token visit
+        self._frr_count = 0  # consecutive visits it stayed there while others had more
+        self._frr_strikes = 0  # times we left a ring for it, lately
+        self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
+        self._apart_until = 0.0
         self._out: list[Action] = []
         self.stats: dict[str, int] = {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
-            "rings_formed": 0, "gathers": 0,
+            "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
+            "failed_to_receive": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
@@ -153,7 +171,7 @@ class Srp:
         except BadPacket:
             self.stats["bad_packets"] += 1
             return self._out
-        if pkt.sender != self.node_id:
+        if pkt.sender != self.node_id and not self._stalled(now):
             self._handlers[type(pkt)](pkt, now)
         return self._out
 
@@ -161,7 +179,7 @@ class Srp:
         """A timer fired.  Timers cancelled or re-armed since are ignored."""
         self._out = []
         at = self._timers.get(kind)
-        if at is None or now < at - 1e-9:
+        if at is None or now < at - 1e-9 or self._stalled(now):
             return self._out
         del self._timers[kind]
         getattr(self, "_timer_" + kind.value)(now)
@@ -241,7 +259,8 @@ class Srp:
                 if TimerKind.TOKEN_RETRANSMIT in self._timers and m.seq > self._sent_seq:
                     self._disarm(TimerKind.TOKEN_RETRANSMIT)
             return
-        if state is OPERATIONAL and m.sender not in self.members and rid.seq:
+        if (state is OPERATIONAL and m.sender not in self.members and rid.seq
+                and not self._is_apart(m.sender, now)):
             self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
 
     def _on_probe(self, p: Probe, now: float) -> None:
@@ -253,7 +272,15 @@ class Srp:
                     self._release_held(now)
                 else:
                     self._wake_pending = True
-        elif p.ring_id != self.ring_id and p.sender not in self.members:
+                    if (self._forwarded_idle and TimerKind.TOKEN_RETRANSMIT in self._timers
+                            and self.ring_id.rep != self.node_id):
+                        # Someone waits for the idle token we passed on: if it
+                        # was lost here, resend after a rotation's wait, not
+                        # after the representative's rest as well.
+                        self._forwarded_idle = False
+                        self._arm_retransmit(self._rto(), now)
+        elif (p.ring_id != self.ring_id and p.sender not in self.members
+                and not self._is_apart(p.sender, now)):
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
 
     def _on_join(self, j: Join, now: float) -> None:
@@ -263,7 +290,7 @@ class Srp:
         if state is OPERATIONAL:
             if j.sender in self.members and j.ring_seq < self.ring_id.seq:
                 return  # left over from the gather that formed this ring
-            if self.node_id in j.fail:
+            if self.node_id in j.fail or self._is_apart(j.sender, now):
                 # It gave up on us in its own gather and will form a ring
                 # without us; merge detection brings us together afterwards
                 # with fresh fail sets.  Answering now would only make us
@@ -276,6 +303,13 @@ class Srp:
             assert self._new_ring is not None
             if j.sender in self._new_members and j.ring_seq >= self._new_ring.seq:
                 self._enter_gather(f"join from {fmt_node(j.sender)} during {state.value}", now, j)
+            elif (state is COMMIT and j.sender in self._new_members
+                    and now - self._commit_at > self.cfg.consensus / 2000.0):
+                # Still gathering long after our commit token left: the token
+                # is stuck (a member stopped) and the gatherers will fail us
+                # at their consensus timeout, long before our token timeout.
+                self._enter_gather(f"join from {fmt_node(j.sender)}, which has no commit "
+                                   "token", now, j)
 
     def _on_commit(self, c: Commit, now: float) -> None:
         members = c.members
@@ -309,6 +343,7 @@ class Srp:
             return
         if t.token_seq <= self._last_token_seq:
             self.stats["dup_tokens"] += 1
+            self._relay_resend(t)
             return
         self._last_token_seq = t.token_seq
         self.stats["tokens"] += 1
@@ -325,8 +360,32 @@ class Srp:
             return
         data, dest = self._last_sent
         self.stats["token_retransmits"] += 1
+        self._resent = True
         self._out.append(Send(data, dest))
-        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+        # Back off: the resend may be lost too, or the successor merely slow.
+        # Doubling bounds the duplicates; the ceiling leaves some twenty tries
+        # within the token timeout, so that loss alone (even 30%) does not
+        # re-form the ring.
+        delay = self._rt_next
+        self._rt_next = min(2.0 * delay, self._rt_ceiling())
+        self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
+
+    def _relay_resend(self, t: Token) -> None:
+        """Our predecessor resent the idle token we already passed on.
+
+        It has not come back to it, so it has not come back to us either: the
+        loss may be further on.  Resending ours at once carries the repair
+        along the ring, so the representative's short wait (its rotations
+        never include a rest) covers a loss anywhere, instead of every node
+        waiting for the rest at the representative on top of a rotation.
+        """
+        if (self._forwarded_idle and self._last_sent is not None
+                and t.token_seq == self._last_token_seq - 1
+                and TimerKind.TOKEN_RETRANSMIT in self._timers):
+            self.stats["token_retransmits"] += 1
+            self._resent = True
+            data, dest = self._last_sent
+            self._out.append(Send(data, dest))
 
     def _timer_token_hold(self, now: float) -> None:
         t = self._held
@@ -360,22 +419,61 @@ class Srp:
 
     def _timer_merge_detect(self, now: float) -> None:
         if self.state is OPERATIONAL and self.ring_id.rep == self.node_id:
-            self._out.append(Send(wire.encode_probe(wire.MERGE_DETECT, self.node_id, self.ring_id)))
+            if now >= self._apart_until:  # (apart: the others must not gather for us)
+                self._out.append(Send(wire.encode_probe(wire.MERGE_DETECT, self.node_id,
+                                                        self.ring_id)))
             self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
 
     def _timer_wake(self, now: float) -> None:
         if self.state is OPERATIONAL and self.queue.msgs and len(self.members) > 1:
             self._send_wake(now)
 
+    def _stalled(self, now: float) -> bool:
+        """Whether this input is stale because the process did not run for a while.
+
+        A node stopped (SIGSTOP, a VM pause) for longer than the token timeout
+        finds on resuming a burst of queued packets and overdue timers: tokens
+        and joins of rings the others have long left, joins whose fail sets
+        name it.  Acting on them makes it fail the others in turn and hand
+        its fail set to nodes that never stopped, splitting them.  So a timer
+        overdue by more than half the token timeout means we were stopped:
+        we leave our ring, gather afresh, and drop whatever arrives for the
+        next ``join`` ms (the backlog); the others hear our join and we all
+        form one ring.
+        """
+        if now < self._drain_until:
+            self.stats["stale_dropped"] += 1
+            return True
+        timers = self._timers
+        if not timers:
+            return False
+        late = now - min(timers.values())
+        if late <= self.cfg.token / 2000.0:
+            return False
+        self.stats["stalls"] += 1
+        self.stats["stale_dropped"] += 1
+        self.log.info("did not run for %.1f s: leaving ring %s and ignoring what arrived "
+                      "meanwhile", late, self.ring_id)
+        self._drain_until = now + self.cfg.join / 1000.0
+        self._enter_gather("resumed after a stall", now, fresh=True)
+        return True
+
     def _send_wake(self, now: float) -> None:
         self._out.append(Send(wire.encode_probe(wire.WAKE, self.node_id, self.ring_id)))
-        self._arm(TimerKind.WAKE, self.cfg.wake_interval, now)
+        # a lost WAKE is sent again after about two rotations, at most wake_interval
+        cfg = self.cfg
+        self._arm(TimerKind.WAKE, min(cfg.wake_interval, max(cfg.token_retransmit_min,
+                                                             2.0 * self._rto())), now)
 
     # ------------------------------------------------------------- membership
 
-    def _enter_gather(self, reason: str, now: float, join: Join | None = None) -> None:
+    def _enter_gather(self, reason: str, now: float, join: Join | None = None,
+                      fresh: bool = False) -> None:
         prev = self.state
-        if prev is OPERATIONAL:
+        if fresh:
+            # what we knew of the others is stale: start from ourselves
+            self._proc, self._fail = {self.node_id}, set()
+        elif prev is OPERATIONAL:
             self._proc = set(self.members)
             self._fail = set()
         self._proc.add(self.node_id)
@@ -410,7 +508,7 @@ class Srp:
         self._out.append(Send(wire.encode_join(j)))
 
     def _merge_join(self, j: Join, now: float, restart: bool = True) -> None:
-        if j.sender in self._fail:
+        if j.sender in self._fail or self._is_apart(j.sender, now):
             return
         self._joins[j.sender] = (j.proc, j.fail)
         proc = self._proc | j.proc
@@ -448,6 +546,7 @@ class Srp:
         self._set_state(COMMIT, f"commit token for ring {c.ring_id}")
         self._new_ring = c.ring_id
         self._new_members = c.members
+        self._commit_at = now
         if c.ring_id.seq > self.max_ring_seq:
             self.max_ring_seq = c.ring_id.seq
         e = c.entries[c.members.index(self.node_id)]
@@ -468,7 +567,7 @@ class Srp:
         dest = self._successor(c.members)
         self._last_sent = (data, dest)
         self._out.append(Send(data, dest))
-        self._arm(TimerKind.TOKEN_RETRANSMIT, self.cfg.token_retransmit, now)
+        self._arm_retransmit(self._rto(), now)
 
     def _enter_recovery(self, c: Commit, now: float) -> None:
         self._set_state(RECOVERY, f"ring {c.ring_id}")
@@ -486,6 +585,7 @@ class Srp:
                 f = frames[s]
                 self._recovery.append(wire.encode_recovered(old, s, f.sender, f.payload))
         self._new_rx = RxStore(c.ring_id)
+        self._frr_aru, self._frr_count = -1, 0
         self._last_token_seq = -1
         self._my_last_sent = 0
         self._my_last_backlog = 0
@@ -551,6 +651,7 @@ class Srp:
         self._held = None
         self._forwarded_idle = False
         self._wake_pending = False
+        self._frr_aru, self._frr_count = -1, 0
         self.stats["rings_formed"] += 1
         self._set_state(OPERATIONAL, f"ring {self.ring_id}")
         self.log.info("ring %s formed: %s", self.ring_id, " ".join(fmt_node(n) for n in members))
@@ -597,11 +698,12 @@ class Srp:
             self._out.append(Stable(rx.ring_id, rx.delivered))
 
     def _release_held(self, now: float) -> None:
+        """Somebody has something to send: the resting token moves on at once."""
         t = self._held
         assert t is not None
         self._held = None
         self._disarm(TimerKind.TOKEN_HOLD)
-        self._token_visit(t, now, may_hold=False)
+        self._token_visit(t, now, may_hold=False, woken=True)
 
     def _allowed(self, t: Token, backlog: int) -> int:
         cfg = self.cfg
@@ -614,16 +716,18 @@ class Srp:
             allowed = 0  # receivers are far behind: let retransmissions catch up
         return max(0, allowed)
 
-    def _token_visit(self, t: Token, now: float, may_hold: bool = True) -> None:
+    def _token_visit(self, t: Token, now: float, may_hold: bool = True,
+                     woken: bool = False) -> None:
         cfg = self.cfg
         me = self.node_id
         out = self._out
         self._disarm(TimerKind.TOKEN_RETRANSMIT, TimerKind.WAKE)
         self._arm(TimerKind.TOKEN_LOSS, cfg.token, now)
-        if self._forwarded_at is not None and may_hold and not self._forwarded_idle:
-            rot = now - self._forwarded_at
-            r = self._rotation
-            self._rotation = rot if r is None else 0.8 * r + 0.2 * rot
+        if (self._forwarded_at is not None and not self._resent
+                and (not self._forwarded_idle or t.ring_id.rep == me)):
+            # An idle token may have rested at the representative on its way
+            # back; the representative's own rotations never include a rest.
+            self._sample_rotation(now - self._forwarded_at)
         self._forwarded_at = None
         recovering = self.state is RECOVERY
         if recovering:
@@ -644,6 +748,8 @@ class Srp:
         rx = self._new_rx if recovering else self.rx
         assert rx is not None
         ring_id = rx.ring_id
+        if self._check_receiving(rx, t, now):
+            return
         # 1. retransmit what others miss
         retransmitted = 0
         if t.rtr:
@@ -724,13 +830,57 @@ class Srp:
                 self._held = t
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
                 return
-            if quiet:
+            if quiet and not (woken or self._wake_pending):
+                # (A woken token is not marked idle: someone waits for it, and
+                # its holders time it as a busy one.)
                 t.flags |= TOKEN_IDLE
             else:
                 t.flags &= ~TOKEN_IDLE
         if ring_id.rep == me:
             self._rep_last_seq = t.seq
         self._forward(t, now)
+
+    def _check_receiving(self, rx: RxStore, t: Token, now: float) -> bool:
+        """Totem's fail-to-receive rule; True if we just left the ring because of it.
+
+        Our aru holds the ring back (the token's aru is ours) and has not
+        moved for ``fail_recv_const`` visits while the token's seq shows that
+        others hold frames we lack: retransmissions do not reach us (a one-way
+        fault, frames over some size dropped).  Such a member stalls every
+        sender (flow control waits for it) and recovery never completes with
+        it, yet the token keeps coming, so no timeout fires.  We leave: gather
+        alone, ignore the others for ``fail_recv_backoff`` ms (doubled on each
+        repeat), then merge detection brings us back; the others form a ring
+        without us after their consensus timeout.
+        """
+        me = self.node_id
+        if rx.aru < t.seq and rx.aru == self._frr_aru and t.aru_addr == me:
+            self._frr_count += 1
+        else:
+            self._frr_count = 0
+        self._frr_aru = rx.aru
+        if self._frr_count < self.cfg.fail_recv_const:
+            return False
+        cfg = self.cfg
+        if now - self._apart_until > 8 * cfg.fail_recv_backoff / 1000.0:
+            self._frr_strikes = 0  # the last episode is long past
+        self._frr_strikes += 1
+        apart = cfg.fail_recv_backoff * 2 ** min(self._frr_strikes - 1, 3)
+        members = self.members if self.state is OPERATIONAL else self._new_members
+        self.log.warning("failed to receive: our aru in ring %s stayed at %d for %d token "
+                         "rotations while the ring holds up to %d; leaving it for %.1f s",
+                         rx.ring_id, rx.aru, self._frr_count, t.seq, apart / 1000.0)
+        self.stats["failed_to_receive"] += 1
+        self._apart = frozenset(members) - {me}
+        self._apart_until = now + apart / 1000.0
+        self._frr_count = 0
+        self._frr_aru = -1
+        self._enter_gather("failed to receive", now, fresh=True)
+        return True
+
+    def _is_apart(self, node: int, now: float) -> bool:
+        """Whether we keep away from ``node`` after failing to receive in its ring."""
+        return node in self._apart and now < self._apart_until
 
     def _forward(self, t: Token, now: float) -> None:
         me = self.node_id
@@ -747,17 +897,53 @@ class Srp:
         self._forwarded_idle = idle
         self._wake_pending = False
         self._forwarded_at = now
+        self._resent = False
         cfg = self.cfg
-        if idle:
-            delay = cfg.token_retransmit + cfg.token_hold
-        elif self._rotation is None:
-            delay = cfg.token_retransmit
+        if idle and t.ring_id.rep != me:
+            # It may rest at the representative before it comes back.
+            self._arm_retransmit(self._rto() + cfg.token_hold, now)
         else:
-            # A lost token costs a retransmit wait; on a busy ring a few
-            # rotation times is plenty.  A needless resend is a duplicate
-            # that the successor drops by its token sequence.
-            delay = min(cfg.token_retransmit,
-                        max(cfg.token_retransmit_min, 3000.0 * self._rotation))
+            self._arm_retransmit(self._rto(), now)
+
+    # ------------------------------------------------- retransmission timing
+
+    def _sample_rotation(self, rot: float) -> None:
+        """Fold one measured token rotation (s) into the smoothed estimate.
+
+        A rotation in which someone waited for a token retransmission is the
+        clean rotation plus that wait; fed to the average, it would raise the
+        timeout and with it the next waits (at 30% loss most rotations hold
+        one).  A sample over twice the recent minimum is therefore left out;
+        a real change of the rotation time moves the minimum within
+        ``ROTATION_WINDOW`` rotations.
+        """
+        win = self._rot_window
+        win.append(rot)
+        low = min(win)
+        if rot > 2.0 * low:
+            return
+        if self._srtt is None or self._srtt > 2.0 * low:
+            # no estimate yet, or one taken from rotations that waited
+            self._srtt, self._rttvar = rot, rot / 2.0
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rot)
+            self._srtt = 0.875 * self._srtt + 0.125 * rot
+
+    def _rto(self) -> float:
+        """Token retransmit timeout (ms): smoothed rotation plus four deviations, bounded."""
+        if self._srtt is None:
+            return self._rt_ceiling()
+        rto = 1000.0 * (self._srtt + 4.0 * self._rttvar)
+        return min(self._rt_ceiling(), max(self.cfg.token_retransmit_min, rto))
+
+    def _rt_ceiling(self) -> float:
+        """Longest wait (ms) between two resends of one token: some twenty fit in a timeout."""
+        cfg = self.cfg
+        return max(cfg.token_retransmit_min, min(cfg.token_retransmit, cfg.token / 20.0))
+
+    def _arm_retransmit(self, delay: float, now: float) -> None:
+        """First resend after ``delay`` ms; later ones after the RTO, doubling."""
+        self._rt_next = min(self._rto(), self._rt_ceiling())
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
 
