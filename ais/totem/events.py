@@ -128,6 +128,13 @@ class TotemConfig:
     send_queue_bytes: int = 64 * 1024 * 1024
     #: largest application message accepted by ``mcast``
     max_message_size: int = 16 * 1024 * 1024
+    #: most processors a ring may have; a packet naming more is refused (``guard.py``)
+    max_members: int = 64
+    #: the only node ids packets may come from or name (udpu: the configured
+    #: members); empty: any
+    members: tuple[int, ...] = ()
+    #: a frame, probe or join from outside the ring starts a gather at most this often
+    foreign_gather_interval: float = 1000.0
 
 
 class SendQueueFull(Exception):
