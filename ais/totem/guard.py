@@ -115,7 +115,9 @@ class Guard:
         cfg = srp.cfg
         #: True once this node has been in a ring with another member
         self.anchored = False
-        self.allowed: frozenset[int] = frozenset(cfg.members)
+        #: udpu: the configured members (and this node, listed or not); empty: anyone
+        self.allowed: frozenset[int] = (frozenset(cfg.members) | {srp.node_id}
+                                        if cfg.members else frozenset())
         self.max_members = min(cfg.max_members, wire.MAX_NODES)
         self.frame_ahead = 2 * cfg.window_size + 2 * cfg.max_messages + 16
         self.seq_ahead = 8 * cfg.window_size + 4 * cfg.max_messages + 64
