@@ -25,14 +25,23 @@ Bounds and why they hold for honest peers:
   overflow.  A node poisoned during its unanchored start is refused by the
   anchored ones: it stays alone (and is logged by them) but harms nobody.
 * Message sequence numbers: per rotation the ring assigns at most about
-  ``window_size`` new seqs (flow control), and it stops sending while
-  ``seq - aru > 4 * window_size``.  A token may claim at most
-  ``seq_ahead`` beyond what this node forwarded or received, a frame at most
-  ``frame_ahead`` beyond; a forged far-future frame therefore pins no memory
-  (at most ``frame_ahead`` frames, freed when the ring passes them), and a
-  forged token cannot freeze the ring at an unreachable seq.
+  ``window_size`` new seqs (flow control: ``fcc``), and the token's seq never
+  decreases.  A token (that is not a duplicate) or a frame may claim at most
+  ``frame_ahead`` (two windows) beyond the seq this node last passed the
+  token on with, and a token no less.  A forged far-future frame therefore
+  pins no memory (at most ``frame_ahead`` frames, freed when the ring passes
+  them), and a forged token cannot freeze the ring at an unreachable seq.
+  (Commit entries and recovered frames, which report on an old ring, get the
+  wider ``seq_ahead``: another member may have been up to ``4 *
+  window_size`` ahead of our aru there.)
 * Token sequence: grows by one per hop, so an honest token comes back at most
   one rotation (``len(members)`` hops) above what this node forwarded.
+* Flow control: ``fcc`` is the sum of each member's frames sent on its last
+  visit, never above ``window_size``.  After a rotation in which nobody sent
+  (the seq the representative passed on came back unchanged) it equals the
+  representative's own last share: a larger value is a lie that would stop
+  every sender for good, and the representative refuses that token (the
+  token loss re-forms the ring, a second later).
 * Member lists: sorted, unique (``wire``), non-zero ids, at most
   ``max_members`` (also after merging a join into our process set, so that a
   join naming made-up nodes cannot make our own joins unreadable to the
@@ -69,8 +78,7 @@ RING_SEQ_JUMP = 2 ** 20
 RING_SEQ_LIMIT = 2 ** 62
 #: no ring sequence above this is ever accepted, whatever the node has seen
 RING_SEQ_HARD = 2 ** 63
-#: token fields that carry counts of frames: far above anything honest, far below 2**32
-MAX_FCC = 2 ** 24
+#: frames queued ring-wide that a token may claim: far above anything honest, below 2**32
 MAX_BACKLOG = 2 ** 30
 #: refusal lines per window, and the window in seconds
 LOG_BURST = 5
@@ -121,6 +129,8 @@ class Guard:
         self.max_members = min(cfg.max_members, wire.MAX_NODES)
         self.frame_ahead = 2 * cfg.window_size + 2 * cfg.max_messages + 16
         self.seq_ahead = 8 * cfg.window_size + 4 * cfg.max_messages + 64
+        #: flow control keeps fcc <= window_size; slack for members configured differently
+        self.max_fcc = 4 * cfg.window_size + 64
         self._last_foreign: float | None = None
         self._log_limit = Limiter(LOG_BURST, LOG_INTERVAL)
         srp.stats.update(refused=0, foreign_ignored=0, frame_conflicts=0)
@@ -208,8 +218,9 @@ class Guard:
             return None  # a foreign ring: the handler decides (rate limited)
         if m.sender not in members:
             return f"frame of ring {m.ring_id} from a non-member"
-        if m.seq > max(srp._sent_seq, rx.aru) + self.frame_ahead:
-            return f"frame seq {m.seq} too far ahead (aru {rx.aru})"
+        if m.seq > srp._sent_seq + self.frame_ahead:
+            # Not relative to our aru: contiguous forgeries would drag it along.
+            return f"frame seq {m.seq} too far ahead of {srp._sent_seq}"
         held = rx.frames.get(m.seq)
         if held is not None and (held.sender != m.sender or held.payload != m.payload):
             srp.stats["frame_conflicts"] += 1
@@ -234,18 +245,27 @@ class Guard:
             rx, members = srp._new_rx, srp._new_members
         else:
             return None  # not for our ring: the handler ignores it
+        if t.token_seq <= srp._last_token_seq:
+            return None  # a duplicate: the handler counts and drops it
         if t.sender not in members:
             return "token from a non-member"
         if t.token_seq > srp._last_token_seq + 4 * len(members) + 16:
             return f"token sequence {t.token_seq} far above {srp._last_token_seq}"
-        if t.seq > max(srp._sent_seq, rx.high, rx.aru) + self.seq_ahead:
-            return f"token seq {t.seq} far above {max(srp._sent_seq, rx.high)}"
+        # Since we passed it on, the others can have added one rotation's
+        # frames, no more; and the real token's seq never goes back.
+        if not srp._sent_seq <= t.seq <= srp._sent_seq + self.frame_ahead:
+            return f"token seq {t.seq} out of reach of {srp._sent_seq}"
         if t.aru > t.seq:
             return f"token aru {t.aru} above its seq {t.seq}"
         if t.aru_addr and t.aru_addr not in members:
             return "token aru holder is not a member"
-        if t.fcc > MAX_FCC or t.backlog > MAX_BACKLOG:
+        if t.fcc > self.max_fcc or t.backlog > MAX_BACKLOG:
             return f"token flow control fcc {t.fcc} backlog {t.backlog}"
+        if (t.ring_id.rep == srp.node_id and t.seq == srp._rep_last_seq
+                and t.fcc > srp._my_last_sent):
+            # Nobody sent during the whole rotation, so every other member's
+            # share of fcc is 0: an inflated fcc would throttle the ring for good.
+            return f"token fcc {t.fcc} after a rotation in which nobody sent"
         if t.retrans_flg > 1 or t.flags & ~_TOKEN_FLAGS:
             return f"token flags {t.retrans_flg} {t.flags:#x}"
         for s in t.rtr:
