@@ -8,6 +8,7 @@ ring starts ends the program with one clear line and a non-zero status.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(cfg.aisexec.statedir, exist_ok=True)
     state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
     totem_cfg = cfg.to_totem_config(config_mod.interface_mtu(bind_addr, interfaces))
+    if cfg.network.members:
+        # udpu: the ring refuses packets naming anyone else (ais/totem/guard.py)
+        totem_cfg = dataclasses.replace(
+            totem_cfg, members=tuple(node_of(str(m)) for m in cfg.network.members))
     logger.debug("frame size %d bytes", totem_cfg.frame_size)
     srp = Srp(node_id, totem_cfg, ring_seq=load_ring_seq(state_file), log=node_log)
     def fatal(exc: BaseException) -> None:

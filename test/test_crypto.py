@@ -6,7 +6,8 @@ import random
 import pytest
 
 from ais.totem.crypto import (
-    OVERHEAD, VERSION, BadPacket, Crypto, InvalidDigest, ReplayedPacket)
+    DEFAULT_REPLAY_WINDOW, MAX_SESSIONS, OVERHEAD, VERSION, BadPacket, Crypto, InvalidDigest,
+    ReplayedPacket)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,11 +102,58 @@ def test_replay_is_dropped_within_window() -> None:
     with pytest.raises(ReplayedPacket) as info:
         rx.open_untrusted(first)
     assert isinstance(info.value, InvalidDigest) and isinstance(info.value, BadPacket)
-    # The cache is bounded: once 8 newer packets pushed it out, it is accepted
-    # again (the ring above ignores such old duplicates itself).
+    # Once 8 newer packets of the session passed, it is older than the window:
+    # still refused (the old nonce cache accepted it again here).
     for i in range(8):
         rx.open_untrusted(tx.seal(b"%d" % i))
-    assert rx.open_untrusted(first) == b"first"
+    with pytest.raises(ReplayedPacket):
+        rx.open_untrusted(first)
+
+
+def test_replay_after_much_traffic_is_still_refused() -> None:
+    """Issue 8.7: a departed node's packets replayed once the cache rolled over."""
+    departed, busy, rx = Crypto(KEY), Crypto(KEY), Crypto(KEY)
+    old = [departed.seal(b"join %d" % i) for i in range(5)]
+    for p in old:
+        rx.open_untrusted(p)
+    for i in range(3 * DEFAULT_REPLAY_WINDOW):  # the other nodes keep talking
+        rx.open_untrusted(busy.seal(b"frame"))
+    for p in old:
+        with pytest.raises(ReplayedPacket):
+            rx.open_untrusted(p)
+
+
+def test_reordered_packets_within_the_window_are_accepted_once() -> None:
+    tx, rx = Crypto(KEY), Crypto(KEY, replay_window=64)
+    sealed = [tx.seal(b"%d" % i) for i in range(100)]
+    order = list(range(40, 100)) + list(range(39, -1, -1))
+    got = []
+    for i in order:
+        try:
+            got.append(int(rx.open_untrusted(sealed[i])))
+        except ReplayedPacket:
+            pass
+    # 99 is the highest; 36..99 are within 64 of it, the rest too old
+    assert sorted(got) == list(range(36, 100))
+    for i in (36, 50, 99):
+        with pytest.raises(ReplayedPacket):
+            rx.open_untrusted(sealed[i])
+
+
+def test_sessions_are_independent_and_bounded() -> None:
+    rx = Crypto(KEY)
+    a, b = Crypto(KEY), Crypto(KEY)
+    pa, pb = a.seal(b"a"), b.seal(b"b")  # both counter 1, different sessions
+    assert rx.open_untrusted(pa) == b"a" and rx.open_untrusted(pb) == b"b"
+    for _ in range(MAX_SESSIONS + 10):
+        rx.open_untrusted(Crypto(KEY).seal(b"x"))
+    assert len(rx._sessions) == MAX_SESSIONS
+
+
+def test_nonces_never_repeat_within_a_session() -> None:
+    tx = Crypto(KEY)
+    nonces = {tx.seal(b"")[1:16] for _ in range(1000)}
+    assert len(nonces) == 1000
 
 
 def test_retransmission_is_not_a_replay() -> None:

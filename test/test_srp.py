@@ -471,6 +471,12 @@ def test_hostile_token_claims_do_not_make_work_unbounded() -> None:
     net = formed(2)
     srp = net.nodes[A].srp
     t = wire.Token(B, srp.ring_id, 10**9, 2**62, 2**62, B, 0, 0, 0, 0, [])
+    # refused at the door (guard.py): such a token would freeze the ring
+    assert srp.receive(wire.encode_token(t), net.now) == []
+    assert srp.stats["refused"] == 1
+    # a plausible token asking for the most retransmissions still yields a bounded token
+    t = wire.Token(B, srp.ring_id, srp._last_token_seq + 1, srp.rx.high + 50, 0, B, 0, 0, 0, 0,
+                   list(range(1, 51)))
     actions = srp.receive(wire.encode_token(t), net.now)
     sent = [a for a in actions if type(a).__name__ == "Send"]
     tok = wire.decode_untrusted(sent[-1].data)

@@ -435,6 +435,69 @@ def test_ring_seq_persisted_on_regular_confchange(cleanup: list, tmp_path: Path)
     assert load_ring_seq(str(state)) == 99
 
 
+def test_ring_state_file_is_sanity_checked_at_load(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 8.1: a saved lie (2**64-1) once crashed the node at every start."""
+    caplog.set_level(logging.DEBUG)
+    state = tmp_path / "ringseq"
+    for text, want in ((f"{2**64 - 1}\n", 0), (f"{2**64 - 8}\n", 0), (f"{2**62 + 4}\n", 0),
+                       (f"{2**62}\n", 2**62), ("-4\n", 0), ("1" * 200, 0), ("40\n", 40)):
+        state.write_text(text)
+        caplog.clear()
+        assert load_ring_seq(str(state)) == want, text
+        if want == 0:
+            assert len(caplog.records) == 1 and str(state) in caplog.records[0].getMessage()
+    state.write_bytes(b"\xff\xfe\x00binary")
+    assert load_ring_seq(str(state)) == 0
+    state.unlink()
+    state.mkdir()  # a directory in its place
+    assert load_ring_seq(str(state)) == 0
+
+
+@pytest.mark.timeout(20)
+def test_ring_state_that_cannot_be_saved_is_logged_not_fatal(
+        cleanup: list, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    state = tmp_path / "ringseq"
+    (state / "sub").mkdir(parents=True)  # a non-empty directory where the file goes
+    port = free_port()
+    me = node_of("127.0.0.1")
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"], state_file=str(state))
+    cleanup.append(h.t)
+    h.t.start()
+    for i in range(10):
+        srp.max_ring_seq = 8 + 4 * i
+        h.t._perform([ConfChange(False, RingId(srp.max_ring_seq, me), (me,))])
+    assert h.t.stats["state_errors"] == 10 and len(h.confs) == 10
+    lines = [r for r in caplog.records if "cannot save ring state" in r.getMessage()]
+    assert 1 <= len(lines) <= 3  # rate-limited
+    assert not (tmp_path / "ringseq.tmp").exists()
+    assert h.t.state is TransportState.RUNNING and h.fatal == []
+    with pytest.raises(OSError):
+        save_ring_seq(str(state), 4)
+
+
+@pytest.mark.timeout(20)
+def test_udpu_drops_packets_of_unknown_peers(cleanup: list,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    port = free_port(("127.0.0.1", "127.0.0.2", "127.0.0.9"))
+    member, stranger = udp_sock("127.0.0.2", port), udp_sock("127.0.0.9", port)
+    cleanup += [member, stranger]
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    for i in range(20):
+        stranger.sendto(Crypto(KEY).seal(b"sealed by a stranger %d" % i), ("127.0.0.1", port))
+    assert wait_until(lambda: h.t.stats["unknown_peer"] == 20)
+    member.sendto(Crypto(KEY).seal(b"from a member"), ("127.0.0.1", port))
+    assert wait_until(lambda: srp.received == [b"from a member"])
+    lines = [r for r in caplog.records if "not a configured member" in r.getMessage()]
+    assert 1 <= len(lines) <= 3
+
+
 # -- real rings ----------------------------------------------------------------------
 
 srp_mod = pytest.importorskip("ais.totem.srp")

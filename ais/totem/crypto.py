@@ -1,7 +1,7 @@
 """Per-packet encryption and authentication of ring packets.
 
-Cipher: AES-256-OCB (RFC 7253, pycryptodome), a 120-bit random nonce per
-packet, 128-bit tag.  It was the fastest candidate at every size we measured,
+Cipher: AES-256-OCB (RFC 7253, pycryptodome), a 120-bit nonce per packet
+(random session id and packet counter), 128-bit tag.  It was the fastest candidate at every size we measured,
 and it is safe as we use it:
 
 * ``python bench/crypto_bench.py --seconds 0.5`` on the development machine
@@ -28,11 +28,14 @@ and it is safe as we use it:
   1400 B and level at 100 B; GCM loses because pycryptodome builds GHASH
   tables for every new cipher object, which dominates small packets.
 * Safety: OCB is a one-pass AEAD with a standard security proof; its weak
-  point is nonce reuse, so the nonce is the full 120 bits OCB allows, drawn
-  from ``os.urandom``.  A year at the loopback ceiling is about 2**44 packets
-  of 1400 B (2**50 AES blocks): the chance that two nonces ever collide is
-  then about 2**88 / 2**121 = 2**-33, and OCB's privacy/forgery bound,
-  roughly blocks**2 / 2**128, about 2**-27 -- with one key for the cluster's
+  point is nonce reuse.  The 120-bit nonce is a 64-bit random session id,
+  drawn from ``os.urandom`` once per ``Crypto`` (per process start), and a
+  56-bit packet counter: within a session nonces never repeat, and two
+  sessions collide only if their random ids do -- after 2**20 process starts
+  under one key, a chance of about 2**-25, and even then only if both count
+  through the same counters.  A year at the loopback ceiling is about 2**44
+  packets of 1400 B (2**50 AES blocks); OCB's privacy/forgery bound, roughly
+  blocks**2 / 2**128, is then about 2**-27 -- with one key for the cluster's
   lifetime.  (96-bit random nonces, as GCM/ChaCha20 take, pass 2**-32 after
   only 2**32 packets: hours of a busy ring.)  The OCB patents have been
   abandoned by their owner.
@@ -43,23 +46,38 @@ Key derivation: HKDF-SHA256 (RFC 5869) over the whole authkey, with a fixed
 salt and a context string naming the purpose and version, so that another use
 of the same authkey (or a later packet format) gets an unrelated key.
 
-Replay: every ``seal`` draws a fresh random nonce, so even a retransmission by
-the ring is a new ciphertext, and a byte-identical copy of an authenticated
-packet can only be a network duplicate or an attacker's replay.  Each
-``Crypto`` keeps the nonces of the last ``replay_window`` packets it opened
-successfully and rejects a repeat with ``ReplayedPacket``.  This is only a
-cheap filter: older replays get through, which is harmless because the ring
-ignores duplicates anyway.  Nonces are recorded only after the tag verified,
-so forged packets cannot evict or pre-empt genuine ones.  Keep one ``Crypto``
-per receiving node: an instance shared by several receivers (a simulator)
-would take the second receiver's copy of a multicast for a replay; pass
-``replay_window=0`` there.
+Replay: a byte-identical copy of an authenticated packet is a network
+duplicate or an attacker's replay (a retransmission by the ring is sealed
+again, under a new counter).  Each ``Crypto`` keeps, per sender session it
+has heard (at most ``MAX_SESSIONS``, least recently heard evicted), the
+highest counter and a bitmap of the ``replay_window`` counters below it, as
+IPsec and DTLS do.  A packet whose counter is in the bitmap, or older than
+the window, raises ``ReplayedPacket``: old packets stay refused however much
+traffic has passed since, so a departed node's packets cannot be replayed
+later to disturb the ring.  The check reads the state before decrypting (a
+replay costs no AES) and updates it only after the tag verified, so forged
+packets cannot evict or pre-empt genuine ones.  What remains: a receiver
+that restarted has no sessions, and accepts a session it has never heard
+once, from its current counter on; the ring's own checks (``guard.py``) and
+its duplicate detection make such old packets harmless, and a foreign frame
+or probe starts at most one gather per second.  A sender's own packets
+reordered by more than the window are dropped as too old; the ring asks for
+them again.  Keep one ``Crypto`` per receiving node: an instance shared by
+several receivers (a simulator) would take the second receiver's copy of a
+multicast for a replay; pass ``replay_window=0`` there.
+
+Overhead and cost: the layout is unchanged (version byte, 15-byte nonce,
+16-byte tag: 32 bytes), and the window costs a dict lookup and a shift of a
+``replay_window``-bit integer per packet (see ``bench/crypto_bench.py``).
+Format version 2 (session + counter nonces) derives another key than
+version 1, so mixed clusters refuse each other's packets ("invalid
+digest"): upgrade all nodes together.
 """
 from __future__ import annotations
 
 import os
 import struct
-from collections import deque
+from collections import OrderedDict
 
 from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
@@ -78,17 +96,20 @@ class ReplayedPacket(InvalidDigest):
 
 
 #: the format byte; bump it when the layout or cipher changes
-VERSION = 1
+VERSION = 2
 #: minimum authkey length accepted here (aisexec itself requires the full 128 bytes)
 MIN_KEY_BYTES = 32
-#: how many recent nonces each instance remembers to reject replays
+#: counters below the highest one remembered per sender session
 DEFAULT_REPLAY_WINDOW = 4096
+#: sender sessions remembered (least recently heard evicted)
+MAX_SESSIONS = 1024
 
 # Sealed packet:
 #   0       1                         16                        n-16      n
 #   +-------+-------------------------+-------------------------+---------+
-#   | ver=1 | nonce: 15 random bytes  | ciphertext (len(plain)) | tag: 16 |
+#   | ver=2 | nonce: 15 bytes         | ciphertext (len(plain)) | tag: 16 |
 #   +-------+-------------------------+-------------------------+---------+
+#   nonce = session id (8 random bytes, per Crypto) | counter (7 bytes, from 1)
 # The version byte is not fed to the cipher as associated data (that costs a
 # fifth of the time of a 1400-byte seal): it is bound through the key instead,
 # since the HKDF context names the version, so a packet of another version
@@ -102,6 +123,8 @@ _HKDF_SALT = b"ais totem ring key derivation"
 _HKDF_CONTEXT = b"ais totem packet key v%d aes-256-ocb" % VERSION
 _VERSION_BYTE = bytes([VERSION])
 _NONCE_BYTES = 15  # OCB takes at most 120 bits
+_SESSION_BYTES = 8
+_COUNTER_LIMIT = 1 << 8 * (_NONCE_BYTES - _SESSION_BYTES)
 
 
 class Crypto:
@@ -111,7 +134,7 @@ class Crypto:
         """
         Args:
             authkey: the cluster's shared secret (128 bytes from ``ais-keygen``).
-            replay_window: recent nonces remembered per instance; 0 disables the check.
+            replay_window: counters remembered per sender session; 0 disables the check.
         Raises:
             ValueError: the key is shorter than ``MIN_KEY_BYTES``.
         """
@@ -120,16 +143,22 @@ class Crypto:
         self._key: bytes = HKDF(bytes(authkey), 32, _HKDF_SALT, SHA256,
                                 context=_HKDF_CONTEXT)  # type: ignore[assignment]
         self._window = replay_window
-        self._seen: set[bytes] = set()
-        self._order: deque[bytes] = deque()
+        self._mask = (1 << replay_window) - 1
+        #: sender session id -> [highest counter, bitmap: bit i = counter (highest - i) seen]
+        self._sessions: OrderedDict[bytes, list[int]] = OrderedDict()
+        self._session = os.urandom(_SESSION_BYTES)
+        self._counter = 0
 
     def seal(self, plain: bytes) -> bytes:
-        """Encrypt and authenticate one packet under a fresh random nonce.
+        """Encrypt and authenticate one packet under the next nonce of this session.
 
         Returns:
             ``OVERHEAD`` bytes more than ``plain``.
         """
-        nonce = os.urandom(_NONCE_BYTES)
+        self._counter += 1
+        if self._counter >= _COUNTER_LIMIT:  # 2**56 packets: not in this universe, but exact
+            self._session, self._counter = os.urandom(_SESSION_BYTES), 1
+        nonce = self._session + self._counter.to_bytes(_NONCE_BYTES - _SESSION_BYTES, "big")
         cipher = AES.new(self._key, AES.MODE_OCB, nonce=nonce)
         body, tag = cipher.encrypt_and_digest(plain)
         return _VERSION_BYTE + nonce + body + tag
@@ -141,25 +170,44 @@ class Crypto:
             the plaintext given to ``seal`` by a holder of the same authkey.
         Raises:
             InvalidDigest: anything that does not authenticate (never another
-                exception); its subclass ReplayedPacket for a recently seen nonce.
+                exception); its subclass ReplayedPacket for a packet of a sender
+                session seen already or older than the window.
         """
         if len(data) < OVERHEAD or data[0] != VERSION:
             raise InvalidDigest(f"bad header or short packet ({len(data)} bytes)")
         nonce = bytes(data[1:SEALED_HEADER.size])
+        window = self._window
+        if window:
+            session = nonce[:_SESSION_BYTES]
+            counter = int.from_bytes(nonce[_SESSION_BYTES:], "big")
+            state = self._sessions.get(session)
+            if state is not None and counter <= state[0]:
+                back = state[0] - counter
+                if back >= window or state[1] >> back & 1:
+                    raise ReplayedPacket("packet seen already or older than the replay window")
         try:
             cipher = AES.new(self._key, AES.MODE_OCB, nonce=nonce)
             plain = cipher.decrypt_and_verify(data[SEALED_HEADER.size:-TAG_BYTES],
                                               data[-TAG_BYTES:])
         except (ValueError, TypeError) as e:
             raise InvalidDigest(str(e)) from None
-        if self._window:
-            if nonce in self._seen:
-                raise ReplayedPacket("nonce seen recently")
-            self._seen.add(nonce)
-            self._order.append(nonce)
-            if len(self._order) > self._window:
-                self._seen.discard(self._order.popleft())
+        if window:
+            sessions = self._sessions
+            if state is None:
+                if len(sessions) >= MAX_SESSIONS:
+                    sessions.popitem(last=False)
+                sessions[session] = [counter, 1]
+            else:
+                sessions.move_to_end(session)
+                high = state[0]
+                if counter > high:
+                    state[1] = (state[1] << (counter - high) | 1) & self._mask \
+                        if counter - high < window else 1
+                    state[0] = counter
+                else:
+                    state[1] |= 1 << (high - counter)
         return plain
 
 
-__all__ = ["BadPacket", "Crypto", "InvalidDigest", "OVERHEAD", "ReplayedPacket", "VERSION"]
+__all__ = ["BadPacket", "Crypto", "DEFAULT_REPLAY_WINDOW", "InvalidDigest", "MAX_SESSIONS",
+           "OVERHEAD", "ReplayedPacket", "VERSION"]

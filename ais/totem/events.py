@@ -152,6 +152,13 @@ class TotemConfig:
     #: after failing to receive, how long the member stays apart before merging
     #: again (doubled on each repeat, up to 8 times)
     fail_recv_backoff: float = 2000.0
+    #: most processors a ring may have; a packet naming more is refused (``guard.py``)
+    max_members: int = 64
+    #: the only node ids packets may come from or name (udpu: the configured
+    #: members); empty: any
+    members: tuple[int, ...] = ()
+    #: a frame, probe or join from outside the ring starts a gather at most this often
+    foreign_gather_interval: float = 1000.0
 
 
 class SendQueueFull(Exception):

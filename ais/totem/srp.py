@@ -60,6 +60,7 @@ from typing import Callable
 from . import wire
 from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
                      Stable, StartTimer, TimerKind, TotemConfig, fmt_node)
+from .guard import Guard
 from .queues import Frame, Reassembler, RxStore, SendQueue
 from .wire import (MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
                    BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
@@ -95,6 +96,9 @@ class Srp:
         self.node_id = node_id
         self.cfg = cfg = config or TotemConfig()
         self.log = log or logger
+        self.stats: dict[str, int] = {}
+        #: checks every decoded packet against what the protocol allows (guard.py)
+        self.guard = Guard(self)
         self.state = GATHER
         #: highest ring sequence seen anywhere; persisted by the shell
         self.max_ring_seq = ring_seq
@@ -144,7 +148,7 @@ class Srp:
         self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
         self._apart_until = 0.0
         self._out: list[Action] = []
-        self.stats: dict[str, int] = {
+        self.stats |= {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
@@ -168,10 +172,15 @@ class Srp:
         self._out = []
         try:
             pkt = wire.decode_untrusted(data)
-        except BadPacket:
+        except BadPacket as e:
             self.stats["bad_packets"] += 1
+            self.guard.refuse(str(e), None, now)
             return self._out
         if pkt.sender != self.node_id and not self._stalled(now):
+            why = self.guard.check(pkt)
+            if why is not None:
+                self.guard.refuse(why, pkt.sender, now)
+                return self._out
             self._handlers[type(pkt)](pkt, now)
         return self._out
 
@@ -260,7 +269,7 @@ class Srp:
                     self._disarm(TimerKind.TOKEN_RETRANSMIT)
             return
         if (state is OPERATIONAL and m.sender not in self.members and rid.seq
-                and not self._is_apart(m.sender, now)):
+                and not self._is_apart(m.sender, now) and self.guard.may_gather(now)):
             self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
 
     def _on_probe(self, p: Probe, now: float) -> None:
@@ -280,7 +289,7 @@ class Srp:
                         self._forwarded_idle = False
                         self._arm_retransmit(self._rto(), now)
         elif (p.ring_id != self.ring_id and p.sender not in self.members
-                and not self._is_apart(p.sender, now)):
+                and not self._is_apart(p.sender, now) and self.guard.may_gather(now)):
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
 
     def _on_join(self, j: Join, now: float) -> None:

@@ -33,7 +33,18 @@ a full local address (the configuration layer resolves ``bindnetaddr``).
 
 Persistence: whenever a regular configuration is performed, ``srp.max_ring_seq``
 is written to ``state_file`` (write, fsync, rename), so a restarted node never
-reuses a ring id; ``load_ring_seq`` reads it back.
+reuses a ring id; ``load_ring_seq`` reads it back.  A value that no honest ring
+can have reached (above ``guard.RING_SEQ_LIMIT``, 2**62), a damaged, unreadable
+or binary file, or a directory in its place is refused with one log line and
+the node starts from 0: until it has been in a ring with another node it
+accepts the ring sequence the cluster tells it (``guard.py``), so it catches
+up without reusing a ring id the others know.  A state file that cannot be
+saved (disk full, no descriptors, a directory in the way) is logged, rate
+limited, and the ring carries on.
+
+Peers: with ``udpu`` a datagram whose source address is not a configured
+member is dropped before decryption, counted (``unknown_peer``) and logged,
+rate limited.
 """
 from __future__ import annotations
 
@@ -58,6 +69,7 @@ from ais.totem.crypto import Crypto, InvalidDigest, ReplayedPacket
 from ais.totem.events import (
     Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, Stable, StartTimer, TimerKind,
     fmt_node, node_of)
+from ais.totem.guard import RING_SEQ_LIMIT
 from ais.totem.wire import BadPacket
 
 logger = logging.getLogger(__name__)
@@ -75,6 +87,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 #: "invalid digest" lines per window, and the window in seconds
 DIGEST_LOG_BURST = 3
 DIGEST_LOG_INTERVAL = 10.0
+#: bytes of a ring state file read at most (a decimal u64 and a newline fit easily)
+STATE_FILE_MAX = 64
 #: Linux's IP_MULTICAST_ALL, missing from older ``socket`` modules
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 
@@ -98,25 +112,36 @@ class TransportState(enum.Enum):
 
 
 def load_ring_seq(path: str) -> int:
-    """The ring sequence saved in ``path``; 0 if there is none.
+    """The ring sequence saved in ``path``; 0 if there is none or it is refused.
 
-    A missing file is normal (first start).  An unreadable or damaged one is
-    logged and treated as 0: nothing better is known.
+    A missing file is normal (first start).  An unreadable or damaged one, or
+    one holding a value beyond ``RING_SEQ_LIMIT``, is logged in one line and
+    treated as 0: the node then takes the cluster's ring sequence when it
+    joins (see the module docstring).  Never raises.
     """
     try:
-        with open(path, encoding="ascii") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(STATE_FILE_MAX + 1)
     except FileNotFoundError:
         return 0
     except OSError as e:
-        logger.warning("cannot read ring state %s: %s", path, e)
+        logger.warning("cannot read ring state %s: %s; starting from ring sequence 0",
+                       path, e.strerror or e)
         return 0
     try:
-        value = int(text.strip())
+        if len(raw) > STATE_FILE_MAX:
+            raise ValueError("too long")
+        value = int(raw.decode("ascii").strip())
+        if value < 0:
+            raise ValueError("negative")
     except ValueError:
-        logger.warning("ignoring damaged ring state %s", path)
+        logger.warning("ignoring damaged ring state %s; starting from ring sequence 0", path)
         return 0
-    return max(0, value)
+    if value > RING_SEQ_LIMIT:
+        logger.error("ring state %s holds %d, beyond any ring sequence a cluster can reach "
+                     "(2**62): refused, starting from 0 and taking the cluster's", path, value)
+        return 0
+    return value
 
 
 def save_ring_seq(path: str, seq: int) -> None:
@@ -126,11 +151,18 @@ def save_ring_seq(path: str, seq: int) -> None:
         OSError: the file could not be written.
     """
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{seq}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{seq}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # nothing was created, or a directory is in the way
+        raise
 
 
 def _exit_process(exc: BaseException) -> None:
@@ -199,7 +231,8 @@ class Transport:
         #: counters, for status output and tests
         self.stats: dict[str, int] = dict.fromkeys((
             "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "send_errors",
-            "invalid_digest", "replayed", "bad_packet", "own_dropped",
+            "invalid_digest", "replayed", "bad_packet", "own_dropped", "unknown_peer",
+            "state_errors",
             "deliveries", "confchanges", "timers_fired"), 0)
         if mode == "udp":
             assert mcast_addr is not None
@@ -207,6 +240,8 @@ class Transport:
         else:
             # Never send a node its own packets (doc/INTERFACES.md).
             self._everyone = [(m, port) for m in dict.fromkeys(members) if m != bind_addr]
+        #: udpu: the only source addresses accepted; None: any (multicast)
+        self._peers: frozenset[str] | None = frozenset(members) if mode == "udpu" else None
         self._sock: socket.socket | None = None
         self._receiver: Greenlet | None = None
         self._watcher: Any = None  # the receiver's io watcher while it exists
@@ -216,6 +251,8 @@ class Transport:
         self._saved_seq: int | None = None
         self._digest_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
         self._bad_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
+        self._peer_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
+        self._state_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
 
     # -- public entry points -------------------------------------------------
 
@@ -372,6 +409,11 @@ class Transport:
             return
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += len(data)
+        if self._peers is not None and host not in self._peers:
+            self.stats["unknown_peer"] += 1
+            self._peer_limit.log(self.log, SECURITY, "dropped %d-byte packet from %s: "
+                                 "not a configured member", len(data), host)
+            return
         try:
             plain = self.crypto.open_untrusted(data)
         except ReplayedPacket:
@@ -463,7 +505,10 @@ class Transport:
                     save_ring_seq(self.state_file, seq)
                     self._saved_seq = seq
                 except OSError as e:
-                    self.log.error("cannot save ring state to %s: %s", self.state_file, e)
+                    self.stats["state_errors"] += 1
+                    self._state_limit.log(self.log, logging.ERROR,
+                                          "cannot save ring state to %s: %s",
+                                          self.state_file, e.strerror or e)
         self.on_confchg(conf)
 
     # -- supervision -------------------------------------------------------------

@@ -204,6 +204,11 @@ def decode_recovered_untrusted(payload: bytes) -> Recovered:
     return Recovered(RingId(rseq, rrep), seq, sender, payload[RECOVERED_HEADER.size:])
 
 
+def _increasing(ids: tuple[int, ...]) -> bool:
+    """Strictly increasing: what the encoder writes (sorted, no repeats)."""
+    return all(a < b for a, b in zip(ids, ids[1:]))
+
+
 def decode_untrusted(data: bytes) -> Packet:
     """Parse one datagram.  Raises only ``BadPacket``."""
     try:
@@ -236,10 +241,13 @@ def _decode(data: bytes) -> Packet:
     if kind == JOIN:
         ring_seq, nproc, nfail = JOIN_HEADER.unpack_from(data, off)
         off += JOIN_HEADER.size
-        if nproc + nfail > 2 * MAX_NODES or len(data) != off + 4 * (nproc + nfail):
+        if nproc > MAX_NODES or nfail > MAX_NODES or len(data) != off + 4 * (nproc + nfail):
             raise BadPacket("bad join sets")
         ids = struct.unpack_from(f"!{nproc + nfail}I", data, off)
-        return Join(sender, ring_seq, frozenset(ids[:nproc]), frozenset(ids[nproc:]))
+        proc, fail = ids[:nproc], ids[nproc:]
+        if not (_increasing(proc) and _increasing(fail)):
+            raise BadPacket("join sets not sorted")
+        return Join(sender, ring_seq, frozenset(proc), frozenset(fail))
     if kind == COMMIT:
         rseq, rrep, n = COMMIT_HEADER.unpack_from(data, off)
         off += COMMIT_HEADER.size
