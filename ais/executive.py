@@ -43,7 +43,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-from ais.log import NodeAdapter
+from ais.log import NodeAdapter, RateLimiter
 from ais.services.base import (
     DEFERRED, NO_TAG, ExecMessage, LibConn, ReplyTag, Request, Service, SyncInfo,
     TimerHandle,
@@ -155,6 +155,9 @@ class ServiceHost:
         # deliver from inside mcast) wait here, so handlers are never re-entered.
         self._inbox: collections.deque[Deliver | ConfChange] = collections.deque()
         self._busy = False
+        #: exec messages dropped because their handler raised, per service name
+        self.bad_messages: collections.Counter[str] = collections.Counter()
+        self._bad_log = RateLimiter(burst=5, interval=10.0, clock=scheduler.now)
         for svc in self.services.values():
             svc.exec_init(self)
 
@@ -284,8 +287,8 @@ class ServiceHost:
         svc = self.services[conn.service_id]
         spec = svc.lib_handlers.get(msg_id)
         if spec is None:
-            self.log.error("%s: unknown request id %d from connection %d",
-                           svc.name, msg_id, conn.conn_id)
+            self._bad_log.log(self.log, logging.ERROR, "%s: unknown request id %d from "
+                              "connection %d", svc.name, msg_id, conn.conn_id)
             conn.send_response(msg_id, seq, Library.code)
             return
         if spec.hold_during_sync and self.syncing:
@@ -325,18 +328,21 @@ class ServiceHost:
         try:
             m = decode_ring_message_untrusted(d.payload)
         except RingMessageError as exc:
-            self.log.error("dropping ring message from %s: %s", fmt_node(d.sender), exc)
+            self._bad_log.log(self.log, logging.ERROR, "dropping ring message from %s: %s",
+                              fmt_node(d.sender), exc)
             return
         if m.service == HOST_SERVICE_ID:
             if m.msg_id == HOST_MSG_SYNC_BARRIER:
                 self._barrier(d.sender, m.sync_seq)
             else:
-                self.log.warning("unknown host message %d from %s", m.msg_id, fmt_node(d.sender))
+                self._bad_log.log(self.log, logging.WARNING, "unknown host message %d from %s",
+                                  m.msg_id, fmt_node(d.sender))
             return
         svc = self.services.get(m.service)
         if svc is None or m.msg_id not in svc.exec_handlers:
-            self.log.warning("dropping message %d for unknown service %d from %s",
-                             m.msg_id, m.service, fmt_node(d.sender))
+            self._bad_log.log(self.log, logging.WARNING,
+                              "dropping message %d for unknown service %d from %s",
+                              m.msg_id, m.service, fmt_node(d.sender))
             return
         msg = ExecMessage(d.sender, m.msg_id, m.payload, m.tag, d.ring_id,
                           sync=bool(m.flags & FLAG_SYNC))
@@ -350,7 +356,20 @@ class ServiceHost:
             self._run_exec(svc, msg)
 
     def _run_exec(self, svc: Service, msg: ExecMessage) -> None:
-        svc.exec_handlers[msg.msg_id].fn(svc, msg)
+        """Run one exec handler; whatever it raises is the payload's fault, not ours.
+
+        Every node runs the same handler on the same bytes, so a payload that
+        raises does so everywhere at the same point: dropping it keeps the
+        replicas equal, and no peer can end the executive with a bad message.
+        """
+        try:
+            svc.exec_handlers[msg.msg_id].fn(svc, msg)
+        except Exception as exc:  # noqa: BLE001 -- IpcProtocolError, struct.error, anything
+            self.bad_messages[svc.name] += 1
+            self._bad_log.log(self.log, logging.ERROR,
+                              "%s: dropped bad message %d from %s (%d dropped so far): %s: %s",
+                              svc.name, msg.msg_id, fmt_node(msg.sender),
+                              self.bad_messages[svc.name], type(exc).__name__, exc)
 
     def _confchg(self, conf: ConfChange) -> None:
         if not conf.transitional:

@@ -1,0 +1,271 @@
+"""Hardening (issue 8, client and service half): nothing a peer or a local client
+sends may end the executive, and no request may make it do unbounded work or hold
+unbounded memory.
+
+* A service-level fuzzer: random and mutated payloads into every exec handler of
+  every service, through ``ServiceHost.on_deliver`` with a real ``RING_HEADER``
+  (``AIS_FUZZ_SEEDS=N`` widens it), and random bodies into every library handler.
+* The client cases against in-process hosts served over real Unix sockets.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+
+from ais.executive import (
+    FLAG_SYNC, FakeBus, ManualScheduler, RingMessage, ServiceHost, encode_ring_message,
+)
+from ais.services.base import NO_TAG, ReplyTag
+from ais.services.ckpt import CkptService
+from ais.services.clm import ClmService
+from ais.totem.events import Deliver, node_of
+from helpers_exec import BOOT, FakeConn
+from saf import _ckpt_wire as cw
+from saf import _wire as w
+from saf.errors import SA_OK, IpcProtocolError, SaError
+from saf.types import SA_TIME_END
+
+A, B = "127.0.0.1", "127.0.0.2"
+RW = cw.SA_CKPT_CHECKPOINT_READ | cw.SA_CKPT_CHECKPOINT_WRITE
+FUZZ_SEEDS = int(os.environ.get("AIS_FUZZ_SEEDS", "6"))
+
+
+def attrs(**kw: Any) -> cw.CreationAttributes:
+    base = dict(creation_flags=cw.SA_CKPT_WR_ALL_REPLICAS, checkpoint_size=100_000,
+                retention_duration=SA_TIME_END, max_sections=10, max_section_size=20_000,
+                max_section_id_size=32)
+    base.update(kw)
+    return cw.CreationAttributes(**base)
+
+
+class Cluster:
+    """Two hosts running CLM and CKPT on a FakeBus, with a recording of every mcast."""
+
+    def __init__(self, addrs: tuple[str, ...] = (A, B)) -> None:
+        self.sched = ManualScheduler()
+        self.bus = FakeBus(self.sched)
+        self.hosts: dict[str, ServiceHost] = {}
+        self.sent: list[bytes] = []  # every ring payload any host multicast: the corpus
+        orig = self.bus._mcast
+
+        def record(sender: int, payload: bytes) -> None:
+            self.sent.append(payload)
+            orig(sender, payload)
+
+        self.bus._mcast = record  # type: ignore[method-assign]
+        for a in addrs:
+            host = ServiceHost(node_of(a), [ClmService("fuzz", boot_timestamp=BOOT),
+                                            CkptService()], self.sched)
+            self.hosts[a] = host
+            self.bus.port(host)
+        self.bus.reconfigure([node_of(a) for a in addrs])
+        self.settle()
+        self.seq = 0
+
+    def settle(self, rounds: int = 500) -> None:
+        for _ in range(rounds):
+            self.sched.run()
+            if not self.bus._queue and not any(h.syncing for h in self.hosts.values()):
+                return
+            self.sched.advance(0.01)
+        raise AssertionError("cluster did not settle")
+
+    def ckpt(self, addr: str) -> CkptService:
+        svc = self.hosts[addr].services[cw.CKPT_SERVICE_ID]
+        assert isinstance(svc, CkptService)
+        return svc
+
+    def connect(self, addr: str, service: int = cw.CKPT_SERVICE_ID) -> FakeConn:
+        host = self.hosts[addr]
+        conn = FakeConn(host.new_conn_id(), service)
+        host.lib_connect(conn)
+        return conn
+
+    def call(self, addr: str, conn: FakeConn, msg_id: int, body: bytes = b"") -> w.Frame:
+        self.seq += 1
+        seq = self.seq
+        self.hosts[addr].lib_request(conn, msg_id, seq, body)
+        self.settle()
+        frame = next((f for f in conn.responses if f.seq == seq), None)
+        assert frame is not None, "no response"
+        return frame
+
+    def ok(self, addr: str, conn: FakeConn, msg_id: int, body: bytes = b"") -> bytes:
+        frame = self.call(addr, conn, msg_id, body)
+        if frame.error != SA_OK:
+            raise SaError.from_code(frame.error)
+        return frame.body
+
+    def populate(self) -> None:
+        """Normal traffic of every kind, so the corpus holds a valid payload of each."""
+        c = self.connect(A)
+        h = cw.decode_handle_untrusted(self.ok(A, c, cw.REQ_OPEN, cw.encode_open(
+            cw.OpenReq(b"fuzz", RW | cw.SA_CKPT_CHECKPOINT_CREATE, attrs(), SA_TIME_END))))
+        hh = cw.HANDLE.pack(h)
+        self.ok(A, c, cw.REQ_SECTION_CREATE, hh + cw.encode_section_create(
+            cw.SectionCreateReq(b"s1", SA_TIME_END, SA_TIME_END, 5, b"abc")))
+        self.ok(A, c, cw.REQ_SECTION_CREATE, hh + cw.encode_section_create(
+            cw.SectionCreateReq(b"s2", 10 ** 18, 5 * 10 ** 9, 5, b"x")))
+        self.ok(A, c, cw.REQ_WRITE, hh + cw.encode_write(cw.WriteReq(7, ((b"s1", 1, b"zz"),))))
+        self.ok(A, c, cw.REQ_OVERWRITE, hh + cw.encode_overwrite(9, b"s1", b"new"))
+        self.ok(A, c, cw.REQ_READ, hh + cw.encode_read([(b"s1", 0, cw.READ_ALL)]))
+        self.ok(A, c, cw.REQ_STATUS_GET, hh)
+        self.ok(A, c, cw.REQ_SECTION_EXPIRATION_SET,
+                hh + cw.encode_section_expiration(b"s2", 10 ** 18 + 1, 10 ** 9))
+        self.ok(A, c, cw.REQ_RETENTION_SET, hh + cw.encode_retention(10 ** 9))
+        self.ok(A, c, cw.REQ_ITER_INIT, hh + cw.encode_iter_init(cw.SA_CKPT_SECTIONS_ANY, 0))
+        self.call(A, c, cw.REQ_SYNCHRONIZE, hh + cw.encode_synchronize(0, False, SA_TIME_END))
+        self.ok(A, c, cw.REQ_SECTION_DELETE, hh + b"s1")
+        h2 = cw.decode_handle_untrusted(self.ok(A, c, cw.REQ_OPEN, cw.encode_open(
+            cw.OpenReq(b"other", RW | cw.SA_CKPT_CHECKPOINT_CREATE, attrs(max_sections=1, checkpoint_size=20_000),
+                       SA_TIME_END))))
+        self.ok(A, c, cw.REQ_CLOSE, cw.HANDLE.pack(h2))
+        self.ok(A, c, cw.REQ_UNLINK, b"other")
+        # A join makes every sync message kind travel once.
+        self.bus.reconfigure([node_of(A)], [node_of(B)])
+        self.settle()
+        self.bus.reconfigure([node_of(A), node_of(B)])
+        self.settle()
+        self.sched.advance(6.0)  # the section expires: SECTION_EXPIRE travels
+        self.settle()
+
+    def assert_serves(self) -> None:
+        """A normal client still gets normal answers, the same on both nodes."""
+        c = self.connect(B)
+        name = b"after-%d" % self.seq
+        h = cw.decode_handle_untrusted(self.ok(B, c, cw.REQ_OPEN, cw.encode_open(
+            cw.OpenReq(name, RW | cw.SA_CKPT_CHECKPOINT_CREATE, attrs(), SA_TIME_END))))
+        hh = cw.HANDLE.pack(h)
+        self.ok(B, c, cw.REQ_SECTION_CREATE, hh + cw.encode_section_create(
+            cw.SectionCreateReq(b"q", SA_TIME_END, SA_TIME_END, 1, b"hello")))
+        code, _, datas = cw.decode_read_reply_untrusted(
+            self.ok(B, c, cw.REQ_READ, hh + cw.encode_read([(b"q", 0, cw.READ_ALL)])))
+        assert (code, datas) == (SA_OK, [b"hello"])
+        self.hosts[B].lib_exit(c)
+        self.settle()
+        assert self.ckpt(A).digest() == self.ckpt(B).digest()
+
+
+def mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
+    """One random mutation: flip, truncate, extend, splice, overwrite with big integers."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        if op == 0 and buf:
+            i = rng.randrange(len(buf))
+            buf[i] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            del buf[rng.randrange(len(buf) + 1):]
+        elif op == 2:
+            buf += rng.randbytes(rng.randint(1, 64))
+        elif op == 3 and corpus:
+            other = rng.choice(corpus)
+            i = rng.randrange(len(buf) + 1)
+            buf[i:] = other[rng.randrange(len(other) + 1):]
+        elif op == 4 and len(buf) >= 4:
+            i = rng.randrange(len(buf) - 3)
+            buf[i:i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff",
+                                       b"\x00\x00\x00\x00", b"\x80\x00\x00\x00"])
+        elif op == 5 and len(buf) >= 8:
+            i = rng.randrange(len(buf) - 7)
+            buf[i:i + 8] = rng.choice([b"\xff" * 8, b"\x7f" + b"\xff" * 7, bytes(8)])
+        else:
+            buf[:] = rng.randbytes(rng.randint(0, 200))
+    return bytes(buf)
+
+
+def fuzz_exec(cl: Cluster, rng: random.Random, count: int) -> int:
+    """Deliver ``count`` bad messages to both hosts; return how many handlers raised."""
+    corpus = [p[28:] for p in cl.sent if len(p) >= 28]
+    targets: list[tuple[int, int]] = []
+    for host in cl.hosts.values():
+        for svc in host.services.values():
+            targets += [(svc.service_id, m) for m in svc.exec_handlers]
+        break
+    ring = cl.hosts[A].ring_id
+    assert ring is not None
+    before = sum(sum(h.bad_messages.values()) for h in cl.hosts.values())
+    for _ in range(count):
+        service, msg_id = rng.choice(targets)
+        base = rng.choice(corpus) if corpus and rng.random() < 0.8 else b""
+        payload = mutate(rng, base, corpus)
+        sender = rng.choice([node_of(A), node_of(B)])
+        tag = rng.choice([NO_TAG, ReplyTag(node_of(A), rng.randint(0, 5), rng.randint(0, 9)),
+                          ReplyTag(node_of(B), 1, 1)])
+        flags = FLAG_SYNC if rng.random() < 0.1 else 0
+        data = encode_ring_message(RingMessage(service, msg_id, flags, tag,
+                                               ring.seq if flags else 0, payload))
+        for host in cl.hosts.values():
+            host.on_deliver(Deliver(sender, data, ring))
+        cl.sched.advance(rng.choice([0.0, 0.0, 0.5, 3.0]))
+    cl.settle()
+    return sum(sum(h.bad_messages.values()) for h in cl.hosts.values()) - before
+
+
+def test_ckpt_close_with_one_byte_body_is_dropped_and_counted(caplog):
+    """Issue 8 item 3: a CKPT CLOSE with a 1-byte body, claiming another sender."""
+    cl = Cluster()
+    ring = cl.hosts[A].ring_id
+    data = encode_ring_message(RingMessage(cw.CKPT_SERVICE_ID, 2, 0, NO_TAG, 0, b"\x01"))
+    for host in cl.hosts.values():
+        host.on_deliver(Deliver(node_of(B), data, ring))
+    for host in cl.hosts.values():
+        assert host.bad_messages["ckpt"] == 1
+    assert "dropped bad message 2 from 127.0.0.2" in caplog.text
+    cl.assert_serves()
+
+
+def test_bad_message_log_is_rate_limited(caplog):
+    cl = Cluster()
+    ring = cl.hosts[A].ring_id
+    data = encode_ring_message(RingMessage(cw.CKPT_SERVICE_ID, 2, 0, NO_TAG, 0, b"\x01"))
+    for _ in range(200):
+        cl.hosts[A].on_deliver(Deliver(node_of(B), data, ring))
+    assert cl.hosts[A].bad_messages["ckpt"] == 200
+    assert caplog.text.count("dropped bad message") <= 6
+
+
+@pytest.mark.parametrize("seed", range(FUZZ_SEEDS))
+def test_exec_handler_fuzz(seed):
+    """Random and mutated payloads for every exec handler: nothing escapes, the
+    replicas stay equal, and the hosts still serve normal clients."""
+    rng = random.Random(seed)
+    cl = Cluster()
+    cl.populate()
+    raised = fuzz_exec(cl, rng, 400)
+    assert raised > 0  # the fuzzer does reach the handlers' decoders
+    assert cl.ckpt(A).digest() == cl.ckpt(B).digest()
+    cl.assert_serves()
+
+
+@pytest.mark.parametrize("seed", range(FUZZ_SEEDS))
+def test_lib_handler_fuzz(seed):
+    """Random bodies for every library handler of every service: only SaError
+    (an error response) or IpcProtocolError (the IPC layer drops the client) come out."""
+    rng = random.Random(1000 + seed)
+    cl = Cluster()
+    cl.populate()
+    valid = [p[28:] for p in cl.sent if len(p) >= 28]
+    for service in (cw.CKPT_SERVICE_ID, w.CLM_SERVICE_ID):
+        svc = cl.hosts[A].services[service]
+        conn = cl.connect(A, service)
+        if service == cw.CKPT_SERVICE_ID:
+            cl.ok(A, conn, cw.REQ_OPEN, cw.encode_open(
+                cw.OpenReq(b"fuzz", RW, None, SA_TIME_END)))
+        ids = list(svc.lib_handlers) + [rng.randrange(1 << 16) for _ in range(3)]
+        for _ in range(300):
+            msg_id = rng.choice(ids)
+            body = mutate(rng, rng.choice(valid + [cw.HANDLE.pack(1)]), valid)
+            cl.seq += 1
+            try:
+                cl.hosts[A].lib_request(conn, msg_id, cl.seq, body)
+            except IpcProtocolError:
+                pass
+            cl.sched.advance(rng.choice([0.0, 0.1]))
+        cl.hosts[A].lib_exit(conn)
+        cl.settle()
+    assert cl.ckpt(A).digest() == cl.ckpt(B).digest()
+    cl.assert_serves()
