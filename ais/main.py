@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and configuration errors stay cheap.
     from ais import config as config_mod
     from ais.keygen import load_authkey
-    from ais.log import NodeAdapter, notice, setup_logging
+    from ais.log import NodeAdapter, log_elsewhere, notice, setup_logging
 
     try:
         cfg = config_mod.load_openais_conf(args.config)
@@ -66,18 +66,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(cfg.logging)
     except config_mod.ConfigError as e:
         return _die(str(e))
-    notice(logger, "AIS Executive Service: starting (config %s)", cfg.path)
-    if not args.no_realtime:
-        _best_effort_realtime()
+
+    def fail(msg: str) -> int:
+        # One line on stderr, whatever the logging section says; the log file
+        # and syslog get it too.
+        log_elsewhere(logger, logging.ERROR, msg)
+        return _die(msg)
+
     try:
         key = load_authkey(cfg.aisexec.authkey)
         interfaces = config_mod.local_ipv4_addresses()
         bind_addr = cfg.bind_address(interfaces)
         amf_model = config_mod.load_groups_conf(cfg.aisexec.groups) \
-            if os.path.exists(cfg.aisexec.groups) else None
+            if os.path.lexists(cfg.aisexec.groups) else None
+        statedir = config_mod.prepare_statedir(cfg)
     except config_mod.ConfigError as e:
-        logger.error("%s", e)
-        return _die(str(e))
+        return fail(str(e))
+    notice(logger, "AIS Executive Service: starting (config %s)", cfg.path)
+    if not args.no_realtime:
+        _best_effort_realtime()
     if amf_model is None:
         logger.warning("no AMF model: %s does not exist", cfg.aisexec.groups)
 
@@ -93,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = node_of(bind_addr)
     node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
-    os.makedirs(cfg.aisexec.statedir, exist_ok=True)
-    state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
+    state_file = os.path.join(statedir, f"ringseq-{bind_addr}")
     totem_cfg = cfg.to_totem_config(config_mod.interface_mtu(bind_addr, interfaces))
     logger.debug("frame size %d bytes", totem_cfg.frame_size)
     srp = Srp(node_id, totem_cfg, ring_seq=load_ring_seq(state_file), log=node_log)
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ipc.start()
     except OSError as e:
-        return _die(f"cannot serve {cfg.aisexec.socket}: {e}")
+        return fail(f"cannot serve {cfg.aisexec.socket}: {e}")
     notice(logger, "AIS Executive Service: started and ready to receive connections "
            "(node %s, %s on port %d, socket %s)", bind_addr, net.transport.value,
            net.mcastport, cfg.aisexec.socket)
@@ -125,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         transport.start()
     except OSError as e:
         ipc.stop()
-        return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
+        return fail(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
     host.attach_ring(transport)  # until now the host answered TryAgain / held requests
 
     stop = gevent.event.Event()
