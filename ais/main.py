@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gevent.event
 
     from ais.executive import GeventScheduler, create_host
-    from ais.ipc import IpcServer
+    from ais.ipc import IpcLimits, IpcServer
+    from ais.services.ckpt import CkptLimits
     from ais.totem.crypto import Crypto
     from ais.totem.events import node_of
     from ais.totem.srp import Srp
@@ -109,15 +110,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.shutdown()
         os._exit(1)
 
-    host = create_host(node_id, GeventScheduler(on_error=fatal),
-                       {"clm": {"cluster_name": cfg.aisexec.clustername}})
+    lim = cfg.limits
+    host = create_host(node_id, GeventScheduler(on_error=fatal), {
+        "clm": {"cluster_name": cfg.aisexec.clustername},
+        "ckpt": {"limits": CkptLimits(max_checkpoints=lim.max_checkpoints,
+                                      max_checkpoint_opens=lim.max_checkpoint_opens,
+                                      max_sections=lim.max_sections)},
+    })
     net = cfg.network
     transport = Transport(
         srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
         mcast_addr=net.mcastaddr, members=[str(m) for m in net.members],
         on_deliver=host.on_deliver, on_confchg=host.on_confchg, log=node_log,
         state_file=state_file)
-    ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
+    ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group, limits=IpcLimits(
+        max_connections=lim.max_connections, max_queued_callbacks=lim.max_queued_callbacks,
+        max_queued_bytes=lim.max_queued_bytes, max_buffered_bytes=lim.max_buffered_bytes,
+        frame_timeout=lim.frame_timeout / 1000.0))
     # As the reference does: services and the client socket first, then the
     # ring; requests that need the ring wait in the host until it has formed.
     try:
