@@ -269,3 +269,157 @@ def test_lib_handler_fuzz(seed):
         cl.settle()
     assert cl.ckpt(A).digest() == cl.ckpt(B).digest()
     cl.assert_serves()
+
+
+# --- CKPT: many handles, retries, limits (in process) --------------------------------------------
+
+from ais.services.ckpt import CLOSE_BATCH, MSG_CLOSE, MSG_CLOSE_MANY, CkptLimits  # noqa: E402
+from saf.errors import InvalidParam, NoResources, TryAgain  # noqa: E402
+
+
+def open_many(cl: Cluster, conn: FakeConn, n: int, prefix: bytes = b"m") -> None:
+    host = cl.hosts[A]
+    for i in range(n):
+        cl.seq += 1
+        host.lib_request(conn, cw.REQ_OPEN, cl.seq, cw.encode_open(cw.OpenReq(
+            prefix + b"%d" % i, RW | cw.SA_CKPT_CHECKPOINT_CREATE, attrs(), SA_TIME_END)))
+        if i % 200 == 199:
+            cl.settle()
+    cl.settle()
+    assert all(f.error == SA_OK for f in conn.responses)
+
+
+def test_closing_many_handles_is_a_few_ring_messages():
+    """Issue 8 item 8: a connection with N open checkpoints closes them with
+    ceil(N / CLOSE_BATCH) ring messages, and every node drops the references."""
+    cl = Cluster()
+    for svc in (cl.ckpt(A), cl.ckpt(B)):
+        svc.limits = CkptLimits(max_checkpoints=10_000, max_checkpoint_opens=10_000)
+    c = cl.connect(A)
+    n = 2 * CLOSE_BATCH + 5
+    open_many(cl, c, n)
+    assert sum(ck.total_refs for ck in cl.ckpt(B).ckpts.values()) == n
+    sent = len(cl.sent)
+    cl.hosts[A].lib_exit(c)
+    cl.settle()
+    closes = [p for p in cl.sent[sent:] if int.from_bytes(p[2:4], "big") in (MSG_CLOSE,
+                                                                            MSG_CLOSE_MANY)]
+    assert len(closes) == 3
+    for addr in (A, B):
+        assert sum(ck.total_refs for ck in cl.ckpt(addr).ckpts.values()) == 0
+    assert cl.ckpt(A).digest() == cl.ckpt(B).digest()
+
+
+def test_refused_sends_arm_one_retry_timer():
+    """CKPT's own messages wait in one queue behind one retry timer (each used to
+    arm its own, and every firing re-armed: thousands of timers spinning)."""
+    cl = Cluster()
+    svc = cl.ckpt(A)
+    host = cl.hosts[A]
+    refuse = [True]
+    real_mcast = host.mcast
+
+    def mcast(service, msg_id, payload, tag=NO_TAG):
+        if refuse[0]:
+            raise TryAgain("full")
+        real_mcast(service, msg_id, payload, tag)
+
+    host.mcast = mcast  # type: ignore[method-assign]
+    armed = []
+    real_call_later = host.call_later
+    host.call_later = lambda d, fn: armed.append(d) or real_call_later(d, fn)  # type: ignore
+    for i in range(500):
+        svc._send_own(MSG_CLOSE_MANY, b"\0\0\0\0")
+    assert len(armed) == 1
+    cl.sched.advance(1.0)
+    assert len(armed) <= 22 and len(svc._outq) == 500  # one timer at a time
+    refuse[0] = False
+    cl.sched.advance(1.0)
+    cl.settle()
+    assert not svc._outq
+
+
+def test_host_spreads_deliveries_over_loop_turns():
+    """Past its per-turn budget the host keeps deliveries, in order, for the next turn."""
+
+    class TurnScheduler(ManualScheduler):
+        """Each timer run is a new event-loop turn with room for 3 deliveries."""
+
+        budget = 3
+
+        def turn_over(self) -> bool:
+            self.budget -= 1
+            return self.budget < 0
+
+        def call_later(self, delay, fn):
+            def turn():
+                self.budget = 3
+                fn()
+            return super().call_later(delay, turn)
+
+    sched = TurnScheduler()
+    bus = FakeBus(sched)
+    host = ServiceHost(node_of(A), [CkptService()], sched)
+    bus.port(host)
+    bus.reconfigure([node_of(A)])
+    sched.budget = 10 ** 9
+    sched.run()
+    sched.budget = 3
+    seen = []
+    host._deliver = lambda d: seen.append(d.payload)  # type: ignore[method-assign]
+    for i in range(10):
+        host.on_deliver(Deliver(node_of(A), bytes([i]), host.ring_id))
+    assert seen == [bytes([i]) for i in range(3)]
+    assert sched.run() == 3  # three more turns: 3 + 3 + 1
+    assert seen == [bytes([i]) for i in range(10)]
+
+
+def test_checkpoint_limits(caplog):
+    """Item 11: cluster-wide checkpoints and sections, handles per connection:
+    NO_RESOURCES and a log line naming the limit, decided alike on every node."""
+    cl = Cluster()
+    for svc in (cl.ckpt(A), cl.ckpt(B)):
+        svc.limits = CkptLimits(max_checkpoints=3, max_checkpoint_opens=4, max_sections=5)
+    c = cl.connect(A)
+
+    def open_(name: bytes, a: Any = None) -> w.Frame:
+        flags = RW | (cw.SA_CKPT_CHECKPOINT_CREATE if a is not None else 0)
+        return cl.call(A, c, cw.REQ_OPEN, cw.encode_open(cw.OpenReq(name, flags, a,
+                                                                    SA_TIME_END)))
+
+    handles = [cw.decode_handle_untrusted(open_(b"k%d" % i, attrs()).body) for i in range(3)]
+    assert open_(b"k3", attrs()).error == NoResources.code
+    assert "limit max_checkpoints (3 in the cluster) reached" in caplog.text
+    assert len(cl.ckpt(B).ckpts) == 3
+    assert open_(b"k0").error == SA_OK  # a fourth handle: an existing checkpoint
+    assert open_(b"k1").error == NoResources.code
+    assert "limit max_checkpoint_opens (4 handles per connection) reached" in caplog.text
+    hh = cw.HANDLE.pack(handles[0])
+    for i in range(5):
+        f = cl.call(A, c, cw.REQ_SECTION_CREATE, hh + cw.encode_section_create(
+            cw.SectionCreateReq(b"s%d" % i, SA_TIME_END, SA_TIME_END, 1, b"")))
+        assert f.error == (SA_OK if i < 5 else NoResources.code)
+    h1 = cw.HANDLE.pack(handles[1])
+    f = cl.call(A, c, cw.REQ_SECTION_CREATE, h1 + cw.encode_section_create(
+        cw.SectionCreateReq(b"x", SA_TIME_END, SA_TIME_END, 1, b"")))
+    assert f.error == NoResources.code
+    assert "limit max_sections (5 in the cluster) reached" in caplog.text
+    # Freed sections count again.
+    assert cl.call(A, c, cw.REQ_SECTION_DELETE, hh + b"s0").error == SA_OK
+    assert cl.call(A, c, cw.REQ_SECTION_CREATE, h1 + cw.encode_section_create(
+        cw.SectionCreateReq(b"x", SA_TIME_END, SA_TIME_END, 1, b""))).error == SA_OK
+    assert cl.ckpt(A)._sections_total() == 5 == sum(
+        len(ck.sections) for ck in cl.ckpt(B).ckpts.values())
+    assert cl.ckpt(A).digest() == cl.ckpt(B).digest()
+
+
+def test_too_large_section_size_is_logged(caplog):
+    cl = Cluster()
+    c = cl.connect(A)
+    f = cl.call(A, c, cw.REQ_OPEN, cw.encode_open(cw.OpenReq(
+        b"big", RW | cw.SA_CKPT_CHECKPOINT_CREATE,
+        attrs(max_section_size=cw.MAX_IO_BYTES + 1, checkpoint_size=cw.MAX_IO_BYTES + 1),
+        SA_TIME_END)))
+    assert f.error == InvalidParam.code
+    assert ("open of b'big' refused: SA_ERR_INVALID_PARAM (7): maxSectionSize must be at most "
+            f"{cw.MAX_IO_BYTES}") in caplog.text
