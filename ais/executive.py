@@ -40,7 +40,6 @@ import heapq
 import itertools
 import logging
 import struct
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -602,10 +601,13 @@ class GeventScheduler:
     TURN_BUDGET = 0.025
 
     def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
+        import time
+
         import gevent  # only the real executive and the IPC tests need gevent
 
         self._gevent = gevent
         self._on_error = on_error
+        self._perf = time.perf_counter
         self._turn_start: float | None = None
 
     def turn_over(self) -> bool:
@@ -614,7 +616,7 @@ class GeventScheduler:
         The first call of a turn starts the count; a loop callback clears it when
         the running greenlet yields to the hub.
         """
-        now = time.perf_counter()
+        now = self._perf()
         if self._turn_start is None:
             self._turn_start = now
             self._gevent.get_hub().loop.run_callback(self._new_turn)

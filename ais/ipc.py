@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 #: bytes queued for one slow client before it is dropped (``IpcLimits`` default)
 MAX_OUTBOX = 32 * 1024 * 1024
+#: requests served from one connection's buffer before its greenlet yields
+YIELD_EVERY = 8
 #: descriptors kept for the executive itself when max_connections is derived
 RESERVED_FDS = 64
 #: a closing connection that held more than this makes the server trim the heap
@@ -278,7 +280,7 @@ class IpcConnection:
 
     def limit_hit(self, name: str, value: int, what: str) -> None:
         """Close this connection because limit ``name`` was reached; log which."""
-        self.server.log_limit("closing connection %d (pid %d): limit %s (%d %s) reached",
+        self.server.log_limit(name, "closing connection %d (pid %d): limit %s (%d %s) reached",
                               self.conn_id, self.pid, name, value, what)
         self.close(f"limit {name} reached", flush=False)
 
@@ -362,7 +364,7 @@ class IpcServer:
         self.buffered = 0
         #: sockets being served (a handle has two)
         self.sockets = 0
-        self._limit_log = RateLimiter(burst=5, interval=10.0)
+        self._limit_logs: dict[str, RateLimiter] = {}
         self._error_log = RateLimiter(burst=5, interval=10.0)
         self._trim_armed = False
         self.group_gid: int | None = None
@@ -449,9 +451,14 @@ class IpcServer:
         self._conns.pop(conn.conn_id, None)
         self._by_token.pop(conn.token, None)
 
-    def log_limit(self, msg: str, *args: Any) -> None:
-        """Log that a limit refused or closed something (rate-limited)."""
-        self._limit_log.log(logger, logging.WARNING, msg, *args)
+    def log_limit(self, name: str, msg: str, *args: Any) -> None:
+        """Log that limit ``name`` refused or closed something (rate-limited per limit
+        and kind of action, so one flood does not hide another)."""
+        key = name + msg[:12]
+        limiter = self._limit_logs.get(key)
+        if limiter is None:
+            limiter = self._limit_logs[key] = RateLimiter(burst=5, interval=10.0)
+        limiter.log(logger, logging.WARNING, msg, *args)
 
     def trim_later(self) -> None:
         """Trim the C heap soon (once, however many big connections close together)."""
@@ -491,15 +498,24 @@ class IpcServer:
             conn = self._handshake(sock, hello_frame, creds)
             if conn is None:
                 return
+            served = 0
             while not conn.closed:
                 frame = reader.next()
                 if frame is None:
                     break
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    # A pipelining client: let the writers, the ring and the other
+                    # clients run between its requests.
+                    gevent.sleep(0)
+                    if conn.closed:
+                        break
                 if sock is conn._cb_sock:
                     raise IpcProtocolError("data on the callback channel")
                 if conn.backlog() * 2 >= self.limits.max_queued_callbacks:
                     # The client is not reading: refuse new work until it catches up.
-                    self.log_limit("connection %d (pid %d): request refused with TRY_AGAIN: "
+                    self.log_limit("max_queued_callbacks",
+                                   "connection %d (pid %d): request refused with TRY_AGAIN: "
                                    "limit max_queued_callbacks (%d frames) half reached",
                                    conn.conn_id, conn.pid, self.limits.max_queued_callbacks)
                     conn.send_response(frame.msg_id, frame.seq, TryAgain.code)
@@ -558,7 +574,8 @@ class IpcServer:
             refuse(NotExist.code)
             return None
         if hello.role == w.ROLE_REQUEST and len(self._conns) >= self.max_connections:
-            self.log_limit("refused connection from pid %d: limit max_connections (%d) reached",
+            self.log_limit("max_connections",
+                           "refused connection from pid %d: limit max_connections (%d) reached",
                            pid, self.max_connections)
             refuse(NoResources.code)
             return None
@@ -608,7 +625,8 @@ class _FrameReader:
                 with gevent.Timeout(limits.frame_timeout, False):
                     data = self.sock.recv(_CHUNK)
                 if data is None:
-                    self.server.log_limit("closing a client connection: limit frame_timeout "
+                    self.server.log_limit("frame_timeout",
+                                          "closing a client connection: limit frame_timeout "
                                           "(%g s) reached inside a frame (%d bytes held)",
                                           limits.frame_timeout, self.buf.pending)
                     raise IpcProtocolError("silent inside a frame")
@@ -620,7 +638,8 @@ class _FrameReader:
                                            f"({self.buf.pending} bytes pending)")
                 return None
             if self.server.buffered + len(data) > limits.max_buffered_bytes:
-                self.server.log_limit("closing a client connection: limit max_buffered_bytes "
+                self.server.log_limit("max_buffered_bytes",
+                                      "closing a client connection: limit max_buffered_bytes "
                                       "(%d bytes of incomplete frames, all clients) reached",
                                       limits.max_buffered_bytes)
                 raise IpcProtocolError("too many bytes of incomplete frames")

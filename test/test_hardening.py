@@ -423,3 +423,264 @@ def test_too_large_section_size_is_logged(caplog):
     assert f.error == InvalidParam.code
     assert ("open of b'big' refused: SA_ERR_INVALID_PARAM (7): maxSectionSize must be at most "
             f"{cw.MAX_IO_BYTES}") in caplog.text
+
+
+# --- the client cases over real Unix sockets --------------------------------------------------------
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from helpers_exec import ExecThread  # noqa: E402
+from saf import ckpt as saf_ckpt  # noqa: E402
+from saf import clm  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class LimitedExec(ExecThread):
+    """ExecThread with CLM and CKPT and the given IPC limits."""
+
+    def __init__(self, sock_dir: str, limits: Any) -> None:
+        super().__init__(sock_dir, [A], group=None, mode=0o777)
+        self.limits = limits
+
+    def make_host(self, addr: str, sched: Any) -> ServiceHost:
+        return ServiceHost(node_of(addr), [ClmService("lim", boot_timestamp=BOOT),
+                                           CkptService()], sched)
+
+    def _add(self, addr: str, sched: Any, server_cls: Any) -> None:
+        host = self.make_host(addr, sched)
+        assert self.bus is not None
+        self.bus.port(host)
+        srv = server_cls(host, self.socket_of(addr), group=None, mode=0o777,
+                         limits=self.limits)
+        srv.start()
+        self.hosts[addr] = host
+        self.servers[addr] = srv
+
+
+@pytest.fixture
+def sock_dir():
+    d = tempfile.mkdtemp(prefix="ais-hard-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def limited(sock_dir: str, monkeypatch, **kw: Any) -> LimitedExec:
+    from ais.ipc import IpcLimits
+    ex = LimitedExec(sock_dir, IpcLimits(**kw)).start()
+    monkeypatch.setenv("AIS_SOCKET", ex.socket_of(A))
+    return ex
+
+
+def raw_client(path: str, service: int = cw.CKPT_SERVICE_ID) -> socket.socket:
+    """A request channel that never opens its callback channel."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(w.encode_frame(w.Frame(service, w.MSG_HELLO, 0, 1,
+                                     w.encode_hello(w.Hello(w.ROLE_REQUEST, 0)))))
+    buf = w.FrameBuffer()
+    while not buf.has_frame():
+        buf.feed(s.recv(65536))
+    assert buf.next_frame().error == SA_OK
+    return s
+
+
+def read_until_eof(s: socket.socket, limit: int = 64 << 20,
+                   max_frames: int = 1 << 30) -> list[w.Frame]:
+    """Frames until EOF (or ``max_frames`` of them)."""
+    buf = w.FrameBuffer()
+    frames: list[w.Frame] = []
+    total = 0
+    while total < limit and len(frames) < max_frames:
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        total += len(data)
+        buf.feed(data)
+        while (f := buf.next_frame()) is not None:
+            frames.append(f)
+    return frames
+
+
+def server_state(ex: LimitedExec, what: str) -> Any:
+    srv = ex.servers[A]
+    return ex.call(lambda: {"conns": srv.connections, "buffered": srv.buffered,
+                            "sockets": srv.sockets}[what])
+
+
+def async_open(seq: int) -> bytes:
+    return w.encode_frame(w.Frame(cw.CKPT_SERVICE_ID, cw.REQ_OPEN_ASYNC, 0, seq, cw.encode_open(
+        cw.OpenReq(b"absent", RW, None, SA_TIME_END, invocation=seq, is_async=True))))
+
+
+@pytest.mark.timeout(60)
+def test_callbacks_before_the_callback_channel_are_bounded(sock_dir, monkeypatch, caplog):
+    """Item 9: async requests answered before the client opens its callback channel.
+    Requests past half the limit get TRY_AGAIN; a burst past the limit closes the
+    connection; nothing more is held."""
+    ex = limited(sock_dir, monkeypatch, max_queued_callbacks=40)
+    try:
+        s = raw_client(ex.socket_of(A))
+        buf = w.FrameBuffer()
+        codes = []
+        for seq in range(2, 200):  # one at a time: each answered before the next
+            s.sendall(async_open(seq))
+            while not buf.has_frame():
+                buf.feed(s.recv(65536))
+            codes.append(buf.next_frame().error)
+            ex.settle()
+        conn = ex.call(lambda: next(iter(ex.servers[A]._conns.values())))
+        assert ex.call(lambda: len(conn._early)) <= 20
+        assert codes.count(TryAgain.code) >= 170 and codes[:10] == [SA_OK] * 10
+        assert "limit max_queued_callbacks (40 frames) half reached" in caplog.text
+        s.close()
+        # A burst of pipelined requests: refused with TRY_AGAIN, or the connection
+        # closed at the limit; never more held than the limit allows.
+        s = raw_client(ex.socket_of(A))
+        conn = ex.call(lambda: max(ex.servers[A]._conns.values(), key=lambda c: c.conn_id))
+        s.sendall(b"".join(async_open(seq) for seq in range(2, 400)))
+        frames = read_until_eof(s, max_frames=398)
+        s.close()
+        assert len(frames) <= 398
+        refused = sum(f.error == TryAgain.code for f in frames)
+        # Requests read in one burst are all in flight before their callbacks come:
+        # then the limit closes the connection when they do.
+        ex.settle()
+        assert refused or (ex.wait_until(lambda: conn.closed) and
+                           "closing connection 2 (pid %d): limit max_queued_callbacks"
+                           % os.getpid() in caplog.text)
+        assert ex.call(lambda: conn.peak_bytes) <= 40 * (w.FRAME_HEADER.size + 12)
+        # Past the limit itself (callbacks the client caused earlier): closed, and said so.
+        s = raw_client(ex.socket_of(A))
+        conn = ex.call(lambda: next(iter(ex.servers[A]._conns.values())))
+        ex.call(lambda: [conn.send_callback(cw.CB_OPEN, b"x" * 12) for _ in range(41)])
+        read_until_eof(s)
+        s.close()
+        assert "closing connection 3 (pid %d): limit max_queued_callbacks (40 callbacks " \
+               "queued before the callback channel opened) reached" % os.getpid() in caplog.text
+        assert ex.wait_until(lambda: ex.servers[A].connections == 0)
+        assert clm.cluster_node_get(0, 0).node_name == b"127.0.0.1"
+    finally:
+        ex.stop()
+
+
+@pytest.mark.timeout(60)
+def test_partial_frame_is_dropped_after_frame_timeout(sock_dir, monkeypatch, caplog):
+    """Item 10: a frame left one byte short of 8 MiB is not held for ever."""
+    ex = limited(sock_dir, monkeypatch, frame_timeout=0.5)
+    try:
+        s = raw_client(ex.socket_of(A))
+        body = w.MAX_FRAME - w.FRAME_HEADER.size
+        header = w.FRAME_HEADER.pack(w.MAX_FRAME, cw.CKPT_SERVICE_ID, cw.REQ_WRITE, 0, 9)
+        s.sendall(header + bytes(body - 1))
+        assert ex.wait_until(lambda: ex.servers[A].buffered >= w.MAX_FRAME - 1)
+        read_until_eof(s)  # the server closes it
+        s.close()
+        assert server_state(ex, "buffered") == 0
+        assert "limit frame_timeout (0.5 s) reached inside a frame" in caplog.text
+        # An idle client between frames is left alone.
+        with clm.initialize() as h:
+            time.sleep(1.0)
+            h.cluster_track_start(1)
+    finally:
+        ex.stop()
+
+
+@pytest.mark.timeout(60)
+def test_partial_frames_share_one_budget(sock_dir, monkeypatch, caplog):
+    """Item 10: incomplete frames of all connections together are bounded."""
+    ex = limited(sock_dir, monkeypatch, max_buffered_bytes=3 << 20)
+    socks = []
+    try:
+        header = w.FRAME_HEADER.pack(w.MAX_FRAME, cw.CKPT_SERVICE_ID, cw.REQ_WRITE, 0, 9)
+        for _ in range(4):
+            s = raw_client(ex.socket_of(A))
+            try:
+                s.sendall(header + bytes(1 << 20))
+            except OSError:
+                pass
+            socks.append(s)
+        assert ex.wait_until(lambda: "max_buffered_bytes" in caplog.text)
+        assert server_state(ex, "buffered") <= 3 << 20
+        assert "limit max_buffered_bytes (3145728 bytes of incomplete frames, all " \
+               "clients) reached" in caplog.text
+        for s in socks:
+            s.close()
+        assert ex.wait_until(lambda: ex.servers[A].buffered == 0)
+    finally:
+        for s in socks:
+            s.close()
+        ex.stop()
+
+
+@pytest.mark.timeout(60)
+def test_max_connections(sock_dir, monkeypatch, caplog):
+    ex = limited(sock_dir, monkeypatch, max_connections=3)
+    handles = [clm.initialize() for _ in range(3)]
+    try:
+        with pytest.raises(NoResources):
+            clm.initialize()
+        assert "limit max_connections (3) reached" in caplog.text
+        handles.pop().finalize()
+        assert ex.wait_until(lambda: ex.servers[A].connections == 2)
+        handles.append(clm.initialize())
+        assert handles[-1].cluster_node_get_async(1, 0) is None
+    finally:
+        for h in handles:
+            h.finalize()
+        ex.stop()
+
+
+@pytest.mark.timeout(90)
+def test_accept_at_the_descriptor_limit(sock_dir):
+    """Item 12: out of descriptors, accept failures are logged (rate-limited) and
+    accepting pauses; no traceback, and clients are served again afterwards."""
+    import resource
+
+    path = os.path.join(sock_dir, "lim.sock")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "test", "helpers_exec.py"),
+                             "serve", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=low_limit)
+    socks: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for _ in range(120):  # silent sockets: accepted until the descriptors run out
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            socks.append(s)
+        time.sleep(2.0)  # let the server hit EMFILE many times over
+        for s in socks:
+            s.close()
+        socks.clear()
+        env_c = dict(env, AIS_SOCKET=path)
+        out = subprocess.run([sys.executable, "-c", "from saf import clm; "
+                              "print(clm.cluster_node_get(0, 0).node_name.decode())"],
+                             env=env_c, capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "127.0.0.1", out.stderr
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err, err[:2000]
+    assert "cannot accept a client connection: Too many open files" in err
+    assert err.count("cannot accept a client connection") <= 7, err[:2000]
