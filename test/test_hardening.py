@@ -550,7 +550,6 @@ def test_callbacks_before_the_callback_channel_are_bounded(sock_dir, monkeypatch
         conn = ex.call(lambda: max(ex.servers[A]._conns.values(), key=lambda c: c.conn_id))
         s.sendall(b"".join(async_open(seq) for seq in range(2, 400)))
         frames = read_until_eof(s, max_frames=398)
-        s.close()
         assert len(frames) <= 398
         refused = sum(f.error == TryAgain.code for f in frames)
         # Requests read in one burst are all in flight before their callbacks come:
@@ -560,6 +559,7 @@ def test_callbacks_before_the_callback_channel_are_bounded(sock_dir, monkeypatch
                            "closing connection 2 (pid %d): limit max_queued_callbacks"
                            % os.getpid() in caplog.text)
         assert ex.call(lambda: conn.peak_bytes) <= 40 * (w.FRAME_HEADER.size + 12)
+        s.close()
         # Past the limit itself (callbacks the client caused earlier): closed, and said so.
         s = raw_client(ex.socket_of(A))
         conn = ex.call(lambda: next(iter(ex.servers[A]._conns.values())))
