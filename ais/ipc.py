@@ -32,7 +32,8 @@ name when it bites (rate-limited, like every line a client can provoke):
   callback channel.  Past half the count, the connection's new requests are
   answered SA_ERR_TRY_AGAIN without running; past the limit it is closed.
 * ``max_buffered_bytes``: request bytes held for incomplete frames, all
-  connections together; the connection whose data passes it is closed.
+  connections together (beyond the first ``FREE_PARTIAL`` of each, so small
+  requests always pass); the connection whose data passes it is closed.
   Bytes are held as they arrive, never allocated from a frame's announced size.
 * ``frame_timeout``: a connection silent inside an incomplete frame is closed
   (its buffer freed); between frames a client may idle for ever.
@@ -78,6 +79,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 #: bytes queued for one slow client before it is dropped (``IpcLimits`` default)
 MAX_OUTBOX = 32 * 1024 * 1024
+#: bytes of an incomplete frame each connection may hold outside max_buffered_bytes
+FREE_PARTIAL = 64 * 1024
 #: requests served from one connection's buffer before its greenlet yields
 YIELD_EVERY = 8
 #: descriptors kept for the executive itself when max_connections is derived
@@ -637,7 +640,8 @@ class _FrameReader:
                     raise IpcProtocolError(f"connection closed inside a frame "
                                            f"({self.buf.pending} bytes pending)")
                 return None
-            if self.server.buffered + len(data) > limits.max_buffered_bytes:
+            over = max(0, self.buf.pending + len(data) - FREE_PARTIAL) - self.held
+            if over > 0 and self.server.buffered + over > limits.max_buffered_bytes:
                 self.server.log_limit("max_buffered_bytes",
                                       "closing a client connection: limit max_buffered_bytes "
                                       "(%d bytes of incomplete frames, all clients) reached",
@@ -647,8 +651,11 @@ class _FrameReader:
             self._account()
 
     def _account(self) -> None:
-        self.server.buffered += self.buf.pending - self.held
-        self.held = self.buf.pending
+        # The first FREE_PARTIAL bytes of each connection are not counted, so a
+        # full budget never refuses a small request (a handshake, say).
+        counted = max(0, self.buf.pending - FREE_PARTIAL)
+        self.server.buffered += counted - self.held
+        self.held = counted
 
     def release(self) -> None:
         """Forget the buffer (the connection is ending)."""

@@ -487,7 +487,10 @@ def raw_client(path: str, service: int = cw.CKPT_SERVICE_ID) -> socket.socket:
                                      w.encode_hello(w.Hello(w.ROLE_REQUEST, 0)))))
     buf = w.FrameBuffer()
     while not buf.has_frame():
-        buf.feed(s.recv(65536))
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionResetError("closed during the handshake")
+        buf.feed(data)
     assert buf.next_frame().error == SA_OK
     return s
 
@@ -583,7 +586,7 @@ def test_partial_frame_is_dropped_after_frame_timeout(sock_dir, monkeypatch, cap
         body = w.MAX_FRAME - w.FRAME_HEADER.size
         header = w.FRAME_HEADER.pack(w.MAX_FRAME, cw.CKPT_SERVICE_ID, cw.REQ_WRITE, 0, 9)
         s.sendall(header + bytes(body - 1))
-        assert ex.wait_until(lambda: ex.servers[A].buffered >= w.MAX_FRAME - 1)
+        assert ex.wait_until(lambda: ex.servers[A].buffered >= 7 << 20)
         read_until_eof(s)  # the server closes it
         s.close()
         assert server_state(ex, "buffered") == 0
@@ -684,3 +687,124 @@ def test_accept_at_the_descriptor_limit(sock_dir):
     assert "Traceback" not in err, err[:2000]
     assert "cannot accept a client connection: Too many open files" in err
     assert err.count("cannot accept a client connection") <= 7, err[:2000]
+
+
+# --- the client cases against real executives ------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from cluster import Cluster as ExecCluster  # noqa: E402
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def limits_conf(**kw: Any) -> str:
+    # Cluster.write_conf puts ``extra`` inside ``aisexec {``: close it, add ``limits``.
+    return "}\nlimits {\n" + "".join(f"\t{k}: {v}\n" for k, v in kw.items())
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_real_executive_bounds_callbacks_and_partial_frames(tmp_path: Path):
+    """Items 9 and 10 on a real executive: a client that never opens its callback
+    channel, and 24 connections each leaving a frame one byte short of 8 MiB,
+    leave the executive's memory where it was (old code: +200 MB held)."""
+    with ExecCluster(tmp_path, 1) as cl:
+        cl.start(1, extra=limits_conf(max_queued_callbacks=64, frame_timeout=1500,
+                                      max_buffered_bytes=64 << 20))
+        cl.wait_ring([1])
+        node = cl.nodes[1]
+        pid = node.proc.pid
+        # Warm up the code paths once, then take the baseline.
+        s = raw_client(node.socket)
+        s.sendall(async_open(2))
+        s.close()
+        time.sleep(0.5)
+        base = rss_kib(pid)
+        s = raw_client(node.socket)
+        codes = []
+        buf = w.FrameBuffer()
+        for seq in range(2, 3000):
+            s.sendall(async_open(seq))
+            try:
+                while not buf.has_frame():
+                    data = s.recv(65536)
+                    if not data:
+                        raise ConnectionResetError
+                    buf.feed(data)
+            except ConnectionResetError:
+                break
+            codes.append(buf.next_frame().error)
+        s.close()
+        assert TryAgain.code in codes or len(codes) < 2998
+        header = w.FRAME_HEADER.pack(w.MAX_FRAME, cw.CKPT_SERVICE_ID, cw.REQ_WRITE, 0, 9)
+        socks = []
+        for _ in range(24):
+            s = raw_client(node.socket)
+            try:
+                s.sendall(header + bytes(w.MAX_FRAME - w.FRAME_HEADER.size - 1))
+            except OSError:
+                pass  # refused: the buffered-bytes budget was full
+            socks.append(s)
+        peak = rss_kib(pid)
+        for s in socks:
+            read_until_eof(s)  # each is closed: frame_timeout or max_buffered_bytes
+            s.close()
+        time.sleep(1.0)
+        after = rss_kib(pid)
+        log = node.log_text()
+        assert "limit max_queued_callbacks" in log
+        assert "limit frame_timeout (1.5 s) reached inside a frame" in log
+        assert "limit max_buffered_bytes (67108864 bytes" in log
+        assert "Traceback" not in (node.dir / "stdout.txt").read_text()
+        print(f"RSS KiB: base {base}, with 24 partial frames {peak}, after {after}")
+        assert peak - base < 120 * 1024  # 64 MiB budget + slack, not 24 x 8 MiB
+        assert after - base < 40 * 1024
+        out = cl.client(1, "from saf import clm; print(clm.cluster_node_get(0, 0).node_name)")
+        assert out.stdout.strip() == "b'127.0.0.1'", out.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_real_executives_close_30000_checkpoints_without_losing_the_ring(tmp_path: Path):
+    """Item 8: finalizing a handle with 30,000 open checkpoints; the ring keeps its
+    token (no new ring forms), reads elsewhere go on, a retained checkpoint stays."""
+    script = r"""
+import sys, time
+from saf import ckpt
+from saf import _ckpt_wire as cw
+n = int(sys.argv[1])
+A = cw.CreationAttributes(cw.SA_CKPT_WR_ALL_REPLICAS, 1000, 1000 * 10**9, 1, 1000, 10)
+h = ckpt.initialize()
+keep = h.checkpoint_open(b"keeper", cw.SA_CKPT_CHECKPOINT_CREATE | 3, A)
+keep.close()
+hs = [h.checkpoint_open(b"c%d" % i, cw.SA_CKPT_CHECKPOINT_CREATE | 3, A) for i in range(n)]
+print("opened", flush=True)
+h.finalize()
+print("finalized", flush=True)
+"""
+    probe = r"""
+from saf import ckpt
+h = ckpt.initialize()
+c = h.checkpoint_open(b"keeper", 1, timeout=60 * 10**9)
+print(c.status_get().memory_used)
+"""
+    with ExecCluster(tmp_path, 2) as cl:
+        for n in (1, 2):
+            cl.start(n, extra=limits_conf(max_checkpoints=40000, max_checkpoint_opens=40000))
+        ring = cl.wait_ring([1, 2])
+        out = cl.client(1, script, "30000", timeout=600)
+        assert out.stdout.split() == ["opened", "finalized"], out.stderr
+        for _ in range(20):
+            assert cl.client(2, probe, timeout=120).returncode == 0
+            time.sleep(0.5)
+        assert cl.wait_ring([1, 2]) == ring
+        assert [r for r in cl.nodes[2].rings()][-1][0] == ring
+        assert len(cl.nodes[2].rings()) == 1
