@@ -19,6 +19,13 @@ openais.conf (``section { key: value }``, ``#`` comments)::
     totem    { token token_retransmit join consensus merge_detect token_hold
                window_size max_messages frame_size netmtu }
     aisexec  { socket authkey groups group statedir clustername }
+    limits   { max_connections max_queued_callbacks max_queued_bytes
+               max_buffered_bytes frame_timeout max_checkpoints
+               max_checkpoint_opens max_sections }
+
+Only regular files of at most ``MAX_CONFIG_BYTES`` are read (a FIFO or a
+device would block or never end), and groups.conf blocks nest at most
+``MAX_NESTING`` deep (its grammar is recursive).
 
 groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
 
