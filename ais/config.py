@@ -20,6 +20,13 @@ openais.conf (``section { key: value }``, ``#`` comments)::
                window_size max_messages frame_size netmtu fail_recv_const
                fail_recv_backoff }
     aisexec  { socket authkey groups group statedir clustername }
+    limits   { max_connections max_queued_callbacks max_queued_bytes
+               max_buffered_bytes frame_timeout max_checkpoints
+               max_checkpoint_opens max_sections }
+
+Only regular files of at most ``MAX_CONFIG_BYTES`` are read (a FIFO or a
+device would block or never end), and groups.conf blocks nest at most
+``MAX_NESTING`` deep (its grammar is recursive).
 
 groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
 
@@ -38,6 +45,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 from dataclasses import dataclass, field
@@ -183,15 +191,76 @@ def _parse(grammar: pp.ParserElement, text: str, path: str) -> list[Any]:
         ) from None
 
 
+#: Largest configuration file read; a real one is a few kilobytes.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Deepest block nesting accepted in groups.conf (its grammar needs 3).
+MAX_NESTING = 8
+
+
 def _read(path: str, what: str) -> str:
+    """The text of a configuration file.
+
+    Only a regular file of at most ``MAX_CONFIG_BYTES`` is read: a FIFO would
+    block for ever and ``/dev/zero`` would never end.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        # O_NONBLOCK: should a FIFO appear here after any check, open() must not wait.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise ConfigError(path, 0, 0, f"cannot read {what}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, 0, 0, f"cannot read {what}: not a regular file "
+                                          f"({_file_kind(st.st_mode)})")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, 0, 0, f"cannot read {what}: {st.st_size} bytes, "
+                                          f"more than the {MAX_CONFIG_BYTES}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, 0, 0, f"cannot read {what}: more than the "
+                                          f"{MAX_CONFIG_BYTES}-byte limit")
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(path, 0, 0, f"cannot read {what}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, 0, 0,
                           f"cannot read {what}: not UTF-8 text ({exc.reason})") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, word in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return "not a regular file"
+
+
+def _nesting_problem(text: str, limit: int) -> tuple[int, str] | None:
+    """The first block opened deeper than ``limit`` (the recursive grammar would
+    otherwise exhaust Python's stack on a deep enough file)."""
+    depth = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for ch in line.split("#", 1)[0]:
+            if ch == "{":
+                depth += 1
+                if depth > limit:
+                    return lineno, f"blocks nested more than {limit} deep"
+            elif ch == "}":
+                depth = max(0, depth - 1)
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -444,6 +513,34 @@ class AisexecConfig:
     statedir: str = "/etc/ais"
     #: name of the cluster, reported to clients
     clustername: str = DEFAULT_CLUSTERNAME
+    #: line of ``statedir`` (0: not given), so a bad directory can name it
+    statedir_line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The ``limits`` section: what one client, or all of them, may make the executive hold.
+
+    The CKPT limits are decided in agreed order on every node, so every node
+    of a cluster must have the same values (like the ``totem`` settings).
+    """
+
+    #: client connections at once (a handle is one, two sockets); None: from RLIMIT_NOFILE
+    max_connections: int | None = None
+    #: per connection: callbacks queued for a client that does not read them
+    max_queued_callbacks: int = 4096
+    #: per connection: bytes of responses and callbacks queued for the client
+    max_queued_bytes: int = 32 * 1024 * 1024
+    #: all connections together: bytes of incomplete request frames held
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    #: milliseconds a connection may stay silent inside an incomplete frame
+    frame_timeout: float = 10_000.0
+    #: cluster: checkpoints that exist (opened, or kept for their retention time)
+    max_checkpoints: int = 16384
+    #: per connection: open checkpoint handles
+    max_checkpoint_opens: int = 4096
+    #: cluster: sections of all checkpoints together
+    max_sections: int = 262144
 
 
 @dataclass(frozen=True)
@@ -460,6 +557,8 @@ class OpenaisConfig:
     totem: TotemSettings = TotemSettings()
     #: the ``aisexec`` section, or its defaults
     aisexec: AisexecConfig = AisexecConfig()
+    #: the ``limits`` section, or its defaults
+    limits: LimitsConfig = LimitsConfig()
 
     def to_totem_config(self, interface_mtu: int | None = None) -> TotemConfig:
         """Shortcut for ``self.totem.to_totem_config(interface_mtu)``."""
@@ -512,14 +611,33 @@ _AISEXEC_KEYS = {
     "groups": _Key(str),
     "group": _Key(_word),
     "statedir": _Key(str),
-    "clustername": _Key(_word),
+    "clustername": _Key(lambda text: _sa_name(_word(text))),
+}
+_LIMITS_KEYS = {
+    "max_connections": _Key(_positive_int),
+    "max_queued_callbacks": _Key(_positive_int),
+    "max_queued_bytes": _Key(_positive_int),
+    "max_buffered_bytes": _Key(_positive_int),
+    "frame_timeout": _Key(_millis),
+    "max_checkpoints": _Key(_positive_int),
+    "max_checkpoint_opens": _Key(_positive_int),
+    "max_sections": _Key(_positive_int),
 }
 _SECTIONS = {
     "network": _NETWORK_KEYS,
     "logging": _LOGGING_KEYS,
     "totem": _TOTEM_KEYS,
     "aisexec": _AISEXEC_KEYS,
+    "limits": _LIMITS_KEYS,
 }
+
+
+def _sa_name(text: str) -> str:
+    """A name that fits SaNameT (SA_MAX_NAME_LENGTH bytes)."""
+    if len(text.encode()) > MAX_NAME:
+        raise ValueError(f"{len(text.encode())} bytes, more than the {MAX_NAME} "
+                         "an SaNameT holds")
+    return text
 #: Smallest and largest ring frame: room for headers, and one UDP datagram
 #: (65507 bytes) with space left for the crypto envelope.
 FRAME_SIZE_RANGE = (576, 65000)
@@ -617,7 +735,39 @@ def _aisexec(v: _Values, base: str) -> AisexecConfig:
         group=v.get("group", DEFAULT_GROUP),
         statedir=path("statedir", base),
         clustername=v.get("clustername", DEFAULT_CLUSTERNAME),
+        statedir_line=v.entry("statedir").line if v.has("statedir") else 0,
     )
+
+
+def _limits(v: _Values) -> LimitsConfig:
+    defaults = LimitsConfig()
+    return LimitsConfig(**{k: v.get(k, getattr(defaults, k)) for k in _LIMITS_KEYS})
+
+
+def prepare_statedir(cfg: "OpenaisConfig") -> str:
+    """Create ``aisexec { statedir }`` if missing and check it is a writable directory.
+
+    Returns:
+        The directory.
+    Raises:
+        ConfigError: naming the ``statedir`` line (or the file, for the default).
+    """
+    d = cfg.aisexec.statedir
+
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(cfg.path, cfg.aisexec.statedir_line, 0, f"statedir: {d}: {msg}")
+
+    try:
+        os.makedirs(d, exist_ok=True)
+    except FileExistsError:
+        raise fail("exists and is not a directory") from None
+    except OSError as exc:
+        raise fail(f"cannot create it: {exc.strerror}") from None
+    if not os.path.isdir(d):
+        raise fail("is not a directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise fail("is not writable")
+    return d
 
 
 def parse_openais_conf(text: str, path: str = "<string>",
@@ -664,6 +814,7 @@ def parse_openais_conf(text: str, path: str = "<string>",
         logging=_logging(values("logging"), base_dir),
         totem=_totem(values("totem")),
         aisexec=_aisexec(values("aisexec"), base_dir),
+        limits=_limits(values("limits")),
     )
 
 
@@ -1089,6 +1240,9 @@ def parse_groups_conf(text: str, path: str = "<string>") -> AmfModel:
     Raises:
         ConfigError: the first problem found, with its line.
     """
+    problem = _nesting_problem(text, MAX_NESTING)
+    if problem is not None:
+        raise ConfigError(path, problem[0], 1, problem[1])
     return _ModelBuilder(path).build(_parse(GROUPS_GRAMMAR, text, path))
 
 
@@ -1102,7 +1256,7 @@ def load_groups_conf(path: str) -> AmfModel:
 
 
 __all__ = [
-    "AisexecConfig", "AmfComponent", "AmfModel", "ComponentModel", "ConfigError",
+    "AisexecConfig", "AmfComponent", "LimitsConfig", "MAX_CONFIG_BYTES", "prepare_statedir", "AmfModel", "ComponentModel", "ConfigError",
     "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET",
     "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "Interface", "LogOutput",
     "LoggingConfig", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig", "ProtectionGroup",

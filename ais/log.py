@@ -133,6 +133,7 @@ def setup_logging(cfg: LoggingConfig, name: str = "aisexec", *,
         elif output is LogOutput.STDERR:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(AisFormatter(cfg.timestamp))
+            handler.ais_stderr = True  # type: ignore[attr-defined]
         else:
             if not os.path.exists(syslog_address):
                 syslog_problem = f"{syslog_address} does not exist"
@@ -154,6 +155,20 @@ def setup_logging(cfg: LoggingConfig, name: str = "aisexec", *,
     if syslog_problem and not _warned_no_syslog:
         _warned_no_syslog = True
         logging.getLogger("ais.log").warning("not logging to syslog: %s", syslog_problem)
+
+
+def log_elsewhere(logger: logging.Logger, level: int, msg: str) -> None:
+    """Log ``msg`` to every installed destination except stderr.
+
+    For the one-line start-up errors ``aisexec`` prints on stderr itself: the
+    log file and syslog still get them, stderr gets them once.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(logger.name, level, "(aisexec)", 0, msg, (), None)
+    for handler in _installed:
+        if not getattr(handler, "ais_stderr", False) and level >= handler.level:
+            handler.handle(record)
 
 
 def teardown_logging() -> None:
@@ -267,5 +282,5 @@ class RateLimiter:
 
 __all__ = [
     "AisFormatter", "NOTICE", "NodeAdapter", "RateLimiter", "SECURITY", "SUBSYSTEMS",
-    "level_word", "notice", "security", "setup_logging", "subsystem", "teardown_logging",
+    "level_word", "log_elsewhere", "notice", "security", "setup_logging", "subsystem", "teardown_logging",
 ]

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and configuration errors stay cheap.
     from ais import config as config_mod
     from ais.keygen import load_authkey
-    from ais.log import NodeAdapter, notice, setup_logging
+    from ais.log import NodeAdapter, log_elsewhere, notice, setup_logging
 
     try:
         cfg = config_mod.load_openais_conf(args.config)
@@ -67,18 +67,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(cfg.logging)
     except config_mod.ConfigError as e:
         return _die(str(e))
-    notice(logger, "AIS Executive Service: starting (config %s)", cfg.path)
-    if not args.no_realtime:
-        _best_effort_realtime()
+
+    def fail(msg: str) -> int:
+        # One line on stderr, whatever the logging section says; the log file
+        # and syslog get it too.
+        log_elsewhere(logger, logging.ERROR, msg)
+        return _die(msg)
+
     try:
         key = load_authkey(cfg.aisexec.authkey)
         interfaces = config_mod.local_ipv4_addresses()
         bind_addr = cfg.bind_address(interfaces)
         amf_model = config_mod.load_groups_conf(cfg.aisexec.groups) \
-            if os.path.exists(cfg.aisexec.groups) else None
+            if os.path.lexists(cfg.aisexec.groups) else None
+        statedir = config_mod.prepare_statedir(cfg)
     except config_mod.ConfigError as e:
-        logger.error("%s", e)
-        return _die(str(e))
+        return fail(str(e))
+    notice(logger, "AIS Executive Service: starting (config %s)", cfg.path)
+    if not args.no_realtime:
+        _best_effort_realtime()
     if amf_model is None:
         logger.warning("no AMF model: %s does not exist", cfg.aisexec.groups)
 
@@ -86,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import gevent.event
 
     from ais.executive import GeventScheduler, create_host
-    from ais.ipc import IpcServer
+    from ais.ipc import IpcLimits, IpcServer
+    from ais.services.ckpt import CkptLimits
     from ais.totem.crypto import Crypto
     from ais.totem.events import node_of
     from ais.totem.srp import Srp
@@ -94,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     node_id = node_of(bind_addr)
     node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
-    os.makedirs(cfg.aisexec.statedir, exist_ok=True)
-    state_file = os.path.join(cfg.aisexec.statedir, f"ringseq-{bind_addr}")
+    state_file = os.path.join(statedir, f"ringseq-{bind_addr}")
     totem_cfg = cfg.to_totem_config(config_mod.interface_mtu(bind_addr, interfaces))
     if cfg.network.members:
         # udpu: the ring refuses packets naming anyone else (ais/totem/guard.py)
@@ -108,8 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.shutdown()
         os._exit(1)
 
-    host = create_host(node_id, GeventScheduler(on_error=fatal),
-                       {"clm": {"cluster_name": cfg.aisexec.clustername}})
+    lim = cfg.limits
+    host = create_host(node_id, GeventScheduler(on_error=fatal), {
+        "clm": {"cluster_name": cfg.aisexec.clustername},
+        "ckpt": {"limits": CkptLimits(max_checkpoints=lim.max_checkpoints,
+                                      max_checkpoint_opens=lim.max_checkpoint_opens,
+                                      max_sections=lim.max_sections)},
+    })
     net = cfg.network
     transport = Transport(
         srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
@@ -117,13 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_deliver=host.on_deliver, on_confchg=host.on_confchg, on_stable=host.on_stable,
         log=node_log,
         state_file=state_file)
-    ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group)
+    ipc = IpcServer(host, cfg.aisexec.socket, group=cfg.aisexec.group, limits=IpcLimits(
+        max_connections=lim.max_connections, max_queued_callbacks=lim.max_queued_callbacks,
+        max_queued_bytes=lim.max_queued_bytes, max_buffered_bytes=lim.max_buffered_bytes,
+        frame_timeout=lim.frame_timeout / 1000.0))
     # As the reference does: services and the client socket first, then the
     # ring; requests that need the ring wait in the host until it has formed.
     try:
         ipc.start()
     except OSError as e:
-        return _die(f"cannot serve {cfg.aisexec.socket}: {e}")
+        return fail(f"cannot serve {cfg.aisexec.socket}: {e}")
     notice(logger, "AIS Executive Service: started and ready to receive connections "
            "(node %s, %s on port %d, socket %s)", bind_addr, net.transport.value,
            net.mcastport, cfg.aisexec.socket)
@@ -131,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         transport.start()
     except OSError as e:
         ipc.stop()
-        return _die(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
+        return fail(f"cannot open the ring socket on {bind_addr}:{net.mcastport}: {e}")
     host.attach_ring(transport)  # until now the host answered TryAgain / held requests
 
     stop = gevent.event.Event()

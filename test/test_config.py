@@ -460,3 +460,138 @@ def test_config_objects_are_frozen() -> None:
     with pytest.raises(AttributeError):
         cfg.network.mcastport = 1  # type: ignore[misc]
     assert os.path.isabs(cfg.aisexec.authkey)
+
+
+# --- hardening: files that are not configuration, and the one-line rule -----------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from ais.config import MAX_CONFIG_BYTES, LimitsConfig, prepare_statedir  # noqa: E402
+
+UDPU = ("network {\n bindnetaddr: 127.0.0.1\n mcastport: 5405\n transport: udpu\n"
+        " member: 127.0.0.1\n}\n")
+
+
+@pytest.mark.parametrize("loader", [load_openais_conf, load_groups_conf])
+def test_fifo_is_refused_without_blocking(tmp_path: Path, loader) -> None:
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as e:
+        loader(str(fifo))  # a blocking open would hang the test until its timeout
+    assert str(e.value) == f"{fifo}: cannot read " + (
+        "configuration" if loader is load_openais_conf else "AMF model") + \
+        ": not a regular file (a FIFO)"
+
+
+@pytest.mark.parametrize("loader", [load_openais_conf, load_groups_conf])
+def test_devices_and_directories_are_refused(tmp_path: Path, loader) -> None:
+    for path, kind in (("/dev/zero", "a character device"), (str(tmp_path), "a directory")):
+        with pytest.raises(ConfigError) as e:
+            loader(path)
+        assert str(e.value).endswith(f"not a regular file ({kind})")
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path: Path) -> None:
+    big = tmp_path / "big.conf"
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="byte limit"):
+        load_openais_conf(str(big))
+
+
+def test_deeply_nested_groups_conf_is_one_error() -> None:
+    text = "group {\n" * 75 + "}\n" * 75
+    e = conf_error(text, parse_groups_conf)
+    assert (e.line, e.msg) == (9, "blocks nested more than 8 deep")
+
+
+def test_clustername_longer_than_a_sa_name() -> None:
+    e = conf_error(NET_UDP + "aisexec {\n clustername: " + "c" * 257 + "\n}\n")
+    assert e.line == 7 and "257 bytes" in e.msg
+    ok = parse_openais_conf(NET_UDP + "aisexec {\n clustername: " + "c" * 256 + "\n}\n")
+    assert ok.aisexec.clustername == "c" * 256
+
+
+def test_statedir_must_be_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    cfg = parse_openais_conf(UDPU + "aisexec {\n statedir: afile\n}\n",
+                             str(tmp_path / "openais.conf"))
+    with pytest.raises(ConfigError) as e:
+        prepare_statedir(cfg)
+    assert str(e.value) == (f"{tmp_path}/openais.conf:8: statedir: {tmp_path}/afile: "
+                            "exists and is not a directory")
+    cfg = parse_openais_conf(UDPU + "aisexec {\n statedir: new/dir\n}\n",
+                             str(tmp_path / "openais.conf"))
+    assert prepare_statedir(cfg) == f"{tmp_path}/new/dir" and (tmp_path / "new/dir").is_dir()
+
+
+def test_limits_section() -> None:
+    assert parse_openais_conf(NET_UDP).limits == LimitsConfig()
+    cfg = parse_openais_conf(NET_UDP + "limits {\n max_connections: 10\n frame_timeout: 500\n"
+                                       " max_checkpoints: 7\n}\n")
+    assert (cfg.limits.max_connections, cfg.limits.frame_timeout,
+            cfg.limits.max_checkpoints) == (10, 500.0, 7)
+    e = conf_error(NET_UDP + "limits {\n max_sections: 0\n}\n")
+    assert (e.line, e.msg) == (7, "max_sections: must be greater than 0")
+    e = conf_error(NET_UDP + "limits {\n max_socks: 3\n}\n")
+    assert e.line == 7 and "unknown key 'max_socks'" in e.msg
+
+
+def _aisexec(conf: Path, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, str(REPO / "aisexec.py"), "--no-realtime",
+                           "-c", str(conf)], capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def _one_line(done: subprocess.CompletedProcess, expected: str) -> None:
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [expected], done.stderr
+
+
+@pytest.mark.parametrize("case", ["fifo", "zero", "groups-fifo", "groups-zero", "nested",
+                                  "statedir", "clustername", "badkey"])
+def test_aisexec_start_up_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    """``python aisexec.py -c`` on each bad case: one line, non-zero exit, no hang."""
+    (tmp_path / "authkey").write_bytes(os.urandom(128))
+    os.chmod(tmp_path / "authkey", 0o400)
+    body = UDPU + "logging {\n logoutput: stderr\n}\n"
+    aisexec = f" socket: {tmp_path}/s.sock\n"
+    conf = tmp_path / "openais.conf"
+    expected = ""
+    if case == "fifo":
+        os.mkfifo(conf)
+        expected = f"aisexec: {conf}: cannot read configuration: not a regular file (a FIFO)"
+    elif case == "zero":
+        conf = Path("/dev/zero")
+        expected = ("aisexec: /dev/zero: cannot read configuration: not a regular file "
+                    "(a character device)")
+    elif case == "groups-fifo":
+        os.mkfifo(tmp_path / "groups.conf")
+        expected = (f"aisexec: {tmp_path}/groups.conf: cannot read AMF model: not a regular "
+                    "file (a FIFO)")
+    elif case == "groups-zero":
+        aisexec += " groups: /dev/zero\n"
+        expected = ("aisexec: /dev/zero: cannot read AMF model: not a regular file "
+                    "(a character device)")
+    elif case == "nested":
+        (tmp_path / "groups.conf").write_text("group {\n" * 75 + "}\n" * 75)
+        expected = f"aisexec: {tmp_path}/groups.conf:9: blocks nested more than 8 deep"
+    elif case == "statedir":
+        (tmp_path / "afile").write_text("")
+        aisexec += " statedir: afile\n"
+        expected = (f"aisexec: {conf}:12: statedir: {tmp_path}/afile: exists and is not "
+                    "a directory")
+    elif case == "clustername":
+        aisexec += " clustername: " + "n" * 300 + "\n"
+        expected = (f"aisexec: {conf}:12: clustername: 300 bytes, more than the 256 an "
+                    "SaNameT holds")
+    elif case == "badkey":
+        os.chmod(tmp_path / "authkey", 0o600)
+        (tmp_path / "authkey").write_bytes(b"short")
+        expected = (f"aisexec: {tmp_path}/authkey: key is 5 bytes, need 128 (make one with "
+                    "ais-keygen)")
+    if case not in ("fifo", "zero"):
+        conf.write_text(body + "aisexec {\n" + aisexec + "}\n")
+    _one_line(_aisexec(conf), expected)

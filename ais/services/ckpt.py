@@ -112,10 +112,13 @@ Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
 from __future__ import annotations
 
 import hashlib
+import collections
+import logging
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
+from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
     SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
@@ -124,7 +127,7 @@ from ais.totem.events import ConfChange, fmt_node
 from saf import _ckpt_wire as cw
 from saf.errors import (
     SA_OK, Access, BadFlags, BadHandle, BadOperation, Exist, InvalidParam, IpcProtocolError,
-    NameTooLong, NoSpace, NotExist, SaError, Timeout,
+    NameTooLong, NoResources, NoSpace, NotExist, SaError, Timeout,
 )
 from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END
 
@@ -148,6 +151,7 @@ MSG_ITER_INIT = 13  # barrier
 MSG_SYNCHRONIZE = 14  # barrier
 MSG_RETENTION_EXPIRE = 15
 MSG_SECTION_EXPIRE = 16
+MSG_CLOSE_MANY = 17
 MSG_SYNC_REFS = 20
 MSG_SYNC_CKPT = 21
 MSG_SYNC_SECTION = 22
@@ -157,6 +161,9 @@ MSG_SYNC_TOMBSTONES = 23
 
 # CLOSE: CKPT_ID | handle u32 (the asker's handle; 0 when the node closes on its own) |
 CLOSE_MSG = cw.HANDLE
+# CLOSE_MANY: | count u32 | then count x CKPT_ID: the sender's node drops one
+# reference to each (a closing client's handles, ``CLOSE_BATCH`` per message)
+CLOSE_MANY_HEAD = struct.Struct("!I")
 # RETENTION_EXPIRE: CKPT_ID | retention epoch u64 |
 EXPIRE_MSG = struct.Struct("!Q")
 # SECTION_EXPIRE: CKPT_ID | expiration i64 | section id ...
@@ -212,6 +219,26 @@ def _genesis(ckpt_id: CkptId, name: bytes, attrs: cw.CreationAttributes) -> byte
     """A new checkpoint's digest: its creation (an id created twice differs here)."""
     return _chain(bytes(DIGEST_SIZE), MSG_OPEN, 0, cw.CKPT_ID.pack(*ckpt_id)
                   + cw.encode_attrs(attrs) + name)
+
+#: checkpoint ids per CLOSE_MANY message, so closing any number of handles costs
+#: a few ring messages of bounded handling time each
+CLOSE_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class CkptLimits:
+    """What clients may make CKPT hold (``openais.conf`` ``limits``).
+
+    ``max_checkpoints`` and ``max_sections`` are checked in exec handlers, in
+    agreed order, so every node of a cluster must have the same values.
+    """
+
+    #: checkpoints that exist in the cluster (open, or kept for their retention)
+    max_checkpoints: int = 16384
+    #: open checkpoint handles per client connection (checked on its node)
+    max_checkpoint_opens: int = 4096
+    #: sections of all checkpoints together
+    max_sections: int = 262144
 
 
 @dataclass
@@ -282,6 +309,8 @@ class _ConnState:
     next_handle: int = 1
     iterators: dict[int, list[cw.SectionDescriptor]] = field(default_factory=dict)
     next_iter: int = 1
+    #: OPENs multicast and not yet delivered (they count against max_checkpoint_opens)
+    opening: int = 0
 
 
 @dataclass
@@ -306,7 +335,11 @@ class CkptService(Service):
     name = "ckpt"
     service_id = cw.CKPT_SERVICE_ID
 
-    def __init__(self) -> None:
+    def __init__(self, limits: CkptLimits | None = None) -> None:
+        self.limits = limits or CkptLimits()
+        #: sections of ``_counted_ckpts`` (a cache; recounted when the dict is replaced)
+        self._nsections = 0
+        self._counted_ckpts: dict[CkptId, Checkpoint] | None = None
         self.ckpts: dict[CkptId, Checkpoint] = {}
         self.names: dict[bytes, CkptId] = {}
         self.members: tuple[int, ...] = ()
@@ -314,7 +347,7 @@ class CkptService(Service):
         self._pending_opens: dict[tuple[int, int], _PendingOpen] = {}
         self._id_ring: tuple[int, int] | None = None
         self._id_count = 0
-        self._outq: list[tuple[int, bytes]] = []
+        self._outq: collections.deque[tuple[int, bytes]] = collections.deque()
         self._outq_armed = False
         # sync round
         self._round: SyncInfo | None = None
@@ -333,6 +366,8 @@ class CkptService(Service):
         super().exec_init(host)
         self.log = host.logger("CKPT")
         self.members = (host.node_id,)
+        # Clients provoke these at will: a few lines, then a count per window.
+        self._limit_log = RateLimiter(burst=5, interval=10.0, clock=host.now)
 
     def on_lib_connect(self, conn: LibConn) -> None:
         self._conns[conn.conn_id] = conn
@@ -348,12 +383,15 @@ class CkptService(Service):
         cs: _ConnState | None = conn.private.get("ckpt")
         if cs is None:
             return
-        for h in cs.handles.values():
-            if not h.closing:
-                # Our node's reference must go in agreed order, like a client close.
-                h.closing = True
-                self._send_own(MSG_CLOSE, cw.CKPT_ID.pack(*h.ckpt_id) + CLOSE_MSG.pack(0))
+        # Our node's references must go in agreed order, like a client close: in
+        # CLOSE_BATCH-sized messages, so any number of handles is a few ring messages.
+        ids = [h.ckpt_id for h in cs.handles.values() if not h.closing]
+        cs.handles.clear()
         cs.iterators.clear()
+        for start in range(0, len(ids), CLOSE_BATCH):
+            part = ids[start:start + CLOSE_BATCH]
+            self._send_own(MSG_CLOSE_MANY, CLOSE_MANY_HEAD.pack(len(part)) + b"".join(
+                cw.CKPT_ID.pack(*i) for i in part))
 
     def on_confchg(self, conf: ConfChange) -> None:
         if not conf.transitional:
@@ -391,20 +429,25 @@ class CkptService(Service):
     def _send_own(self, msg_id: int, payload: bytes) -> None:
         """Multicast a message the service sends on its own; retried until the ring takes it."""
         self._outq.append((msg_id, payload))
-        self._flush_outq()
+        if not self._outq_armed:  # else the armed retry sends it, in order
+            self._flush_outq()
 
     def _flush_outq(self) -> None:
-        self._outq_armed = False
         while self._outq:
             msg_id, payload = self._outq[0]
             try:
                 self.host.mcast(self, msg_id, payload)
             except SaError:
+                # One retry timer at most, however many messages wait.
                 if not self._outq_armed:
                     self._outq_armed = True
-                    self.host.call_later(RETRY_DELAY, self._flush_outq)
+                    self.host.call_later(RETRY_DELAY, self._retry_outq)
                 return
-            self._outq.pop(0)
+            self._outq.popleft()
+
+    def _retry_outq(self) -> None:
+        self._outq_armed = False
+        self._flush_outq()
 
     def _ckpt_of(self, msg: ExecMessage) -> tuple[Checkpoint | None, bytes]:
         """The checkpoint a message is about (None: gone; the asker gets BAD_HANDLE)."""
@@ -455,7 +498,8 @@ class CkptService(Service):
     # --- checkpoint life cycle ------------------------------------------------------------
 
     def _delete(self, ck: Checkpoint) -> None:
-        self.ckpts.pop(ck.id, None)
+        if self.ckpts.pop(ck.id, None) is not None:
+            self._count_sections(-len(ck.sections))
         self.tombstones[ck.id] = None
         while len(self.tombstones) > TOMBSTONES_MAX:
             del self.tombstones[next(iter(self.tombstones))]
@@ -566,8 +610,23 @@ class CkptService(Service):
         if op.flags & cw.SA_CKPT_CHECKPOINT_CREATE and op.attributes is None:
             raise InvalidParam("SA_CKPT_CHECKPOINT_CREATE needs creation attributes")
         if op.attributes is not None:
-            self.check_attributes(op.attributes)
+            try:
+                self.check_attributes(op.attributes)
+            except InvalidParam as err:
+                self._limit_log.log(self.log, logging.WARNING,
+                                    "connection %d (pid %d): open of %r refused: %s",
+                                    conn.conn_id, conn.pid, op.name, err)
+                raise
+        cs = self._conn_state(conn)
+        if len(cs.handles) + cs.opening >= self.limits.max_checkpoint_opens:
+            self._limit_log.log(self.log, logging.WARNING,
+                                "connection %d (pid %d): open of %r refused: limit "
+                                "max_checkpoint_opens (%d handles per connection) reached",
+                                conn.conn_id, conn.pid, op.name,
+                                self.limits.max_checkpoint_opens)
+            raise NoResources("too many open checkpoints on this connection")
         self.host.mcast(self, MSG_OPEN, req.body, tag=req.tag)
+        cs.opening += 1
         if is_async:
             return b""  # the handle comes in the open callback
         key = (req.tag.conn_id, req.tag.seq)
@@ -595,6 +654,15 @@ class CkptService(Service):
         if ck is None:
             if op.attributes is None:
                 err = NotExist("no checkpoint of that name")
+            elif len(self.ckpts) >= self.limits.max_checkpoints:
+                err = NoResources("too many checkpoints in the cluster")
+                self._limit_log.log(self.log, logging.WARNING,
+                                    "checkpoint %r not created: limit max_checkpoints (%d "
+                                    "in the cluster) reached", op.name,
+                                    self.limits.max_checkpoints)
+            elif op.attributes.max_sections == 1 and \
+                    self._sections_total() >= self.limits.max_sections:
+                err = self._sections_full(op.name)
             else:
                 created = True
                 new_id = self._new_id(msg)
@@ -602,6 +670,7 @@ class CkptService(Service):
                                 digest=_genesis(new_id, op.name, op.attributes))
                 if op.attributes.max_sections == 1:
                     ck.sections[cw.SA_CKPT_DEFAULT_SECTION_ID] = Section(bytearray(), SA_TIME_END, 0)
+                    self._count_sections(1)
                 self.ckpts[ck.id] = ck
                 self.names[op.name] = ck.id
                 self.log.debug("checkpoint %r created", op.name)
@@ -618,6 +687,9 @@ class CkptService(Service):
         if pending is not None and pending.timer is not None:
             pending.timer.cancel()
         conn = self._conns.get(msg.tag.conn_id)
+        if conn is not None:
+            cs_open = self._conn_state(conn)
+            cs_open.opening = max(0, cs_open.opening - 1)
         if err is None and (conn is None or (pending is not None and pending.abandoned)):
             assert ck is not None
             self._send_own(MSG_CLOSE, cw.CKPT_ID.pack(*ck.id) + CLOSE_MSG.pack(0))
@@ -668,6 +740,23 @@ class CkptService(Service):
             if conn is not None:
                 self._conn_state(conn).handles.pop(handle, None)
             self.host.reply(msg.tag)
+
+    @exec_handler(MSG_CLOSE_MANY)
+    def exec_close_many(self, msg: ExecMessage) -> None:
+        """The sender's node drops one reference to each listed checkpoint."""
+        r = cw.Reader(msg.payload, "CLOSE_MANY")
+        (count,) = r.take(CLOSE_MANY_HEAD)
+        if count > CLOSE_BATCH:
+            raise IpcProtocolError(f"CLOSE_MANY: {count} ids, at most {CLOSE_BATCH}")
+        ids = [r.take(cw.CKPT_ID) for _ in range(count)]
+        r.end()
+        for ckpt_id in ids:
+            ck = self.ckpts.get(ckpt_id)
+            if ck is not None and ck.refs.get(msg.sender, 0) > 0:
+                ck.refs[msg.sender] -= 1
+                if not ck.refs[msg.sender]:
+                    del ck.refs[msg.sender]
+                self._after_unref(ck)
 
     @lib_handler(cw.REQ_UNLINK, hold_during_sync=True)
     def lib_unlink(self, conn: LibConn, req: Request) -> Deferred:
@@ -771,11 +860,14 @@ class CkptService(Service):
                 raise NoSpace("maxSections reached")
             if ck.used + len(sc.data) > ck.attrs.checkpoint_size:
                 raise NoSpace("checkpointSize would be exceeded")
+            if self._sections_total() >= self.limits.max_sections:
+                raise self._sections_full(ck.name)
         except SaError as err:
             self.host.reply_error(msg.tag, err)
             return
         sec = Section(bytearray(sc.data), sc.expiration, sc.now)
         ck.sections[sc.section_id] = sec
+        self._count_sections(1)
         ck.used += len(sc.data)
         self._arm_section(ck, sc.section_id, sec, sc.remaining)
         self._updated(ck, msg)
@@ -803,8 +895,27 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
+    def _sections_total(self) -> int:
+        """Sections of all live checkpoints; counted again only when ``ckpts``
+        was replaced (a merge) or a checkpoint deleted, else kept up to date."""
+        if self._counted_ckpts is not self.ckpts:
+            self._nsections = sum(len(ck.sections) for ck in self.ckpts.values())
+            self._counted_ckpts = self.ckpts
+        return self._nsections
+
+    def _count_sections(self, delta: int) -> None:
+        if self._counted_ckpts is self.ckpts:
+            self._nsections += delta
+
+    def _sections_full(self, name: bytes) -> NoResources:
+        self._limit_log.log(self.log, logging.WARNING,
+                            "section of %r not created: limit max_sections (%d in the "
+                            "cluster) reached", name, self.limits.max_sections)
+        return NoResources("too many sections in the cluster")
+
     def _remove_section(self, ck: Checkpoint, sid: bytes) -> None:
         sec = ck.sections.pop(sid)
+        self._count_sections(-1)
         ck.used -= len(sec.data)
         if sec.timer is not None:
             sec.timer.cancel()
