@@ -19,7 +19,8 @@ and the faults hit the ring's UDP alone):
   frames sent after it overtake it;
 * ``drop_above`` frames longer than this many bytes (Ethernet frame) are
   dropped: the "only large frames are lost" fault;
-* ``cut``       every frame is dropped.
+* ``cut``       every frame is dropped, including those still held for
+  their delay when the cut is made (a cable pulled loses what is on it).
 
 Rules change at run time from the test thread (``set``, ``cut``,
 ``partition``, ``heal``); the forwarding thread draws all its randomness
@@ -254,14 +255,19 @@ class FaultHub:
         for n, fd in self._fds.items():
             sel.register(fd, selectors.EVENT_READ, n)
         sel.register(self._wake_r, selectors.EVENT_READ, 0)
-        held: list[tuple[float, int, int, bytes]] = []  # (due, seq, dst, frame)
+        held: list[tuple[float, int, int, int, bytes]] = []  # (due, seq, src, dst, frame)
         seq = itertools.count()
         rnd = self._rnd
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 while held and held[0][0] <= now:
-                    _, _, d, frame = heapq.heappop(held)
+                    _, _, s, d, frame = heapq.heappop(held)
+                    with self._lock:
+                        # a cut also loses what was on the wire when it happened
+                        if self._rules.get((s, d), CLEAN).cut:
+                            self._count((s, d), "dropped")
+                            continue
                     self._send(d, frame)
                 timeout = 0.05 if not held else max(0.0, min(0.05, held[0][0] - now))
                 for key, _ in sel.select(timeout):
@@ -287,7 +293,7 @@ class FaultHub:
                                 self._send(d, frame)
                             elif len(held) < MAX_HELD:
                                 heapq.heappush(held, (time.monotonic() + max(0.0, due),
-                                                      next(seq), d, frame))
+                                                      next(seq), src, d, frame))
                             else:
                                 with self._lock:
                                     self._count((src, d), "dropped")
