@@ -201,11 +201,11 @@ def test_write_acknowledged_under_loss_survives_its_node_killed_at_once(
         assert agent(c, 1, "fill", "acked", "1", "64") == "ok"
         hub.set(loss=0.10)
         lost = []
-        for rnd in range(12):
+        for rnd in range(10):
             w = rnd % 3 + 1
             survivors = [n for n in (1, 2, 3) if n != w]
-            # ~18 frames: the last token visit's frames are the ones at risk
-            value = f"round-{rnd}-" + "x" * 24000
+            # ~36 frames: the last token visits' frames are the ones at risk
+            value = f"round-{rnd}-" + "x" * 48000
             before = ring_counts(c)
             assert agent(c, w, "writekill", "acked", "ack", value,
                          str(c.nodes[w].proc.pid)) == "ok"
@@ -216,6 +216,7 @@ def test_write_acknowledged_under_loss_survives_its_node_killed_at_once(
                     + hashlib.sha256(value.encode()).hexdigest()[:16])
             if any(v != want for v in got.values()):
                 lost.append((rnd, w, got))
+                break  # one is enough to fail
             c.start(w)
             c.wait_socket(w)
             wait_rejoined(c, before)
@@ -260,8 +261,7 @@ def test_node_that_cannot_receive_large_frames_is_expelled_and_writers_go_on(
         assert expelled and logged and all(n >= 10 for n in late), (
             f"rings without node 3 formed on node 1: {expelled}; failed-to-receive logged: "
             f"{bool(logged)}; writes completed in the fault's 2nd half: {late}")
-        before = ring_counts(c)
-        wait_rejoined(c, before)
+        c.wait_ring([1, 2, 3], timeout=30)  # whole again once the fault cleared
 
 
 # ---- finding 5: a resuming node splits the healthy ones ----------------------------------
