@@ -6,7 +6,8 @@
         -> "value TEXT LENGTH SHA" (its first 64 bytes, or "-"; length; digest prefix)
     python test/fault_agent.py writeloop NAME SECTION TAG UNTIL [SIZE [START]]
         -> "done OK ERRORS" then "times T1 T2 ..." (CLOCK_MONOTONIC of each completed write)
-    python test/fault_agent.py write NAME SECTION VALUE  -> "ok" once written
+    python test/fault_agent.py write NAME SECTION VALUE [START]
+        -> "ok" once written (not before CLOCK_MONOTONIC START, after opening)
     python test/fault_agent.py writekill NAME SECTION VALUE PID
         -> writes VALUE (SA_CKPT_WR_ALL_REPLICAS), kills PID with SIGKILL as soon as the
            write returned, then prints "ok"
@@ -131,6 +132,8 @@ def main(argv: list[str]) -> int:
         except SaError as e:
             if e.code != 14:
                 raise
+        if len(argv) > 4:  # opened and ready before the test's fault starts
+            time.sleep(max(0.0, float(argv[4]) - time.monotonic()))
         retry(c.write, ckpt.IOVector(sid, value))
         print("ok", flush=True)
     elif op == "writekill":

@@ -15,7 +15,6 @@ the test fails.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 import subprocess
 import sys
@@ -145,45 +144,44 @@ def test_rolling_restart_keeps_every_checkpoint_byte(tmp_path, fault_hub) -> Non
 
 # ---- finding 2: replicas differ for good after a partition heals -------------------------
 
+@pytest.mark.xfail(reason="issue 7 finding 2", strict=False)
 @pytest.mark.timeout(150)
 def test_partition_heal_leaves_identical_bytes_on_every_node(tmp_path, fault_hub) -> None:
-    """Writers on both sides of a split write one section up to the moment of the cut;
-    node 1's frames reach node 3 later than the token does, so each side can hold a
-    last write of the old ring the other lacks.  After each heal every node reads
-    the same bytes, cycle after cycle."""
+    """Around each split, one client on each side writes the same section.  Just
+    before, frames over 800 bytes stop crossing the coming split (both ways) while
+    the small token still circulates: each write is delivered on its own side only,
+    behind a gap, in the old ring.  Then the cut; after the heal every node must
+    read the same bytes -- for three split/heal cycles with different sides."""
     hub = fault_hub
-    rnd = random.Random(hub.seed)
     with cluster(tmp_path, hub) as c:
         start(c)
         assert agent(c, 1, "fill", "split", "2", "1024") == "ok"
-        seen: list[dict[int, str]] = []
-        for cycle in range(5):
-            # The token path 1->2->3 is faster than 1->3, and 3's frames are slow too:
-            # at a cut, frames of both sides are on the wire.
-            hub.set(1, 3, delay_ms=200)
-            hub.set(2, 3, delay_ms=100)
-            hub.set(3, [1, 2], delay_ms=100)
-            until = time.monotonic() + 2.0
-            writers = [background(c, 1, "writeloop", "split", "s000", f"L{cycle}", str(until)),
-                       background(c, 3, "writeloop", "split", "s000", f"R{cycle}", str(until)),
-                       background(c, 2, "writeloop", "split", "s001", f"M{cycle}", str(until)),
-                       background(c, 3, "writeloop", "split", "s001", f"N{cycle}", str(until))]
-            time.sleep(max(0.0, until - time.monotonic()) + rnd.uniform(0.0, 0.3))
-            hub.partition([1, 2], [3])
+        for cycle, (left, right) in enumerate((([1, 2], [3]), ([1], [2, 3]), ([1, 3], [2]))):
+            go = time.monotonic() + 1.5  # both writers have opened the checkpoint by then
+            writers = [background(c, side[0], "write", "split", "s000",
+                                  f"{tag}{cycle}".ljust(1000, tag), str(go))
+                       for side, tag in ((left, "L"), (right, "R"))]
+            time.sleep(max(0.0, go - 0.2 - time.monotonic()))
+            hub.set(left, right, drop_above=800)
+            hub.set(right, left, drop_above=800)
+            time.sleep(1.2)  # both writes sent, neither crossed
+            hub.partition(left, right)
             for w in writers:
-                finish(w)
-            c.wait_ring([1, 2], on=[1, 2], timeout=20)
-            c.wait_ring([3], timeout=20)
+                out, err = w.communicate(timeout=60)
+                assert w.returncode == 0 and out.strip() == "ok", err[-3000:]
+            c.wait_ring(left, on=left, timeout=20)
+            c.wait_ring(right, on=right, timeout=20)
             hub.heal()
             c.wait_ring([1, 2, 3], timeout=20)
-            end = time.monotonic() + 10
-            while True:
+            end = time.monotonic() + 5
+            while True:  # bounded: a merge still being installed gets a moment
                 got = {n: agent(c, n, "dump", "split") for n in (1, 2, 3)}
                 if len(set(got.values())) == 1 or time.monotonic() > end:
                     break
                 time.sleep(0.5)
-            seen.append(got)
-            assert len(set(got.values())) == 1, f"cycle {cycle}: nodes differ: {got}"
+            values = reads(c, "split", "s000")
+            assert len(set(got.values())) == 1, (
+                f"cycle {cycle} ({left} | {right}): nodes differ: {got}; s000: {values}")
             assert got[1].startswith("dump 2 ")
 
 
