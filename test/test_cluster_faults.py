@@ -100,6 +100,86 @@ def reads(c: Cluster, name: str, section: str, ns: list[int] | None = None) -> d
     return {n: agent(c, n, "read", name, section) for n in (ns or list(c.nodes))}
 
 
+# ---- the hub itself ------------------------------------------------------------------------
+
+RECEIVER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+s.settimeout(0.2)
+print("ready", flush=True)
+counts = {"late": 0}
+top = -1
+start = time.monotonic()
+quiet = None
+while time.monotonic() < start + 20:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        last = quiet if quiet is not None else start + 1.0  # nothing at all: 1.5 s
+        if time.monotonic() - last > 0.5:
+            break
+        continue
+    quiet = time.monotonic()
+    kind, seq = data[:1].decode(), int(data[1:7])
+    counts[kind] = counts.get(kind, 0) + 1
+    counts["late"] += seq < top  # overtaken by a later datagram
+    top = max(top, seq)
+print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
+"""
+
+SENDER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(300):
+    s.sendto(b"s%06d" % (2 * i) + b"." * 100, (sys.argv[1], 9999))
+    s.sendto(b"L%06d" % (2 * i + 1) + b"." * 1200, (sys.argv[1], 9999))
+    if i % 20 == 0:
+        time.sleep(0.01)  # stay far below any queue limit
+"""
+
+
+def udp_counts(hub: FaultHub, src: int, dst: int) -> dict[str, int]:
+    """Send 300 small and 300 large datagrams, numbered, from node src to node dst:
+    how many of each arrived and how many were overtaken."""
+    rx = subprocess.Popen(["ip", "netns", "exec", hub.nss[dst - 1], sys.executable, "-c",
+                           RECEIVER, hub.addrs[dst - 1]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout.readline().strip() == "ready"
+        subprocess.run(["ip", "netns", "exec", hub.nss[src - 1], sys.executable, "-c", SENDER,
+                        hub.addrs[dst - 1]], check=True, timeout=30)
+        out, _ = rx.communicate(timeout=30)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait(timeout=10)
+    return {k: int(v) for k, v in (kv.split("=") for kv in out.split())}
+
+
+@pytest.mark.timeout(90)
+def test_fault_hub_loses_delays_cuts_and_drops_large_frames_per_direction(fault_hub) -> None:
+    hub = fault_hub
+    clean = {"L": 300, "s": 300, "late": 0}
+    assert udp_counts(hub, 1, 2) == clean
+    hub.set(1, 2, loss=0.5, drop_above=800)
+    got = udp_counts(hub, 1, 2)
+    assert "L" not in got and 90 <= got["s"] <= 210, got  # seeded: far from the bounds
+    assert udp_counts(hub, 2, 1) == clean  # the other direction untouched
+    hub.set(3, 1, delay_ms=5, jitter_ms=2, reorder=0.2)
+    got = udp_counts(hub, 3, 1)
+    assert got["L"] == got["s"] == 300 and got["late"] > 0, got  # all there, not in order
+    hub.heal()
+    hub.cut(2, 1)
+    assert udp_counts(hub, 2, 1) == {"late": 0}
+    assert udp_counts(hub, 1, 2) == clean
+    hub.heal()
+    hub.partition([1], [2, 3])
+    assert udp_counts(hub, 3, 1) == {"late": 0}
+    assert udp_counts(hub, 2, 3) == clean  # within a side: clean
+    hub.heal()
+    assert udp_counts(hub, 2, 1) == clean
+
+
 # ---- finding 1: a rolling restart deletes everything ------------------------------------
 
 @pytest.mark.xfail(reason="issue 7 finding 1", strict=False)
