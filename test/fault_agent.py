@@ -7,7 +7,8 @@
     python test/fault_agent.py writeloop NAME SECTION TAG UNTIL [SIZE [START]]
         -> "done OK ERRORS" then "times T1 T2 ..." (CLOCK_MONOTONIC of each completed write)
     python test/fault_agent.py write NAME SECTION VALUE [START]
-        -> "ok" once written (not before CLOCK_MONOTONIC START, after opening)
+        -> "ok" once written, or "error CODE" (not before CLOCK_MONOTONIC START;
+           the checkpoint is opened first)
     python test/fault_agent.py writekill NAME SECTION VALUE PID
         -> writes VALUE (SA_CKPT_WR_ALL_REPLICAS), kills PID with SIGKILL as soon as the
            write returned, then prints "ok"
@@ -134,8 +135,12 @@ def main(argv: list[str]) -> int:
                 raise
         if len(argv) > 4:  # opened and ready before the test's fault starts
             time.sleep(max(0.0, float(argv[4]) - time.monotonic()))
-        retry(c.write, ckpt.IOVector(sid, value))
-        print("ok", flush=True)
+        try:
+            retry(c.write, ckpt.IOVector(sid, value))
+        except SaError as e:  # e.g. a partition: the caller decides what it may be
+            print("error", e.code, flush=True)
+        else:
+            print("ok", flush=True)
     elif op == "writekill":
         sid, value, pid = argv[2].encode(), argv[3].encode(), int(argv[4])
         h, c = opened(name)

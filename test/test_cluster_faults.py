@@ -248,7 +248,9 @@ def test_partition_heal_leaves_identical_bytes_on_every_node(tmp_path, fault_hub
             hub.partition(left, right)
             for w in writers:
                 out, err = w.communicate(timeout=60)
-                assert w.returncode == 0 and out.strip() == "ok", err[-3000:]
+                # a write caught by the split may succeed or fail: convergence is checked
+                assert w.returncode == 0 and out.split()[:1] in (["ok"], ["error"]), \
+                    err[-3000:]
             c.wait_ring(left, on=left, timeout=20)
             c.wait_ring(right, on=right, timeout=20)
             hub.heal()
