@@ -111,8 +111,8 @@ Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
 """
 from __future__ import annotations
 
-import hashlib
 import collections
+import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field, replace
