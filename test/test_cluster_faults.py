@@ -5,8 +5,8 @@ talk multicast through ``faulthub.FaultHub``, which loses, delays, reorders,
 cuts or drops large frames per (source node, destination node).  Clients are
 ``test/fault_agent.py`` processes using ``saf.ckpt`` inside a node's
 namespace.  Each test reproduces one finding of the issue and asserts the
-behaviour the issue asks for; the ones today's code fails are marked xfail
-(not strict) until the fixes are merged.
+behaviour the issue asks for; each of them failed on the code before the
+fixes (sync, merge, safe acknowledgement, fail to receive, resume, loss).
 
 Every test stops its processes by pid (``Cluster.stop_all``), bounds every
 wait by time, and the hub fixture removes its namespaces and TAPs even when
@@ -182,7 +182,6 @@ def test_fault_hub_loses_delays_cuts_and_drops_large_frames_per_direction(fault_
 
 # ---- finding 1: a rolling restart deletes everything ------------------------------------
 
-@pytest.mark.xfail(reason="issue 7 finding 1", strict=False)
 @pytest.mark.timeout(120)
 def test_rolling_restart_keeps_every_checkpoint_byte(tmp_path, fault_hub) -> None:
     """Nodes 1 and 2 are killed and restarted one after another, each soon after the
@@ -224,7 +223,6 @@ def test_rolling_restart_keeps_every_checkpoint_byte(tmp_path, fault_hub) -> Non
 
 # ---- finding 2: replicas differ for good after a partition heals -------------------------
 
-@pytest.mark.xfail(reason="issue 7 finding 2", strict=False)
 @pytest.mark.timeout(150)
 def test_partition_heal_leaves_identical_bytes_on_every_node(tmp_path, fault_hub) -> None:
     """Around each split, one client on each side writes the same section.  Just
@@ -269,7 +267,6 @@ def test_partition_heal_leaves_identical_bytes_on_every_node(tmp_path, fault_hub
 
 # ---- finding 3: acknowledged writes lost -------------------------------------------------
 
-@pytest.mark.xfail(reason="issue 7 finding 3", strict=False)
 @pytest.mark.timeout(180)
 def test_write_acknowledged_under_loss_survives_its_node_killed_at_once(
         tmp_path, fault_hub) -> None:
@@ -309,7 +306,6 @@ FAILED_TO_RECEIVE = re.compile(r"fail(ed|s)? to receive|fail-to-receive|stopped 
                                re.IGNORECASE)
 
 
-@pytest.mark.xfail(reason="issue 7 finding 4", strict=False)
 @pytest.mark.timeout(150)
 def test_node_that_cannot_receive_large_frames_is_expelled_and_writers_go_on(
         tmp_path, fault_hub) -> None:
@@ -346,7 +342,6 @@ def test_node_that_cannot_receive_large_frames_is_expelled_and_writers_go_on(
 
 # ---- finding 5: a resuming node splits the healthy ones ----------------------------------
 
-@pytest.mark.xfail(reason="issue 7 finding 5", strict=False)
 @pytest.mark.timeout(150)
 def test_resumed_node_never_splits_the_healthy_members(tmp_path, fault_hub) -> None:
     """Node 3 is SIGSTOPped for 3 s (long enough to be dropped from the ring) and
@@ -378,7 +373,6 @@ def test_resumed_node_never_splits_the_healthy_members(tmp_path, fault_hub) -> N
 
 # ---- finding 6: collapse under loss -------------------------------------------------------
 
-@pytest.mark.xfail(reason="issue 7 finding 6", strict=False)
 @pytest.mark.timeout(120)
 def test_writes_progress_under_loss_without_reforming_the_ring(tmp_path, fault_hub) -> None:
     """Two writers of 1 KiB on nodes 1 and 2, at 10 % then 30 % loss on every link:

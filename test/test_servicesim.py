@@ -5,9 +5,8 @@ Three kinds of tests:
 * the checker itself, fed broken histories (a diverged replica, a missing
   acknowledged write, an unanswered request, torn bytes): these must pass;
 * the fixed scenarios of issue 7 findings 1-3 and the seeded sweeps, which
-  assert the correct behaviour.  Those that fail on the code of this branch are
-  marked ``xfail(strict=True)`` ("fixed on branch svcfix"): the marks come off
-  when that branch is merged;
+  assert the correct behaviour (each of the three scenarios failed before the
+  sync, merge and safe-acknowledgement fixes);
 * runs that must hold already (no faults, partitions only, pauses).
 
 ``AIS_SVC_SEEDS=N`` sets the seeds per sweep (default 100); ``AIS_SLOW=1`` adds
@@ -35,7 +34,6 @@ from ais.totem.events import RingId
 from saf import _ckpt_wire as cw
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXED_ON_SVCFIX = "issue 7 finding {}: fixed on branch svcfix"
 
 #: the fault mixes of the sweeps (3 nodes unless said)
 MIXES: dict[str, SvcOptions] = {
@@ -268,10 +266,9 @@ def test_servicesim_does_no_io() -> None:
     assert not mods & {"gevent", "socket", "time", "select", "threading"}
 
 
-# --- issue 7: the findings, asserted fixed (they fail on this branch) -------------------------
+# --- issue 7: the findings, asserted fixed -------------------------
 
 
-@pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format(1), strict=True)
 def test_finding1_rolling_restart_keeps_the_checkpoints() -> None:
     """Node 1 (lowest) killed and back before the others noticed, then node 3 leaves
     and rejoins: node 1 must not stream its empty state over everybody's."""
@@ -279,7 +276,6 @@ def test_finding1_rolling_restart_keeps_the_checkpoints() -> None:
     assert r.ok, r.report()
 
 
-@pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format(2), strict=True)
 def test_finding2_replicas_converge_after_a_partition_with_different_last_writes() -> None:
     """Each side delivers a different last write of the old ring: after the heal every
     node must hold the same bytes."""
@@ -287,7 +283,6 @@ def test_finding2_replicas_converge_after_a_partition_with_different_last_writes
     assert r.ok, r.report()
 
 
-@pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format(3), strict=True)
 def test_finding3_acknowledged_write_survives_its_writers_node() -> None:
     """A WR_ALL_REPLICAS write whose frame was lost on its way to the others returns;
     its node is killed at once: the survivors must have it (or it must not return)."""
@@ -295,20 +290,16 @@ def test_finding3_acknowledged_write_survives_its_writers_node() -> None:
     assert r.ok, r.report()
 
 
-@pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format("1 and 3"), strict=True)
 @pytest.mark.parametrize("mix", ["crashes", "five"])
 def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
 
-@pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format("1-3"), strict=True)
 def test_sweep_split_on_write() -> None:
     sweep(MIXES["splits"], 100)
 
 
-@pytest.mark.slow  # today even "partitions" fails: seeds 338 and 427 of 1000
-@pytest.mark.parametrize("mix", [
-    pytest.param(m, marks=pytest.mark.xfail(reason=FIXED_ON_SVCFIX.format("1-3"), strict=True))
-    for m in sorted(MIXES)])
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", sorted(MIXES))
 def test_soak(mix: str) -> None:
     sweep(MIXES[mix], 1000)
