@@ -154,7 +154,7 @@ ITER_BATCH = 1024
 RETRY_DELAY = 0.05
 #: checkpoint ids per CLOSE_MANY message, so closing any number of handles costs
 #: a few ring messages of bounded handling time each
-CLOSE_BATCH = 1024
+CLOSE_BATCH = 256
 
 
 @dataclass(frozen=True)
