@@ -12,6 +12,7 @@ time and RSS, and how many rings formed afterwards (0: the token never stopped).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -48,8 +49,9 @@ def main() -> int:
     attrs = cw.CreationAttributes(cw.SA_CKPT_WR_ALL_REPLICAS, 1000, 1000 * 10**9, 1, 1000, 10)
     limits = (f"}}\nlimits {{\n\tmax_checkpoints: {args.count + 100}\n"
               f"\tmax_checkpoint_opens: {args.count + 100}\n")
-    with tempfile.TemporaryDirectory(prefix="close-many-") as root, \
-            Cluster(Path(root), 2) as cl:
+    keep = os.environ.get("CLOSE_BENCH_KEEP")  # a directory: keep the logs there
+    with (tempfile.TemporaryDirectory(prefix="close-many-") if not keep
+          else contextlib.nullcontext(keep)) as root, Cluster(Path(root), 2) as cl:
         for n in (1, 2):
             cl.start(n, extra=limits)
         cl.wait_ring([1, 2])

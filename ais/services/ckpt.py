@@ -222,7 +222,7 @@ def _genesis(ckpt_id: CkptId, name: bytes, attrs: cw.CreationAttributes) -> byte
 
 #: checkpoint ids per CLOSE_MANY message, so closing any number of handles costs
 #: a few ring messages of bounded handling time each
-CLOSE_BATCH = 1024
+CLOSE_BATCH = 256
 
 
 @dataclass(frozen=True)
