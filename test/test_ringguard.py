@@ -494,3 +494,22 @@ def test_config_change_confs_are_well_formed_after_lies() -> None:
         for c in n.confs:
             assert isinstance(c, ConfChange) and list(c.members) == sorted(c.members)
             assert set(c.members) <= set(ids(3))
+
+
+# ------------------------------------------------------------------ wire level
+
+def test_join_sets_must_be_what_the_encoder_writes() -> None:
+    def raw(proc: list[int], fail: list[int]) -> bytes:
+        return (wire.PACKET_HEADER.pack(wire.VERSION, wire.JOIN, A)
+                + wire.JOIN_HEADER.pack(0, len(proc), len(fail))
+                + b"".join(wire.NODE_ID.pack(n) for n in proc + fail))
+
+    assert wire.decode_untrusted(raw([A, B], [C])) == wire.Join(A, 0, frozenset({A, B}),
+                                                               frozenset({C}))
+    for proc, fail in (([B, A], []), ([A, A], []), ([A], [C, B]), ([A], [C, C])):
+        with pytest.raises(wire.BadPacket):
+            wire.decode_untrusted(raw(proc, fail))
+    # each set is bounded on its own: 300 process ids are refused even with no fail set
+    with pytest.raises(wire.BadPacket):
+        wire.decode_untrusted(raw(sorted(range(1, 301)), []))
+    assert len(wire.decode_untrusted(raw(sorted(range(1, 257)), [])).proc) == 256

@@ -202,20 +202,19 @@ class Guard:
         return None
 
     def _mcast(self, m: Mcast) -> str | None:
-        why = self._ring(m.ring_id)
-        if why:
-            return why
+        # The hot path: a frame of our own ring (whose id passed these checks).
+        srp = self.srp
+        rid = m.ring_id
+        if rid == srp.ring_id:
+            rx, members = srp.rx, srp.members
+        elif rid == srp._new_ring and srp._new_rx is not None:
+            rx, members = srp._new_rx, srp._new_members
+        else:
+            return self._ring(rid)  # a foreign ring: the handler decides (rate limited)
         if m.seq == 0:
             return "frame seq 0"
         if m.flags & ~MCAST_RECOVERED:
             return f"frame flags {m.flags:#x}"
-        srp = self.srp
-        if m.ring_id == srp.ring_id:
-            rx, members = srp.rx, srp.members
-        elif m.ring_id == srp._new_ring and srp._new_rx is not None:
-            rx, members = srp._new_rx, srp._new_members
-        else:
-            return None  # a foreign ring: the handler decides (rate limited)
         if m.sender not in members:
             return f"frame of ring {m.ring_id} from a non-member"
         if m.seq > srp._sent_seq + self.frame_ahead:
