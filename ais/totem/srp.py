@@ -70,7 +70,7 @@ logs a warning, gathers alone and ignores the others for
 ``fail_recv_backoff`` ms (doubled on repeats); they form a ring without it
 after their consensus timeout, and merge detection brings it back later.
 
-Stalls.  A node whose timers are overdue by more than half the token
+Stalls.  A node whose timers are overdue by more than the token
 timeout was not running (SIGSTOP, a VM pause): what it has queued is
 stale.  It drops input for ``join`` ms and gathers afresh from itself, so
 joins that name it failed never make it fail the others in turn.
@@ -460,7 +460,7 @@ class Srp:
         and joins of rings the others have long left, joins whose fail sets
         name it.  Acting on them makes it fail the others in turn and hand
         its fail set to nodes that never stopped, splitting them.  So a timer
-        overdue by more than half the token timeout means we were stopped:
+        overdue by more than the token timeout means we were stopped:
         we leave our ring, gather afresh, and drop whatever arrives for the
         next ``join`` ms (the backlog); the others hear our join and we all
         form one ring.
@@ -472,7 +472,7 @@ class Srp:
         if not timers:
             return False
         late = now - min(timers.values())
-        if late <= self.cfg.token / 2000.0:
+        if late <= self.cfg.token / 1000.0:
             return False
         self.stats["stalls"] += 1
         self.stats["stale_dropped"] += 1
