@@ -65,7 +65,15 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
     - while some live node holds it.  Holders of a WR_ALL_REPLICAS write,
       and of every checkpoint creation, are at first every member of the
       writer's configuration when it was acknowledged (safe delivery: all
-      of them have it then, whatever happens to the writer's node next);
+      of them have it then, whatever happens to the writer's node next).
+      That is the configuration current when the reply went out: the
+      regular one when the token showed every member held the message, but
+      only the transitional one when the reply was released by it (the
+      host's documented rule: recovery gave every member of the
+      transitional configuration every message of the old ring, and
+      nothing is known of the members beyond it -- e.g. members that
+      delivered the message inside a sync round they never completed, and
+      so never applied it);
       of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
       replica).  Then every node that delivers it, and every node that
       completes a sync round with a holder, holds it; a crash ends a
@@ -1328,8 +1336,12 @@ class ServiceSim(Simulation):
         found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
         key, members = found if found is not None else (None, frozenset())
         if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
-            # safe: every member of the configuration it was delivered in holds it
-            holders = set(members)
+            # safe: every member of the configuration it was delivered in holds it --
+            # or, answered at that ring's transitional configuration, every member
+            # of that (module docstring (b))
+            now = {(m, self.nodes[m].inc) for m in self.conf_members[c.node_id]
+                   if m in self.nodes}
+            holders = set(members) & now
         else:
             holders = {(c.node_id, c.inc)}  # the active replica's node
         if key is not None:

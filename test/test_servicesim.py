@@ -295,6 +295,21 @@ def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
 
+def test_write_answered_by_a_transitional_configuration_holds_on_its_members_only() -> None:
+    """Seed 172 of the five-node mix: n5 completes a sync round in which its
+    WR_ALL_REPLICAS overwrite was held, the others (cut off) never complete it and
+    drop it; the host answers at the transitional configuration, whose only member is
+    n5, and n5 later crashes.  Safe delivery promised the write to n5 alone (the
+    host's rule), so its loss with n5 is no violation; the checker used to count
+    every member of the ring it was delivered in as a holder."""
+    r = run(172, replace(MIXES["five"], full_trace=True))
+    assert r.ok, r.report()
+    t = r.trace
+    i = next(i for i, ln in enumerate(t) if "n5 TRANS 10.0.0.3/20 members [n5]" in ln)
+    assert "n5.0/c0 <- overwrite #3: OK" in t[i + 1]
+    assert any("n5 CRASH" in ln for ln in t[i:])
+
+
 def test_sweep_split_on_write() -> None:
     sweep(MIXES["splits"], 100)
 
