@@ -1454,8 +1454,12 @@ class ServiceSim(Simulation):
                 if c.alive:
                     for ck, _, _ in c.handles.values():
                         openers.setdefault(ck, set()).add((c.node_id, c.inc))
-        linked = {ck for n in self.up() if self.hosts[n.id] is not None
-                  for ck in self.hosts[n.id].services[cw.CKPT_SERVICE_ID].names.values()}
+        linked: set[tuple[int, int, int]] = set()
+        for n in self.up():
+            host = self.hosts[n.id]
+            svc = host.services[cw.CKPT_SERVICE_ID] if host is not None else None
+            if isinstance(svc, CkptService):
+                linked |= set(svc.names.values())
         req = required_acks(
             ((t.ack, t.holders) for t in self.tracks
              if t.ack.ckpt not in named or t.ack.ckpt in linked
