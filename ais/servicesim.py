@@ -65,7 +65,15 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
     - while some live node holds it.  Holders of a WR_ALL_REPLICAS write,
       and of every checkpoint creation, are at first every member of the
       writer's configuration when it was acknowledged (safe delivery: all
-      of them have it then, whatever happens to the writer's node next);
+      of them have it then, whatever happens to the writer's node next).
+      That is the configuration current when the reply went out: the
+      regular one when the token showed every member held the message, but
+      only the transitional one when the reply was released by it (the
+      host's documented rule: recovery gave every member of the
+      transitional configuration every message of the old ring, and
+      nothing is known of the members beyond it -- e.g. members that
+      delivered the message inside a sync round they never completed, and
+      so never applied it);
       of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
       replica).  Then every node that delivers it, and every node that
       completes a sync round with a holder, holds it; a crash ends a
@@ -75,12 +83,17 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       merged members each holding a change to the checkpoint that the other
       lacked (the simulator follows, per replica, which changes it reflects:
       those it delivered, plus, when a sync round completes, those of every
-      member), or each holding a checkpoint of that name the other never
-      had, or another checkpoint of the same name was created in a
-      concurrent configuration (neither descends from the other in the graph
-      of installed configurations).  There the merge rule chooses one side,
-      and losing the other side's writes is allowed (the README's merge
-      rule); convergence (a) is still required.
+      member).  There merge rule 2 chooses one replica, and losing the
+      other's writes is allowed; convergence (a) is still required.
+    - and, for checkpoints created with one name on sides that never saw
+      each other (members each holding a checkpoint of that name the other
+      never had, or creations in concurrent configurations: neither
+      descends from the other in the graph of installed configurations),
+      only as far as merge rule 3 allows: the one that kept the name (still
+      linked) must hold everything; a loser (unlinked, alive for its
+      openers only) must hold, while a live client keeps it open, whatever
+      was acknowledged on or applied by that opener's node incarnation
+      (``loser_keeps``).  A loser nobody holds open may be gone.
 (c) every request of a client whose node is alive was answered (an error
     counts) within ``settle`` seconds after the faults stopped.
 
@@ -93,7 +106,9 @@ the lowest member of a sync round and streams its empty state; 2, a
 partition where the two sides deliver different last writes of the old
 ring (delivery past a gap) and merge with a tie; 3, the writer's node killed
 right after a WR_ALL_REPLICAS write was acknowledged, the write's frame lost
-on the way to the others.
+on the way to the others.  Scenario 4 (merge rule 3, no finding): each side of
+a partition creates a checkpoint of one name and keeps it open; after the
+heal both openers write to and read back their own, the loser unlinked.
 
 Output and replay as in ``ais.totem.sim``: ``python -m ais.servicesim``
 prints one line per run and ``N runs, M violations``; ``--seed N`` replays
@@ -366,6 +381,19 @@ def name_conflicts(names: dict[tuple[int, int, int], bytes],
                 if concurrent(RingId(a[0], a[1]), RingId(b[0], b[1]), desc):
                     out |= {a, b}
     return out
+
+
+def loser_keeps(ack: Ack, applied_by: set[tuple[int, int]],
+                openers: set[tuple[int, int]]) -> bool:
+    """Whether an acknowledgement on a checkpoint that lost its name (merge rule 3)
+    must survive.  The rule keeps the unlinked loser, with its data, for its openers:
+    in every configuration a live opener's node is in, it announces its reference, so
+    the replica that node holds is never deleted.  So what such a replica reflected
+    must stay readable: every acknowledgement made on a live opener's node
+    incarnation, or applied there (``applied_by``).  A replica on a side with no
+    opener may be deleted (unlinked, no references) even while an opener elsewhere
+    keeps an older replica alive, and then what only that side had goes."""
+    return bool(openers & ({(ack.node, ack.inc)} | applied_by))
 
 
 def required_acks(acks: Iterable[tuple[Ack, set[tuple[int, int]]]],
@@ -874,8 +902,11 @@ class ServiceSim(Simulation):
         #: what each member held as it installed a configuration: (ring, node) -> copy
         self.snap: dict[tuple[RingId, int], dict[Any, frozenset[Any]]] = {}
         self.members_of: dict[RingId, tuple[int, ...]] = {}
-        #: checkpoints whose histories conflicted when sides merged
+        #: checkpoints whose histories conflicted when sides merged (and ("name", name)
+        #: keys: names each side had linked to a checkpoint the other never saw)
         self.conflicted: set[Any] = set()
+        #: checkpoints sharing their name with one created on a side they never met
+        self.name_conflicted: set[tuple[int, int, int]] = set()
         self.ck_names: dict[tuple[int, int, int], bytes] = {}
         self.acks: list[Ack] = []
         self.written: dict[bytes, tuple[int, int]] = {}
@@ -1144,7 +1175,7 @@ class ServiceSim(Simulation):
         if bad:
             self.conflicted |= bad
             for k in [k for k in bad if k[0] == "name"]:
-                self.conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
+                self.name_conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
             self.tr(node, f"conflicting histories merged in {ring}: {sorted(map(str, bad))}")
         mine = self.held.setdefault((node.id, node.inc), {})
         for h in hs:
@@ -1328,8 +1359,12 @@ class ServiceSim(Simulation):
         found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
         key, members = found if found is not None else (None, frozenset())
         if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
-            # safe: every member of the configuration it was delivered in holds it
-            holders = set(members)
+            # safe: every member of the configuration it was delivered in holds it --
+            # or, answered at that ring's transitional configuration, every member
+            # of that (module docstring (b))
+            now = {(m, self.nodes[m].inc) for m in self.conf_members[c.node_id]
+                   if m in self.nodes}
+            holders = set(members) & now
         else:
             holders = {(c.node_id, c.inc)}  # the active replica's node
         if key is not None:
@@ -1409,8 +1444,28 @@ class ServiceSim(Simulation):
         digests, views, replicas = self.observe()
         vs = check_convergence(digests, views)
         desc = ring_graph(self.installs.values())
-        conflicted = self.conflicted | name_conflicts(self.ck_names, desc)
-        req = required_acks(((t.ack, t.holders) for t in self.tracks), conflicted)
+        # Of the checkpoints created with one name on sides that never met, the one
+        # that kept the name (linked) must hold everything; the others only what
+        # their live openers' replicas reflect (``loser_keeps``).
+        named = self.name_conflicted | name_conflicts(self.ck_names, desc)
+        openers: dict[tuple[int, int, int], set[tuple[int, int]]] = {}
+        for n in self.up():
+            for c in self.clients[n.id]:
+                if c.alive:
+                    for ck, _, _ in c.handles.values():
+                        openers.setdefault(ck, set()).add((c.node_id, c.inc))
+        linked: set[tuple[int, int, int]] = set()
+        for n in self.up():
+            host = self.hosts[n.id]
+            svc = host.services[cw.CKPT_SERVICE_ID] if host is not None else None
+            if isinstance(svc, CkptService):
+                linked |= set(svc.names.values())
+        req = required_acks(
+            ((t.ack, t.holders) for t in self.tracks
+             if t.ack.ckpt not in named or t.ack.ckpt in linked
+             or loser_keeps(t.ack, self.applied.get(t.key, set()),
+                            openers.get(t.ack.ckpt, set()))),
+            self.conflicted)
         vs += check_acked(req, replicas)
         vs += check_values(replicas, self.written)
         vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
@@ -1507,6 +1562,23 @@ def _write_once(sid_j: int, size: int) -> Callable[[_Client], Generator[Any, Any
     return make
 
 
+def _read_back(sid_j: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    """Read the client's section back through its handle: it must hold its last write."""
+    def make(c: _Client) -> Generator[Any, Any, Any]:
+        sid = b"%d.%d" % (c.uid, sid_j)
+        err, body = yield from op_hcall("read", cw.REQ_READ, c.handle,
+                                        cw.encode_read([(sid, 0, cw.READ_ALL)]), sid=sid)
+        e, _, datas = (cw.decode_read_reply_untrusted(body) if err == SA_OK
+                       else (err, None, []))
+        v = decode_value(datas[0]) if e == SA_OK and datas else None
+        if v is None or v[1] != c.counters.get(sid, 0):
+            c.sim.violations.append(Violation(
+                "lost", f"{c.name}: read of its open checkpoint's section {sid.decode()} "
+                        f"gave {'error ' + str(e) if e != SA_OK else v} after write "
+                        f"#{c.counters.get(sid, 0)}"))
+    return make
+
+
 def _marker(c: _Client, sid_j: int) -> bytes:
     """The first bytes of the next value client ``c`` writes to its section ``sid_j``."""
     sid = b"%d.%d" % (c.uid, sid_j)
@@ -1517,7 +1589,8 @@ SCENARIO_OPTIONS = SvcOptions(nodes=3, messages=0, clients=1, duration=12.0, set
 
 
 def scenario(n: int, full_trace: bool = False) -> SvcResult:
-    """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7 and check it."""
+    """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7, or scenario 4
+    (module docstring), and check it."""
     o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0)
     sim = ServiceSim(n, o)
     sim.sres.scenario = n
@@ -1576,6 +1649,24 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
         sim.at(4.0, lossy)
         d.do(4.0, 1, _write_once(0, 500))
         sim.at(5.0, lambda: sim.crash_now(n1))
+    elif n == 4:
+        # Node 3 cut off before any checkpoint exists; each side creates stable-0 and
+        # writes to it, and both openers keep it open.  At the heal one of the two keeps
+        # the name; the other must stay, unlinked, with its data, for its opener (merge
+        # rule 3), who goes on writing to it and reading it.
+        def split() -> None:
+            sim.group = {n1: 0, n2: 0, n3: 1}
+            sim.tr(None, "PARTITION [n1,n2] | [n3]")
+        sim.at(1.5, split)
+        d.do(2.5, 1, _open_and_fill(0, 1, 300, 2))
+        d.do(2.5, 3, _open_and_fill(0, 1, 300, 2))
+
+        def heal() -> None:
+            sim.f_heal(0)
+        sim.at(5.0, heal)
+        for i in (1, 3):
+            d.do(9.0, i, _write_once(0, 300))
+            d.do(9.5, i, _read_back(0))
     else:
         raise ValueError(f"no scenario {n}")
     return sim.run()
@@ -1590,7 +1681,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Simulate CLM and CKPT on Totem rings under "
                                             "faults and check the replicated state.")
     p.add_argument("--seed", type=int, help="one run, printing its full trace")
-    p.add_argument("--scenario", type=int, choices=(1, 2, 3),
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4),
                    help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
     p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
     p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")

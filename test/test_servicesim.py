@@ -27,8 +27,8 @@ import pytest
 
 from ais.servicesim import (
     Ack, ServiceSim, SvcOptions, check_acked, check_answered, check_convergence,
-    check_trackers, check_values, decode_value, diverging, main, name_conflicts, required_acks, ring_graph,
-    run, scenario, value_of,
+    check_trackers, check_values, decode_value, diverging, loser_keeps, main, name_conflicts,
+    required_acks, ring_graph, run, scenario, value_of,
 )
 from ais.totem.events import RingId
 from saf import _ckpt_wire as cw
@@ -166,6 +166,16 @@ def test_conflicting_histories_and_concurrent_names() -> None:
     assert name_conflicts(ids, desc) == {(8, 1, 1), (8, 2, 1)}
 
 
+def test_a_checkpoint_that_lost_its_name_keeps_what_its_openers_saw() -> None:
+    a = _ack(b"1.1", 2)  # acknowledged on node 0x0A000001, incarnation 0
+    me, other = (0x0A000001, 0), (0x0A000002, 0)
+    assert loser_keeps(a, set(), {me}), "acknowledged on a live opener's node"
+    assert loser_keeps(a, {other}, {other}), "applied on a live opener's node"
+    assert not loser_keeps(a, {me}, set()), "nobody holds it open: it may go"
+    assert not loser_keeps(a, {other}, {(0x0A000003, 0)}), "only another side had it"
+    assert not loser_keeps(a, {me}, {(0x0A000001, 1)}), "the opener is a later incarnation"
+
+
 def test_checker_catches_a_broken_replica_of_a_real_run() -> None:
     sim = ServiceSim(3, SvcOptions(messages=30))
     r = sim.run()
@@ -290,9 +300,45 @@ def test_finding3_acknowledged_write_survives_its_writers_node() -> None:
     assert r.ok, r.report()
 
 
+def test_checkpoints_created_with_one_name_on_both_sides_stay_for_their_openers() -> None:
+    """Merge rule 3: the checkpoint that loses the name stays, unlinked, for its opener,
+    who writes to it and reads it back after the heal; both stay on every node."""
+    r = scenario(4)
+    assert r.ok, r.report()
+
+
+def test_a_name_conflict_loser_that_vanishes_is_caught(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """The checker no longer exempts every checkpoint in a name conflict: with a merge
+    that drops the unlinked loser (what was once seen in the pauses mix), the durability
+    check itself reports it, on every node, not only the opener's read."""
+    from ais.services.ckpt import CkptService
+    install = CkptService._install
+    monkeypatch.setattr(CkptService, "_install", lambda self, merged: install(
+        self, {i: c for i, c in merged.items() if c.linked}))
+    r = scenario(4)
+    gone = [v for v in r.violations if v.invariant == "lost" and "is gone" in v.detail]
+    assert len(gone) == 3, r.report()
+
+
 @pytest.mark.parametrize("mix", ["crashes", "five"])
 def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
+
+
+def test_write_answered_by_a_transitional_configuration_holds_on_its_members_only() -> None:
+    """Seed 172 of the five-node mix: n5 completes a sync round in which its
+    WR_ALL_REPLICAS overwrite was held, the others (cut off) never complete it and
+    drop it; the host answers at the transitional configuration, whose only member is
+    n5, and n5 later crashes.  Safe delivery promised the write to n5 alone (the
+    host's rule), so its loss with n5 is no violation; the checker used to count
+    every member of the ring it was delivered in as a holder."""
+    r = run(172, replace(MIXES["five"], full_trace=True))
+    assert r.ok, r.report()
+    t = r.trace
+    i = next(i for i, ln in enumerate(t) if "n5 TRANS 10.0.0.3/20 members [n5]" in ln)
+    assert "n5.0/c0 <- overwrite #3: OK" in t[i + 1]
+    assert any("n5 CRASH" in ln for ln in t[i:])
 
 
 def test_sweep_split_on_write() -> None:

@@ -20,7 +20,10 @@ When a call returns (safe delivery, ``HostAPI.when_safe``).  Agreed delivery
 on the asking node does not mean the others have the message: a node
 delivers its own frames as it sends them, and if it dies at once they may be
 lost with it.  So every successful call whose promise is about the other
-replicas is answered only once every member of the ring holds its message:
+replicas is answered only once every member of the ring holds its message
+(or, when the ring breaks first, every member of its transitional
+configuration: in a split, the replicas on the asking node's side only, and
+the write goes if all of those die before the heal):
 
 * writes, overwrites, section create/delete and expiration changes to a
   WR_ALL_REPLICAS checkpoint (the call returns when all replicas are

@@ -117,8 +117,8 @@ class TotemConfig:
 
     #: no token for this long: token loss, the ring is re-formed
     token: float = 1000.0
-    #: resend the token when nothing is heard from the successor for this long
-    #: (at most: a busy ring retransmits after a few of its recent rotation times)
+    #: longest wait before the token is resent (and never more than token/20); the
+    #: wait is adaptive: measured rotation time plus four deviations, doubling per resend
     token_retransmit: float = 150.0
     #: floor of the adaptive token retransmit time
     token_retransmit_min: float = 4.0

@@ -33,6 +33,23 @@ Network
     seconds.  Crashes hit random nodes at random times, or (``state_crashes``)
     a node just entering gather, commit or recovery.  With ``crypto`` every packet is sealed by its sender and opened
     by its receiver (``ais/totem/crypto.py``), and ``corrupt`` flips a byte.
+    One faulty link (``fault_link``, else drawn at random) can lose packets in
+    one direction only (``oneway_loss``) and drop those over ``size_limit``
+    bytes, for the whole fault phase.
+
+Load
+    By default each node multicasts ``messages`` at random times.  With
+    ``sync_writers`` the first nodes write synchronously instead: the next
+    message only once the previous one is acknowledged (delivered back to the
+    writer, or with ``sync_ack="all"`` by every node up); ``run_sync`` counts
+    acknowledged writes in simulated time (bench/totem_bench.py --sync).
+
+Extra checks
+    ``progress``: during a link fault, messages of the nodes the link does
+    not lead to must reach each other within that many seconds.
+    ``resume_check``: nodes never paused never install a ring without one
+    another, and install at most one regular configuration from a resume
+    (that leaves no node paused) to the next pause.
 
 Phases
     Faults happen only in the fault phase (``duration`` seconds, extended to
@@ -171,8 +188,9 @@ class SimOptions:
     #: ``all``: every node up delivers it
     sync_ack: str = "self"
     #: progress during the fault phase (0: not checked): a message that a node
-    #: outside the faulty link's destination submits between 2 s and ``progress``
-    #: seconds before the quiet phase must reach every such node within
+    #: outside the faulty link's destination submits between 2 s (and the first
+    #: ring of all nodes) and ``progress`` seconds before the quiet phase must
+    #: reach every such node within
     #: ``progress`` seconds (runs without crashes, pauses or partitions)
     progress: float = 0.0
     #: check what pauses cost the nodes never paused (runs without crashes or
@@ -873,13 +891,16 @@ class Simulation:
                 most = max(most, len(regs) - 1 - first)
         return most
 
+    def _all_joined(self) -> float:
+        """When every node had first installed a ring of all nodes (inf: never)."""
+        return max((next((t for t, x, m in self.confs if x == nid and len(m) == len(self.ids)),
+                         float("inf")) for nid in self.ids), default=0.0)
+
     def check_resumes(self) -> list[Violation]:
         """What pauses cost the nodes that were never paused (``resume_check``)."""
         healthy = set(self.ids) - self.paused_ever
         out = []
-        # from the time every node was first in one ring of all nodes
-        start = max((next((t for t, x, m in self.confs if x == nid and len(m) == len(self.ids)),
-                          float("inf")) for nid in self.ids), default=0.0)
+        start = self._all_joined()
         for t, nid, members in self.confs:
             if t > start and nid in healthy and not healthy <= set(members):
                 out.append(Violation("resume", f"{fmt_node(nid)} installed {self.names(members)} "
@@ -905,11 +926,14 @@ class Simulation:
         """Messages of the nodes the faulty link does not lead to keep reaching each other."""
         bound = self.o.progress
         healthy = [n for n in self.ids if self.link is None or n != self.link[1]]
+        # from 2 s, and once all nodes were in one ring (a node that never was
+        # need not deliver what was sent before it came)
+        start = max(2.0, self._all_joined())
         late = []
         for key, t in self.sub_time.items():
             if not (isinstance(key, MsgKey) and key.node in healthy):
                 continue
-            if not 2.0 <= t <= self.quiet_at - bound:
+            if not start <= t <= self.quiet_at - bound:
                 continue
             for n in healthy:
                 got = self.dlv_time.get((n, key))

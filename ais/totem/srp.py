@@ -49,6 +49,31 @@ configuration.  The old ring's store is frozen from the start of recovery so
 that every member's union is the same.
 
 A ring of one passes no token: its frames are delivered at once.
+
+Token retransmission.  A holder that passed the token on resends it when
+nothing from the ring shows that it arrived: after the retransmit timeout
+(RTO) = smoothed rotation time + 4 times its mean deviation, measured on
+rotations that did not wait for a resend (a sample over twice the recent
+minimum is left out, and so is one in which we resent: Karn), bounded by
+``token_retransmit_min`` and ``token_retransmit`` (never more than token/20,
+so that some twenty resends fit in a token timeout), doubling after each
+resend.  An idle token may rest at the representative on its way back, so
+other holders first wait that rest on top; when the representative, whose
+rotations never include a rest, resends an idle token, every holder it
+already passed relays its own copy at once, and a WAKE shortens the wait.
+A token released by a WAKE is not marked idle.
+
+Fail to receive.  A member whose aru holds the token's aru down without
+moving for ``fail_recv_const`` visits while the token's seq is higher does
+not get what others hold (e.g. its frames over some size are dropped): it
+logs a warning, gathers alone and ignores the others for
+``fail_recv_backoff`` ms (doubled on repeats); they form a ring without it
+after their consensus timeout, and merge detection brings it back later.
+
+Stalls.  A node whose timers are overdue by more than the token
+timeout was not running (SIGSTOP, a VM pause): what it has queued is
+stale.  It drops input for ``join`` ms and gathers afresh from itself, so
+joins that name it failed never make it fail the others in turn.
 """
 from __future__ import annotations
 
@@ -445,7 +470,7 @@ class Srp:
         and joins of rings the others have long left, joins whose fail sets
         name it.  Acting on them makes it fail the others in turn and hand
         its fail set to nodes that never stopped, splitting them.  So a timer
-        overdue by more than half the token timeout means we were stopped:
+        overdue by more than the token timeout means we were stopped:
         we leave our ring, gather afresh, and drop whatever arrives for the
         next ``join`` ms (the backlog); the others hear our join and we all
         form one ring.
@@ -457,7 +482,7 @@ class Srp:
         if not timers:
             return False
         late = now - min(timers.values())
-        if late <= self.cfg.token / 2000.0:
+        if late <= self.cfg.token / 1000.0:
             return False
         self.stats["stalls"] += 1
         self.stats["stale_dropped"] += 1
