@@ -1290,14 +1290,16 @@ class CkptService(Service):
         chunk = r.rest()
         ck = self._incoming.get(msg.sender, {}).get(ckpt_id)
         if ck is None:
-            self.log.error("sync section for unknown checkpoint from %s", fmt_node(msg.sender))
+            self._limit_log.log(self.log, logging.ERROR,
+                                "sync section for unknown checkpoint from %s", fmt_node(msg.sender))
             return
         sec = ck.sections.get(sid)
         if off == 0:
             sec = ck.sections[sid] = Section(bytearray(), exp, last)
             self._remaining[(msg.sender, ckpt_id, sid)] = remaining
         if sec is None or off != len(sec.data):
-            self.log.error("sync section chunk out of order from %s", fmt_node(msg.sender))
+            self._limit_log.log(self.log, logging.ERROR,
+                                "sync section chunk out of order from %s", fmt_node(msg.sender))
             return
         sec.data += chunk
         ck.used += len(chunk)

@@ -48,9 +48,11 @@ Library requests (``saf._wire`` CLM section):
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
     SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
@@ -129,6 +131,8 @@ class ClmService(Service):
     def exec_init(self, host: HostAPI) -> None:
         super().exec_init(host)
         self.log = host.logger("CLM")
+        #: lines a peer can trigger (bad records) are rate-limited
+        self._bad_log = RateLimiter(burst=5, interval=10.0, clock=host.now)
         boot = read_boot_timestamp() if self._boot is None else self._boot
         self.local = record_for(host.node_id, self.cluster_name, boot)
         self.records[host.node_id] = self.local
@@ -168,12 +172,14 @@ class ClmService(Service):
         try:
             rec = w.decode_cluster_node_untrusted(msg.payload)
         except IpcProtocolError as exc:
-            self.log.error("bad node record from %s: %s", fmt_node(msg.sender), exc)
+            self._bad_log.log(self.log, logging.ERROR, "bad node record from %s: %s",
+                              fmt_node(msg.sender), exc)
             return
         expected = node_id_from_totem(msg.sender)
         if rec.node_id != expected:
-            self.log.warning("node record from %s names node %x; using the sender",
-                             fmt_node(msg.sender), rec.node_id)
+            self._bad_log.log(self.log, logging.WARNING,
+                              "node record from %s names node %x; using the sender",
+                              fmt_node(msg.sender), rec.node_id)
             rec = replace(rec, node_id=expected)
         self.log.debug("got nodejoin message %s", rec.node_name.decode(errors="replace"))
         self.records[msg.sender] = replace(rec, member=True)
