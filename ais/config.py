@@ -18,7 +18,7 @@ openais.conf (``section { key: value }``, ``#`` comments)::
     logging  { logoutput* logfile debug timestamp }
     totem    { token token_retransmit join consensus merge_detect token_hold
                window_size max_messages frame_size netmtu fail_recv_const
-               fail_recv_backoff }
+               fail_recv_backoff max_members }
     aisexec  { socket authkey groups group statedir clustername }
     limits   { max_connections max_queued_callbacks max_queued_bytes
                max_buffered_bytes frame_timeout max_checkpoints
@@ -471,6 +471,8 @@ class TotemSettings:
     fail_recv_const: int = _TOTEM_DEFAULTS.fail_recv_const
     #: how long a member that failed to receive stays apart before merging again
     fail_recv_backoff: float = _TOTEM_DEFAULTS.fail_recv_backoff
+    #: most processors a ring may have; packets naming more are refused
+    max_members: int = _TOTEM_DEFAULTS.max_members
 
     def resolved_frame_size(self, interface_mtu: int | None = None) -> int:
         """The frame size: ``frame_size`` if given, else the largest frame whose
@@ -493,6 +495,7 @@ class TotemSettings:
             max_messages=self.max_messages,
             frame_size=self.resolved_frame_size(interface_mtu),
             fail_recv_const=self.fail_recv_const, fail_recv_backoff=self.fail_recv_backoff,
+            max_members=self.max_members,
         )
 
 
@@ -604,6 +607,7 @@ _TOTEM_KEYS = {
     "netmtu": _Key(_positive_int),
     "fail_recv_const": _Key(_positive_int),
     "fail_recv_backoff": _Key(_millis),
+    "max_members": _Key(_positive_int),
 }
 _AISEXEC_KEYS = {
     "socket": _Key(str),

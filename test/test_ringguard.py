@@ -513,3 +513,12 @@ def test_join_sets_must_be_what_the_encoder_writes() -> None:
     with pytest.raises(wire.BadPacket):
         wire.decode_untrusted(raw(sorted(range(1, 301)), []))
     assert len(wire.decode_untrusted(raw(sorted(range(1, 257)), [])).proc) == 256
+
+
+def test_max_members_comes_from_openais_conf() -> None:
+    from ais.config import parse_openais_conf
+    text = ("network {\n bindnetaddr: 127.0.0.1\n mcastaddr: 226.94.1.1\n mcastport: 5405\n}\n"
+            "totem {\n max_members: 200\n}\n")
+    assert parse_openais_conf(text).to_totem_config().max_members == 200
+    assert parse_openais_conf(text.replace(" max_members: 200\n", "")).to_totem_config() \
+        .max_members == 64
