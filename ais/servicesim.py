@@ -137,6 +137,7 @@ from ais.totem.events import (
 )
 from ais.totem.invariants import History, Violation
 from ais.totem.sim import _FAULT, _PKT, _TIMER, _APP, _CHECK, RunResult, SimOptions, Simulation
+from ais.totem.sim import options_to_args
 from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record and trace logger
 from saf import _ckpt_wire as cw
 from saf import _wire as w
@@ -247,23 +248,7 @@ class SvcOptions(SimOptions):
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
-        out: list[str] = []
-        default = SvcOptions()
-        for f in fields(self):
-            name = f.name
-            if name in _NOT_CLI:
-                continue
-            val = getattr(self, name)
-            if val == getattr(default, name):
-                continue
-            flag = "--" + name.replace("_", "-")
-            if isinstance(val, bool):
-                out.append(flag if val else "--no-" + flag[2:])
-            elif isinstance(val, tuple):
-                out += [flag, ",".join(repr(v) for v in val)]
-            else:
-                out += [flag, repr(val) if isinstance(val, float) else str(val)]
-        return out
+        return options_to_args(self, SvcOptions(), _NOT_CLI)
 
 
 _NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered",
@@ -1724,6 +1709,15 @@ def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:
     return r
 
 
+def _print_one(r: SvcResult) -> int:
+    """A single run's line, its report if it failed, and the total line."""
+    print(r.line())
+    if r.violations:
+        print(r.report())
+    print(f"1 runs, {int(bool(r.violations))} violations")
+    return 1 if r.violations else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m ais.servicesim``; returns the exit status."""
     a = _parser().parse_args(argv)
@@ -1732,22 +1726,14 @@ def main(argv: list[str] | None = None) -> int:
         if a.trace:
             for ln in r.trace:
                 print(ln)
-        print(r.line())
-        if r.violations:
-            print(r.report())
-        print(f"1 runs, {int(bool(r.violations))} violations")
-        return 1 if r.violations else 0
+        return _print_one(r)
     o = options_from_args(a)
     if a.seed is not None:
         o.full_trace = True
         r = run(a.seed, o)
         for ln in r.trace:
             print(ln)
-        print(r.line())
-        if r.violations:
-            print(r.report())
-        print(f"1 runs, {int(bool(r.violations))} violations")
-        return 1 if r.violations else 0
+        return _print_one(r)
     jobs = [(s, o) for s in range(a.start, a.start + a.seeds)]
     if a.jobs > 1 and len(jobs) > 1:
         import multiprocessing

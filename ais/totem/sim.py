@@ -200,27 +200,31 @@ class SimOptions:
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
-        out: list[str] = []
-        default = SimOptions()
-        for f in fields(self):
-            name = f.name
-            if name in _NOT_CLI:
-                continue
-            val = getattr(self, name)
-            if val == getattr(default, name):
-                continue
-            flag = "--" + name.replace("_", "-")
-            if isinstance(val, bool):
-                out.append(flag if val else "--no-" + flag[2:])
-            elif isinstance(val, tuple):
-                out += [flag, ",".join(repr(v) for v in val)]
-            else:
-                out += [flag, repr(val) if isinstance(val, float) else str(val)]
-        return out
+        return options_to_args(self, SimOptions(), _NOT_CLI)
 
 
 _NOT_CLI = {"config", "max_steps", "check", "full_trace", "trace_tail", "stop_when_delivered",
             "sync_writers", "sync_ack"}
+
+
+def options_to_args(opts: Any, default: Any, not_cli: set[str]) -> list[str]:
+    """Flags that reproduce the dataclass ``opts`` where it differs from ``default``."""
+    out: list[str] = []
+    for f in fields(opts):
+        name = f.name
+        if name in not_cli:
+            continue
+        val = getattr(opts, name)
+        if val == getattr(default, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(val, bool):
+            out.append(flag if val else "--no-" + flag[2:])
+        elif isinstance(val, tuple):
+            out += [flag, ",".join(repr(v) for v in val)]
+        else:
+            out += [flag, repr(val) if isinstance(val, float) else str(val)]
+    return out
 
 
 @dataclass
