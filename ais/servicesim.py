@@ -125,7 +125,7 @@ import sys
 import traceback
 import zlib
 from collections import deque
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Iterable
 
 from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
