@@ -3,6 +3,7 @@
 Clients are the real ``saf`` library, called from the test thread, from other
 threads, or from subprocesses (also with another uid/gid, to see refusals).
 """
+import atexit
 import grp
 import os
 import shutil
@@ -78,14 +79,37 @@ needs_other_user = pytest.mark.skipif(OTHER_PYTHON is None,
                                       reason="needs root and a Python another uid can run")
 
 
+_READABLE_SAF: list[str] = []
+
+
+def _saf_for_others() -> str:
+    """A copy of the client library another uid can read: the checkout may lie in a
+    private directory (a clone under ``mktemp -d`` is mode 0700)."""
+    if not _READABLE_SAF:
+        d = tempfile.mkdtemp(prefix="ais-saf-")
+        os.chmod(d, 0o755)
+        shutil.copytree(os.path.join(ROOT, "saf"), os.path.join(d, "saf"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, dirnames, filenames in os.walk(d):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        atexit.register(shutil.rmtree, d, True)
+        _READABLE_SAF.append(d)
+    return _READABLE_SAF[0]
+
+
 def run_client(path, *, user=None, group=None, extra_groups=None):
     env = dict(os.environ, AIS_SOCKET=path, PYTHONDONTWRITEBYTECODE="1")
     kw = {}
     exe = sys.executable
+    lib = ROOT
     if user is not None:
         kw = dict(user=user, group=group, extra_groups=extra_groups or [])
         exe = OTHER_PYTHON
-    out = subprocess.run([exe, "-c", CLIENT, ROOT], env=env, capture_output=True,
+        lib = _saf_for_others()
+    out = subprocess.run([exe, "-c", CLIENT, lib], env=env, capture_output=True,
                          text=True, timeout=20, cwd="/", **kw)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
