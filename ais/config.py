@@ -32,7 +32,8 @@ groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
 
     file       := group*
     group      := "group" "{" ( name | model | active-units | backup-units
-                                | unit | protection )* "}"
+                                | healthcheck-period | healthcheck-timeout
+                                | response-timeout | quorum | unit | protection )* "}"
     unit       := "unit" "{" ( name | component )* "}"
     component  := "component" "{" ( name | model )* "}"
     protection := "protection" "{" ( name | member* )* "}"
@@ -1082,6 +1083,14 @@ class ServiceGroup:
     protections: tuple[ProtectionGroup, ...]
     #: line of its ``group {``
     line: int = field(default=0, compare=False)
+    #: ms between two healthchecks of a component (``healthcheck-period``)
+    healthcheck_period: float = 100.0
+    #: ms a component has to answer a healthcheck (``healthcheck-timeout``)
+    healthcheck_timeout: float = 100.0
+    #: ms a component has to answer a readiness or CSI callback (``response-timeout``)
+    response_timeout: float = 5000.0
+    #: fewest ring members with which the group makes units active (``quorum``; 0: any)
+    quorum: int = 0
 
 
 @dataclass(frozen=True)
@@ -1115,7 +1124,9 @@ class AmfModel:
 
 
 _GROUP_KEYS = {"name": _Key(_amf_name), "model": _Key(_group_model),
-               "active-units": _Key(_int), "backup-units": _Key(_int)}
+               "active-units": _Key(_int), "backup-units": _Key(_int),
+               "healthcheck-period": _Key(_millis), "healthcheck-timeout": _Key(_millis),
+               "response-timeout": _Key(_millis), "quorum": _Key(_int)}
 _UNIT_KEYS = {"name": _Key(_amf_name)}
 _COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model)}
 _PROTECTION_KEYS = {"name": _Key(_amf_name), "member": _Key(_amf_name, repeated=True)}
@@ -1212,6 +1223,9 @@ class _ModelBuilder:
             name=name, model=v.get("model", GroupModel.TWO_N),
             active_units=v.get("active-units", 0), backup_units=v.get("backup-units", 0),
             units=tuple(final_units), protections=tuple(protections), line=block.line,
+            healthcheck_period=v.get("healthcheck-period", 100.0),
+            healthcheck_timeout=v.get("healthcheck-timeout", 100.0),
+            response_timeout=v.get("response-timeout", 5000.0), quorum=v.get("quorum", 0),
         )
 
     def unit(self, block: _Block) -> tuple[ServiceUnit, list[tuple[str, _Block]]]:

@@ -1,0 +1,1150 @@
+"""AMF, the availability management framework (executive side).
+
+Theory of operation
+-------------------
+Implements spec/amf.md (SAF AIS A.01.01 AMF) with the fixes its quirks call
+for and the node/partition handling of its section 8.2.
+
+Model.  The service groups, units, components and protection groups come
+from ``groups.conf`` (``ais.config.AmfModel``), read once at start-up; every
+node must load the same file.  Everything is iterated in file order.
+
+Replicated state (identical on every member after each sync round and after
+each delivered message), per component: registered, host node and the
+host's connection id, an incarnation number (grows with every
+registration, so an answer meant for an earlier registration is recognised),
+the error (probable cause; 0 healthy, 30 NOT_RESPONDING: it cannot be
+talked to), the *current* readiness and HA state (confirmed) and the
+*wanted* ones (the last request).  Per unit: a phase and a role:
+
+====================  ====================================================
+phase                 meaning
+====================  ====================================================
+IDLE                  disabled: waits until every component is registered
+                      and none has an error
+ENABLING              IN_SERVICE requested of every component
+ASSIGNING             the role (ACTIVE or STANDBY) requested of every one
+ASSIGNED              every component confirmed the role
+QUIESCING             a component failed: QUIESCED requested of the others
+STOPPING              OUT_OF_SERVICE requested of the others
+====================  ====================================================
+
+The role (NONE, ACTIVE, STANDBY) is decided in the exec handlers from
+replicated state only, so every node counts the same active units (this
+fixes the 2004 count of 5.4.1, which used unconfirmed local states).  A
+unit keeps role ACTIVE while it quiesces: its standby is promoted only once
+no component of the failed unit can still be active (every component that
+can be talked to confirmed QUIESCED; the others are forced).
+
+Decisions.  Every state change happens in an exec handler (a delivered ring
+message) or at the end of a sync round, on every node at the same point of
+the agreed order.  Only the node hosting a component talks to it: after a
+handler has changed a component's wanted state, the host sends the
+readiness-set or CSI-set callback with a fresh invocation bound to
+(component, incarnation, kind, state) -- so a late answer confirms only what
+it answered (fixes quirk Q3).  An SA_OK answer makes the host multicast
+``MSG_CONFIRM``; its delivery sets the current state everywhere and the
+unit moves on.
+
+Detection, on the host only, then multicast as a fact (``MSG_FAULT`` or
+``MSG_UNREGISTER``): a healthcheck not answered within
+``healthcheck-timeout`` (one is sent every ``healthcheck-period`` to every
+component holding an ACTIVE or STANDBY assignment), a readiness/CSI callback
+not answered within ``response-timeout`` or answered with an error (cause
+SOFTWARE_ERROR: the component is still talked to), a closed connection
+(exit, crash, Ctrl-C, finalize).  Any process may report an error
+(``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
+100 ms, 100 ms, 5000 ms (``ais.config.ServiceGroup``).
+
+Failure of a component: if it cannot be talked to (unregistered or
+NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once;
+its unit, if enabled, goes QUIESCING -> STOPPING -> IDLE, and comes back by
+itself once every component is registered and healthy again (error cancel,
+re-registration).  A repaired unit becomes STANDBY while the group has its
+active units (no failback).
+
+Assignment: a unit that finished ENABLING becomes ACTIVE while the group
+has fewer than ``active-units`` units with role ACTIVE, else STANDBY.
+Promotion: whenever a group has fewer actives than ``active-units``, the
+first STANDBY unit in file order becomes ACTIVE.  ``backup-units`` is
+informative (every other unit in service is a standby).
+
+Nodes.  At the end of every sync round (``sync_done``), on every member:
+components hosted on nodes that are not members are unregistered (failed
+without waiting for anyone) and standbys are promoted.  A joining node gets
+the whole state in the round: when members hold different states
+(``SyncInfo.transfer``) the lowest member of each state group streams every
+unit record (``MSG_SYNC_UNIT``) and every member merges the streams the same
+way:
+
+* a component's record comes from the state group holding its host (its
+  host is the authority on it); a component whose host is fresh or absent
+  is unregistered;
+* a unit whose records came from one state group keeps that group's phase
+  and role; a unit assembled from several is failed (quiesced, then
+  re-enabled as usual);
+* **heal rule**: a group never keeps more ACTIVE units than
+  ``active-units``: the actives of the state group with the lowest node id
+  are kept, then the next group's, in file order; the others are demoted to
+  STANDBY (a CSI-set STANDBY callback).
+
+Split brain: each side of a partition keeps running AMF on its own and
+promotes standbys of the units it lost, so both sides may have an active
+unit until they merge (then the heal rule keeps one).  ``quorum=N`` on a
+group stops that: the group makes units active only while the ring has at
+least N members; a side with fewer demotes its active units to STANDBY and
+promotes nothing.  Set it to a majority of the nodes (e.g. 2 of 3).
+
+Protection-group tracking: trackers on every node are told of every change
+of a member's current readiness or HA state (CHANGES: every member, the
+changed one as STATE_CHANGE; CHANGES_ONLY: the changed one).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from ais.config import AmfModel, AmfComponent, ServiceGroup, ServiceUnit
+from ais.log import RateLimiter
+from ais.services.base import (
+    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
+    TimerHandle, exec_handler, lib_handler, register_service,
+)
+from ais.totem.events import fmt_node
+from saf import _amf_wire as aw
+from saf.errors import (
+    SA_OK, BadFlags, BadOperation, Exist, InvalidParam, IpcProtocolError, NotExist, TryAgain,
+)
+from saf.types import SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT
+
+# --- ring messages --------------------------------------------------------------------------
+
+MSG_REGISTER = 1
+MSG_UNREGISTER = 2
+MSG_ERROR_REPORT = 3
+MSG_ERROR_CANCEL = 4
+MSG_CONFIRM = 5
+MSG_FAULT = 6
+MSG_SYNC_UNIT = 7
+
+# REGISTER: | conn_id u32 | NAME comp | NAME proxy (empty: none) |
+REGISTER = struct.Struct("!I")
+# UNREGISTER: | conn_id u32 | incarnation u32 (0: any) | closed u8 | NAME comp | NAME proxy |
+UNREGISTER = struct.Struct("!IIB")
+# ERROR_REPORT: the library's ERROR_REPORT body as is.  ERROR_CANCEL: NAME comp.
+# CONFIRM: | incarnation u32 | kind u8 (1 readiness, 2 HA) | state u8 | NAME comp |
+CONFIRM = struct.Struct("!IBB")
+# FAULT: | incarnation u32 | probable cause u32 | NAME comp |
+FAULT = struct.Struct("!II")
+# SYNC_UNIT: | phase u8 | role u8 | count u16 | NAME unit |, then per component (file order)
+#  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
+#  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+SYNC_UNIT = struct.Struct("!BBH")
+SYNC_COMP = struct.Struct("!BBBBB3xIIII")
+
+KIND_READINESS = 1
+KIND_HA = 2
+KIND_HEALTHCHECK = 3
+
+OOS = aw.SA_AMF_OUT_OF_SERVICE
+IN_SERVICE = aw.SA_AMF_IN_SERVICE
+ACTIVE = aw.SA_AMF_ACTIVE
+STANDBY = aw.SA_AMF_STANDBY
+QUIESCED = aw.SA_AMF_QUIESCED
+NOT_RESPONDING = aw.SA_AMF_NOT_RESPONDING
+
+_VALID_TRACK_BITS = SA_TRACK_CURRENT | SA_TRACK_CHANGES | SA_TRACK_CHANGES_ONLY
+
+
+class Phase(enum.IntEnum):
+    IDLE = 0
+    ENABLING = 1
+    ASSIGNING = 2
+    ASSIGNED = 3
+    QUIESCING = 4
+    STOPPING = 5
+
+
+class Role(enum.IntEnum):
+    NONE = 0
+    ACTIVE = 1
+    STANDBY = 2
+
+
+_ENABLED = (Phase.ENABLING, Phase.ASSIGNING, Phase.ASSIGNED)
+
+
+# --- replicated state ---------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Comp:
+    spec: AmfComponent
+    unit: "Unit"
+    registered: bool = False
+    host: int = 0
+    conn_id: int = 0
+    incarnation: int = 0
+    error: int = 0
+    readiness: int = OOS
+    ha: int = QUIESCED
+    want_readiness: int = OOS
+    want_ha: int = QUIESCED
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def talkable(self) -> bool:
+        """The host can still send it callbacks."""
+        return self.registered and self.error != NOT_RESPONDING
+
+    def key(self) -> tuple:
+        return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
+                self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
+                int(self.want_ha))
+
+
+@dataclass(eq=False)
+class Unit:
+    spec: ServiceUnit
+    group: "Group"
+    comps: list[Comp] = field(default_factory=list)
+    phase: Phase = Phase.IDLE
+    role: Role = Role.NONE
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(eq=False)
+class Group:
+    spec: ServiceGroup
+    units: list[Unit] = field(default_factory=list)
+
+    def active_count(self) -> int:
+        return sum(1 for u in self.units if u.role == Role.ACTIVE)
+
+
+# --- host-local bookkeeping ---------------------------------------------------------------
+
+@dataclass
+class _Invocation:
+    comp: str
+    incarnation: int
+    kind: int
+    state: int
+    timer: TimerHandle | None = None
+
+
+@dataclass
+class _Healthcheck:
+    incarnation: int
+    timer: TimerHandle | None = None
+    deadline: TimerHandle | None = None
+    invocation: int = 0
+
+
+@dataclass(frozen=True)
+class _CompRecord:
+    name: str
+    registered: bool
+    readiness: int
+    ha: int
+    want_readiness: int
+    want_ha: int
+    host: int
+    conn_id: int
+    incarnation: int
+    error: int
+
+
+@dataclass(frozen=True)
+class _UnitRecord:
+    name: str
+    phase: int
+    role: int
+    comps: tuple[_CompRecord, ...]
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def encode_unit_record(rec: _UnitRecord) -> bytes:
+    parts = [SYNC_UNIT.pack(rec.phase, rec.role, len(rec.comps)), aw.encode_name(rec.name.encode())]
+    for c in rec.comps:
+        parts.append(aw.encode_name(c.name.encode()))
+        parts.append(SYNC_COMP.pack(int(c.registered), c.readiness, c.ha, c.want_readiness,
+                                    c.want_ha, c.host, c.conn_id, c.incarnation, c.error))
+    return b"".join(parts)
+
+
+def decode_unit_record_untrusted(data: bytes) -> _UnitRecord:
+    if len(data) < SYNC_UNIT.size:
+        raise IpcProtocolError("unit record: truncated")
+    phase, role, count = SYNC_UNIT.unpack_from(data)
+    off = SYNC_UNIT.size
+
+    def name() -> str:
+        nonlocal off
+        if len(data) - off < 2:
+            raise IpcProtocolError("unit record: truncated name")
+        (n,) = struct.unpack_from("!H", data, off)
+        if n > 256 or len(data) - off - 2 < n:
+            raise IpcProtocolError("unit record: bad name")
+        out = _name(data[off + 2:off + 2 + n])
+        off += 2 + n
+        return out
+
+    unit = name()
+    comps = []
+    for _ in range(count):
+        cname = name()
+        if len(data) - off < SYNC_COMP.size:
+            raise IpcProtocolError("unit record: truncated component")
+        reg, r, h, wr, wh, host, conn, inc, err = SYNC_COMP.unpack_from(data, off)
+        off += SYNC_COMP.size
+        comps.append(_CompRecord(cname, bool(reg), r, h, wr, wh, host, conn, inc, err))
+    if off != len(data):
+        raise IpcProtocolError("unit record: extra bytes")
+    return _UnitRecord(unit, phase, role, tuple(comps))
+
+
+# --- the service --------------------------------------------------------------------------
+
+@register_service
+class AmfService(Service):
+    """Availability management.  Option: ``model`` (else the host's, else empty)."""
+
+    name = "amf"
+    service_id = aw.AMF_SERVICE_ID
+
+    #: seconds between retries of a message the ring refused
+    RETRY_DELAY = 0.01
+
+    def __init__(self, model: AmfModel | None = None) -> None:
+        self._model_option = model
+        self.groups: list[Group] = []
+        self.comps: dict[str, Comp] = {}
+        self.units: dict[str, Unit] = {}
+        self.protections: dict[str, tuple[str, ...]] = {}
+        #: members of the configuration of the last completed sync round
+        self.members: tuple[int, ...] = ()
+        # host-local
+        self.conns: dict[int, LibConn] = {}
+        self.trackers: dict[int, dict[str, int]] = {}
+        self.invocations: dict[int, _Invocation] = {}
+        self._next_invocation = 1
+        self.healthchecks: dict[str, _Healthcheck] = {}
+        #: (component, incarnation) this node reported failed: no more callbacks to it
+        self._faulted: set[tuple[str, int]] = set()
+        self._out: list[tuple[int, bytes]] = []
+        self._out_armed = False
+        self._round: SyncInfo | None = None
+        self._streams: dict[int, dict[str, _UnitRecord]] = {}
+        self._sync_cursor = 0
+        self._changed: list[Comp] = []
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def exec_init(self, host: HostAPI) -> None:
+        super().exec_init(host)
+        self.log = host.logger("AMF")
+        self._bad_log = RateLimiter(burst=5, interval=10.0, clock=host.now)
+        model = self._model_option
+        if model is None:
+            model = getattr(host, "model", None)
+        self.model: AmfModel = model if model is not None else AmfModel(())
+        for g in self.model.groups:
+            group = Group(g)
+            for u in g.units:
+                unit = Unit(u, group)
+                for c in u.components:
+                    comp = Comp(c, unit)
+                    unit.comps.append(comp)
+                    self.comps[c.name] = comp
+                group.units.append(unit)
+                self.units[u.name] = unit
+            for p in g.protections:
+                self.protections[p.name] = p.members
+            self.groups.append(group)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def _send_own(self, msg_id: int, payload: bytes) -> None:
+        """Multicast a fact this node found (no client waits); retried while the ring is full."""
+        self._out.append((msg_id, payload))
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        self._out_armed = False
+        while self._out:
+            msg_id, payload = self._out[0]
+            try:
+                self.host.mcast(self, msg_id, payload)
+            except TryAgain:
+                if not self._out_armed:
+                    self._out_armed = True
+                    self.host.call_later(self.RETRY_DELAY, self._flush_out)
+                return
+            self._out.pop(0)
+
+    def _new_invocation(self, inv: _Invocation) -> int:
+        n = self._next_invocation
+        self._next_invocation = n + 1 if n < 2**63 else 1
+        self.invocations[n] = inv
+        return n
+
+    def _drop_invocations(self, comp: str) -> None:
+        for n in [n for n, i in self.invocations.items() if i.comp == comp]:
+            inv = self.invocations.pop(n)
+            if inv.timer is not None:
+                inv.timer.cancel()
+
+    # --- talking to components (host only) ------------------------------------------------
+
+    def _conn_of(self, c: Comp) -> LibConn | None:
+        if c.host != self.host.node_id or not c.talkable \
+                or (c.name, c.incarnation) in self._faulted:
+            return None
+        conn = self.conns.get(c.conn_id)
+        return None if conn is None or conn.closed else conn
+
+    def _outstanding(self, c: Comp, kind: int, state: int) -> bool:
+        return any(i.comp == c.name and i.incarnation == c.incarnation and i.kind == kind
+                   and i.state == state for i in self.invocations.values())
+
+    def _talk(self, c: Comp, kind: int) -> None:
+        """Send ``c`` the callback for its wanted state of ``kind`` (if hosted here)."""
+        conn = self._conn_of(c)
+        if conn is None:
+            return
+        state = c.want_readiness if kind == KIND_READINESS else c.want_ha
+        for n in [n for n, i in self.invocations.items()
+                  if i.comp == c.name and i.kind == kind]:
+            old = self.invocations.pop(n)  # superseded: its answer no longer counts
+            if old.timer is not None:
+                old.timer.cancel()
+        inv = _Invocation(c.name, c.incarnation, kind, state)
+        n = self._new_invocation(inv)
+        name = c.name.encode()
+        if kind == KIND_READINESS:
+            conn.send_callback(aw.AMF_CB_READINESS_SET, aw.encode_readiness_set_cb(
+                aw.ReadinessSetCb(n, name, state)))
+        else:
+            conn.send_callback(aw.AMF_CB_CSI_SET, aw.encode_csi_set_cb(aw.CsiSetCb(
+                n, name, c.spec.protection.encode(), aw.SA_AMF_CSI_ALL_INSTANCES, state,
+                self._active_name(c, state), aw.SA_AMF_CSI_NEW_ASSIGN)))
+        timeout = c.unit.group.spec.response_timeout / 1000.0
+        inv.timer = self.host.call_later(timeout, lambda: self._response_timed_out(n))
+
+    def _active_name(self, c: Comp, state: int) -> bytes:
+        if state != STANDBY:
+            return c.name.encode()
+        for other in self.protections.get(c.spec.protection, ()):
+            oc = self.comps.get(other)
+            if oc is not None and oc.unit.role == Role.ACTIVE:
+                return other.encode()
+        return b""
+
+    def _response_timed_out(self, n: int) -> None:
+        inv = self.invocations.pop(n, None)
+        if inv is None:
+            return
+        self.log.warning("component %s did not answer a callback in time", inv.comp)
+        self._report_fault(inv.comp, inv.incarnation, NOT_RESPONDING)
+
+    def _report_fault(self, comp: str, incarnation: int, cause: int) -> None:
+        if cause == NOT_RESPONDING:
+            self._faulted.add((comp, incarnation))
+            self._stop_healthcheck(comp)
+        self._send_own(MSG_FAULT, FAULT.pack(incarnation, cause) + aw.encode_name(comp.encode()))
+
+    # --- healthchecks (host only) -----------------------------------------------------------
+
+    def _wants_healthcheck(self, c: Comp) -> bool:
+        return (self._conn_of(c) is not None and c.error == 0
+                and c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY)
+                and c.unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED))
+
+    def _refresh_healthchecks(self) -> None:
+        me = self.host.node_id
+        for c in self.comps.values():
+            hc = self.healthchecks.get(c.name)
+            want = c.host == me and self._wants_healthcheck(c)
+            if hc is not None and (not want or hc.incarnation != c.incarnation):
+                self._stop_healthcheck(c.name)
+                hc = None
+            if want and hc is None:
+                hc = _Healthcheck(c.incarnation)
+                self.healthchecks[c.name] = hc
+                period = c.unit.group.spec.healthcheck_period / 1000.0
+                hc.timer = self.host.call_later(period, lambda n=c.name: self._hc_tick(n))
+
+    def _stop_healthcheck(self, name: str) -> None:
+        hc = self.healthchecks.pop(name, None)
+        if hc is None:
+            return
+        for t in (hc.timer, hc.deadline):
+            if t is not None:
+                t.cancel()
+        self.invocations.pop(hc.invocation, None)
+
+    def _hc_tick(self, name: str) -> None:
+        hc = self.healthchecks.get(name)
+        c = self.comps[name]
+        if hc is None:
+            return
+        conn = self._conn_of(c)
+        if conn is None or c.incarnation != hc.incarnation:
+            self._stop_healthcheck(name)
+            return
+        spec = c.unit.group.spec
+        if hc.deadline is None:
+            n = self._new_invocation(_Invocation(name, hc.incarnation, KIND_HEALTHCHECK, 0))
+            hc.invocation = n
+            conn.send_callback(aw.AMF_CB_HEALTHCHECK, aw.encode_healthcheck_cb(
+                aw.HealthcheckCb(n, name.encode(), aw.SA_AMF_HEARTBEAT)))
+            hc.deadline = self.host.call_later(spec.healthcheck_timeout / 1000.0,
+                                               lambda: self._hc_missed(name, n))
+        hc.timer = self.host.call_later(spec.healthcheck_period / 1000.0,
+                                        lambda: self._hc_tick(name))
+
+    def _hc_missed(self, name: str, n: int) -> None:
+        hc = self.healthchecks.get(name)
+        if hc is None or hc.invocation != n:
+            return
+        self.log.warning("component %s missed a healthcheck", name)
+        self._report_fault(name, hc.incarnation, NOT_RESPONDING)
+
+    # --- the replicated state machine --------------------------------------------------------
+
+    def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None) -> None:
+        before = (c.readiness, c.ha)
+        if readiness is not None:
+            c.readiness = readiness
+        if ha is not None:
+            c.ha = ha
+        if (c.readiness, c.ha) != before:
+            self._changed.append(c)
+
+    def _request(self, c: Comp, kind: int, state: int) -> None:
+        """Want ``state`` of ``c``; its host sends the callback (nothing if already wanted)."""
+        if not c.talkable:
+            return
+        if kind == KIND_READINESS:
+            if c.want_readiness == state:
+                return
+            c.want_readiness = state
+        else:
+            if c.want_ha == state:
+                return
+            c.want_ha = state
+        self._talk(c, kind)
+
+    def _force_down(self, c: Comp) -> None:
+        """A component that cannot be talked to is out of service and quiesced at once."""
+        c.want_readiness, c.want_ha = OOS, QUIESCED
+        self._set_current(c, OOS, QUIESCED)
+        if c.host == self.host.node_id:
+            self._drop_invocations(c.name)
+            self._stop_healthcheck(c.name)
+
+    def _fail(self, unit: Unit) -> None:
+        """A component of ``unit`` failed (error or unregistered)."""
+        for c in unit.comps:
+            if not c.talkable:
+                self._force_down(c)
+        if unit.phase in _ENABLED:
+            self.log.log(NOTICE, "unit %s failed; taking it out of service", unit.name)
+            unit.phase = Phase.QUIESCING
+            if unit.role == Role.STANDBY:
+                unit.role = Role.NONE
+            for c in unit.comps:
+                self._request(c, KIND_HA, QUIESCED)
+
+    def _step(self, unit: Unit) -> bool:
+        comps = unit.comps
+        live = [c for c in comps if c.talkable]
+        if unit.phase == Phase.IDLE:
+            if all(c.registered and c.error == 0 for c in comps):
+                unit.phase = Phase.ENABLING
+                for c in comps:
+                    self._request(c, KIND_READINESS, IN_SERVICE)
+                return True
+        elif unit.phase == Phase.ENABLING:
+            if all(c.readiness == IN_SERVICE and c.want_readiness == IN_SERVICE for c in comps):
+                g = unit.group
+                active = self._may_activate(g) and g.active_count() < g.spec.active_units
+                unit.role = Role.ACTIVE if active else Role.STANDBY
+                unit.phase = Phase.ASSIGNING
+                for c in comps:
+                    self._request(c, KIND_HA, int(unit.role))
+                return True
+        elif unit.phase == Phase.ASSIGNING:
+            if all(c.ha == int(unit.role) and c.want_ha == int(unit.role) for c in comps):
+                unit.phase = Phase.ASSIGNED
+                self.log.log(NOTICE, "unit %s is %s", unit.name, unit.role.name.lower())
+                return True
+        elif unit.phase == Phase.QUIESCING:
+            if all(c.ha == QUIESCED and c.want_ha == QUIESCED for c in live):
+                unit.phase = Phase.STOPPING
+                unit.role = Role.NONE
+                for c in live:
+                    self._request(c, KIND_READINESS, OOS)
+                return True
+        elif unit.phase == Phase.STOPPING:
+            if all(c.readiness == OOS and c.want_readiness == OOS for c in live):
+                unit.phase = Phase.IDLE
+                self.log.log(NOTICE, "unit %s is out of service", unit.name)
+                return True
+        return False
+
+    def _may_activate(self, g: Group) -> bool:
+        return g.spec.quorum <= 0 or len(self.members) >= g.spec.quorum
+
+    def _settle(self, group: Group) -> None:
+        """Run every unit of ``group`` forward, then keep its active count right."""
+        for _ in range(100):  # bounded: each pass moves some unit forward or stops
+            moved = False
+            for unit in group.units:
+                while self._step(unit):
+                    moved = True
+            if self._balance(group):
+                moved = True
+            if not moved:
+                break
+
+    def _balance(self, g: Group) -> bool:
+        moved = False
+        if not self._may_activate(g):
+            for unit in g.units:
+                if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+                    self.log.log(NOTICE, "unit %s: group %s has no quorum; standby",
+                                 unit.name, g.spec.name)
+                    self._assign(unit, Role.STANDBY)
+                    moved = True
+            return moved
+        while g.active_count() < g.spec.active_units:
+            cand = next((u for u in g.units if u.role == Role.STANDBY
+                         and u.phase in (Phase.ASSIGNING, Phase.ASSIGNED)), None)
+            if cand is None:
+                if any(u.phase in (Phase.QUIESCING, Phase.STOPPING) for u in g.units):
+                    self._bad_log.log(self.log, logging.WARNING,
+                                      "group %s: no standby available", g.spec.name)
+                break
+            self.log.log(NOTICE, "unit %s: promoting to active", cand.name)
+            self._assign(cand, Role.ACTIVE)
+            moved = True
+        return moved
+
+    def _assign(self, unit: Unit, role: Role) -> None:
+        unit.role = role
+        unit.phase = Phase.ASSIGNING
+        for c in unit.comps:
+            self._request(c, KIND_HA, int(role))
+
+    def _after(self, groups: list[Group] | None = None) -> None:
+        """End of a handler: settle, tell trackers, start/stop healthchecks."""
+        for g in groups if groups is not None else self.groups:
+            self._settle(g)
+        changed, self._changed = self._changed, []
+        seen: set[str] = set()
+        for c in changed:
+            if c.name not in seen:
+                seen.add(c.name)
+                self._notify_trackers(c)
+        self._refresh_healthchecks()
+
+    # --- exec handlers --------------------------------------------------------------------
+
+    def _comp_named(self, raw: bytes) -> Comp | None:
+        return self.comps.get(_name(raw))
+
+    @exec_handler(MSG_REGISTER)
+    def exec_register(self, msg: ExecMessage) -> None:
+        if len(msg.payload) < REGISTER.size:
+            raise IpcProtocolError("REGISTER: truncated")
+        (conn_id,) = REGISTER.unpack_from(msg.payload)
+        comp_raw, proxy_raw = aw.decode_names_untrusted(msg.payload[REGISTER.size:], 2,
+                                                        "REGISTER")
+        c = self._comp_named(comp_raw)
+        if c is None:
+            self.host.reply_error(msg.tag, NotExist("no such component"))
+            return
+        if c.registered:
+            self.host.reply_error(msg.tag, Exist("already registered"))
+            return
+        if proxy_raw:
+            proxy = self._comp_named(proxy_raw)
+            if proxy is None or not proxy.registered:
+                self.host.reply_error(msg.tag, NotExist("no such proxy"))
+                return
+        c.registered, c.host, c.conn_id = True, msg.sender, conn_id
+        c.incarnation += 1
+        c.error = 0
+        c.want_readiness, c.want_ha = OOS, QUIESCED
+        self._set_current(c, OOS, QUIESCED)
+        self.log.debug("component %s registered on %s", c.name, fmt_node(msg.sender))
+        if msg.sender == self.host.node_id:
+            conn = self.conns.get(conn_id)
+            if conn is None or conn.closed:
+                # Its process went away before the registration was delivered.
+                self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn_id, c.incarnation, 1)
+                               + aw.encode_names(c.name.encode(), b""))
+            else:
+                conn.private.setdefault("amf_comps", set()).add(c.name)
+        self.host.reply(msg.tag)
+        self._after([c.unit.group])
+
+    @exec_handler(MSG_UNREGISTER)
+    def exec_unregister(self, msg: ExecMessage) -> None:
+        if len(msg.payload) < UNREGISTER.size:
+            raise IpcProtocolError("UNREGISTER: truncated")
+        conn_id, inc, closed = UNREGISTER.unpack_from(msg.payload)
+        comp_raw, proxy_raw = aw.decode_names_untrusted(msg.payload[UNREGISTER.size:], 2,
+                                                        "UNREGISTER")
+        c = self._comp_named(comp_raw)
+        if c is None:
+            self.host.reply_error(msg.tag, NotExist("no such component"))
+            return
+        if proxy_raw and self._comp_named(proxy_raw) is None:
+            self.host.reply_error(msg.tag, NotExist("no such proxy"))
+            return
+        if not c.registered:
+            self.host.reply_error(msg.tag, NotExist("not registered"))
+            return
+        if c.host != msg.sender or c.conn_id != conn_id or (inc and inc != c.incarnation):
+            if closed:
+                return  # about an earlier registration
+            self.host.reply_error(msg.tag, BadOperation("registered by another process"))
+            return
+        self.log.debug("component %s unregistered%s", c.name, " (connection closed)"
+                       if closed else "")
+        self._unregister(c)
+        self.host.reply(msg.tag)
+        self._after([c.unit.group])
+
+    def _unregister(self, c: Comp) -> None:
+        c.registered = False
+        if c.host == self.host.node_id:
+            conn = self.conns.get(c.conn_id)
+            if conn is not None:
+                conn.private.get("amf_comps", set()).discard(c.name)
+        self._fail(c.unit)
+
+    @exec_handler(MSG_ERROR_REPORT)
+    def exec_error_report(self, msg: ExecMessage) -> None:
+        rep = aw.decode_error_report_untrusted(msg.payload)
+        c = self._comp_named(rep.erroneous)
+        if c is None:
+            self.host.reply_error(msg.tag, NotExist("no such component"))
+            return
+        if not c.registered:
+            self.host.reply_error(msg.tag, BadOperation("component not registered"))
+            return
+        cause = rep.descriptor.probable_cause or aw.SA_AMF_SOFTWARE_ERROR
+        self.log.log(NOTICE, "error reported on component %s (probable cause %d)", c.name, cause)
+        self._set_error(c, cause)
+        self.host.reply(msg.tag)
+        self._after([c.unit.group])
+
+    def _set_error(self, c: Comp, cause: int) -> None:
+        if c.error == 0 or cause == NOT_RESPONDING:
+            c.error = cause
+        self._fail(c.unit)
+
+    @exec_handler(MSG_ERROR_CANCEL)
+    def exec_error_cancel(self, msg: ExecMessage) -> None:
+        (comp_raw,) = aw.decode_names_untrusted(msg.payload, 1, "ERROR_CANCEL")
+        c = self._comp_named(comp_raw)
+        if c is None:
+            self.host.reply_error(msg.tag, NotExist("no such component"))
+            return
+        if not c.registered:
+            self.host.reply_error(msg.tag, BadOperation("component not registered"))
+            return
+        if c.error:
+            self.log.log(NOTICE, "errors cancelled on component %s", c.name)
+            c.error = 0
+            self._faulted.discard((c.name, c.incarnation))
+        self.host.reply(msg.tag)
+        self._after([c.unit.group])
+
+    @exec_handler(MSG_CONFIRM)
+    def exec_confirm(self, msg: ExecMessage) -> None:
+        if len(msg.payload) < CONFIRM.size:
+            raise IpcProtocolError("CONFIRM: truncated")
+        inc, kind, state = CONFIRM.unpack_from(msg.payload)
+        (comp_raw,) = aw.decode_names_untrusted(msg.payload[CONFIRM.size:], 1, "CONFIRM")
+        c = self._comp_named(comp_raw)
+        if c is None or not c.talkable or c.host != msg.sender or c.incarnation != inc:
+            return
+        if kind == KIND_READINESS and c.want_readiness == state:
+            self._set_current(c, readiness=state)
+        elif kind == KIND_HA and c.want_ha == state:
+            self._set_current(c, ha=state)
+        else:
+            return  # a superseded request
+        self._after([c.unit.group])
+
+    @exec_handler(MSG_FAULT)
+    def exec_fault(self, msg: ExecMessage) -> None:
+        if len(msg.payload) < FAULT.size:
+            raise IpcProtocolError("FAULT: truncated")
+        inc, cause = FAULT.unpack_from(msg.payload)
+        (comp_raw,) = aw.decode_names_untrusted(msg.payload[FAULT.size:], 1, "FAULT")
+        c = self._comp_named(comp_raw)
+        if c is None or not c.registered or c.host != msg.sender or c.incarnation != inc:
+            return
+        if c.error == cause:
+            return
+        self.log.log(NOTICE, "component %s failed (probable cause %d)", c.name, cause)
+        self._set_error(c, cause)
+        self._after([c.unit.group])
+
+    # --- configuration changes and sync ---------------------------------------------------
+
+    def sync_start(self, info: SyncInfo) -> None:
+        self._round = info
+        self._streams = {}
+        self._sync_cursor = 0
+
+    def sync_process(self) -> bool:
+        info = self._round
+        if info is None or self.host.node_id not in info.senders:
+            return True
+        units = list(self.units.values())
+        while self._sync_cursor < len(units):
+            rec = self._record_of(units[self._sync_cursor])
+            self.host.mcast_sync(self, MSG_SYNC_UNIT, encode_unit_record(rec))
+            self._sync_cursor += 1
+        return True
+
+    def _record_of(self, unit: Unit) -> _UnitRecord:
+        return _UnitRecord(unit.name, int(unit.phase), int(unit.role), tuple(
+            _CompRecord(c.name, c.registered, int(c.readiness), int(c.ha), int(c.want_readiness),
+                        int(c.want_ha), c.host, c.conn_id, c.incarnation, c.error)
+            for c in unit.comps))
+
+    @exec_handler(MSG_SYNC_UNIT)
+    def exec_sync_unit(self, msg: ExecMessage) -> None:
+        if not msg.sync or self._round is None:
+            return
+        rec = decode_unit_record_untrusted(msg.payload)
+        if rec.name in self.units:
+            self._streams.setdefault(msg.sender, {})[rec.name] = rec
+
+    def sync_done(self) -> None:
+        info = self._round
+        self._round = None
+        if info is None:
+            return
+        streams, self._streams = self._streams, {}
+        self.members = info.members
+        demote: list[Unit] = []
+        if info.transfer:
+            demote = self._merge(info, streams)
+        me = self.host.node_id
+        for c in self.comps.values():
+            if c.registered and c.host not in info.members:
+                self.log.log(NOTICE, "component %s failed: its node %s left", c.name,
+                             fmt_node(c.host))
+                self._unregister(c)
+        for unit in demote:
+            if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+                self.log.log(NOTICE, "unit %s: too many actives after the merge; standby",
+                             unit.name)
+                self._assign(unit, Role.STANDBY)
+        # This node's own registrations, as the (possibly merged) state says.
+        for conn in self.conns.values():
+            conn.private["amf_comps"] = set()
+        for c in self.comps.values():
+            if c.registered and c.host == me:
+                conn = self.conns.get(c.conn_id)
+                if conn is None or conn.closed:
+                    self._send_own(MSG_UNREGISTER, UNREGISTER.pack(c.conn_id, c.incarnation, 1)
+                                   + aw.encode_names(c.name.encode(), b""))
+                else:
+                    conn.private.setdefault("amf_comps", set()).add(c.name)
+        for name in [n for n, i in self.invocations.items()
+                     if self.comps[i.comp].incarnation != i.incarnation
+                     or self.comps[i.comp].host != me]:
+            inv = self.invocations.pop(name)
+            if inv.timer is not None:
+                inv.timer.cancel()
+        self._after()
+        # Requests whose callback this node never sent (or whose answer was lost).
+        for c in self.comps.values():
+            if c.host == me and c.talkable:
+                if c.want_readiness != c.readiness and not self._outstanding(
+                        c, KIND_READINESS, c.want_readiness):
+                    self._talk(c, KIND_READINESS)
+                if c.want_ha != c.ha and not self._outstanding(c, KIND_HA, c.want_ha):
+                    self._talk(c, KIND_HA)
+
+    def _merge(self, info: SyncInfo, streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit]:
+        """Install the merged state of the round's state groups; return actives to demote."""
+        ranked = [(rank, g, streams.get(g.sender, {})) for rank, g in enumerate(info.groups)]
+        demote: list[Unit] = []
+        for group in self.groups:
+            kept: list[tuple[int, int, Unit]] = []
+            for ui, unit in enumerate(group.units):
+                sources: set[int] = set()
+                for ci, c in enumerate(unit.comps):
+                    chosen: _CompRecord | None = None
+                    inc = c.incarnation
+                    for rank, g, recs in ranked:
+                        rec = recs.get(unit.name)
+                        if rec is None or ci >= len(rec.comps):
+                            continue
+                        cr = rec.comps[ci]
+                        inc = max(inc, cr.incarnation)
+                        if chosen is None and cr.registered and cr.host in g.members:
+                            chosen = cr
+                            sources.add(rank)
+                    before = (c.readiness, c.ha)
+                    if chosen is None:
+                        c.registered, c.host, c.conn_id, c.error = False, 0, 0, 0
+                        c.readiness = c.want_readiness = OOS
+                        c.ha = c.want_ha = QUIESCED
+                    else:
+                        c.registered, c.host, c.conn_id = True, chosen.host, chosen.conn_id
+                        c.error = chosen.error
+                        c.readiness, c.ha = chosen.readiness, chosen.ha
+                        c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
+                    c.incarnation = inc
+                    if (c.readiness, c.ha) != before:
+                        self._changed.append(c)
+                if len(sources) == 1:
+                    rank = sources.pop()
+                    rec = ranked[rank][2].get(unit.name)
+                    unit.phase = Phase(rec.phase) if rec else Phase.IDLE
+                    unit.role = Role(rec.role) if rec else Role.NONE
+                    if unit.role == Role.ACTIVE:
+                        kept.append((rank, ui, unit))
+                    # Components this group thought registered but their hosts disown.
+                    if any(not c.registered and rec and rec.comps[i].registered
+                           for i, c in enumerate(unit.comps)):
+                        self._fail(unit)
+                elif not sources:
+                    unit.phase, unit.role = Phase.IDLE, Role.NONE
+                else:
+                    # Assembled from several sides: fail it, it comes back by itself.
+                    unit.phase, unit.role = Phase.ASSIGNED, Role.NONE
+                    self._fail(unit)
+            kept.sort(key=lambda t: (t[0], t[1]))
+            demote.extend(u for _, _, u in kept[group.spec.active_units:])
+        return demote
+
+    # --- connections ------------------------------------------------------------------------
+
+    def on_lib_connect(self, conn: LibConn) -> None:
+        self.conns[conn.conn_id] = conn
+
+    def on_lib_exit(self, conn: LibConn) -> None:
+        self.conns.pop(conn.conn_id, None)
+        self.trackers.pop(conn.conn_id, None)
+        for name in sorted(conn.private.get("amf_comps", ())):
+            c = self.comps.get(name)
+            if c is None or not c.registered or c.conn_id != conn.conn_id \
+                    or c.host != self.host.node_id:
+                continue
+            # No more callbacks to it; the cluster learns of it in agreed order.
+            self._faulted.add((name, c.incarnation))
+            self._stop_healthcheck(name)
+            self._drop_invocations(name)
+            self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, c.incarnation, 1)
+                           + aw.encode_names(name.encode(), b""))
+
+    # --- protection group tracking -----------------------------------------------------------
+
+    def _pg_members(self, csi: str) -> list[aw.ProtectionGroupMember]:
+        out = []
+        for m in self.protections[csi]:
+            c = self.comps[m]
+            out.append(aw.ProtectionGroupMember(m.encode(), int(c.readiness), int(c.ha)))
+        return out
+
+    def _notify_trackers(self, c: Comp) -> None:
+        csi = c.spec.protection
+        targets = [(conn_id, flags) for conn_id, t in self.trackers.items()
+                   for name, flags in t.items() if name == csi]
+        if not targets:
+            return
+        members = self._pg_members(csi)
+        full = aw.encode_pg_track_cb(aw.PgTrackCb(csi.encode(), tuple(
+            aw.ProtectionGroupNotification(
+                m, aw.SA_AMF_PROTECTION_GROUP_STATE_CHANGE if m.comp_name == c.name.encode()
+                else aw.SA_AMF_PROTECTION_GROUP_NO_CHANGE) for m in members), len(members)))
+        only = aw.encode_pg_track_cb(aw.PgTrackCb(csi.encode(), tuple(
+            aw.ProtectionGroupNotification(m, aw.SA_AMF_PROTECTION_GROUP_STATE_CHANGE)
+            for m in members if m.comp_name == c.name.encode()), len(members)))
+        for conn_id, flags in targets:
+            conn = self.conns.get(conn_id)
+            if conn is not None:
+                conn.send_callback(aw.AMF_CB_PG_TRACK,
+                                   full if flags & SA_TRACK_CHANGES else only)
+
+    # --- library requests -----------------------------------------------------------------------
+
+    def _known(self, raw: bytes) -> Comp:
+        c = self._comp_named(raw)
+        if c is None:
+            raise NotExist(f"no component {_name(raw)!r} in the AMF model")
+        return c
+
+    @lib_handler(aw.AMF_REQ_REGISTER, hold_during_sync=True)
+    def lib_register(self, conn: LibConn, req: Request) -> Deferred:
+        comp_raw, proxy_raw = aw.decode_names_untrusted(req.body, 2, "REGISTER")
+        self._known(comp_raw)
+        self.host.mcast(self, MSG_REGISTER, REGISTER.pack(conn.conn_id) + req.body, tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_UNREGISTER, hold_during_sync=True)
+    def lib_unregister(self, conn: LibConn, req: Request) -> Deferred:
+        comp_raw, _ = aw.decode_names_untrusted(req.body, 2, "UNREGISTER")
+        c = self._known(comp_raw)
+        # Stop talking to it now; the cluster decides in agreed order.
+        if c.registered and c.host == self.host.node_id and c.conn_id == conn.conn_id:
+            self._stop_healthcheck(c.name)
+            self._drop_invocations(c.name)
+        self.host.mcast(self, MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, 0, 0) + req.body,
+                        tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_ERROR_REPORT, hold_during_sync=True)
+    def lib_error_report(self, conn: LibConn, req: Request) -> Deferred:
+        rep = aw.decode_error_report_untrusted(req.body)
+        self._known(rep.erroneous)
+        self.host.mcast(self, MSG_ERROR_REPORT, req.body, tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_ERROR_CANCEL_ALL, hold_during_sync=True)
+    def lib_error_cancel(self, conn: LibConn, req: Request) -> Deferred:
+        (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "ERROR_CANCEL_ALL")
+        self._known(comp_raw)
+        self.host.mcast(self, MSG_ERROR_CANCEL, req.body, tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_READINESS_GET, hold_during_sync=True)
+    def lib_readiness_get(self, conn: LibConn, req: Request) -> bytes:
+        (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "READINESS_GET")
+        return aw.encode_u32(int(self._known(comp_raw).readiness))
+
+    @lib_handler(aw.AMF_REQ_HA_GET, hold_during_sync=True)
+    def lib_ha_get(self, conn: LibConn, req: Request) -> bytes:
+        comp_raw, csi_raw = aw.decode_names_untrusted(req.body, 2, "HA_GET")
+        c = self._known(comp_raw)
+        if c.spec.protection != _name(csi_raw):
+            raise NotExist(f"{c.name} is not a member of {_name(csi_raw)!r}")
+        return aw.encode_u32(int(c.ha))
+
+    @lib_handler(aw.AMF_REQ_CAPABILITY_GET, hold_during_sync=True)
+    def lib_capability_get(self, conn: LibConn, req: Request) -> bytes:
+        (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "CAPABILITY_GET")
+        c = self._known(comp_raw)
+        if not c.registered:
+            raise NotExist(f"{c.name} is not registered")
+        return aw.encode_u32(int(c.spec.model))
+
+    @lib_handler(aw.AMF_REQ_PG_TRACK_START, hold_during_sync=True)
+    def lib_pg_track_start(self, conn: LibConn, req: Request) -> bytes:
+        ts = aw.decode_pg_track_start_untrusted(req.body)
+        csi = _name(ts.csi)
+        if csi not in self.protections:
+            raise NotExist(f"no protection group {csi!r}")
+        flags = ts.flags
+        if flags & ~_VALID_TRACK_BITS or not flags & _VALID_TRACK_BITS or \
+                (flags & SA_TRACK_CHANGES and flags & SA_TRACK_CHANGES_ONLY):
+            raise BadFlags(f"track flags {flags:#x}")
+        if flags & (SA_TRACK_CHANGES | SA_TRACK_CHANGES_ONLY):
+            self.trackers.setdefault(conn.conn_id, {})[csi] = flags
+        if flags & SA_TRACK_CURRENT:
+            members = self._pg_members(csi)
+            conn.send_callback(aw.AMF_CB_PG_TRACK, aw.encode_pg_track_cb(aw.PgTrackCb(
+                ts.csi, tuple(aw.ProtectionGroupNotification(
+                    m, aw.SA_AMF_PROTECTION_GROUP_NO_CHANGE) for m in members), len(members))))
+        return b""
+
+    @lib_handler(aw.AMF_REQ_PG_TRACK_STOP)
+    def lib_pg_track_stop(self, conn: LibConn, req: Request) -> bytes:
+        (csi_raw,) = aw.decode_names_untrusted(req.body, 1, "PG_TRACK_STOP")
+        tracks = self.trackers.get(conn.conn_id, {})
+        if tracks.pop(_name(csi_raw), None) is None:
+            raise NotExist("not tracking that protection group")
+        return b""
+
+    @lib_handler(aw.AMF_REQ_RESPONSE)
+    def lib_response(self, conn: LibConn, req: Request) -> bytes:
+        r = aw.decode_response_untrusted(req.body)
+        inv = self.invocations.get(r.invocation)
+        if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK):
+            raise InvalidParam(f"unknown invocation {r.invocation}")
+        return self._answered(r.invocation, inv, r.error)
+
+    @lib_handler(aw.AMF_REQ_STOPPING_COMPLETE)
+    def lib_stopping_complete(self, conn: LibConn, req: Request) -> bytes:
+        r = aw.decode_response_untrusted(req.body)
+        inv = self.invocations.get(r.invocation)
+        # Nothing requests STOPPING (no administrative operations), so no invocation fits.
+        if inv is None or inv.kind != KIND_READINESS or inv.state != aw.SA_AMF_STOPPING:
+            raise InvalidParam(f"unknown invocation {r.invocation}")
+        return self._answered(r.invocation, inv, r.error)
+
+    def _answered(self, n: int, inv: _Invocation, error: int) -> bytes:
+        self.invocations.pop(n, None)
+        if inv.timer is not None:
+            inv.timer.cancel()
+        name = aw.encode_name(inv.comp.encode())
+        if inv.kind == KIND_HEALTHCHECK:
+            hc = self.healthchecks.get(inv.comp)
+            if hc is not None and hc.invocation == n:
+                if hc.deadline is not None:
+                    hc.deadline.cancel()
+                hc.deadline = None
+                hc.invocation = 0
+            if error != SA_OK:
+                self._report_fault(inv.comp, inv.incarnation, NOT_RESPONDING)
+        elif error == SA_OK:
+            self._send_own(MSG_CONFIRM, CONFIRM.pack(inv.incarnation, inv.kind, inv.state) + name)
+        else:
+            self.log.warning("component %s refused a callback (error %d)", inv.comp, error)
+            self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
+        return b""
+
+    @lib_handler(aw.AMF_REQ_STATUS, hold_during_sync=True)
+    def lib_status(self, conn: LibConn, req: Request) -> bytes:
+        return aw.encode_status(self.status_rows())
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def status_rows(self) -> list[aw.StatusRow]:
+        rows = []
+        for g in self.groups:
+            for u in g.units:
+                for c in u.comps:
+                    rows.append(aw.StatusRow(
+                        g.spec.name.encode(), u.name.encode(), c.name.encode(),
+                        c.spec.protection.encode(), c.registered, int(u.phase), int(u.role),
+                        c.host if c.registered else 0, int(c.readiness), int(c.ha), c.error,
+                        g.spec.active_units, len(self.members)))
+        return rows
+
+    def digest(self) -> tuple:
+        """The replicated state, for equality checks across nodes."""
+        return (self.members, tuple((u.name, int(u.phase), int(u.role), tuple(
+            c.key() for c in u.comps)) for g in self.groups for u in g.units))
+
+    def status(self) -> dict[str, Any]:
+        return {"units": {u.name: (u.phase.name, u.role.name) for u in self.units.values()},
+                "registered": sorted(c.name for c in self.comps.values() if c.registered)}
+
+
+__all__ = ["AmfService", "Phase", "Role", "decode_unit_record_untrusted",
+           "encode_unit_record"]

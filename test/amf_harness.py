@@ -1,0 +1,188 @@
+"""AMF on fake rings: hosts on a FakeBus with a manual clock, and scripted components.
+
+``AmfCluster`` runs ``AmfService`` (and CLM) on every node; ``Comp`` is a
+component process seen from the executive: a FakeConn that records its
+callbacks as (kind, value) pairs and answers them (unless stopped), the way
+the example programs do.  No sockets, no threads, no real time.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ais.config import parse_groups_conf
+from ais.executive import FakeBus, ManualScheduler, ServiceHost
+from ais.services.amf import AmfService
+from ais.services.clm import ClmService
+from ais.totem.events import node_of
+from helpers_exec import BOOT, FakeConn
+from saf import _amf_wire as aw
+from saf.errors import SA_OK
+
+SAMPLE = open(__file__.rsplit("/", 2)[0] + "/conf/groups.conf").read()
+
+READINESS = {1: "OUT_OF_SERVICE", 2: "IN_SERVICE", 3: "STOPPING"}
+HA = {1: "ACTIVE", 2: "STANDBY", 3: "QUIESCED"}
+
+
+class AmfCluster:
+    def __init__(self, addrs: Iterable[str], model_text: str = SAMPLE) -> None:
+        self.sched = ManualScheduler()
+        self.bus = FakeBus(self.sched)
+        self.model = parse_groups_conf(model_text)
+        self.hosts: dict[str, ServiceHost] = {}
+        self.procs: list[Comp] = []
+        self._seq = 1000
+        for a in addrs:
+            self.add(a)
+
+    def add(self, addr: str) -> ServiceHost:
+        host = ServiceHost(node_of(addr), [ClmService(boot_timestamp=BOOT),
+                                           AmfService(self.model)], self.sched)
+        self.hosts[addr] = host
+        self.bus.port(host)
+        return host
+
+    def restart(self, addr: str) -> ServiceHost:
+        """The node's executive restarted empty (its components are gone)."""
+        self.bus.remove(node_of(addr))
+        for p in self.procs:
+            if p.addr == addr:
+                p.dead = True
+        return self.add(addr)
+
+    def amf(self, addr: str) -> AmfService:
+        svc = self.hosts[addr].service_by_name("amf")
+        assert isinstance(svc, AmfService)
+        return svc
+
+    def form(self, *components: Iterable[str]) -> None:
+        self.bus.reconfigure(*[[node_of(a) for a in c] for c in components])
+        self.settle()
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def settle(self, rounds: int = 200) -> None:
+        """Run due timers and let live components answer, until nothing moves."""
+        for _ in range(rounds):
+            ran = self.sched.run()
+            answered = sum(p.pump() for p in self.procs)
+            if not ran and not answered:
+                return
+        raise AssertionError("AMF did not settle")
+
+    def advance(self, seconds: float, step: float = 0.01) -> None:
+        """Let ``seconds`` of virtual time pass, components answering as they go."""
+        t = 0.0
+        while t < seconds - 1e-9:
+            self.sched.advance(min(step, seconds - t))
+            t += step
+            self.settle()
+
+    def proc(self, addr: str, name: str, register: bool = True) -> "Comp":
+        p = Comp(self, addr, name)
+        self.procs.append(p)
+        if register:
+            assert p.register() == SA_OK
+        return p
+
+    def request(self, addr: str, conn: FakeConn, msg_id: int, body: bytes) -> int | None:
+        seq = self.next_seq()
+        self.hosts[addr].lib_request(conn, msg_id, seq, body)
+        self.settle()
+        for f in reversed(conn.responses):
+            if f.seq == seq:
+                return f.error
+        return None
+
+    def call(self, addr: str, msg_id: int, body: bytes) -> tuple[int, bytes]:
+        """A one-shot request (its own short connection)."""
+        host = self.hosts[addr]
+        conn = FakeConn(host.new_conn_id(), aw.AMF_SERVICE_ID)
+        host.lib_connect(conn)
+        seq = self.next_seq()
+        host.lib_request(conn, msg_id, seq, body)
+        self.settle()
+        host.lib_exit(conn)
+        [f] = [f for f in conn.responses if f.seq == seq]
+        return f.error, f.body
+
+    def state(self, addr: str, comp: str) -> tuple[str, str]:
+        c = self.amf(addr).comps[comp]
+        return READINESS[int(c.readiness)], HA[int(c.ha)]
+
+    def roles(self, addr: str) -> dict[str, str]:
+        return {u.name: u.role.name for u in self.amf(addr).units.values()}
+
+    def digests(self, addrs: Iterable[str] | None = None) -> set:
+        return {self.amf(a).digest() for a in (addrs or self.hosts)}
+
+
+class Comp:
+    """A component process: answers callbacks unless stopped, like testamf1..6."""
+
+    def __init__(self, cl: AmfCluster, addr: str, name: str) -> None:
+        self.cl = cl
+        self.addr = addr
+        self.name = name
+        host = cl.hosts[addr]
+        self.conn = FakeConn(host.new_conn_id(), aw.AMF_SERVICE_ID)
+        host.lib_connect(self.conn)
+        self.seen: list[tuple[str, str]] = []
+        self.healthchecks = 0
+        self.stopped = False
+        self.dead = False
+        self.answer_with = SA_OK
+        self._done = 0
+
+    def register(self) -> int | None:
+        return self.cl.request(self.addr, self.conn, aw.AMF_REQ_REGISTER,
+                               aw.encode_names(self.name.encode(), b""))
+
+    def unregister(self) -> int | None:
+        return self.cl.request(self.addr, self.conn, aw.AMF_REQ_UNREGISTER,
+                               aw.encode_names(self.name.encode(), b""))
+
+    def kill(self) -> None:
+        """The process died: its connection closes."""
+        self.dead = True
+        self.conn.close()
+        self.cl.hosts[self.addr].lib_exit(self.conn)
+        self.cl.settle()
+
+    def pump(self) -> int:
+        """Handle new callbacks; the number answered."""
+        if self.stopped or self.dead:
+            return 0
+        answered = 0
+        host = self.cl.hosts[self.addr]
+        while self._done < len(self.conn.callbacks):
+            f = self.conn.callbacks[self._done]
+            self._done += 1
+            inv = None
+            if f.msg_id == aw.AMF_CB_HEALTHCHECK:
+                inv = aw.decode_healthcheck_cb_untrusted(f.body).invocation
+                self.healthchecks += 1
+            elif f.msg_id == aw.AMF_CB_READINESS_SET:
+                cb = aw.decode_readiness_set_cb_untrusted(f.body)
+                self.seen.append(("readiness", READINESS[cb.readiness_state]))
+                inv = cb.invocation
+            elif f.msg_id == aw.AMF_CB_CSI_SET:
+                cs = aw.decode_csi_set_cb_untrusted(f.body)
+                self.seen.append(("ha", HA[cs.ha_state]))
+                inv = cs.invocation
+            if inv is not None:
+                host.lib_request(self.conn, aw.AMF_REQ_RESPONSE, self.cl.next_seq(),
+                                 aw.encode_response(aw.Response(inv, self.answer_with)))
+                answered += 1
+        return answered
+
+    def states(self) -> list[str]:
+        """Callbacks so far, as short words: IN_SERVICE, ACTIVE, ..."""
+        return [v for _, v in self.seen]
+
+    def take(self) -> list[str]:
+        out = self.states()
+        self.seen.clear()
+        return out
