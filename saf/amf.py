@@ -1,0 +1,410 @@
+"""SAF AIS AMF (availability management framework) client library, A.01.01.
+
+Mapping from the C API (spec/amf.md section 4) to this module:
+
+=========================================  ===============================================
+C                                          Python
+=========================================  ===============================================
+saAmfInitialize(&h, &cb, &ver)             ``h = saf.amf.initialize(callbacks=cb, version=ver)``
+saAmfSelectionObjectGet(h, &fd)            ``fd = h.selection_object()``
+saAmfDispatch(h, flags)                    ``h.dispatch(flags)``
+saAmfFinalize(h)                           ``h.finalize()`` (or leave a ``with h:`` block)
+saAmfComponentRegister(h, &c, proxy)       ``h.component_register(c, proxy=None)``
+saAmfComponentUnregister(h, &c, proxy)     ``h.component_unregister(c, proxy=None)``
+saAmfCompNameGet(h, &c)                    ``c = h.comp_name_get()``
+saAmfReadinessStateGet(&c, &s)             ``s = saf.amf.readiness_state_get(c)``
+saAmfHAStateGet(&c, &csi, &s)              ``s = saf.amf.ha_state_get(c, csi)``
+saAmfProtectionGroupTrackStart(h, &csi,    ``h.protection_group_track_start(csi, flags,
+  flags, buf, n)                             number_of_items=None)``
+saAmfProtectionGroupTrackStop(h, &csi)     ``h.protection_group_track_stop(csi)``
+saAmfErrorReport(&r, &e, t, &d, &data)     ``saf.amf.error_report(r, e, t, d, data=None)``
+saAmfErrorCancelAll(&c)                    ``saf.amf.error_cancel_all(c)``
+saAmfComponentCapabilityModelGet(&c, &m)   ``m = saf.amf.component_capability_model_get(c)``
+saAmfPendingOperationGet(&c, &f)           ``f = saf.amf.pending_operation_get(c)``
+saAmfResponse(inv, err)                    ``saf.amf.response(inv, err)``
+saAmfStoppingComplete(inv, err)            ``saf.amf.stopping_complete(inv, err)``
+SaAmfCallbacksT                            ``saf.amf.Callbacks(healthcheck_callback=..., ...)``
+SaErrorT != SA_OK                          raised as ``saf.errors.<Name>`` (``.code``)
+=========================================  ===============================================
+
+Names (SaNameT) may be given as ``str`` or ``bytes``; callbacks receive
+``bytes``.  Callbacks keep the C argument order:
+
+* ``healthcheck_callback(invocation, comp_name, check_type)``
+* ``readiness_state_set_callback(invocation, comp_name, readiness_state)``
+* ``component_terminate_callback(invocation, comp_name)``
+* ``csi_set_callback(invocation, comp_name, csi_name, csi_flags, ha_state,
+  active_comp_name, transition_descriptor)``
+* ``csi_remove_callback(invocation, comp_name, csi_name, csi_flags)``
+* ``protection_group_track_callback(csi_name, notification_buffer,
+  number_of_items, number_of_members, error)``: a list of
+  ``ProtectionGroupNotification``; when it would hold more than the
+  ``number_of_items`` given to the track start, the list is empty,
+  ``number_of_items`` is the count needed and ``error`` is SA_ERR_NO_SPACE.
+* ``external_component_restart_callback(invocation, external_comp_name)``,
+  ``external_component_control_callback(invocation, external_comp_name,
+  control_action)``, ``pending_operation_confirm_callback(invocation,
+  comp_name, flags)``, ``pending_operation_expired_callback(comp_name,
+  flags)``: declared for completeness; this executive never invokes them (no
+  proxies, no administrative operations).
+
+Healthcheck, readiness-set and CSI-set callbacks must be answered with
+``response(invocation, SA_OK)`` within the component's configured time
+(groups.conf ``healthcheck-timeout`` / ``response-timeout``), else the
+component is failed.  ``response`` uses the connection of the handle the
+callback came on when it is still open (no new connection per answer), else
+a short-lived one as the C library does.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+from saf import _amf_wire as aw
+from saf import _wire as w
+from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
+    SA_AMF_ACTIVE, SA_AMF_COMMUNICATION_SUBSYSTEM_FAILURE, SA_AMF_CSI_ADD_NEW_ISTANCE,
+    SA_AMF_CSI_ALL_INSTANCES, SA_AMF_CSI_NEW_ASSIGN, SA_AMF_HEARTBEAT, SA_AMF_IN_SERVICE,
+    SA_AMF_NOT_RESPONDING, SA_AMF_OUT_OF_SERVICE, SA_AMF_PROTECTION_GROUP_NO_CHANGE,
+    SA_AMF_PROTECTION_GROUP_STATE_CHANGE, SA_AMF_QUIESCED, SA_AMF_SOFTWARE_ERROR,
+    SA_AMF_STANDBY, SA_AMF_STOPPING, ErrorDescriptor, HAState, ProtectionGroupMember,
+    ProtectionGroupNotification, ReadinessState, StatusRow,
+)
+from saf._conn import REQUEST_GUARD, Connection, one_shot
+from saf.errors import (
+    SA_OK, ERRORS_BY_CODE, InvalidParam, IpcProtocolError, Library, NoSpace, NotExist,
+    VersionError,
+)
+from saf.types import SUPPORTED_VERSIONS, Version, sa_name
+
+#: the version this library implements
+DEFAULT_VERSION = Version("A", 1, 1)
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """SaAmfCallbacksT; None means "no such callback" (the message is dropped)."""
+
+    healthcheck_callback: Callable[[int, bytes, int], None] | None = None
+    readiness_state_set_callback: Callable[[int, bytes, int], None] | None = None
+    component_terminate_callback: Callable[[int, bytes], None] | None = None
+    csi_set_callback: Callable[[int, bytes, bytes, int, int, bytes, int], None] | None = None
+    csi_remove_callback: Callable[[int, bytes, bytes, int], None] | None = None
+    protection_group_track_callback: Callable[
+        [bytes, list[ProtectionGroupNotification], int, int, int], None] | None = None
+    external_component_restart_callback: Callable[[int, bytes], None] | None = None
+    external_component_control_callback: Callable[[int, bytes, int], None] | None = None
+    pending_operation_confirm_callback: Callable[[int, bytes, int], None] | None = None
+    pending_operation_expired_callback: Callable[[bytes, int], None] | None = None
+
+
+def _check_version(version: Version | None) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise VersionError(f"unsupported version {version!r}")
+
+
+def _name(value: str | bytes, what: str = "name") -> bytes:
+    try:
+        return sa_name(value)
+    except ValueError as exc:
+        raise InvalidParam(f"{what}: {exc}") from None
+
+
+# invocation -> the handle its callback came on, so response() can use that connection
+_INVOCATION_HANDLES: dict[int, "weakref.ref[AmfHandle]"] = {}
+_INVOCATION_LOCK = threading.Lock()
+_INVOCATION_LIMIT = 4096
+
+
+def _remember(invocation: int, handle: "AmfHandle") -> None:
+    with _INVOCATION_LOCK:
+        _INVOCATION_HANDLES[invocation] = weakref.ref(handle)
+        while len(_INVOCATION_HANDLES) > _INVOCATION_LIMIT:
+            del _INVOCATION_HANDLES[next(iter(_INVOCATION_HANDLES))]
+
+
+def _handle_for(invocation: int) -> "AmfHandle | None":
+    with _INVOCATION_LOCK:
+        ref = _INVOCATION_HANDLES.pop(invocation, None)
+    h = ref() if ref is not None else None
+    return h if h is not None and not h.finalized else None
+
+
+class AmfHandle(Connection):
+    """An initialized AMF library handle (SaAmfHandleT)."""
+
+    service_id = aw.AMF_SERVICE_ID
+
+    def __init__(self, callbacks: Callbacks | None) -> None:
+        super().__init__()
+        self.callbacks = callbacks or Callbacks()
+        self._comp_name: bytes | None = None
+        self._track_limits: dict[bytes, int] = {}
+
+    # --- components ----------------------------------------------------------------
+
+    def component_register(self, comp_name: str | bytes,
+                           proxy_comp_name: str | bytes | None = None) -> None:
+        """Register this process as component ``comp_name`` (cluster-wide).
+
+        Raises:
+            NotExist: not in groups.conf (or the proxy is unknown/unregistered).
+            Exist: already registered on some node.  TryAgain, BadHandle, Library.
+        """
+        name = _name(comp_name, "component name")
+        proxy = _name(proxy_comp_name, "proxy name") if proxy_comp_name is not None else b""
+        self.request(aw.AMF_REQ_REGISTER, aw.encode_names(name, proxy))
+        self._comp_name = name
+
+    def component_unregister(self, comp_name: str | bytes,
+                             proxy_comp_name: str | bytes | None = None) -> None:
+        """Unregister ``comp_name``; its unit goes out of service.
+
+        Raises:
+            NotExist: unknown or not registered.  BadOperation: registered by
+            another process.  BadHandle, Library.
+        """
+        name = _name(comp_name, "component name")
+        proxy = _name(proxy_comp_name, "proxy name") if proxy_comp_name is not None else b""
+        self.request(aw.AMF_REQ_UNREGISTER, aw.encode_names(name, proxy))
+        if self._comp_name == name:
+            self._comp_name = None
+
+    def comp_name_get(self) -> bytes:
+        """The name registered through this handle.  Raises NotExist when none."""
+        self._check_open()
+        if self._comp_name is None:
+            raise NotExist("no component registered through this handle")
+        return self._comp_name
+
+    # --- protection groups ----------------------------------------------------------------
+
+    def protection_group_track_start(self, csi_name: str | bytes, track_flags: int,
+                                     number_of_items: int | None = None) -> None:
+        """Track the members of protection group (CSI) ``csi_name``.
+
+        Raises:
+            NotExist: no such protection group.  BadFlags, InvalidParam, BadHandle.
+        """
+        if number_of_items is not None and number_of_items < 0:
+            raise InvalidParam("number_of_items must be >= 0")
+        csi = _name(csi_name, "CSI name")
+        limit = number_of_items or 0
+        self.request(aw.AMF_REQ_PG_TRACK_START,
+                     aw.encode_pg_track_start(aw.PgTrackStart(csi, track_flags, limit)))
+        self._track_limits[csi] = limit
+
+    def protection_group_track_stop(self, csi_name: str | bytes) -> None:
+        """Stop tracking ``csi_name``.  Raises NotExist when not tracking it."""
+        csi = _name(csi_name, "CSI name")
+        self.request(aw.AMF_REQ_PG_TRACK_STOP, aw.encode_name(csi))
+        self._track_limits.pop(csi, None)
+
+    # --- answers -----------------------------------------------------------------------------
+
+    def response(self, invocation: int, error: int = SA_OK) -> None:
+        """saAmfResponse on this handle's connection."""
+        self.request(aw.AMF_REQ_RESPONSE, _response_body(invocation, error))
+
+    def stopping_complete(self, invocation: int, error: int = SA_OK) -> None:
+        """saAmfStoppingComplete on this handle's connection."""
+        self.request(aw.AMF_REQ_STOPPING_COMPLETE, _response_body(invocation, error))
+
+    # --- callbacks ---------------------------------------------------------------------------
+
+    def _run_callback(self, frame: w.Frame) -> None:
+        cbs = self.callbacks
+        mid = frame.msg_id
+        if mid == aw.AMF_CB_HEALTHCHECK:
+            hc = aw.decode_healthcheck_cb_untrusted(frame.body)
+            _remember(hc.invocation, self)
+            if cbs.healthcheck_callback is not None:
+                cbs.healthcheck_callback(hc.invocation, hc.comp_name, hc.check_type)
+        elif mid == aw.AMF_CB_READINESS_SET:
+            rs = aw.decode_readiness_set_cb_untrusted(frame.body)
+            _remember(rs.invocation, self)
+            if cbs.readiness_state_set_callback is not None:
+                cbs.readiness_state_set_callback(rs.invocation, rs.comp_name, rs.readiness_state)
+        elif mid == aw.AMF_CB_CSI_SET:
+            cs = aw.decode_csi_set_cb_untrusted(frame.body)
+            _remember(cs.invocation, self)
+            if cbs.csi_set_callback is not None:
+                cbs.csi_set_callback(cs.invocation, cs.comp_name, cs.csi_name, cs.csi_flags,
+                                     cs.ha_state, cs.active_comp_name,
+                                     cs.transition_descriptor)
+        elif mid == aw.AMF_CB_CSI_REMOVE:
+            cr = aw.decode_csi_remove_cb_untrusted(frame.body)
+            _remember(cr.invocation, self)
+            if cbs.csi_remove_callback is not None:
+                cbs.csi_remove_callback(cr.invocation, cr.comp_name, cr.csi_name, cr.csi_flags)
+        elif mid == aw.AMF_CB_PG_TRACK:
+            pg = aw.decode_pg_track_cb_untrusted(frame.body)
+            fn = cbs.protection_group_track_callback
+            if fn is None:
+                return
+            items = list(pg.items)
+            limit = self._track_limits.get(pg.csi_name, 0)
+            if limit and len(items) > limit:
+                fn(pg.csi_name, [], len(items), pg.number_of_members, NoSpace.code)
+            else:
+                fn(pg.csi_name, items, len(items), pg.number_of_members, pg.error)
+        elif mid in (aw.AMF_CB_TERMINATE, aw.AMF_CB_EXT_RESTART, aw.AMF_CB_EXT_CONTROL,
+                     aw.AMF_CB_PENDING_CONFIRM, aw.AMF_CB_PENDING_EXPIRED):
+            ic = aw.decode_invocation_cb_untrusted(frame.body)
+            if mid == aw.AMF_CB_TERMINATE and cbs.component_terminate_callback is not None:
+                cbs.component_terminate_callback(ic.invocation, ic.comp_name)
+            elif mid == aw.AMF_CB_EXT_RESTART and \
+                    cbs.external_component_restart_callback is not None:
+                cbs.external_component_restart_callback(ic.invocation, ic.comp_name)
+            elif mid == aw.AMF_CB_EXT_CONTROL and \
+                    cbs.external_component_control_callback is not None:
+                cbs.external_component_control_callback(ic.invocation, ic.comp_name, ic.flags)
+            elif mid == aw.AMF_CB_PENDING_CONFIRM and \
+                    cbs.pending_operation_confirm_callback is not None:
+                cbs.pending_operation_confirm_callback(ic.invocation, ic.comp_name, ic.flags)
+            elif mid == aw.AMF_CB_PENDING_EXPIRED and \
+                    cbs.pending_operation_expired_callback is not None:
+                cbs.pending_operation_expired_callback(ic.comp_name, ic.flags)
+        else:
+            raise Library(f"unknown AMF callback id {mid}")
+
+    def __enter__(self) -> "AmfHandle":
+        return self
+
+
+def initialize(callbacks: Callbacks | None = None,
+               version: Version | None = DEFAULT_VERSION) -> AmfHandle:
+    """saAmfInitialize: connect to the local executive's AMF service.
+
+    Raises:
+        VersionError: not A.01.01.  TryAgain: no executive.  Security: not allowed.
+    """
+    _check_version(version)
+    return AmfHandle(callbacks)
+
+
+def _call(msg_id: int, body: bytes) -> bytes:
+    return one_shot(aw.AMF_SERVICE_ID, msg_id, body, REQUEST_GUARD)
+
+
+def _u32(body: bytes) -> int:
+    try:
+        return aw.decode_u32_untrusted(body)
+    except IpcProtocolError as exc:
+        raise Library(f"garbled reply: {exc}") from None
+
+
+def readiness_state_get(comp_name: str | bytes) -> ReadinessState:
+    """The confirmed readiness of any configured component.  Raises NotExist."""
+    return ReadinessState(_u32(_call(aw.AMF_REQ_READINESS_GET,
+                                     aw.encode_name(_name(comp_name)))))
+
+
+def ha_state_get(comp_name: str | bytes, csi_name: str | bytes) -> HAState:
+    """The confirmed HA state of ``comp_name`` for CSI ``csi_name``.
+
+    Raises:
+        NotExist: unknown component, or not a member of that protection group.
+    """
+    return HAState(_u32(_call(aw.AMF_REQ_HA_GET,
+                              aw.encode_names(_name(comp_name), _name(csi_name)))))
+
+
+def error_report(reporting_component: str | bytes, erroneous_component: str | bytes,
+                 error_detection_time: int = 0,
+                 error_descriptor: ErrorDescriptor | None = None,
+                 additional_data: bytes | None = None) -> None:
+    """Report an error on a registered component (from any process, any node).
+
+    Every accepted report takes the component's unit out of service (its
+    standby, if any, becomes active) until ``error_cancel_all``.
+
+    Raises:
+        NotExist: unknown component.  BadOperation: not registered.
+    """
+    data = additional_data or b""
+    if len(data) > aw.MAX_ADDITIONAL_DATA:
+        raise InvalidParam(f"additional data longer than {aw.MAX_ADDITIONAL_DATA} bytes")
+    _call(aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(aw.ErrorReport(
+        _name(reporting_component), _name(erroneous_component), error_detection_time,
+        error_descriptor or ErrorDescriptor(), data)))
+
+
+def error_cancel_all(comp_name: str | bytes) -> None:
+    """Clear the component's errors; its unit comes back into service.
+
+    Raises:
+        NotExist: unknown component.  BadOperation: not registered.
+    """
+    _call(aw.AMF_REQ_ERROR_CANCEL_ALL, aw.encode_name(_name(comp_name)))
+
+
+def component_capability_model_get(comp_name: str | bytes) -> int:
+    """The configured capability model (1..7).  Raises NotExist (unknown or unregistered)."""
+    return _u32(_call(aw.AMF_REQ_CAPABILITY_GET, aw.encode_name(_name(comp_name))))
+
+
+def pending_operation_get(comp_name: str | bytes) -> int:
+    """Pending operation flags: always 0 (no administrative operations exist).
+
+    Raises:
+        NotExist: unknown component.
+    """
+    readiness_state_get(comp_name)
+    return 0
+
+
+def _response_body(invocation: int, error: int) -> bytes:
+    if error != SA_OK and error not in ERRORS_BY_CODE:
+        raise InvalidParam(f"{error!r} is not an SaErrorT")
+    try:
+        return aw.encode_response(aw.Response(invocation, error))
+    except ValueError as exc:
+        raise InvalidParam(str(exc)) from None
+
+
+def response(invocation: int, error: int = SA_OK) -> None:
+    """saAmfResponse: answer a healthcheck, readiness-set or CSI-set callback.
+
+    Raises:
+        InvalidParam: unknown invocation (already answered, timed out, or never issued).
+    """
+    body = _response_body(invocation, error)
+    handle = _handle_for(invocation)
+    if handle is not None:
+        try:
+            handle.request(aw.AMF_REQ_RESPONSE, body)
+            return
+        except Library:
+            if not handle.finalized:
+                raise
+    _call(aw.AMF_REQ_RESPONSE, body)
+
+
+def stopping_complete(invocation: int, error: int = SA_OK) -> None:
+    """saAmfStoppingComplete: answer a readiness-set(STOPPING) callback."""
+    body = _response_body(invocation, error)
+    handle = _handle_for(invocation)
+    if handle is not None:
+        handle.request(aw.AMF_REQ_STOPPING_COMPLETE, body)
+        return
+    _call(aw.AMF_REQ_STOPPING_COMPLETE, body)
+
+
+def status() -> tuple[StatusRow, ...]:
+    """The replicated AMF state as this node holds it (not SAF; ``ais.amf_status`` prints it)."""
+    try:
+        return aw.decode_status_untrusted(_call(aw.AMF_REQ_STATUS, b""))
+    except IpcProtocolError as exc:
+        raise Library(f"garbled reply: {exc}") from None
+
+
+__all__ = [
+    "AmfHandle", "Callbacks", "DEFAULT_VERSION", "ErrorDescriptor", "HAState",
+    "ProtectionGroupMember", "ProtectionGroupNotification", "ReadinessState",
+    "component_capability_model_get", "error_cancel_all", "error_report", "ha_state_get",
+    "initialize", "pending_operation_get", "readiness_state_get", "response", "status",
+    "stopping_complete",
+]
