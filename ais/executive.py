@@ -410,12 +410,16 @@ class ServiceHost:
         if self._conns.get(conn.conn_id) is conn:  # still connected
             conn.send_response(msg_id, seq, code, body)
 
-    def defer(self, tag: ReplyTag, timeout: float | None) -> Deferred:
+    def defer(self, tag: ReplyTag, timeout: float | None, *,
+              on_timeout: Callable[[], None] | None = None) -> Deferred:
         """The answer to ``tag`` comes later; after ``timeout`` s without one, Timeout.
 
         A library handler returns this instead of ``DEFERRED`` when its
         request has a time limit.  ``reply`` returns False after the timeout,
         so the exec handler can undo what nobody waits for.
+
+        Args:
+            on_timeout: run after the host answered Timeout (to forget the request).
         """
         key = (tag.conn_id, tag.seq)
         if timeout is not None and tag.node == self.node_id and key in self._pending:
@@ -423,12 +427,13 @@ class ServiceHost:
             if old is not None:
                 old.cancel()
             self._deadlines[key] = self.call_later(max(0.0, timeout),
-                                                   lambda: self._timed_out(tag))
+                                                   lambda: self._timed_out(tag, on_timeout))
         return DEFERRED
 
-    def _timed_out(self, tag: ReplyTag) -> None:
+    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], None] | None) -> None:
         self._deadlines.pop((tag.conn_id, tag.seq), None)
-        self._claim_and_answer(tag, Timeout.code, b"", False)
+        if self._claim_and_answer(tag, Timeout.code, b"", False) and on_timeout is not None:
+            on_timeout()
 
     def conn_of(self, tag: ReplyTag) -> LibConn | None:
         """The connection of this node's client behind ``tag``, while it is open."""

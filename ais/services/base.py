@@ -305,8 +305,12 @@ class HostAPI(Protocol):
         """This node's open client connections to ``service``."""
         ...
 
-    def defer(self, tag: ReplyTag, timeout: float | None) -> Deferred:
-        """Answer ``tag`` later; if nobody did within ``timeout`` s, the host answers Timeout."""
+    def defer(self, tag: ReplyTag, timeout: float | None, *,
+              on_timeout: Callable[[], None] | None = None) -> Deferred:
+        """Answer ``tag`` later; if nobody did within ``timeout`` s, the host answers Timeout.
+
+        ``on_timeout`` runs after such a Timeout answer (to forget the request).
+        """
         ...
 
     @property
