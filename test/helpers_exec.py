@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ais.executive import FakeBus, ManualScheduler, ServiceHost  # noqa: E402
 from ais.services.clm import ClmService  # noqa: E402
 from ais.totem.events import node_of  # noqa: E402
+from saf import _clm_wire  # noqa: E402
 from saf import _wire as w  # noqa: E402
 from saf.errors import SA_OK  # noqa: E402
 
@@ -92,7 +93,7 @@ class ServiceCluster:
 
     def connect(self, addr: str) -> FakeConn:
         host = self.hosts[addr]
-        conn = FakeConn(host.new_conn_id(), w.CLM_SERVICE_ID)
+        conn = FakeConn(host.new_conn_id(), _clm_wire.CLM_SERVICE_ID)
         host.lib_connect(conn)
         return conn
 

@@ -4,6 +4,7 @@ import struct
 
 import pytest
 
+from saf import _clm_wire as clw
 from saf import _wire as w
 from saf.errors import IpcProtocolError
 from saf.types import ClusterChange, ClusterNode, ClusterNotification
@@ -28,15 +29,15 @@ CASES = [
      b"\x02\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
     (w.HelloReply(5, 9), w.encode_hello_reply, w.decode_hello_reply_untrusted,
      b"\x00\x00\x00\x05" + b"\x00" * 7 + b"\x09"),
-    (w.ClmTrackStart(0x05, 64), w.encode_clm_track_start, w.decode_clm_track_start_untrusted,
+    (clw.ClmTrackStart(0x05, 64), clw.encode_clm_track_start, clw.decode_clm_track_start_untrusted,
      b"\x05\x00\x00\x00\x00\x00\x00\x40"),
-    (w.ClmNodeGet(0x6201A8C0, -1), w.encode_clm_node_get, w.decode_clm_node_get_untrusted,
+    (clw.ClmNodeGet(0x6201A8C0, -1), clw.encode_clm_node_get, clw.decode_clm_node_get_untrusted,
      b"\x62\x01\xa8\xc0" + b"\xff" * 8),
-    (w.ClmNodeGetAsync(0x55, 0), w.encode_clm_node_get_async,
-     w.decode_clm_node_get_async_untrusted, b"\x00" * 7 + b"\x55" + b"\x00" * 4),
-    (NODE, w.encode_cluster_node, w.decode_cluster_node_untrusted, _node_bytes(NODE)),
-    (w.ClmTrackCallback(8, 2, (ClusterNotification(NODE, ClusterChange.SA_CLM_NODE_LEFT),)),
-     w.encode_clm_track_callback, w.decode_clm_track_callback_untrusted,
+    (clw.ClmNodeGetAsync(0x55, 0), clw.encode_clm_node_get_async,
+     clw.decode_clm_node_get_async_untrusted, b"\x00" * 7 + b"\x55" + b"\x00" * 4),
+    (NODE, clw.encode_cluster_node, clw.decode_cluster_node_untrusted, _node_bytes(NODE)),
+    (clw.ClmTrackCallback(8, 2, (ClusterNotification(NODE, ClusterChange.SA_CLM_NODE_LEFT),)),
+     clw.encode_clm_track_callback, clw.decode_clm_track_callback_untrusted,
      struct.pack("!QII", 8, 2, 1) + _node_bytes(NODE) + b"\x03"),
 ]
 
@@ -50,11 +51,11 @@ def test_round_trip(obj, enc, dec, data):
 
 @pytest.mark.timeout(10)
 def test_node_get_callback_round_trip():
-    cb = w.ClmNodeGetCallback(0x60, NODE)
-    data = w.encode_clm_node_get_callback(cb)
-    assert w.decode_clm_node_get_callback_untrusted(data, 1) == cb
+    cb = clw.ClmNodeGetCallback(0x60, NODE)
+    data = clw.encode_clm_node_get_callback(cb)
+    assert clw.decode_clm_node_get_callback_untrusted(data, 1) == cb
     # With an error the record is not handed out.
-    assert w.decode_clm_node_get_callback_untrusted(data, 12).node is None
+    assert clw.decode_clm_node_get_callback_untrusted(data, 12).node is None
 
 
 @pytest.mark.timeout(10)
@@ -92,10 +93,10 @@ def test_bad_frames(data):
 
 DECODERS = [
     w.decode_frame_untrusted, w.decode_hello_untrusted, w.decode_hello_reply_untrusted,
-    w.decode_clm_track_start_untrusted, w.decode_clm_node_get_untrusted,
-    w.decode_clm_node_get_async_untrusted, w.decode_cluster_node_untrusted,
-    w.decode_clm_track_callback_untrusted,
-    lambda d: w.decode_clm_node_get_callback_untrusted(d, 1),
+    clw.decode_clm_track_start_untrusted, clw.decode_clm_node_get_untrusted,
+    clw.decode_clm_node_get_async_untrusted, clw.decode_cluster_node_untrusted,
+    clw.decode_clm_track_callback_untrusted,
+    lambda d: clw.decode_clm_node_get_callback_untrusted(d, 1),
 ]
 
 
