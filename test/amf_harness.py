@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from ais.config import parse_groups_conf
-from ais.executive import FakeBus, ManualScheduler, ServiceHost
+from ais.executive import ServiceHost
+from ais.testing import FakeBus, ManualScheduler
 from ais.services.amf import AmfService
 from ais.services.clm import ClmService
 from ais.totem.events import node_of

@@ -239,6 +239,8 @@ class _Invocation:
     kind: int
     state: int
     timer: TimerHandle | None = None
+    #: a later request of the same kind replaced it
+    superseded: bool = False
 
 
 @dataclass
@@ -417,7 +419,7 @@ class AmfService(Service):
 
     def _outstanding(self, c: Comp, kind: int, state: int) -> bool:
         return any(i.comp == c.name and i.incarnation == c.incarnation and i.kind == kind
-                   and i.state == state for i in self.invocations.values())
+                   and i.state == state and not i.superseded for i in self.invocations.values())
 
     def _talk(self, c: Comp, kind: int) -> None:
         """Send ``c`` the callback for its wanted state of ``kind`` (if hosted here)."""
@@ -425,11 +427,12 @@ class AmfService(Service):
         if conn is None:
             return
         state = c.want_readiness if kind == KIND_READINESS else c.want_ha
-        for n in [n for n, i in self.invocations.items()
-                  if i.comp == c.name and i.kind == kind]:
-            old = self.invocations.pop(n)  # superseded: its answer no longer counts
-            if old.timer is not None:
-                old.timer.cancel()
+        for old in self.invocations.values():
+            if old.comp == c.name and old.kind == kind and not old.superseded:
+                # Its answer is still welcome but confirms nothing any more.
+                old.superseded = True
+                if old.timer is not None:
+                    old.timer.cancel()
         inv = _Invocation(c.name, c.incarnation, kind, state)
         n = self._new_invocation(inv)
         name = c.name.encode()
@@ -1102,6 +1105,8 @@ class AmfService(Service):
         if inv.timer is not None:
             inv.timer.cancel()
         name = aw.encode_name(inv.comp.encode())
+        if inv.superseded:
+            return b""
         if inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
             if hc is not None and hc.invocation == n:
