@@ -1,0 +1,248 @@
+"""AMF with real executives and the example programs as real processes (spec/amf.md 10).
+
+The QUICKSTART walkthrough on one executive, SIGSTOP and SIGKILL of a
+component, and the two-node failover when an executive is killed.  The
+groups.conf is the sample with a generous healthcheck timeout, so that a
+loaded machine does not fail a component that is merely slow.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import ROOT, Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+SAMPLE = (ROOT / "conf" / "groups.conf").read_text()
+TEST_GROUPS = SAMPLE.replace("backup-units=2",
+                             "backup-units=2\n\thealthcheck-period=100\n\t"
+                             "healthcheck-timeout=1000")
+ACTIVE = "SA_AMF_ACTIVE."
+STANDBY = "SA_AMF_STANDBY."
+QUIESCED = "SA_AMF_QUIESCED."
+IN_SERVICE = "SA_AMF_IN_SERVICE."
+OOS = "SA_AMF_OUT_OF_SERVICE."
+
+
+class AmfCluster(Cluster):
+    """Executives reading the test groups.conf."""
+
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        groups = self.root / "groups.conf"
+        groups.write_text(TEST_GROUPS)
+        node.conf.write_text(node.conf.read_text().replace(
+            str(ROOT / "conf" / "groups.conf"), str(groups)))
+        return node
+
+
+class Prog:
+    """One example program's process with its output collected in a thread."""
+
+    def __init__(self, c: Cluster, n: int, i: int | str, *args: str) -> None:
+        script = ROOT / "examples" / f"testamf{i}.py"
+        self.proc = subprocess.Popen([sys.executable, str(script), *args],
+                                     env=c.nodes[n].env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def states(self) -> list[str]:
+        """The readiness / HA lines, as their last word."""
+        return [ln.rsplit(" ", 1)[-1] for ln in list(self.lines)
+                if ln.startswith(("ReadinessStateSetCallback", "CSISetCallback"))]
+
+    def healthchecks(self) -> int:
+        return sum(1 for ln in list(self.lines) if "HealthcheckCallback" in ln)
+
+    def wait(self, pred, what: str, timeout: float = 20.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred(self):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; output:\n" + "\n".join(self.lines))
+
+    def wait_states(self, want: list[str], timeout: float = 20.0) -> None:
+        self.wait(lambda p: p.states() == want, f"states {want}", timeout)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def status(c: Cluster, n: int) -> str:
+    """What ``python -m ais.amf_status`` prints on node n."""
+    p = subprocess.run([sys.executable, "-m", "ais.amf_status"], env=c.nodes[n].env(),
+                       capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def unit_line(text: str, unit: str) -> str:
+    return next(ln for ln in text.splitlines() if ln.strip().startswith(f"unit {unit}:"))
+
+
+def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> None:
+    procs: list[Prog] = []
+
+    def run(i: int | str, *args: str) -> Prog:
+        p = Prog(c, 1, i, *args)
+        procs.append(p)
+        return p
+
+    with AmfCluster(tmp_path, 1) as c:
+        try:
+            c.start(1)
+            c.wait_ring([1])
+            t3 = run(3)
+            t3.wait(lambda p: "register result is 1 (should be 1)" in p.lines, "register")
+            time.sleep(0.5)
+            assert t3.states() == [] and t3.healthchecks() == 0, t3.lines
+            t4 = run(4)
+            for p in (t3, t4):
+                p.wait_states([IN_SERVICE, ACTIVE])
+                p.wait(lambda q: q.healthchecks() >= 3, "healthchecks")
+            t1 = run(1)
+            t1.wait(lambda p: "register result is 1 (should be 1)" in p.lines, "register")
+            time.sleep(0.5)
+            assert t1.states() == [], "testamf1 alone changes nothing"
+            t2 = run(2)
+            t2.wait(lambda p: "CANCELING ERROR." in p.lines, "the testamf2 script", 30)
+            cycle = [IN_SERVICE, STANDBY]
+            t2.wait_states(cycle + cycle + [QUIESCED, OOS] + cycle)
+            lines = t2.lines
+            assert lines.index("Unregistering component") < lines.index("Registering component") \
+                < lines.index("REPORTING ERROR.") < lines.index("CANCELING ERROR.")
+            t1.wait_states(cycle + [QUIESCED, OOS] + cycle + [QUIESCED, OOS] + cycle)
+            t1.wait(lambda p: p.healthchecks() >= 3, "healthchecks")
+            assert t3.states() == [IN_SERVICE, ACTIVE] and t4.states() == [IN_SERVICE, ACTIVE]
+            text = status(c, 1)
+            assert "role active" in unit_line(text, "raidB")
+            assert "role standby" in unit_line(text, "raidA")
+            assert "comp_a_in_su_y (pgA): on 127.0.0.1, IN_SERVICE/ACTIVE" in text
+
+            # Ctrl-Z on a component of the active unit: the standby takes over.
+            t3.signal(signal.SIGSTOP)
+            t4.wait_states([IN_SERVICE, ACTIVE, QUIESCED, OOS])
+            for p in (t1, t2):
+                p.wait(lambda q: q.states()[-1:] == [ACTIVE], "ACTIVE")
+            text = status(c, 1)
+            assert "role active" in unit_line(text, "raidA")
+            assert "comp_a_in_su_y (pgA): on 127.0.0.1, OUT_OF_SERVICE/QUIESCED, error 30" in text
+            # Repair: the stopped process is killed and started again; raidB comes back standby.
+            t3.stop()
+            time.sleep(0.5)
+            t3b = run(3)
+            for p in (t3b,):
+                p.wait_states([IN_SERVICE, STANDBY])
+            t4.wait_states([IN_SERVICE, ACTIVE, QUIESCED, OOS, IN_SERVICE, STANDBY])
+            # SIGKILL of a component of the (now) active unit raidA.
+            n1, n2 = len(t1.states()), len(t2.states())
+            t1.signal(signal.SIGKILL)
+            t2.wait(lambda p: p.states()[n2:] == [QUIESCED, OOS], "QUIESCED, OOS")
+            for p in (t3b, t4):
+                p.wait(lambda q: q.states()[-1:] == [ACTIVE], "ACTIVE")
+            assert n1 and "role active" in unit_line(status(c, 1), "raidB")
+            # negative checks of spec 10.8 through the library
+            out = c.client(1, "import sys; sys.path.insert(0, %r)\n" % str(ROOT) + NEGATIVE)
+            assert out.returncode == 0 and out.stdout.split() == [
+                "12", "14", "21", "21", "12", "12", "3"], out.stdout + out.stderr
+        finally:
+            for p in procs:
+                p.stop()
+
+
+NEGATIVE = """
+from saf import amf
+from saf.errors import SaError
+from saf.types import Version
+def code(fn):
+    try:
+        fn()
+        return 1
+    except SaError as e:
+        return e.code
+h = amf.initialize()
+print(code(lambda: h.component_register("nobody")))
+print(code(lambda: h.component_register("comp_b_in_su_y")))
+print(code(lambda: amf.error_report("x", "comp_a_in_su_z")))
+print(code(lambda: amf.error_cancel_all("comp_a_in_su_z")))
+print(code(lambda: amf.ha_state_get("comp_a_in_su_y", "pgB")))
+print(code(lambda: h.protection_group_track_start("pgZ", 1)))
+print(code(lambda: amf.initialize(version=Version("B", 1, 1))))
+"""
+
+
+def test_two_executives_fail_over_when_one_is_killed(tmp_path: Path) -> None:
+    procs: list[Prog] = []
+    with AmfCluster(tmp_path, 2) as c:
+        try:
+            c.start_all()
+            c.wait_ring([1, 2])
+            t3, t4 = Prog(c, 1, 3), Prog(c, 1, 4)
+            procs += [t3, t4]
+            for p in (t3, t4):
+                p.wait_states([IN_SERVICE, ACTIVE])
+            t1, t2 = Prog(c, 2, 1), Prog(c, 2, 2)
+            procs += [t1, t2]
+            t2.wait(lambda p: "CANCELING ERROR." in p.lines, "the testamf2 script", 30)
+            for p in (t1, t2):
+                p.wait(lambda q: q.states()[-2:] == [IN_SERVICE, STANDBY], "standby")
+            end = time.monotonic() + 10
+            while status(c, 1) != status(c, 2) and time.monotonic() < end:
+                time.sleep(0.2)
+            s1 = status(c, 1)
+            assert s1 == status(c, 2)
+            assert "comp_a_in_su_y (pgA): on 127.0.0.1, IN_SERVICE/ACTIVE" in s1
+            assert "comp_a_in_su_x (pgA): on 127.0.0.2, IN_SERVICE/STANDBY" in s1
+            c.kill(1)  # kill -9 node 1's executive
+            for p in (t1, t2):
+                p.wait(lambda q: q.states()[-1:] == [ACTIVE], "ACTIVE on node 2", 30)
+            s2 = status(c, 2)
+            assert "role active" in unit_line(s2, "raidA")
+            assert "comp_a_in_su_y (pgA): unregistered, OUT_OF_SERVICE/QUIESCED" in s2
+            t3.stop(), t4.stop()
+            # node 1 comes back empty: it gets the state in the sync round
+            c.start(1)
+            c.wait_ring([1, 2])
+            end = time.monotonic() + 10
+            while status(c, 1) != status(c, 2) and time.monotonic() < end:
+                time.sleep(0.2)
+            assert status(c, 1) == status(c, 2)
+            t3b, t4b = Prog(c, 1, 3), Prog(c, 1, 4)
+            procs += [t3b, t4b]
+            for p in (t3b, t4b):
+                p.wait_states([IN_SERVICE, STANDBY])
+            end = time.monotonic() + 10
+            while status(c, 1) != status(c, 2) and time.monotonic() < end:
+                time.sleep(0.2)
+            final = status(c, 1)
+            assert final == status(c, 2)
+            assert "role active" in unit_line(final, "raidA")
+            assert "role standby" in unit_line(final, "raidB")
+        finally:
+            for p in procs:
+                p.stop()
