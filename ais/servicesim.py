@@ -132,6 +132,9 @@ from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
 from ais.services import ckpt as ckpt_mod
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
+from ais.services.amf import AmfService
+from ais.config import parse_groups_conf
+from saf import _amf_wire as aw
 from ais.totem.events import (
     CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer, TotemConfig,
 )
@@ -245,6 +248,8 @@ class SvcOptions(SimOptions):
     sync_budget: int = 2048
     #: the ring's send queue (messages), so big syncs and bursts meet TRY_AGAIN
     send_queue: int = 16
+    #: run AMF too (components on every node, state identity checked)
+    amf: bool = True
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -532,6 +537,112 @@ def check_answered(outstanding: Iterable[tuple[str, str, float]], quiet_at: floa
 
 
 # --- simulated clients --------------------------------------------------------------------
+
+
+# --- AMF: every node hosts some components of the sample model; identity is checked ---------
+
+#: the sample groups.conf; healthchecks slow enough for a simulated loaded node
+SIM_AMF_MODEL = parse_groups_conf("""
+group {
+name=raid
+model=nplusm
+active-units=1
+backup-units=2
+healthcheck-period=200
+healthcheck-timeout=1000
+response-timeout=2000
+unit {
+name=raidA
+component {
+name=comp_a_in_su_x
+model=x_active
+}
+component {
+name=comp_b_in_su_x
+model=x_active
+}
+}
+unit {
+name=raidB
+component {
+name=comp_a_in_su_y
+model=x_active
+}
+component {
+name=comp_b_in_su_y
+model=x_active
+}
+}
+protection {
+name=pgA
+member=comp_a_in_su_x
+member=comp_a_in_su_y
+}
+protection {
+name=pgB
+member=comp_b_in_su_x
+member=comp_b_in_su_y
+}
+}
+""", "<servicesim>")
+
+
+def check_amf(digests: dict[str, Any]) -> list[Violation]:
+    """(a) for AMF: every live node holds the same AMF state (``AmfService.digest``)."""
+    names = sorted(digests)
+    return _capped([Violation("diverged", f"AMF states of {names[0]} and {n} differ: "
+                                          f"{digests[names[0]]!r} vs {digests[n]!r}")
+                    for n in names[1:] if digests[n] != digests[names[0]]])
+
+
+class _AmfComp:
+    """An AMF component process on one node incarnation: registers (retrying EXIST and
+    TRY_AGAIN every 0.5 s) and answers every callback 1 ms later, as testamf1..6 do."""
+
+    def __init__(self, sim: "ServiceSim", nid: int, inc: int, host: ServiceHost,
+                 name: str) -> None:
+        self.sim, self.nid, self.inc, self.host, self.name = sim, nid, inc, host, name
+        self.conn_id = host.new_conn_id()
+        self.service_id = aw.AMF_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.closed = False
+        self.seq = 0
+        host.lib_connect(self)
+        self._register()
+
+    def _alive(self) -> bool:
+        return self.sim.hosts.get(self.nid) is self.host and not self.closed
+
+    def _register(self) -> None:
+        if self._alive():
+            self.seq += 1
+            self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq,
+                                  aw.encode_names(self.name.encode(), b""))
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if msg_id == aw.AMF_CB_HEALTHCHECK:
+            inv = aw.decode_healthcheck_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_READINESS_SET:
+            inv = aw.decode_readiness_set_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_CSI_SET:
+            inv = aw.decode_csi_set_cb_untrusted(body).invocation
+        else:
+            return
+        self.host.call_later(0.001, lambda: self._answer(inv))
+
+    def _answer(self, inv: int) -> None:
+        if self._alive():
+            self.seq += 1
+            self.host.lib_request(self, aw.AMF_REQ_RESPONSE, self.seq,
+                                  aw.encode_response(aw.Response(inv, SA_OK)))
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        if msg_id == aw.AMF_REQ_REGISTER and error != SA_OK:
+            self.host.call_later(0.5, self._register)
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
 
 
 class _TrackConn:
@@ -1211,7 +1322,8 @@ class ServiceSim(Simulation):
         node.state = ""
         node.hist = History(nid, node.inc)
         self.histories[(nid, node.inc)] = node.hist
-        host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()],
+        host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()]
+                           + ([AmfService(SIM_AMF_MODEL)] if self.o.amf else []),
                            _Clock(self, nid, node.inc))
         self.hosts[nid] = host
         self.fifo[nid].clear()
@@ -1233,6 +1345,10 @@ class ServiceSim(Simulation):
             self.next_uid += 1
             self.clients[nid].append(c)
             self.all_clients.append(c)
+        ids = sorted(self.nodes)
+        for k, (_, _, comp) in enumerate(SIM_AMF_MODEL.components()):
+            if self.o.amf and ids[k % len(ids)] == nid:
+                _AmfComp(self, nid, node.inc, host, comp.name)
         self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk} (empty host)")
         self.call(node, node.srp.start)
 
@@ -1428,6 +1544,9 @@ class ServiceSim(Simulation):
         """Checks (a) and (b) on the live nodes' current state (module docstring)."""
         digests, views, replicas = self.observe()
         vs = check_convergence(digests, views)
+        vs += check_amf({n.name: h.services[aw.AMF_SERVICE_ID].digest()  # type: ignore[attr-defined]
+                         for n in self.up() if (h := self.hosts[n.id]) is not None
+                         and aw.AMF_SERVICE_ID in h.services})
         desc = ring_graph(self.installs.values())
         # Of the checkpoints created with one name on sides that never met, the one
         # that kept the name (linked) must hold everything; the others only what
@@ -1687,6 +1806,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", default=",".join(map(repr, d.delay)),
                    help="base delay range in seconds, LO,HI")
     p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--amf", action=argparse.BooleanOptionalAction, default=d.amf,
+                   help="run AMF and check its state identity (default on)")
     return p
 
 
@@ -1699,7 +1820,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         ack_crashes=a.ack_crashes, split_writes=a.split_writes, messages=a.messages, clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
-        max_steps=a.max_steps)
+        max_steps=a.max_steps, amf=a.amf)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:
