@@ -399,3 +399,32 @@ def test_no_model_means_every_component_is_unknown():
     cl.form([A])
     assert cl.proc(A, "comp_a_in_su_x", register=False).register() == NotExist.code
     assert isinstance(cl.amf(A), AmfService) and cl.amf(A).groups == []
+
+
+def test_groups_conf_timing_and_quorum_keys():
+    from ais.config import ConfigError, parse_groups_conf
+    text = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=50\n\t"
+                          "healthcheck-timeout=70\n\tresponse-timeout=900\n\tquorum=2")
+    g = parse_groups_conf(text).groups[0]
+    assert (g.healthcheck_period, g.healthcheck_timeout, g.response_timeout, g.quorum) == \
+        (50.0, 70.0, 900.0, 2)
+    d = parse_groups_conf(SAMPLE).groups[0]
+    assert (d.healthcheck_period, d.healthcheck_timeout, d.response_timeout, d.quorum) == \
+        (100.0, 100.0, 5000.0, 0)
+    bad = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=0")
+    with pytest.raises(ConfigError) as e:
+        parse_groups_conf(bad, "groups.conf")
+    assert str(e.value) == "groups.conf:16: healthcheck-period: must be greater than 0"
+
+
+def test_short_healthcheck_settings_detect_a_stop_sooner():
+    text = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=20\n\t"
+                          "healthcheck-timeout=20")
+    cl = AmfCluster([A], text)
+    cl.form([A])
+    t1, t2, t3, t4 = quickstart_start(cl)
+    for p in (t1, t2, t3, t4):
+        p.take()
+    t3.stopped = True
+    cl.advance(0.05, step=0.005)
+    assert t1.take() == ["ACTIVE"] and t4.take() == ["QUIESCED", "OUT_OF_SERVICE"]
