@@ -116,7 +116,7 @@ from ais.services.base import (
 from ais.totem.events import fmt_node
 from saf import _amf_wire as aw
 from saf.errors import (
-    SA_OK, BadFlags, BadOperation, Exist, InvalidParam, IpcProtocolError, NotExist, TryAgain,
+    SA_OK, BadFlags, BadOperation, Exist, InvalidParam, IpcProtocolError, NotExist,
 )
 from saf.types import SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT
 
@@ -326,9 +326,6 @@ class AmfService(Service):
     name = "amf"
     service_id = aw.AMF_SERVICE_ID
 
-    #: seconds between retries of a message the ring refused
-    RETRY_DELAY = 0.01
-
     def __init__(self, model: AmfModel | None = None) -> None:
         self._model_option = model
         self.groups: list[Group] = []
@@ -345,8 +342,6 @@ class AmfService(Service):
         self.healthchecks: dict[str, _Healthcheck] = {}
         #: (component, incarnation) this node reported failed: no more callbacks to it
         self._faulted: set[tuple[str, int]] = set()
-        self._out: list[tuple[int, bytes]] = []
-        self._out_armed = False
         self._round: SyncInfo | None = None
         self._streams: dict[int, dict[str, _UnitRecord]] = {}
         self._sync_cursor = 0
@@ -379,22 +374,8 @@ class AmfService(Service):
     # --- sending -----------------------------------------------------------------------
 
     def _send_own(self, msg_id: int, payload: bytes) -> None:
-        """Multicast a fact this node found (no client waits); retried while the ring is full."""
-        self._out.append((msg_id, payload))
-        self._flush_out()
-
-    def _flush_out(self) -> None:
-        self._out_armed = False
-        while self._out:
-            msg_id, payload = self._out[0]
-            try:
-                self.host.mcast(self, msg_id, payload)
-            except TryAgain:
-                if not self._out_armed:
-                    self._out_armed = True
-                    self.host.call_later(self.RETRY_DELAY, self._flush_out)
-                return
-            self._out.pop(0)
+        """Multicast a fact this node found (no client waits); the host retries it."""
+        self.host.mcast_retried(self, msg_id, payload)
 
     def _new_invocation(self, inv: _Invocation) -> int:
         n = self._next_invocation
