@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster import ROOT, Cluster
+from faulthub import fault_hub  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -243,6 +244,54 @@ def test_two_executives_fail_over_when_one_is_killed(tmp_path: Path) -> None:
             assert final == status(c, 2)
             assert "role active" in unit_line(final, "raidA")
             assert "role standby" in unit_line(final, "raidB")
+        finally:
+            for p in procs:
+                p.stop()
+
+
+@pytest.mark.netns
+def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Path,
+                                                                    fault_hub) -> None:
+    """raidB active on node 1, raidA standby on node 3; the cut [1, 2] | [3] leaves
+    each side with an active unit (no quorum set); after the heal the side of the
+    lowest node keeps its active, the other unit is standby, every node agrees."""
+    hub = fault_hub
+    procs: list[Prog] = []
+    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
+                    bindnetaddr=hub.network, port=5405) as c:
+        try:
+            for n in (1, 2, 3):
+                c.start(n)
+            for n in (1, 2, 3):
+                c.wait_socket(n)
+            c.wait_ring([1, 2, 3])
+            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
+            procs += b
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE])
+            a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
+            procs += a
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY])
+            hub.partition([1, 2], [3])
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE], timeout=30)
+            assert "role active" in unit_line(status(c, 1), "raidB")
+            assert "role active" in unit_line(status(c, 3), "raidA")
+            hub.heal()
+            c.wait_ring([1, 2, 3], timeout=30)
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE, STANDBY], timeout=30)
+            end = time.monotonic() + 10
+            while len({status(c, n) for n in (1, 2, 3)}) > 1 and time.monotonic() < end:
+                time.sleep(0.2)
+            texts = {status(c, n) for n in (1, 2, 3)}
+            assert len(texts) == 1, texts
+            final = texts.pop()
+            assert final.count("role active") == 1
+            assert "role active" in unit_line(final, "raidB")
+            assert "role standby" in unit_line(final, "raidA")
+            assert [p.states() for p in b] == [[IN_SERVICE, ACTIVE]] * 2
         finally:
             for p in procs:
                 p.stop()
