@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "test"))
 from cluster import Cluster  # noqa: E402
 
 COMP = r"""
-import os, select, sys, time
+import os, select, sys, time  # noqa: E402
 sys.path.insert(0, %r)
-from saf import amf
-from saf.types import SA_DISPATCH_ALL
+from saf import amf  # noqa: E402
+from saf.types import SA_DISPATCH_ALL  # noqa: E402
 def hc(inv, comp, t): amf.response(inv)
 def rs(inv, comp, s): amf.response(inv)
 def cs(inv, comp, csi, flags, ha, active, tr):

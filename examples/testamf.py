@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from testamf_common import Printer, say  # noqa: E402
+
 from saf import amf  # noqa: E402
 from saf.errors import SA_OK, SaError  # noqa: E402
 from saf.types import (  # noqa: E402

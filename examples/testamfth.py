@@ -12,6 +12,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from testamf_common import Printer, say  # noqa: E402
+
 from saf import amf  # noqa: E402
 from saf.errors import SA_OK, SaError  # noqa: E402
 from saf.types import SA_DISPATCH_BLOCKING, Version  # noqa: E402

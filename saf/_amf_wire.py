@@ -1,12 +1,11 @@
 """AMF client IPC layouts and value types, declared once; shared by ``saf.amf`` and
 ``ais.services.amf``.
 
-Conventions (as in ``saf/_wire.py``): every fixed part is a module-level
-``struct.Struct`` in network order with its byte layout drawn above it; each
-message has an ``encode_x`` / ``decode_x_untrusted`` pair; decoded messages
-are frozen dataclasses; ``*_untrusted`` functions raise only
-``saf.errors.IpcProtocolError``.  Names (SaNameT) follow the fixed part, each
-as ``NAME`` (u16 length, then that many bytes, at most 256).
+Conventions as in ``saf/_clm_wire.py``: each layout is a ``saf._codec.Layout``
+with its bytes drawn above it; each message has an ``encode_x`` /
+``decode_x_untrusted`` pair; decoded messages are frozen dataclasses (or
+tuples); ``*_untrusted`` functions raise only ``saf.errors.IpcProtocolError``.
+Names (SaNameT) are ``NAME``: a u16 length, then that many bytes (at most 256).
 
 One connection per library handle (service id AMF = 2).  Requests that are
 "one-shot" in the C API (readiness get, HA get, error report, cancel,
@@ -16,10 +15,10 @@ or on a handle's request channel: the executive does not care which.
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass
 
-from saf.errors import SA_OK, IpcProtocolError
+from saf._codec import Layout, array, blob, flag, i32, i64, pad, rest, u8, u16, u32, u64
+from saf.errors import SA_OK
 from saf.types import SA_MAX_NAME_LENGTH
 
 AMF_SERVICE_ID = 2
@@ -183,111 +182,7 @@ AMF_CB_EXT_CONTROL = 19
 AMF_CB_PENDING_CONFIRM = 20
 AMF_CB_PENDING_EXPIRED = 21
 
-# --- layouts ------------------------------------------------------------------------------
-
-# NAME: | length u16 (0..256) | bytes ... |
-NAME_LEN = struct.Struct("!H")
-
-# ERROR_REPORT request: NAME reporting, NAME erroneous, then (24 bytes)
-#  0                8       12      16         20         24
-#  | detection i64  | type  | cause | severity | recovery | additional data (0..512 bytes)
-ERROR_REPORT_FIXED = struct.Struct("!qIIII")
-
-# PG_TRACK_START request: NAME csi, then | flags u8 | pad 3 | number_of_items u32 |
-PG_TRACK_START_FIXED = struct.Struct("!B3xI")
-
-# RESPONSE / STOPPING_COMPLETE request (12 bytes): | invocation u64 | error i32 |
-RESPONSE_REQ = struct.Struct("!Qi")
-
-# replies carrying one state or model (4 bytes): | value u32 |
-U32 = struct.Struct("!I")
-
-# HEALTHCHECK callback: | invocation u64 | check type u32 | NAME comp
-# READINESS_SET callback: | invocation u64 | readiness u32 | NAME comp
-INVOCATION_U32 = struct.Struct("!QI")
-
-# TERMINATE / EXT_RESTART callback: | invocation u64 | NAME comp
-INVOCATION = struct.Struct("!Q")
-
-# CSI_SET callback (24 bytes): then NAME comp, NAME csi, NAME active comp
-#  0             8       12         16             20        24
-#  | invocation  | flags | ha state | transition   | pad     |
-CSI_SET_FIXED = struct.Struct("!QIII4x")
-
-# CSI_REMOVE callback: | invocation u64 | flags u32 | NAME comp, NAME csi
-
-# PG_TRACK callback: | items u32 | members u32 | error i32 | NAME csi |, then per item
-#  NAME comp, | readiness u32 | ha u32 | change u32 |
-PG_TRACK_FIXED = struct.Struct("!IIi")
-PG_ITEM = struct.Struct("!III")
-
-# PENDING_CONFIRM / PENDING_EXPIRED callback: | invocation u64 | flags u32 | NAME comp
-
-# STATUS reply: | count u32 |, then per component (file order):
-#  NAME group, NAME unit, NAME comp, NAME csi, then (28 bytes)
-#  | registered u8 | su phase u8 | su role u8 | pad | host u32 (Totem id, 0 none) |
-#  | readiness u32 | ha u32 | error u32 | active-units u32 | members u32 |
-STATUS_ROW = struct.Struct("!BBBxIIIIII")
-
-# ---------------------------------------------------------------------------------------
-
-
-class _Reader:
-    def __init__(self, body: bytes, what: str) -> None:
-        self.body = body
-        self.off = 0
-        self.what = what
-
-    def fixed(self, layout: struct.Struct) -> tuple:
-        if len(self.body) - self.off < layout.size:
-            raise IpcProtocolError(f"{self.what}: truncated")
-        out = layout.unpack_from(self.body, self.off)
-        self.off += layout.size
-        return out
-
-    def name(self) -> bytes:
-        (n,) = self.fixed(NAME_LEN)
-        if n > SA_MAX_NAME_LENGTH:
-            raise IpcProtocolError(f"{self.what}: name of {n} bytes")
-        if len(self.body) - self.off < n:
-            raise IpcProtocolError(f"{self.what}: truncated name")
-        out = bytes(self.body[self.off:self.off + n])
-        self.off += n
-        return out
-
-    def rest(self, limit: int) -> bytes:
-        out = bytes(self.body[self.off:])
-        if len(out) > limit:
-            raise IpcProtocolError(f"{self.what}: {len(out)} trailing bytes")
-        self.off = len(self.body)
-        return out
-
-    def end(self) -> None:
-        if self.off != len(self.body):
-            raise IpcProtocolError(f"{self.what}: {len(self.body) - self.off} extra bytes")
-
-
-def encode_name(name: bytes) -> bytes:
-    """NAME of ``name``.
-
-    Raises:
-        ValueError: longer than 256 bytes.
-    """
-    if len(name) > SA_MAX_NAME_LENGTH:
-        raise ValueError(f"SaNameT longer than {SA_MAX_NAME_LENGTH} bytes")
-    return NAME_LEN.pack(len(name)) + name
-
-
-def encode_names(*names: bytes) -> bytes:
-    return b"".join(encode_name(n) for n in names)
-
-
-def decode_names_untrusted(body: bytes, count: int, what: str) -> tuple[bytes, ...]:
-    """Exactly ``count`` NAMEs."""
-    r = _Reader(body, what)
-    out = tuple(r.name() for _ in range(count))
-    r.end()
-    return out
+# --- messages ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,24 +194,6 @@ class ErrorReport:
     additional_data: bytes = b""
 
 
-def encode_error_report(req: ErrorReport) -> bytes:
-    d = req.descriptor
-    if len(req.additional_data) > MAX_ADDITIONAL_DATA:
-        raise ValueError(f"additional data longer than {MAX_ADDITIONAL_DATA} bytes")
-    return (encode_names(req.reporting, req.erroneous)
-            + ERROR_REPORT_FIXED.pack(req.detection_time, d.error_report_type, d.probable_cause,
-                                      d.error_impact_and_severity, d.recommended_recovery)
-            + req.additional_data)
-
-
-def decode_error_report_untrusted(body: bytes) -> ErrorReport:
-    r = _Reader(body, "ERROR_REPORT")
-    reporting, erroneous = r.name(), r.name()
-    t, typ, cause, sev, rec = r.fixed(ERROR_REPORT_FIXED)
-    data = r.rest(MAX_ADDITIONAL_DATA)
-    return ErrorReport(reporting, erroneous, t, ErrorDescriptor(typ, cause, sev, rec), data)
-
-
 @dataclass(frozen=True, slots=True)
 class PgTrackStart:
     csi: bytes
@@ -324,48 +201,11 @@ class PgTrackStart:
     number_of_items: int
 
 
-def encode_pg_track_start(req: PgTrackStart) -> bytes:
-    return encode_name(req.csi) + PG_TRACK_START_FIXED.pack(req.flags, req.number_of_items)
-
-
-def decode_pg_track_start_untrusted(body: bytes) -> PgTrackStart:
-    r = _Reader(body, "PG_TRACK_START")
-    csi = r.name()
-    flags, n = r.fixed(PG_TRACK_START_FIXED)
-    r.end()
-    return PgTrackStart(csi, flags, n)
-
-
 @dataclass(frozen=True, slots=True)
 class Response:
     invocation: int
     error: int
 
-
-def encode_response(req: Response) -> bytes:
-    try:
-        return RESPONSE_REQ.pack(req.invocation, req.error)
-    except struct.error as exc:
-        raise ValueError(f"invocation or error out of range: {exc}") from None
-
-
-def decode_response_untrusted(body: bytes) -> Response:
-    if len(body) != RESPONSE_REQ.size:
-        raise IpcProtocolError(f"RESPONSE: {len(body)} bytes")
-    return Response(*RESPONSE_REQ.unpack(body))
-
-
-def encode_u32(value: int) -> bytes:
-    return U32.pack(value)
-
-
-def decode_u32_untrusted(body: bytes) -> int:
-    if len(body) != U32.size:
-        raise IpcProtocolError(f"reply of {len(body)} bytes, expected 4")
-    return U32.unpack(body)[0]
-
-
-# --- callbacks ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class HealthcheckCb:
@@ -417,96 +257,6 @@ class InvocationCb:
     flags: int = 0
 
 
-def encode_healthcheck_cb(cb: HealthcheckCb) -> bytes:
-    return INVOCATION_U32.pack(cb.invocation, cb.check_type) + encode_name(cb.comp_name)
-
-
-def decode_healthcheck_cb_untrusted(body: bytes) -> HealthcheckCb:
-    r = _Reader(body, "healthcheck callback")
-    inv, typ = r.fixed(INVOCATION_U32)
-    name = r.name()
-    r.end()
-    return HealthcheckCb(inv, name, typ)
-
-
-def encode_readiness_set_cb(cb: ReadinessSetCb) -> bytes:
-    return INVOCATION_U32.pack(cb.invocation, cb.readiness_state) + encode_name(cb.comp_name)
-
-
-def decode_readiness_set_cb_untrusted(body: bytes) -> ReadinessSetCb:
-    r = _Reader(body, "readiness callback")
-    inv, state = r.fixed(INVOCATION_U32)
-    name = r.name()
-    r.end()
-    return ReadinessSetCb(inv, name, state)
-
-
-def encode_csi_set_cb(cb: CsiSetCb) -> bytes:
-    return (CSI_SET_FIXED.pack(cb.invocation, cb.csi_flags, cb.ha_state,
-                               cb.transition_descriptor)
-            + encode_names(cb.comp_name, cb.csi_name, cb.active_comp_name))
-
-
-def decode_csi_set_cb_untrusted(body: bytes) -> CsiSetCb:
-    r = _Reader(body, "CSI set callback")
-    inv, flags, ha, trans = r.fixed(CSI_SET_FIXED)
-    comp, csi, active = r.name(), r.name(), r.name()
-    r.end()
-    return CsiSetCb(inv, comp, csi, flags, ha, active, trans)
-
-
-def encode_csi_remove_cb(cb: CsiRemoveCb) -> bytes:
-    return INVOCATION_U32.pack(cb.invocation, cb.csi_flags) + encode_names(cb.comp_name,
-                                                                          cb.csi_name)
-
-
-def decode_csi_remove_cb_untrusted(body: bytes) -> CsiRemoveCb:
-    r = _Reader(body, "CSI remove callback")
-    inv, flags = r.fixed(INVOCATION_U32)
-    comp, csi = r.name(), r.name()
-    r.end()
-    return CsiRemoveCb(inv, comp, csi, flags)
-
-
-def encode_invocation_cb(cb: InvocationCb) -> bytes:
-    return INVOCATION_U32.pack(cb.invocation, cb.flags) + encode_name(cb.comp_name)
-
-
-def decode_invocation_cb_untrusted(body: bytes) -> InvocationCb:
-    r = _Reader(body, "callback")
-    inv, flags = r.fixed(INVOCATION_U32)
-    name = r.name()
-    r.end()
-    return InvocationCb(inv, name, flags)
-
-
-def encode_pg_track_cb(cb: PgTrackCb) -> bytes:
-    parts = [PG_TRACK_FIXED.pack(len(cb.items), cb.number_of_members, cb.error),
-             encode_name(cb.csi_name)]
-    for item in cb.items:
-        m = item.member
-        parts.append(encode_name(m.comp_name))
-        parts.append(PG_ITEM.pack(m.readiness_state, m.ha_state, item.change))
-    return b"".join(parts)
-
-
-def decode_pg_track_cb_untrusted(body: bytes) -> PgTrackCb:
-    r = _Reader(body, "PG track callback")
-    count, members, error = r.fixed(PG_TRACK_FIXED)
-    csi = r.name()
-    if count > len(body):
-        raise IpcProtocolError("PG track callback: impossible item count")
-    items = []
-    for _ in range(count):
-        name = r.name()
-        ready, ha, change = r.fixed(PG_ITEM)
-        items.append(ProtectionGroupNotification(ProtectionGroupMember(name, ready, ha), change))
-    r.end()
-    return PgTrackCb(csi, tuple(items), members, error)
-
-
-# --- status ---------------------------------------------------------------------------------
-
 @dataclass(frozen=True, slots=True)
 class StatusRow:
     """One component of the replicated AMF state, as ``ais.amf_status`` prints it."""
@@ -526,25 +276,126 @@ class StatusRow:
     members: int
 
 
+# --- layouts ---------------------------------------------------------------------------------
+
+# NAME: | length u16 (0..256) | bytes ... |
+NAME = blob(u16, max=SA_MAX_NAME_LENGTH)
+NAMES = {n: Layout(None, f"{n} names", *[(f"name{i}", NAME) for i in range(n)])
+         for n in (1, 2, 3)}
+
+# ERROR_REPORT request: NAME reporting, NAME erroneous, then (24 bytes)
+#  0                8       12      16         20         24
+#  | detection i64  | type  | cause | severity | recovery | additional data (0..512 bytes)
+ERROR_DESCRIPTOR = Layout(ErrorDescriptor, "error descriptor", ("error_report_type", u32),
+                          ("probable_cause", u32), ("error_impact_and_severity", u32),
+                          ("recommended_recovery", u32))
+ERROR_REPORT = Layout(ErrorReport, "ERROR_REPORT", ("reporting", NAME), ("erroneous", NAME),
+                      ("detection_time", i64), ("descriptor", ERROR_DESCRIPTOR),
+                      ("additional_data", rest(max=MAX_ADDITIONAL_DATA)))
+
+# PG_TRACK_START request: NAME csi, then | flags u8 | pad 3 | number_of_items u32 |
+PG_TRACK_START = Layout(PgTrackStart, "PG_TRACK_START", ("csi", NAME), ("flags", u8), pad(3),
+                        ("number_of_items", u32))
+
+# RESPONSE / STOPPING_COMPLETE request (12 bytes): | invocation u64 | error i32 |
+RESPONSE_REQ = Layout(Response, "RESPONSE", ("invocation", u64), ("error", i32))
+
+# replies carrying one state or model (4 bytes): | value u32 |
+U32 = Layout(None, "u32 reply", ("value", u32))
+
+# HEALTHCHECK callback: | invocation u64 | check type u32 | NAME comp
+HEALTHCHECK_CB = Layout(HealthcheckCb, "healthcheck callback", ("invocation", u64),
+                        ("check_type", u32), ("comp_name", NAME))
+# READINESS_SET callback: | invocation u64 | readiness u32 | NAME comp
+READINESS_SET_CB = Layout(ReadinessSetCb, "readiness callback", ("invocation", u64),
+                          ("readiness_state", u32), ("comp_name", NAME))
+
+# CSI_SET callback (24 bytes): then NAME comp, NAME csi, NAME active comp
+#  0             8       12         16             20        24
+#  | invocation  | flags | ha state | transition   | pad     |
+CSI_SET_CB = Layout(CsiSetCb, "CSI set callback", ("invocation", u64), ("csi_flags", u32),
+                    ("ha_state", u32), ("transition_descriptor", u32), pad(4),
+                    ("comp_name", NAME), ("csi_name", NAME), ("active_comp_name", NAME))
+
+# CSI_REMOVE callback: | invocation u64 | flags u32 | NAME comp, NAME csi
+CSI_REMOVE_CB = Layout(CsiRemoveCb, "CSI remove callback", ("invocation", u64),
+                       ("csi_flags", u32), ("comp_name", NAME), ("csi_name", NAME))
+
+# TERMINATE / EXT_RESTART / EXT_CONTROL / PENDING_* callbacks:
+#  | invocation u64 | flags (or action) u32 | NAME comp
+INVOCATION_CB = Layout(InvocationCb, "callback", ("invocation", u64), ("flags", u32),
+                       ("comp_name", NAME))
+
+# PG_TRACK callback: | items u32 | members u32 | error i32 | NAME csi |, then per item
+#  NAME comp, | readiness u32 | ha u32 | change u32 |
+PG_MEMBER = Layout(ProtectionGroupMember, "PG member", ("comp_name", NAME),
+                   ("readiness_state", u32), ("ha_state", u32))
+PG_ITEM = Layout(ProtectionGroupNotification, "PG item", ("member", PG_MEMBER),
+                 ("change", u32))
+PG_TRACK_CB = Layout(PgTrackCb, "PG track callback", ("count", u32),
+                     ("number_of_members", u32), ("error", i32), ("csi_name", NAME),
+                     ("items", array(PG_ITEM, "count")))
+
+# STATUS reply: | count u32 |, then per component (file order):
+#  NAME group, NAME unit, NAME comp, NAME csi, then (28 bytes)
+#  | registered u8 | su phase u8 | su role u8 | pad | host u32 (Totem id, 0 none) |
+#  | readiness u32 | ha u32 | error u32 | active-units u32 | members u32 |
+STATUS_ROW = Layout(StatusRow, "status row", ("group", NAME), ("unit", NAME), ("comp", NAME),
+                    ("csi", NAME), ("registered", flag), ("su_phase", u8), ("su_role", u8),
+                    pad(1), ("host", u32), ("readiness", u32), ("ha", u32), ("error", u32),
+                    ("active_units", u32), ("members", u32))
+STATUS = Layout(None, "status", ("rows", array(STATUS_ROW, u32)))
+
+
+def encode_name(name: bytes) -> bytes:
+    """NAME of ``name``.  Raises ValueError: longer than 256 bytes."""
+    return NAMES[1].pack(name)
+
+
+def encode_names(*names: bytes) -> bytes:
+    return NAMES[len(names)].pack(*names)
+
+
+def decode_names_untrusted(body: bytes, count: int, what: str = "") -> tuple[bytes, ...]:
+    """Exactly ``count`` (1 to 3) NAMEs."""
+    return NAMES[count].decode(body)
+
+
+def encode_error_report(req: ErrorReport) -> bytes:
+    """Raises ValueError: a name or the additional data too long."""
+    return ERROR_REPORT.encode(req)
+
+
+decode_error_report_untrusted = ERROR_REPORT.decode
+encode_pg_track_start = PG_TRACK_START.encode
+decode_pg_track_start_untrusted = PG_TRACK_START.decode
+encode_response = RESPONSE_REQ.encode
+decode_response_untrusted = RESPONSE_REQ.decode
+encode_healthcheck_cb = HEALTHCHECK_CB.encode
+decode_healthcheck_cb_untrusted = HEALTHCHECK_CB.decode
+encode_readiness_set_cb = READINESS_SET_CB.encode
+decode_readiness_set_cb_untrusted = READINESS_SET_CB.decode
+encode_csi_set_cb = CSI_SET_CB.encode
+decode_csi_set_cb_untrusted = CSI_SET_CB.decode
+encode_csi_remove_cb = CSI_REMOVE_CB.encode
+decode_csi_remove_cb_untrusted = CSI_REMOVE_CB.decode
+encode_invocation_cb = INVOCATION_CB.encode
+decode_invocation_cb_untrusted = INVOCATION_CB.decode
+encode_pg_track_cb = PG_TRACK_CB.encode
+decode_pg_track_cb_untrusted = PG_TRACK_CB.decode
+
+
+def encode_u32(value: int) -> bytes:
+    return U32.pack(value)
+
+
+def decode_u32_untrusted(body: bytes) -> int:
+    return U32.decode(body)[0]
+
+
 def encode_status(rows: list[StatusRow] | tuple[StatusRow, ...]) -> bytes:
-    parts = [U32.pack(len(rows))]
-    for s in rows:
-        parts.append(encode_names(s.group, s.unit, s.comp, s.csi))
-        parts.append(STATUS_ROW.pack(int(s.registered), s.su_phase, s.su_role, s.host,
-                                     s.readiness, s.ha, s.error, s.active_units, s.members))
-    return b"".join(parts)
+    return STATUS.pack(tuple(rows))
 
 
 def decode_status_untrusted(body: bytes) -> tuple[StatusRow, ...]:
-    r = _Reader(body, "status")
-    (count,) = r.fixed(U32)
-    if count > len(body):
-        raise IpcProtocolError("status: impossible row count")
-    rows = []
-    for _ in range(count):
-        g, u, c, p = r.name(), r.name(), r.name(), r.name()
-        reg, phase, role, host, ready, ha, err, n, members = r.fixed(STATUS_ROW)
-        rows.append(StatusRow(g, u, c, p, bool(reg), phase, role, host, ready, ha, err, n,
-                              members))
-    r.end()
-    return tuple(rows)
+    return STATUS.decode(body)[0]

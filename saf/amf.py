@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from saf import _amf_wire as aw
 from saf import _wire as w
@@ -74,7 +74,7 @@ from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
 )
 from saf._conn import REQUEST_GUARD, Connection, one_shot
 from saf.errors import (
-    SA_OK, ERRORS_BY_CODE, InvalidParam, IpcProtocolError, Library, NoSpace, NotExist,
+    ERRORS_BY_CODE, SA_OK, InvalidParam, IpcProtocolError, Library, NoSpace, NotExist,
     VersionError,
 )
 from saf.types import SUPPORTED_VERSIONS, Version, sa_name
@@ -113,19 +113,19 @@ def _name(value: str | bytes, what: str = "name") -> bytes:
 
 
 # invocation -> the handle its callback came on, so response() can use that connection
-_INVOCATION_HANDLES: dict[int, "weakref.ref[AmfHandle]"] = {}
+_INVOCATION_HANDLES: dict[int, weakref.ref[AmfHandle]] = {}
 _INVOCATION_LOCK = threading.Lock()
 _INVOCATION_LIMIT = 4096
 
 
-def _remember(invocation: int, handle: "AmfHandle") -> None:
+def _remember(invocation: int, handle: AmfHandle) -> None:
     with _INVOCATION_LOCK:
         _INVOCATION_HANDLES[invocation] = weakref.ref(handle)
         while len(_INVOCATION_HANDLES) > _INVOCATION_LIMIT:
             del _INVOCATION_HANDLES[next(iter(_INVOCATION_HANDLES))]
 
 
-def _handle_for(invocation: int) -> "AmfHandle | None":
+def _handle_for(invocation: int) -> AmfHandle | None:
     with _INVOCATION_LOCK:
         ref = _INVOCATION_HANDLES.pop(invocation, None)
     h = ref() if ref is not None else None
@@ -270,7 +270,7 @@ class AmfHandle(Connection):
         else:
             raise Library(f"unknown AMF callback id {mid}")
 
-    def __enter__(self) -> "AmfHandle":
+    def __enter__(self) -> AmfHandle:
         return self
 
 
@@ -402,9 +402,22 @@ def status() -> tuple[StatusRow, ...]:
 
 
 __all__ = [
-    "AmfHandle", "Callbacks", "DEFAULT_VERSION", "ErrorDescriptor", "HAState",
-    "ProtectionGroupMember", "ProtectionGroupNotification", "ReadinessState",
-    "component_capability_model_get", "error_cancel_all", "error_report", "ha_state_get",
-    "initialize", "pending_operation_get", "readiness_state_get", "response", "status",
+    "DEFAULT_VERSION",
+    "AmfHandle",
+    "Callbacks",
+    "ErrorDescriptor",
+    "HAState",
+    "ProtectionGroupMember",
+    "ProtectionGroupNotification",
+    "ReadinessState",
+    "component_capability_model_get",
+    "error_cancel_all",
+    "error_report",
+    "ha_state_get",
+    "initialize",
+    "pending_operation_get",
+    "readiness_state_get",
+    "response",
+    "status",
     "stopping_complete",
 ]

@@ -7,15 +7,16 @@ the example programs do.  No sockets, no threads, no real time.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+
+from helpers_exec import BOOT, FakeConn
 
 from ais.config import parse_groups_conf
 from ais.executive import ServiceHost
-from ais.testing import FakeBus, ManualScheduler
 from ais.services.amf import AmfService
 from ais.services.clm import ClmService
+from ais.testing import FakeBus, ManualScheduler
 from ais.totem.events import node_of
-from helpers_exec import BOOT, FakeConn
 from saf import _amf_wire as aw
 from saf.errors import SA_OK
 
@@ -81,7 +82,7 @@ class AmfCluster:
             t += step
             self.settle()
 
-    def proc(self, addr: str, name: str, register: bool = True) -> "Comp":
+    def proc(self, addr: str, name: str, register: bool = True) -> Comp:
         p = Comp(self, addr, name)
         self.procs.append(p)
         if register:

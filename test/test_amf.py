@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
-
 from amf_harness import SAMPLE, AmfCluster
+
 from ais.services.amf import (
-    AmfService, Phase, Role, decode_unit_record_untrusted, encode_unit_record,
+    AmfService, Phase, decode_unit_record_untrusted, encode_unit_record,
 )
 from saf import _amf_wire as aw
-from saf.errors import SA_OK, BadOperation, BadFlags, Exist, InvalidParam, NotExist
+from saf.errors import SA_OK, BadFlags, BadOperation, Exist, InvalidParam, NotExist
 from saf.types import SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT
 
 A, B, C = "127.0.0.1", "127.0.0.2", "127.0.0.3"

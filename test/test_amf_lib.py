@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 import pytest
-
 from amf_harness import SAMPLE
+from helpers_exec import BOOT, ExecThread
+
 from ais.config import parse_groups_conf
 from ais.executive import ServiceHost
 from ais.services.amf import AmfService
 from ais.services.clm import ClmService
 from ais.totem.events import node_of
-from helpers_exec import BOOT, ExecThread
 from saf import amf
 from saf.errors import (
     BadHandle, BadOperation, Exist, InvalidParam, NoSpace, NotExist, VersionError,

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cluster import ROOT, Cluster
 from faulthub import fault_hub  # noqa: F401  (fixture)
 

@@ -103,11 +103,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ais.config import AmfModel, AmfComponent, ServiceGroup, ServiceUnit
+from ais.config import AmfComponent, AmfModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
@@ -115,8 +114,9 @@ from ais.services.base import (
 )
 from ais.totem.events import fmt_node
 from saf import _amf_wire as aw
+from saf._codec import Layout, array, flag, pad, u8, u16, u32
 from saf.errors import (
-    SA_OK, BadFlags, BadOperation, Exist, InvalidParam, IpcProtocolError, NotExist,
+    SA_OK, BadFlags, BadOperation, Exist, InvalidParam, NotExist,
 )
 from saf.types import SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT
 
@@ -130,20 +130,18 @@ MSG_CONFIRM = 5
 MSG_FAULT = 6
 MSG_SYNC_UNIT = 7
 
+# Ring layouts (saf._codec), NAME as in saf._amf_wire:
 # REGISTER: | conn_id u32 | NAME comp | NAME proxy (empty: none) |
-REGISTER = struct.Struct("!I")
+REGISTER = Layout(None, "REGISTER", ("conn_id", u32), ("comp", aw.NAME), ("proxy", aw.NAME))
 # UNREGISTER: | conn_id u32 | incarnation u32 (0: any) | closed u8 | NAME comp | NAME proxy |
-UNREGISTER = struct.Struct("!IIB")
+UNREGISTER = Layout(None, "UNREGISTER", ("conn_id", u32), ("incarnation", u32),
+                    ("closed", flag), ("comp", aw.NAME), ("proxy", aw.NAME))
 # ERROR_REPORT: the library's ERROR_REPORT body as is.  ERROR_CANCEL: NAME comp.
 # CONFIRM: | incarnation u32 | kind u8 (1 readiness, 2 HA) | state u8 | NAME comp |
-CONFIRM = struct.Struct("!IBB")
+CONFIRM = Layout(None, "CONFIRM", ("incarnation", u32), ("kind", u8), ("state", u8),
+                 ("comp", aw.NAME))
 # FAULT: | incarnation u32 | probable cause u32 | NAME comp |
-FAULT = struct.Struct("!II")
-# SYNC_UNIT: | phase u8 | role u8 | count u16 | NAME unit |, then per component (file order)
-#  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
-SYNC_UNIT = struct.Struct("!BBH")
-SYNC_COMP = struct.Struct("!BBBBB3xIIII")
+FAULT = Layout(None, "FAULT", ("incarnation", u32), ("cause", u32), ("comp", aw.NAME))
 
 KIND_READINESS = 1
 KIND_HA = 2
@@ -182,7 +180,7 @@ _ENABLED = (Phase.ENABLING, Phase.ASSIGNING, Phase.ASSIGNED)
 @dataclass(eq=False)
 class Comp:
     spec: AmfComponent
-    unit: "Unit"
+    unit: Unit
     registered: bool = False
     host: int = 0
     conn_id: int = 0
@@ -211,7 +209,7 @@ class Comp:
 @dataclass(eq=False)
 class Unit:
     spec: ServiceUnit
-    group: "Group"
+    group: Group
     comps: list[Comp] = field(default_factory=list)
     phase: Phase = Phase.IDLE
     role: Role = Role.NONE
@@ -253,7 +251,7 @@ class _Healthcheck:
 
 @dataclass(frozen=True)
 class _CompRecord:
-    name: str
+    name: bytes
     registered: bool
     readiness: int
     ha: int
@@ -267,7 +265,7 @@ class _CompRecord:
 
 @dataclass(frozen=True)
 class _UnitRecord:
-    name: str
+    name: bytes
     phase: int
     role: int
     comps: tuple[_CompRecord, ...]
@@ -277,44 +275,23 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+# SYNC_UNIT: | phase u8 | role u8 | count u16 | NAME unit |, then per component (file order)
+#  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
+#  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
+                     ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
+                     pad(3), ("host", u32), ("conn_id", u32), ("incarnation", u32),
+                     ("error", u32))
+UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
+                     ("name", aw.NAME), ("comps", array(COMP_RECORD, "count")))
+
+
 def encode_unit_record(rec: _UnitRecord) -> bytes:
-    parts = [SYNC_UNIT.pack(rec.phase, rec.role, len(rec.comps)), aw.encode_name(rec.name.encode())]
-    for c in rec.comps:
-        parts.append(aw.encode_name(c.name.encode()))
-        parts.append(SYNC_COMP.pack(int(c.registered), c.readiness, c.ha, c.want_readiness,
-                                    c.want_ha, c.host, c.conn_id, c.incarnation, c.error))
-    return b"".join(parts)
+    return UNIT_RECORD.encode(rec)
 
 
 def decode_unit_record_untrusted(data: bytes) -> _UnitRecord:
-    if len(data) < SYNC_UNIT.size:
-        raise IpcProtocolError("unit record: truncated")
-    phase, role, count = SYNC_UNIT.unpack_from(data)
-    off = SYNC_UNIT.size
-
-    def name() -> str:
-        nonlocal off
-        if len(data) - off < 2:
-            raise IpcProtocolError("unit record: truncated name")
-        (n,) = struct.unpack_from("!H", data, off)
-        if n > 256 or len(data) - off - 2 < n:
-            raise IpcProtocolError("unit record: bad name")
-        out = _name(data[off + 2:off + 2 + n])
-        off += 2 + n
-        return out
-
-    unit = name()
-    comps = []
-    for _ in range(count):
-        cname = name()
-        if len(data) - off < SYNC_COMP.size:
-            raise IpcProtocolError("unit record: truncated component")
-        reg, r, h, wr, wh, host, conn, inc, err = SYNC_COMP.unpack_from(data, off)
-        off += SYNC_COMP.size
-        comps.append(_CompRecord(cname, bool(reg), r, h, wr, wh, host, conn, inc, err))
-    if off != len(data):
-        raise IpcProtocolError("unit record: extra bytes")
-    return _UnitRecord(unit, phase, role, tuple(comps))
+    return UNIT_RECORD.decode(data)
 
 
 # --- the service --------------------------------------------------------------------------
@@ -447,7 +424,7 @@ class AmfService(Service):
         if cause == NOT_RESPONDING:
             self._faulted.add((comp, incarnation))
             self._stop_healthcheck(comp)
-        self._send_own(MSG_FAULT, FAULT.pack(incarnation, cause) + aw.encode_name(comp.encode()))
+        self._send_own(MSG_FAULT, FAULT.pack(incarnation, cause, comp.encode()))
 
     # --- healthchecks (host only) -----------------------------------------------------------
 
@@ -652,11 +629,7 @@ class AmfService(Service):
 
     @exec_handler(MSG_REGISTER)
     def exec_register(self, msg: ExecMessage) -> None:
-        if len(msg.payload) < REGISTER.size:
-            raise IpcProtocolError("REGISTER: truncated")
-        (conn_id,) = REGISTER.unpack_from(msg.payload)
-        comp_raw, proxy_raw = aw.decode_names_untrusted(msg.payload[REGISTER.size:], 2,
-                                                        "REGISTER")
+        conn_id, comp_raw, proxy_raw = REGISTER.decode(msg.payload)
         c = self._comp_named(comp_raw)
         if c is None:
             self.host.reply_error(msg.tag, NotExist("no such component"))
@@ -679,8 +652,8 @@ class AmfService(Service):
             conn = self.conns.get(conn_id)
             if conn is None or conn.closed:
                 # Its process went away before the registration was delivered.
-                self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn_id, c.incarnation, 1)
-                               + aw.encode_names(c.name.encode(), b""))
+                self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn_id, c.incarnation, True,
+                                                               c.name.encode(), b""))
             else:
                 conn.private.setdefault("amf_comps", set()).add(c.name)
         self.host.reply(msg.tag)
@@ -688,11 +661,7 @@ class AmfService(Service):
 
     @exec_handler(MSG_UNREGISTER)
     def exec_unregister(self, msg: ExecMessage) -> None:
-        if len(msg.payload) < UNREGISTER.size:
-            raise IpcProtocolError("UNREGISTER: truncated")
-        conn_id, inc, closed = UNREGISTER.unpack_from(msg.payload)
-        comp_raw, proxy_raw = aw.decode_names_untrusted(msg.payload[UNREGISTER.size:], 2,
-                                                        "UNREGISTER")
+        conn_id, inc, closed, comp_raw, proxy_raw = UNREGISTER.decode(msg.payload)
         c = self._comp_named(comp_raw)
         if c is None:
             self.host.reply_error(msg.tag, NotExist("no such component"))
@@ -762,10 +731,7 @@ class AmfService(Service):
 
     @exec_handler(MSG_CONFIRM)
     def exec_confirm(self, msg: ExecMessage) -> None:
-        if len(msg.payload) < CONFIRM.size:
-            raise IpcProtocolError("CONFIRM: truncated")
-        inc, kind, state = CONFIRM.unpack_from(msg.payload)
-        (comp_raw,) = aw.decode_names_untrusted(msg.payload[CONFIRM.size:], 1, "CONFIRM")
+        inc, kind, state, comp_raw = CONFIRM.decode(msg.payload)
         c = self._comp_named(comp_raw)
         if c is None or not c.talkable or c.host != msg.sender or c.incarnation != inc:
             return
@@ -779,10 +745,7 @@ class AmfService(Service):
 
     @exec_handler(MSG_FAULT)
     def exec_fault(self, msg: ExecMessage) -> None:
-        if len(msg.payload) < FAULT.size:
-            raise IpcProtocolError("FAULT: truncated")
-        inc, cause = FAULT.unpack_from(msg.payload)
-        (comp_raw,) = aw.decode_names_untrusted(msg.payload[FAULT.size:], 1, "FAULT")
+        inc, cause, comp_raw = FAULT.decode(msg.payload)
         c = self._comp_named(comp_raw)
         if c is None or not c.registered or c.host != msg.sender or c.incarnation != inc:
             return
@@ -811,8 +774,8 @@ class AmfService(Service):
         return True
 
     def _record_of(self, unit: Unit) -> _UnitRecord:
-        return _UnitRecord(unit.name, int(unit.phase), int(unit.role), tuple(
-            _CompRecord(c.name, c.registered, int(c.readiness), int(c.ha), int(c.want_readiness),
+        return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
+            _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha), int(c.want_readiness),
                         int(c.want_ha), c.host, c.conn_id, c.incarnation, c.error)
             for c in unit.comps))
 
@@ -821,8 +784,9 @@ class AmfService(Service):
         if not msg.sync or self._round is None:
             return
         rec = decode_unit_record_untrusted(msg.payload)
-        if rec.name in self.units:
-            self._streams.setdefault(msg.sender, {})[rec.name] = rec
+        name = _name(rec.name)
+        if name in self.units:
+            self._streams.setdefault(msg.sender, {})[name] = rec
 
     def sync_done(self) -> None:
         info = self._round
@@ -852,8 +816,8 @@ class AmfService(Service):
             if c.registered and c.host == me:
                 conn = self.conns.get(c.conn_id)
                 if conn is None or conn.closed:
-                    self._send_own(MSG_UNREGISTER, UNREGISTER.pack(c.conn_id, c.incarnation, 1)
-                                   + aw.encode_names(c.name.encode(), b""))
+                    self._send_own(MSG_UNREGISTER, UNREGISTER.pack(
+                        c.conn_id, c.incarnation, True, c.name.encode(), b""))
                 else:
                     conn.private.setdefault("amf_comps", set()).add(c.name)
         for name in [n for n, i in self.invocations.items()
@@ -943,8 +907,8 @@ class AmfService(Service):
             self._faulted.add((name, c.incarnation))
             self._stop_healthcheck(name)
             self._drop_invocations(name)
-            self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, c.incarnation, 1)
-                           + aw.encode_names(name.encode(), b""))
+            self._send_own(MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, c.incarnation, True,
+                                                           name.encode(), b""))
 
     # --- protection group tracking -----------------------------------------------------------
 
@@ -987,19 +951,20 @@ class AmfService(Service):
     def lib_register(self, conn: LibConn, req: Request) -> Deferred:
         comp_raw, proxy_raw = aw.decode_names_untrusted(req.body, 2, "REGISTER")
         self._known(comp_raw)
-        self.host.mcast(self, MSG_REGISTER, REGISTER.pack(conn.conn_id) + req.body, tag=req.tag)
+        self.host.mcast(self, MSG_REGISTER, REGISTER.pack(conn.conn_id, comp_raw, proxy_raw),
+                        tag=req.tag)
         return DEFERRED
 
     @lib_handler(aw.AMF_REQ_UNREGISTER, hold_during_sync=True)
     def lib_unregister(self, conn: LibConn, req: Request) -> Deferred:
-        comp_raw, _ = aw.decode_names_untrusted(req.body, 2, "UNREGISTER")
+        comp_raw, proxy_raw = aw.decode_names_untrusted(req.body, 2, "UNREGISTER")
         c = self._known(comp_raw)
         # Stop talking to it now; the cluster decides in agreed order.
         if c.registered and c.host == self.host.node_id and c.conn_id == conn.conn_id:
             self._stop_healthcheck(c.name)
             self._drop_invocations(c.name)
-        self.host.mcast(self, MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, 0, 0) + req.body,
-                        tag=req.tag)
+        self.host.mcast(self, MSG_UNREGISTER, UNREGISTER.pack(conn.conn_id, 0, False, comp_raw,
+                                                              proxy_raw), tag=req.tag)
         return DEFERRED
 
     @lib_handler(aw.AMF_REQ_ERROR_REPORT, hold_during_sync=True)
@@ -1085,7 +1050,6 @@ class AmfService(Service):
         self.invocations.pop(n, None)
         if inv.timer is not None:
             inv.timer.cancel()
-        name = aw.encode_name(inv.comp.encode())
         if inv.superseded:
             return b""
         if inv.kind == KIND_HEALTHCHECK:
@@ -1098,7 +1062,8 @@ class AmfService(Service):
             if error != SA_OK:
                 self._report_fault(inv.comp, inv.incarnation, NOT_RESPONDING)
         elif error == SA_OK:
-            self._send_own(MSG_CONFIRM, CONFIRM.pack(inv.incarnation, inv.kind, inv.state) + name)
+            self._send_own(MSG_CONFIRM, CONFIRM.pack(inv.incarnation, inv.kind, inv.state,
+                                                     inv.comp.encode()))
         else:
             self.log.warning("component %s refused a callback (error %d)", inv.comp, error)
             self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
