@@ -183,6 +183,7 @@ def test_late_answer_confirms_only_what_it_answered():
     t4.stopped = False
     cl.settle()  # t4 answers the old IN_SERVICE, then OUT_OF_SERVICE
     assert t4.take() == ["IN_SERVICE", "OUT_OF_SERVICE"]
+    assert t3.take() == ["IN_SERVICE", "OUT_OF_SERVICE"]
     assert cl.state(A, "comp_b_in_su_y") == ("OUT_OF_SERVICE", "QUIESCED")
     assert cl.amf(A).units["raidB"].phase == Phase.IDLE
 

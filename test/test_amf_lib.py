@@ -240,3 +240,12 @@ def test_library_under_gevent(execs):
                        capture_output=True, text=True, timeout=40)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.split() == ["ok", "2", "True"]
+
+
+def test_no_executive_is_try_again(tmp_path, monkeypatch):
+    from saf.errors import TryAgain
+    monkeypatch.setenv("AIS_SOCKET", str(tmp_path / "nobody.sock"))
+    with pytest.raises(TryAgain):
+        amf.initialize()
+    with pytest.raises(TryAgain):
+        amf.readiness_state_get("comp_a_in_su_x")

@@ -13,7 +13,7 @@ FAULTS = servicesim.SvcOptions(crashes=2, partitions=2, pauses=2, restarts=2, du
 
 
 def test_amf_states_identical_after_fault_schedules():
-    for seed in range(12):
+    for seed in range(30):
         r = servicesim.run(seed, FAULTS)
         assert not r.violations, f"seed {seed}: {r.violations[:2]}\n{r.replay()}"
 

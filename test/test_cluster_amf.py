@@ -117,6 +117,15 @@ def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> Non
         try:
             c.start(1)
             c.wait_ring([1])
+            smoke = run("")  # testamf: tracks pgA (CURRENT | CHANGES) from the start
+            smoke.wait(lambda p: "ProtectionGroupTrackCallback items 3 members 3" in p.lines,
+                       "the current members of pgA")
+            assert smoke.lines[:3] == ["component capability model get is 12 (should be 1)",
+                                       "track start result is 1 (should be 1)",
+                                       "track stop result is 1 (should be 1)"]
+            assert [ln for ln in smoke.lines if ln.startswith("component name")] == [
+                "component namecomp_a_in_su_x", "component namecomp_a_in_su_y",
+                "component namecomp_a_in_su_z"]
             t3 = run(3)
             t3.wait(lambda p: "register result is 1 (should be 1)" in p.lines, "register")
             time.sleep(0.5)
@@ -142,6 +151,9 @@ def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> Non
             text = status(c, 1)
             assert "role active" in unit_line(text, "raidB")
             assert "role standby" in unit_line(text, "raidA")
+            # the tracker heard comp_a_in_su_y go IN_SERVICE then ACTIVE (change 4 each)
+            assert smoke.lines.count("ProtectionGroupTrackCallback items 3 members 3") >= 3
+            assert "\tchange is 4" in smoke.lines
             assert "comp_a_in_su_y (pgA): on 127.0.0.1, IN_SERVICE/ACTIVE" in text
 
             # Ctrl-Z on a component of the active unit: the standby takes over.

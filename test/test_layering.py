@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PURE = ["ais/totem/srp.py", "ais/totem/wire.py", "ais/totem/queues.py", "ais/totem/events.py",
         "ais/totem/sim.py", "ais/totem/invariants.py", "ais/services/base.py",
-        "ais/services/clm.py", "ais/services/ckpt.py", "ais/executive.py"]
+        "ais/services/clm.py", "ais/services/ckpt.py", "ais/executive.py",
+        "ais/services/amf.py"]
 FORBIDDEN = {"gevent", "socket", "time", "select", "threading"}
 
 
