@@ -429,3 +429,22 @@ def test_short_healthcheck_settings_detect_a_stop_sooner():
     t3.stopped = True
     cl.advance(0.05, step=0.005)
     assert t1.take() == ["ACTIVE"] and t4.take() == ["QUIESCED", "OUT_OF_SERVICE"]
+
+
+def test_an_executive_restarted_before_anyone_noticed_loses_its_components():
+    cl = AmfCluster([A, B, C])
+    cl.form([A, B, C])
+    t1, t2, t3, t4 = quickstart_start(cl, where_b=A, where_a=B)
+    for p in (t1, t2):
+        p.take()
+    cl.restart(A)  # same address, empty state, the others never saw it leave
+    cl.form([A, B, C])
+    assert len(cl.digests()) == 1
+    for node in (A, B, C):
+        assert not cl.amf(node).comps["comp_a_in_su_y"].registered
+        assert cl.roles(node)["raidA"] == "ACTIVE"
+    assert t1.take() == ["ACTIVE"] and t2.take() == ["ACTIVE"]
+    # the components can register again on the restarted node
+    t3b = cl.proc(A, "comp_a_in_su_y")
+    cl.proc(A, "comp_b_in_su_y")
+    assert t3b.take() == ["IN_SERVICE", "STANDBY"]
