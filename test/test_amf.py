@@ -448,3 +448,22 @@ def test_an_executive_restarted_before_anyone_noticed_loses_its_components():
     t3b = cl.proc(A, "comp_a_in_su_y")
     cl.proc(A, "comp_b_in_su_y")
     assert t3b.take() == ["IN_SERVICE", "STANDBY"]
+
+
+def test_a_node_with_another_groups_conf_is_reported(caplog):
+    from ais.config import parse_groups_conf
+    from ais.executive import ServiceHost
+    from ais.services.clm import ClmService
+    from ais.totem.events import node_of
+    cl = AmfCluster([A])
+    other = parse_groups_conf(SAMPLE.replace("active-units=1", "active-units=2"))
+    cl.hosts[B] = ServiceHost(node_of(B), [ClmService(), AmfService(other)], cl.sched)
+    cl.bus.port(cl.hosts[B])
+    with caplog.at_level("ERROR"):
+        cl.form([A, B])
+    assert "runs another AMF model" in caplog.text
+    cl2 = AmfCluster([A, B])
+    caplog.clear()
+    with caplog.at_level("ERROR"):
+        cl2.form([A, B])
+    assert "runs another AMF model" not in caplog.text

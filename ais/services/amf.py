@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,7 @@ MSG_ERROR_CANCEL = 4
 MSG_CONFIRM = 5
 MSG_FAULT = 6
 MSG_SYNC_UNIT = 7
+MSG_MODEL = 8
 
 # Ring layouts (saf._codec), NAME as in saf._amf_wire:
 # REGISTER: | conn_id u32 | NAME comp | NAME proxy (empty: none) |
@@ -142,6 +144,8 @@ CONFIRM = Layout(None, "CONFIRM", ("incarnation", u32), ("kind", u8), ("state", 
                  ("comp", aw.NAME))
 # FAULT: | incarnation u32 | probable cause u32 | NAME comp |
 FAULT = Layout(None, "FAULT", ("incarnation", u32), ("cause", u32), ("comp", aw.NAME))
+# MODEL (sync, every member): | crc32 of the groups.conf model u32 |
+MODEL = Layout(None, "MODEL", ("crc", u32))
 
 KIND_READINESS = 1
 KIND_HA = 2
@@ -322,6 +326,7 @@ class AmfService(Service):
         self._round: SyncInfo | None = None
         self._streams: dict[int, dict[str, _UnitRecord]] = {}
         self._sync_cursor = 0
+        self._model_sent = False
         self._changed: list[Comp] = []
 
     # --- set-up ------------------------------------------------------------------------
@@ -334,6 +339,7 @@ class AmfService(Service):
         if model is None:
             model = getattr(host, "model", None)
         self.model: AmfModel = model if model is not None else AmfModel(())
+        self.model_crc = zlib.crc32(repr(self.model.groups).encode())
         for g in self.model.groups:
             group = Group(g)
             for u in g.units:
@@ -761,10 +767,18 @@ class AmfService(Service):
         self._round = info
         self._streams = {}
         self._sync_cursor = 0
+        self._model_sent = False
 
     def sync_process(self) -> bool:
         info = self._round
-        if info is None or self.host.node_id not in info.senders:
+        if info is None:
+            return True
+        if not self._model_sent:
+            # Every member says which model it runs: different groups.conf files
+            # cannot give identical replicas, so the operator must hear of it.
+            self.host.mcast_sync(self, MSG_MODEL, MODEL.pack(self.model_crc))
+            self._model_sent = True
+        if self.host.node_id not in info.senders:
             return True
         units = list(self.units.values())
         while self._sync_cursor < len(units):
@@ -778,6 +792,14 @@ class AmfService(Service):
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha), int(c.want_readiness),
                         int(c.want_ha), c.host, c.conn_id, c.incarnation, c.error)
             for c in unit.comps))
+
+    @exec_handler(MSG_MODEL)
+    def exec_model(self, msg: ExecMessage) -> None:
+        (crc,) = MODEL.decode(msg.payload)
+        if crc != self.model_crc:
+            self._bad_log.log(self.log, logging.ERROR,
+                              "node %s runs another AMF model (groups.conf) than this node: "
+                              "AMF states will differ", fmt_node(msg.sender))
 
     @exec_handler(MSG_SYNC_UNIT)
     def exec_sync_unit(self, msg: ExecMessage) -> None:
