@@ -411,7 +411,7 @@ class ServiceHost:
             conn.send_response(msg_id, seq, code, body)
 
     def defer(self, tag: ReplyTag, timeout: float | None, *,
-              on_timeout: Callable[[], None] | None = None) -> Deferred:
+              on_timeout: Callable[[], object] | None = None) -> Deferred:
         """The answer to ``tag`` comes later; after ``timeout`` s without one, Timeout.
 
         A library handler returns this instead of ``DEFERRED`` when its
@@ -430,7 +430,7 @@ class ServiceHost:
                                                    lambda: self._timed_out(tag, on_timeout))
         return DEFERRED
 
-    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], None] | None) -> None:
+    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], object] | None) -> None:
         self._deadlines.pop((tag.conn_id, tag.seq), None)
         if self._claim_and_answer(tag, Timeout.code, b"", False) and on_timeout is not None:
             on_timeout()

@@ -9,15 +9,22 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers_exec import FakeConn
 
 from ais.config import AmfModel, load_groups_conf
 from ais.executive import ServiceHost, create_host, decode_ring_message_untrusted
 from ais.services.base import (
-    DEFERRED, NO_TAG, LowestMemberTimers, ReplyTag, Service, exec_handler, forward, lib_handler,
+    DEFERRED,
+    NO_TAG,
+    LowestMemberTimers,
+    ReplyTag,
+    Service,
+    exec_handler,
+    forward,
+    lib_handler,
 )
 from ais.testing import FakeBus, FakePort, ManualScheduler
 from ais.totem.events import SendQueueFull
-from helpers_exec import FakeConn
 from saf.errors import SA_OK, Timeout
 
 MSG_NOTE, MSG_ASK, MSG_ARM, MSG_EXPIRE, MSG_FWD, MSG_FWD_T = 1, 2, 3, 4, 5, 6
@@ -382,7 +389,7 @@ def test_forward_declares_library_handlers():
     assert Toy.lib_handlers[REQ_FWD].hold_during_sync is True
     assert Toy.lib_handlers[REQ_FWD_T].hold_during_sync is False
     with pytest.raises(TypeError, match="two library handlers"):
-        class Twice(Service):  # noqa: F841
+        class Twice(Service):
             name = "toy-twice"
             service_id = 80
             lib_a = forward(1, 1)

@@ -289,7 +289,7 @@ class HostAPI(Protocol):
 
     # --- the service kit ------------------------------------------------------------
 
-    def mcast_retried(self, service: "Service", msg_id: int, payload: bytes) -> None:
+    def mcast_retried(self, service: Service, msg_id: int, payload: bytes) -> None:
         """Multicast a message the service sends on its own (no client waits for it).
 
         Queued per service and sent in order; retried while the ring is full.
@@ -301,12 +301,12 @@ class HostAPI(Protocol):
         """The open connection of this node's client behind ``tag`` (None: not here, gone)."""
         ...
 
-    def conns(self, service: "Service") -> list[LibConn]:
+    def conns(self, service: Service) -> list[LibConn]:
         """This node's open client connections to ``service``."""
         ...
 
     def defer(self, tag: ReplyTag, timeout: float | None, *,
-              on_timeout: Callable[[], None] | None = None) -> Deferred:
+              on_timeout: Callable[[], object] | None = None) -> Deferred:
         """Answer ``tag`` later; if nobody did within ``timeout`` s, the host answers Timeout.
 
         ``on_timeout`` runs after such a Timeout answer (to forget the request).
