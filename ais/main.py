@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ckpt": {"limits": CkptLimits(max_checkpoints=lim.max_checkpoints,
                                       max_checkpoint_opens=lim.max_checkpoint_opens,
                                       max_sections=lim.max_sections)},
-    })
+    }, model=amf_model)
     net = cfg.network
     transport = Transport(
         srp, Crypto(key), bind_addr=bind_addr, port=net.mcastport, mode=net.transport.value,
