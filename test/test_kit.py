@@ -465,3 +465,89 @@ def test_host_model_is_empty_by_default_and_passed_by_create_host():
     assert model.groups
     host = create_host(1, sched, model=model)
     assert host.model is model
+
+
+# --- the worked example of ais.services.base's docstring runs as written -------------------------
+
+MSG_TAKE, MSG_DROP = 1, 2
+REQ_TAKE, REQ_GIVE_BACK = 1, 2
+CB_LOST = 1
+TAKE = struct.Struct("!I")  # milliseconds, then the name
+
+
+def _lease_class() -> type[Service]:
+    import textwrap
+
+    import ais.services.base as base
+    from saf.errors import Exist, IpcProtocolError, NotExist
+
+    doc = base.__doc__
+    start = doc.index("::\n", doc.index("A worked example")) + 3
+    lines = []
+    for line in doc[start:].splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    code = "from __future__ import annotations\n" + textwrap.dedent("\n".join(lines))
+
+    def decode_take_untrusted(body: bytes) -> tuple[bytes, float]:
+        if len(body) <= TAKE.size:
+            raise IpcProtocolError("TAKE too short")
+        return body[TAKE.size:], TAKE.unpack_from(body)[0] / 1000
+
+    ns = {name: getattr(base, name) for name in base.__all__}
+    ns.update(register_service=lambda cls: cls, Exist=Exist, NotExist=NotExist,
+              decode_take_untrusted=decode_take_untrusted, MSG_TAKE=MSG_TAKE,
+              MSG_DROP=MSG_DROP, MSG_EXPIRE=MSG_EXPIRE, REQ_TAKE=REQ_TAKE,
+              REQ_GIVE_BACK=REQ_GIVE_BACK, CB_LOST=CB_LOST)
+    exec(compile(code, "ais/services/base.py docstring", "exec"), ns)
+    return ns["LeaseService"]
+
+
+@pytest.mark.timeout(20)
+def test_the_worked_example_of_the_kit_works():
+    from saf.errors import Exist, NotExist
+
+    lease = _lease_class()
+    sched = ManualScheduler()
+    bus = FakeBus(sched)
+    h1, h2 = (ServiceHost(i, [lease()], sched) for i in (1, 2))
+    for h in (h1, h2):
+        bus.port(h)
+    bus.reconfigure([1, 2])
+    sched.run()
+
+    def owners():
+        return [sorted(h.service_by_id(lease.service_id).owner) for h in (h1, h2)]
+
+    def conn(h):
+        c = FakeConn(h.new_conn_id(), lease.service_id)
+        h.lib_connect(c)
+        return c
+
+    def ask(h, c, seq, req, body):
+        h.lib_request(c, req, seq, body)
+        sched.run()
+        return next((f.error for f in c.responses if f.seq == seq), None)
+
+    c1, c2 = conn(h1), conn(h2)
+    assert ask(h1, c1, 1, REQ_TAKE, TAKE.pack(1000) + b"a") == SA_OK
+    assert ask(h2, c2, 1, REQ_TAKE, TAKE.pack(1000) + b"a") == Exist.code
+    sched.advance(1.1)  # the lease ends: node 1 (lowest) decides, its client is told
+    assert owners() == [[], []]
+    assert [(f.msg_id, f.body) for f in c1.callbacks] == [(CB_LOST, b"a")]
+    assert ask(h2, c2, 2, REQ_TAKE, TAKE.pack(9000) + b"b") == SA_OK
+    assert ask(h2, c2, 3, REQ_GIVE_BACK, b"b") == SA_OK
+    assert ask(h2, c2, 4, REQ_GIVE_BACK, b"b") == NotExist.code
+    assert ask(h2, c2, 5, REQ_TAKE, TAKE.pack(9000) + b"c") == SA_OK
+    assert owners() == [[b"c"], [b"c"]]
+    h2.lib_exit(c2)  # its leases go back
+    sched.run()
+    assert owners() == [[], []]
+    bus.pause()
+    h1.lib_request(c1, REQ_TAKE, 2, TAKE.pack(9000) + b"d")
+    sched.advance(2.1)  # the ring stalls past the 2 s limit: TIMEOUT ...
+    assert c1.responses[-1].seq == 2 and c1.responses[-1].error == Timeout.code
+    bus.resume()
+    sched.run()
+    assert owners() == [[], []]  # ... and the lease nobody waits for goes back
