@@ -20,13 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
-from ais.executive import ServiceHost  # noqa: E402
-from ais.services.ckpt import CkptService  # noqa: E402
-from helpers_exec import FakeConn  # noqa: E402
-from saf import _ckpt_wire as cw  # noqa: E402
+from helpers_exec import FakeConn
+
+from ais.executive import ServiceHost
+from ais.services.ckpt import CkptService
+from saf import _ckpt_wire as cw
 
 try:
-    from ais.testing import FakeBus, ManualScheduler  # noqa: E402
+    from ais.testing import FakeBus, ManualScheduler
 except ImportError:  # before the fakes moved out of the executive
     from ais.executive import FakeBus, ManualScheduler  # type: ignore[attr-defined,no-redef]
 

@@ -382,6 +382,19 @@ def test_cancel_and_set_again_replace_a_deadline():
     assert toy(hosts[1]).expired == [(b"b", 1)]
 
 
+@pytest.mark.timeout(20)
+def test_setting_an_unchanged_deadline_replaces_only_the_payload():
+    sched, bus, hosts = cluster(1)
+    bus.reconfigure([1])
+    sched.run()
+    t = toy(hosts[1]).timers
+    d = hosts[1].now() + 1.0
+    t.set(b"k", d, b"stale")  # (Toy's handler ignores a payload that names no key)
+    t.set(b"k", d, b"k")
+    sched.advance(1.1)
+    assert toy(hosts[1]).expired == [(b"k", 1)]
+
+
 # --- forward() -----------------------------------------------------------------------------------
 
 
@@ -478,7 +491,7 @@ TAKE = struct.Struct("!I")  # milliseconds, then the name
 def _lease_class() -> type[Service]:
     import textwrap
 
-    import ais.services.base as base
+    from ais.services import base
     from saf.errors import Exist, IpcProtocolError, NotExist
 
     doc = base.__doc__
@@ -500,7 +513,8 @@ def _lease_class() -> type[Service]:
               decode_take_untrusted=decode_take_untrusted, MSG_TAKE=MSG_TAKE,
               MSG_DROP=MSG_DROP, MSG_EXPIRE=MSG_EXPIRE, REQ_TAKE=REQ_TAKE,
               REQ_GIVE_BACK=REQ_GIVE_BACK, CB_LOST=CB_LOST)
-    exec(compile(code, "ais/services/base.py docstring", "exec"), ns)
+    # the docstring is this repository's own text: running it keeps the example true
+    exec(compile(code, "ais/services/base.py docstring", "exec"), ns)  # noqa: S102
     return ns["LeaseService"]
 
 
