@@ -65,6 +65,16 @@ member only when it completes the round (a member that has not would drop it
 if the round were abandoned and its sender gone), so its replies wait for the
 round's last barrier to be stable.
 
+The service kit (``ais.services.base``) is implemented here: one queue per
+service for ``mcast_retried`` (and for the host's own re-sends of held
+messages, ``_resend_held``), with one retry timer per service while the ring
+refuses; ``_pending`` (request -> its id) and ``_deadlines`` (deferred
+requests' TIMEOUT timers) decide whether ``reply`` still has someone to
+answer -- the first answer claims the request, a safe one at once, so a
+timeout cannot overtake it; ``members`` changes when a sync round completes,
+and the ``after_sync`` functions (``LowestMemberTimers``) run right after
+every service's ``sync_done``.
+
 Nothing here blocks or yields: the host is driven by calls from the ring
 shell and the IPC greenlets, and its outputs (ring mcasts, client frames)
 are queued by their receivers.  ``GeventScheduler`` is the only piece that
@@ -411,7 +421,7 @@ class ServiceHost:
             conn.send_response(msg_id, seq, code, body)
 
     def defer(self, tag: ReplyTag, timeout: float | None, *,
-              on_timeout: Callable[[], None] | None = None) -> Deferred:
+              on_timeout: Callable[[], object] | None = None) -> Deferred:
         """The answer to ``tag`` comes later; after ``timeout`` s without one, Timeout.
 
         A library handler returns this instead of ``DEFERRED`` when its
@@ -430,7 +440,7 @@ class ServiceHost:
                                                    lambda: self._timed_out(tag, on_timeout))
         return DEFERRED
 
-    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], None] | None) -> None:
+    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], object] | None) -> None:
         self._deadlines.pop((tag.conn_id, tag.seq), None)
         if self._claim_and_answer(tag, Timeout.code, b"", False) and on_timeout is not None:
             on_timeout()

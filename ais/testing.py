@@ -25,7 +25,8 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ais.executive import Scheduler, ServiceHost
 from ais.totem.events import ConfChange, Deliver, RingId, SendQueueFull, Stable
@@ -120,7 +121,7 @@ class FakeBus:
         self.hold_stable = False
         self._last_seq: dict[RingId, int] = {}
 
-    def port(self, host: ServiceHost) -> "FakePort":
+    def port(self, host: ServiceHost) -> FakePort:
         """Attach ``host`` to the bus (down until a reconfiguration includes it)."""
         self.hosts[host.node_id] = host
         port = FakePort(self, host.node_id)

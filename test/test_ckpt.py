@@ -1099,7 +1099,7 @@ def test_random_histories_with_partitions_converge(seed, chaos):
         svc = cl.svc(addr)
         me = cl.hosts[addr].node_id
         opened: dict[Any, int] = {}
-        for conn in svc._conns.values():
+        for conn in cl.hosts[addr].conns(svc):
             for hd in conn.private["ckpt"].handles.values():
                 if hd.ckpt_id in svc.ckpts:
                     opened[hd.ckpt_id] = opened.get(hd.ckpt_id, 0) + 1

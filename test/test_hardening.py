@@ -311,32 +311,34 @@ def test_closing_many_handles_is_a_few_ring_messages():
 
 
 def test_refused_sends_arm_one_retry_timer():
-    """CKPT's own messages wait in one queue behind one retry timer (each used to
-    arm its own, and every firing re-armed: thousands of timers spinning)."""
+    """A service's own messages (host.mcast_retried) wait in one queue behind one retry
+    timer (each used to arm its own, and every firing re-armed: thousands of timers)."""
     cl = Cluster()
     svc = cl.ckpt(A)
     host = cl.hosts[A]
     refuse = [True]
-    real_mcast = host.mcast
+    real_send = host._send
 
-    def mcast(service, msg_id, payload, tag=NO_TAG):
+    def send(msg):
         if refuse[0]:
             raise TryAgain("full")
-        real_mcast(service, msg_id, payload, tag)
+        real_send(msg)
 
-    host.mcast = mcast  # type: ignore[method-assign]
+    host._send = send  # type: ignore[method-assign]
     armed = []
     real_call_later = host.call_later
     host.call_later = lambda d, fn: armed.append(d) or real_call_later(d, fn)  # type: ignore
     for i in range(500):
-        svc._send_own(MSG_CLOSE_MANY, b"\0\0\0\0")
+        host.mcast_retried(svc, MSG_CLOSE_MANY, b"\0\0\0\0")
     assert len(armed) == 1
     cl.sched.advance(1.0)
-    assert len(armed) <= 22 and len(svc._outq) == 500  # one timer at a time
+    queued = host._outbox[svc.service_id]
+    # one timer at a time: about one per retry delay, never one per message
+    assert len(armed) <= 1.0 / host.RETRY_DELAY + 2 and len(queued) == 500
     refuse[0] = False
     cl.sched.advance(1.0)
     cl.settle()
-    assert not svc._outq
+    assert not queued
 
 
 def test_host_spreads_deliveries_over_loop_turns():

@@ -9,15 +9,22 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers_exec import FakeConn
 
 from ais.config import AmfModel, load_groups_conf
 from ais.executive import ServiceHost, create_host, decode_ring_message_untrusted
 from ais.services.base import (
-    DEFERRED, NO_TAG, LowestMemberTimers, ReplyTag, Service, exec_handler, forward, lib_handler,
+    DEFERRED,
+    NO_TAG,
+    LowestMemberTimers,
+    ReplyTag,
+    Service,
+    exec_handler,
+    forward,
+    lib_handler,
 )
 from ais.testing import FakeBus, FakePort, ManualScheduler
 from ais.totem.events import SendQueueFull
-from helpers_exec import FakeConn
 from saf.errors import SA_OK, Timeout
 
 MSG_NOTE, MSG_ASK, MSG_ARM, MSG_EXPIRE, MSG_FWD, MSG_FWD_T = 1, 2, 3, 4, 5, 6
@@ -375,6 +382,19 @@ def test_cancel_and_set_again_replace_a_deadline():
     assert toy(hosts[1]).expired == [(b"b", 1)]
 
 
+@pytest.mark.timeout(20)
+def test_setting_an_unchanged_deadline_replaces_only_the_payload():
+    sched, bus, hosts = cluster(1)
+    bus.reconfigure([1])
+    sched.run()
+    t = toy(hosts[1]).timers
+    d = hosts[1].now() + 1.0
+    t.set(b"k", d, b"stale")  # (Toy's handler ignores a payload that names no key)
+    t.set(b"k", d, b"k")
+    sched.advance(1.1)
+    assert toy(hosts[1]).expired == [(b"k", 1)]
+
+
 # --- forward() -----------------------------------------------------------------------------------
 
 
@@ -382,7 +402,7 @@ def test_forward_declares_library_handlers():
     assert Toy.lib_handlers[REQ_FWD].hold_during_sync is True
     assert Toy.lib_handlers[REQ_FWD_T].hold_during_sync is False
     with pytest.raises(TypeError, match="two library handlers"):
-        class Twice(Service):  # noqa: F841
+        class Twice(Service):
             name = "toy-twice"
             service_id = 80
             lib_a = forward(1, 1)
@@ -458,3 +478,90 @@ def test_host_model_is_empty_by_default_and_passed_by_create_host():
     assert model.groups
     host = create_host(1, sched, model=model)
     assert host.model is model
+
+
+# --- the worked example of ais.services.base's docstring runs as written -------------------------
+
+MSG_TAKE, MSG_DROP = 1, 2
+REQ_TAKE, REQ_GIVE_BACK = 1, 2
+CB_LOST = 1
+TAKE = struct.Struct("!I")  # milliseconds, then the name
+
+
+def _lease_class() -> type[Service]:
+    import textwrap
+
+    from ais.services import base
+    from saf.errors import Exist, IpcProtocolError, NotExist
+
+    doc = base.__doc__
+    start = doc.index("::\n", doc.index("A worked example")) + 3
+    lines = []
+    for line in doc[start:].splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    code = "from __future__ import annotations\n" + textwrap.dedent("\n".join(lines))
+
+    def decode_take_untrusted(body: bytes) -> tuple[bytes, float]:
+        if len(body) <= TAKE.size:
+            raise IpcProtocolError("TAKE too short")
+        return body[TAKE.size:], TAKE.unpack_from(body)[0] / 1000
+
+    ns = {name: getattr(base, name) for name in base.__all__}
+    ns.update(register_service=lambda cls: cls, Exist=Exist, NotExist=NotExist,
+              decode_take_untrusted=decode_take_untrusted, MSG_TAKE=MSG_TAKE,
+              MSG_DROP=MSG_DROP, MSG_EXPIRE=MSG_EXPIRE, REQ_TAKE=REQ_TAKE,
+              REQ_GIVE_BACK=REQ_GIVE_BACK, CB_LOST=CB_LOST)
+    # the docstring is this repository's own text: running it keeps the example true
+    exec(compile(code, "ais/services/base.py docstring", "exec"), ns)  # noqa: S102
+    return ns["LeaseService"]
+
+
+@pytest.mark.timeout(20)
+def test_the_worked_example_of_the_kit_works():
+    from saf.errors import Exist, NotExist
+
+    lease = _lease_class()
+    sched = ManualScheduler()
+    bus = FakeBus(sched)
+    h1, h2 = (ServiceHost(i, [lease()], sched) for i in (1, 2))
+    for h in (h1, h2):
+        bus.port(h)
+    bus.reconfigure([1, 2])
+    sched.run()
+
+    def owners():
+        return [sorted(h.service_by_id(lease.service_id).owner) for h in (h1, h2)]
+
+    def conn(h):
+        c = FakeConn(h.new_conn_id(), lease.service_id)
+        h.lib_connect(c)
+        return c
+
+    def ask(h, c, seq, req, body):
+        h.lib_request(c, req, seq, body)
+        sched.run()
+        return next((f.error for f in c.responses if f.seq == seq), None)
+
+    c1, c2 = conn(h1), conn(h2)
+    assert ask(h1, c1, 1, REQ_TAKE, TAKE.pack(1000) + b"a") == SA_OK
+    assert ask(h2, c2, 1, REQ_TAKE, TAKE.pack(1000) + b"a") == Exist.code
+    sched.advance(1.1)  # the lease ends: node 1 (lowest) decides, its client is told
+    assert owners() == [[], []]
+    assert [(f.msg_id, f.body) for f in c1.callbacks] == [(CB_LOST, b"a")]
+    assert ask(h2, c2, 2, REQ_TAKE, TAKE.pack(9000) + b"b") == SA_OK
+    assert ask(h2, c2, 3, REQ_GIVE_BACK, b"b") == SA_OK
+    assert ask(h2, c2, 4, REQ_GIVE_BACK, b"b") == NotExist.code
+    assert ask(h2, c2, 5, REQ_TAKE, TAKE.pack(9000) + b"c") == SA_OK
+    assert owners() == [[b"c"], [b"c"]]
+    h2.lib_exit(c2)  # its leases go back
+    sched.run()
+    assert owners() == [[], []]
+    bus.pause()
+    h1.lib_request(c1, REQ_TAKE, 2, TAKE.pack(9000) + b"d")
+    sched.advance(2.1)  # the ring stalls past the 2 s limit: TIMEOUT ...
+    assert c1.responses[-1].seq == 2 and c1.responses[-1].error == Timeout.code
+    bus.resume()
+    sched.run()
+    assert owners() == [[], []]  # ... and the lease nobody waits for goes back

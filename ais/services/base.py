@@ -22,25 +22,101 @@ Plus hooks: ``exec_init`` (once, before anything else), ``on_lib_connect`` /
 finalize), ``on_confchg`` (every transitional and regular configuration, in
 agreed order) and the sync step below.
 
-Sending a ring message::
+The service kit
+---------------
+What every service needs besides its own logic is on ``self.host``
+(``HostAPI``) and in this module; a service is written with it, never with
+its own queues, timers or connection registries:
 
-    self.host.mcast(self, MSG_X, payload, tag=req.tag)   # raises TryAgain when the ring is full
-
-Replying later, from the exec handler, on every node::
-
-    self.host.reply(msg.tag, body)              # SA_OK with a body
-    self.host.reply_error(msg.tag, NotExist())  # an error response
-    self.host.reply(msg.tag, body, safe=True)   # once every member holds the message
-
-A plain reply goes out at agreed delivery: this node has applied the
-message, but a node that crashes right after delivering its own message may
-take it along (nobody else has it yet).  ``safe=True`` (and
-``host.when_safe(fn)`` for callbacks) waits until every member of the ring
-holds the message (safe delivery); use it for every answer whose promise is
-about the other replicas.
+* ``host.mcast(self, MSG_X, payload, tag=req.tag)`` -- a message a client
+  waits for; raises ``TryAgain`` when the ring is full (the client sees it).
+* ``host.mcast_retried(self, MSG_X, payload)`` -- a message the service sends
+  on its own (a client left, a deadline passed): queued per service, sent in
+  order, retried while the ring is full; never raises.
+* ``host.reply(msg.tag, body)`` / ``host.reply_error(msg.tag, NotExist())``
+  -- every node calls it; the answer goes only to the asking node's client,
+  if it still waits.  It returns True exactly then: a service uses False to
+  undo what nobody waits for.  ``safe=True`` (and ``host.when_safe(fn)`` for
+  callbacks) waits until every member holds the message (safe delivery):
+  use it for every answer whose promise is about the other replicas.  A
+  plain reply goes out at agreed delivery, when a node that crashes at once
+  may take the message along.
+* ``return host.defer(req.tag, timeout)`` -- from a library handler: the
+  answer comes later, and if none came within ``timeout`` seconds the host
+  answers TIMEOUT itself (then ``reply`` returns False).
+* ``forward(REQ_X, MSG_X)`` -- a class attribute declaring a library handler
+  that only multicasts the request (``body=`` checks it and builds the
+  payload; ``timeout=`` defers with a time limit).
+* ``host.conn_of(tag)`` / ``host.conns(self)`` -- the local client behind a
+  tag (None: another node's, or gone), this node's clients of the service.
+* ``LowestMemberTimers(self, MSG_EXPIRE)`` -- "the lowest member decides
+  timed events": every node ``set``s the same deadlines in exec handlers;
+  when one passes, only the lowest member of ``host.members`` (the last
+  completed sync round) sends ``MSG_EXPIRE``, and after every sync round the
+  new lowest sends those already past.  The handler decides in agreed order,
+  idempotently, and ``cancel``s the key.
+* ``host.call_later``, ``host.now`` (local timers and clock), ``host.node_id``,
+  ``host.syncing``, ``host.is_lowest``, ``host.logger("SVC")``, ``host.model``
+  (the AMF model from groups.conf).
 
 Callbacks to a client: ``conn.send_callback(CB_X, body)``.  Sends never block
 the caller (the connection queues them), so a handler never yields.
+
+A worked example, a lease service (its sync step, below, left out; the
+suite runs this very code, ``test/test_kit.py``)::
+
+    @register_service
+    class LeaseService(Service):
+        # TAKE gives a name to the asking client for some seconds
+        name, service_id = "lease", 42
+
+        def exec_init(self, host: HostAPI) -> None:
+            super().exec_init(host)
+            self.owner: dict[bytes, ReplyTag] = {}  # replicated: exec handlers only
+            self.expiry = LowestMemberTimers(self, MSG_EXPIRE)
+
+        lib_give_back = forward(REQ_GIVE_BACK, MSG_DROP)  # exec_drop answers it
+
+        @lib_handler(REQ_TAKE, hold_during_sync=True)
+        def lib_take(self, conn: LibConn, req: Request) -> Deferred:
+            decode_take_untrusted(req.body)  # IpcProtocolError: the client is dropped
+            self.host.mcast(self, MSG_TAKE, req.body, tag=req.tag)
+            return self.host.defer(req.tag, 2.0)  # TIMEOUT after 2 s without an answer
+
+        @exec_handler(MSG_TAKE)
+        def exec_take(self, msg: ExecMessage) -> None:
+            name, seconds = decode_take_untrusted(msg.payload)
+            if name in self.owner:
+                self.host.reply_error(msg.tag, Exist())
+                return
+            self.owner[name] = msg.tag
+            self.expiry.set(name, self.host.now() + seconds, name)
+            if not self.host.reply(msg.tag, safe=True) and msg.tag.node == self.host.node_id:
+                # our client timed out or left: give the lease back, in agreed order
+                self.host.mcast_retried(self, MSG_DROP, name)
+
+        @exec_handler(MSG_EXPIRE)
+        def exec_expire(self, msg: ExecMessage) -> None:
+            tag = self._drop(msg.payload)  # idempotent: sent twice is harmless
+            conn = self.host.conn_of(tag) if tag is not None else None
+            if conn is not None:
+                conn.send_callback(CB_LOST, msg.payload)
+
+        @exec_handler(MSG_DROP)
+        def exec_drop(self, msg: ExecMessage) -> None:
+            if self._drop(msg.payload) is None:
+                self.host.reply_error(msg.tag, NotExist())
+            else:
+                self.host.reply(msg.tag)
+
+        def _drop(self, name: bytes) -> ReplyTag | None:
+            self.expiry.cancel(name)
+            return self.owner.pop(name, None)
+
+        def on_lib_exit(self, conn: LibConn) -> None:
+            for name, tag in self.owner.items():
+                if tag.node == self.host.node_id and tag.conn_id == conn.conn_id:
+                    self.host.mcast_retried(self, MSG_DROP, name)
 
 Sync (bringing joining nodes up to date)
 ----------------------------------------
@@ -86,10 +162,10 @@ the default) run at once.  A new configuration during a round abandons it
 and starts another; ``sync_start`` is then called again without a
 ``sync_done`` in between, so services must treat it as a restart.
 
-Services reach the world only through ``self.host`` (``HostAPI``):
-``mcast``, ``mcast_sync``, ``reply``, ``reply_error``, ``when_safe``, ``call_later``,
-``now``, ``node_id``, ``syncing``, ``logger``.  They import neither gevent, socket nor
-time, so the same code runs under the simulator.
+Services reach the world only through ``self.host`` (``HostAPI``, the kit
+above).  They import neither gevent, socket nor time, so the same code runs
+under the simulator (``ais.servicesim``) and with the test doubles of
+``ais.testing`` (a manual clock, an in-process ring).
 """
 from __future__ import annotations
 
@@ -289,7 +365,7 @@ class HostAPI(Protocol):
 
     # --- the service kit ------------------------------------------------------------
 
-    def mcast_retried(self, service: "Service", msg_id: int, payload: bytes) -> None:
+    def mcast_retried(self, service: Service, msg_id: int, payload: bytes) -> None:
         """Multicast a message the service sends on its own (no client waits for it).
 
         Queued per service and sent in order; retried while the ring is full.
@@ -301,12 +377,12 @@ class HostAPI(Protocol):
         """The open connection of this node's client behind ``tag`` (None: not here, gone)."""
         ...
 
-    def conns(self, service: "Service") -> list[LibConn]:
+    def conns(self, service: Service) -> list[LibConn]:
         """This node's open client connections to ``service``."""
         ...
 
     def defer(self, tag: ReplyTag, timeout: float | None, *,
-              on_timeout: Callable[[], None] | None = None) -> Deferred:
+              on_timeout: Callable[[], object] | None = None) -> Deferred:
         """Answer ``tag`` later; if nobody did within ``timeout`` s, the host answers Timeout.
 
         ``on_timeout`` runs after such a Timeout answer (to forget the request).
@@ -424,7 +500,15 @@ class LowestMemberTimers:
         self.host.after_sync(self._send_past)
 
     def set(self, key: Any, deadline: float, payload: bytes) -> None:
-        """(Re)arm ``key``: at ``deadline`` the lowest member sends ``payload``."""
+        """(Re)arm ``key``: at ``deadline`` the lowest member sends ``payload``.
+
+        Setting the deadline ``key`` already has only replaces the payload (a
+        deadline that passed is sent again after the next sync round, not now).
+        """
+        entry = self._due.get(key)
+        if entry is not None and entry[0] == deadline:
+            entry[1] = payload
+            return
         self.cancel(key)
         delay = max(0.0, deadline - self.host.now())
         entry: list[Any] = [deadline, payload, None]

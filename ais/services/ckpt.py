@@ -52,12 +52,13 @@ every sync round each member announces ``refs[self]`` for every checkpoint,
 and the counts are rebuilt from those announcements, so a departed node's
 references vanish everywhere at the same point.
 
-Retention and section expiry.  Deadlines are local timers
-(``host.call_later``), but deletion is decided in agreed order: when a timer
-fires, the lowest member multicasts RETENTION_EXPIRE (with the checkpoint's
+Retention and section expiry.  Deadlines are ``LowestMemberTimers`` (every
+node keeps them; base.py), but deletion is decided in agreed order: when one
+passes, the lowest member multicasts RETENTION_EXPIRE (with the checkpoint's
 ``retention_epoch``) or SECTION_EXPIRE (with the section's expiration
-time); the handler deletes only if nothing changed meanwhile (an OPEN bumps
-the epoch, a new expiration time changes the value).  Absolute expiration
+time), and after a sync round the new lowest sends those already past; the
+handler deletes only if nothing changed meanwhile (an OPEN or a sync round
+bumps the epoch, a new expiration time changes the value).  Absolute expiration
 times (SaTimeT, wall clock) travel with the client's "remaining" time, so the
 executive needs no wall clock.
 
@@ -114,23 +115,22 @@ Implements the SAF AIS Checkpoint Service A.01.01 API (see ``saf.ckpt``).
 """
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ais.log import RateLimiter
 from ais.services.base import (
-    DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
-    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
+    DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, LowestMemberTimers, Request, Service,
+    SyncInfo, exec_handler, forward, lib_handler, register_service,
 )
-from ais.totem.events import ConfChange, fmt_node
+from ais.totem.events import fmt_node
 from saf import _ckpt_wire as cw
 from saf.errors import (
     SA_OK, Access, BadFlags, BadHandle, BadOperation, Exist, InvalidParam, IpcProtocolError,
-    NameTooLong, NoResources, NoSpace, NotExist, SaError, Timeout,
+    NameTooLong, NoResources, NoSpace, NotExist, SaError,
 )
 from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END
 
@@ -198,8 +198,6 @@ SYNC_CHUNK = 60 * 1024
 SYNC_BUDGET = 1024 * 1024
 #: descriptors per ITER_NEXT reply
 ITER_BATCH = 1024
-#: seconds before retrying a service-originated message the ring refused
-RETRY_DELAY = 0.05
 #: earlier versions kept per checkpoint, to tell at a merge how many updates the losing
 #: replica had that the kept one lacks: this many before the latest updates, and as many
 #: more at the ends of earlier rings (a side idle since a split matches one of those)
@@ -249,9 +247,6 @@ class Section:
     data: bytearray
     expiration: int  #: absolute SaTimeT; SA_TIME_END: never
     last_update: int
-    #: local clock (host.now) when it expires; None: never.  Not replicated.
-    deadline: float | None = None
-    timer: TimerHandle | None = None
     #: while staged in a sync round: ns left until expiry, from the sender's timer
     remaining: int = SA_TIME_END
 
@@ -275,9 +270,6 @@ class Checkpoint:
     history: list[tuple[int, bytes, bool]] = field(default_factory=list)
     active_node: int = 0  #: node holding the active replica (0: none)
     retention_epoch: int = 0
-    #: local retention deadline (host.now) while nobody has it open; not replicated
-    retention_deadline: float | None = None
-    retention_timer: TimerHandle | None = None
     #: local clock when the last opener closed (retention counts from there)
     zero_since: float | None = None
 
@@ -316,12 +308,6 @@ class _ConnState:
     opening: int = 0
 
 
-@dataclass
-class _PendingOpen:
-    timer: TimerHandle | None
-    abandoned: bool = False
-
-
 def _sync_ckpt_payload(ck: Checkpoint) -> bytes:
     return (cw.CKPT_ID.pack(*ck.id)
             + SYNC_CKPT_HEAD.pack(ck.linked, ck.updates, ck.last_ring[0], ck.last_ring[1],
@@ -329,6 +315,43 @@ def _sync_ckpt_payload(ck: Checkpoint) -> bytes:
                                   len(ck.history), len(ck.name))
             + cw.encode_attrs(ck.attrs) + ck.name
             + b"".join(HIST_ITEM.pack(n, d, b) for n, d, b in ck.history))
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise InvalidParam(what)
+
+
+def _by_handle(need: int = 0, check: Callable[[bytes], None] | None = None
+               ) -> Callable[["CkptService", LibConn, Request], bytes]:
+    """A ``forward`` body for a handle request: ``check`` the rest of the request, then
+    multicast it with the handle replaced by the checkpoint id (BAD_HANDLE, ACCESS)."""
+    def body(svc: CkptService, conn: LibConn, req: Request) -> bytes:
+        handle, rest = cw.split_handle_untrusted(req.body)
+        if check is not None:
+            check(rest)
+        h = svc._handle(conn, handle)
+        if need and not h.flags & need:
+            raise Access("checkpoint not opened for " +
+                         ("writing" if need == cw.SA_CKPT_CHECKPOINT_WRITE else "reading"))
+        return cw.CKPT_ID.pack(*h.ckpt_id) + rest
+    return body
+
+
+def _check_sync_flag(is_async: bool) -> Callable[[bytes], None]:
+    def check(rest: bytes) -> None:
+        if cw.decode_synchronize_untrusted(rest)[1] != is_async:
+            raise IpcProtocolError("SYNCHRONIZE: async flag does not match the request id")
+    return check
+
+
+def _unlink_body(svc: CkptService, conn: LibConn, req: Request) -> bytes:
+    name = cw.decode_name_untrusted(req.body)
+    svc._check_name(name)
+    return name
+
+
+_WRITE, _READ = cw.SA_CKPT_CHECKPOINT_WRITE, cw.SA_CKPT_CHECKPOINT_READ
 
 
 @register_service
@@ -345,13 +368,8 @@ class CkptService(Service):
         self._counted_ckpts: dict[CkptId, Checkpoint] | None = None
         self.ckpts: dict[CkptId, Checkpoint] = {}
         self.names: dict[bytes, CkptId] = {}
-        self.members: tuple[int, ...] = ()
-        self._conns: dict[int, LibConn] = {}
-        self._pending_opens: dict[tuple[int, int], _PendingOpen] = {}
         self._id_ring: tuple[int, int] | None = None
         self._id_count = 0
-        self._outq: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._outq_armed = False
         # sync round
         self._round: SyncInfo | None = None
         self._sync_gen: Iterator[tuple[int, bytes]] | None = None
@@ -368,21 +386,17 @@ class CkptService(Service):
     def exec_init(self, host: HostAPI) -> None:
         super().exec_init(host)
         self.log = host.logger("CKPT")
-        self.members = (host.node_id,)
+        #: retention (key: checkpoint id) and section expiry (key: (id, section id))
+        self._retention = LowestMemberTimers(self, MSG_RETENTION_EXPIRE)
+        self._expiry = LowestMemberTimers(self, MSG_SECTION_EXPIRE)
         # Clients provoke these at will: a few lines, then a count per window.
         self._limit_log = RateLimiter(burst=5, interval=10.0, clock=host.now)
 
     def on_lib_connect(self, conn: LibConn) -> None:
-        self._conns[conn.conn_id] = conn
         conn.private["ckpt"] = _ConnState()
 
     def on_lib_exit(self, conn: LibConn) -> None:
-        self._conns.pop(conn.conn_id, None)
-        for key in [k for k in self._pending_opens if k[0] == conn.conn_id]:
-            # Its OPEN, when delivered, finds the client gone and closes again.
-            pending = self._pending_opens.pop(key)
-            if pending.timer is not None:
-                pending.timer.cancel()
+        # An OPEN still on its way finds the client gone when delivered and closes again.
         cs: _ConnState | None = conn.private.get("ckpt")
         if cs is None:
             return
@@ -393,17 +407,8 @@ class CkptService(Service):
         cs.iterators.clear()
         for start in range(0, len(ids), CLOSE_BATCH):
             part = ids[start:start + CLOSE_BATCH]
-            self._send_own(MSG_CLOSE_MANY, CLOSE_MANY_HEAD.pack(len(part)) + b"".join(
-                cw.CKPT_ID.pack(*i) for i in part))
-
-    def on_confchg(self, conf: ConfChange) -> None:
-        if not conf.transitional:
-            self.members = tuple(sorted(conf.members))
-
-    @property
-    def is_lowest(self) -> bool:
-        """Whether this node decides timed deletions (the lowest member)."""
-        return bool(self.members) and self.host.node_id == min(self.members)
+            self.host.mcast_retried(self, MSG_CLOSE_MANY, CLOSE_MANY_HEAD.pack(len(part))
+                                    + b"".join(cw.CKPT_ID.pack(*i) for i in part))
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -418,39 +423,6 @@ class CkptService(Service):
         if h is None or h.closing:
             raise BadHandle(f"no open checkpoint handle {handle}")
         return h
-
-    def _forward(self, conn: LibConn, req: Request, msg_id: int, need: int = 0) -> Deferred:
-        """Multicast ``req`` (a handle request) with the handle replaced by the checkpoint id."""
-        handle, rest = cw.split_handle_untrusted(req.body)
-        h = self._handle(conn, handle)
-        if need and not h.flags & need:
-            raise Access("checkpoint not opened for " +
-                         ("writing" if need == cw.SA_CKPT_CHECKPOINT_WRITE else "reading"))
-        self.host.mcast(self, msg_id, cw.CKPT_ID.pack(*h.ckpt_id) + rest, tag=req.tag)
-        return DEFERRED
-
-    def _send_own(self, msg_id: int, payload: bytes) -> None:
-        """Multicast a message the service sends on its own; retried until the ring takes it."""
-        self._outq.append((msg_id, payload))
-        if not self._outq_armed:  # else the armed retry sends it, in order
-            self._flush_outq()
-
-    def _flush_outq(self) -> None:
-        while self._outq:
-            msg_id, payload = self._outq[0]
-            try:
-                self.host.mcast(self, msg_id, payload)
-            except SaError:
-                # One retry timer at most, however many messages wait.
-                if not self._outq_armed:
-                    self._outq_armed = True
-                    self.host.call_later(RETRY_DELAY, self._retry_outq)
-                return
-            self._outq.popleft()
-
-    def _retry_outq(self) -> None:
-        self._outq_armed = False
-        self._flush_outq()
 
     def _ckpt_of(self, msg: ExecMessage) -> tuple[Checkpoint | None, bytes]:
         """The checkpoint a message is about (None: gone; the asker gets BAD_HANDLE)."""
@@ -508,10 +480,7 @@ class CkptService(Service):
             del self.tombstones[next(iter(self.tombstones))]
         if self.names.get(ck.name) == ck.id:
             del self.names[ck.name]
-        self._stop_retention(ck)
-        for sec in ck.sections.values():
-            if sec.timer is not None:
-                sec.timer.cancel()
+        self._drop_timers(ck)
         self.log.debug("checkpoint %r deleted", ck.name)
 
     def _after_unref(self, ck: Checkpoint) -> None:
@@ -523,52 +492,32 @@ class CkptService(Service):
             self._start_retention(ck)
 
     def _stop_retention(self, ck: Checkpoint) -> None:
-        if ck.retention_timer is not None:
-            ck.retention_timer.cancel()
-        ck.retention_timer = None
-        ck.retention_deadline = None
+        self._retention.cancel(ck.id)
 
     def _start_retention(self, ck: Checkpoint, since: float | None = None) -> None:
+        """Nobody has ``ck`` open since ``since`` (default: now): it goes after its retention."""
         self._stop_retention(ck)
-        start = self.host.now() if since is None else since
-        ck.zero_since = start
-        dur = ck.attrs.retention_duration
-        if dur >= SA_TIME_END:
-            return
-        ck.retention_deadline = start + dur / 1e9
-        delay = max(0.0, ck.retention_deadline - self.host.now())
-        ck.retention_timer = self.host.call_later(delay, lambda: self._retention_due(ck.id))
+        ck.zero_since = self.host.now() if since is None else since
+        if ck.attrs.retention_duration < SA_TIME_END:
+            self._arm_retention(ck, ck.zero_since + ck.attrs.retention_duration / 1e9)
 
-    def _retention_due(self, ckpt_id: CkptId) -> None:
-        ck = self.ckpts.get(ckpt_id)
-        if ck is None or ck.total_refs or not ck.linked:
-            return
-        ck.retention_timer = None
-        if self.is_lowest:
-            self._send_own(MSG_RETENTION_EXPIRE,
-                           cw.CKPT_ID.pack(*ck.id) + EXPIRE_MSG.pack(ck.retention_epoch))
+    def _arm_retention(self, ck: Checkpoint, deadline: float) -> None:
+        # The expiry names the epoch: an OPEN or a sync round in between voids it.
+        self._retention.set(ck.id, deadline,
+                            cw.CKPT_ID.pack(*ck.id) + EXPIRE_MSG.pack(ck.retention_epoch))
 
     def _arm_section(self, ck: Checkpoint, sid: bytes, sec: Section,
                      remaining_ns: int | None) -> None:
-        if sec.timer is not None:
-            sec.timer.cancel()
-            sec.timer = None
         if sec.expiration >= SA_TIME_END or remaining_ns is None or remaining_ns >= SA_TIME_END:
-            sec.deadline = None
+            self._expiry.cancel((ck.id, sid))
             return
-        delay = max(0, remaining_ns) / 1e9
-        sec.deadline = self.host.now() + delay
-        sec.timer = self.host.call_later(delay, lambda: self._section_due(ck.id, sid))
+        self._expiry.set((ck.id, sid), self.host.now() + max(0, remaining_ns) / 1e9,
+                         cw.CKPT_ID.pack(*ck.id) + SECTION_EXPIRE_MSG.pack(sec.expiration) + sid)
 
-    def _section_due(self, ckpt_id: CkptId, sid: bytes) -> None:
-        ck = self.ckpts.get(ckpt_id)
-        sec = ck.sections.get(sid) if ck else None
-        if sec is None:
-            return
-        sec.timer = None
-        if self.is_lowest:
-            self._send_own(MSG_SECTION_EXPIRE, cw.CKPT_ID.pack(*ckpt_id)
-                           + SECTION_EXPIRE_MSG.pack(sec.expiration) + sid)
+    def _drop_timers(self, ck: Checkpoint) -> None:
+        self._stop_retention(ck)
+        for sid in ck.sections:
+            self._expiry.cancel((ck.id, sid))
 
     # --- OPEN / CLOSE / UNLINK ------------------------------------------------------------
 
@@ -632,20 +581,9 @@ class CkptService(Service):
         cs.opening += 1
         if is_async:
             return b""  # the handle comes in the open callback
-        key = (req.tag.conn_id, req.tag.seq)
-        pending = _PendingOpen(None)
-        if 0 < op.timeout < SA_TIME_END:
-            pending.timer = self.host.call_later(op.timeout / 1e9,
-                                                 lambda: self._open_timed_out(req.tag))
-        self._pending_opens[key] = pending
-        return DEFERRED
-
-    def _open_timed_out(self, tag: ReplyTag) -> None:
-        pending = self._pending_opens.get((tag.conn_id, tag.seq))
-        if pending is None or pending.abandoned:
-            return
-        pending.abandoned = True  # the OPEN's delivery will close what it opened
-        self.host.reply_error(tag, Timeout("checkpoint open timed out"))
+        # On a timeout the host answers TIMEOUT; the OPEN's delivery then closes again.
+        return self.host.defer(req.tag, op.timeout / 1e9 if 0 < op.timeout < SA_TIME_END
+                               else None)
 
     @exec_handler(MSG_OPEN)
     def exec_open(self, msg: ExecMessage) -> None:
@@ -686,38 +624,33 @@ class CkptService(Service):
             self._stop_retention(ck)
         if not self._origin(msg):
             return
-        pending = self._pending_opens.pop((msg.tag.conn_id, msg.tag.seq), None)
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()
-        conn = self._conns.get(msg.tag.conn_id)
-        if conn is not None:
-            cs_open = self._conn_state(conn)
-            cs_open.opening = max(0, cs_open.opening - 1)
-        if err is None and (conn is None or (pending is not None and pending.abandoned)):
-            assert ck is not None
-            self._send_own(MSG_CLOSE, cw.CKPT_ID.pack(*ck.id) + CLOSE_MSG.pack(0))
+        conn = self.host.conn_of(msg.tag)
+        # (a client gone has no handles: a scratch state stands in for its own)
+        cs = self._conn_state(conn) if conn is not None else _ConnState()
+        cs.opening = max(0, cs.opening - 1)
+        if err is not None:
+            if op.is_async and conn is not None:
+                conn.send_callback(cw.CB_OPEN, cw.encode_open_callback(op.invocation, 0),
+                                   err.code)
+            else:
+                self.host.reply_error(msg.tag, err)
             return
-        if conn is None:
+        assert ck is not None
+        handle = cs.next_handle
+        cs.handles[handle] = _Handle(ck.id, op.flags)  # before the answer: it may go out now
+        if conn is None or not (op.is_async or self.host.reply(
+                msg.tag, cw.HANDLE.pack(handle), safe=created)):
+            # The client left or timed out: nobody will close what this opened.
+            del cs.handles[handle]
+            self.host.mcast_retried(self, MSG_CLOSE, cw.CKPT_ID.pack(*ck.id) + CLOSE_MSG.pack(0))
             return
-        handle = 0
-        if err is None:
-            assert ck is not None
-            cs = self._conn_state(conn)
-            handle = cs.next_handle
-            cs.next_handle += 1
-            cs.handles[handle] = _Handle(ck.id, op.flags)
+        cs.next_handle += 1
         if op.is_async:
             cb = cw.encode_open_callback(op.invocation, handle)
-            code = SA_OK if err is None else err.code
-            # A creation returns once every member has the checkpoint.
-            if created:
-                self.host.when_safe(lambda: conn.send_callback(cw.CB_OPEN, cb, code))
+            if created:  # a creation returns once every member has the checkpoint
+                self.host.when_safe(lambda: conn.send_callback(cw.CB_OPEN, cb))
             else:
-                conn.send_callback(cw.CB_OPEN, cb, code)
-        elif err is None:
-            self.host.reply(msg.tag, cw.HANDLE.pack(handle), safe=created)
-        else:
-            self.host.reply_error(msg.tag, err)
+                conn.send_callback(cw.CB_OPEN, cb)
 
     @lib_handler(cw.REQ_CLOSE, hold_during_sync=True)
     def lib_close(self, conn: LibConn, req: Request) -> Deferred:
@@ -739,7 +672,7 @@ class CkptService(Service):
                 del ck.refs[msg.sender]
             self._after_unref(ck)
         if self._origin(msg):
-            conn = self._conns.get(msg.tag.conn_id)
+            conn = self.host.conn_of(msg.tag)
             if conn is not None:
                 self._conn_state(conn).handles.pop(handle, None)
             self.host.reply(msg.tag)
@@ -761,12 +694,7 @@ class CkptService(Service):
                     del ck.refs[msg.sender]
                 self._after_unref(ck)
 
-    @lib_handler(cw.REQ_UNLINK, hold_during_sync=True)
-    def lib_unlink(self, conn: LibConn, req: Request) -> Deferred:
-        name = cw.decode_name_untrusted(req.body)
-        self._check_name(name)
-        self.host.mcast(self, MSG_UNLINK, name, tag=req.tag)
-        return DEFERRED
+    lib_unlink = forward(cw.REQ_UNLINK, MSG_UNLINK, body=_unlink_body)
 
     @exec_handler(MSG_UNLINK)
     def exec_unlink(self, msg: ExecMessage) -> None:
@@ -782,12 +710,9 @@ class CkptService(Service):
 
     # --- attributes ------------------------------------------------------------------------
 
-    @lib_handler(cw.REQ_RETENTION_SET, hold_during_sync=True)
-    def lib_retention_set(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        if cw.decode_retention_untrusted(rest) < 0:
-            raise InvalidParam("negative retention duration")
-        return self._forward(conn, req, MSG_RETENTION_SET)
+    lib_retention_set = forward(cw.REQ_RETENTION_SET, MSG_RETENTION_SET, body=_by_handle(
+        check=lambda rest: _require(cw.decode_retention_untrusted(rest) >= 0,
+                                    "negative retention duration")))
 
     @exec_handler(MSG_RETENTION_SET)
     def exec_retention_set(self, msg: ExecMessage) -> None:
@@ -804,9 +729,7 @@ class CkptService(Service):
             self._start_retention(ck, since=ck.zero_since)
         self.host.reply(msg.tag, safe=True)
 
-    @lib_handler(cw.REQ_ACTIVE_SET, hold_during_sync=True)
-    def lib_active_set(self, conn: LibConn, req: Request) -> Deferred:
-        return self._forward(conn, req, MSG_ACTIVE_SET, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_active_set = forward(cw.REQ_ACTIVE_SET, MSG_ACTIVE_SET, body=_by_handle(_WRITE))
 
     @exec_handler(MSG_ACTIVE_SET)
     def exec_active_set(self, msg: ExecMessage) -> None:
@@ -820,9 +743,7 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, safe=True)
 
-    @lib_handler(cw.REQ_STATUS_GET, hold_during_sync=True)
-    def lib_status_get(self, conn: LibConn, req: Request) -> Deferred:
-        return self._forward(conn, req, MSG_STATUS)
+    lib_status_get = forward(cw.REQ_STATUS_GET, MSG_STATUS, body=_by_handle())
 
     @exec_handler(MSG_STATUS)
     def exec_status(self, msg: ExecMessage) -> None:
@@ -835,13 +756,9 @@ class CkptService(Service):
 
     # --- sections ----------------------------------------------------------------------------
 
-    @lib_handler(cw.REQ_SECTION_CREATE, hold_during_sync=True)
-    def lib_section_create(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        sc = cw.decode_section_create_untrusted(rest)
-        if sc.expiration < 0:
-            raise InvalidParam("negative expiration time")
-        return self._forward(conn, req, MSG_SECTION_CREATE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_section_create = forward(cw.REQ_SECTION_CREATE, MSG_SECTION_CREATE, body=_by_handle(
+        _WRITE, lambda rest: _require(cw.decode_section_create_untrusted(rest).expiration >= 0,
+                                      "negative expiration time")))
 
     @exec_handler(MSG_SECTION_CREATE)
     def exec_section_create(self, msg: ExecMessage) -> None:
@@ -876,9 +793,8 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
-    @lib_handler(cw.REQ_SECTION_DELETE, hold_during_sync=True)
-    def lib_section_delete(self, conn: LibConn, req: Request) -> Deferred:
-        return self._forward(conn, req, MSG_SECTION_DELETE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_section_delete = forward(cw.REQ_SECTION_DELETE, MSG_SECTION_DELETE,
+                                 body=_by_handle(_WRITE))
 
     @exec_handler(MSG_SECTION_DELETE)
     def exec_section_delete(self, msg: ExecMessage) -> None:
@@ -920,17 +836,12 @@ class CkptService(Service):
         sec = ck.sections.pop(sid)
         self._count_sections(-1)
         ck.used -= len(sec.data)
-        if sec.timer is not None:
-            sec.timer.cancel()
+        self._expiry.cancel((ck.id, sid))
 
-    @lib_handler(cw.REQ_SECTION_EXPIRATION_SET, hold_during_sync=True)
-    def lib_section_expiration_set(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        _, exp, _ = cw.decode_section_expiration_untrusted(rest)
-        if exp < 0:
-            raise InvalidParam("negative expiration time")
-        return self._forward(conn, req, MSG_SECTION_EXPIRATION_SET,
-                             need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_section_expiration_set = forward(
+        cw.REQ_SECTION_EXPIRATION_SET, MSG_SECTION_EXPIRATION_SET, body=_by_handle(
+            _WRITE, lambda rest: _require(cw.decode_section_expiration_untrusted(rest)[1] >= 0,
+                                          "negative expiration time")))
 
     @exec_handler(MSG_SECTION_EXPIRATION_SET)
     def exec_section_expiration_set(self, msg: ExecMessage) -> None:
@@ -978,20 +889,16 @@ class CkptService(Service):
 
     # --- iteration -------------------------------------------------------------------------------
 
-    @lib_handler(cw.REQ_ITER_INIT, hold_during_sync=True)
-    def lib_iter_init(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        filt, exp = cw.decode_iter_init_untrusted(rest)
-        if filt not in cw.SECTION_FILTERS:
-            raise InvalidParam(f"sections chosen {filt}")
-        return self._forward(conn, req, MSG_ITER_INIT)
+    lib_iter_init = forward(cw.REQ_ITER_INIT, MSG_ITER_INIT, body=_by_handle(
+        check=lambda rest: _require(cw.decode_iter_init_untrusted(rest)[0] in cw.SECTION_FILTERS,
+                                    "sections chosen")))
 
     @exec_handler(MSG_ITER_INIT)
     def exec_iter_init(self, msg: ExecMessage) -> None:
         if not self._origin(msg):
             return
         ck, rest = self._ckpt_of(msg)
-        conn = self._conns.get(msg.tag.conn_id)
+        conn = self.host.conn_of(msg.tag)
         if ck is None or conn is None:
             return
         filt, when = cw.decode_iter_init_untrusted(rest)
@@ -1034,12 +941,9 @@ class CkptService(Service):
 
     # --- data --------------------------------------------------------------------------------------
 
-    @lib_handler(cw.REQ_WRITE, hold_during_sync=True)
-    def lib_write(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        if not cw.decode_write_untrusted(rest).vectors:
-            raise InvalidParam("no IO vectors")
-        return self._forward(conn, req, MSG_WRITE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_write = forward(cw.REQ_WRITE, MSG_WRITE, body=_by_handle(
+        _WRITE, lambda rest: _require(bool(cw.decode_write_untrusted(rest).vectors),
+                                      "no IO vectors")))
 
     @exec_handler(MSG_WRITE)
     def exec_write(self, msg: ExecMessage) -> None:
@@ -1079,9 +983,7 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, cw.encode_io_status(SA_OK, 0), safe=self._safe(ck, msg))
 
-    @lib_handler(cw.REQ_OVERWRITE, hold_during_sync=True)
-    def lib_overwrite(self, conn: LibConn, req: Request) -> Deferred:
-        return self._forward(conn, req, MSG_OVERWRITE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
+    lib_overwrite = forward(cw.REQ_OVERWRITE, MSG_OVERWRITE, body=_by_handle(_WRITE))
 
     @exec_handler(MSG_OVERWRITE)
     def exec_overwrite(self, msg: ExecMessage) -> None:
@@ -1107,12 +1009,8 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
-    @lib_handler(cw.REQ_READ, hold_during_sync=True)
-    def lib_read(self, conn: LibConn, req: Request) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        if not cw.decode_read_untrusted(rest):
-            raise InvalidParam("no IO vectors")
-        return self._forward(conn, req, MSG_READ, need=cw.SA_CKPT_CHECKPOINT_READ)
+    lib_read = forward(cw.REQ_READ, MSG_READ, body=_by_handle(
+        _READ, lambda rest: _require(bool(cw.decode_read_untrusted(rest)), "no IO vectors")))
 
     @exec_handler(MSG_READ)
     def exec_read(self, msg: ExecMessage) -> None:
@@ -1141,20 +1039,14 @@ class CkptService(Service):
             out.append(piece)
         self.host.reply(msg.tag, cw.encode_read_reply(SA_OK, 0, out))
 
-    @lib_handler(cw.REQ_SYNCHRONIZE, hold_during_sync=True)
-    def lib_synchronize(self, conn: LibConn, req: Request) -> Deferred:
-        return self._lib_synchronize(conn, req, False)
+    lib_synchronize = forward(cw.REQ_SYNCHRONIZE, MSG_SYNCHRONIZE,
+                              body=_by_handle(_WRITE, _check_sync_flag(False)))
 
     @lib_handler(cw.REQ_SYNCHRONIZE_ASYNC, hold_during_sync=True)
-    def lib_synchronize_async(self, conn: LibConn, req: Request) -> bytes | Deferred:
-        self._lib_synchronize(conn, req, True)
+    def lib_synchronize_async(self, conn: LibConn, req: Request) -> bytes:
+        body = _by_handle(_WRITE, _check_sync_flag(True))(self, conn, req)
+        self.host.mcast(self, MSG_SYNCHRONIZE, body, tag=req.tag)
         return b""  # the outcome comes in the synchronize callback
-
-    def _lib_synchronize(self, conn: LibConn, req: Request, is_async: bool) -> Deferred:
-        _, rest = cw.split_handle_untrusted(req.body)
-        if cw.decode_synchronize_untrusted(rest)[1] != is_async:
-            raise IpcProtocolError("SYNCHRONIZE: async flag does not match the request id")
-        return self._forward(conn, req, MSG_SYNCHRONIZE, need=cw.SA_CKPT_CHECKPOINT_WRITE)
 
     @exec_handler(MSG_SYNCHRONIZE)
     def exec_synchronize(self, msg: ExecMessage) -> None:
@@ -1172,7 +1064,7 @@ class CkptService(Service):
             err = BadOperation("SA_CKPT_WR_ALL_REPLICAS checkpoints are always synchronous")
         # Returns once every member holds every write ordered before it.
         if is_async:
-            conn = self._conns.get(msg.tag.conn_id)
+            conn = self.host.conn_of(msg.tag)
             if conn is not None:
                 cb, code = cw.encode_sync_callback(invocation), SA_OK if err is None else err.code
                 self.host.when_safe(lambda: conn.send_callback(cw.CB_SYNCHRONIZE, cb, code))
@@ -1210,8 +1102,9 @@ class CkptService(Service):
         for ck in list(self.ckpts.values()):
             yield MSG_SYNC_CKPT, _sync_ckpt_payload(ck)
             for sid, sec in list(ck.sections.items()):
-                remaining = SA_TIME_END if sec.deadline is None else \
-                    max(0, int((sec.deadline - now) * 1e9))
+                deadline = self._expiry.deadline((ck.id, sid))
+                remaining = SA_TIME_END if deadline is None else \
+                    max(0, int((deadline - now) * 1e9))
                 data = bytes(sec.data)
                 off = 0
                 while True:
@@ -1330,27 +1223,18 @@ class CkptService(Service):
                 continue
             # Uniform on every member: expiries sent before this round no longer apply.
             ck.retention_epoch += 1
+            deadline = self._retention.deadline(ck.id)
             if not ck.linked:
                 self._delete(ck)
-            elif ck.id in replaced or not was_zero or ck.retention_deadline is None:
+            elif ck.id in replaced or not was_zero or deadline is None:
                 self._start_retention(ck)
+            else:
+                self._arm_retention(ck, deadline)  # the same deadline, the new epoch
         self._incoming = {}
         self._incoming_tombs = {}
         self._announced = {}
         self._remaining = {}
-        if self.is_lowest:
-            self._expire_overdue()
-
-    def _expire_overdue(self) -> None:
-        """Deadlines that passed while another node was lowest (it may have left)."""
-        now = self.host.now()
-        for ck in list(self.ckpts.values()):
-            if not ck.total_refs and ck.linked and ck.retention_deadline is not None \
-                    and ck.retention_deadline <= now:
-                self._retention_due(ck.id)
-            for sid, sec in list(ck.sections.items()):
-                if sec.deadline is not None and sec.deadline <= now:
-                    self._section_due(ck.id, sid)
+        # Deadlines already past are then sent by the (new) lowest member: the timers do it.
 
     def _merge(self, sides: dict[int, dict[CkptId, Checkpoint]]) -> dict[CkptId, Checkpoint]:
         """The merge rule of the module docstring; a function of the staged sides only."""
@@ -1393,7 +1277,6 @@ class CkptService(Service):
         for ckpt_id, ck in by_id.items():
             sender = sender_of[ckpt_id]
             for sid, sec in ck.sections.items():
-                sec.deadline = None
                 sec.remaining = self._remaining.get((sender, ckpt_id, sid), SA_TIME_END)
         return by_id
 
@@ -1414,11 +1297,10 @@ class CkptService(Service):
 
     def _install(self, merged: dict[CkptId, Checkpoint]) -> set[CkptId]:
         """Replace the live state with ``merged``; keep local timers of unchanged replicas."""
-        replaced: set[CkptId] = set()
         old = self.ckpts
-        for ckpt_id, new in merged.items():
-            cur = old.get(ckpt_id)
-            if cur is not None and cur.version() == new.version() \
+        for ckpt_id, cur in old.items():
+            new = merged.get(ckpt_id)
+            if new is not None and cur.version() == new.version() \
                     and cur.sections.keys() == new.sections.keys():
                 # Same history (the digest says so): keep our replica and its timers.
                 cur.linked = new.linked
@@ -1426,16 +1308,13 @@ class CkptService(Service):
                 cur.retention_epoch = new.retention_epoch
                 cur.attrs = new.attrs
                 merged[ckpt_id] = cur
-                continue
-            replaced.add(ckpt_id)
+            else:
+                self._drop_timers(cur)  # before the new replica's timers, under the same keys
+        replaced = {ckpt_id for ckpt_id, new in merged.items() if old.get(ckpt_id) is not new}
+        for ckpt_id in replaced:
+            new = merged[ckpt_id]
             for sid, sec in new.sections.items():
                 self._arm_section(new, sid, sec, sec.remaining)
-        for ckpt_id, cur in old.items():
-            if merged.get(ckpt_id) is not cur:
-                self._stop_retention(cur)
-                for sec in cur.sections.values():
-                    if sec.timer is not None:
-                        sec.timer.cancel()
         self.ckpts = merged
         self.names = {ck.name: ck.id for ck in merged.values() if ck.linked}
         return replaced
