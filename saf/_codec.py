@@ -284,15 +284,20 @@ class Layout:
         *entries: ``(field name, type)`` in wire order, or a bare ``pad``/``Const``.
         error: the exception class decoders raise (called with one message).
         check: called with each decoded object; a returned string is an error.
+        order: with ``cls`` None, the order of the decoded tuple's (and pack's)
+            values, when it is not the wire order.
     """
 
     def __init__(self, cls: Any, name: str | None = None, *entries: Any,
                  error: type[Exception] = IpcProtocolError,
-                 check: Callable[[Any], str | None] | None = None) -> None:
+                 check: Callable[[Any], str | None] | None = None,
+                 order: Sequence[str] | None = None) -> None:
         self.cls = cls
+        self._unwrap = False  # decode to the one field's value (array items that are a value)
         self.name = name or (cls.__name__ if cls is not None else "layout")
         self.error = error
         self.check = check
+        self._order = list(order) if order is not None else None
         self.entries: list[tuple[str | None, FieldType]] = []
         for e in entries:
             if isinstance(e, (pad, Const)):
@@ -340,8 +345,15 @@ class Layout:
         #: the arguments of pack(): the class's fields that are on the wire, in class order
         self.arg_order = list(self.data_fields)
         if cf is None:
+            if self._order is not None:
+                if sorted(self._order) != sorted(self.data_fields):
+                    raise TypeError(f"{self.name}: order {self._order} is not a permutation "
+                                    f"of {self.data_fields}")
+                self.arg_order = self._order
             self._positional = True
             return
+        if self._order is not None:
+            raise TypeError(f"{self.name}: order= is for tuple layouts (cls None)")
         names, defaults = cf
         self.arg_order = [n for n in names if n in self.data_fields]
         missing = set(self.data_fields) - set(names)
@@ -351,7 +363,8 @@ class Layout:
         if absent:
             raise TypeError(f"{self.name}: {sorted(absent)} of {self.cls.__name__} not on the "
                             "wire and without a default")
-        self._positional = names == self.data_fields
+        # construct positionally when the wire's fields are the class's first ones
+        self._positional = names[:len(self.arg_order)] == self.arg_order
 
     def _fixed_size(self) -> int | None:
         total = 0
@@ -375,7 +388,7 @@ class Layout:
         ns.names["_locate"] = self._locate
         args = [f"a_{n}" for n in self.arg_order]
         pack_src = self._gen_encode(ns, "pack", args, lambda n: f"a_{n}")
-        enc_src = self._gen_encode(ns, "encode", ["o"], lambda n: f"o.{n}")
+        enc_src = self._gen_encode(ns, "encode", ["o"], self._item_access("o"))
         body, result = self._gen_decode_body(ns, top=True)
         dec_from = ["def decode_from(d, off=0):",
                     "    if d.__class__ is not bytes: d = bytes(d)",
@@ -444,7 +457,7 @@ class Layout:
                 parts.append(a)
             elif isinstance(t, Layout):
                 if t.size is not None:
-                    t._enc_parts(ns, lambda n, a=a: f"{a}.{n}", pre, parts)
+                    t._enc_parts(ns, t._item_access(a), pre, parts)
                 else:
                     parts.append(f"{ns.const(t.encode, '_enc')}({a})")
             elif isinstance(t, optional):
@@ -460,13 +473,25 @@ class Layout:
                     fmt = ns.const("!%d" + item.code, "_fmt")
                     parts.append(f"struct.pack({fmt} % len({a}), *{seq})")
                 else:
-                    enc = ns.const(_item_layout(item, self.error).encode, "_enc")
-                    parts.append(f"b''.join([{enc}(e) for e in {seq}])")
+                    lay = _item_layout(item, self.error)
+                    ev = ns.fresh("e")
+                    ipre, iexpr, _ = lay._enc_expr(ns, lay._item_access(ev))
+                    if ipre:  # checks are statements: call the item's encoder
+                        iexpr = f"{ns.const(lay.encode, '_enc')}({ev})"
+                    parts.append(f"b''.join([{iexpr} for {ev} in {seq}])")
             else:
                 raise TypeError(f"{label}: unknown field type {t!r}")
 
-    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
-                    acc: Callable[[str], str]) -> str:
+    def _item_access(self, obj: str) -> Callable[[str], str]:
+        """How encode() reads field ``n`` of ``obj``: by index for tuple classes, so that
+        a plain tuple in class order encodes like the class itself."""
+        if self.cls is None or (isinstance(self.cls, type) and issubclass(self.cls, tuple)):
+            index = {n: i for i, n in enumerate(self.arg_order)}
+            return lambda n: f"{obj}[{index[n]}]"
+        return lambda n: f"{obj}.{n}"
+
+    def _enc_expr(self, ns: _Ns, acc: Callable[[str], str]) -> tuple[list[str], str, list[Any]]:
+        """(checks to run first, the bytes expression, the parts) of this layout's encoding."""
         pre: list[str] = []
         parts: list[Any] = []
         self._enc_parts(ns, acc, pre, parts)
@@ -474,8 +499,6 @@ class Layout:
         for p in parts:
             if isinstance(p, _Run):
                 s = struct.Struct("!" + "".join(p.codes))
-                if len(parts) == 1:
-                    ns.names["_whole"] = s
                 if p.exprs:
                     exprs.append(f"{ns.const(s.pack, '_pk')}({', '.join(p.exprs)})")
                 else:
@@ -488,6 +511,13 @@ class Layout:
             expr = " + ".join(exprs)
         else:
             expr = "b''.join((" + ", ".join(exprs) + ",))"
+        return pre, expr, parts
+
+    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
+                    acc: Callable[[str], str]) -> str:
+        pre, expr, parts = self._enc_expr(ns, acc)
+        if len(parts) == 1 and isinstance(parts[0], _Run):
+            ns.names["_whole"] = struct.Struct("!" + "".join(parts[0].codes))
         values = ", ".join(acc(n) for n in self.data_fields)
         lines = [f"def {fname}({', '.join(args)}):",
                  *["    " + line for line in pre],
@@ -501,6 +531,12 @@ class Layout:
     def _locate(self, values: tuple[Any, ...], exc: Exception) -> str:
         """Which field made struct refuse to pack (the slow path of an encode error)."""
         return self._find_bad(values) or f"{self.name}: a value does not fit its field ({exc})"
+
+    def _find_bad_in(self, obj: Any) -> str | None:
+        if self.cls is None or (isinstance(obj, tuple) and not hasattr(obj, "_fields")):
+            byname = dict(zip(self.arg_order, obj))
+            return self._find_bad(tuple(byname.get(n) for n in self.data_fields))
+        return self._find_bad(tuple(getattr(obj, n, None) for n in self.data_fields))
 
     def _find_bad(self, values: tuple[Any, ...]) -> str | None:
         byname = dict(zip(self.data_fields, values))
@@ -517,10 +553,15 @@ class Layout:
                 except TypeError:
                     continue
             elif isinstance(t, (Layout, optional)) and v is not None:
-                sub = t if isinstance(t, Layout) else t.layout
-                found = sub._find_bad(tuple(getattr(v, n, None) for n in sub.data_fields))
+                found = (t if isinstance(t, Layout) else t.layout)._find_bad_in(v)
                 if found:
                     return found
+                continue
+            elif isinstance(t, array) and isinstance(t.item, Layout) and v is not None:
+                for item in v:
+                    found = t.item._find_bad_in(item)
+                    if found:
+                        return found
                 continue
             if isinstance(t, Int) and not t.is_flag and isinstance(v, int) \
                     and not t.lo <= v <= t.hi:
@@ -651,8 +692,10 @@ class Layout:
                 self._dec_array(ns, lines, t, v, cnt, fname, bad)
             else:
                 raise TypeError(f"{self.name}.{fname}: unknown field type {t!r}")
-        values = [local[n] for n in self.data_fields]
-        if self.cls is None:
+        values = [local[n] for n in self.arg_order]
+        if self._unwrap:
+            obj = values[0]
+        elif self.cls is None:
             obj = "(" + ", ".join(values) + ("," if len(values) == 1 else "") + ")"
         elif self._positional:
             obj = f"{ns.const(self.cls, '_cls')}({', '.join(values)})"
@@ -697,10 +740,14 @@ class Layout:
                 lines.append(f"{v} = [{c}(*x) for x in {up}(d[off:off + {cnt} * {lay.size}])]")
                 lines.append(f"off += {cnt} * {lay.size}")
             else:
+                # the item's decoding inlined in the loop: no call per item
+                body, result = lay._gen_decode_body(ns, top=False)
+                ap = ns.fresh("append")
                 lines.append(f"{v} = []")
+                lines.append(f"{ap} = {v}.append")
                 lines.append(f"for _ in range({cnt}):")
-                lines.append(f"    x, off = {dec}(d, off)")
-                lines.append(f"    {v}.append(x)")
+                lines.extend("    " + line for line in body)
+                lines.append(f"    {ap}({result})")
         if t.sorted:
             lines.append(f"if not _increasing({v}): "
                          f"{bad(fname, 'not strictly increasing')}")
@@ -712,7 +759,8 @@ class Layout:
 
     def _flat_plain(self) -> bool:
         """Only plain integers, positional class: items decode straight from iter_unpack."""
-        return self._positional and self.check is None and not self.computed and all(
+        return self.arg_order == self.data_fields and self.check is None \
+            and not self.computed and all(
             isinstance(t, Int) and t.choices is None and t.enum is None and not t.is_flag
             and n is not None for n, t in self.entries)
 
@@ -774,9 +822,8 @@ class _ItemLayout(Layout):
 
     def __init__(self, item: Any, error: type[Exception]) -> None:
         super().__init__(None, "item", ("item", item), error=error)
+        self._unwrap = True  # only read by array decoders, which inline this layout
 
-    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
-                    acc: Callable[[str], str]) -> str:
-        # encode(v) takes the value itself, not an object with an attribute "item"
-        return super()._gen_encode(ns, fname, args,
-                                   lambda n: "o" if acc(n) == "o.item" else acc(n))
+    def _item_access(self, obj: str) -> Callable[[str], str]:
+        # encode(v) takes the value itself, not a one-element tuple
+        return lambda n: obj
