@@ -397,9 +397,10 @@ class Layout:
         dec = ["def decode(d):",
                "    if d.__class__ is not bytes: d = bytes(d)",
                "    n = len(d)", "    off = 0", *["    " + line for line in body],
-               "    if off != n:",
-               f"        raise _error(f'{_q(self.name)}: {{n - off}} trailing bytes "
-               "after byte {off}')",
+               *([] if self.entries and isinstance(self.entries[-1][1], rest) else [
+                   "    if off != n:",
+                   f"        raise _error(f'{_q(self.name)}: {{n - off}} trailing bytes "
+                   "after byte {off}')"]),
                f"    return {result}"]
         self.source = "\n".join([pack_src, enc_src, "\n".join(dec_from), "\n".join(dec)])
         exec(compile(self.source, f"<layout {self.name}>", "exec"), ns.names)  # noqa: S102

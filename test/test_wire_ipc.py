@@ -212,3 +212,19 @@ def test_pinned_ckpt_and_totem_decode_back():
     assert tw.decode_untrusted(PINNED[20][1]) == tw.Token(3, _RING, 1, 2, 3, 4, 5, 6, 1, 2, [9, 8])
     assert tw.decode_untrusted(PINNED[21][1]) == tw.Join(3, 40, frozenset({9, 2}), frozenset({5}))
     assert tw.decode_untrusted(PINNED[23][1]) == tw.Probe(tw.WAKE, 3, _RING)
+
+
+@pytest.mark.timeout(60)
+def test_totem_garbage_raises_only_bad_packet():
+    rng = random.Random(2)
+    seeds = [expected for _, expected in PINNED[18:]]
+    for _ in range(3000):
+        base = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 5)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        if rng.random() < 0.5:
+            base = base[:rng.randrange(len(base) + 1)]
+        try:
+            tw.decode_untrusted(bytes(base))
+        except tw.BadPacket:
+            pass
