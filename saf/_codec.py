@@ -51,7 +51,14 @@ A field that another field refers to (``"id_len"``, ``"n"``, ``"f"`` above) is
 referring to it, the decoder uses it and does not hand it out; it is not an
 attribute of the class.
 
-Worked example (a request body, 14 bytes then the section id and the data)::
+Layout options: ``error=`` the exception class of its decoders; ``check=`` a
+function of the decoded object returning an error message or None (rules
+across fields); ``order=`` for a tuple layout, the tuple's order when it is
+not the wire order.  ``layout.size`` is the size of a fixed layout (None
+when variable) and ``layout.struct`` its one ``struct.Struct``, for code
+that must stay on a bare Struct.
+
+Worked example (a request body: 10 bytes, then the section id and the data)::
 
     @dataclass(frozen=True, slots=True)
     class Write:
@@ -70,8 +77,10 @@ Worked example (a request body, 14 bytes then the section id and the data)::
     body = WRITE.encode(Write(5, b"s", b"xy"))   # == WRITE.pack(5, b"s", b"xy")
     assert body == bytes.fromhex("0000000000000005 0001") + b"sxy"
     assert WRITE.decode(body) == Write(5, b"s", b"xy")
-    WRITE.decode(body[:9])
-    # IpcProtocolError: WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left
+    try:
+        WRITE.decode(body[:9])
+    except IpcProtocolError as exc:
+        print(exc)  # WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left
 
 Keep the byte-layout comment above each declaration: the declaration says
 how to read the bytes, the comment shows them.
@@ -335,7 +344,7 @@ class Layout:
                 rtype = dict((n, t) for n, t in self.entries if n)[ref]
                 if not isinstance(rtype, Int):
                     raise TypeError(f"{self.name}.{ref}: a length, count or flag is an integer")
-                self.computed[ref] = (fname, kind)
+                self.computed[ref] = (fname or "", kind)
             if fname is not None:
                 if fname in seen:
                     raise TypeError(f"{self.name}: field {fname!r} declared twice")
@@ -389,7 +398,7 @@ class Layout:
         args = [f"a_{n}" for n in self.arg_order]
         pack_src = self._gen_encode(ns, "pack", args, lambda n: f"a_{n}")
         enc_src = self._gen_encode(ns, "encode", ["o"], self._item_access("o"))
-        body, result = self._gen_decode_body(ns, top=True)
+        body, result = self._gen_decode_body(ns)
         dec_from = ["def decode_from(d, off=0):",
                     "    if d.__class__ is not bytes: d = bytes(d)",
                     "    n = len(d)", *["    " + line for line in body],
@@ -422,16 +431,17 @@ class Layout:
                 parts.append(_Run())
             return parts[-1]
 
-        for fname, t in self.entries:
+        for entry_name, t in self.entries:
+            fname = entry_name or ""  # anonymous: pad and Const
             label = f"{self.name}.{fname}"
-            if fname is not None and fname in self.computed:
+            if fname in self.computed:
                 target, kind = self.computed[fname]
                 if kind == "len":
                     run().add(fname, t.code, f"len({acc(target)})", None)
                 else:
                     run().add(fname, t.code, f"(0 if {acc(target)} is None else 1)", None)
                 continue
-            a = acc(fname) if fname is not None else ""
+            a = acc(fname) if fname else ""
             if isinstance(t, Int):
                 run().add(fname, t.code, f"(1 if {a} else 0)" if t.is_flag else a, None)
             elif isinstance(t, pad):
@@ -571,7 +581,7 @@ class Layout:
 
     # decode -----------------------------------------------------------------------------------
 
-    def _gen_decode_body(self, ns: _Ns, top: bool) -> tuple[list[str], str]:
+    def _gen_decode_body(self, ns: _Ns) -> tuple[list[str], str]:
         """Lines that decode this layout at ``off`` (advancing it) and the result expression."""
         lines: list[str] = []
         run: list[_Run | None] = [None]
@@ -592,9 +602,10 @@ class Layout:
             run[0] = None
 
         def cur() -> _Run:
-            if run[0] is None:
-                run[0] = _Run()
-            return run[0]
+            r = run[0]
+            if r is None:
+                r = run[0] = _Run()
+            return r
 
         result = self._dec_fields(ns, lines, cur, flush)
         flush()
@@ -611,13 +622,14 @@ class Layout:
             at = "off" if rel is None else f"off + {rel}"
             return f"raise _error(f'{what}: {_q(field)} (byte {{{at}}}) {msg}')"
 
-        for fname, t in self.entries:
+        for entry_name, t in self.entries:
+            fname = entry_name or ""  # anonymous: pad and Const, which have no value to keep
             v = ns.fresh(f"v_{fname or 'x'}_")
-            if fname is not None:
+            if fname:
                 local[fname] = v
             if isinstance(t, Int):
                 r = cur()
-                rel = r.add(fname or "?", t.code, None, v)
+                rel = r.add(fname, t.code, None, v)
                 if t.is_flag:
                     r.post.append(f"if {v} > 1: {bad(fname, f'is {{{v}}}, not 0 or 1', rel)}")
                     if fname not in self.computed:
@@ -720,15 +732,15 @@ class Layout:
         if isinstance(item, Int) and item.choices is None and item.enum is None \
                 and not item.is_flag:
             fmt = ns.const("!%d" + item.code, "_fmt")
-            lines.append(f"if n - off < {cnt} * {item.size}: "
-                         f"{bad(fname, f'{{{cnt}}} items need {{{cnt} * {item.size}}} bytes, {{n - off}} left')}")
+            need = f"{{{cnt}}} items need {{{cnt} * {item.size}}} bytes, {{n - off}} left"
+            lines.append(f"if n - off < {cnt} * {item.size}: {bad(fname, need)}")
             lines.append(f"{v} = struct.unpack_from({fmt} % {cnt}, d, off)")
             lines.append(f"off += {cnt} * {item.size}")
         else:
             lay = _item_layout(item, self.error)
             size = lay.min_size
-            lines.append(f"if n - off < {cnt} * {size}: "
-                         f"{bad(fname, f'{{{cnt}}} items need at least {{{cnt} * {size}}} bytes, {{n - off}} left')}")
+            need = f"{{{cnt}}} items need at least {{{cnt} * {size}}} bytes, {{n - off}} left"
+            lines.append(f"if n - off < {cnt} * {size}: {bad(fname, need)}")
             dec = ns.const(lay.decode_from, "_dec")
             if isinstance(item, (Int, blob)):
                 lines.append(f"{v} = []")
@@ -742,7 +754,7 @@ class Layout:
                 lines.append(f"off += {cnt} * {lay.size}")
             else:
                 # the item's decoding inlined in the loop: no call per item
-                body, result = lay._gen_decode_body(ns, top=False)
+                body, result = lay._gen_decode_body(ns)
                 ap = ns.fresh("append")
                 lines.append(f"{v} = []")
                 lines.append(f"{ap} = {v}.append")
@@ -803,14 +815,14 @@ def _type_min_size(t: FieldType) -> int:
     return 0
 
 
-_ITEM_LAYOUTS: dict[tuple[int, type[Exception]], Layout] = {}
+_ITEM_LAYOUTS: dict[tuple[Any, type[Exception]], Layout] = {}
 
 
 def _item_layout(item: "Layout | Int | blob", error: type[Exception]) -> Layout:
     """A Layout for an array item; a bare Int or blob becomes a one-field tuple layout."""
     if isinstance(item, Layout):
         return item
-    key = (id(item), error)
+    key = (item, error)  # the key keeps the item alive: no identity reused
     lay = _ITEM_LAYOUTS.get(key)
     if lay is None:
         lay = _ItemLayout(item, error)

@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from saf import _ckpt_wire as cw
+from saf import _conn
 from saf._ckpt_wire import (  # noqa: F401  (re-exported SAF names)
     MAX_IO_BYTES, SA_CKPT_CHECKPOINT_COLLOCATED, SA_CKPT_CHECKPOINT_CREATE,
     SA_CKPT_CHECKPOINT_READ, SA_CKPT_CHECKPOINT_WRITE, SA_CKPT_DEFAULT_SECTION_ID,
@@ -80,7 +81,6 @@ from saf._ckpt_wire import (  # noqa: F401  (re-exported SAF names)
     SA_CKPT_WR_ACTIVE_REPLICA_WEAK, SA_CKPT_WR_ALL_REPLICAS, CheckpointStatus,
     CreationAttributes, IOVector, SectionDescriptor,
 )
-from saf import _conn
 from saf._conn import REQUEST_GUARD, Connection, on_callback
 from saf.errors import SA_OK, BadHandle, InvalidParam, Library, NameTooLong, NotExist, SaError
 from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END, Version

@@ -1,4 +1,4 @@
-"""Client IPC and ring wire formats: exact bytes both ways, and garbage raises only the decoder's error."""
+"""Client IPC and ring wire formats: exact bytes both ways; garbage raises only the decoder's error."""
 import random
 import struct
 

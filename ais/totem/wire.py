@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from saf._codec import Const, Layout, array, flag, rest, u8, u16, u32, u64
 
@@ -126,7 +126,7 @@ class Probe:
 Packet = Mcast | Token | Join | Commit | Probe
 
 
-def _layout(cls: type | None, name: str, *entries: object, **kw: object) -> Layout:
+def _layout(cls: type | None, name: str, *entries: object, **kw: Any) -> Layout:
     return Layout(cls, name, *entries, error=BadPacket, **kw)
 
 
