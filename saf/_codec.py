@@ -334,8 +334,10 @@ class Layout:
                 ref, kind = ftype.present, "present"
                 if ftype.layout.size is None:
                     raise TypeError(f"{self.name}.{fname}: an optional layout must be fixed")
-            if isinstance(ftype, rest) and i != len(self.entries) - 1:
+            if _takes_rest(ftype) and i != len(self.entries) - 1:
                 raise TypeError(f"{self.name}.{fname}: rest() must be the last field")
+            if isinstance(ftype, array) and _takes_rest(ftype.item):
+                raise TypeError(f"{self.name}.{fname}: an array item cannot end with rest()")
             if ref is not None:
                 if ref not in seen:
                     raise TypeError(f"{self.name}.{fname}: {ref!r} must be declared before it")
@@ -476,6 +478,8 @@ class Layout:
                 zeros = ns.const(bytes(t.layout.size or 0), "_zeros")
                 parts.append(f"({zeros} if {a} is None else {enc}({a}))")
             elif isinstance(t, array):
+                # max is a decoder's bound against hostile counts; the encoder does not
+                # check it: the ring must never raise on its own send path
                 if isinstance(t.count, Int):
                     run().add(fname, t.count.code, f"len({a})", None)
                 seq = f"sorted({a})" if t.sorted else a
@@ -784,6 +788,13 @@ class Layout:
 def _q(text: str) -> str:
     """``text`` safe inside a generated single-quoted f-string."""
     return text.replace("\\", "\\\\").replace("'", "\\'").replace("{", "{{").replace("}", "}}")
+
+
+def _takes_rest(t: FieldType) -> bool:
+    """``t`` reads to the end of the message (rest(), or a layout ending with it)."""
+    if isinstance(t, rest):
+        return True
+    return isinstance(t, Layout) and bool(t.entries) and _takes_rest(t.entries[-1][1])
 
 
 def _type_size(t: FieldType) -> int | None:

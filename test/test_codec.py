@@ -279,3 +279,14 @@ def test_module_docstring_example_runs(capsys):
     exec(compile(code, "<docstring>", "exec"), env)  # noqa: S102
     assert capsys.readouterr().out == \
         "WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left\n"
+
+
+def test_rest_only_at_the_end_even_nested():
+    tail = Layout(None, "tail", ("a", u8), ("r", rest()))
+    with pytest.raises(TypeError, match="rest.. must be the last"):
+        Layout(None, "x", ("t", tail), ("b", u8))
+    with pytest.raises(TypeError, match="cannot end with rest"):
+        Layout(None, "x", ("items", array(tail, u8)))
+    outer = Layout(None, "x", ("b", u8), ("t", tail))
+    assert outer.decode(b"\x01\x02xyz") == (1, (2, b"xyz"))
+
