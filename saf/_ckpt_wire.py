@@ -1,11 +1,13 @@
 """CKPT client IPC layouts and value types, declared once; shared by ``saf.ckpt`` and
 ``ais.services.ckpt``.
 
-Conventions (as in ``saf/_wire.py``): every fixed part is a module-level
-``struct.Struct`` in network order with its byte layout drawn above it;
-each message has an ``encode_x`` / ``decode_x_untrusted`` pair; decoded
-messages are frozen dataclasses; ``*_untrusted`` functions raise only
-``saf.errors.IpcProtocolError``.  Variable parts (names, section ids, data)
+Conventions (as in ``saf/_wire.py``): every layout is declared once with
+``saf._codec.Layout``, its bytes drawn above it; each message has an
+``encode_x`` / ``decode_x_untrusted`` pair (the generated functions, or thin
+wrappers keeping the call shapes the library and the service use); decoded
+messages are frozen dataclasses or tuples; ``*_untrusted`` functions raise
+only ``saf.errors.IpcProtocolError``; encoders raise ValueError for a value
+that does not fit its field.  Variable parts (names, section ids, data)
 follow their fixed part, with their lengths given in it.
 
 One connection per library handle carries every CKPT request (service id
@@ -22,6 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from saf._codec import Layout, array, blob, flag, i32, i64, optional, rest, u8, u16, u32, u64
 from saf.errors import IpcProtocolError
 from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END
 
@@ -149,7 +152,11 @@ class IOVector:
 
 
 class Reader:
-    """Walks an untrusted body; every shortfall raises IpcProtocolError."""
+    """Walks an untrusted body; every shortfall raises IpcProtocolError.
+
+    For the executive's ring layouts that are still read step by step; the
+    client layouts below are declared with the codec.
+    """
 
     __slots__ = ("data", "off", "what")
 
@@ -183,40 +190,34 @@ class Reader:
             raise IpcProtocolError(f"{self.what}: {len(self.data) - self.off} trailing bytes")
 
 
-def _pack(layout: struct.Struct, *vals: object) -> bytes:
-    try:
-        return layout.pack(*vals)
-    except struct.error as exc:
-        # Values come from the program using the library: a range error is its bug.
-        raise ValueError(f"field out of range: {exc}") from None
-
-
 # --- prefixes ---------------------------------------------------------------------------
 
 # Checkpoint handle, first in requests about an open checkpoint (4 bytes): | handle u32 |
-HANDLE = struct.Struct("!I")
+HANDLE_LAYOUT = Layout(None, "handle", ("handle", u32))
+HANDLE: struct.Struct = HANDLE_LAYOUT.struct  # type: ignore[assignment]
 
 # Cluster-wide checkpoint id (16 bytes), first in ring messages about a checkpoint:
 #  0                 8           12          16
 #  | ring seq u64    | ring rep  | counter   |
 #  the ring in which the creating OPEN was delivered, and how many checkpoints
 #  that ring had created before it: unique across partitions and restarts.
-CKPT_ID = struct.Struct("!QII")
+CKPT_ID_LAYOUT = Layout(None, "checkpoint id", ("ring_seq", u64), ("ring_rep", u32),
+                        ("counter", u32))
+CKPT_ID: struct.Struct = CKPT_ID_LAYOUT.struct  # type: ignore[assignment]
 
 CkptId = tuple[int, int, int]
 
+_HANDLE_AND_REST = Layout(None, "checkpoint request", ("handle", u32), ("rest", rest()))
+_ID_AND_REST = Layout(None, "checkpoint message", ("ckpt_id", CKPT_ID_LAYOUT), ("rest", rest()))
 
-def split_handle_untrusted(body: bytes) -> tuple[int, bytes]:
-    """(checkpoint handle, the rest) of a request body."""
-    r = Reader(body, "checkpoint request")
-    (handle,) = r.take(HANDLE)
-    return handle, r.rest()
+#: (checkpoint handle, the rest) of a request body
+split_handle_untrusted = _HANDLE_AND_REST.decode
+#: (checkpoint id, the rest) of a ring payload
+split_ckpt_id_untrusted = _ID_AND_REST.decode
 
 
-def split_ckpt_id_untrusted(body: bytes) -> tuple[CkptId, bytes]:
-    """(checkpoint id, the rest) of a ring payload."""
-    r = Reader(body, "checkpoint message")
-    return r.take(CKPT_ID), r.rest()
+def decode_handle_untrusted(body: bytes) -> int:
+    return HANDLE_LAYOUT.decode(body)[0]
 
 
 # --- creation attributes ------------------------------------------------------------------
@@ -224,24 +225,15 @@ def split_ckpt_id_untrusted(body: bytes) -> tuple[CkptId, bytes]:
 # SaCkptCheckpointCreationAttributesT (36 bytes):
 #  0       4                 12                  20        24                  32
 #  | flags | checkpoint_size | retention (i64)   | max_sec | max_section_size  | max_id_size |
-CREATION_ATTRS = struct.Struct("!IQqIQI")
+ATTRS = Layout(CreationAttributes, "creation attributes", ("creation_flags", u32),
+               ("checkpoint_size", u64), ("retention_duration", i64), ("max_sections", u32),
+               ("max_section_size", u64), ("max_section_id_size", u32))
+CREATION_ATTRS: struct.Struct = ATTRS.struct  # type: ignore[assignment]
 
-
-def encode_attrs(a: CreationAttributes) -> bytes:
-    return _pack(CREATION_ATTRS, a.creation_flags, a.checkpoint_size, a.retention_duration,
-                 a.max_sections, a.max_section_size, a.max_section_id_size)
-
-
-def _read_attrs(r: Reader) -> CreationAttributes:
-    return CreationAttributes(*r.take(CREATION_ATTRS))
+encode_attrs = ATTRS.encode
 
 
 # --- OPEN / OPEN_ASYNC ------------------------------------------------------------------------
-
-# OPEN request (22 bytes), then CREATION_ATTRS (zero when has_attrs is 0), then the name:
-#  0             8       12          13         14
-#  | invocation  | flags | has_attrs | is_async | timeout i64 (ns) |
-OPEN_REQ = struct.Struct("!QIBBq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,97 +246,60 @@ class OpenReq:
     is_async: bool = False
 
 
-def encode_open(req: OpenReq) -> bytes:
-    attrs = req.attributes or CreationAttributes(0, 0, 0, 0, 0, 0)
-    return (_pack(OPEN_REQ, req.invocation, req.flags, req.attributes is not None,
-                  req.is_async, req.timeout) + encode_attrs(attrs) + req.name)
+# OPEN request (22 bytes), then CREATION_ATTRS (zero when has_attrs is 0), then the name:
+#  0             8       12          13         14                  22
+#  | invocation  | flags | has_attrs | is_async | timeout i64 (ns)  | attrs (36) | name ...
+#  The name may be one byte over SA_MAX_NAME_LENGTH: the service answers NAME_TOO_LONG.
+OPEN_REQ = Layout(OpenReq, "OPEN", ("invocation", u64), ("flags", u32), ("has_attrs", flag),
+                  ("is_async", flag), ("timeout", i64),
+                  ("attributes", optional(ATTRS, "has_attrs")),
+                  ("name", rest(max=SA_MAX_NAME_LENGTH + 1)))
 
-
-def decode_open_untrusted(body: bytes) -> OpenReq:
-    r = Reader(body, "OPEN")
-    invocation, flags, has_attrs, is_async, timeout = r.take(OPEN_REQ)
-    attrs = _read_attrs(r)
-    name = r.rest()
-    if has_attrs > 1 or is_async > 1:
-        raise IpcProtocolError("OPEN: flag byte out of range")
-    if len(name) > SA_MAX_NAME_LENGTH + 1:
-        # One byte over is let through so the service answers NAME_TOO_LONG.
-        raise IpcProtocolError("OPEN: name too long for the wire")
-    return OpenReq(name, flags, attrs if has_attrs else None, timeout, invocation,
-                   bool(is_async))
-
+encode_open = OPEN_REQ.encode
+decode_open_untrusted = OPEN_REQ.decode
 
 # OPEN reply (4 bytes): | checkpoint handle u32 |  (= HANDLE)
 # OPEN callback (12 bytes): | invocation u64 | handle u32 |  (error in the frame header)
-OPEN_CB = struct.Struct("!QI")
+OPEN_CB = Layout(None, "OPEN callback", ("invocation", u64), ("handle", u32))
 
-
-def encode_open_callback(invocation: int, handle: int) -> bytes:
-    return OPEN_CB.pack(invocation, handle)
-
-
-def decode_open_callback_untrusted(body: bytes) -> tuple[int, int]:
-    r = Reader(body, "OPEN callback")
-    inv, handle = r.take(OPEN_CB)
-    r.end()
-    return inv, handle
-
-
-def decode_handle_untrusted(body: bytes) -> int:
-    r = Reader(body, "handle")
-    (h,) = r.take(HANDLE)
-    r.end()
-    return h
+#: (invocation, handle) -> bytes
+encode_open_callback = OPEN_CB.pack
+#: bytes -> (invocation, handle)
+decode_open_callback_untrusted = OPEN_CB.decode
 
 
 # --- UNLINK: the body is the name --------------------------------------------------------------
+_NAME = Layout(None, "name", ("name", rest(max=SA_MAX_NAME_LENGTH + 1)))
 
 
 def decode_name_untrusted(body: bytes) -> bytes:
-    if len(body) > SA_MAX_NAME_LENGTH + 1:
-        raise IpcProtocolError("name too long for the wire")
-    return bytes(body)
+    return _NAME.decode(body)[0]
 
 
 # --- RETENTION_SET (after the handle) (8 bytes): | duration i64 (ns) | --------------------------
-RETENTION_REQ = struct.Struct("!q")
+RETENTION_REQ = Layout(None, "RETENTION_SET", ("duration", i64))
 
-
-def encode_retention(duration: int) -> bytes:
-    return _pack(RETENTION_REQ, duration)
+encode_retention = RETENTION_REQ.pack
 
 
 def decode_retention_untrusted(body: bytes) -> int:
-    r = Reader(body, "RETENTION_SET")
-    (d,) = r.take(RETENTION_REQ)
-    r.end()
-    return d
+    return RETENTION_REQ.decode(body)[0]
 
 
 # --- STATUS_GET reply (48 bytes): CREATION_ATTRS | sections u32 | memory_used u64 | --------------
-STATUS_TAIL = struct.Struct("!IQ")
+STATUS = Layout(CheckpointStatus, "status", ("checkpoint_creation_attributes", ATTRS),
+                ("number_of_sections", u32), ("memory_used", u64))
 
-
-def encode_status(st: CheckpointStatus) -> bytes:
-    return encode_attrs(st.checkpoint_creation_attributes) + \
-        _pack(STATUS_TAIL, st.number_of_sections, st.memory_used)
-
-
-def decode_status_untrusted(body: bytes) -> CheckpointStatus:
-    r = Reader(body, "status")
-    attrs = _read_attrs(r)
-    n, used = r.take(STATUS_TAIL)
-    r.end()
-    return CheckpointStatus(attrs, n, used)
+encode_status = STATUS.encode
+decode_status_untrusted = STATUS.decode
 
 
 # --- SECTION_CREATE (after the handle), then the section id, then the initial data: ----------
 #  0                 8                   16             24
-#  | expiration i64  | remaining i64     | now i64      | id_len u16 |
+#  | expiration i64  | remaining i64     | now i64      | id_len u16 | id ... | data ... |
 #  expiration: absolute SaTimeT (SA_TIME_END: never); remaining: expiration
 #  minus the client's clock when it asked (what the executive's timers use);
 #  now: the client's clock, recorded as the section's lastUpdate
-SECTION_CREATE_REQ = struct.Struct("!qqqH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,96 +311,66 @@ class SectionCreateReq:
     data: bytes
 
 
-def encode_section_create(req: SectionCreateReq) -> bytes:
-    return _pack(SECTION_CREATE_REQ, req.expiration, req.remaining, req.now,
-                 len(req.section_id)) + req.section_id + req.data
+SECTION_CREATE_REQ = Layout(SectionCreateReq, "SECTION_CREATE", ("expiration", i64),
+                            ("remaining", i64), ("now", i64), ("id_len", u16),
+                            ("section_id", blob("id_len")), ("data", rest()))
 
-
-def decode_section_create_untrusted(body: bytes) -> SectionCreateReq:
-    r = Reader(body, "SECTION_CREATE")
-    exp, rem, now, n = r.take(SECTION_CREATE_REQ)
-    sid = r.raw(n)
-    return SectionCreateReq(sid, exp, rem, now, r.rest())
+encode_section_create = SECTION_CREATE_REQ.encode
+decode_section_create_untrusted = SECTION_CREATE_REQ.decode
 
 
 # --- SECTION_DELETE (after the handle): the section id -----------------------------------------
 
-# --- SECTION_EXPIRATION_SET (after the handle), then the section id (16 bytes):
-#  | expiration i64 | remaining i64 |
-SECTION_EXP_REQ = struct.Struct("!qq")
+# --- SECTION_EXPIRATION_SET (after the handle) (16 bytes), then the section id:
+#  | expiration i64 | remaining i64 | id ... |
+SECTION_EXP_REQ = Layout(None, "SECTION_EXPIRATION_SET", ("expiration", i64),
+                         ("remaining", i64), ("section_id", rest()))
 
 
 def encode_section_expiration(section_id: bytes, expiration: int, remaining: int) -> bytes:
-    return _pack(SECTION_EXP_REQ, expiration, remaining) + section_id
+    return SECTION_EXP_REQ.pack(expiration, remaining, section_id)
 
 
 def decode_section_expiration_untrusted(body: bytes) -> tuple[bytes, int, int]:
-    r = Reader(body, "SECTION_EXPIRATION_SET")
-    exp, rem = r.take(SECTION_EXP_REQ)
-    return r.rest(), exp, rem
+    """(section id, expiration, remaining)."""
+    exp, rem, sid = SECTION_EXP_REQ.decode(body)
+    return sid, exp, rem
 
 
 # --- ITER_INIT (after the handle) (12 bytes): | filter u32 | expiration i64 | ------------------
-ITER_INIT_REQ = struct.Struct("!Iq")
+ITER_INIT_REQ = Layout(None, "ITER_INIT", ("filter", u32), ("expiration", i64))
 # ITER_INIT reply, ITER_NEXT and ITER_FINALIZE requests (4 bytes): | iterator id u32 |
-ITER_ID = struct.Struct("!I")
+ITER_ID = Layout(None, "iterator id", ("iter_id", u32))
 
-
-def encode_iter_init(filt: int, expiration: int) -> bytes:
-    return _pack(ITER_INIT_REQ, filt, expiration)
-
-
-def decode_iter_init_untrusted(body: bytes) -> tuple[int, int]:
-    r = Reader(body, "ITER_INIT")
-    vals = r.take(ITER_INIT_REQ)
-    r.end()
-    return vals
-
-
-def encode_iter_id(iter_id: int) -> bytes:
-    return ITER_ID.pack(iter_id)
+#: (filter, expiration) -> bytes, and back
+encode_iter_init = ITER_INIT_REQ.pack
+decode_iter_init_untrusted = ITER_INIT_REQ.decode
+encode_iter_id = ITER_ID.pack
 
 
 def decode_iter_id_untrusted(body: bytes) -> int:
-    r = Reader(body, "iterator id")
-    (i,) = r.take(ITER_ID)
-    r.end()
-    return i
+    return ITER_ID.decode(body)[0]
 
 
 # ITER_NEXT reply (5 bytes), then count x (SECTION_DESC, id):
 #  | done u8 (no more after these) | count u32 |
-ITER_NEXT_RES = struct.Struct("!BI")
 #  0          2                  10             18      19
-#  | id_len   | expiration i64   | size u64     | state | last_update i64 |
-SECTION_DESC = struct.Struct("!HqQBq")
+#  | id_len   | expiration i64   | size u64     | state | last_update i64 | id ... |
+SECTION_DESC = Layout(SectionDescriptor, "section descriptor", ("id_len", u16),
+                      ("expiration_time", i64), ("section_size", u64), ("section_state", u8),
+                      ("last_update", i64), ("section_id", blob("id_len")))
+ITER_NEXT_RES = Layout(None, "ITER_NEXT reply", ("done", flag),
+                       ("descs", array(SECTION_DESC, u32, container=list)))
 
-
-def encode_iter_next_reply(done: bool, descs: list[SectionDescriptor]) -> bytes:
-    parts = [ITER_NEXT_RES.pack(done, len(descs))]
-    for d in descs:
-        parts.append(SECTION_DESC.pack(len(d.section_id), d.expiration_time, d.section_size,
-                                       d.section_state, d.last_update))
-        parts.append(d.section_id)
-    return b"".join(parts)
-
-
-def decode_iter_next_reply_untrusted(body: bytes) -> tuple[bool, list[SectionDescriptor]]:
-    r = Reader(body, "ITER_NEXT reply")
-    done, count = r.take(ITER_NEXT_RES)
-    out = []
-    for _ in range(count):
-        n, exp, size, state, last = r.take(SECTION_DESC)
-        out.append(SectionDescriptor(r.raw(n), exp, size, state, last))
-    r.end()
-    return bool(done), out
+#: (done, [SectionDescriptor]) -> bytes, and back
+encode_iter_next_reply = ITER_NEXT_RES.pack
+decode_iter_next_reply_untrusted = ITER_NEXT_RES.decode
 
 
 # --- WRITE (after the handle) (12 bytes), then count x (IOVEC, id, data):
 #  | now i64 (client clock: lastUpdate) | count u32 |
-WRITE_REQ = struct.Struct("!qI")
-#  one vector (14 bytes): | id_len u16 | offset u64 | data_len u32 |   (READ: data_len is the size)
-IOVEC = struct.Struct("!HQI")
+#  one vector (14 bytes): | id_len u16 | offset u64 | data_len u32 | id ... | data ... |
+#  (READ: data_len is the size, and no data follows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,135 +379,71 @@ class WriteReq:
     vectors: tuple[tuple[bytes, int, bytes], ...]  #: (section id, offset, data)
 
 
-def encode_write(req: WriteReq) -> bytes:
-    parts = [_pack(WRITE_REQ, req.now, len(req.vectors))]
-    for sid, off, data in req.vectors:
-        parts.append(_pack(IOVEC, len(sid), off, len(data)))
-        parts.append(sid)
-        parts.append(data)
-    return b"".join(parts)
+WRITE_VEC = Layout(None, "write vector", ("id_len", u16), ("offset", u64),
+                   ("data_len", u32), ("section_id", blob("id_len")), ("data", blob("data_len")),
+                   order=("section_id", "offset", "data"))
+WRITE_REQ = Layout(WriteReq, "WRITE", ("now", i64), ("vectors", array(WRITE_VEC, u32)))
 
-
-def decode_write_untrusted(body: bytes) -> WriteReq:
-    r = Reader(body, "WRITE")
-    now, count = r.take(WRITE_REQ)
-    vecs = []
-    for _ in range(count):
-        n, off, size = r.take(IOVEC)
-        sid = r.raw(n)
-        vecs.append((sid, off, r.raw(size)))
-    r.end()
-    return WriteReq(now, tuple(vecs))
+encode_write = WRITE_REQ.encode
+decode_write_untrusted = WRITE_REQ.decode
 
 
 # --- OVERWRITE (after the handle) (10 bytes), then the id, then the data:
-#  | now i64 | id_len u16 |
-OVERWRITE_REQ = struct.Struct("!qH")
+#  | now i64 | id_len u16 | id ... | data ... |
+OVERWRITE_REQ = Layout(None, "OVERWRITE", ("now", i64), ("id_len", u16),
+                       ("section_id", blob("id_len")), ("data", rest()))
 
-
-def encode_overwrite(now: int, section_id: bytes, data: bytes) -> bytes:
-    return _pack(OVERWRITE_REQ, now, len(section_id)) + section_id + data
-
-
-def decode_overwrite_untrusted(body: bytes) -> tuple[int, bytes, bytes]:
-    r = Reader(body, "OVERWRITE")
-    now, n = r.take(OVERWRITE_REQ)
-    sid = r.raw(n)
-    return now, sid, r.rest()
+#: (now, section id, data) -> bytes, and back
+encode_overwrite = OVERWRITE_REQ.pack
+decode_overwrite_untrusted = OVERWRITE_REQ.decode
 
 
 # --- READ (after the handle) (4 bytes), then count x (IOVEC, id): | count u32 | -----------------
-READ_REQ = struct.Struct("!I")
+READ_VEC = Layout(None, "read vector", ("id_len", u16), ("offset", u64), ("size", u32),
+                  ("section_id", blob("id_len")), order=("section_id", "offset", "size"))
+READ_REQ = Layout(None, "READ", ("vectors", array(READ_VEC, u32, container=list)))
 
 
 def encode_read(vectors: list[tuple[bytes, int, int]]) -> bytes:
-    parts = [_pack(READ_REQ, len(vectors))]
-    for sid, off, size in vectors:
-        parts.append(_pack(IOVEC, len(sid), off, size))
-        parts.append(sid)
-    return b"".join(parts)
+    """[(section id, offset, size)] -> bytes."""
+    return READ_REQ.pack(vectors)
 
 
 def decode_read_untrusted(body: bytes) -> list[tuple[bytes, int, int]]:
-    r = Reader(body, "READ")
-    (count,) = r.take(READ_REQ)
-    out = []
-    for _ in range(count):
-        n, off, size = r.take(IOVEC)
-        out.append((r.raw(n), off, size))
-    r.end()
-    return out
+    return READ_REQ.decode(body)[0]
 
 
 # WRITE and READ replies start with the outcome (8 bytes), since a failing
 # call must also say which vector failed (the frame's error stays SA_OK):
 #  | error i32 (SaErrorT, SA_OK = 1) | index u32 (the failing vector) |
 # READ then adds | count u32 | and count x (| len u32 | data |).
-IO_STATUS = struct.Struct("!iI")
-READ_COUNT = struct.Struct("!I")
-READ_ITEM = struct.Struct("!I")
+IO_STATUS = Layout(None, "WRITE reply", ("error", i32), ("index", u32))
+READ_RES = Layout(None, "READ reply", ("error", i32), ("index", u32),
+                  ("datas", array(blob(u32), u32, container=list)))
 
-
-def encode_io_status(error: int, index: int) -> bytes:
-    return IO_STATUS.pack(error, index)
-
-
-def decode_write_reply_untrusted(body: bytes) -> tuple[int, int]:
-    r = Reader(body, "WRITE reply")
-    vals = r.take(IO_STATUS)
-    r.end()
-    return vals
-
-
-def encode_read_reply(error: int, index: int, datas: list[bytes]) -> bytes:
-    parts = [IO_STATUS.pack(error, index), READ_COUNT.pack(len(datas))]
-    for d in datas:
-        parts.append(READ_ITEM.pack(len(d)))
-        parts.append(d)
-    return b"".join(parts)
-
-
-def decode_read_reply_untrusted(body: bytes) -> tuple[int, int, list[bytes]]:
-    r = Reader(body, "READ reply")
-    err, idx = r.take(IO_STATUS)
-    (count,) = r.take(READ_COUNT)
-    out = []
-    for _ in range(count):
-        (n,) = r.take(READ_ITEM)
-        out.append(r.raw(n))
-    r.end()
-    return err, idx, out
+#: (error, index) -> bytes, and back
+encode_io_status = IO_STATUS.pack
+decode_write_reply_untrusted = IO_STATUS.decode
+#: (error, index, [data]) -> bytes, and back
+encode_read_reply = READ_RES.pack
+decode_read_reply_untrusted = READ_RES.decode
 
 
 # --- SYNCHRONIZE / SYNCHRONIZE_ASYNC (after the handle) (17 bytes):
 #  | invocation u64 | is_async u8 | timeout i64 |
-SYNC_REQ = struct.Struct("!QBq")
+SYNC_REQ = Layout(None, "SYNCHRONIZE", ("invocation", u64), ("is_async", flag),
+                  ("timeout", i64))
 # SYNCHRONIZE callback (8 bytes): | invocation u64 |  (error in the frame header)
-SYNC_CB = struct.Struct("!Q")
+SYNC_CB = Layout(None, "SYNCHRONIZE callback", ("invocation", u64))
 
-
-def encode_synchronize(invocation: int, is_async: bool, timeout: int) -> bytes:
-    return _pack(SYNC_REQ, invocation, is_async, timeout)
-
-
-def decode_synchronize_untrusted(body: bytes) -> tuple[int, bool, int]:
-    r = Reader(body, "SYNCHRONIZE")
-    inv, is_async, timeout = r.take(SYNC_REQ)
-    r.end()
-    if is_async > 1:
-        raise IpcProtocolError("SYNCHRONIZE: flag byte out of range")
-    return inv, bool(is_async), timeout
-
-
-def encode_sync_callback(invocation: int) -> bytes:
-    return SYNC_CB.pack(invocation)
+#: (invocation, is_async, timeout) -> bytes, and back
+encode_synchronize = SYNC_REQ.pack
+decode_synchronize_untrusted = SYNC_REQ.decode
+encode_sync_callback = SYNC_CB.pack
 
 
 def decode_sync_callback_untrusted(body: bytes) -> int:
-    r = Reader(body, "SYNCHRONIZE callback")
-    (inv,) = r.take(SYNC_CB)
-    r.end()
-    return inv
+    return SYNC_CB.decode(body)[0]
 
 
 __all__ = [n for n in dir() if n.isupper() or n in (

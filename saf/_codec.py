@@ -51,7 +51,14 @@ A field that another field refers to (``"id_len"``, ``"n"``, ``"f"`` above) is
 referring to it, the decoder uses it and does not hand it out; it is not an
 attribute of the class.
 
-Worked example (a request body, 14 bytes then the section id and the data)::
+Layout options: ``error=`` the exception class of its decoders; ``check=`` a
+function of the decoded object returning an error message or None (rules
+across fields); ``order=`` for a tuple layout, the tuple's order when it is
+not the wire order.  ``layout.size`` is the size of a fixed layout (None
+when variable) and ``layout.struct`` its one ``struct.Struct``, for code
+that must stay on a bare Struct.
+
+Worked example (a request body: 10 bytes, then the section id and the data)::
 
     @dataclass(frozen=True, slots=True)
     class Write:
@@ -70,8 +77,10 @@ Worked example (a request body, 14 bytes then the section id and the data)::
     body = WRITE.encode(Write(5, b"s", b"xy"))   # == WRITE.pack(5, b"s", b"xy")
     assert body == bytes.fromhex("0000000000000005 0001") + b"sxy"
     assert WRITE.decode(body) == Write(5, b"s", b"xy")
-    WRITE.decode(body[:9])
-    # IpcProtocolError: WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left
+    try:
+        WRITE.decode(body[:9])
+    except IpcProtocolError as exc:
+        print(exc)  # WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left
 
 Keep the byte-layout comment above each declaration: the declaration says
 how to read the bytes, the comment shows them.
@@ -284,15 +293,20 @@ class Layout:
         *entries: ``(field name, type)`` in wire order, or a bare ``pad``/``Const``.
         error: the exception class decoders raise (called with one message).
         check: called with each decoded object; a returned string is an error.
+        order: with ``cls`` None, the order of the decoded tuple's (and pack's)
+            values, when it is not the wire order.
     """
 
     def __init__(self, cls: Any, name: str | None = None, *entries: Any,
                  error: type[Exception] = IpcProtocolError,
-                 check: Callable[[Any], str | None] | None = None) -> None:
+                 check: Callable[[Any], str | None] | None = None,
+                 order: Sequence[str] | None = None) -> None:
         self.cls = cls
+        self._unwrap = False  # decode to the one field's value (array items that are a value)
         self.name = name or (cls.__name__ if cls is not None else "layout")
         self.error = error
         self.check = check
+        self._order = list(order) if order is not None else None
         self.entries: list[tuple[str | None, FieldType]] = []
         for e in entries:
             if isinstance(e, (pad, Const)):
@@ -320,8 +334,10 @@ class Layout:
                 ref, kind = ftype.present, "present"
                 if ftype.layout.size is None:
                     raise TypeError(f"{self.name}.{fname}: an optional layout must be fixed")
-            if isinstance(ftype, rest) and i != len(self.entries) - 1:
+            if _takes_rest(ftype) and i != len(self.entries) - 1:
                 raise TypeError(f"{self.name}.{fname}: rest() must be the last field")
+            if isinstance(ftype, array) and _takes_rest(ftype.item):
+                raise TypeError(f"{self.name}.{fname}: an array item cannot end with rest()")
             if ref is not None:
                 if ref not in seen:
                     raise TypeError(f"{self.name}.{fname}: {ref!r} must be declared before it")
@@ -330,7 +346,7 @@ class Layout:
                 rtype = dict((n, t) for n, t in self.entries if n)[ref]
                 if not isinstance(rtype, Int):
                     raise TypeError(f"{self.name}.{ref}: a length, count or flag is an integer")
-                self.computed[ref] = (fname, kind)
+                self.computed[ref] = (fname or "", kind)
             if fname is not None:
                 if fname in seen:
                     raise TypeError(f"{self.name}: field {fname!r} declared twice")
@@ -340,8 +356,15 @@ class Layout:
         #: the arguments of pack(): the class's fields that are on the wire, in class order
         self.arg_order = list(self.data_fields)
         if cf is None:
+            if self._order is not None:
+                if sorted(self._order) != sorted(self.data_fields):
+                    raise TypeError(f"{self.name}: order {self._order} is not a permutation "
+                                    f"of {self.data_fields}")
+                self.arg_order = self._order
             self._positional = True
             return
+        if self._order is not None:
+            raise TypeError(f"{self.name}: order= is for tuple layouts (cls None)")
         names, defaults = cf
         self.arg_order = [n for n in names if n in self.data_fields]
         missing = set(self.data_fields) - set(names)
@@ -351,7 +374,8 @@ class Layout:
         if absent:
             raise TypeError(f"{self.name}: {sorted(absent)} of {self.cls.__name__} not on the "
                             "wire and without a default")
-        self._positional = names == self.data_fields
+        # construct positionally when the wire's fields are the class's first ones
+        self._positional = names[:len(self.arg_order)] == self.arg_order
 
     def _fixed_size(self) -> int | None:
         total = 0
@@ -375,8 +399,8 @@ class Layout:
         ns.names["_locate"] = self._locate
         args = [f"a_{n}" for n in self.arg_order]
         pack_src = self._gen_encode(ns, "pack", args, lambda n: f"a_{n}")
-        enc_src = self._gen_encode(ns, "encode", ["o"], lambda n: f"o.{n}")
-        body, result = self._gen_decode_body(ns, top=True)
+        enc_src = self._gen_encode(ns, "encode", ["o"], self._item_access("o"))
+        body, result = self._gen_decode_body(ns)
         dec_from = ["def decode_from(d, off=0):",
                     "    if d.__class__ is not bytes: d = bytes(d)",
                     "    n = len(d)", *["    " + line for line in body],
@@ -384,9 +408,10 @@ class Layout:
         dec = ["def decode(d):",
                "    if d.__class__ is not bytes: d = bytes(d)",
                "    n = len(d)", "    off = 0", *["    " + line for line in body],
-               "    if off != n:",
-               f"        raise _error(f'{_q(self.name)}: {{n - off}} trailing bytes "
-               "after byte {off}')",
+               *([] if self.entries and isinstance(self.entries[-1][1], rest) else [
+                   "    if off != n:",
+                   f"        raise _error(f'{_q(self.name)}: {{n - off}} trailing bytes "
+                   "after byte {off}')"]),
                f"    return {result}"]
         self.source = "\n".join([pack_src, enc_src, "\n".join(dec_from), "\n".join(dec)])
         exec(compile(self.source, f"<layout {self.name}>", "exec"), ns.names)  # noqa: S102
@@ -408,16 +433,17 @@ class Layout:
                 parts.append(_Run())
             return parts[-1]
 
-        for fname, t in self.entries:
+        for entry_name, t in self.entries:
+            fname = entry_name or ""  # anonymous: pad and Const
             label = f"{self.name}.{fname}"
-            if fname is not None and fname in self.computed:
+            if fname in self.computed:
                 target, kind = self.computed[fname]
                 if kind == "len":
                     run().add(fname, t.code, f"len({acc(target)})", None)
                 else:
                     run().add(fname, t.code, f"(0 if {acc(target)} is None else 1)", None)
                 continue
-            a = acc(fname) if fname is not None else ""
+            a = acc(fname) if fname else ""
             if isinstance(t, Int):
                 run().add(fname, t.code, f"(1 if {a} else 0)" if t.is_flag else a, None)
             elif isinstance(t, pad):
@@ -444,7 +470,7 @@ class Layout:
                 parts.append(a)
             elif isinstance(t, Layout):
                 if t.size is not None:
-                    t._enc_parts(ns, lambda n, a=a: f"{a}.{n}", pre, parts)
+                    t._enc_parts(ns, t._item_access(a), pre, parts)
                 else:
                     parts.append(f"{ns.const(t.encode, '_enc')}({a})")
             elif isinstance(t, optional):
@@ -452,6 +478,8 @@ class Layout:
                 zeros = ns.const(bytes(t.layout.size or 0), "_zeros")
                 parts.append(f"({zeros} if {a} is None else {enc}({a}))")
             elif isinstance(t, array):
+                # max is a decoder's bound against hostile counts; the encoder does not
+                # check it: the ring must never raise on its own send path
                 if isinstance(t.count, Int):
                     run().add(fname, t.count.code, f"len({a})", None)
                 seq = f"sorted({a})" if t.sorted else a
@@ -460,13 +488,25 @@ class Layout:
                     fmt = ns.const("!%d" + item.code, "_fmt")
                     parts.append(f"struct.pack({fmt} % len({a}), *{seq})")
                 else:
-                    enc = ns.const(_item_layout(item, self.error).encode, "_enc")
-                    parts.append(f"b''.join([{enc}(e) for e in {seq}])")
+                    lay = _item_layout(item, self.error)
+                    ev = ns.fresh("e")
+                    ipre, iexpr, _ = lay._enc_expr(ns, lay._item_access(ev))
+                    if ipre:  # checks are statements: call the item's encoder
+                        iexpr = f"{ns.const(lay.encode, '_enc')}({ev})"
+                    parts.append(f"b''.join([{iexpr} for {ev} in {seq}])")
             else:
                 raise TypeError(f"{label}: unknown field type {t!r}")
 
-    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
-                    acc: Callable[[str], str]) -> str:
+    def _item_access(self, obj: str) -> Callable[[str], str]:
+        """How encode() reads field ``n`` of ``obj``: by index for tuple classes, so that
+        a plain tuple in class order encodes like the class itself."""
+        if self.cls is None or (isinstance(self.cls, type) and issubclass(self.cls, tuple)):
+            index = {n: i for i, n in enumerate(self.arg_order)}
+            return lambda n: f"{obj}[{index[n]}]"
+        return lambda n: f"{obj}.{n}"
+
+    def _enc_expr(self, ns: _Ns, acc: Callable[[str], str]) -> tuple[list[str], str, list[Any]]:
+        """(checks to run first, the bytes expression, the parts) of this layout's encoding."""
         pre: list[str] = []
         parts: list[Any] = []
         self._enc_parts(ns, acc, pre, parts)
@@ -474,8 +514,6 @@ class Layout:
         for p in parts:
             if isinstance(p, _Run):
                 s = struct.Struct("!" + "".join(p.codes))
-                if len(parts) == 1:
-                    ns.names["_whole"] = s
                 if p.exprs:
                     exprs.append(f"{ns.const(s.pack, '_pk')}({', '.join(p.exprs)})")
                 else:
@@ -488,6 +526,13 @@ class Layout:
             expr = " + ".join(exprs)
         else:
             expr = "b''.join((" + ", ".join(exprs) + ",))"
+        return pre, expr, parts
+
+    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
+                    acc: Callable[[str], str]) -> str:
+        pre, expr, parts = self._enc_expr(ns, acc)
+        if len(parts) == 1 and isinstance(parts[0], _Run):
+            ns.names["_whole"] = struct.Struct("!" + "".join(parts[0].codes))
         values = ", ".join(acc(n) for n in self.data_fields)
         lines = [f"def {fname}({', '.join(args)}):",
                  *["    " + line for line in pre],
@@ -501,6 +546,12 @@ class Layout:
     def _locate(self, values: tuple[Any, ...], exc: Exception) -> str:
         """Which field made struct refuse to pack (the slow path of an encode error)."""
         return self._find_bad(values) or f"{self.name}: a value does not fit its field ({exc})"
+
+    def _find_bad_in(self, obj: Any) -> str | None:
+        if self.cls is None or (isinstance(obj, tuple) and not hasattr(obj, "_fields")):
+            byname = dict(zip(self.arg_order, obj))
+            return self._find_bad(tuple(byname.get(n) for n in self.data_fields))
+        return self._find_bad(tuple(getattr(obj, n, None) for n in self.data_fields))
 
     def _find_bad(self, values: tuple[Any, ...]) -> str | None:
         byname = dict(zip(self.data_fields, values))
@@ -517,10 +568,15 @@ class Layout:
                 except TypeError:
                     continue
             elif isinstance(t, (Layout, optional)) and v is not None:
-                sub = t if isinstance(t, Layout) else t.layout
-                found = sub._find_bad(tuple(getattr(v, n, None) for n in sub.data_fields))
+                found = (t if isinstance(t, Layout) else t.layout)._find_bad_in(v)
                 if found:
                     return found
+                continue
+            elif isinstance(t, array) and isinstance(t.item, Layout) and v is not None:
+                for item in v:
+                    found = t.item._find_bad_in(item)
+                    if found:
+                        return found
                 continue
             if isinstance(t, Int) and not t.is_flag and isinstance(v, int) \
                     and not t.lo <= v <= t.hi:
@@ -529,7 +585,7 @@ class Layout:
 
     # decode -----------------------------------------------------------------------------------
 
-    def _gen_decode_body(self, ns: _Ns, top: bool) -> tuple[list[str], str]:
+    def _gen_decode_body(self, ns: _Ns) -> tuple[list[str], str]:
         """Lines that decode this layout at ``off`` (advancing it) and the result expression."""
         lines: list[str] = []
         run: list[_Run | None] = [None]
@@ -550,9 +606,10 @@ class Layout:
             run[0] = None
 
         def cur() -> _Run:
-            if run[0] is None:
-                run[0] = _Run()
-            return run[0]
+            r = run[0]
+            if r is None:
+                r = run[0] = _Run()
+            return r
 
         result = self._dec_fields(ns, lines, cur, flush)
         flush()
@@ -569,13 +626,14 @@ class Layout:
             at = "off" if rel is None else f"off + {rel}"
             return f"raise _error(f'{what}: {_q(field)} (byte {{{at}}}) {msg}')"
 
-        for fname, t in self.entries:
+        for entry_name, t in self.entries:
+            fname = entry_name or ""  # anonymous: pad and Const, which have no value to keep
             v = ns.fresh(f"v_{fname or 'x'}_")
-            if fname is not None:
+            if fname:
                 local[fname] = v
             if isinstance(t, Int):
                 r = cur()
-                rel = r.add(fname or "?", t.code, None, v)
+                rel = r.add(fname, t.code, None, v)
                 if t.is_flag:
                     r.post.append(f"if {v} > 1: {bad(fname, f'is {{{v}}}, not 0 or 1', rel)}")
                     if fname not in self.computed:
@@ -651,8 +709,10 @@ class Layout:
                 self._dec_array(ns, lines, t, v, cnt, fname, bad)
             else:
                 raise TypeError(f"{self.name}.{fname}: unknown field type {t!r}")
-        values = [local[n] for n in self.data_fields]
-        if self.cls is None:
+        values = [local[n] for n in self.arg_order]
+        if self._unwrap:
+            obj = values[0]
+        elif self.cls is None:
             obj = "(" + ", ".join(values) + ("," if len(values) == 1 else "") + ")"
         elif self._positional:
             obj = f"{ns.const(self.cls, '_cls')}({', '.join(values)})"
@@ -676,15 +736,15 @@ class Layout:
         if isinstance(item, Int) and item.choices is None and item.enum is None \
                 and not item.is_flag:
             fmt = ns.const("!%d" + item.code, "_fmt")
-            lines.append(f"if n - off < {cnt} * {item.size}: "
-                         f"{bad(fname, f'{{{cnt}}} items need {{{cnt} * {item.size}}} bytes, {{n - off}} left')}")
+            need = f"{{{cnt}}} items need {{{cnt} * {item.size}}} bytes, {{n - off}} left"
+            lines.append(f"if n - off < {cnt} * {item.size}: {bad(fname, need)}")
             lines.append(f"{v} = struct.unpack_from({fmt} % {cnt}, d, off)")
             lines.append(f"off += {cnt} * {item.size}")
         else:
             lay = _item_layout(item, self.error)
             size = lay.min_size
-            lines.append(f"if n - off < {cnt} * {size}: "
-                         f"{bad(fname, f'{{{cnt}}} items need at least {{{cnt} * {size}}} bytes, {{n - off}} left')}")
+            need = f"{{{cnt}}} items need at least {{{cnt} * {size}}} bytes, {{n - off}} left"
+            lines.append(f"if n - off < {cnt} * {size}: {bad(fname, need)}")
             dec = ns.const(lay.decode_from, "_dec")
             if isinstance(item, (Int, blob)):
                 lines.append(f"{v} = []")
@@ -697,10 +757,14 @@ class Layout:
                 lines.append(f"{v} = [{c}(*x) for x in {up}(d[off:off + {cnt} * {lay.size}])]")
                 lines.append(f"off += {cnt} * {lay.size}")
             else:
+                # the item's decoding inlined in the loop: no call per item
+                body, result = lay._gen_decode_body(ns)
+                ap = ns.fresh("append")
                 lines.append(f"{v} = []")
+                lines.append(f"{ap} = {v}.append")
                 lines.append(f"for _ in range({cnt}):")
-                lines.append(f"    x, off = {dec}(d, off)")
-                lines.append(f"    {v}.append(x)")
+                lines.extend("    " + line for line in body)
+                lines.append(f"    {ap}({result})")
         if t.sorted:
             lines.append(f"if not _increasing({v}): "
                          f"{bad(fname, 'not strictly increasing')}")
@@ -712,7 +776,8 @@ class Layout:
 
     def _flat_plain(self) -> bool:
         """Only plain integers, positional class: items decode straight from iter_unpack."""
-        return self._positional and self.check is None and not self.computed and all(
+        return self.arg_order == self.data_fields and self.check is None \
+            and not self.computed and all(
             isinstance(t, Int) and t.choices is None and t.enum is None and not t.is_flag
             and n is not None for n, t in self.entries)
 
@@ -723,6 +788,13 @@ class Layout:
 def _q(text: str) -> str:
     """``text`` safe inside a generated single-quoted f-string."""
     return text.replace("\\", "\\\\").replace("'", "\\'").replace("{", "{{").replace("}", "}}")
+
+
+def _takes_rest(t: FieldType) -> bool:
+    """``t`` reads to the end of the message (rest(), or a layout ending with it)."""
+    if isinstance(t, rest):
+        return True
+    return isinstance(t, Layout) and bool(t.entries) and _takes_rest(t.entries[-1][1])
 
 
 def _type_size(t: FieldType) -> int | None:
@@ -754,14 +826,14 @@ def _type_min_size(t: FieldType) -> int:
     return 0
 
 
-_ITEM_LAYOUTS: dict[tuple[int, type[Exception]], Layout] = {}
+_ITEM_LAYOUTS: dict[tuple[Any, type[Exception]], Layout] = {}
 
 
 def _item_layout(item: "Layout | Int | blob", error: type[Exception]) -> Layout:
     """A Layout for an array item; a bare Int or blob becomes a one-field tuple layout."""
     if isinstance(item, Layout):
         return item
-    key = (id(item), error)
+    key = (item, error)  # the key keeps the item alive: no identity reused
     lay = _ITEM_LAYOUTS.get(key)
     if lay is None:
         lay = _ItemLayout(item, error)
@@ -774,9 +846,8 @@ class _ItemLayout(Layout):
 
     def __init__(self, item: Any, error: type[Exception]) -> None:
         super().__init__(None, "item", ("item", item), error=error)
+        self._unwrap = True  # only read by array decoders, which inline this layout
 
-    def _gen_encode(self, ns: _Ns, fname: str, args: list[str],
-                    acc: Callable[[str], str]) -> str:
-        # encode(v) takes the value itself, not an object with an attribute "item"
-        return super()._gen_encode(ns, fname, args,
-                                   lambda n: "o" if acc(n) == "o.item" else acc(n))
+    def _item_access(self, obj: str) -> Callable[[str], str]:
+        # encode(v) takes the value itself, not a one-element tuple
+        return lambda n: obj

@@ -16,6 +16,16 @@ closing a channel (it died) -> Library, promptly, on the next call or in a
 blocked dispatch; no reply within the guard time -> Timeout.
 ``finalize()`` from another thread shuts the sockets down, which wakes a
 dispatch blocked in select(); it then returns normally.
+
+What every service library shares lives here, so that a library is only its
+calls: ``initialize`` (the version check, then the handle), the callback
+table (``@on_callback(msg_id, decoder)`` on a handle's methods: the frame's
+body is decoded, then the method runs with the value and the frame's error;
+an unknown id or a body that does not decode is a garbled callback, raised
+as Library), ``request(..., decode=)`` (a reply that does not decode raises
+Library), ``encode`` (a value that does not fit its field raises
+InvalidParam) and ``timeout_guard`` (how long the library waits for a call
+with an SaTimeT timeout).
 """
 from __future__ import annotations
 
@@ -25,12 +35,17 @@ import select
 import socket
 import threading
 import time
+from typing import Any, Callable, ClassVar, TypeVar
+
 from saf import _wire as w
 from saf.errors import (
     SA_OK, BadHandle, InvalidParam, IpcProtocolError, Library, SaError, Security, Timeout,
-    TryAgain,
+    TryAgain, VersionError,
 )
-from saf.types import SA_DISPATCH_ALL, SA_DISPATCH_BLOCKING, SA_DISPATCH_ONE
+from saf.types import (
+    SA_DISPATCH_ALL, SA_DISPATCH_BLOCKING, SA_DISPATCH_ONE, SA_TIME_END, SUPPORTED_VERSIONS,
+    Version,
+)
 
 #: where clients look when AIS_SOCKET is not set
 DEFAULT_SOCKET = "/var/run/ais/aisexec.sock"
@@ -38,6 +53,10 @@ DEFAULT_SOCKET = "/var/run/ais/aisexec.sock"
 REQUEST_GUARD = 30.0
 #: seconds the rest of a frame may take once its first bytes are in
 FRAME_GUARD = 5.0
+
+
+T = TypeVar("T")
+H = TypeVar("H", bound="Connection")
 
 
 def socket_path() -> str:
@@ -143,6 +162,63 @@ def _connect_channel(service_id: int, role: int, token: int,
         raise
 
 
+def on_callback(msg_id: int, decode: Callable[[bytes], Any]) -> Callable[[T], T]:
+    """Mark a handle method as the handler of callback ``msg_id``.
+
+    ``decode`` turns the frame's body into the value the method gets, as
+    ``method(self, value, error)`` with the frame's SaErrorT ``error``.
+    """
+    def mark(fn: T) -> T:
+        fn._saf_callback = (msg_id, decode)  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def check_version(version: Version | None) -> None:
+    """Raises VersionError unless ``version`` is one this library implements."""
+    if version not in SUPPORTED_VERSIONS:
+        raise VersionError(f"unsupported version {version!r}")
+
+
+def initialize(handle_cls: Callable[..., H], callbacks: Any, version: Version | None) -> H:
+    """sa<Svc>Initialize: check the version, then connect a new handle.
+
+    Raises:
+        VersionError: not A.01.01.  TryAgain: no executive.  Security: not allowed.
+    """
+    check_version(version)
+    return handle_cls(callbacks)
+
+
+def timeout_guard(timeout: int, *, nonpositive_waits: bool = True) -> float | None:
+    """Seconds the library waits for the answer to a call with SaTimeT ``timeout``.
+
+    The executive enforces ``timeout`` itself; the guard only covers a hung
+    executive, so it adds FRAME_GUARD.  None (no limit) for SA_TIME_END, and
+    for a non-positive timeout when ``nonpositive_waits`` (the service then
+    has no limit either); otherwise a non-positive timeout gets FRAME_GUARD.
+    """
+    if timeout >= SA_TIME_END or (timeout <= 0 and nonpositive_waits):
+        return None
+    return max(0, timeout) / 1e9 + FRAME_GUARD
+
+
+def encode(fn: Callable[..., bytes], *args: Any) -> bytes:
+    """``fn(*args)``; a value that does not fit its field raises InvalidParam."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise InvalidParam(str(exc)) from None
+
+
+def decode_reply(fn: Callable[[bytes], T], body: bytes) -> T:
+    """``fn(body)`` for a reply from the executive; garbage raises Library."""
+    try:
+        return fn(body)
+    except IpcProtocolError as exc:
+        raise Library(f"garbled reply: {exc}") from None
+
+
 class HandleState(enum.Enum):
     OPEN = "open"
     FINALIZED = "finalized"
@@ -151,7 +227,8 @@ class HandleState(enum.Enum):
 class Connection:
     """A library handle's link to the executive; service handles subclass it.
 
-    Subclasses set ``service_id`` and implement ``_run_callback(frame)``.
+    Subclasses set ``service_id`` and mark their callback handlers with
+    ``@on_callback``.
 
     Args:
         service_id: overrides the class attribute (generic one-shot use).
@@ -160,6 +237,17 @@ class Connection:
     """
 
     service_id: int = -1
+    #: callback msg id -> (body decoder, handler); built from the @on_callback methods
+    _callback_table: ClassVar[dict[int, tuple[Callable[[bytes], Any], Callable[..., None]]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = dict(cls._callback_table)
+        for attr in vars(cls).values():
+            mark = getattr(attr, "_saf_callback", None)
+            if mark is not None:
+                table[mark[0]] = (mark[1], attr)
+        cls._callback_table = table
 
     def __init__(self, service_id: int | None = None, *, with_callbacks: bool = True) -> None:
         if service_id is not None:
@@ -188,16 +276,23 @@ class Connection:
             raise BadHandle("handle is finalized")
 
     def request(self, msg_id: int, body: bytes = b"", *,
-                timeout: float | None = REQUEST_GUARD) -> bytes:
+                timeout: float | None = REQUEST_GUARD,
+                decode: Callable[[bytes], Any] | None = None) -> Any:
         """Send one request and wait for its response body.
 
         Args:
             timeout: seconds to wait (None: until the executive answers or dies).
+            decode: applied to the response body (None: the bytes are returned).
 
         Raises:
             SaError: the executive's error code, BadHandle when finalized,
-                Library when the executive is gone, Timeout.
+                Library when the executive is gone or the reply does not decode,
+                Timeout.
         """
+        body = self._request(msg_id, body, timeout)
+        return body if decode is None else decode_reply(decode, body)
+
+    def _request(self, msg_id: int, body: bytes, timeout: float | None) -> bytes:
         self._check_open()
         with self._req_lock:
             self._check_open()
@@ -284,14 +379,19 @@ class Connection:
             raise Library(f"garbled callback: {exc}") from None
         if self._state is not HandleState.OPEN:
             return False
-        try:
-            self._run_callback(frame)
-        except IpcProtocolError as exc:
-            raise Library(f"garbled callback: {exc}") from None
+        self._run_callback(frame)
         return True
 
     def _run_callback(self, frame: w.Frame) -> None:
-        raise NotImplementedError
+        entry = self._callback_table.get(frame.msg_id)
+        if entry is None:
+            raise Library(f"unknown callback id {frame.msg_id} for service {self.service_id}")
+        decode, handler = entry
+        try:
+            value = decode(frame.body)
+        except IpcProtocolError as exc:
+            raise Library(f"garbled callback: {exc}") from None
+        handler(self, value, frame.error)
 
     # --- end ------------------------------------------------------------------------
 
@@ -335,19 +435,16 @@ class Connection:
             pass
 
 
-def one_shot(service_id: int, msg_id: int, body: bytes, timeout: float | None) -> bytes:
+def one_shot(service_id: int, msg_id: int, body: bytes, timeout: float | None,
+             decode: Callable[[bytes], Any] | None = None) -> Any:
     """A request on a short-lived connection without a handle (e.g. cluster_node_get)."""
-    conn = _OneShot(service_id, with_callbacks=False)
+    conn = Connection(service_id, with_callbacks=False)
     try:
-        return conn.request(msg_id, body, timeout=timeout)
+        return conn.request(msg_id, body, timeout=timeout, decode=decode)
     finally:
         conn.finalize()
 
 
-class _OneShot(Connection):
-    def _run_callback(self, frame: w.Frame) -> None:
-        pass
-
-
-__all__ = ["Connection", "DEFAULT_SOCKET", "FRAME_GUARD", "REQUEST_GUARD", "one_shot",
-           "socket_path"]
+__all__ = ["Connection", "DEFAULT_SOCKET", "FRAME_GUARD", "REQUEST_GUARD", "check_version",
+           "decode_reply", "encode", "initialize", "on_callback", "one_shot", "socket_path",
+           "timeout_guard"]

@@ -157,7 +157,8 @@ class FrameBuffer:
         if len(self._buf) < FRAME_HEADER.size:
             return False
         try:
-            return len(self._buf) >= decode_frame_size_untrusted(bytes(self._buf[:FRAME_HEADER.size]))
+            head = bytes(self._buf[:FRAME_HEADER.size])
+            return len(self._buf) >= decode_frame_size_untrusted(head)
         except IpcProtocolError:
             return True
 

@@ -68,10 +68,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator
 
 from saf import _ckpt_wire as cw
-from saf import _wire as w
+from saf import _conn
 from saf._ckpt_wire import (  # noqa: F401  (re-exported SAF names)
     MAX_IO_BYTES, SA_CKPT_CHECKPOINT_COLLOCATED, SA_CKPT_CHECKPOINT_CREATE,
     SA_CKPT_CHECKPOINT_READ, SA_CKPT_CHECKPOINT_WRITE, SA_CKPT_DEFAULT_SECTION_ID,
@@ -81,12 +81,9 @@ from saf._ckpt_wire import (  # noqa: F401  (re-exported SAF names)
     SA_CKPT_WR_ACTIVE_REPLICA_WEAK, SA_CKPT_WR_ALL_REPLICAS, CheckpointStatus,
     CreationAttributes, IOVector, SectionDescriptor,
 )
-from saf._conn import FRAME_GUARD, REQUEST_GUARD, Connection
-from saf.errors import (
-    SA_OK, BadHandle, InvalidParam, IpcProtocolError, Library, NameTooLong, NotExist, SaError,
-    VersionError,
-)
-from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END, SUPPORTED_VERSIONS, Version
+from saf._conn import REQUEST_GUARD, Connection, on_callback
+from saf.errors import SA_OK, BadHandle, InvalidParam, Library, NameTooLong, NotExist, SaError
+from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END, Version
 
 OpenCallback = Callable[[int, "CheckpointHandle | None", int], None]
 SynchronizeCallback = Callable[[int, int], None]
@@ -112,32 +109,12 @@ def _name(name: str | bytes) -> bytes:
     return raw
 
 
-def _guard(timeout: int) -> float | None:
-    """Seconds the library waits for an answer to a call with SaTimeT ``timeout``."""
-    if timeout >= SA_TIME_END or timeout <= 0:
-        return None
-    return timeout / 1e9 + FRAME_GUARD
-
-
 def _remaining(expiration: int) -> int:
     return SA_TIME_END if expiration >= SA_TIME_END else expiration - time.time_ns()
 
 
-def _encode(fn: Callable[..., bytes], *args: object) -> bytes:
-    try:
-        return fn(*args)
-    except ValueError as exc:  # a number out of its field's range
-        raise InvalidParam(str(exc)) from None
-
-
-T = TypeVar("T")
-
-
-def _decode(fn: Callable[..., T], *args: object) -> T:
-    try:
-        return fn(*args)
-    except IpcProtocolError as exc:
-        raise Library(f"garbled reply: {exc}") from None
+_encode = _conn.encode
+_guard = _conn.timeout_guard
 
 
 def _io_error(code: int, index: int) -> SaError:
@@ -176,8 +153,8 @@ class CkptHandle(Connection):
         """
         raw = _name(name)
         body = _encode(cw.encode_open, cw.OpenReq(raw, flags, attributes, timeout))
-        reply = self.request(cw.REQ_OPEN, body, timeout=_guard(timeout))
-        handle = _decode(cw.decode_handle_untrusted, reply)
+        handle = self.request(cw.REQ_OPEN, body, timeout=_guard(timeout),
+                              decode=cw.decode_handle_untrusted)
         return self._new_checkpoint(handle, raw, flags)
 
     def checkpoint_open_async(self, invocation: int, name: str | bytes, flags: int,
@@ -204,21 +181,20 @@ class CkptHandle(Connection):
         self._checkpoints[handle] = ck
         return ck
 
-    def _run_callback(self, frame: w.Frame) -> None:
-        if frame.msg_id == cw.CB_OPEN:
-            inv, handle = cw.decode_open_callback_untrusted(frame.body)
-            name, flags = self._async_opens.pop(inv, (b"", 0))
-            ck = self._new_checkpoint(handle, name, flags) if frame.error == SA_OK else None
-            fn = self.callbacks.checkpoint_open_callback
-            if fn is not None:
-                fn(inv, ck, frame.error)
-        elif frame.msg_id == cw.CB_SYNCHRONIZE:
-            inv = cw.decode_sync_callback_untrusted(frame.body)
-            fn2 = self.callbacks.checkpoint_synchronize_callback
-            if fn2 is not None:
-                fn2(inv, frame.error)
-        else:
-            raise Library(f"unknown CKPT callback id {frame.msg_id}")
+    @on_callback(cw.CB_OPEN, cw.decode_open_callback_untrusted)
+    def _opened(self, cb: tuple[int, int], error: int) -> None:
+        inv, handle = cb
+        name, flags = self._async_opens.pop(inv, (b"", 0))
+        ck = self._new_checkpoint(handle, name, flags) if error == SA_OK else None
+        fn = self.callbacks.checkpoint_open_callback
+        if fn is not None:
+            fn(inv, ck, error)
+
+    @on_callback(cw.CB_SYNCHRONIZE, cw.decode_sync_callback_untrusted)
+    def _synchronized(self, inv: int, error: int) -> None:
+        fn = self.callbacks.checkpoint_synchronize_callback
+        if fn is not None:
+            fn(inv, error)
 
     def finalize(self) -> None:
         """saCkptFinalize: the executive closes every checkpoint this handle opened."""
@@ -244,11 +220,12 @@ class CheckpointHandle:
     def __repr__(self) -> str:
         return f"<CheckpointHandle {self.handle} {self.name!r}{' closed' if self._closed else ''}>"
 
-    def _request(self, msg_id: int, rest: bytes = b"",
-                 timeout: float | None = REQUEST_GUARD) -> bytes:
+    def _request(self, msg_id: int, rest: bytes = b"", timeout: float | None = REQUEST_GUARD,
+                 decode: Callable[[bytes], Any] | None = None) -> Any:
         if self._closed:
             raise BadHandle("checkpoint handle is closed")
-        return self._owner.request(msg_id, cw.HANDLE.pack(self.handle) + rest, timeout=timeout)
+        return self._owner.request(msg_id, cw.HANDLE.pack(self.handle) + rest, timeout=timeout,
+                                   decode=decode)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -287,7 +264,7 @@ class CheckpointHandle:
 
     def status_get(self) -> CheckpointStatus:
         """Creation attributes, number of sections, bytes used."""
-        return _decode(cw.decode_status_untrusted, self._request(cw.REQ_STATUS_GET))
+        return self._request(cw.REQ_STATUS_GET, decode=cw.decode_status_untrusted)
 
     # --- sections -------------------------------------------------------------------------------
 
@@ -318,9 +295,9 @@ class CheckpointHandle:
     def section_iterator_initialize(self, sections_chosen: int = SA_CKPT_SECTIONS_ANY,
                                     expiration_time: int = 0) -> "SectionIterator":
         """An iterator over the sections chosen now (SA_CKPT_SECTIONS_*)."""
-        reply = self._request(cw.REQ_ITER_INIT,
-                              _encode(cw.encode_iter_init, sections_chosen, expiration_time))
-        iter_id = _decode(cw.decode_iter_id_untrusted, reply)
+        iter_id = self._request(cw.REQ_ITER_INIT,
+                                _encode(cw.encode_iter_init, sections_chosen, expiration_time),
+                                decode=cw.decode_iter_id_untrusted)
         return SectionIterator(self._owner, iter_id)
 
     def sections(self, sections_chosen: int = SA_CKPT_SECTIONS_ANY,
@@ -344,8 +321,7 @@ class CheckpointHandle:
         body = _encode(cw.encode_write, req)
         if len(body) > MAX_IO_BYTES:
             raise InvalidParam(f"one write carries at most {MAX_IO_BYTES} bytes")
-        reply = self._request(cw.REQ_WRITE, body)
-        code, index = _decode(cw.decode_write_reply_untrusted, reply)
+        code, index = self._request(cw.REQ_WRITE, body, decode=cw.decode_write_reply_untrusted)
         if code != SA_OK:
             raise _io_error(code, index)
 
@@ -369,8 +345,8 @@ class CheckpointHandle:
         vecs = [vectors] if isinstance(vectors, IOVector) else list(vectors)
         items = [(bytes(v.section_id), v.offset, cw.READ_ALL if v.size is None else v.size)
                  for v in vecs]
-        reply = self._request(cw.REQ_READ, _encode(cw.encode_read, items))
-        code, index, datas = _decode(cw.decode_read_reply_untrusted, reply)
+        code, index, datas = self._request(cw.REQ_READ, _encode(cw.encode_read, items),
+                                           decode=cw.decode_read_reply_untrusted)
         if code != SA_OK:
             raise _io_error(code, index)
         return datas
@@ -409,8 +385,8 @@ class SectionIterator:
         while not self._buf:
             if self._done:
                 raise NotExist("no more sections")
-            reply = self._owner.request(cw.REQ_ITER_NEXT, cw.encode_iter_id(self.iter_id))
-            done, descs = _decode(cw.decode_iter_next_reply_untrusted, reply)
+            done, descs = self._owner.request(cw.REQ_ITER_NEXT, cw.encode_iter_id(self.iter_id),
+                                              decode=cw.decode_iter_next_reply_untrusted)
             self._done = done
             self._buf = descs
         return self._buf.pop(0)
@@ -446,9 +422,7 @@ def initialize(callbacks: Callbacks | None = None,
     Raises:
         VersionError: not A.01.01.  TryAgain: no executive.  Security: not allowed.
     """
-    if version not in SUPPORTED_VERSIONS:
-        raise VersionError(f"unsupported version {version!r}")
-    return CkptHandle(callbacks)
+    return _conn.initialize(CkptHandle, callbacks, version)
 
 
 __all__ = [

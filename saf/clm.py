@@ -43,12 +43,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from saf import _clm_wire as cw
-from saf import _wire as w
-from saf._conn import FRAME_GUARD, Connection, one_shot
-from saf.errors import InvalidParam, IpcProtocolError, Library, NoSpace, VersionError
-from saf.types import (
-    SA_TIME_END, SUPPORTED_VERSIONS, ClusterNode, ClusterNotification, Version,
-)
+from saf import _conn
+from saf._conn import Connection, on_callback, one_shot
+from saf.errors import SA_OK, InvalidParam, NoSpace
+from saf.types import SA_TIME_END, ClusterNode, ClusterNotification, Version
 
 NodeGetCallback = Callable[[int, ClusterNode | None, int], None]
 TrackCallback = Callable[[list[ClusterNotification], int, int, int, int], None]
@@ -63,11 +61,6 @@ class Callbacks:
 
     cluster_node_get_callback: NodeGetCallback | None = None
     cluster_track_callback: TrackCallback | None = None
-
-
-def _check_version(version: Version | None) -> None:
-    if version not in SUPPORTED_VERSIONS:
-        raise VersionError(f"unsupported version {version!r}")
 
 
 class ClmHandle(Connection):
@@ -94,8 +87,8 @@ class ClmHandle(Connection):
         if number_of_items is not None and number_of_items < 0:
             raise InvalidParam("number_of_items must be >= 0")
         limit = number_of_items or 0
-        self.request(cw.CLM_REQ_TRACK_START,
-                     cw.encode_clm_track_start(cw.ClmTrackStart(track_flags, limit)))
+        self.request(cw.CLM_REQ_TRACK_START, _conn.encode(
+            cw.encode_clm_track_start, cw.ClmTrackStart(track_flags, limit)))
         self._track_limit = limit
 
     def cluster_track_stop(self) -> None:
@@ -104,29 +97,26 @@ class ClmHandle(Connection):
 
     def cluster_node_get_async(self, invocation: int, node_id: int) -> None:
         """Ask for a node record; it arrives in ``cluster_node_get_callback``."""
-        if not 0 <= invocation < 2**64 or not 0 <= node_id < 2**32:
-            raise InvalidParam("invocation or node id out of range")
-        self.request(cw.CLM_REQ_NODE_GET_ASYNC,
-                     cw.encode_clm_node_get_async(cw.ClmNodeGetAsync(invocation, node_id)))
+        self.request(cw.CLM_REQ_NODE_GET_ASYNC, _conn.encode(
+            cw.encode_clm_node_get_async, cw.ClmNodeGetAsync(invocation, node_id)))
 
-    def _run_callback(self, frame: w.Frame) -> None:
-        if frame.msg_id == cw.CLM_CB_TRACK:
-            cb = cw.decode_clm_track_callback_untrusted(frame.body)
-            fn = self.callbacks.cluster_track_callback
-            if fn is None:
-                return
-            items = list(cb.items)
-            if self._track_limit and len(items) > self._track_limit:
-                fn([], len(items), cb.number_of_members, cb.view_number, NoSpace.code)
-            else:
-                fn(items, len(items), cb.number_of_members, cb.view_number, frame.error)
-        elif frame.msg_id == cw.CLM_CB_NODE_GET:
-            ng = cw.decode_clm_node_get_callback_untrusted(frame.body, frame.error)
-            fn2 = self.callbacks.cluster_node_get_callback
-            if fn2 is not None:
-                fn2(ng.invocation, ng.node, frame.error)
+    @on_callback(cw.CLM_CB_TRACK, cw.decode_clm_track_callback_untrusted)
+    def _track(self, cb: cw.ClmTrackCallback, error: int) -> None:
+        fn = self.callbacks.cluster_track_callback
+        if fn is None:
+            return
+        items = list(cb.items)
+        if self._track_limit and len(items) > self._track_limit:
+            fn([], len(items), cb.number_of_members, cb.view_number, NoSpace.code)
         else:
-            raise Library(f"unknown CLM callback id {frame.msg_id}")
+            fn(items, len(items), cb.number_of_members, cb.view_number, error)
+
+    @on_callback(cw.CLM_CB_NODE_GET, cw.CLM_NODE_GET_CB.decode)
+    def _node_get(self, cb: tuple[int, ClusterNode], error: int) -> None:
+        fn = self.callbacks.cluster_node_get_callback
+        if fn is not None:
+            invocation, node = cb
+            fn(invocation, node if error == SA_OK else None, error)
 
     def __enter__(self) -> "ClmHandle":
         return self
@@ -139,8 +129,7 @@ def initialize(callbacks: Callbacks | None = None,
     Raises:
         VersionError: not A.01.01.  TryAgain: no executive.  Security: not allowed.
     """
-    _check_version(version)
-    return ClmHandle(callbacks)
+    return _conn.initialize(ClmHandle, callbacks, version)
 
 
 def cluster_node_get(node_id: int, timeout: int) -> ClusterNode:
@@ -155,16 +144,11 @@ def cluster_node_get(node_id: int, timeout: int) -> ClusterNode:
     Raises:
         NotExist: not a member.  Timeout.  TryAgain: no executive.
     """
-    if not 0 <= node_id < 2**32:
-        raise InvalidParam("node id out of range")
     t = max(0, min(timeout, SA_TIME_END))
-    guard = None if t >= SA_TIME_END else t / 1e9 + FRAME_GUARD
-    body = one_shot(cw.CLM_SERVICE_ID, cw.CLM_REQ_NODE_GET,
-                    cw.encode_clm_node_get(cw.ClmNodeGet(node_id, t)), guard)
-    try:
-        return cw.decode_cluster_node_untrusted(body)
-    except IpcProtocolError as exc:
-        raise Library(f"garbled reply: {exc}") from None
+    body = _conn.encode(cw.encode_clm_node_get, cw.ClmNodeGet(node_id, t))
+    return one_shot(cw.CLM_SERVICE_ID, cw.CLM_REQ_NODE_GET, body,
+                    _conn.timeout_guard(t, nonpositive_waits=False),
+                    cw.decode_cluster_node_untrusted)
 
 
 __all__ = ["Callbacks", "ClmHandle", "DEFAULT_VERSION", "cluster_node_get", "initialize"]

@@ -121,7 +121,8 @@ def test_every_truncation_is_an_error(m, data):
 
 def test_truncation_names_field_and_offset():
     raw = MSG.encode(SAMPLE)
-    with pytest.raises(IpcProtocolError, match=r"MSG: truncated at a \(byte 4\): 4 bytes needed, 2 left"):
+    with pytest.raises(IpcProtocolError,
+                       match=r"MSG: truncated at a \(byte 4\): 4 bytes needed, 2 left"):
         MSG.decode(raw[:6])
     with pytest.raises(IpcProtocolError, match=r"MSG: key \(byte 283\) 1 bytes announced, 0 left"):
         MSG.decode(raw[:283])
@@ -263,3 +264,29 @@ def test_padded_field_ignores_padding_content():
     lay = Layout(None, "p", ("s", padded(8, u8)))
     assert lay.pack(b"ab") == b"\x02ab" + bytes(6)
     assert lay.decode(b"\x02abXXXXXX") == (b"ab",)
+
+
+def test_module_docstring_example_runs(capsys):
+    import dataclasses as dc
+    import textwrap
+
+    import saf._codec as codec
+    doc = codec.__doc__
+    block = doc[doc.index("Worked example"):doc.index("Keep the byte-layout")]
+    code = textwrap.dedent(block.split("::", 1)[1])
+    env = {"dataclass": dc.dataclass, "IpcProtocolError": IpcProtocolError,
+           **{n: getattr(codec, n) for n in codec.__all__}}
+    exec(compile(code, "<docstring>", "exec"), env)  # noqa: S102
+    assert capsys.readouterr().out == \
+        "WRITE: truncated at id_len (byte 8): 2 bytes needed, 1 left\n"
+
+
+def test_rest_only_at_the_end_even_nested():
+    tail = Layout(None, "tail", ("a", u8), ("r", rest()))
+    with pytest.raises(TypeError, match="rest.. must be the last"):
+        Layout(None, "x", ("t", tail), ("b", u8))
+    with pytest.raises(TypeError, match="cannot end with rest"):
+        Layout(None, "x", ("items", array(tail, u8)))
+    outer = Layout(None, "x", ("b", u8), ("t", tail))
+    assert outer.decode(b"\x01\x02xyz") == (1, (2, b"xyz"))
+

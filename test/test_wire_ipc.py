@@ -1,4 +1,4 @@
-"""Client IPC and ring wire formats: exact bytes both ways, and garbage raises only the decoder's error."""
+"""Client IPC and ring wire formats: exact bytes both ways; garbage raises only the decoder's error."""
 import random
 import struct
 
@@ -212,3 +212,94 @@ def test_pinned_ckpt_and_totem_decode_back():
     assert tw.decode_untrusted(PINNED[20][1]) == tw.Token(3, _RING, 1, 2, 3, 4, 5, 6, 1, 2, [9, 8])
     assert tw.decode_untrusted(PINNED[21][1]) == tw.Join(3, 40, frozenset({9, 2}), frozenset({5}))
     assert tw.decode_untrusted(PINNED[23][1]) == tw.Probe(tw.WAKE, 3, _RING)
+
+
+@pytest.mark.timeout(60)
+def test_totem_garbage_raises_only_bad_packet():
+    rng = random.Random(2)
+    seeds = [expected for _, expected in PINNED[18:]]
+    for _ in range(3000):
+        base = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 5)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        if rng.random() < 0.5:
+            base = base[:rng.randrange(len(base) + 1)]
+        try:
+            tw.decode_untrusted(bytes(base))
+        except tw.BadPacket:
+            pass
+
+
+# --- saf/_conn.py: the callback table and the shared call helpers --------------------------------
+
+from saf import _conn  # noqa: E402
+from saf.errors import InvalidParam, Library, VersionError  # noqa: E402
+from saf.types import SA_TIME_END, Version  # noqa: E402
+
+
+class _Handle(_conn.Connection):
+    service_id = clw.CLM_SERVICE_ID
+
+    @_conn.on_callback(clw.CLM_CB_TRACK, clw.decode_clm_track_callback_untrusted)
+    def _track(self, cb, error):
+        self.seen.append(("track", cb, error))
+
+    @_conn.on_callback(clw.CLM_CB_NODE_GET, clw.CLM_NODE_GET_CB.decode)
+    def _node(self, cb, error):
+        self.seen.append(("node", cb, error))
+
+
+class _Sub(_Handle):
+    @_conn.on_callback(clw.CLM_CB_NODE_GET, clw.CLM_NODE_GET_CB.decode)
+    def _node2(self, cb, error):
+        self.seen.append(("node2", cb, error))
+
+
+def _unconnected(cls):
+    h = object.__new__(cls)  # the table needs no socket
+    h.seen = []
+    return h
+
+
+@pytest.mark.timeout(10)
+def test_callback_table_runs_the_handler_with_the_decoded_value():
+    h = _unconnected(_Handle)
+    track = clw.ClmTrackCallback(3, 1, ())
+    h._run_callback(w.Frame(1, clw.CLM_CB_TRACK, 1, 0, clw.encode_clm_track_callback(track)))
+    body = clw.encode_clm_node_get_callback(clw.ClmNodeGetCallback(7, NODE))
+    h._run_callback(w.Frame(1, clw.CLM_CB_NODE_GET, 12, 0, body))
+    assert h.seen == [("track", track, 1), ("node", (7, NODE), 12)]
+    sub = _unconnected(_Sub)  # a subclass keeps the parent's entries and may replace one
+    sub._run_callback(w.Frame(1, clw.CLM_CB_NODE_GET, 1, 0, body))
+    sub._run_callback(w.Frame(1, clw.CLM_CB_TRACK, 1, 0, clw.encode_clm_track_callback(track)))
+    assert [s[0] for s in sub.seen] == ["node2", "track"]
+
+
+@pytest.mark.timeout(10)
+def test_callback_table_garbage_is_library_error():
+    h = _unconnected(_Handle)
+    with pytest.raises(Library, match="unknown callback id 9"):
+        h._run_callback(w.Frame(1, 9, 1, 0, b""))
+    with pytest.raises(Library, match="garbled callback: track callback"):
+        h._run_callback(w.Frame(1, clw.CLM_CB_TRACK, 1, 0, b"\x00" * 15))
+    assert h.seen == []
+
+
+@pytest.mark.timeout(10)
+def test_call_helpers():
+    assert _conn.timeout_guard(SA_TIME_END) is None
+    assert _conn.timeout_guard(0) is None and _conn.timeout_guard(-5) is None
+    assert _conn.timeout_guard(0, nonpositive_waits=False) == _conn.FRAME_GUARD
+    assert _conn.timeout_guard(2 * 10**9) == 2 + _conn.FRAME_GUARD
+    with pytest.raises(InvalidParam, match="out of range"):
+        _conn.encode(clw.encode_clm_node_get, clw.ClmNodeGet(-1, 0))
+    with pytest.raises(Library, match="garbled reply"):
+        _conn.decode_reply(clw.decode_cluster_node_untrusted, b"\x01")
+
+
+@pytest.mark.timeout(10)
+def test_initialize_checks_the_version_before_connecting(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIS_SOCKET", str(tmp_path / "none.sock"))
+    with pytest.raises(VersionError):
+        _conn.initialize(_Handle, None, Version("B", 1, 1))
+    _conn.check_version(Version("A", 1, 1))

@@ -1,9 +1,14 @@
 """Totem packet layouts, declared once.
 
-Every layout is a module-level ``struct.Struct`` in network byte order with
-its byte layout drawn above it.  Each packet kind has an ``encode_*`` function
-and one ``decode_untrusted`` entry point that raises only ``BadPacket``:
-whatever arrives on a socket is untrusted until it has been parsed here.
+Every layout is declared once with ``saf._codec.Layout`` (network byte
+order, its bytes drawn above it; the codec merges each run of fixed fields
+into one precompiled ``struct.Struct``, so the generated code is the
+hand-written code's equal: see bench/codec_bench.py).  Each packet kind has
+an ``encode_*`` function and one ``decode_untrusted`` entry point that raises
+only ``BadPacket``: whatever arrives on a socket is untrusted until it has
+been parsed here.  The application items inside an MCAST payload stay plain
+``struct.Struct`` layouts: ``queues.py`` packs and unpacks them in its own
+loops, item by item, where a generated function per item would cost a call.
 
 Conventions: node ids are IPv4 addresses as unsigned 32-bit integers; ring
 sequence numbers and message sequence numbers are unsigned 64-bit.
@@ -12,6 +17,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from saf._codec import Const, Layout, array, flag, rest, u8, u16, u32, u64
 
 from .events import RingId
 
@@ -32,47 +40,6 @@ MAX_RTR = 1024
 
 class BadPacket(Exception):
     """A packet that cannot be parsed or authenticated.  Costs that packet only."""
-
-
-#  0         1         2                   6
-#  +---------+---------+-------------------+
-#  | version |  type   |  sender node id   |
-#  +---------+---------+-------------------+
-PACKET_HEADER = struct.Struct("!BBI")
-
-#  ring seq (8) | ring rep (4) | seq (8) | flags (1) | payload ...
-MCAST_HEADER = struct.Struct("!QIQB")
-MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
-
-#  old ring seq (8) | old ring rep (4) | old seq (8) | old sender (4) | old payload ...
-RECOVERED_HEADER = struct.Struct("!QIQI")
-
-#  ring seq (8) | ring rep (4) | token seq (8) | seq (8) | aru (8) | aru addr (4)
-#  | fcc (4) | backlog (4) | retrans flag (1) | flags (1) | rtr count (2) | rtr seqs (8 each)
-TOKEN_HEADER = struct.Struct("!QIQQQIIIBBH")
-TOKEN_IDLE = 0x01  #: nobody sent during the last rotation: the representative may rest it
-TOKEN_COMPLETE = 0x02  #: recovery is complete on this ring: become operational
-RTR_ITEM = struct.Struct("!Q")
-
-#  highest ring seq seen (8) | process count (2) | fail count (2) | node ids (4 each)
-JOIN_HEADER = struct.Struct("!QHH")
-NODE_ID = struct.Struct("!I")
-
-#  new ring seq (8) | new ring rep (4) | member count (2) | entries
-COMMIT_HEADER = struct.Struct("!QIH")
-#  node (4) | filled (1) | old ring seq (8) | old ring rep (4) | old aru (8) | old high seq (8)
-COMMIT_ENTRY = struct.Struct("!IBQIQQ")
-
-#  ring seq (8) | ring rep (4)      (MERGE_DETECT and WAKE)
-PROBE = struct.Struct("!QI")
-
-# Application items packed inside an MCAST payload.
-ITEM_WHOLE = 0
-ITEM_FRAGMENT = 1
-#  kind (1) | length (4) | data ...
-WHOLE_ITEM = struct.Struct("!BI")
-#  kind (1) | length (4) | message no (4) | fragment index (4) | fragment count (4) | data ...
-FRAGMENT_ITEM = struct.Struct("!BIIII")
 
 
 @dataclass(slots=True)
@@ -159,112 +126,120 @@ class Probe:
 Packet = Mcast | Token | Join | Commit | Probe
 
 
-def encode_mcast(sender: int, ring_id: RingId, seq: int, flags: int, payload: bytes) -> bytes:
-    return (PACKET_HEADER.pack(VERSION, MCAST, sender)
-            + MCAST_HEADER.pack(ring_id.seq, ring_id.rep, seq, flags) + payload)
+def _layout(cls: type | None, name: str, *entries: object, **kw: Any) -> Layout:
+    return Layout(cls, name, *entries, error=BadPacket, **kw)
 
 
-def encode_recovered(ring_id: RingId, seq: int, sender: int, payload: bytes) -> bytes:
-    return RECOVERED_HEADER.pack(ring_id.seq, ring_id.rep, seq, sender) + payload
+def _header(kind: int) -> tuple:
+    """The packet header's fields for packets of type ``kind``."""
+    return (Const(u8, VERSION), Const(u8, kind), ("sender", u32))
 
 
-def encode_token(t: Token) -> bytes:
-    head = PACKET_HEADER.pack(VERSION, TOKEN, t.sender) + TOKEN_HEADER.pack(
-        t.ring_id.seq, t.ring_id.rep, t.token_seq, t.seq, t.aru, t.aru_addr,
-        t.fcc, t.backlog, t.retrans_flg, t.flags, len(t.rtr))
-    if not t.rtr:
-        return head
-    return head + struct.pack(f"!{len(t.rtr)}Q", *t.rtr)
+#  0         1         2                   6
+#  +---------+---------+-------------------+
+#  | version |  type   |  sender node id   |
+#  +---------+---------+-------------------+
+PACKET_HEADER: struct.Struct = _layout(  # type: ignore[assignment]
+    None, "packet header", ("version", u8), ("type", u8), ("sender", u32)).struct
+
+#  ring seq (8) | ring rep (4)
+RING_ID = _layout(RingId, "ring id", ("seq", u64), ("rep", u32))
+
+#  header | ring id (12) | seq (8) | flags (1) | payload ...
+MCAST_PACKET = _layout(Mcast, "MCAST", *_header(MCAST), ("ring_id", RING_ID), ("seq", u64),
+                       ("flags", u8), ("payload", rest()))
+MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
+
+#  old ring seq (8) | old ring rep (4) | old seq (8) | old sender (4) | old payload ...
+RECOVERED = _layout(Recovered, "recovered frame", ("ring_id", RING_ID), ("seq", u64),
+                    ("sender", u32), ("payload", rest()))
+RECOVERED_HEADER = struct.Struct("!QIQI")  #: RECOVERED's fixed part (its size bounds frames)
+assert RECOVERED.min_size == RECOVERED_HEADER.size
+
+#  header | ring id (12) | token seq (8) | seq (8) | aru (8) | aru addr (4) | fcc (4)
+#  | backlog (4) | retrans flag (1) | flags (1) | rtr count (2) | rtr seqs (8 each)
+TOKEN_PACKET = _layout(Token, "TOKEN", *_header(TOKEN), ("ring_id", RING_ID),
+                       ("token_seq", u64), ("seq", u64), ("aru", u64), ("aru_addr", u32),
+                       ("fcc", u32), ("backlog", u32), ("retrans_flg", u8), ("flags", u8),
+                       ("rtr", array(u64, u16, max=MAX_RTR, container=list)))
+TOKEN_IDLE = 0x01  #: nobody sent during the last rotation: the representative may rest it
+TOKEN_COMPLETE = 0x02  #: recovery is complete on this ring: become operational
+
+#  header | highest ring seq seen (8) | process count (2) | fail count (2)
+#  | node ids (4 each), each set strictly increasing
+JOIN_PACKET = _layout(Join, "JOIN", *_header(JOIN), ("ring_seq", u64), ("nproc", u16),
+                      ("nfail", u16),
+                      ("proc", array(u32, "nproc", max=MAX_NODES, sorted=True,
+                                     container=frozenset)),
+                      ("fail", array(u32, "nfail", max=MAX_NODES, sorted=True,
+                                     container=frozenset)))
+JOIN_HEADER = struct.Struct("!QHH")  #: JOIN's fixed part after the header (for tests' forgeries)
+NODE_ID = struct.Struct("!I")
+
+#  node (4) | filled (1) | old ring seq (8) | old ring rep (4) | old aru (8) | old high seq (8)
+COMMIT_ENTRY = _layout(CommitEntry, "commit entry", ("node", u32), ("filled", flag),
+                       ("old_ring", RING_ID), ("aru", u64), ("high", u64))
 
 
-def encode_join(j: Join) -> bytes:
-    proc, fail = sorted(j.proc), sorted(j.fail)
-    return (PACKET_HEADER.pack(VERSION, JOIN, j.sender)
-            + JOIN_HEADER.pack(j.ring_seq, len(proc), len(fail))
-            + struct.pack(f"!{len(proc) + len(fail)}I", *proc, *fail))
+def _commit_check(c: Commit) -> str | None:
+    nodes = [e.node for e in c.entries]
+    if not nodes:
+        return "no members"
+    if any(a >= b for a, b in zip(nodes, nodes[1:])):
+        return "members not sorted"
+    return None
 
 
-def encode_commit(c: Commit) -> bytes:
-    parts = [PACKET_HEADER.pack(VERSION, COMMIT, c.sender),
-             COMMIT_HEADER.pack(c.ring_id.seq, c.ring_id.rep, len(c.entries))]
-    for e in c.entries:
-        parts.append(COMMIT_ENTRY.pack(e.node, int(e.filled), e.old_ring.seq, e.old_ring.rep,
-                                       e.aru, e.high))
-    return b"".join(parts)
+#  header | new ring seq (8) | new ring rep (4) | member count (2) | entries (1..MAX_NODES)
+COMMIT_PACKET = _layout(Commit, "COMMIT", *_header(COMMIT), ("ring_id", RING_ID),
+                        ("entries", array(COMMIT_ENTRY, u16, max=MAX_NODES, container=list)),
+                        check=_commit_check)
+
+#  version (1) | type: MERGE_DETECT or WAKE (1) | sender (4) | ring seq (8) | ring rep (4)
+PROBE_PACKET = _layout(Probe, "probe", Const(u8, VERSION), ("kind", u8.only(MERGE_DETECT, WAKE)),
+                       ("sender", u32), ("ring_id", RING_ID))
+
+# Application items packed inside an MCAST payload.
+ITEM_WHOLE = 0
+ITEM_FRAGMENT = 1
+#  kind (1) | length (4) | data ...
+WHOLE_ITEM = struct.Struct("!BI")
+#  kind (1) | length (4) | message no (4) | fragment index (4) | fragment count (4) | data ...
+FRAGMENT_ITEM = struct.Struct("!BIIII")
 
 
-def encode_probe(kind: int, sender: int, ring_id: RingId) -> bytes:
-    return PACKET_HEADER.pack(VERSION, kind, sender) + PROBE.pack(ring_id.seq, ring_id.rep)
+#: (sender, ring_id, seq, flags, payload) -> bytes
+encode_mcast = MCAST_PACKET.pack
+#: (ring_id, seq, sender, payload) -> bytes
+encode_recovered = RECOVERED.pack
+encode_token = TOKEN_PACKET.encode
+encode_join = JOIN_PACKET.encode
+encode_commit = COMMIT_PACKET.encode
+#: (kind, sender, ring_id) -> bytes
+encode_probe = PROBE_PACKET.pack
 
 
 def decode_recovered_untrusted(payload: bytes) -> Recovered:
-    if len(payload) < RECOVERED_HEADER.size:
-        raise BadPacket("short recovered frame")
-    rseq, rrep, seq, sender = RECOVERED_HEADER.unpack_from(payload)
-    return Recovered(RingId(rseq, rrep), seq, sender, payload[RECOVERED_HEADER.size:])
+    return RECOVERED.decode(payload)
 
 
-def _increasing(ids: tuple[int, ...]) -> bool:
-    """Strictly increasing: what the encoder writes (sorted, no repeats)."""
-    return all(a < b for a, b in zip(ids, ids[1:]))
+_DECODE_BY_TYPE: dict[int, Callable[[bytes], Packet]] = {
+    kind: layout.decode for kind, layout in (
+        (MCAST, MCAST_PACKET), (TOKEN, TOKEN_PACKET), (JOIN, JOIN_PACKET),
+        (COMMIT, COMMIT_PACKET), (MERGE_DETECT, PROBE_PACKET), (WAKE, PROBE_PACKET))}
 
 
 def decode_untrusted(data: bytes) -> Packet:
     """Parse one datagram.  Raises only ``BadPacket``."""
     try:
-        return _decode(data)
+        decode = _DECODE_BY_TYPE[data[1]]
+    except IndexError:
+        raise BadPacket("short packet") from None
+    except KeyError:
+        raise BadPacket(f"unknown packet type {data[1]}") from None
+    try:
+        return decode(data)  # checks the version and the type byte too
     except BadPacket:
         raise
-    except (struct.error, ValueError, IndexError) as e:
-        raise BadPacket(f"malformed packet: {e}") from None
-
-
-def _decode(data: bytes) -> Packet:
-    if len(data) < PACKET_HEADER.size:
-        raise BadPacket("short packet")
-    version, kind, sender = PACKET_HEADER.unpack_from(data)
-    if version != VERSION:
-        raise BadPacket(f"unknown version {version}")
-    off = PACKET_HEADER.size
-    if kind == MCAST:
-        rseq, rrep, seq, flags = MCAST_HEADER.unpack_from(data, off)
-        return Mcast(sender, RingId(rseq, rrep), seq, flags, data[off + MCAST_HEADER.size:])
-    if kind == TOKEN:
-        (rseq, rrep, tseq, seq, aru, aru_addr, fcc, backlog, retrans, flags,
-         nrtr) = TOKEN_HEADER.unpack_from(data, off)
-        off += TOKEN_HEADER.size
-        if nrtr > MAX_RTR or len(data) != off + 8 * nrtr:
-            raise BadPacket("bad retransmit list")
-        rtr = list(struct.unpack_from(f"!{nrtr}Q", data, off)) if nrtr else []
-        return Token(sender, RingId(rseq, rrep), tseq, seq, aru, aru_addr, fcc, backlog,
-                     retrans, flags, rtr)
-    if kind == JOIN:
-        ring_seq, nproc, nfail = JOIN_HEADER.unpack_from(data, off)
-        off += JOIN_HEADER.size
-        if nproc > MAX_NODES or nfail > MAX_NODES or len(data) != off + 4 * (nproc + nfail):
-            raise BadPacket("bad join sets")
-        ids = struct.unpack_from(f"!{nproc + nfail}I", data, off)
-        proc, fail = ids[:nproc], ids[nproc:]
-        if not (_increasing(proc) and _increasing(fail)):
-            raise BadPacket("join sets not sorted")
-        return Join(sender, ring_seq, frozenset(proc), frozenset(fail))
-    if kind == COMMIT:
-        rseq, rrep, n = COMMIT_HEADER.unpack_from(data, off)
-        off += COMMIT_HEADER.size
-        if not 0 < n <= MAX_NODES or len(data) != off + n * COMMIT_ENTRY.size:
-            raise BadPacket("bad commit token")
-        entries = []
-        for i in range(n):
-            node, filled, oseq, orep, aru, high = COMMIT_ENTRY.unpack_from(
-                data, off + i * COMMIT_ENTRY.size)
-            entries.append(CommitEntry(node, bool(filled), RingId(oseq, orep), aru, high))
-        nodes = [e.node for e in entries]
-        if nodes != sorted(set(nodes)):
-            raise BadPacket("commit token members not sorted")
-        return Commit(sender, RingId(rseq, rrep), entries)
-    if kind in (MERGE_DETECT, WAKE):
-        if len(data) != off + PROBE.size:
-            raise BadPacket("bad probe")
-        rseq, rrep = PROBE.unpack_from(data, off)
-        return Probe(kind, sender, RingId(rseq, rrep))
-    raise BadPacket(f"unknown packet type {kind}")
+    except Exception as e:  # the generated decoders raise only BadPacket; a bug costs a packet
+        raise BadPacket(f"malformed packet: {e!r}") from None
