@@ -63,7 +63,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from saf import _amf_wire as aw
-from saf import _wire as w
 from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
     SA_AMF_ACTIVE, SA_AMF_COMMUNICATION_SUBSYSTEM_FAILURE, SA_AMF_CSI_ADD_NEW_ISTANCE,
     SA_AMF_CSI_ALL_INSTANCES, SA_AMF_CSI_NEW_ASSIGN, SA_AMF_HEARTBEAT, SA_AMF_IN_SERVICE,
@@ -72,12 +71,12 @@ from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
     SA_AMF_STANDBY, SA_AMF_STOPPING, ErrorDescriptor, HAState, ProtectionGroupMember,
     ProtectionGroupNotification, ReadinessState, StatusRow,
 )
-from saf._conn import REQUEST_GUARD, Connection, one_shot
+from saf import _conn
+from saf._conn import REQUEST_GUARD, Connection, decode_reply, on_callback, one_shot
 from saf.errors import (
-    ERRORS_BY_CODE, SA_OK, InvalidParam, IpcProtocolError, Library, NoSpace, NotExist,
-    VersionError,
+    ERRORS_BY_CODE, SA_OK, InvalidParam, Library, NoSpace, NotExist,
 )
-from saf.types import SUPPORTED_VERSIONS, Version, sa_name
+from saf.types import Version, sa_name
 
 #: the version this library implements
 DEFAULT_VERSION = Version("A", 1, 1)
@@ -98,11 +97,6 @@ class Callbacks:
     external_component_control_callback: Callable[[int, bytes, int], None] | None = None
     pending_operation_confirm_callback: Callable[[int, bytes, int], None] | None = None
     pending_operation_expired_callback: Callable[[bytes, int], None] | None = None
-
-
-def _check_version(version: Version | None) -> None:
-    if version not in SUPPORTED_VERSIONS:
-        raise VersionError(f"unsupported version {version!r}")
 
 
 def _name(value: str | bytes, what: str = "name") -> bytes:
@@ -192,8 +186,8 @@ class AmfHandle(Connection):
             raise InvalidParam("number_of_items must be >= 0")
         csi = _name(csi_name, "CSI name")
         limit = number_of_items or 0
-        self.request(aw.AMF_REQ_PG_TRACK_START,
-                     aw.encode_pg_track_start(aw.PgTrackStart(csi, track_flags, limit)))
+        self.request(aw.AMF_REQ_PG_TRACK_START, _conn.encode(
+            aw.encode_pg_track_start, aw.PgTrackStart(csi, track_flags, limit)))
         self._track_limits[csi] = limit
 
     def protection_group_track_stop(self, csi_name: str | bytes) -> None:
@@ -212,65 +206,77 @@ class AmfHandle(Connection):
         """saAmfStoppingComplete on this handle's connection."""
         self.request(aw.AMF_REQ_STOPPING_COMPLETE, _response_body(invocation, error))
 
-    # --- callbacks ---------------------------------------------------------------------------
+    # --- callbacks (run by dispatch; the table comes from @on_callback) -------------------
 
-    def _run_callback(self, frame: w.Frame) -> None:
-        cbs = self.callbacks
-        mid = frame.msg_id
-        if mid == aw.AMF_CB_HEALTHCHECK:
-            hc = aw.decode_healthcheck_cb_untrusted(frame.body)
-            _remember(hc.invocation, self)
-            if cbs.healthcheck_callback is not None:
-                cbs.healthcheck_callback(hc.invocation, hc.comp_name, hc.check_type)
-        elif mid == aw.AMF_CB_READINESS_SET:
-            rs = aw.decode_readiness_set_cb_untrusted(frame.body)
-            _remember(rs.invocation, self)
-            if cbs.readiness_state_set_callback is not None:
-                cbs.readiness_state_set_callback(rs.invocation, rs.comp_name, rs.readiness_state)
-        elif mid == aw.AMF_CB_CSI_SET:
-            cs = aw.decode_csi_set_cb_untrusted(frame.body)
-            _remember(cs.invocation, self)
-            if cbs.csi_set_callback is not None:
-                cbs.csi_set_callback(cs.invocation, cs.comp_name, cs.csi_name, cs.csi_flags,
-                                     cs.ha_state, cs.active_comp_name,
-                                     cs.transition_descriptor)
-        elif mid == aw.AMF_CB_CSI_REMOVE:
-            cr = aw.decode_csi_remove_cb_untrusted(frame.body)
-            _remember(cr.invocation, self)
-            if cbs.csi_remove_callback is not None:
-                cbs.csi_remove_callback(cr.invocation, cr.comp_name, cr.csi_name, cr.csi_flags)
-        elif mid == aw.AMF_CB_PG_TRACK:
-            pg = aw.decode_pg_track_cb_untrusted(frame.body)
-            fn = cbs.protection_group_track_callback
-            if fn is None:
-                return
-            items = list(pg.items)
-            limit = self._track_limits.get(pg.csi_name, 0)
-            if limit and len(items) > limit:
-                fn(pg.csi_name, [], len(items), pg.number_of_members, NoSpace.code)
-            else:
-                fn(pg.csi_name, items, len(items), pg.number_of_members, pg.error)
-        elif mid in (aw.AMF_CB_TERMINATE, aw.AMF_CB_EXT_RESTART, aw.AMF_CB_EXT_CONTROL,
-                     aw.AMF_CB_PENDING_CONFIRM, aw.AMF_CB_PENDING_EXPIRED):
-            ic = aw.decode_invocation_cb_untrusted(frame.body)
-            if mid == aw.AMF_CB_TERMINATE and cbs.component_terminate_callback is not None:
-                cbs.component_terminate_callback(ic.invocation, ic.comp_name)
-            elif mid == aw.AMF_CB_EXT_RESTART and \
-                    cbs.external_component_restart_callback is not None:
-                cbs.external_component_restart_callback(ic.invocation, ic.comp_name)
-            elif mid == aw.AMF_CB_EXT_CONTROL and \
-                    cbs.external_component_control_callback is not None:
-                cbs.external_component_control_callback(ic.invocation, ic.comp_name, ic.flags)
-            elif mid == aw.AMF_CB_PENDING_CONFIRM and \
-                    cbs.pending_operation_confirm_callback is not None:
-                cbs.pending_operation_confirm_callback(ic.invocation, ic.comp_name, ic.flags)
-            elif mid == aw.AMF_CB_PENDING_EXPIRED and \
-                    cbs.pending_operation_expired_callback is not None:
-                cbs.pending_operation_expired_callback(ic.comp_name, ic.flags)
+    @on_callback(aw.AMF_CB_HEALTHCHECK, aw.decode_healthcheck_cb_untrusted)
+    def _on_healthcheck(self, cb: aw.HealthcheckCb, error: int) -> None:
+        _remember(cb.invocation, self)
+        fn = self.callbacks.healthcheck_callback
+        if fn is not None:
+            fn(cb.invocation, cb.comp_name, cb.check_type)
+
+    @on_callback(aw.AMF_CB_READINESS_SET, aw.decode_readiness_set_cb_untrusted)
+    def _on_readiness_set(self, cb: aw.ReadinessSetCb, error: int) -> None:
+        _remember(cb.invocation, self)
+        fn = self.callbacks.readiness_state_set_callback
+        if fn is not None:
+            fn(cb.invocation, cb.comp_name, cb.readiness_state)
+
+    @on_callback(aw.AMF_CB_CSI_SET, aw.decode_csi_set_cb_untrusted)
+    def _on_csi_set(self, cb: aw.CsiSetCb, error: int) -> None:
+        _remember(cb.invocation, self)
+        fn = self.callbacks.csi_set_callback
+        if fn is not None:
+            fn(cb.invocation, cb.comp_name, cb.csi_name, cb.csi_flags, cb.ha_state,
+               cb.active_comp_name, cb.transition_descriptor)
+
+    @on_callback(aw.AMF_CB_CSI_REMOVE, aw.decode_csi_remove_cb_untrusted)
+    def _on_csi_remove(self, cb: aw.CsiRemoveCb, error: int) -> None:
+        _remember(cb.invocation, self)
+        fn = self.callbacks.csi_remove_callback
+        if fn is not None:
+            fn(cb.invocation, cb.comp_name, cb.csi_name, cb.csi_flags)
+
+    @on_callback(aw.AMF_CB_PG_TRACK, aw.decode_pg_track_cb_untrusted)
+    def _on_pg_track(self, pg: aw.PgTrackCb, error: int) -> None:
+        fn = self.callbacks.protection_group_track_callback
+        if fn is None:
+            return
+        items = list(pg.items)
+        limit = self._track_limits.get(pg.csi_name, 0)
+        if limit and len(items) > limit:
+            fn(pg.csi_name, [], len(items), pg.number_of_members, NoSpace.code)
         else:
-            raise Library(f"unknown AMF callback id {mid}")
+            fn(pg.csi_name, items, len(items), pg.number_of_members, pg.error)
 
-    def __enter__(self) -> AmfHandle:
+    @on_callback(aw.AMF_CB_TERMINATE, aw.decode_invocation_cb_untrusted)
+    def _on_terminate(self, cb: aw.InvocationCb, error: int) -> None:
+        if self.callbacks.component_terminate_callback is not None:
+            self.callbacks.component_terminate_callback(cb.invocation, cb.comp_name)
+
+    @on_callback(aw.AMF_CB_EXT_RESTART, aw.decode_invocation_cb_untrusted)
+    def _on_ext_restart(self, cb: aw.InvocationCb, error: int) -> None:
+        if self.callbacks.external_component_restart_callback is not None:
+            self.callbacks.external_component_restart_callback(cb.invocation, cb.comp_name)
+
+    @on_callback(aw.AMF_CB_EXT_CONTROL, aw.decode_invocation_cb_untrusted)
+    def _on_ext_control(self, cb: aw.InvocationCb, error: int) -> None:
+        if self.callbacks.external_component_control_callback is not None:
+            self.callbacks.external_component_control_callback(cb.invocation, cb.comp_name,
+                                                               cb.flags)
+
+    @on_callback(aw.AMF_CB_PENDING_CONFIRM, aw.decode_invocation_cb_untrusted)
+    def _on_pending_confirm(self, cb: aw.InvocationCb, error: int) -> None:
+        if self.callbacks.pending_operation_confirm_callback is not None:
+            self.callbacks.pending_operation_confirm_callback(cb.invocation, cb.comp_name,
+                                                              cb.flags)
+
+    @on_callback(aw.AMF_CB_PENDING_EXPIRED, aw.decode_invocation_cb_untrusted)
+    def _on_pending_expired(self, cb: aw.InvocationCb, error: int) -> None:
+        if self.callbacks.pending_operation_expired_callback is not None:
+            self.callbacks.pending_operation_expired_callback(cb.comp_name, cb.flags)
+
+    def __enter__(self) -> "AmfHandle":
         return self
 
 
@@ -281,8 +287,7 @@ def initialize(callbacks: Callbacks | None = None,
     Raises:
         VersionError: not A.01.01.  TryAgain: no executive.  Security: not allowed.
     """
-    _check_version(version)
-    return AmfHandle(callbacks)
+    return _conn.initialize(AmfHandle, callbacks, version)
 
 
 def _call(msg_id: int, body: bytes) -> bytes:
@@ -290,10 +295,7 @@ def _call(msg_id: int, body: bytes) -> bytes:
 
 
 def _u32(body: bytes) -> int:
-    try:
-        return aw.decode_u32_untrusted(body)
-    except IpcProtocolError as exc:
-        raise Library(f"garbled reply: {exc}") from None
+    return decode_reply(aw.decode_u32_untrusted, body)
 
 
 def readiness_state_get(comp_name: str | bytes) -> ReadinessState:
@@ -327,7 +329,7 @@ def error_report(reporting_component: str | bytes, erroneous_component: str | by
     data = additional_data or b""
     if len(data) > aw.MAX_ADDITIONAL_DATA:
         raise InvalidParam(f"additional data longer than {aw.MAX_ADDITIONAL_DATA} bytes")
-    _call(aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(aw.ErrorReport(
+    _call(aw.AMF_REQ_ERROR_REPORT, _conn.encode(aw.encode_error_report, aw.ErrorReport(
         _name(reporting_component), _name(erroneous_component), error_detection_time,
         error_descriptor or ErrorDescriptor(), data)))
 
@@ -395,10 +397,7 @@ def stopping_complete(invocation: int, error: int = SA_OK) -> None:
 
 def status() -> tuple[StatusRow, ...]:
     """The replicated AMF state as this node holds it (not SAF; ``ais.amf_status`` prints it)."""
-    try:
-        return aw.decode_status_untrusted(_call(aw.AMF_REQ_STATUS, b""))
-    except IpcProtocolError as exc:
-        raise Library(f"garbled reply: {exc}") from None
+    return decode_reply(aw.decode_status_untrusted, _call(aw.AMF_REQ_STATUS, b""))
 
 
 __all__ = [

@@ -142,6 +142,12 @@ def test_library_calls_callbacks_and_errors_over_sockets(execs):
         amf.response(10**9, SA_OK)
     with pytest.raises(InvalidParam):
         amf.response(1, 12345)
+    with pytest.raises(InvalidParam):
+        amf.error_report("x", "comp_a_in_su_y", 0, amf.ErrorDescriptor(probable_cause=-1))
+    with pytest.raises(InvalidParam):
+        ca.h.protection_group_track_start("pgA", 0x1FF)
+    with pytest.raises(InvalidParam):
+        amf.readiness_state_get("x" * 300)
     # an error report from a process on the other node fails the unit over nothing:
     # raidB goes out of service (no standby), cancel brings it back active
     on(execs, B)
