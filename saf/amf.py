@@ -74,7 +74,7 @@ from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
 from saf import _conn
 from saf._conn import REQUEST_GUARD, Connection, decode_reply, on_callback, one_shot
 from saf.errors import (
-    ERRORS_BY_CODE, SA_OK, InvalidParam, Library, NoSpace, NotExist,
+    ERRORS_BY_CODE, SA_OK, BadHandle, InvalidParam, Library, NoSpace, NotExist,
 )
 from saf.types import Version, sa_name
 
@@ -379,9 +379,9 @@ def response(invocation: int, error: int = SA_OK) -> None:
         try:
             handle.request(aw.AMF_REQ_RESPONSE, body)
             return
-        except Library:
+        except (Library, BadHandle):
             if not handle.finalized:
-                raise
+                raise  # the executive is gone: a new connection would not help
     _call(aw.AMF_REQ_RESPONSE, body)
 
 

@@ -105,7 +105,7 @@ import enum
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ais.config import AmfComponent, AmfModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter
@@ -451,7 +451,10 @@ class AmfService(Service):
                 hc = _Healthcheck(c.incarnation)
                 self.healthchecks[c.name] = hc
                 period = c.unit.group.spec.healthcheck_period / 1000.0
-                hc.timer = self.host.call_later(period, lambda n=c.name: self._hc_tick(n))
+                hc.timer = self.host.call_later(period, self._hc_ticker(c.name))
+
+    def _hc_ticker(self, name: str) -> Callable[[], None]:
+        return lambda: self._hc_tick(name)
 
     def _stop_healthcheck(self, name: str) -> None:
         hc = self.healthchecks.pop(name, None)
@@ -832,8 +835,8 @@ class AmfService(Service):
                              unit.name)
                 self._assign(unit, Role.STANDBY)
         # This node's own registrations, as the (possibly merged) state says.
-        for conn in self.conns.values():
-            conn.private["amf_comps"] = set()
+        for lc in self.conns.values():
+            lc.private["amf_comps"] = set()
         for c in self.comps.values():
             if c.registered and c.host == me:
                 conn = self.conns.get(c.conn_id)
