@@ -415,7 +415,8 @@ def test_groups_conf_timing_and_quorum_keys():
     bad = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=0")
     with pytest.raises(ConfigError) as e:
         parse_groups_conf(bad, "groups.conf")
-    assert str(e.value) == "groups.conf:16: healthcheck-period: must be greater than 0"
+    line = bad.splitlines().index("\thealthcheck-period=0") + 1
+    assert str(e.value) == f"groups.conf:{line}: healthcheck-period: must be greater than 0"
 
 
 def test_short_healthcheck_settings_detect_a_stop_sooner():
