@@ -39,14 +39,18 @@ only once every member of the ring holds the message (``host.when_safe``);
 callbacks behind a SAFE one wait with it, so a handle still sees the agreed
 order.  Priorities are accepted and not used: one queue per node.
 
-Flow control.  Sending: a multicast is answered when the ring accepted it;
-when the ring's send queue is full (``TotemConfig.send_queue_limit`` /
-``send_queue_bytes``) the client gets SA_ERR_TRY_AGAIN and retries, so a fast
-sender is held to the ring's pace and queues nothing here.  Receiving: each
-callback goes to the handle's outbox in ``ais.ipc``; a client that stops
-dispatching is disconnected once ``IpcLimits.max_queued_callbacks`` frames or
-``max_queued_bytes`` bytes wait for it (the ring is never held back for one
-reader), and its groups see it leave like any finalize.
+Flow control.  Sending: a multicast is answered as soon as the ring took
+it.  Each node may have only its share of ``RING_WINDOW`` messages (and
+``RING_WINDOW_BYTES``) in flight -- handed to the ring and not yet delivered
+back here; beyond that (or when the ring's own send queue is full) the client
+gets SA_ERR_TRY_AGAIN and retries.  So a fast sender is held to the ring's
+pace, nothing queues without bound, and what the ring can deliver in one burst
+(say, all that queued while a failed node was being detected) stays far below
+a client's callback bound.  Receiving: each callback goes to the handle's
+outbox in ``ais.ipc``; a client that stops dispatching is disconnected once
+``IpcLimits.max_queued_callbacks`` frames or ``max_queued_bytes`` bytes wait
+for it (the ring is never held back for one reader), and its groups see it
+leave like any finalize.
 """
 from __future__ import annotations
 
@@ -67,7 +71,8 @@ from saf.errors import InvalidParam, IpcProtocolError, NotExist, TryAgain
 #  | conn u32 | pid u32 | group list (saf._evs_wire GROUP_LIST) |
 MSG_JOIN = 1
 MSG_LEAVE = 2
-# MCAST: | conn u32 | pid u32 | guarantee u8 | pad u8 | count u16 | count x group[32] | data |
+# MCAST: | conn u32 | pid u32 | guarantee u8 | pad u8 | count u16 | seq u64 |
+#        | count x group[32] | data |      seq: the sending node's MCAST counter
 MSG_MCAST = 3
 # EXIT: | conn u32 |  (every group of that handle)
 MSG_EXIT = 4
@@ -75,7 +80,7 @@ MSG_EXIT = 4
 MSG_SYNC_MEMBERS = 5
 
 RING_WHO = struct.Struct("!II")
-RING_MCAST = struct.Struct("!IIBxH")
+RING_MCAST = struct.Struct("!IIBxHQ")
 RING_EXIT = struct.Struct("!I")
 SYNC_HEAD = struct.Struct("!H2x")
 SYNC_ENTRY = struct.Struct("!32sII")
@@ -90,6 +95,15 @@ EVS_PRIO_LOWEST = 3
 
 #: seconds between retries of a message the ring refused (EXIT)
 RETRY_DELAY = 0.01
+#: MCASTs the whole ring may have in flight (sent, not yet delivered back to their
+#: sender); each node gets its share.  This bounds the burst a client may receive
+#: at once (say, when a ring re-forms after a failure) well below
+#: ``IpcLimits.max_queued_callbacks``, so only a client that stops reading is dropped.
+RING_WINDOW = 1024
+#: the same, in bytes of data (below ``IpcLimits.max_queued_bytes``)
+RING_WINDOW_BYTES = 8 * 1024 * 1024
+#: every node may have at least this much in flight
+MIN_WINDOW, MIN_WINDOW_BYTES = 16, 256 * 1024
 
 Key = tuple[int, int]  # (node, conn)
 
@@ -130,6 +144,12 @@ class EvsService(Service):
         # Callbacks wait here behind a SAFE message that is not safe yet.
         self._held: collections.deque[list[Any]] = collections.deque()
         self.delivered = 0
+        # This node's MCASTs in flight: (seq, bytes), oldest first; cleared
+        # cumulatively when one comes back, so a message lost with a ring
+        # cannot hold the window shut.
+        self._mcast_seq = 0
+        self._inflight: collections.deque[tuple[int, int]] = collections.deque()
+        self._inflight_bytes = 0
 
     # --- hooks -------------------------------------------------------------------
 
@@ -272,8 +292,12 @@ class EvsService(Service):
         payload = msg.payload
         if len(payload) < RING_MCAST.size:
             raise IpcProtocolError("truncated MCAST")
-        conn, pid, guarantee, count = RING_MCAST.unpack_from(payload)
+        conn, pid, guarantee, count, seq = RING_MCAST.unpack_from(payload)
         groups, end = ew._groups(payload, RING_MCAST.size, count, exact=False)
+        if msg.sender == self.host.node_id:
+            inflight = self._inflight
+            while inflight and inflight[0][0] <= seq:
+                self._inflight_bytes -= inflight.popleft()[1]
         index = self.local_index
         if len(groups) == 1:
             targets: Iterable[int] = index.get(groups[0], ())
@@ -411,9 +435,17 @@ class EvsService(Service):
         if not groups:
             return b""  # tagged with no group: nobody would deliver it
         guarantee = EVS_TYPE_SAFE if req.guarantee == EVS_TYPE_SAFE else EVS_TYPE_AGREED
+        n = len(getattr(self.host, "members", ())) or 1
+        if len(self._inflight) >= max(MIN_WINDOW, RING_WINDOW // n) or \
+                self._inflight_bytes >= max(MIN_WINDOW_BYTES, RING_WINDOW_BYTES // n):
+            raise TryAgain("EVS window full: the ring has not delivered this node's messages yet")
+        seq = self._mcast_seq + 1
         self.host.mcast(self, MSG_MCAST, RING_MCAST.pack(
-            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, len(groups))
+            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, len(groups), seq)
             + b"".join(groups) + req.data)
+        self._mcast_seq = seq
+        self._inflight.append((seq, len(req.data)))
+        self._inflight_bytes += len(req.data)
         return b""
 
     @lib_handler(ew.EVS_REQ_MCAST_JOINED)
