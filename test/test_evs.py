@@ -401,3 +401,40 @@ def test_library_dispatch_modes_and_threads(sock_dir, monkeypatch):
         h.finalize()  # wakes the blocked dispatch, which returns normally
         t.join(10)
         assert done.is_set()
+
+
+@pytest.mark.timeout(20)
+def test_window_of_messages_in_flight_gives_try_again_and_reopens():
+    from ais.services import evs as sev
+    cl = EvsCluster([A, B])
+    cl.form([A, B])
+    a, b = cl.connect(A), cl.connect(B)
+    cl.join(B, b, G1)
+    share = max(sev.MIN_WINDOW, sev.RING_WINDOW // 2)
+    cl.bus.pause()
+    codes = [cl.send(A, a, b"m%d" % i, (G1,), run=False) for i in range(share + 1)]
+    assert codes == [SA_OK] * share + [TryAgain.code]
+    # the ring loses the queued ones: the window stays shut until one comes
+    # back or the next configuration change
+    assert len(cl.bus.take_queued()) == share
+    cl.bus.resume()
+    cl.run()
+    assert cl.send(A, a, b"x", (G1,), run=False) == TryAgain.code
+    cl.form([A], [B])
+    cl.form([A, B])
+    assert cl.send(A, a, b"after", (G1,)) == SA_OK
+    assert msgs(b) == [b"after"]
+    # cumulative: one delivered message clears every older entry
+    svc = cl.evs(A)
+    svc._inflight.extendleft([(0, 10)])
+    svc._inflight_bytes += 10
+    assert cl.send(A, a, b"again", (G1,)) == SA_OK
+    assert not svc._inflight and svc._inflight_bytes == 0
+    # bytes count too
+    big = b"x" * (sev.RING_WINDOW_BYTES // 2)
+    cl.bus.pause()
+    assert cl.send(A, a, big, (G1,), run=False) == SA_OK
+    assert cl.send(A, a, b"y", (G1,), run=False) == TryAgain.code
+    cl.bus.resume()
+    cl.run()
+    assert cl.send(A, a, b"z", (G1,)) == SA_OK
