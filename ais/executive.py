@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 ``ServiceHost`` sits between three things:
 
-* the ring (``ais.totem.transport.Transport``, or ``LoopbackRing`` /
-  ``FakeBus`` in tests): the host hands it opaque payloads with
+* the ring (``ais.totem.transport.Transport``, or ``ais.testing``'s
+  ``FakeBus`` / ``LoopbackRing`` in tests): the host hands it opaque payloads with
   ``ring.mcast(payload)`` and receives ``on_deliver(Deliver)`` and
   ``on_confchg(ConfChange)`` in agreed order;
 * the services (``ais.services.base.Service``), which see only the host;
@@ -73,20 +73,22 @@ touches gevent, and it is imported lazily.
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ais.log import NodeAdapter, RateLimiter
 from ais.services.base import (
-    DEFERRED, NO_TAG, ExecMessage, LibConn, ReplyTag, Request, Service, StateGroup, StateId,
-    SyncInfo, TimerHandle,
+    DEFERRED, NO_TAG, Deferred, ExecMessage, LibConn, ReplyTag, Request, Service, StateGroup,
+    StateId, SyncInfo, TimerHandle,
 )
 from ais.totem.events import ConfChange, Deliver, RingId, SendQueueFull, Stable, fmt_node
-from saf.errors import SA_OK, IpcProtocolError, Library, SaError, TryAgain
+from saf.errors import SA_OK, IpcProtocolError, Library, SaError, Timeout, TryAgain
+
+if TYPE_CHECKING:
+    from ais.config import AmfModel
 
 logger = logging.getLogger(__name__)
 
@@ -208,14 +210,22 @@ class ServiceHost:
         node_id: this node's Totem id (big-endian IPv4 int).
         services: the service instances, each with a unique ``service_id``.
         scheduler: local timers and clock (``GeventScheduler``, ``ManualScheduler``).
+        model: the AMF model from groups.conf (default: an empty one).
     """
 
     #: how long to wait before retrying a sync send the ring refused (s)
     SYNC_RETRY_DELAY = 0.01
+    #: how long to wait before retrying an ``mcast_retried`` send the ring refused (s)
+    RETRY_DELAY = 0.01
 
-    def __init__(self, node_id: int, services: Iterable[Service], scheduler: Scheduler) -> None:
+    def __init__(self, node_id: int, services: Iterable[Service], scheduler: Scheduler,
+                 model: AmfModel | None = None) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
+        if model is None:
+            from ais.config import AmfModel  # the parser module, only when no model is given
+            model = AmfModel(())
+        self.model: AmfModel = model
         self.log = NodeAdapter(logger, node_id)
         self.services: dict[int, Service] = {}
         for svc in services:
@@ -224,7 +234,11 @@ class ServiceHost:
             self.services[svc.service_id] = svc
         self.ring: RingPort | None = None
         self.ring_id: RingId | None = None
-        self.members: tuple[int, ...] = ()
+        #: members of the current regular configuration (sync round or not)
+        self.ring_members: tuple[int, ...] = ()
+        #: members of the last completed sync round (``members``)
+        self._members: tuple[int, ...] = ()
+        self._after_sync: list[Callable[[], None]] = []
         #: this node's StateId parts: ring of the last completed round (None: fresh)
         #: and the first regular configuration installed after it
         self._synced_ring: RingId | None = None
@@ -237,11 +251,14 @@ class ServiceHost:
         self._cause: tuple[RingId, int] | None = None  # the delivery being handled
         self._configured = False
         self._held_deliveries: list[tuple[Service, ExecMessage]] = []
-        self._resend: collections.deque[RingMessage] = collections.deque()
-        self._resend_armed = False
+        # messages sent without a client waiting, per service id, retried in order
+        self._outbox: dict[int, collections.deque[RingMessage]] = {}
+        self._outbox_armed: set[int] = set()
         self._held_requests: list[tuple[LibConn, int, int, bytes]] = []
         self._conns: dict[int, LibConn] = {}
         self._pending: dict[tuple[int, int], int] = {}  # (conn_id, seq) -> request msg_id
+        #: deferred requests' Timeout timers, by (conn_id, seq)
+        self._deadlines: dict[tuple[int, int], TimerHandle] = {}
         self._conn_ids = itertools.count(1)
         # Ring events that arrive while a service handler runs (a transport may
         # deliver from inside mcast) wait here, so handlers are never re-entered.
@@ -344,29 +361,111 @@ class ServiceHost:
         self._send(RingMessage(service.service_id, msg_id, FLAG_SYNC, NO_TAG,
                                self._sync.ring_id.seq, payload))
 
-    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> None:
+    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> bool:
         """Answer the request ``tag`` with SA_OK, if it was asked here and is still waiting.
 
         Args:
             safe: answer only once every member holds the message being
                 handled (``when_safe``); otherwise at once (agreed delivery).
-        """
-        if tag.node != self.node_id or not tag.is_client:
-            return
-        if safe:
-            self.when_safe(lambda: self._answer(tag, SA_OK, body))
-        else:
-            self._answer(tag, SA_OK, body)
+                The request counts as answered now (its timeout no longer
+                runs); the frame goes out when safe, if the client is still there.
 
-    def reply_error(self, tag: ReplyTag, error: SaError | int, *, safe: bool = False) -> None:
-        """Answer the request ``tag`` with an error (an SaError or its code)."""
+        Returns:
+            True when a client of this node was waiting for this answer; False
+            for another node's tag, a client gone, or a request already
+            answered (or timed out).
+        """
+        return self._claim_and_answer(tag, SA_OK, body, safe)
+
+    def reply_error(self, tag: ReplyTag, error: SaError | int, *, safe: bool = False) -> bool:
+        """Answer the request ``tag`` with an error (an SaError or its code); as ``reply``."""
         code = error.code if isinstance(error, SaError) else int(error)
+        return self._claim_and_answer(tag, code, b"", safe)
+
+    def _claim_and_answer(self, tag: ReplyTag, code: int, body: bytes, safe: bool) -> bool:
         if tag.node != self.node_id or not tag.is_client:
-            return
+            return False
+        msg_id = self._pending.get((tag.conn_id, tag.seq))
+        self._forget(tag)
+        conn = self._conns.get(tag.conn_id)
+        if msg_id is None or conn is None:
+            # Client gone, timed out, or a second answer to one request.
+            return False
         if safe:
-            self.when_safe(lambda: self._answer(tag, code, b""))
+            self.when_safe(lambda: self._send_answer(conn, msg_id, tag.seq, code, body))
         else:
-            self._answer(tag, code, b"")
+            conn.send_response(msg_id, tag.seq, code, body)
+        return True
+
+    def _forget(self, tag: ReplyTag) -> None:
+        """Nobody will answer ``tag`` (its client is being dropped)."""
+        key = (tag.conn_id, tag.seq)
+        self._pending.pop(key, None)
+        timer = self._deadlines.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _send_answer(self, conn: LibConn, msg_id: int, seq: int, code: int,
+                     body: bytes) -> None:
+        if self._conns.get(conn.conn_id) is conn:  # still connected
+            conn.send_response(msg_id, seq, code, body)
+
+    def defer(self, tag: ReplyTag, timeout: float | None, *,
+              on_timeout: Callable[[], None] | None = None) -> Deferred:
+        """The answer to ``tag`` comes later; after ``timeout`` s without one, Timeout.
+
+        A library handler returns this instead of ``DEFERRED`` when its
+        request has a time limit.  ``reply`` returns False after the timeout,
+        so the exec handler can undo what nobody waits for.
+
+        Args:
+            on_timeout: run after the host answered Timeout (to forget the request).
+        """
+        key = (tag.conn_id, tag.seq)
+        if timeout is not None and tag.node == self.node_id and key in self._pending:
+            old = self._deadlines.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self._deadlines[key] = self.call_later(max(0.0, timeout),
+                                                   lambda: self._timed_out(tag, on_timeout))
+        return DEFERRED
+
+    def _timed_out(self, tag: ReplyTag, on_timeout: Callable[[], None] | None) -> None:
+        self._deadlines.pop((tag.conn_id, tag.seq), None)
+        if self._claim_and_answer(tag, Timeout.code, b"", False) and on_timeout is not None:
+            on_timeout()
+
+    def conn_of(self, tag: ReplyTag) -> LibConn | None:
+        """The connection of this node's client behind ``tag``, while it is open."""
+        if tag.node != self.node_id or not tag.is_client:
+            return None
+        return self._conns.get(tag.conn_id)
+
+    def conns(self, service: Service) -> list[LibConn]:
+        """This node's open client connections to ``service``, oldest first."""
+        return [c for c in self._conns.values() if c.service_id == service.service_id]
+
+    def mcast_retried(self, service: Service, msg_id: int, payload: bytes) -> None:
+        """Multicast a message no client waits for: queued, sent in order, retried.
+
+        Never raises ``TryAgain``: while the ring refuses, the service's queue
+        waits and is retried every ``RETRY_DELAY`` s.
+        """
+        self._queue_out(RingMessage(service.service_id, msg_id, 0, NO_TAG, 0, payload))
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The members of the last completed sync round, ascending (() before the first)."""
+        return self._members
+
+    @property
+    def is_lowest(self) -> bool:
+        """Whether this node is the lowest of ``members``: it decides timed events."""
+        return bool(self._members) and self._members[0] == self.node_id
+
+    def after_sync(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after every completed sync round, after every service's ``sync_done``."""
+        self._after_sync.append(fn)
 
     def when_safe(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once every member of the ring holds the message being handled.
@@ -379,7 +478,7 @@ class ServiceHost:
         """
         cause = self._cause
         if (cause is None or cause[1] <= self._stable_seq or cause[0] != self._live_ring
-                or len(self.members) <= 1):
+                or len(self.ring_members) <= 1):
             fn()
             return
         self._unsafe.append((cause[1], fn))
@@ -396,16 +495,6 @@ class ServiceHost:
         unsafe, self._unsafe = self._unsafe, collections.deque()
         for _, fn in unsafe:
             fn()
-
-    def _answer(self, tag: ReplyTag, code: int, body: bytes) -> None:
-        if tag.node != self.node_id or not tag.is_client:
-            return
-        msg_id = self._pending.pop((tag.conn_id, tag.seq), None)
-        conn = self._conns.get(tag.conn_id)
-        if msg_id is None or conn is None:
-            # Client gone, or a second answer to one request: nobody waits for it.
-            return
-        conn.send_response(msg_id, tag.seq, code, body)
 
     def _send(self, msg: RingMessage) -> None:
         if self.ring is None:
@@ -428,8 +517,8 @@ class ServiceHost:
         """The connection closed (or finalized).  Idempotent."""
         if self._conns.pop(conn.conn_id, None) is None:
             return
-        for key in [k for k in self._pending if k[0] == conn.conn_id]:
-            del self._pending[key]
+        for conn_id, seq in [k for k in self._pending if k[0] == conn.conn_id]:
+            self._forget(ReplyTag(self.node_id, conn_id, seq))
         self._held_requests = [r for r in self._held_requests if r[0] is not conn]
         self._guarded(self.services[conn.service_id].on_lib_exit, conn)
 
@@ -457,17 +546,18 @@ class ServiceHost:
         try:
             result = spec.fn(svc, conn, Request(msg_id, body, tag))
         except SaError as err:
-            self._pending.pop((conn.conn_id, seq), None)
+            self._forget(tag)
             conn.send_response(msg_id, seq, err.code)
             return
         except IpcProtocolError:
-            self._pending.pop((conn.conn_id, seq), None)
+            self._forget(tag)
             raise
         if result is DEFERRED:
             return
         if not isinstance(result, (bytes, bytearray)):
             raise TypeError(f"{svc.name} handler {spec.fn.__name__} returned {result!r}")
-        if self._pending.pop((conn.conn_id, seq), None) is not None:
+        if (conn.conn_id, seq) in self._pending:
+            self._forget(tag)
             conn.send_response(msg_id, seq, SA_OK, bytes(result))
 
     # --- ring side (called by the transport) ------------------------------------
@@ -565,7 +655,7 @@ class ServiceHost:
                 self._sync.closed = True
         else:
             self.ring_id = conf.ring_id
-            self.members = tuple(sorted(conf.members))
+            self.ring_members = tuple(sorted(conf.members))
             self._release_unsafe()  # no transitional (the first ring): nothing was unsafe
             self._live_ring = conf.ring_id
             self._stable_seq = 0
@@ -604,26 +694,32 @@ class ServiceHost:
         """
         held, self._held_deliveries = self._held_deliveries, []
         for svc, msg in held:
-            if msg.sender != self.node_id:
-                continue
-            self._resend.append(RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0,
+            if msg.sender == self.node_id:
+                self._queue_out(RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0,
                                             msg.payload))
-        self._flush_resend()
 
-    def _flush_resend(self) -> None:
-        while self._resend:
+    def _queue_out(self, msg: RingMessage) -> None:
+        queue = self._outbox.setdefault(msg.service, collections.deque())
+        queue.append(msg)
+        if msg.service not in self._outbox_armed:  # else the armed retry sends it, in order
+            self._flush_out(msg.service)
+
+    def _flush_out(self, service_id: int) -> None:
+        queue = self._outbox[service_id]
+        while queue:
             try:
-                self._send(self._resend[0])
+                self._send(queue[0])
             except TryAgain:
-                if not self._resend_armed:
-                    self._resend_armed = True
-                    self.call_later(self.SYNC_RETRY_DELAY, self._retry_resend)
+                if service_id not in self._outbox_armed:
+                    # One retry timer per service, however many messages wait.
+                    self._outbox_armed.add(service_id)
+                    self.call_later(self.RETRY_DELAY, lambda: self._retry_out(service_id))
                 return
-            self._resend.popleft()
+            queue.popleft()
 
-    def _retry_resend(self) -> None:
-        self._resend_armed = False
-        self._flush_resend()
+    def _retry_out(self, service_id: int) -> None:
+        self._outbox_armed.discard(service_id)
+        self._flush_out(service_id)
 
     def _pump_sync(self, rnd: _SyncRound) -> None:
         rnd.pump_armed = False
@@ -696,9 +792,12 @@ class ServiceHost:
         self._sync = None
         self._configured = True
         self._synced_ring, self._next_ring = rnd.ring_id, None
+        self._members = rnd.members
         self.log.debug("sync round %s complete", rnd.ring_id)
         for svc in self.services.values():
             svc.sync_done()
+        for fn in list(self._after_sync):
+            fn()
         held, self._held_deliveries = self._held_deliveries, []
         for i, (svc, msg) in enumerate(held):
             if self.syncing:
@@ -720,7 +819,8 @@ class ServiceHost:
 
 
 def create_host(node_id: int, scheduler: Scheduler,
-                options: dict[str, dict[str, Any]] | None = None) -> ServiceHost:
+                options: dict[str, dict[str, Any]] | None = None,
+                model: AmfModel | None = None) -> ServiceHost:
     """A host running every built-in service (``ais.services.BUILTIN_MODULES``).
 
     Wiring for the executive::
@@ -733,6 +833,7 @@ def create_host(node_id: int, scheduler: Scheduler,
 
     Args:
         options: per service name, keyword options for its constructor.
+        model: the AMF model loaded from groups.conf (``host.model``).
     """
     from ais.services import load_builtin_services
     from ais.services.base import create_service, registered_services
@@ -742,61 +843,10 @@ def create_host(node_id: int, scheduler: Scheduler,
     services = [create_service(cls.name, **options.get(cls.name, {}))
                 for cls in registered_services().values() if cls.__module__.rsplit(".", 1)[-1]
                 in names]
-    return ServiceHost(node_id, services, scheduler)
+    return ServiceHost(node_id, services, scheduler, model)
 
 
 # --- schedulers ----------------------------------------------------------------------
-
-
-class _ManualTimer:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualScheduler:
-    """A virtual clock for tests: timers run only in ``run``/``advance``."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._heap: list[tuple[float, int, _ManualTimer, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self._now
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> _ManualTimer:
-        handle = _ManualTimer()
-        heapq.heappush(self._heap, (self._now + max(0.0, delay), next(self._seq), handle, fn))
-        return handle
-
-    def run(self, max_steps: int = 100_000) -> int:
-        """Run every timer due now (including ones they arm for now); return the count."""
-        return self.advance(0.0, max_steps)
-
-    def advance(self, dt: float, max_steps: int = 100_000) -> int:
-        """Move the clock forward by ``dt``, running timers in time order.
-
-        Raises:
-            RuntimeError: more than ``max_steps`` timers ran (a livelock in a test).
-        """
-        end = self._now + dt
-        steps = 0
-        while self._heap and self._heap[0][0] <= end:
-            at, _, handle, fn = heapq.heappop(self._heap)
-            self._now = max(self._now, at)
-            if handle.cancelled:
-                continue
-            steps += 1
-            if steps > max_steps:
-                raise RuntimeError(f"more than {max_steps} timer runs")
-            fn()
-        self._now = end
-        return steps
 
 
 class GeventScheduler:
@@ -880,222 +930,8 @@ class _LoopTimer:
             self._g.kill(block=False)
 
 
-# --- in-process rings for tests and single-node runs ----------------------------------
-
-
-class FakeBus:
-    """Several hosts sharing one ordered bus, with scripted configuration changes.
-
-    Every event (a message, a reconfiguration) is queued and carried out in
-    order on the next scheduler tick (``flush``), so delivery never re-enters
-    a handler that is still running -- as with the real transport.  A message
-    goes to every node in its sender's component at delivery time; a
-    reconfiguration gives each affected node a transitional then a regular
-    ConfChange, extended-virtual-synchrony style.  Nodes in no component are
-    down: they neither send nor receive.
-
-    Messages carry a seq per ring.  Every member holds a message as soon as
-    it is delivered, so each delivery is followed by a ``Stable`` for it --
-    unless ``hold_stable`` is set: then ``Stable`` waits for ``stabilize()``
-    (a ring whose members have not all acknowledged yet).
-    """
-
-    def __init__(self, scheduler: Scheduler, max_events_per_flush: int = 100_000) -> None:
-        self.scheduler = scheduler
-        self.hosts: dict[int, ServiceHost] = {}
-        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
-        self._component: dict[int, frozenset[int]] = {}  # node -> its current component
-        self._ring: dict[int, RingId] = {}
-        self._ring_seq = 0
-        self._flush_armed = False
-        self._max = max_events_per_flush
-        self.delivered = 0
-        #: while True, events queue up (a test's way to stop time on the ring)
-        self.paused = False
-        #: while True, deliveries are not followed by ``Stable`` until ``stabilize``
-        self.hold_stable = False
-        self._last_seq: dict[RingId, int] = {}
-
-    def port(self, host: ServiceHost) -> "FakePort":
-        """Attach ``host`` to the bus (down until a reconfiguration includes it)."""
-        self.hosts[host.node_id] = host
-        port = FakePort(self, host.node_id)
-        host.attach_ring(port)
-        return port
-
-    def remove(self, node_id: int) -> None:
-        """Forget a crashed node's host (reconfigure without it first)."""
-        self.hosts.pop(node_id, None)
-        self._component.pop(node_id, None)
-        self._ring.pop(node_id, None)
-
-    def reconfigure(self, *components: Iterable[int],
-                    tails: dict[int, list[tuple[int, bytes]]] | None = None) -> None:
-        """Queue a membership change: the given node sets become the rings.
-
-        Args:
-            tails: per node, (sender, payload) messages of its old ring that it
-                delivers after its transitional configuration, as Totem may
-                deliver frames past a hole in recovery (each node its own list).
-        """
-        self._queue.append(("conf", ([frozenset(c) for c in components], dict(tails or {}))))
-        self._arm()
-
-    def take_queued(self) -> list[tuple[int, bytes]]:
-        """Remove and return the messages queued and not yet delivered (sender, payload)."""
-        msgs = [arg for kind, arg in self._queue if kind == "msg"]
-        self._queue = collections.deque((k, a) for k, a in self._queue if k != "msg")
-        return msgs
-
-    def stabilize(self) -> None:
-        """Tell every host that each of its rings' deliveries so far is held by all."""
-        for node, host in sorted(self.hosts.items()):
-            ring = self._ring.get(node)
-            if ring is not None and self._last_seq.get(ring):
-                host.on_stable(Stable(ring, self._last_seq[ring]))
-
-    def _mcast(self, sender: int, payload: bytes) -> None:
-        if sender not in self._component:
-            raise SendQueueFull  # not in a ring: the host turns this into TryAgain
-        self._queue.append(("msg", (sender, payload)))
-        self._arm()
-
-    def _arm(self) -> None:
-        if not self._flush_armed:
-            self._flush_armed = True
-            self.scheduler.call_later(0.0, self.flush)
-
-    def pause(self) -> None:
-        """Stop carrying out events (they queue) until ``resume`` or ``step``."""
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self._arm()
-
-    def flush(self) -> None:
-        """Carry out every queued event (and those they cause), bounded."""
-        self._flush_armed = False
-        steps = 0
-        while not self.paused and self._queue:
-            steps += 1
-            if steps > self._max:
-                raise RuntimeError("FakeBus: too many events in one flush (livelock?)")
-            self.step()
-
-    def step(self) -> bool:
-        """Carry out the next queued event only; False when none is queued."""
-        if not self._queue:
-            return False
-        kind, arg = self._queue.popleft()
-        if kind == "msg":
-            sender, payload = arg
-            comp = self._component.get(sender)
-            if comp is not None:
-                ring = self._ring[sender]
-                seq = self._last_seq[ring] = self._last_seq.get(ring, 0) + 1
-                for node in sorted(comp):
-                    host = self.hosts.get(node)
-                    if host is not None:
-                        self.delivered += 1
-                        host.on_deliver(Deliver(sender, payload, ring, seq))
-                if not self.hold_stable:
-                    for node in sorted(comp):
-                        host = self.hosts.get(node)
-                        if host is not None:
-                            host.on_stable(Stable(ring, seq))
-        elif kind == "inject":
-            for host in list(self.hosts.values()):
-                if isinstance(arg, ConfChange):
-                    host.on_confchg(arg)
-                else:
-                    host.on_deliver(arg)
-        else:
-            self._apply_conf(arg)
-        return True
-
-    def _apply_conf(self, arg: tuple[list[frozenset[int]],
-                                      dict[int, list[tuple[int, bytes]]]]) -> None:
-        components, tails = arg
-        new_of: dict[int, frozenset[int]] = {}
-        for comp in components:
-            for node in comp:
-                new_of[node] = comp
-        new_rings: dict[frozenset[int], RingId] = {}
-        for comp in components:
-            if any(self._component.get(n) != comp for n in comp):
-                self._ring_seq += 4
-                new_rings[comp] = RingId(self._ring_seq, min(comp))
-        for node in sorted(set(self._component) - set(new_of)):
-            # Down: it simply stops hearing anything.
-            del self._component[node]
-            self._ring.pop(node, None)
-        for comp, ring_id in new_rings.items():
-            for node in sorted(comp):
-                host = self.hosts.get(node)
-                old = self._component.get(node)
-                old_ring = self._ring.get(node)
-                self._component[node] = comp
-                self._ring[node] = ring_id
-                if host is None:
-                    continue
-                if old is not None and old_ring is not None:
-                    host.on_confchg(ConfChange(True, old_ring, tuple(sorted(old & comp))))
-                    for sender, payload in tails.get(node, ()):
-                        host.on_deliver(Deliver(sender, payload, old_ring))
-                prev = old or frozenset()
-                host.on_confchg(ConfChange(False, ring_id, tuple(sorted(comp)),
-                                           left=tuple(sorted(prev - comp)),
-                                           joined=tuple(sorted(comp - prev))))
-
-
-class FakePort:
-    """One host's view of a ``FakeBus``: ``mcast(payload)``."""
-
-    def __init__(self, bus: FakeBus, node_id: int) -> None:
-        self.bus = bus
-        self.node_id = node_id
-
-    def mcast(self, payload: bytes) -> None:
-        self.bus._mcast(self.node_id, payload)
-
-
-class LoopbackRing:
-    """A ring of one: mcasts come back in order on the next scheduler tick.
-
-    ``start()`` delivers the first regular configuration (this node alone);
-    ``inject_confchg`` lets a test deliver any ConfChange at the current point
-    in the order.
-    """
-
-    def __init__(self, host: ServiceHost, scheduler: Scheduler) -> None:
-        self.host = host
-        self.bus = FakeBus(scheduler)
-        self.bus.port(host)
-
-    def start(self) -> None:
-        self.bus.reconfigure([self.host.node_id])
-
-    def mcast(self, payload: bytes) -> None:
-        self.bus._mcast(self.host.node_id, payload)
-
-    def inject_confchg(self, conf: ConfChange) -> None:
-        """Deliver ``conf`` as is, after everything queued before it.
-
-        A regular configuration naming other members starts a sync round that
-        waits for their barriers; inject those with ``inject_deliver``.
-        """
-        self.bus._queue.append(("inject", conf))
-        self.bus._arm()
-
-    def inject_deliver(self, d: Deliver) -> None:
-        """Deliver a message as if ``d.sender`` had sent it."""
-        self.bus._queue.append(("inject", d))
-        self.bus._arm()
-
-
 __all__ = [
-    "create_host", "FakeBus", "FakePort", "GeventScheduler", "HOST_SERVICE_ID", "LoopbackRing",
-    "ManualScheduler", "RING_HEADER", "RingMessage", "RingMessageError", "RingPort",
-    "Scheduler", "ServiceHost", "decode_ring_message_untrusted", "encode_ring_message",
+    "create_host", "GeventScheduler", "HOST_SERVICE_ID", "RING_HEADER", "RingMessage",
+    "RingMessageError", "RingPort", "Scheduler", "ServiceHost", "decode_ring_message_untrusted",
+    "encode_ring_message",
 ]

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ais.executive import FakeBus, ManualScheduler, ServiceHost  # noqa: E402
+from ais.executive import ServiceHost  # noqa: E402
+from ais.testing import FakeBus, ManualScheduler  # noqa: E402
 from ais.services.clm import ClmService  # noqa: E402
 from ais.totem.events import node_of  # noqa: E402
 from saf import _wire as w  # noqa: E402
@@ -249,7 +250,8 @@ def serve_main(argv: list[str]) -> int:
     """``serve SOCKET [ADDR]``: one loopback executive until killed."""
     import gevent
 
-    from ais.executive import GeventScheduler, LoopbackRing
+    from ais.executive import GeventScheduler
+    from ais.testing import LoopbackRing
     from ais.ipc import IpcServer
 
     path = argv[1]

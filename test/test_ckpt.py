@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from ais.executive import FakeBus, ManualScheduler, ServiceHost
+from ais.executive import ServiceHost
+from ais.testing import FakeBus, ManualScheduler
 from ais.services.ckpt import SYNC_CHUNK, CkptService
 from ais.services.clm import ClmService
 from ais.totem.events import node_of

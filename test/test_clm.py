@@ -462,7 +462,7 @@ def test_testclm_example(sock_dir):
 
 # --- the service framework itself, with a toy service ------------------------------------
 
-from ais.executive import FakeBus, ManualScheduler  # noqa: E402
+from ais.testing import FakeBus, ManualScheduler  # noqa: E402
 from ais.services.base import (  # noqa: E402
     DEFERRED, Service, exec_handler, lib_handler,
 )

@@ -52,7 +52,8 @@ def test_held_message_of_a_departed_sender_stays_with_its_sender():
 
 # --- state announcements and safe replies ----------------------------------------------------
 
-from ais.executive import FakeBus, ManualScheduler, ServiceHost  # noqa: E402
+from ais.executive import ServiceHost  # noqa: E402
+from ais.testing import FakeBus, ManualScheduler  # noqa: E402
 from ais.services.base import DEFERRED, Service, exec_handler, lib_handler  # noqa: E402
 from ais.totem.events import ConfChange, RingId, Stable  # noqa: E402
 from helpers_exec import FakeConn  # noqa: E402

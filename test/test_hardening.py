@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from ais.executive import (
-    FLAG_SYNC, FakeBus, ManualScheduler, RingMessage, ServiceHost, encode_ring_message,
-)
+from ais.executive import FLAG_SYNC, RingMessage, ServiceHost, encode_ring_message
+from ais.testing import FakeBus, ManualScheduler
 from ais.services.base import NO_TAG, ReplyTag
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService

@@ -306,7 +306,8 @@ def test_stale_socket_is_replaced(sock_dir):
 
 @pytest.mark.timeout(30)
 def test_second_executive_on_same_socket_fails(node):
-    from ais.executive import ManualScheduler, ServiceHost
+    from ais.executive import ServiceHost
+    from ais.testing import ManualScheduler
     from ais.ipc import IpcServer
 
     host = ServiceHost(1, [], ManualScheduler())

@@ -268,10 +268,12 @@ class HostAPI(Protocol):
 
     def mcast_sync(self, service: "Service", msg_id: int, payload: bytes) -> None: ...
 
-    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> None: ...
+    def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> bool:
+        """Answer ``tag``; True when a client of this node was still waiting for it."""
+        ...
 
     def reply_error(self, tag: ReplyTag, error: SaError | int, *,
-                    safe: bool = False) -> None: ...
+                    safe: bool = False) -> bool: ...
 
     def when_safe(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once every member holds the message being handled (at once if so)."""
@@ -283,6 +285,51 @@ class HostAPI(Protocol):
 
     def logger(self, subsystem: str) -> logging.LoggerAdapter:
         """A logger for ``subsystem`` ("CLM") whose lines name this node."""
+        ...
+
+    # --- the service kit ------------------------------------------------------------
+
+    def mcast_retried(self, service: "Service", msg_id: int, payload: bytes) -> None:
+        """Multicast a message the service sends on its own (no client waits for it).
+
+        Queued per service and sent in order; retried while the ring is full.
+        Never raises ``TryAgain``.
+        """
+        ...
+
+    def conn_of(self, tag: ReplyTag) -> LibConn | None:
+        """The open connection of this node's client behind ``tag`` (None: not here, gone)."""
+        ...
+
+    def conns(self, service: "Service") -> list[LibConn]:
+        """This node's open client connections to ``service``."""
+        ...
+
+    def defer(self, tag: ReplyTag, timeout: float | None, *,
+              on_timeout: Callable[[], None] | None = None) -> Deferred:
+        """Answer ``tag`` later; if nobody did within ``timeout`` s, the host answers Timeout.
+
+        ``on_timeout`` runs after such a Timeout answer (to forget the request).
+        """
+        ...
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The members of the last completed sync round (ascending)."""
+        ...
+
+    @property
+    def is_lowest(self) -> bool:
+        """Whether this node is the lowest of ``members`` (it decides timed events)."""
+        ...
+
+    def after_sync(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after every completed sync round, once every ``sync_done`` ran."""
+        ...
+
+    @property
+    def model(self) -> Any:
+        """The AMF model (``ais.config.AmfModel``; empty without groups.conf)."""
         ...
 
 
@@ -321,6 +368,100 @@ def exec_handler(msg_id: int) -> Callable[[F], F]:
         fn.__ais_exec_id__ = msg_id  # type: ignore[attr-defined]
         return fn
     return mark
+
+
+def forward(req_id: int, msg_id: int, *, hold_during_sync: bool = True,
+            timeout: float | None = None,
+            body: Callable[[Any, LibConn, Request], bytes] | None = None
+            ) -> Callable[..., Deferred]:
+    """A library handler that only multicasts the request: declare it as a class attribute.
+
+    ``lib_unlink = forward(REQ_UNLINK, MSG_UNLINK)``: the handler multicasts
+    ``MSG_UNLINK`` with the request's tag and the answer comes from the exec
+    handler.
+
+    Args:
+        hold_during_sync: as for ``lib_handler`` (True: the request waits for
+            the end of a sync round).
+        timeout: seconds after which the host answers Timeout (``host.defer``).
+        body: ``(service, conn, req) -> payload``; checks the request (raising
+            ``SaError`` or ``IpcProtocolError``) and builds the payload.  By
+            default the payload is ``req.body`` as is.
+    """
+    def handler(self: Service, conn: LibConn, req: Request) -> Deferred:
+        payload = req.body if body is None else body(self, conn, req)
+        self.host.mcast(self, msg_id, payload, tag=req.tag)
+        return self.host.defer(req.tag, timeout) if timeout is not None else DEFERRED
+
+    # a distinct name per declaration, so two forwards of one id are caught
+    handler.__name__ = handler.__qualname__ = f"forward_{req_id}_to_{msg_id}"
+    return lib_handler(req_id, hold_during_sync=hold_during_sync)(handler)
+
+
+class LowestMemberTimers:
+    """Deadlines every node keeps and only the lowest member acts on.
+
+    Every node calls ``set`` / ``cancel`` at the same points (exec handlers,
+    ``sync_done``), so every node knows every deadline.  When one passes,
+    the lowest member of the last completed sync round multicasts
+    ``msg_id`` with the deadline's payload (``host.mcast_retried``); after
+    every completed sync round, the (possibly new) lowest member sends every
+    deadline already past, so a decision is not lost with a node that left.
+    The exec handler of ``msg_id`` makes the decision in agreed order; it
+    must be idempotent (two nodes may both send around a configuration
+    change) and ``cancel`` (or ``set`` again) the key.  No message is sent
+    during a sync round: the round's end sends what passed meanwhile.
+
+    Deadlines are ``host.now()`` values; keys are any hashable value.
+    """
+
+    def __init__(self, service: Service, msg_id: int) -> None:
+        self.service = service
+        self.msg_id = msg_id
+        self.host = service.host
+        #: key -> [deadline, payload, timer (None once it fired)]
+        self._due: dict[Any, list[Any]] = {}
+        self.host.after_sync(self._send_past)
+
+    def set(self, key: Any, deadline: float, payload: bytes) -> None:
+        """(Re)arm ``key``: at ``deadline`` the lowest member sends ``payload``."""
+        self.cancel(key)
+        delay = max(0.0, deadline - self.host.now())
+        entry: list[Any] = [deadline, payload, None]
+        self._due[key] = entry
+        entry[2] = self.host.call_later(delay, lambda: self._fire(key, entry))
+
+    def cancel(self, key: Any) -> None:
+        """Forget ``key`` (nothing happens if it is not set)."""
+        entry = self._due.pop(key, None)
+        if entry is not None and entry[2] is not None:
+            entry[2].cancel()
+
+    def deadline(self, key: Any) -> float | None:
+        """The deadline of ``key``, or None when it is not set."""
+        entry = self._due.get(key)
+        return None if entry is None else entry[0]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._due
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def _fire(self, key: Any, entry: list[Any]) -> None:
+        if self._due.get(key) is not entry:
+            return  # cancelled or set again
+        entry[2] = None
+        if self.host.is_lowest and not self.host.syncing:
+            self.host.mcast_retried(self.service, self.msg_id, entry[1])
+
+    def _send_past(self) -> None:
+        if not self.host.is_lowest:
+            return
+        now = self.host.now()
+        for deadline, payload, _ in list(self._due.values()):
+            if deadline <= now:
+                self.host.mcast_retried(self.service, self.msg_id, payload)
 
 
 class Service:
@@ -422,8 +563,8 @@ def registered_services() -> dict[str, type[Service]]:
 
 __all__ = [
     "DEFERRED", "Deferred", "NOTICE", "ExecHandlerSpec", "ExecMessage", "HostAPI", "LibConn",
-    "LibHandlerSpec", "NO_TAG", "ReplyTag", "Request", "Service", "StateGroup", "StateId",
+    "LibHandlerSpec", "LowestMemberTimers", "NO_TAG", "ReplyTag", "Request", "Service", "StateGroup", "StateId",
     "SyncInfo", "TimerHandle",
-    "create_service", "exec_handler", "lib_handler", "register_service",
+    "create_service", "exec_handler", "forward", "lib_handler", "register_service",
     "registered_services",
 ]

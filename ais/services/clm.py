@@ -40,7 +40,8 @@ Library requests (``saf._wire`` CLM section):
   the library's, which owns the buffer.
 * TRACK_STOP: NOT_EXIST when not tracking.
 * NODE_GET: the local node at once; during a sync round with a positive
-  timeout, other nodes wait for the round's end or the timeout (TIMEOUT);
+  timeout, other nodes wait for the round's end or the timeout (TIMEOUT,
+  answered by the host: ``host.defer``);
   otherwise answered from the current view; unknown -> NOT_EXIST (the later
   SAF specs' code for this case).
 * NODE_GET_ASYNC: replies OK, then a callback with the record or the error.
@@ -54,12 +55,12 @@ from typing import Any
 
 from ais.log import RateLimiter
 from ais.services.base import (
-    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service,
-    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
+    NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ReplyTag, Request, Service, SyncInfo,
+    exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import ConfChange, fmt_node
 from saf import _wire as w
-from saf.errors import SA_OK, BadFlags, IpcProtocolError, NotExist, Timeout
+from saf.errors import SA_OK, BadFlags, IpcProtocolError, NotExist
 from saf.types import (
     SA_CLM_LOCAL_NODE_ID, SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT,
     ClusterChange, ClusterNode, ClusterNotification, node_id_from_totem,
@@ -99,13 +100,6 @@ class _Tracker:
     flags: int
 
 
-@dataclass
-class _PendingGet:
-    tag: ReplyTag
-    node_id: int
-    timer: TimerHandle | None
-
-
 @register_service
 class ClmService(Service):
     """Cluster membership.  Options: ``cluster_name``, ``boot_timestamp`` (ns)."""
@@ -122,7 +116,8 @@ class ClmService(Service):
         self.view_members: tuple[int, ...] = ()
         self.records: dict[int, ClusterNode] = {}
         self.trackers: dict[int, _Tracker] = {}
-        self._pending_gets: list[_PendingGet] = []
+        #: NODE_GETs waiting for the end of a sync round: tag -> SAF node id
+        self._pending_gets: dict[ReplyTag, int] = {}
         self._round: SyncInfo | None = None
         self._record_sent = False
 
@@ -204,11 +199,9 @@ class ClmService(Service):
         self.view_number = info.ring_id.seq
         if left or joined:
             self._notify(joined, departed)
-        pending, self._pending_gets = self._pending_gets, []
-        for get in pending:
-            if get.timer is not None:
-                get.timer.cancel()
-            self._answer_get(get.tag, get.node_id)
+        pending, self._pending_gets = self._pending_gets, {}
+        for tag, node_id in pending.items():
+            self._answer_get(tag, node_id)
 
     # --- notifications ------------------------------------------------------------
 
@@ -265,17 +258,10 @@ class ClmService(Service):
         if get.node_id in (SA_CLM_LOCAL_NODE_ID, self.local.node_id):
             return w.encode_cluster_node(self.local)
         if self.host.syncing and get.timeout > 0:
-            pending = _PendingGet(req.tag, get.node_id, None)
-            pending.timer = self.host.call_later(get.timeout / 1e9,
-                                                 lambda: self._get_timed_out(pending))
-            self._pending_gets.append(pending)
-            return DEFERRED
+            self._pending_gets[req.tag] = get.node_id
+            return self.host.defer(req.tag, get.timeout / 1e9,
+                                   on_timeout=lambda: self._pending_gets.pop(req.tag, None))
         return w.encode_cluster_node(self.lookup(get.node_id))
-
-    def _get_timed_out(self, pending: _PendingGet) -> None:
-        if pending in self._pending_gets:
-            self._pending_gets.remove(pending)
-            self.host.reply_error(pending.tag, Timeout("membership still changing"))
 
     def _answer_get(self, tag: ReplyTag, node_id: int) -> None:
         try:
