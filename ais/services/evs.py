@@ -10,7 +10,7 @@ so it takes effect at the same point of the order everywhere:
 
 * JOIN / LEAVE (a client's request, answered when its ring message is
   delivered here) and EXIT (a handle finalized or its connection dropped,
-  sent by the service itself and retried while the ring is full).  A ring
+  sent by the service itself with ``host.mcast_retried``).  A ring
   message only ever changes members of its *sender* node, so no node can add
   or remove another node's processes.
 * Configuration changes: after each regular configuration the sync round
@@ -93,8 +93,6 @@ EVS_TYPE_AGREED = 2
 EVS_TYPE_SAFE = 3
 EVS_PRIO_LOWEST = 3
 
-#: seconds between retries of a message the ring refused (EXIT)
-RETRY_DELAY = 0.01
 #: MCASTs the whole ring may have in flight (sent, not yet delivered back to their
 #: sender); each node gets its share.  This bounds the burst a client may receive
 #: at once (say, when a ring re-forms after a failure) well below
@@ -141,8 +139,6 @@ class EvsService(Service):
         self._round: SyncInfo | None = None
         self._announced: dict[int, list[tuple[bytes, int, int]]] = {}
         self._to_announce: list[tuple[bytes, int, int]] | None = None
-        self._retry: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._retry_armed = False
         # Callbacks wait here behind a SAFE message that is not safe yet.
         self._held: collections.deque[list[Any]] = collections.deque()
         self.delivered = 0
@@ -167,25 +163,7 @@ class EvsService(Service):
         self.local.pop(conn.conn_id, None)
         # A JOIN still on its way counts: the EXIT follows it on the ring.
         if conn.private.get("evs_joined") or self.by_member.get((self.host.node_id, conn.conn_id)):
-            self._send_retried(MSG_EXIT, RING_EXIT.pack(conn.conn_id))
-
-    def _send_retried(self, msg_id: int, payload: bytes) -> None:
-        """Multicast a message no client waits for, in order, retrying while the ring is full."""
-        self._retry.append((msg_id, payload))
-        self._flush_retry()
-
-    def _flush_retry(self) -> None:
-        self._retry_armed = False
-        while self._retry:
-            msg_id, payload = self._retry[0]
-            try:
-                self.host.mcast(self, msg_id, payload)
-            except TryAgain:
-                if not self._retry_armed:
-                    self._retry_armed = True
-                    self.host.call_later(RETRY_DELAY, self._flush_retry)
-                return
-            self._retry.popleft()
+            self.host.mcast_retried(self, MSG_EXIT, RING_EXIT.pack(conn.conn_id))
 
     # --- the table ------------------------------------------------------------------
 
@@ -441,7 +419,7 @@ class EvsService(Service):
         if not groups:
             return b""  # tagged with no group: nobody would deliver it
         guarantee = EVS_TYPE_SAFE if req.guarantee == EVS_TYPE_SAFE else EVS_TYPE_AGREED
-        n = len(getattr(self.host, "members", ())) or 1
+        n = len(self.host.members) or 1
         if len(self._inflight) >= max(MIN_WINDOW, RING_WINDOW // n) or \
                 self._inflight_bytes >= max(MIN_WINDOW_BYTES, RING_WINDOW_BYTES // n):
             raise TryAgain("EVS window full: the ring has not delivered this node's messages yet")
