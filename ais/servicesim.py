@@ -140,7 +140,7 @@ from ais.totem.sim import _FAULT, _PKT, _TIMER, _APP, _CHECK, RunResult, SimOpti
 from ais.totem.sim import options_to_args
 from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record and trace logger
 from saf import _ckpt_wire as cw
-from saf import _wire as w
+from saf import _clm_wire as w
 from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
 from saf.types import (
     SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,

@@ -42,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from saf import _clm_wire as cw
 from saf import _wire as w
 from saf._conn import FRAME_GUARD, Connection, one_shot
 from saf.errors import InvalidParam, IpcProtocolError, Library, NoSpace, VersionError
@@ -72,7 +73,7 @@ def _check_version(version: Version | None) -> None:
 class ClmHandle(Connection):
     """An initialized CLM library handle (SaClmHandleT)."""
 
-    service_id = w.CLM_SERVICE_ID
+    service_id = cw.CLM_SERVICE_ID
 
     def __init__(self, callbacks: Callbacks | None) -> None:
         super().__init__()
@@ -93,24 +94,24 @@ class ClmHandle(Connection):
         if number_of_items is not None and number_of_items < 0:
             raise InvalidParam("number_of_items must be >= 0")
         limit = number_of_items or 0
-        self.request(w.CLM_REQ_TRACK_START,
-                     w.encode_clm_track_start(w.ClmTrackStart(track_flags, limit)))
+        self.request(cw.CLM_REQ_TRACK_START,
+                     cw.encode_clm_track_start(cw.ClmTrackStart(track_flags, limit)))
         self._track_limit = limit
 
     def cluster_track_stop(self) -> None:
         """Stop tracking.  Raises NotExist when this handle is not tracking."""
-        self.request(w.CLM_REQ_TRACK_STOP)
+        self.request(cw.CLM_REQ_TRACK_STOP)
 
     def cluster_node_get_async(self, invocation: int, node_id: int) -> None:
         """Ask for a node record; it arrives in ``cluster_node_get_callback``."""
         if not 0 <= invocation < 2**64 or not 0 <= node_id < 2**32:
             raise InvalidParam("invocation or node id out of range")
-        self.request(w.CLM_REQ_NODE_GET_ASYNC,
-                     w.encode_clm_node_get_async(w.ClmNodeGetAsync(invocation, node_id)))
+        self.request(cw.CLM_REQ_NODE_GET_ASYNC,
+                     cw.encode_clm_node_get_async(cw.ClmNodeGetAsync(invocation, node_id)))
 
     def _run_callback(self, frame: w.Frame) -> None:
-        if frame.msg_id == w.CLM_CB_TRACK:
-            cb = w.decode_clm_track_callback_untrusted(frame.body)
+        if frame.msg_id == cw.CLM_CB_TRACK:
+            cb = cw.decode_clm_track_callback_untrusted(frame.body)
             fn = self.callbacks.cluster_track_callback
             if fn is None:
                 return
@@ -119,8 +120,8 @@ class ClmHandle(Connection):
                 fn([], len(items), cb.number_of_members, cb.view_number, NoSpace.code)
             else:
                 fn(items, len(items), cb.number_of_members, cb.view_number, frame.error)
-        elif frame.msg_id == w.CLM_CB_NODE_GET:
-            ng = w.decode_clm_node_get_callback_untrusted(frame.body, frame.error)
+        elif frame.msg_id == cw.CLM_CB_NODE_GET:
+            ng = cw.decode_clm_node_get_callback_untrusted(frame.body, frame.error)
             fn2 = self.callbacks.cluster_node_get_callback
             if fn2 is not None:
                 fn2(ng.invocation, ng.node, frame.error)
@@ -158,10 +159,10 @@ def cluster_node_get(node_id: int, timeout: int) -> ClusterNode:
         raise InvalidParam("node id out of range")
     t = max(0, min(timeout, SA_TIME_END))
     guard = None if t >= SA_TIME_END else t / 1e9 + FRAME_GUARD
-    body = one_shot(w.CLM_SERVICE_ID, w.CLM_REQ_NODE_GET,
-                    w.encode_clm_node_get(w.ClmNodeGet(node_id, t)), guard)
+    body = one_shot(cw.CLM_SERVICE_ID, cw.CLM_REQ_NODE_GET,
+                    cw.encode_clm_node_get(cw.ClmNodeGet(node_id, t)), guard)
     try:
-        return w.decode_cluster_node_untrusted(body)
+        return cw.decode_cluster_node_untrusted(body)
     except IpcProtocolError as exc:
         raise Library(f"garbled reply: {exc}") from None
 

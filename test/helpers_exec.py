@@ -25,6 +25,7 @@ from ais.executive import ServiceHost  # noqa: E402
 from ais.testing import FakeBus, ManualScheduler  # noqa: E402
 from ais.services.clm import ClmService  # noqa: E402
 from ais.totem.events import node_of  # noqa: E402
+from saf import _clm_wire  # noqa: E402
 from saf import _wire as w  # noqa: E402
 from saf.errors import SA_OK  # noqa: E402
 
@@ -93,7 +94,7 @@ class ServiceCluster:
 
     def connect(self, addr: str) -> FakeConn:
         host = self.hosts[addr]
-        conn = FakeConn(host.new_conn_id(), w.CLM_SERVICE_ID)
+        conn = FakeConn(host.new_conn_id(), _clm_wire.CLM_SERVICE_ID)
         host.lib_connect(conn)
         return conn
 

@@ -11,7 +11,7 @@ import pytest
 from ais.executive import ServiceHost
 from ais.totem.events import node_of
 from helpers_exec import BOOT, ExecThread, ServiceCluster
-from saf import _wire as w
+from saf import _clm_wire as w
 from saf import clm
 from saf.errors import (
     BadFlags, BadHandle, InvalidParam, Library, NotExist, Timeout, VersionError,

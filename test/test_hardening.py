@@ -23,6 +23,7 @@ from ais.services.clm import ClmService
 from ais.totem.events import Deliver, node_of
 from helpers_exec import BOOT, FakeConn
 from saf import _ckpt_wire as cw
+from saf import _clm_wire
 from saf import _wire as w
 from saf.errors import SA_OK, IpcProtocolError, SaError
 from saf.types import SA_TIME_END
@@ -248,7 +249,7 @@ def test_lib_handler_fuzz(seed):
     cl = Cluster()
     cl.populate()
     valid = [p[28:] for p in cl.sent if len(p) >= 28]
-    for service in (cw.CKPT_SERVICE_ID, w.CLM_SERVICE_ID):
+    for service in (cw.CKPT_SERVICE_ID, _clm_wire.CLM_SERVICE_ID):
         svc = cl.hosts[A].services[service]
         conn = cl.connect(A, service)
         if service == cw.CKPT_SERVICE_ID:

@@ -124,7 +124,7 @@ def test_checker_catches_torn_section_bytes() -> None:
 
 
 def test_checker_catches_a_stale_membership_callback() -> None:
-    from saf import _wire as w
+    from saf import _clm_wire as w
     from saf.types import ClusterChange, ClusterNotification
     from ais.services.clm import record_for
     from saf.types import node_id_from_totem

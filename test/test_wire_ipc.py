@@ -1,9 +1,10 @@
-"""IPC framing (saf/_wire.py): exact bytes both ways, and garbage raises only IpcProtocolError."""
+"""Client IPC and ring wire formats: exact bytes both ways, and garbage raises only the decoder's error."""
 import random
 import struct
 
 import pytest
 
+from saf import _clm_wire as clw
 from saf import _wire as w
 from saf.errors import IpcProtocolError
 from saf.types import ClusterChange, ClusterNode, ClusterNotification
@@ -28,15 +29,15 @@ CASES = [
      b"\x02\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
     (w.HelloReply(5, 9), w.encode_hello_reply, w.decode_hello_reply_untrusted,
      b"\x00\x00\x00\x05" + b"\x00" * 7 + b"\x09"),
-    (w.ClmTrackStart(0x05, 64), w.encode_clm_track_start, w.decode_clm_track_start_untrusted,
+    (clw.ClmTrackStart(0x05, 64), clw.encode_clm_track_start, clw.decode_clm_track_start_untrusted,
      b"\x05\x00\x00\x00\x00\x00\x00\x40"),
-    (w.ClmNodeGet(0x6201A8C0, -1), w.encode_clm_node_get, w.decode_clm_node_get_untrusted,
+    (clw.ClmNodeGet(0x6201A8C0, -1), clw.encode_clm_node_get, clw.decode_clm_node_get_untrusted,
      b"\x62\x01\xa8\xc0" + b"\xff" * 8),
-    (w.ClmNodeGetAsync(0x55, 0), w.encode_clm_node_get_async,
-     w.decode_clm_node_get_async_untrusted, b"\x00" * 7 + b"\x55" + b"\x00" * 4),
-    (NODE, w.encode_cluster_node, w.decode_cluster_node_untrusted, _node_bytes(NODE)),
-    (w.ClmTrackCallback(8, 2, (ClusterNotification(NODE, ClusterChange.SA_CLM_NODE_LEFT),)),
-     w.encode_clm_track_callback, w.decode_clm_track_callback_untrusted,
+    (clw.ClmNodeGetAsync(0x55, 0), clw.encode_clm_node_get_async,
+     clw.decode_clm_node_get_async_untrusted, b"\x00" * 7 + b"\x55" + b"\x00" * 4),
+    (NODE, clw.encode_cluster_node, clw.decode_cluster_node_untrusted, _node_bytes(NODE)),
+    (clw.ClmTrackCallback(8, 2, (ClusterNotification(NODE, ClusterChange.SA_CLM_NODE_LEFT),)),
+     clw.encode_clm_track_callback, clw.decode_clm_track_callback_untrusted,
      struct.pack("!QII", 8, 2, 1) + _node_bytes(NODE) + b"\x03"),
 ]
 
@@ -50,11 +51,11 @@ def test_round_trip(obj, enc, dec, data):
 
 @pytest.mark.timeout(10)
 def test_node_get_callback_round_trip():
-    cb = w.ClmNodeGetCallback(0x60, NODE)
-    data = w.encode_clm_node_get_callback(cb)
-    assert w.decode_clm_node_get_callback_untrusted(data, 1) == cb
+    cb = clw.ClmNodeGetCallback(0x60, NODE)
+    data = clw.encode_clm_node_get_callback(cb)
+    assert clw.decode_clm_node_get_callback_untrusted(data, 1) == cb
     # With an error the record is not handed out.
-    assert w.decode_clm_node_get_callback_untrusted(data, 12).node is None
+    assert clw.decode_clm_node_get_callback_untrusted(data, 12).node is None
 
 
 @pytest.mark.timeout(10)
@@ -92,10 +93,10 @@ def test_bad_frames(data):
 
 DECODERS = [
     w.decode_frame_untrusted, w.decode_hello_untrusted, w.decode_hello_reply_untrusted,
-    w.decode_clm_track_start_untrusted, w.decode_clm_node_get_untrusted,
-    w.decode_clm_node_get_async_untrusted, w.decode_cluster_node_untrusted,
-    w.decode_clm_track_callback_untrusted,
-    lambda d: w.decode_clm_node_get_callback_untrusted(d, 1),
+    clw.decode_clm_track_start_untrusted, clw.decode_clm_node_get_untrusted,
+    clw.decode_clm_node_get_async_untrusted, clw.decode_cluster_node_untrusted,
+    clw.decode_clm_track_callback_untrusted,
+    lambda d: clw.decode_clm_node_get_callback_untrusted(d, 1),
 ]
 
 
@@ -132,3 +133,82 @@ def test_frame_buffer_garbage():
                     pass
         except IpcProtocolError:
             pass
+
+
+# --- pinned bytes of CKPT bodies and Totem packets, written out with struct by hand -----------
+# (taken before these modules moved to saf/_codec.py: the move must not change one byte)
+
+from ais.totem import wire as tw  # noqa: E402
+from ais.totem.events import RingId  # noqa: E402
+from saf import _ckpt_wire as cw  # noqa: E402
+
+ATTRS = cw.CreationAttributes(cw.SA_CKPT_WR_ACTIVE_REPLICA, 1 << 33, -5, 7, 1 << 20, 9)
+_ATTRS_BYTES = struct.pack("!IQqIQI", 2, 1 << 33, -5, 7, 1 << 20, 9)
+_RING = RingId(0x0102030405060708, 0x0A000001)
+
+PINNED = [
+    (lambda: cw.encode_open(cw.OpenReq(b"ck", 3, ATTRS, 99, 5, True)),
+     struct.pack("!QIBBq", 5, 3, 1, 1, 99) + _ATTRS_BYTES + b"ck"),
+    (lambda: cw.encode_open(cw.OpenReq(b"ck", 1, None)),
+     struct.pack("!QIBBq", 0, 1, 0, 0, 0x7FFFFFFFFFFFFFFF) + bytes(36) + b"ck"),
+    (lambda: cw.encode_open_callback(7, 3), struct.pack("!QI", 7, 3)),
+    (lambda: cw.encode_retention(-1), b"\xff" * 8),
+    (lambda: cw.encode_status(cw.CheckpointStatus(ATTRS, 4, 1000)),
+     _ATTRS_BYTES + struct.pack("!IQ", 4, 1000)),
+    (lambda: cw.encode_section_create(cw.SectionCreateReq(b"sid", 10, 20, 30, b"data")),
+     struct.pack("!qqqH", 10, 20, 30, 3) + b"sid" + b"data"),
+    (lambda: cw.encode_section_expiration(b"s", 1, 2), struct.pack("!qq", 1, 2) + b"s"),
+    (lambda: cw.encode_iter_init(5, -2), struct.pack("!Iq", 5, -2)),
+    (lambda: cw.encode_iter_id(0x01020304), b"\x01\x02\x03\x04"),
+    (lambda: cw.encode_iter_next_reply(True, [cw.SectionDescriptor(b"ab", 1, 2, 1, 3)]),
+     struct.pack("!BI", 1, 1) + struct.pack("!HqQBq", 2, 1, 2, 1, 3) + b"ab"),
+    (lambda: cw.encode_write(cw.WriteReq(6, ((b"a", 8, b"xyz"), (b"", 0, b""))),),
+     struct.pack("!qI", 6, 2) + struct.pack("!HQI", 1, 8, 3) + b"axyz"
+     + struct.pack("!HQI", 0, 0, 0)),
+    (lambda: cw.encode_overwrite(4, b"id", b"dd"), struct.pack("!qH", 4, 2) + b"iddd"),
+    (lambda: cw.encode_read([(b"q", 1, cw.READ_ALL)]),
+     struct.pack("!I", 1) + struct.pack("!HQI", 1, 1, 0xFFFFFFFF) + b"q"),
+    (lambda: cw.encode_io_status(12, 3), struct.pack("!iI", 12, 3)),
+    (lambda: cw.encode_read_reply(1, 0, [b"ab", b""]),
+     struct.pack("!iII", 1, 0, 2) + b"\x00\x00\x00\x02ab" + b"\x00" * 4),
+    (lambda: cw.encode_synchronize(9, True, 11), struct.pack("!QBq", 9, 1, 11)),
+    (lambda: cw.encode_sync_callback(9), struct.pack("!Q", 9)),
+    (lambda: cw.encode_attrs(ATTRS), _ATTRS_BYTES),
+    (lambda: tw.encode_mcast(0x0A000002, _RING, 77, 1, b"pay"),
+     struct.pack("!BBI", 1, 1, 0x0A000002) + struct.pack("!QIQB", _RING.seq, _RING.rep, 77, 1)
+     + b"pay"),
+    (lambda: tw.encode_recovered(_RING, 5, 0x0A000003, b"old"),
+     struct.pack("!QIQI", _RING.seq, _RING.rep, 5, 0x0A000003) + b"old"),
+    (lambda: tw.encode_token(tw.Token(3, _RING, 1, 2, 3, 4, 5, 6, 1, 2, [9, 8])),
+     struct.pack("!BBI", 1, 2, 3) + struct.pack("!QIQQQIIIBBH", _RING.seq, _RING.rep, 1, 2, 3,
+                                                4, 5, 6, 1, 2, 2) + struct.pack("!QQ", 9, 8)),
+    (lambda: tw.encode_join(tw.Join(3, 40, frozenset({9, 2}), frozenset({5}))),
+     struct.pack("!BBI", 1, 3, 3) + struct.pack("!QHH", 40, 2, 1) + struct.pack("!III", 2, 9, 5)),
+    (lambda: tw.encode_commit(tw.Commit(3, _RING, [tw.CommitEntry(1, True, RingId(5, 1), 6, 7),
+                                                   tw.CommitEntry(2)])),
+     struct.pack("!BBI", 1, 4, 3) + struct.pack("!QIH", _RING.seq, _RING.rep, 2)
+     + struct.pack("!IBQIQQ", 1, 1, 5, 1, 6, 7) + struct.pack("!IBQIQQ", 2, 0, 0, 0, 0, 0)),
+    (lambda: tw.encode_probe(tw.WAKE, 3, _RING),
+     struct.pack("!BBI", 1, 6, 3) + struct.pack("!QI", _RING.seq, _RING.rep)),
+]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("encode,expected", PINNED)
+def test_pinned_bytes(encode, expected):
+    assert encode() == expected
+
+
+@pytest.mark.timeout(10)
+def test_pinned_ckpt_and_totem_decode_back():
+    assert cw.decode_open_untrusted(PINNED[0][1]) == cw.OpenReq(b"ck", 3, ATTRS, 99, 5, True)
+    assert cw.decode_open_untrusted(PINNED[1][1]) == cw.OpenReq(b"ck", 1, None)
+    assert cw.decode_write_untrusted(PINNED[10][1]) == cw.WriteReq(
+        6, ((b"a", 8, b"xyz"), (b"", 0, b"")))
+    assert cw.decode_read_reply_untrusted(PINNED[14][1]) == (1, 0, [b"ab", b""])
+    assert cw.decode_iter_next_reply_untrusted(PINNED[9][1]) == (
+        True, [cw.SectionDescriptor(b"ab", 1, 2, 1, 3)])
+    assert tw.decode_untrusted(PINNED[18][1]) == tw.Mcast(0x0A000002, _RING, 77, 1, b"pay")
+    assert tw.decode_untrusted(PINNED[20][1]) == tw.Token(3, _RING, 1, 2, 3, 4, 5, 6, 1, 2, [9, 8])
+    assert tw.decode_untrusted(PINNED[21][1]) == tw.Join(3, 40, frozenset({9, 2}), frozenset({5}))
+    assert tw.decode_untrusted(PINNED[23][1]) == tw.Probe(tw.WAKE, 3, _RING)

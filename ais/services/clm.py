@@ -59,7 +59,7 @@ from ais.services.base import (
     exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import ConfChange, fmt_node
-from saf import _wire as w
+from saf import _clm_wire as w
 from saf.errors import SA_OK, BadFlags, IpcProtocolError, NotExist
 from saf.types import (
     SA_CLM_LOCAL_NODE_ID, SA_TRACK_CHANGES, SA_TRACK_CHANGES_ONLY, SA_TRACK_CURRENT,
