@@ -43,11 +43,20 @@ MAX_MESSAGE = 1024 * 1024
 # Group list (JOIN / LEAVE request body): | count u16 | pad u16 | count x group[32] |
 GROUP_LIST = struct.Struct("!H2x")
 
-# MCAST_JOINED request: | guarantee u8 | priority u8 | pad u16 | data ... |
-MCAST_JOINED_REQ = struct.Struct("!BB2x")
+# MCAST_JOINED request: | guarantee u8 | priority u8 | flags u8 | pad u8 | data ... |
+MCAST_JOINED_REQ = struct.Struct("!BBBx")
 
-# MCAST_GROUPS request: | guarantee u8 | priority u8 | count u16 | count x group[32] | data ... |
-MCAST_GROUPS_REQ = struct.Struct("!BBH")
+# MCAST_GROUPS request:
+#  | guarantee u8 | priority u8 | flags u8 | pad u8 | count u16 | pad u16 |
+#  | count x group[32] | data ... |
+MCAST_GROUPS_REQ = struct.Struct("!BBBxH2x")
+
+#: MCAST flag: the library pipelines (does not wait for the answer), so when the
+#: ring is full the executive holds the request and answers once it is on the
+#: ring, instead of answering TRY_AGAIN; at most ``PIPELINE`` per handle.
+MCAST_QUEUE = 0x01
+#: requests with MCAST_QUEUE one handle may have unanswered
+PIPELINE = 32
 
 # A member (12 bytes): | node u32 (Totem id) | conn u32 | pid u32 |
 MEMBER = struct.Struct("!III")
@@ -74,6 +83,7 @@ class McastRequest:
     priority: int
     groups: tuple[bytes, ...]  #: empty for MCAST_JOINED
     data: bytes
+    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +138,8 @@ def _groups(body: bytes, off: int, count: int, exact: bool) -> tuple[tuple[bytes
 def encode_mcast(req: McastRequest, joined: bool) -> bytes:
     """An MCAST_JOINED (``joined``) or MCAST_GROUPS request body."""
     if joined:
-        return MCAST_JOINED_REQ.pack(req.guarantee, req.priority) + req.data
-    return (MCAST_GROUPS_REQ.pack(req.guarantee, req.priority, len(req.groups))
+        return MCAST_JOINED_REQ.pack(req.guarantee, req.priority, req.flags) + req.data
+    return (MCAST_GROUPS_REQ.pack(req.guarantee, req.priority, req.flags, len(req.groups))
             + b"".join(req.groups) + req.data)
 
 
@@ -137,13 +147,13 @@ def decode_mcast_untrusted(body: bytes, joined: bool) -> McastRequest:
     if joined:
         if len(body) < MCAST_JOINED_REQ.size:
             raise IpcProtocolError("MCAST_JOINED: truncated")
-        g, p = MCAST_JOINED_REQ.unpack_from(body)
-        return McastRequest(g, p, (), bytes(body[MCAST_JOINED_REQ.size:]))
+        g, p, f = MCAST_JOINED_REQ.unpack_from(body)
+        return McastRequest(g, p, (), bytes(body[MCAST_JOINED_REQ.size:]), f)
     if len(body) < MCAST_GROUPS_REQ.size:
         raise IpcProtocolError("MCAST_GROUPS: truncated")
-    g, p, count = MCAST_GROUPS_REQ.unpack_from(body)
+    g, p, f, count = MCAST_GROUPS_REQ.unpack_from(body)
     groups, end = _groups(body, MCAST_GROUPS_REQ.size, count, exact=False)
-    return McastRequest(g, p, groups, bytes(body[end:]))
+    return McastRequest(g, p, groups, bytes(body[end:]), f)
 
 
 def encode_member(m: Member) -> bytes:
@@ -184,7 +194,7 @@ __all__ = [
     "ConfchgCallback", "DeliverCallback", "EVS_CB_CONFCHG", "EVS_CB_DELIVER",
     "EVS_REQ_JOIN", "EVS_REQ_LEAVE", "EVS_REQ_MCAST_GROUPS", "EVS_REQ_MCAST_JOINED",
     "EVS_SERVICE_ID", "GROUP_SIZE", "MAX_GROUPS", "MAX_GROUPS_PER_CALL", "MAX_MESSAGE",
-    "McastRequest", "Member", "decode_confchg_untrusted", "decode_deliver_untrusted",
+    "MCAST_QUEUE", "McastRequest", "Member", "PIPELINE", "decode_confchg_untrusted", "decode_deliver_untrusted",
     "decode_group_list_untrusted", "decode_mcast_untrusted", "encode_confchg",
     "encode_deliver_head", "encode_group_list", "encode_mcast", "encode_member", "group_key",
 ]

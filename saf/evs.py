@@ -45,14 +45,20 @@ its calls raise ``Library``.
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from saf import _evs_wire as ew
 from saf import _wire as w
-from saf._conn import Connection
-from saf.errors import BadHandle, InvalidParam, Library, TooManyGroups
+from saf._conn import REQUEST_GUARD, Connection
+from saf.errors import (
+    SA_OK, BadHandle, InvalidParam, IpcProtocolError, Library, SaError, Timeout, TooManyGroups,
+    TryAgain,
+)
 from saf.types import SA_DISPATCH_ALL, SA_DISPATCH_BLOCKING
 
 EVS_OK = 1
@@ -137,9 +143,100 @@ class EvsHandle(Connection):
 
     service_id = ew.EVS_SERVICE_ID
 
-    def __init__(self, callbacks: Callbacks | None) -> None:
+    #: seconds a multicast waits for room in a full pipeline before TryAgain
+    PIPELINE_WAIT = 0.05
+
+    def __init__(self, callbacks: Callbacks | None, pipeline: bool = True) -> None:
         super().__init__()
         self.callbacks = callbacks or Callbacks()
+        self.pipeline = pipeline
+        # Reentrant: request() drains the pipeline under it, then the base takes it again.
+        self._req_lock = threading.RLock()  # type: ignore[assignment]
+        self._unanswered: collections.deque[int] = collections.deque()
+        self._late_error: SaError | None = None
+
+    # --- the multicast pipeline -------------------------------------------------------
+    #
+    # A multicast is sent without waiting for its answer; at most
+    # ``_evs_wire.PIPELINE`` are unanswered at once.  The executive never refuses
+    # one for lack of room (MCAST_QUEUE): when the ring is full it holds it and
+    # answers once it is on the ring, so a full pipeline means a full ring, and the
+    # caller gets TryAgain after ``PIPELINE_WAIT``.  Every other request first
+    # collects the answers still due, so responses stay matched to their requests.
+
+    def _reap(self, until: int, deadline: float | None) -> None:
+        """Read answers until at most ``until`` are unanswered, waiting until
+        ``deadline`` (monotonic s; None: only what is readable now).
+
+        Raises:
+            Timeout: the deadline passed.  Library, BadHandle.
+        """
+        while len(self._unanswered) > until:
+            if deadline is None and not self._req.ready():
+                return
+            try:
+                frame = self._req.recv_frame(deadline if deadline is not None
+                                             else time.monotonic() + REQUEST_GUARD)
+            except IpcProtocolError as exc:
+                raise Library(f"garbled reply: {exc}") from None
+            except Library:
+                if self.finalized:
+                    raise BadHandle("handle finalized during the call") from None
+                raise
+            if frame.seq not in self._unanswered:
+                continue
+            self._unanswered.remove(frame.seq)
+            if frame.error != SA_OK and self._late_error is None:
+                try:
+                    self._late_error = SaError.from_code(frame.error, "an earlier multicast")
+                except ValueError:
+                    self._late_error = Library(f"unknown error code {frame.error}")
+
+    def _raise_late(self) -> None:
+        err, self._late_error = self._late_error, None
+        if err is not None:
+            raise err
+
+    def _mcast(self, msg_id: int, req: ew.McastRequest, joined: bool) -> None:
+        if not self.pipeline:
+            self.request(msg_id, ew.encode_mcast(req, joined))
+            return
+        body = ew.encode_mcast(ew.McastRequest(req.guarantee, req.priority, req.groups,
+                                               req.data, ew.MCAST_QUEUE), joined)
+        self._check_open()
+        with self._req_lock:
+            self._check_open()
+            self._reap(ew.PIPELINE, None)
+            if len(self._unanswered) >= ew.PIPELINE:
+                try:
+                    self._reap(ew.PIPELINE - 1, time.monotonic() + self.PIPELINE_WAIT)
+                except Timeout:
+                    raise TryAgain("the ring is full: every pipelined multicast waits") \
+                        from None
+            self._raise_late()
+            self._seq = (self._seq % 0xFFFFFFFF) + 1
+            self._req.send(w.Frame(self.service_id, msg_id, 0, self._seq, body))
+            self._unanswered.append(self._seq)
+
+    def flush(self, timeout: float = REQUEST_GUARD) -> None:
+        """Wait until every multicast sent so far is on the ring.
+
+        Raises:
+            the error of an earlier multicast, if one failed; Timeout.
+        """
+        self._check_open()
+        with self._req_lock:
+            self._reap(0, time.monotonic() + timeout)
+            self._raise_late()
+
+    def request(self, msg_id: int, body: bytes = b"", *,
+                timeout: float | None = REQUEST_GUARD) -> bytes:
+        self._check_open()
+        with self._req_lock:
+            if self._unanswered:
+                self._reap(0, time.monotonic() + REQUEST_GUARD)
+            self._raise_late()
+            return super().request(msg_id, body, timeout=timeout)
 
     def fd_get(self) -> int:
         """evs_fd_get: the descriptor to select()/poll() on."""
@@ -185,8 +282,8 @@ class EvsHandle(Connection):
             InvalidParam: guarantee, priority, or a message over ``MAX_MESSAGE``.
         """
         _check(guarantee, priority)
-        self.request(ew.EVS_REQ_MCAST_JOINED, ew.encode_mcast(
-            ew.McastRequest(guarantee, priority, (), _data(iovec)), joined=True))
+        self._mcast(ew.EVS_REQ_MCAST_JOINED,
+                    ew.McastRequest(guarantee, priority, (), _data(iovec)), joined=True)
 
     def mcast_groups(self, guarantee: int, priority: int, groups: Iterable[Group],
                      iovec: bytes | bytearray | memoryview | Sequence[bytes]) -> None:
@@ -195,8 +292,8 @@ class EvsHandle(Connection):
         keys = _keys(groups, "mcast_groups")
         if not keys or len(keys) > ew.MAX_GROUPS:
             raise InvalidParam(f"mcast_groups: {len(keys)} groups")
-        self.request(ew.EVS_REQ_MCAST_GROUPS, ew.encode_mcast(
-            ew.McastRequest(guarantee, priority, tuple(keys), _data(iovec)), joined=False))
+        self._mcast(ew.EVS_REQ_MCAST_GROUPS,
+                    ew.McastRequest(guarantee, priority, tuple(keys), _data(iovec)), joined=False)
 
     def dispatch(self, flags: int = EVS_DISPATCH_ALL) -> None:  # type: ignore[override]
         """evs_dispatch: run callbacks in this thread.

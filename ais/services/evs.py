@@ -104,6 +104,8 @@ RING_WINDOW = 64
 RING_WINDOW_BYTES = 2 * 1024 * 1024
 #: every node may have at least this much in flight
 MIN_WINDOW, MIN_WINDOW_BYTES = 16, 256 * 1024
+#: seconds between tries to send held multicasts while the ring refuses them
+PUMP_DELAY = 0.01
 
 Key = tuple[int, int]  # (node, conn)
 
@@ -148,6 +150,11 @@ class EvsService(Service):
         self._mcast_seq = 0
         self._inflight: collections.deque[tuple[int, int]] = collections.deque()
         self._inflight_bytes = 0
+        #: multicasts of pipelining clients held until the window opens, in order:
+        #: (conn, reply tag, guarantee, groups, data)
+        self._waiting: collections.deque[tuple[LibConn, Any, int, tuple[bytes, ...], bytes]] = \
+            collections.deque()
+        self._pump_armed = False
 
     # --- hooks -------------------------------------------------------------------
 
@@ -161,6 +168,9 @@ class EvsService(Service):
 
     def on_lib_exit(self, conn: LibConn) -> None:
         self.local.pop(conn.conn_id, None)
+        if conn.private.get("evs_waiting"):
+            # Held multicasts of a handle that finalized are dropped with it.
+            self._waiting = collections.deque(e for e in self._waiting if e[0] is not conn)
         # A JOIN still on its way counts: the EXIT follows it on the ring.
         if conn.private.get("evs_joined") or self.by_member.get((self.host.node_id, conn.conn_id)):
             self.host.mcast_retried(self, MSG_EXIT, RING_EXIT.pack(conn.conn_id))
@@ -278,6 +288,8 @@ class EvsService(Service):
             inflight = self._inflight
             while inflight and inflight[0][0] <= seq:
                 self._inflight_bytes -= inflight.popleft()[1]
+            if self._waiting:
+                self._pump_waiting()
         index = self.local_index
         if len(groups) == 1:
             targets: Iterable[int] = index.get(groups[0], ())
@@ -374,6 +386,7 @@ class EvsService(Service):
                 self.by_member.setdefault(key, set()).add(group)
                 if key[0] == me:
                     self.local_index.setdefault(group, set()).add(key[1])
+        self._pump_waiting()
         for group, left, joined in changes:
             if left:
                 self.log.debug("group %r: %d left (%s)", group.rstrip(b"\0"), len(left),
@@ -411,7 +424,24 @@ class EvsService(Service):
                         tag=req.tag)
         return DEFERRED
 
-    def _mcast(self, conn: LibConn, req: ew.McastRequest, groups: tuple[bytes, ...]) -> bytes:
+    def _window_open(self) -> bool:
+        n = len(self.host.members) or 1
+        return len(self._inflight) < max(MIN_WINDOW, RING_WINDOW // n) and \
+            self._inflight_bytes < max(MIN_WINDOW_BYTES, RING_WINDOW_BYTES // n)
+
+    def _send_mcast(self, conn: LibConn, guarantee: int, groups: tuple[bytes, ...],
+                    data: bytes) -> None:
+        """Hand one MCAST to the ring.  Raises TryAgain when the ring refuses."""
+        seq = self._mcast_seq + 1
+        self.host.mcast(self, MSG_MCAST, RING_MCAST.pack(
+            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, len(groups), seq)
+            + b"".join(groups) + data)
+        self._mcast_seq = seq
+        self._inflight.append((seq, len(data)))
+        self._inflight_bytes += len(data)
+
+    def _mcast(self, conn: LibConn, req: ew.McastRequest, groups: tuple[bytes, ...],
+               tag: Any) -> bytes | Deferred:
         if not 0 <= req.guarantee <= EVS_TYPE_SAFE or not 0 <= req.priority <= EVS_PRIO_LOWEST:
             raise InvalidParam(f"guarantee {req.guarantee} / priority {req.priority}")
         if len(req.data) > ew.MAX_MESSAGE:
@@ -419,31 +449,63 @@ class EvsService(Service):
         if not groups:
             return b""  # tagged with no group: nobody would deliver it
         guarantee = EVS_TYPE_SAFE if req.guarantee == EVS_TYPE_SAFE else EVS_TYPE_AGREED
-        n = len(self.host.members) or 1
-        if len(self._inflight) >= max(MIN_WINDOW, RING_WINDOW // n) or \
-                self._inflight_bytes >= max(MIN_WINDOW_BYTES, RING_WINDOW_BYTES // n):
+        if not self._waiting and self._window_open():
+            try:
+                self._send_mcast(conn, guarantee, groups, req.data)
+                return b""
+            except TryAgain:
+                if not req.flags & ew.MCAST_QUEUE:
+                    raise
+        elif not req.flags & ew.MCAST_QUEUE:
             raise TryAgain("EVS window full: the ring has not delivered this node's messages yet")
-        seq = self._mcast_seq + 1
-        self.host.mcast(self, MSG_MCAST, RING_MCAST.pack(
-            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, len(groups), seq)
-            + b"".join(groups) + req.data)
-        self._mcast_seq = seq
-        self._inflight.append((seq, len(req.data)))
-        self._inflight_bytes += len(req.data)
-        return b""
+        # A pipelining library already returned to its caller: hold the message
+        # (in order, behind the others held) until the window opens.
+        held = conn.private.get("evs_waiting", 0)
+        if held >= ew.PIPELINE:
+            raise TryAgain(f"more than {ew.PIPELINE} multicasts unanswered")
+        conn.private["evs_waiting"] = held + 1
+        self._waiting.append((conn, tag, guarantee, groups, req.data))
+        self._arm_pump()
+        return DEFERRED
+
+    def _arm_pump(self) -> None:
+        if not self._pump_armed:
+            self._pump_armed = True
+            self.host.call_later(PUMP_DELAY, self._pump_timer)
+
+    def _pump_timer(self) -> None:
+        self._pump_armed = False
+        self._pump_waiting()
+
+    def _pump_waiting(self) -> None:
+        """Send held multicasts while the window is open; answer each once sent."""
+        waiting = self._waiting
+        while waiting and self._window_open():
+            conn, tag, guarantee, groups, data = waiting[0]
+            if not conn.closed:
+                try:
+                    self._send_mcast(conn, guarantee, groups, data)
+                except TryAgain:
+                    self._arm_pump()
+                    return
+                conn.private["evs_waiting"] -= 1
+                self.host.reply(tag)
+            waiting.popleft()
+        if waiting:
+            self._arm_pump()  # in case the window only opens with a configuration change
 
     @lib_handler(ew.EVS_REQ_MCAST_JOINED)
-    def lib_mcast_joined(self, conn: LibConn, req: Request) -> bytes:
+    def lib_mcast_joined(self, conn: LibConn, req: Request) -> bytes | Deferred:
         m = ew.decode_mcast_untrusted(req.body, joined=True)
         mine = self.by_member.get((self.host.node_id, conn.conn_id))
-        return self._mcast(conn, m, tuple(sorted(mine)) if mine else ())
+        return self._mcast(conn, m, tuple(sorted(mine)) if mine else (), req.tag)
 
     @lib_handler(ew.EVS_REQ_MCAST_GROUPS)
-    def lib_mcast_groups(self, conn: LibConn, req: Request) -> bytes:
+    def lib_mcast_groups(self, conn: LibConn, req: Request) -> bytes | Deferred:
         m = ew.decode_mcast_untrusted(req.body, joined=False)
         if not m.groups:
             raise InvalidParam("no group named")
-        return self._mcast(conn, m, tuple(_dedupe(m.groups)))
+        return self._mcast(conn, m, tuple(_dedupe(m.groups)), req.tag)
 
     def status(self) -> dict[str, Any]:
         """For logs and the status command."""
