@@ -22,11 +22,12 @@ from saf import evs  # noqa: E402
 from saf.errors import SA_OK, SaError, TryAgain  # noqa: E402
 
 API = ["evs_mcast_joined", "evs_mcast_groups"]
-state = {"api": API[0]}
+state = {"api": API[0], "delivered": 0}
 
 
 def deliver(source_addr: str, msg: bytes) -> None:
     text = msg.split(b"\0", 1)[0].decode(errors="replace")
+    state["delivered"] += 1
     print(f"API '{state['api']}' msg '{text}'")
 
 
@@ -66,6 +67,16 @@ def send(h: evs.EvsHandle, fn, *args) -> None:
     h.dispatch(evs.EVS_DISPATCH_ALL)
 
 
+def settle(h: evs.EvsHandle, total: int, timeout: float = 10.0) -> None:
+    """Wait until the messages sent so far (``total``) came back, so each
+    delivery is printed under the API that sent it."""
+    h.flush()
+    end = time.monotonic() + timeout
+    while state["delivered"] < total and time.monotonic() < end:
+        h.dispatch(evs.EVS_DISPATCH_ALL)
+        time.sleep(0.01)
+
+
 def main() -> int:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     try:
@@ -81,16 +92,13 @@ def main() -> int:
         text = f"evs_mcast_joined: This is message {i}".encode()
         buf[:len(text) + 1] = text + b"\0"
         send(h, h.mcast_joined, evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, bytes(buf))
+    settle(h, count)
     state["api"] = API[1]
     for i in range(count):
         text = f"evs_mcast_groups: This is message {i}".encode()
         buf[:len(text) + 1] = text + b"\0"
         send(h, h.mcast_groups, evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, [b"key2"], bytes(buf))
-    # The last messages' deliveries may still be on their way round the ring.
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        h.dispatch(evs.EVS_DISPATCH_ALL)
-        time.sleep(0.05)
+    settle(h, 2 * count)
     h.finalize()
     return 0
 

@@ -37,11 +37,19 @@ ordered after its join.  Groups are 32-byte keys (shorter names zero-padded).
 Guarantees: UNORDERED, FIFO and AGREED give agreed order; SAFE delivers once
 every node holds the message.  Priorities are accepted and ignored.
 
-Flow control: ``mcast_*`` raise ``TryAgain`` when the ring's send queue is
-full (retry, as testevs does); a handle that stops dispatching is
-disconnected by the executive once its queued callbacks pass the executive's
-bound (``limits { max_queued_callbacks, max_queued_bytes }``), after which
-its calls raise ``Library``.
+Flow control and pipelining: a multicast returns once the executive has it,
+without waiting for the answer; up to 32 may be unanswered.  The executive
+puts them on the ring in order as the ring makes room (each node may have a
+bounded number in flight), so when the ring is full the pipeline fills and
+``mcast_*`` raise ``TryAgain`` (retry, as testevs does).  ``flush()`` waits
+until every multicast sent is on the ring; ``finalize`` drops those still
+waiting for room.  ``initialize(..., pipeline=False)`` gives one round trip
+per call instead (each call's own result).  A handle that stops dispatching
+is disconnected by the executive once its queued callbacks pass the bound
+(``limits { max_queued_callbacks, max_queued_bytes }``); its calls then raise
+``Library``.  Before that, at half the bound, the executive refuses its
+requests: a refused pipelined multicast is reported by the next call
+(``TryAgain`` naming "an earlier multicast"), and that message was not sent.
 """
 from __future__ import annotations
 
@@ -188,7 +196,8 @@ class EvsHandle(Connection):
             self._unanswered.remove(frame.seq)
             if frame.error != SA_OK and self._late_error is None:
                 try:
-                    self._late_error = SaError.from_code(frame.error, "an earlier multicast")
+                    self._late_error = SaError.from_code(
+                        frame.error, "an earlier multicast was refused and not sent")
                 except ValueError:
                     self._late_error = Library(f"unknown error code {frame.error}")
 
@@ -348,13 +357,16 @@ class EvsHandle(Connection):
         return self
 
 
-def initialize(callbacks: Callbacks | None = None) -> EvsHandle:
+def initialize(callbacks: Callbacks | None = None, pipeline: bool = True) -> EvsHandle:
     """evs_initialize: connect to the local executive's EVS service.
+
+    Args:
+        pipeline: multicasts do not wait for their answers (see the module docstring).
 
     Raises:
         TryAgain: no executive.  Security: not allowed.  Library.
     """
-    return EvsHandle(callbacks)
+    return EvsHandle(callbacks, pipeline)
 
 
 __all__ = [

@@ -547,3 +547,38 @@ def test_library_pipeline_full_ring_is_try_again_then_drains(sock_dir, monkeypat
             h.leave(["key1"])  # a request after pipelined ones gets its own answer
             with pytest.raises(NotExist):
                 h.leave(["key1"])
+
+
+@pytest.mark.timeout(60)
+def test_testevs_and_evsbench_examples(sock_dir):
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    with EvsExec(sock_dir, [A]) as ex:
+        env = dict(os.environ, AIS_SOCKET=ex.socket_of(A))
+        r = subprocess.run([sys.executable, str(root / "examples" / "testevs.py"), "20"], env=env,
+                           capture_output=True, text=True, timeout=50)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == "Init result 1"
+        assert "Join result 1" in lines and "Leave result 1" in lines
+        got = [ln for ln in lines if ln.startswith("API ")]
+        assert got == ([f"API 'evs_mcast_joined' msg 'evs_mcast_joined: This is message {i}'"
+                        for i in range(20)] +
+                       [f"API 'evs_mcast_groups' msg 'evs_mcast_groups: This is message {i}'"
+                        for i in range(20)])
+        assert lines.count("CONFIGURATION CHANGE") == 3  # joined key1, key2, key3
+        i = lines.index("CONFIGURATION CHANGE")
+        assert lines[i + 1].startswith("---") and lines[i + 3] == "New configuration"
+        assert lines[i + 4].startswith("127.0.0.1 pid ") and "Members Left:" in lines[i + 5]
+        r = subprocess.run([sys.executable, str(root / "examples" / "evsbench.py"), "--rounds", "2",
+                            "--count", "300"], env=env, capture_output=True, text=True,
+                           timeout=50)
+        assert r.returncode == 0, r.stderr
+        rounds = [ln for ln in r.stdout.splitlines() if "TP/s" in ln]
+        pat = re.compile(r"^ *(\d+) Writes +(\d+) bytes per write +[\d.]+ Seconds runtime +"
+                         r"[\d.]+ TP/s +[\d.]+ MB/s\.$")
+        assert [pat.match(ln).groups() for ln in rounds] == [("300", "1300"), ("240", "1400")]
