@@ -205,7 +205,7 @@ def test_node_loss_every_process_leaves_at_the_same_point_on_survivors():
     cl.send(A, a, b"after")
     ea, eb = events(a), events(b)
     assert ea == eb
-    assert [e[1] if e[0] == "msg" else e[1] for e in ea] == [
+    assert [e[1] for e in ea] == [
         b"from c", b"before", b"in flight", b"key1", b"key2", b"after"]
     conf1 = ea[3]
     assert set(conf1[3]) == {me(cl, C, c1), me(cl, C, c2)}

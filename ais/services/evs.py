@@ -252,9 +252,9 @@ class EvsService(Service):
 
     @exec_handler(MSG_LEAVE)
     def exec_leave(self, msg: ExecMessage) -> None:
-        conn, _pid, groups = _decode_who(msg.payload)
+        conn, _pid, named = _decode_who(msg.payload)
         key = (msg.sender, conn)
-        groups = _dedupe(groups)
+        groups = _dedupe(named)
         mine = self.by_member.get(key, set())
         if not all(g in mine for g in groups):
             # A concurrent leave got there first: nothing changes (all or nothing).
