@@ -152,7 +152,7 @@ class EvsHandle(Connection):
     service_id = ew.EVS_SERVICE_ID
 
     #: seconds a multicast waits for room in a full pipeline before TryAgain
-    PIPELINE_WAIT = 0.05
+    PIPELINE_WAIT = 0.002
 
     def __init__(self, callbacks: Callbacks | None, pipeline: bool = True) -> None:
         super().__init__()

@@ -521,7 +521,7 @@ def test_pipelined_multicasts_are_held_in_order_not_refused():
     host.lib_exit(a2)
     cl.bus.resume()
     cl.run()
-    assert not cl.evs(A)._waiting
+    assert not cl.evs(A)._queues
     assert msgs(b)[-share:] == [b"q%d" % i for i in range(share)]
 
 
@@ -582,3 +582,33 @@ def test_testevs_and_evsbench_examples(sock_dir):
         pat = re.compile(r"^ *(\d+) Writes +(\d+) bytes per write +[\d.]+ Seconds runtime +"
                          r"[\d.]+ TP/s +[\d.]+ MB/s\.$")
         assert [pat.match(ln).groups() for ln in rounds] == [("300", "1300"), ("240", "1400")]
+
+
+@pytest.mark.timeout(20)
+def test_sender_behind_on_its_callbacks_is_held_not_refused_others_go_on():
+    cl = EvsCluster([A, B])
+    cl.form([A, B])
+    slow, fast, b = cl.connect(A), cl.connect(A), cl.connect(B)
+    cl.join(B, b, G1)
+    behind = {"on": True}
+    slow.congested = lambda: behind["on"]  # what ais.ipc reports for a client not reading
+    host = cl.hosts[A]
+
+    def pipelined(conn, data):
+        cl._seq += 1
+        req = ew.McastRequest(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, (G1,), data, ew.MCAST_QUEUE)
+        host.lib_request(conn, ew.EVS_REQ_MCAST_GROUPS, cl._seq, ew.encode_mcast(req, False))
+
+    for i in range(3):
+        pipelined(slow, b"slow%d" % i)
+    cl.run()
+    assert slow.responses == [] and msgs(b) == []
+    for i in range(3):
+        pipelined(fast, b"fast%d" % i)
+    cl.sched.advance(0.1)
+    assert msgs(b) == [b"fast0", b"fast1", b"fast2"]  # not stuck behind the slow handle
+    assert slow.responses == []
+    behind["on"] = False
+    cl.sched.advance(0.1)
+    assert msgs(b)[3:] == [b"slow0", b"slow1", b"slow2"]
+    assert [f.error for f in slow.responses] == [SA_OK] * 3

@@ -51,6 +51,15 @@ outbox in ``ais.ipc``; a client that stops dispatching is disconnected once
 ``IpcLimits.max_queued_callbacks`` frames or ``max_queued_bytes`` bytes wait
 for it (the ring is never held back for one reader), and its groups see it
 leave like any finalize.
+
+Pipelining: ``saf.evs`` sends multicasts without waiting for their answers
+(MCAST_QUEUE, at most ``_evs_wire.PIPELINE`` unanswered per handle).  Those
+are never refused for lack of room: when the window is full, or when the
+sending handle is behind on reading its own callbacks
+(``IpcConnection.congested``, a quarter of its outbox bounds), they are held
+per handle, in its order, and sent round-robin between handles as room
+appears; each is answered once it is on the ring.  A handle that finalizes
+drops what it still has held.
 """
 from __future__ import annotations
 
@@ -105,7 +114,7 @@ RING_WINDOW_BYTES = 2 * 1024 * 1024
 #: every node may have at least this much in flight
 MIN_WINDOW, MIN_WINDOW_BYTES = 16, 256 * 1024
 #: seconds between tries to send held multicasts while the ring refuses them
-PUMP_DELAY = 0.01
+PUMP_DELAY = 0.002
 
 Key = tuple[int, int]  # (node, conn)
 
@@ -120,6 +129,12 @@ def _decode_who(payload: bytes) -> tuple[int, int, tuple[bytes, ...]]:
 
 def _dedupe(groups: Iterable[bytes]) -> list[bytes]:
     return list(dict.fromkeys(groups))
+
+
+def _congested(conn: LibConn) -> bool:
+    """The handle is behind on reading its callbacks (``ais.ipc``; test fakes: never)."""
+    congested = getattr(conn, "congested", None)
+    return bool(congested is not None and congested())
 
 
 @register_service
@@ -150,10 +165,12 @@ class EvsService(Service):
         self._mcast_seq = 0
         self._inflight: collections.deque[tuple[int, int]] = collections.deque()
         self._inflight_bytes = 0
-        #: multicasts of pipelining clients held until the window opens, in order:
-        #: (conn, reply tag, guarantee, groups, data)
-        self._waiting: collections.deque[tuple[LibConn, Any, int, tuple[bytes, ...], bytes]] = \
-            collections.deque()
+        #: multicasts of pipelining clients held until the window opens, per handle
+        #: in its order: (conn, reply tag, guarantee, groups, data); ``_rr`` is
+        #: the round-robin order of the handles with some held
+        self._queues: dict[int, collections.deque[
+            tuple[LibConn, Any, int, tuple[bytes, ...], bytes]]] = {}
+        self._rr: collections.deque[int] = collections.deque()
         self._pump_armed = False
 
     # --- hooks -------------------------------------------------------------------
@@ -168,9 +185,8 @@ class EvsService(Service):
 
     def on_lib_exit(self, conn: LibConn) -> None:
         self.local.pop(conn.conn_id, None)
-        if conn.private.get("evs_waiting"):
-            # Held multicasts of a handle that finalized are dropped with it.
-            self._waiting = collections.deque(e for e in self._waiting if e[0] is not conn)
+        # Held multicasts of a handle that finalized are dropped with it.
+        self._queues.pop(conn.conn_id, None)
         # A JOIN still on its way counts: the EXIT follows it on the ring.
         if conn.private.get("evs_joined") or self.by_member.get((self.host.node_id, conn.conn_id)):
             self.host.mcast_retried(self, MSG_EXIT, RING_EXIT.pack(conn.conn_id))
@@ -288,7 +304,7 @@ class EvsService(Service):
             inflight = self._inflight
             while inflight and inflight[0][0] <= seq:
                 self._inflight_bytes -= inflight.popleft()[1]
-            if self._waiting:
+            if self._queues:
                 self._pump_waiting()
         index = self.local_index
         if len(groups) == 1:
@@ -449,7 +465,7 @@ class EvsService(Service):
         if not groups:
             return b""  # tagged with no group: nobody would deliver it
         guarantee = EVS_TYPE_SAFE if req.guarantee == EVS_TYPE_SAFE else EVS_TYPE_AGREED
-        if not self._waiting and self._window_open():
+        if not self._queues and not _congested(conn) and self._window_open():
             try:
                 self._send_mcast(conn, guarantee, groups, req.data)
                 return b""
@@ -458,13 +474,16 @@ class EvsService(Service):
                     raise
         elif not req.flags & ew.MCAST_QUEUE:
             raise TryAgain("EVS window full: the ring has not delivered this node's messages yet")
-        # A pipelining library already returned to its caller: hold the message
-        # (in order, behind the others held) until the window opens.
-        held = conn.private.get("evs_waiting", 0)
-        if held >= ew.PIPELINE:
+        # A pipelining library already returned to its caller: hold the message,
+        # in its handle's order, until the window opens (and the handle reads
+        # its callbacks again, if it is behind).
+        queue = self._queues.get(conn.conn_id)
+        if queue is None:
+            queue = self._queues[conn.conn_id] = collections.deque()
+            self._rr.append(conn.conn_id)
+        if len(queue) >= ew.PIPELINE:
             raise TryAgain(f"more than {ew.PIPELINE} multicasts unanswered")
-        conn.private["evs_waiting"] = held + 1
-        self._waiting.append((conn, tag, guarantee, groups, req.data))
+        queue.append((conn, tag, guarantee, groups, req.data))
         self._arm_pump()
         return DEFERRED
 
@@ -478,21 +497,35 @@ class EvsService(Service):
         self._pump_waiting()
 
     def _pump_waiting(self) -> None:
-        """Send held multicasts while the window is open; answer each once sent."""
-        waiting = self._waiting
-        while waiting and self._window_open():
-            conn, tag, guarantee, groups, data = waiting[0]
-            if not conn.closed:
-                try:
-                    self._send_mcast(conn, guarantee, groups, data)
-                except TryAgain:
-                    self._arm_pump()
-                    return
-                conn.private["evs_waiting"] -= 1
-                self.host.reply(tag)
-            waiting.popleft()
-        if waiting:
-            self._arm_pump()  # in case the window only opens with a configuration change
+        """Send held multicasts while the window is open, one handle after another
+        (each in its own order); answer each once it is on the ring."""
+        queues, rr = self._queues, self._rr
+        idle = 0  # handles skipped in a row because they are behind on their callbacks
+        while rr and idle < len(rr) and self._window_open():
+            cid = rr.popleft()
+            queue = queues.get(cid)
+            if not queue or queue[0][0].closed:
+                queues.pop(cid, None)
+                continue
+            conn, tag, guarantee, groups, data = queue[0]
+            if _congested(conn):
+                rr.append(cid)
+                idle += 1
+                continue
+            try:
+                self._send_mcast(conn, guarantee, groups, data)
+            except TryAgain:
+                rr.appendleft(cid)
+                break
+            idle = 0
+            queue.popleft()
+            self.host.reply(tag)
+            if queue:
+                rr.append(cid)
+            else:
+                del queues[cid]
+        if queues:
+            self._arm_pump()  # the window or a handle's backlog may free up without a delivery
 
     @lib_handler(ew.EVS_REQ_MCAST_JOINED)
     def lib_mcast_joined(self, conn: LibConn, req: Request) -> bytes | Deferred:
