@@ -612,3 +612,75 @@ def test_sender_behind_on_its_callbacks_is_held_not_refused_others_go_on():
     cl.sched.advance(0.1)
     assert msgs(b)[3:] == [b"slow0", b"slow1", b"slow2"]
     assert [f.error for f in slow.responses] == [SA_OK] * 3
+
+
+class LimitedEvsExec(EvsExec):
+    """EvsExec whose IPC server has the given limits."""
+
+    def __init__(self, sock_dir: str, limits) -> None:
+        super().__init__(sock_dir, [A], group=None, mode=0o777)
+        self.limits = limits
+
+    def _add(self, addr, sched, server_cls) -> None:
+        host = self.make_host(addr, sched)
+        self.bus.port(host)
+        srv = server_cls(host, self.socket_of(addr), group=None, mode=0o777, limits=self.limits)
+        srv.start()
+        self.hosts[addr] = host
+        self.servers[addr] = srv
+
+
+@pytest.mark.timeout(60)
+def test_a_member_not_reading_is_refused_at_half_the_bytes_then_closed(sock_dir, monkeypatch,
+                                                                      caplog):
+    import socket
+
+    from ais.ipc import IpcLimits
+    from saf import _wire as w
+    limit = 1 << 20
+    with LimitedEvsExec(sock_dir, IpcLimits(max_queued_bytes=limit)) as ex:
+        monkeypatch.setenv("AIS_SOCKET", ex.socket_of(A))
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # never opens its callbacks
+        raw.settimeout(10)
+        raw.connect(ex.socket_of(A))
+        buf = w.FrameBuffer()
+
+        def call(msg_id: int, seq: int, body: bytes) -> int:
+            try:
+                raw.sendall(w.encode_frame(w.Frame(ew.EVS_SERVICE_ID, msg_id, 0, seq, body)))
+                while not buf.has_frame():
+                    data = raw.recv(65536)
+                    if not data:
+                        return -1  # closed
+                    buf.feed(data)
+            except OSError:
+                return -1
+            return buf.next_frame().error
+
+        assert call(w.MSG_HELLO, 1, w.encode_hello(w.Hello(w.ROLE_REQUEST, 0))) == SA_OK
+        assert call(ew.EVS_REQ_JOIN, 2, ew.encode_group_list([G1])) == SA_OK
+        with evs.initialize() as h:
+            data = b"x" * 16384
+            for _ in range(20):  # 320 KiB: over a quarter, under half
+                h.mcast_groups(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, ["key1"], data)
+            h.flush()
+            assert call(ew.EVS_REQ_LEAVE, 3, ew.encode_group_list([G2])) == NotExist.code
+            for _ in range(20):  # 640 KiB: past half
+                h.mcast_groups(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, ["key1"], data)
+            h.flush()
+            assert ex.wait_until(lambda: ex.hosts[A].service_by_name("evs").delivered >= 40)
+            assert call(ew.EVS_REQ_LEAVE, 4, ew.encode_group_list([G2])) == TryAgain.code
+            assert "limit max_queued_bytes (1048576 bytes) half reached" in caplog.text
+            for _ in range(40):  # past the limit: the executive closes it
+                h.mcast_groups(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, ["key1"], data)
+            h.flush()
+            end = time.monotonic() + 10
+            while call(ew.EVS_REQ_LEAVE, 5, ew.encode_group_list([G2])) != -1:
+                assert time.monotonic() < end
+                time.sleep(0.05)
+            assert "limit max_queued_bytes" in caplog.text and "closing connection" in caplog.text
+            # the other handle is unaffected and sees the closed one leave
+            h.join(["key1"])
+            h.mcast_groups(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, ["key1"], b"still here")
+            h.flush()
+        raw.close()
