@@ -684,3 +684,51 @@ def test_a_member_not_reading_is_refused_at_half_the_bytes_then_closed(sock_dir,
             h.mcast_groups(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW, ["key1"], b"still here")
             h.flush()
         raw.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.timeout(60)
+def test_fuzzed_requests_and_ring_messages_never_escape(seed):
+    """Random and mutated bodies for every EVS library handler and ring message:
+    only SaError / IpcProtocolError come out of a request, bad ring messages are
+    dropped alike on every node, and the tables stay equal."""
+    import random
+
+    from ais.services import evs as sev
+    rng = random.Random(seed)
+    cl = EvsCluster([A, B])
+    cl.form([A, B])
+    a, b = cl.connect(A), cl.connect(B)
+    cl.join(A, a, G1, G2)
+    cl.join(B, b, G1)
+    valid = [ew.encode_group_list([G1, G3]), ew.encode_mcast(
+        ew.McastRequest(2, 3, (G1,), b"data", ew.MCAST_QUEUE), False),
+        ew.encode_mcast(ew.McastRequest(3, 0, (), b"d", 0), True)]
+
+    def body() -> bytes:
+        if rng.random() < 0.5:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
+        raw = bytearray(rng.choice(valid))
+        for _ in range(rng.randrange(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        return bytes(raw[:rng.randrange(len(raw) + 1)]) if rng.random() < 0.3 else bytes(raw)
+
+    host = cl.hosts[A]
+    for _ in range(300):
+        conn = cl.connect(A) if rng.random() < 0.05 else a
+        try:
+            host.lib_request(conn, rng.choice(list(EvsService.lib_handlers) + [99]),
+                             rng.randrange(1, 1 << 30), body())
+        except IpcProtocolError:
+            pass
+        cl.run()
+    for _ in range(200):
+        host.mcast(cl.evs(A), rng.choice([sev.MSG_JOIN, sev.MSG_LEAVE, sev.MSG_MCAST,
+                                          sev.MSG_EXIT, sev.MSG_SYNC_MEMBERS]), body())
+    cl.run()
+    assert cl.evs(A).groups == cl.evs(B).groups
+    assert cl.hosts[A].bad_messages["evs"] == cl.hosts[B].bad_messages["evs"] > 0
+    # still serving
+    b.callbacks.clear()
+    assert cl.send(A, a, b"ok", (G1,)) == SA_OK
+    assert msgs(b)[-1:] == [b"ok"]
