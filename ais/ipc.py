@@ -29,8 +29,10 @@ name when it bites (rate-limited, like every line a client can provoke):
 
 * ``max_queued_callbacks`` / ``max_queued_bytes``: frames and bytes waiting
   in one outbox -- including callbacks produced before the client opened its
-  callback channel.  Past half the count, the connection's new requests are
-  answered SA_ERR_TRY_AGAIN without running; past the limit it is closed.
+  callback channel.  Past half the count (or half the bytes), the
+  connection's new requests are answered SA_ERR_TRY_AGAIN without running;
+  past the limit it is closed.  ``IpcConnection.congested()`` (a quarter)
+  lets a service hold back work that can wait.
 * ``max_buffered_bytes``: request bytes held for incomplete frames, all
   connections together (beyond the first ``FREE_PARTIAL`` of each, so small
   requests always pass); the connection whose data passes it is closed.
@@ -281,6 +283,20 @@ class IpcConnection:
             n += len(self._cb_out.queue)
         return n
 
+    def backlog_bytes(self) -> int:
+        """Bytes queued for the client and not yet written (both channels)."""
+        n = self._early_bytes + self._req_out.bytes
+        if self._cb_out is not None:
+            n += self._cb_out.bytes
+        return n
+
+    def congested(self) -> bool:
+        """A quarter of the outbox limits is used: work that can wait should (EVS
+        holds a pipelining sender's multicasts), before requests are refused at half."""
+        limits = self.server.limits
+        return (self.backlog() * 4 >= limits.max_queued_callbacks
+                or self.backlog_bytes() * 4 >= limits.max_queued_bytes)
+
     def limit_hit(self, name: str, value: int, what: str) -> None:
         """Close this connection because limit ``name`` was reached; log which."""
         self.server.log_limit(name, "closing connection %d (pid %d): limit %s (%d %s) reached",
@@ -521,6 +537,14 @@ class IpcServer:
                                    "connection %d (pid %d): request refused with TRY_AGAIN: "
                                    "limit max_queued_callbacks (%d frames) half reached",
                                    conn.conn_id, conn.pid, self.limits.max_queued_callbacks)
+                    conn.send_response(frame.msg_id, frame.seq, TryAgain.code)
+                    continue
+                if conn.backlog_bytes() * 2 >= self.limits.max_queued_bytes:
+                    # The same in bytes: big callbacks reach the byte limit first.
+                    self.log_limit("max_queued_bytes",
+                                   "connection %d (pid %d): request refused with TRY_AGAIN: "
+                                   "limit max_queued_bytes (%d bytes) half reached",
+                                   conn.conn_id, conn.pid, self.limits.max_queued_bytes)
                     conn.send_response(frame.msg_id, frame.seq, TryAgain.code)
                     continue
                 try:

@@ -118,6 +118,11 @@ class BadFlags(SaError): code = 28; sa_name = "SA_ERR_BAD_FLAGS"  # noqa: E701,E
 class Security(SaError): code = 29; sa_name = "SA_ERR_SECURITY"  # noqa: E701,E702
 
 
+# EVS's own code (spec/evs.md 2), outside the SaErrorT table: only saf.evs raises it,
+# before anything reaches the executive, so from_code need not know it.
+class TooManyGroups(SaError): code = 30; sa_name = "EVS_ERR_TOO_MANY_GROUPS"  # noqa: E701,E702
+
+
 _BY_CODE: dict[int, type[SaError]] = {}
 for _name, _code, _sa in _TABLE:
     _cls = globals()[_name]
@@ -129,4 +134,4 @@ del _name, _code, _sa, _cls
 #: every error class, by code (read-only use)
 ERRORS_BY_CODE: dict[int, type[SaError]] = dict(_BY_CODE)
 
-__all__ = ["SA_OK", "SaError", "IpcProtocolError", "ERRORS_BY_CODE"] + [n for n, _, _ in _TABLE]
+__all__ = ["SA_OK", "SaError", "IpcProtocolError", "ERRORS_BY_CODE", "TooManyGroups"] + [n for n, _, _ in _TABLE]
