@@ -42,6 +42,8 @@ PACKET_HEADER = struct.Struct("!BBI")
 
 #  ring seq (8) | ring rep (4) | seq (8) | flags (1) | payload ...
 MCAST_HEADER = struct.Struct("!QIQB")
+#: bytes a regular frame's packet adds to its payload (packet and mcast headers)
+MCAST_OVERHEAD = PACKET_HEADER.size + MCAST_HEADER.size
 MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
 
 #  old ring seq (8) | old ring rep (4) | old seq (8) | old sender (4) | old payload ...
