@@ -434,7 +434,7 @@ def test_groups_conf_lenient_spacing_and_defaults() -> None:
           protection { name=p2
             member=c2 }
         }
-        """))
+        """))  # noqa: W291 (trailing blanks after "unit {" are part of the test)
     g1, g2 = model.groups
     assert (g1.model, g1.active_units, g1.backup_units) == (GroupModel.TWO_N, 0, 0)
     assert g1.units[0].components[0].model is ComponentModel.ONE_ACTIVE_OR_ONE_STANDBY
