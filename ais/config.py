@@ -16,9 +16,7 @@ openais.conf (``section { key: value }``, ``#`` comments)::
 
     network  { bindnetaddr mcastaddr mcastport transport member* }
     logging  { logoutput* logfile debug timestamp }
-    totem    { token token_retransmit join consensus merge_detect token_hold
-               window_size max_messages frame_size netmtu fail_recv_const
-               fail_recv_backoff max_members }
+    totem    { one key per field of TotemSettings, declared there once }
     aisexec  { socket authkey groups group statedir clustername }
     limits   { max_connections max_queued_callbacks max_queued_bytes
                max_buffered_bytes frame_timeout max_checkpoints
@@ -40,21 +38,23 @@ groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import os
 import re
-import shutil
-import socket
 import stat
-import struct
-import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pyparsing as pp
 
+from ais.netif import IPV4_UDP_HEADER_BYTES, Interface, local_ipv4_addresses
+from ais.netif import interface_mtu as interface_mtu  # ais.main finds it here
+from ais.totem.crypto import OVERHEAD as CRYPTO_OVERHEAD
 from ais.totem.events import TotemConfig
+from ais.totem.wire import MCAST_OVERHEAD
 
 #: Where clients look for the executive when ``AIS_SOCKET`` is not set
 #: (DESIGN.md).  ``saf`` must use the same path.
@@ -438,42 +438,77 @@ class LoggingConfig:
     timestamp: bool = True
 
 
-_TOTEM_DEFAULTS = TotemConfig()
-#: bytes a frame's datagram adds on the wire: IPv4 (20) + UDP (8) + crypto (32)
-#: + the Totem packet and frame headers (27)
-FRAME_OVERHEAD = 87
+_RING = TotemConfig()
+#: Smallest and largest ring frame: room for headers, and one UDP datagram
+#: (65507 bytes) with space left for the crypto envelope.
+FRAME_SIZE_RANGE = (576, 65000)
+#: bytes a frame's datagram adds on the wire: IPv4 and UDP headers, the crypto
+#: envelope (version, nonce, tag) and the Totem packet and frame headers
+FRAME_OVERHEAD = IPV4_UDP_HEADER_BYTES + CRYPTO_OVERHEAD + MCAST_OVERHEAD
+
+
+def _setting(convert: Callable[[str], Any], default: Any, meaning: str, *,
+             shown: str | None = None, within: tuple[int, int] | None = None) -> Any:
+    """Declare one ``totem`` key: the field, its converter, its README row.
+
+    Args:
+        convert: text -> value, raising ValueError (``_millis``, ``_positive_int``).
+        default: the value when the key is absent (TotemConfig's, by name).
+        meaning: the README's meaning column.
+        shown: the README's default column when ``default`` does not say it.
+        within: inclusive bounds checked after the cross-key rules.
+    """
+    return field(default=default, metadata={
+        "convert": convert, "meaning": meaning, "shown": shown, "within": within})
 
 
 @dataclass(frozen=True)
 class TotemSettings:
-    """The ``totem`` section.  Times in milliseconds; defaults are TotemConfig's."""
+    """The ``totem`` section.  Times in milliseconds.
 
-    #: no token for this long: the ring is declared lost and re-formed
-    token: float = _TOTEM_DEFAULTS.token
-    #: resend the token when the successor stays silent this long
-    token_retransmit: float = _TOTEM_DEFAULTS.token_retransmit
-    #: resend join messages this often while gathering
-    join: float = _TOTEM_DEFAULTS.join
-    #: give up on processors that have not agreed after this long
-    consensus: float = _TOTEM_DEFAULTS.consensus
-    #: how often the representative probes for other rings
-    merge_detect: float = _TOTEM_DEFAULTS.merge_detect
-    #: how long an idle ring's token rests at the representative
-    token_hold: float = _TOTEM_DEFAULTS.token_hold
-    #: frames the whole ring may send per rotation
-    window_size: int = _TOTEM_DEFAULTS.window_size
-    #: frames one node may send per token visit
-    max_messages: int = _TOTEM_DEFAULTS.max_messages
-    #: largest frame in bytes before encryption; None: derived from the MTU
-    frame_size: int | None = None
-    #: the network's MTU; None: the MTU of the interface the ring is bound to
-    netmtu: int | None = None
-    #: token visits a member's aru may hold the ring back before it leaves (fail to receive)
-    fail_recv_const: int = _TOTEM_DEFAULTS.fail_recv_const
-    #: how long a member that failed to receive stays apart before merging again
-    fail_recv_backoff: float = _TOTEM_DEFAULTS.fail_recv_backoff
-    #: most processors a ring may have; packets naming more are refused
-    max_members: int = _TOTEM_DEFAULTS.max_members
+    Each field is the one declaration of its key: the parser's key table, the
+    defaults (TotemConfig's), the range checks and the README rows
+    (:func:`totem_table`) all come from these fields.
+    """
+
+    token: float = _setting(_millis, _RING.token,
+                            "ms without the token before the ring is re-formed")
+    token_retransmit: float = _setting(
+        _millis, _RING.token_retransmit,
+        "longest wait before the token is resent (never more than token/20); the wait "
+        "adapts: measured rotation time plus four deviations, doubling per resend, never "
+        f"under {_RING.token_retransmit_min:g} ms")
+    join: float = _setting(_millis, _RING.join, "gather: join resend interval")
+    consensus: float = _setting(_millis, _RING.consensus,
+                                "gather: give up on processors that have not agreed")
+    merge_detect: float = _setting(_millis, _RING.merge_detect,
+                                   "how often a ring's representative probes for other rings")
+    token_hold: float = _setting(_millis, _RING.token_hold,
+                                 "how long an idle ring's token rests per rotation")
+    window_size: int = _setting(_positive_int, _RING.window_size,
+                                "frames per rotation, whole ring")
+    max_messages: int = _setting(_positive_int, _RING.max_messages,
+                                 "frames per token visit, one node")
+    frame_size: int | None = _setting(
+        _positive_int, None,
+        "largest frame before encryption, if you would rather set it directly",
+        shown="derived from `netmtu`", within=FRAME_SIZE_RANGE)
+    netmtu: int | None = _setting(
+        _positive_int, None,
+        "the network's MTU; frames are sized so their datagrams fit it (loopback: 65536 -> "
+        f"{FRAME_SIZE_RANGE[1]}-byte frames; Ethernet: 1500 -> {1500 - FRAME_OVERHEAD})",
+        shown="the MTU of the ring's interface",
+        within=(FRAME_SIZE_RANGE[0] + FRAME_OVERHEAD, 65535))
+    fail_recv_const: int = _setting(
+        _positive_int, _RING.fail_recv_const,
+        "token visits a member's aru may hold the ring back without moving before it "
+        "declares that it fails to receive and leaves")
+    fail_recv_backoff: float = _setting(
+        _millis, _RING.fail_recv_backoff,
+        "ms such a member stays apart before merging again (doubled on repeats, up to 8x)")
+    max_members: int = _setting(_positive_int, _RING.max_members,
+                                "most processors a ring may have; packets naming more are "
+                                "refused")
 
     def resolved_frame_size(self, interface_mtu: int | None = None) -> int:
         """The frame size: ``frame_size`` if given, else the largest frame whose
@@ -483,22 +518,32 @@ class TotemSettings:
             return self.frame_size
         mtu = self.netmtu or interface_mtu
         if mtu is None:
-            return _TOTEM_DEFAULTS.frame_size
+            return _RING.frame_size
         lo, hi = FRAME_SIZE_RANGE
         return max(lo, min(hi, mtu - FRAME_OVERHEAD))
 
     def to_totem_config(self, interface_mtu: int | None = None) -> TotemConfig:
         """The ring's parameters; settings not in this section keep their defaults."""
-        return TotemConfig(
-            token=self.token, token_retransmit=self.token_retransmit, join=self.join,
-            consensus=self.consensus, merge_detect=self.merge_detect,
-            token_hold=self.token_hold, window_size=self.window_size,
-            max_messages=self.max_messages,
-            frame_size=self.resolved_frame_size(interface_mtu),
-            fail_recv_const=self.fail_recv_const, fail_recv_backoff=self.fail_recv_backoff,
-            max_members=self.max_members,
-        )
+        return dataclasses.replace(
+            _RING, **{k: getattr(self, k) for k in _TOTEM_RING_KEYS},
+            frame_size=self.resolved_frame_size(interface_mtu))
 
+
+#: the settings passed to TotemConfig as they are (frame_size is resolved first)
+_TOTEM_RING_KEYS = tuple(f.name for f in dataclasses.fields(TotemSettings)
+                         if f.name in {g.name for g in dataclasses.fields(TotemConfig)}
+                         and f.name != "frame_size")
+
+
+def totem_table() -> list[str]:
+    """The README's rows for the ``totem`` section (markdown), one per key."""
+    rows = []
+    for i, f in enumerate(dataclasses.fields(TotemSettings)):
+        shown = f.metadata["shown"] or (
+            f"{f.default:g}" if isinstance(f.default, float) else str(f.default))
+        rows.append(f"{'| totem |' if i == 0 else '| |'} `{f.name}` | {shown} | "
+                    f"{f.metadata['meaning']} |")
+    return rows
 
 @dataclass(frozen=True)
 class AisexecConfig:
@@ -595,21 +640,7 @@ _LOGGING_KEYS = {
     "debug": _Key(_on_off),
     "timestamp": _Key(_on_off),
 }
-_TOTEM_KEYS = {
-    "token": _Key(_millis),
-    "token_retransmit": _Key(_millis),
-    "join": _Key(_millis),
-    "consensus": _Key(_millis),
-    "merge_detect": _Key(_millis),
-    "token_hold": _Key(_millis),
-    "window_size": _Key(_positive_int),
-    "max_messages": _Key(_positive_int),
-    "frame_size": _Key(_positive_int),
-    "netmtu": _Key(_positive_int),
-    "fail_recv_const": _Key(_positive_int),
-    "fail_recv_backoff": _Key(_millis),
-    "max_members": _Key(_positive_int),
-}
+_TOTEM_KEYS = {f.name: _Key(f.metadata["convert"]) for f in dataclasses.fields(TotemSettings)}
 _AISEXEC_KEYS = {
     "socket": _Key(str),
     "authkey": _Key(str),
@@ -643,9 +674,6 @@ def _sa_name(text: str) -> str:
         raise ValueError(f"{len(text.encode())} bytes, more than the {MAX_NAME} "
                          "an SaNameT holds")
     return text
-#: Smallest and largest ring frame: room for headers, and one UDP datagram
-#: (65507 bytes) with space left for the crypto envelope.
-FRAME_SIZE_RANGE = (576, 65000)
 
 
 def _network(v: _Values) -> NetworkConfig:
@@ -716,13 +744,11 @@ def _totem(v: _Values) -> TotemSettings:
           "or a resting token looks lost")
     check(t.max_messages <= t.window_size, ("window_size", "max_messages"),
           f"max_messages ({t.max_messages}) must not exceed window_size ({t.window_size})")
-    lo, hi = FRAME_SIZE_RANGE
-    if t.frame_size is not None:
-        check(lo <= t.frame_size <= hi, ("frame_size",),
-              f"frame_size: {t.frame_size} is outside {lo}..{hi}")
-    if t.netmtu is not None:
-        check(lo + FRAME_OVERHEAD <= t.netmtu <= 65535, ("netmtu",),
-              f"netmtu: {t.netmtu} is outside {lo + FRAME_OVERHEAD}..65535")
+    for f in dataclasses.fields(TotemSettings):
+        value, within = getattr(t, f.name), f.metadata["within"]
+        if within is not None and value is not None:
+            lo, hi = within
+            check(lo <= value <= hi, (f.name,), f"{f.name}: {value} is outside {lo}..{hi}")
     return t
 
 
@@ -749,7 +775,7 @@ def _limits(v: _Values) -> LimitsConfig:
     return LimitsConfig(**{k: v.get(k, getattr(defaults, k)) for k in _LIMITS_KEYS})
 
 
-def prepare_statedir(cfg: "OpenaisConfig") -> str:
+def prepare_statedir(cfg: OpenaisConfig) -> str:
     """Create ``aisexec { statedir }`` if missing and check it is a writable directory.
 
     Returns:
@@ -837,28 +863,6 @@ def load_openais_conf(path: str) -> OpenaisConfig:
 # --------------------------------------------------------------------------
 
 
-class Interface(NamedTuple):
-    """One IPv4 address of a local interface."""
-
-    name: str
-    address: str
-    prefixlen: int
-
-
-def interface_mtu(address: str, interfaces: Sequence[Interface]) -> int | None:
-    """MTU of the interface whose network holds ``address`` (None if unknown)."""
-    addr = ipaddress.IPv4Address(address)
-    for iface in interfaces:
-        net = ipaddress.IPv4Network(f"{iface.address}/{iface.prefixlen}", strict=False)
-        if addr in net:
-            try:
-                with open(f"/sys/class/net/{iface.name}/mtu") as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                return None
-    return None
-
-
 def resolve_bind_address(bindnetaddr: str, interfaces: Sequence[tuple[str, str, int]], *,
                          path: str = "<config>", line: int = 0) -> str:
     """Pick the local address to bind for ``bindnetaddr``.
@@ -895,70 +899,6 @@ def resolve_bind_address(bindnetaddr: str, interfaces: Sequence[tuple[str, str, 
     raise ConfigError(path, line, 0,
                       f"bindnetaddr: {bindnetaddr} is neither a local address nor the "
                       f"network of a local interface (local: {local})")
-
-
-_IP_ADDR_LINE = re.compile(r"^\d+:\s+(\S+)\s+inet\s+([0-9.]+)(?:/(\d+))?")
-
-
-def parse_ip_addr_output(text: str) -> list[Interface]:
-    """Parse ``ip -o -4 addr show`` output into interfaces."""
-    out = []
-    for line in text.splitlines():
-        m = _IP_ADDR_LINE.match(line)
-        if m:
-            name = m.group(1).split("@", 1)[0]
-            out.append(Interface(name, m.group(2), int(m.group(3) or 32)))
-    return out
-
-
-def local_ipv4_addresses() -> list[Interface]:
-    """The IPv4 addresses of this host (of this network namespace), in kernel order.
-
-    Uses ``ip -o -4 addr`` when present (it lists secondary addresses too),
-    else the SIOCGIFCONF ioctl.
-    """
-    ip = shutil.which("ip") or next(
-        (p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip") if os.path.exists(p)),
-        None)
-    if ip is not None:
-        try:
-            done = subprocess.run([ip, "-o", "-4", "addr", "show"], capture_output=True,
-                                  text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            done = None
-        if done is not None and done.returncode == 0:
-            return parse_ip_addr_output(done.stdout)
-    return _ioctl_ipv4_addresses()
-
-
-def _ioctl_ipv4_addresses() -> list[Interface]:
-    """Addresses from SIOCGIFCONF; masks from SIOCGIFNETMASK (Linux)."""
-    import array
-    import fcntl
-
-    siocgifconf, siocgifnetmask = 0x8912, 0x891B
-    # struct ifreq: 16-byte name + a union whose largest member is struct ifmap
-    # (two unsigned longs, a short and three chars), so its size follows the ABI.
-    ifreq_size = 16 + max(16, 2 * struct.calcsize("P") + 8)
-    out: list[Interface] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        count = 32
-        while True:
-            buf = array.array("B", bytes(count * ifreq_size))
-            ifconf = struct.pack("iP", len(buf), buf.buffer_info()[0])
-            length = struct.unpack("iP", fcntl.ioctl(s.fileno(), siocgifconf, ifconf))[0]
-            if length < len(buf):
-                break
-            count *= 2  # the kernel filled the buffer: there may be more
-        data = buf.tobytes()[:length]
-        for off in range(0, length, ifreq_size):
-            raw_name = data[off:off + 16].split(b"\0", 1)[0]
-            address = socket.inet_ntoa(data[off + 20:off + 24])
-            req = struct.pack(f"16s{ifreq_size - 16}x", raw_name)
-            mask = fcntl.ioctl(s.fileno(), siocgifnetmask, req)[20:24]
-            prefixlen = bin(int.from_bytes(mask, "big")).count("1")
-            out.append(Interface(raw_name.decode(errors="replace"), address, prefixlen))
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -1274,11 +1214,11 @@ def load_groups_conf(path: str) -> AmfModel:
 
 
 __all__ = [
-    "AisexecConfig", "AmfComponent", "LimitsConfig", "MAX_CONFIG_BYTES", "prepare_statedir", "AmfModel", "ComponentModel", "ConfigError",
-    "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET",
-    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "Interface", "LogOutput",
-    "LoggingConfig", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig", "ProtectionGroup",
-    "ServiceGroup", "ServiceUnit", "TotemSettings", "Transport", "load_groups_conf",
-    "load_openais_conf", "local_ipv4_addresses", "parse_groups_conf", "parse_ip_addr_output",
-    "parse_openais_conf", "resolve_bind_address",
+    "AisexecConfig", "AmfComponent", "AmfModel", "ComponentModel", "ConfigError",
+    "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET", "FRAME_OVERHEAD",
+    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "LimitsConfig", "LogOutput",
+    "LoggingConfig", "MAX_CONFIG_BYTES", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig",
+    "ProtectionGroup", "ServiceGroup", "ServiceUnit", "TotemSettings", "Transport",
+    "load_groups_conf", "load_openais_conf", "parse_groups_conf", "parse_openais_conf",
+    "prepare_statedir", "resolve_bind_address", "totem_table",
 ]

@@ -12,7 +12,7 @@ import os
 import stat
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 from ais.config import ConfigError
 

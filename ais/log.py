@@ -21,7 +21,8 @@ import logging.handlers
 import os
 import sys
 import time
-from typing import Any, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from ais.config import ConfigError, LoggingConfig, LogOutput
 from ais.totem.events import fmt_node
@@ -282,5 +283,6 @@ class RateLimiter:
 
 __all__ = [
     "AisFormatter", "NOTICE", "NodeAdapter", "RateLimiter", "SECURITY", "SUBSYSTEMS",
-    "level_word", "log_elsewhere", "notice", "security", "setup_logging", "subsystem", "teardown_logging",
+    "level_word", "log_elsewhere", "notice", "security", "setup_logging", "subsystem",
+    "teardown_logging",
 ]

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_CONFIG = "/etc/ais/openais.conf"
 

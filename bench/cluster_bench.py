@@ -33,7 +33,8 @@ names = {2: "JOINED", 3: "LEFT"}
 def track(buf, n_items, n_members, view, error):
     now = time.time()
     for item in buf:
-        print(names.get(int(item.cluster_change), "OTHER"), item.cluster_node.node_name.decode(), now, flush=True)
+        print(names.get(int(item.cluster_change), "OTHER"),
+              item.cluster_node.node_name.decode(), now, flush=True)
 h = clm.initialize(callbacks=clm.Callbacks(cluster_track_callback=track))
 h.cluster_track_start(SA_TRACK_CHANGES_ONLY)
 print("READY", flush=True)
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 c.kill(3)
                 parts = wait_line(tracker, "LEFT", 10)
                 detect.append(float(parts[2]) - t0)
-                c.nodes[3].socket and os.path.exists(c.nodes[3].socket) and os.unlink(c.nodes[3].socket)
+                if c.nodes[3].socket and os.path.exists(c.nodes[3].socket):
+                    os.unlink(c.nodes[3].socket)
                 c.start(3)
                 while not os.path.exists(c.nodes[3].socket):
                     time.sleep(0.001)

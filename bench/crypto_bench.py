@@ -17,12 +17,13 @@ asserted (STYLE P12).
 from __future__ import annotations
 
 import argparse
+import functools
 import hmac
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from Crypto.Cipher import AES, ChaCha20_Poly1305
@@ -137,6 +138,10 @@ CANDIDATES: dict[str, Callable[[], tuple[Seal, Open]]] = {
 }
 
 
+def _open_next(open_: Callable[[bytes], bytes], sealed: Iterator[bytes], _x: bytes) -> bytes:
+    return open_(next(sealed))
+
+
 def _rate(fn: Callable[[bytes], bytes], inputs: list[bytes], seconds: float) -> float:
     """Calls per second of ``fn`` over ``inputs``, repeated for about ``seconds``."""
     count = 0
@@ -159,8 +164,7 @@ def bench_cipher(name: str, make: Callable[[], tuple[Seal, Open]], seconds: floa
         s_rate = _rate(seal, [plain] * batch, seconds)
         # Opening needs distinct ciphertexts: the chosen layer drops replays.
         sealed = [seal(plain) for _ in range(int(s_rate * seconds * 1.5) + batch)]
-        it = iter(sealed)
-        o_rate = _rate(lambda _x: open_(next(it)), [b""] * batch, seconds)
+        o_rate = _rate(functools.partial(_open_next, open_, iter(sealed)), [b""] * batch, seconds)
         print(f"{name:38s} {size:6d} B  seal {s_rate:9.0f} pkt/s {s_rate * size / 1e6:8.1f} MB/s"
               f"   open {o_rate:9.0f} pkt/s {o_rate * size / 1e6:8.1f} MB/s")
 

@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             ckpts = [hd.checkpoint_open(name, rw) for hd in handles]
             go = threading.Barrier(args.threads + 1)
 
+            # Each round's threads are joined before the next round rebinds these.
             def work(t: int) -> None:
-                vec = ckpt.IOVector(b"t%d" % t, data)
+                vec = ckpt.IOVector(b"t%d" % t, data)  # noqa: B023
                 try:
-                    go.wait()
+                    go.wait()  # noqa: B023
                     for _ in range(args.count):
-                        write_retrying(ckpts[t], vec)
+                        write_retrying(ckpts[t], vec)  # noqa: B023
                 except BaseException as exc:  # reported by the main thread
                     errors.append(exc)
 

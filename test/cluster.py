@@ -37,7 +37,7 @@ def free_udp_port() -> int:
 
 
 class Node:
-    def __init__(self, cluster: "Cluster", n: int, addr: str, netns: str | None) -> None:
+    def __init__(self, cluster: Cluster, n: int, addr: str, netns: str | None) -> None:
         self.cluster = cluster
         self.n = n
         self.addr = addr
@@ -99,7 +99,7 @@ class Cluster:
         self.nodes = {n: Node(self, n, addrs[n - 1], netns[n - 1] if netns else None)
                       for n in range(1, size + 1)}
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,13 +144,12 @@ aisexec {{
 
     def start(self, n: int, *, key: bytes | None = None, extra: str = "") -> Node:
         node = self.write_conf(n, key=key, extra=extra)
-        out = open(node.dir / "stdout.txt", "ab")
         prefix = ["ip", "netns", "exec", node.netns] if node.netns else []
-        node.proc = subprocess.Popen(
-            prefix + [sys.executable, str(ROOT / "aisexec.py"), "-c", str(node.conf),
-                      "--no-realtime"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=str(node.dir), env=node.env())
-        out.close()
+        with open(node.dir / "stdout.txt", "ab") as out:
+            node.proc = subprocess.Popen(
+                prefix + [sys.executable, str(ROOT / "aisexec.py"), "-c", str(node.conf),
+                          "--no-realtime"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=str(node.dir), env=node.env())
         return node
 
     def start_all(self, ns: list[int] | None = None) -> None:
@@ -174,7 +173,7 @@ aisexec {{
         self.nodes[n].proc.send_signal(signal.SIGCONT)
 
     def stop_all(self) -> None:
-        for n, node in self.nodes.items():
+        for node in self.nodes.values():
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGCONT)
                 node.proc.terminate()

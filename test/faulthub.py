@@ -51,8 +51,8 @@ import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import pytest
 
@@ -125,7 +125,7 @@ class FaultHub:
 
     # ---- life cycle -------------------------------------------------------------
 
-    def __enter__(self) -> "FaultHub":
+    def __enter__(self) -> FaultHub:
         try:
             self.start()
         except BaseException:

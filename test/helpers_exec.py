@@ -16,8 +16,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -136,7 +137,7 @@ class ExecThread:
     def socket_of(self, addr: str) -> str:
         return os.path.join(self.sock_dir, f"{addr}.sock")
 
-    def start(self) -> "ExecThread":
+    def start(self) -> ExecThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("executive thread did not start")
@@ -240,7 +241,7 @@ class ExecThread:
                 pass
             self._thread.join(10)
 
-    def __enter__(self) -> "ExecThread":
+    def __enter__(self) -> ExecThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Iterable
+from collections.abc import Iterable
 
 import pytest
 

@@ -87,7 +87,7 @@ class CkCluster:
     def digests(self, addrs: list[str] | None = None) -> list[Any]:
         return [self.svc(a).digest() for a in (addrs or list(self.hosts))]
 
-    def client(self, addr: str) -> "Client":
+    def client(self, addr: str) -> Client:
         return Client(self, addr)
 
 
@@ -636,7 +636,7 @@ def test_async_open_and_synchronize_callbacks():
     assert cw.decode_sync_callback_untrusted(f.body) == 0x99
 
 
-# --- membership: sync to joiners, departures, partition heal ---------------------------------------
+# --- membership: sync to joiners, departures, partition heal ------------------------------------
 
 
 @pytest.mark.timeout(30)
@@ -774,7 +774,8 @@ def test_wire_round_trip(enc, dec, args):
 
 @pytest.mark.timeout(10)
 def test_wire_other_round_trips():
-    descs = [cw.SectionDescriptor(b"s", 1, 2, 1, 3), cw.SectionDescriptor(b"", SA_TIME_END, 0, 1, 0)]
+    descs = [cw.SectionDescriptor(b"s", 1, 2, 1, 3),
+             cw.SectionDescriptor(b"", SA_TIME_END, 0, 1, 0)]
     assert cw.decode_iter_next_reply_untrusted(cw.encode_iter_next_reply(True, descs)) == \
         (True, descs)
     assert cw.decode_read_reply_untrusted(cw.encode_read_reply(1, 0, [b"a", b""])) == \
@@ -808,7 +809,7 @@ def test_wire_garbage_raises_only_ipc_protocol_error():
                 pass
 
 
-# --- the library over real sockets ------------------------------------------------------------------
+# --- the library over real sockets -----------------------------------------------------------
 
 
 class CkptExecThread(ExecThread):
@@ -994,7 +995,7 @@ def _random_history(seed: int, chaos: bool = False) -> CkCluster:
     clients = {x: [cl.client(x) for _ in range(2)] for x in addrs}
     handles: dict[int, list[tuple[Client, int]]] = {}
     names = [b"n%d" % i for i in range(4)]
-    for step in range(120):
+    for _ in range(120):
         op = rnd.random()
         x = rnd.choice(addrs)
         cli = rnd.choice(clients[x])

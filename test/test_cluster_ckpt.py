@@ -120,7 +120,8 @@ def test_written_on_1_read_on_2_3_survives_kill_and_reaches_a_new_node(tmp_path)
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = writer_proc.stdout.readline().split()
-            assert line[:1] == ["written"], writer_proc.stderr.read() if writer_proc.poll() else line
+            assert line[:1] == ["written"], (
+                writer_proc.stderr.read() if writer_proc.poll() else line)
             expect = line[1:]
             assert expect[0] == "21"
             for n in (2, 3):

@@ -162,8 +162,10 @@ def test_garbage_on_the_client_socket_costs_only_that_client(tmp_path) -> None:
             assert keeper.stdout.readline().strip() == "ready"
             rng = random.Random(3)
             bad = [b"", b"\x00" * 3, struct.pack("!IHHiI", 2 ** 31, 1, 1, 0, 0),
-                   struct.pack("!IHHiI", 3, 1, 1, 0, 0), struct.pack("!IHHiI", 40, 1, 0, 0, 1) + b"x"]
-            bad += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))) for _ in range(30)]
+                   struct.pack("!IHHiI", 3, 1, 1, 0, 0),
+                   struct.pack("!IHHiI", 40, 1, 0, 0, 1) + b"x"]
+            bad += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+                    for _ in range(30)]
             for junk in bad:
                 s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
                 s.settimeout(5)

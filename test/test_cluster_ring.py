@@ -56,7 +56,7 @@ def test_garbage_on_the_ring_port_leaves_the_executive_serving(tmp_path) -> None
         c.wait_ring([1, 2])
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         rng = __import__("random").Random(7)
-        for k in range(2000):
+        for _ in range(2000):
             n = rng.choice([0, 1, 5, 40, 60, 200, 1400, 9000])
             s.sendto(bytes(rng.getrandbits(8) for _ in range(n)), ("127.0.0.1", c.port))
         s.close()

@@ -1,18 +1,21 @@
 """ais/config.py: both grammars, their checks, and bindnetaddr resolution."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from ais.config import (
-    AmfComponent, ComponentModel, ConfigError, GroupModel, Interface, LogOutput,
+    FRAME_OVERHEAD, AmfComponent, ComponentModel, ConfigError, GroupModel, LogOutput,
     LoggingConfig, NetworkConfig, TotemSettings, Transport, load_groups_conf,
-    load_openais_conf, local_ipv4_addresses, parse_groups_conf, parse_ip_addr_output,
-    parse_openais_conf, resolve_bind_address,
+    load_openais_conf, parse_groups_conf, parse_openais_conf, resolve_bind_address, totem_table,
 )
+from ais.netif import IPV4_UDP_HEADER_BYTES, Interface, local_ipv4_addresses, parse_ip_addr_output
+from ais.totem.wire import RECOVERED_HEADER
 from ais.totem.events import TotemConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,6 +133,69 @@ def test_frame_size_follows_the_mtu() -> None:
     assert cfg.totem.resolved_frame_size(1500) == 1500 - 87
     assert cfg.totem.resolved_frame_size(65536) == 65000  # the largest frame allowed
     assert cfg.to_totem_config(9000).frame_size == 9000 - 87
+
+
+def test_frame_overhead_is_what_a_sealed_frame_adds() -> None:
+    """FRAME_OVERHEAD is computed from the wire and crypto modules (87 bytes
+    today); a real frame, encoded and sealed, adds exactly that on the wire."""
+    from ais.totem.crypto import Crypto
+    from ais.totem.events import RingId
+    from ais.totem.wire import MCAST_RECOVERED, encode_mcast, encode_recovered
+
+    crypto = Crypto(bytes(range(128)))
+    ring = RingId(2**40, 0x7F000001)
+    for size in (0, 1, 1313, TotemSettings().resolved_frame_size(1500), 65000):
+        payload = bytes(size)
+        sealed = crypto.seal(encode_mcast(0x7F000002, ring, 2**63, 0, payload))
+        assert len(sealed) + IPV4_UDP_HEADER_BYTES - size == FRAME_OVERHEAD
+    # A full frame fits the MTU exactly, also when recovery carries it again.
+    frame = TotemSettings().resolved_frame_size(1500)
+    inner = encode_recovered(ring, 7, 0x7F000003, bytes(frame - RECOVERED_HEADER.size))
+    wrapped = crypto.seal(encode_mcast(0x7F000002, ring, 9, MCAST_RECOVERED, inner))
+    assert len(wrapped) + IPV4_UDP_HEADER_BYTES == 1500
+
+
+def test_totem_keys_are_declared_once() -> None:
+    """The key table, the defaults and the README rows come from TotemSettings."""
+    names = [f.name for f in dataclasses.fields(TotemSettings)]
+    rows = totem_table()
+    assert [re.search(r"`(\w+)`", r).group(1) for r in rows] == names  # type: ignore[union-attr]
+    ring = TotemConfig()
+    for name, row in zip(names, rows):
+        if hasattr(ring, name) and name != "frame_size":
+            assert getattr(TotemSettings(), name) == getattr(ring, name)
+            assert f"| {getattr(ring, name):g} |" in row
+    with pytest.raises(ConfigError, match="unknown key 'tokn' in 'totem'.*fail_recv_const"):
+        parse_openais_conf(NET_UDP + "totem {\n tokn: 5\n}\n")
+    # every declared key is read and reaches the ring (netmtu through frame_size)
+    text = "".join(f" {n}: {v}\n" for n, v in (
+        ("token", 3000), ("token_retransmit", 90), ("join", 70), ("consensus", 900),
+        ("merge_detect", 1500), ("token_hold", 40), ("window_size", 80), ("max_messages", 25),
+        ("netmtu", 9000), ("fail_recv_const", 33), ("fail_recv_backoff", 700),
+        ("max_members", 12)))
+    tc = parse_openais_conf(NET_UDP + "totem {\n" + text + "}\n").to_totem_config()
+    assert (tc.token, tc.token_retransmit, tc.join, tc.consensus, tc.merge_detect,
+            tc.token_hold, tc.window_size, tc.max_messages, tc.frame_size,
+            tc.fail_recv_const, tc.fail_recv_backoff, tc.max_members) == (
+        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12)
+
+
+def test_readme_totem_rows_agree_with_the_declaration() -> None:
+    """Every totem key in the README, with the default it shows, is the declared one."""
+    readme = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(readme) if line.startswith("| totem |"))
+    shown: dict[str, str] = {}
+    for line in readme[start:]:
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if len(cols) < 4 or cols[0] not in ("", "totem"):
+            break
+        keys = re.findall(r"`(\w+)`", cols[1])
+        defaults = cols[2].split(", ") if len(keys) > 1 else [cols[2]]
+        assert len(defaults) == len(keys), line
+        shown.update(zip(keys, defaults))
+    declared = {re.search(r"`(\w+)`", r).group(1): r.split(" | ")[2]  # type: ignore[union-attr]
+                for r in totem_table()}
+    assert shown == declared
 
 
 def test_to_totem_config() -> None:
@@ -307,7 +373,7 @@ def test_parse_ip_addr_output() -> None:
 
 
 def test_local_addresses_include_loopback() -> None:
-    from ais.config import _ioctl_ipv4_addresses
+    from ais.netif import _ioctl_ipv4_addresses
 
     for found in (local_ipv4_addresses(), _ioctl_ipv4_addresses()):
         assert Interface("lo", "127.0.0.1", 8) in found
@@ -367,7 +433,7 @@ def test_groups_conf_lenient_spacing_and_defaults() -> None:
           protection { name=p2
             member=c2 }
         }
-        """))
+        """))  # noqa: W291 (trailing blanks after "unit {" are part of the test)
     g1, g2 = model.groups
     assert (g1.model, g1.active_units, g1.backup_units) == (GroupModel.TWO_N, 0, 0)
     assert g1.units[0].components[0].model is ComponentModel.ONE_ACTIVE_OR_ONE_STANDBY

@@ -116,7 +116,7 @@ def test_replay_after_much_traffic_is_still_refused() -> None:
     old = [departed.seal(b"join %d" % i) for i in range(5)]
     for p in old:
         rx.open_untrusted(p)
-    for i in range(3 * DEFAULT_REPLAY_WINDOW):  # the other nodes keep talking
+    for _ in range(3 * DEFAULT_REPLAY_WINDOW):  # the other nodes keep talking
         rx.open_untrusted(busy.seal(b"frame"))
     for p in old:
         with pytest.raises(ReplayedPacket):

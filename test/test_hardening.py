@@ -120,8 +120,8 @@ class Cluster:
         self.call(A, c, cw.REQ_SYNCHRONIZE, hh + cw.encode_synchronize(0, False, SA_TIME_END))
         self.ok(A, c, cw.REQ_SECTION_DELETE, hh + b"s1")
         h2 = cw.decode_handle_untrusted(self.ok(A, c, cw.REQ_OPEN, cw.encode_open(
-            cw.OpenReq(b"other", RW | cw.SA_CKPT_CHECKPOINT_CREATE, attrs(max_sections=1, checkpoint_size=20_000),
-                       SA_TIME_END))))
+            cw.OpenReq(b"other", RW | cw.SA_CKPT_CHECKPOINT_CREATE,
+                       attrs(max_sections=1, checkpoint_size=20_000), SA_TIME_END))))
         self.ok(A, c, cw.REQ_CLOSE, cw.HANDLE.pack(h2))
         self.ok(A, c, cw.REQ_UNLINK, b"other")
         # A join makes every sync message kind travel once.
@@ -328,7 +328,7 @@ def test_refused_sends_arm_one_retry_timer():
     armed = []
     real_call_later = host.call_later
     host.call_later = lambda d, fn: armed.append(d) or real_call_later(d, fn)  # type: ignore
-    for i in range(500):
+    for _ in range(500):
         host.mcast_retried(svc, MSG_CLOSE_MANY, b"\0\0\0\0")
     assert len(armed) == 1
     cl.sched.advance(1.0)
@@ -427,7 +427,7 @@ def test_too_large_section_size_is_logged(caplog):
             f"{cw.MAX_IO_BYTES}") in caplog.text
 
 
-# --- the client cases over real Unix sockets --------------------------------------------------------
+# --- the client cases over real Unix sockets --------------------------------------------------
 
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -438,7 +438,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from helpers_exec import ExecThread  # noqa: E402
-from saf import ckpt as saf_ckpt  # noqa: E402
 from saf import clm  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -561,8 +560,8 @@ def test_callbacks_before_the_callback_channel_are_bounded(sock_dir, monkeypatch
         # then the limit closes the connection when they do.
         ex.settle()
         assert refused or (ex.wait_until(lambda: conn.closed) and
-                           "closing connection 2 (pid %d): limit max_queued_callbacks"
-                           % os.getpid() in caplog.text)
+                           f"closing connection 2 (pid {os.getpid()}): limit "
+                           "max_queued_callbacks" in caplog.text)
         assert ex.call(lambda: conn.peak_bytes) <= 40 * (w.FRAME_HEADER.size + 12)
         s.close()
         # Past the limit itself (callbacks the client caused earlier): closed, and said so.
@@ -571,8 +570,9 @@ def test_callbacks_before_the_callback_channel_are_bounded(sock_dir, monkeypatch
         ex.call(lambda: [conn.send_callback(cw.CB_OPEN, b"x" * 12) for _ in range(41)])
         read_until_eof(s)
         s.close()
-        assert "closing connection 3 (pid %d): limit max_queued_callbacks (40 callbacks " \
-               "queued before the callback channel opened) reached" % os.getpid() in caplog.text
+        assert (f"closing connection 3 (pid {os.getpid()}): limit max_queued_callbacks "
+                "(40 callbacks queued before the callback channel opened) reached"
+                in caplog.text)
         assert ex.wait_until(lambda: ex.servers[A].connections == 0)
         assert clm.cluster_node_get(0, 0).node_name == b"127.0.0.1"
     finally:

@@ -5,8 +5,8 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -173,7 +173,7 @@ def test_flow_control_bounds_frames_per_visit_and_per_rotation() -> None:
     cfg = TotemConfig(max_messages=5, window_size=8)
     net = formed(3, cfg)
     for i in (A, B, C):
-        for k in range(100):
+        for _ in range(100):
             net.mcast(i, b"y" * 1000)
     # count new frames between consecutive token sends of each node
     net.sent.clear()
@@ -196,7 +196,7 @@ def test_flow_control_bounds_frames_per_visit_and_per_rotation() -> None:
 
 def test_stable_frames_are_freed() -> None:
     net = formed(3)
-    for k in range(50):
+    for _ in range(50):
         net.mcast(A, b"z" * 300)
     net.run(2)
     for n in net.nodes.values():
@@ -392,7 +392,8 @@ def test_frames_after_a_hole_are_delivered_in_the_transitional_configuration() -
 
     net.drop = drop
     net.mcast(C, b"lost")
-    net.run_until(lambda: net.nodes[C].srp.queue.msgs == net.nodes[C].srp.queue.msgs.__class__(), 0.05)
+    net.run_until(
+        lambda: net.nodes[C].srp.queue.msgs == net.nodes[C].srp.queue.msgs.__class__(), 0.05)
     net.mcast(C, b"kept")
     net.run_until(lambda: any(isinstance(p, wire.Mcast) and s == C and p.seq > hole[0]
                               for _, s, _, p in net.sent), 1)

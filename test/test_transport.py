@@ -347,10 +347,10 @@ def test_send_errors_are_ignored(cleanup: list, caplog: pytest.LogCaptureFixture
     cleanup.append(h.t)
     h.t.start()
     h.t.mcast(b"x" * 70000)  # larger than any UDP datagram: EMSGSIZE
-    assert h.t.stats["send_errors"] == 1
+    assert wait_until(lambda: h.t.stats["send_errors"] == 1)
     assert any("failed" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
     h.t.mcast(b"fine")
-    assert h.t.stats["tx_packets"] == 1 and h.fatal == []
+    assert wait_until(lambda: h.t.stats["tx_packets"] == 1) and h.fatal == []
 
 
 @pytest.mark.timeout(20)
@@ -727,7 +727,72 @@ def test_bug_in_callback_during_mcast_is_fatal(cleanup: list) -> None:
 
     h.t.on_deliver = broken
     h.t.start()
-    with pytest.raises(KeyError):
-        h.t.mcast(b"x")  # the caller sees it ...
-    assert isinstance(h.fatal[0], KeyError)  # ... and so does the supervisor
+    h.t.mcast(b"x")  # the caller is not the one that delivers: it returns normally ...
+    assert wait_until(lambda: bool(h.fatal))
+    assert isinstance(h.fatal[0], KeyError)  # ... and the supervisor sees the bug
     assert h.t.state is TransportState.STOPPED
+    with pytest.raises(RuntimeError):
+        h.t.mcast(b"y")
+
+
+class LoopbackSrp(StubSrp):
+    """A ring of one: ``mcast`` delivers the message back, as ``Srp`` does alone."""
+
+    def mcast(self, payload: bytes, now: float) -> list[Action]:
+        me = self.node_id
+        return [Send(payload), Deliver(me, payload, RingId(1, me))]
+
+
+@pytest.mark.timeout(20)
+def test_mcast_never_calls_back_into_its_caller(cleanup: list) -> None:
+    """What the core answers to ``mcast`` is performed after the caller returns, in
+    the order of the FIFO: a service handler that multicasts is never re-entered."""
+    port = free_port()
+    h = Harness(LoopbackSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    handling = False
+
+    def on_deliver(d: Deliver) -> None:
+        assert not handling, "delivered inside the handler that multicast it"
+        h.delivered.append(d)
+        if d.payload == b"first":
+            h.t.mcast(b"from a delivery")  # queued behind what is already queued
+
+    h.t.on_deliver = on_deliver
+    h.t.start()
+    handling = True
+    h.t.mcast(b"first")
+    h.t.mcast(b"second")
+    handling = False
+    assert h.delivered == [] and h.t.stats["tx_packets"] == 0
+    assert wait_until(lambda: len(h.delivered) == 3)
+    assert [d.payload for d in h.delivered] == [b"first", b"second", b"from a delivery"]
+    assert h.t.stats["tx_packets"] == 3 and h.fatal == []
+    # Whoever drains first performs what mcast queued before its own actions.
+    h.delivered.clear()
+    h.t.mcast(b"queued")
+    me = node_of("127.0.0.1")
+    h.t._perform([Deliver(me, b"received", RingId(1, me))])  # as the receiver would
+    assert [d.payload for d in h.delivered] == [b"queued", b"received"]
+    gevent.sleep(0.05)  # the drainer greenlet finds nothing left to do
+    assert [d.payload for d in h.delivered] == [b"queued", b"received"]
+
+
+@pytest.mark.timeout(30)
+def test_mcast_in_a_real_ring_of_one_delivers_after_returning(cleanup: list) -> None:
+    """The real core alone delivers inside ``Srp.mcast``; the transport does not."""
+    from ais.totem.srp import Srp
+
+    port = free_port(("127.0.0.1",))
+    srp = Srp(node_of("127.0.0.1"), TotemConfig(token=200.0, token_retransmit=10.0,
+                                               join=20.0, consensus=100.0, token_hold=50.0))
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1"])
+    cleanup.append(h.t)
+    h.t.start()
+    assert wait_until(lambda: any(not c.transitional for c in h.confs), timeout=10)
+    for i in range(20):
+        h.t.mcast(b"m%d" % i)
+        assert [d.payload for d in h.delivered] == [b"m%d" % k for k in range(i)]
+        gevent.sleep(0)
+        assert wait_until(lambda n=i + 1: len(h.delivered) == n)
+    assert h.fatal == []

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ais.totem import wire
 from ais.totem.events import (CancelTimer, ConfChange, Deliver, Send, StartTimer, TimerKind,
@@ -70,7 +70,8 @@ class Net:
                         continue
                     if self.drop is not None and self.drop(i, d, pkt):
                         continue
-                    heapq.heappush(self.heap, (self.now + LATENCY, next(self.counter), "pkt", d, a.data))
+                    heapq.heappush(self.heap,
+                                   (self.now + LATENCY, next(self.counter), "pkt", d, a.data))
             elif isinstance(a, (Deliver, ConfChange)):
                 node.deliveries.append(a)
             elif isinstance(a, StartTimer):

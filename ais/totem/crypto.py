@@ -1,8 +1,8 @@
 """Per-packet encryption and authentication of ring packets.
 
 Cipher: AES-256-OCB (RFC 7253, pycryptodome), a 120-bit nonce per packet
-(random session id and packet counter), 128-bit tag.  It was the fastest candidate at every size we measured,
-and it is safe as we use it:
+(random session id and packet counter), 128-bit tag.  It was the fastest
+candidate at every size we measured, and it is safe as we use it:
 
 * ``python bench/crypto_bench.py --seconds 0.5`` on the development machine
   (2 cores with AES-NI, PCLMUL and SHA-NI; pycryptodome 4.4; one core;

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
 
 
 class TimerKind(enum.Enum):
@@ -108,7 +107,7 @@ class CancelTimer:
     kind: TimerKind
 
 
-Action = Union[Send, Deliver, ConfChange, StartTimer, CancelTimer, Stable]
+Action = Send | Deliver | ConfChange | StartTimer | CancelTimer | Stable
 
 
 @dataclass

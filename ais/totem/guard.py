@@ -239,9 +239,9 @@ class Guard:
         srp = self.srp
         state = srp.state.value
         if state == "operational" and t.ring_id == srp.ring_id:
-            rx, members = srp.rx, srp.members
+            members = srp.members
         elif state == "recovery" and t.ring_id == srp._new_ring and srp._new_rx is not None:
-            rx, members = srp._new_rx, srp._new_members
+            members = srp._new_members
         else:
             return None  # not for our ring: the handler ignores it
         if t.token_seq <= srp._last_token_seq:

@@ -57,8 +57,8 @@ downward-closed in it (no holes), while transitional ones may skip holes.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Union
 
 from ais.totem.events import ConfChange, RingId, fmt_node
 
@@ -90,7 +90,7 @@ class Delivered:
     safe: bool = False
 
 
-Event = Union[ConfChange, Delivered]
+Event = ConfChange | Delivered
 
 
 @dataclass
@@ -272,7 +272,7 @@ class _Checker:
         by_node: dict[int, list[ProcId]] = defaultdict(list)
         for proc in sorted(self.segs):
             by_node[proc[0]].append(proc)
-        for node, procs in by_node.items():
+        for procs in by_node.values():
             top: tuple[ProcId, RingId] | None = None
             for proc in procs:
                 segs = self.segs[proc]

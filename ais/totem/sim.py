@@ -31,8 +31,9 @@ Network
     ``reorder``, up to ``reorder_delay`` more.  Partitions split the nodes into
     2 or 3 groups for 1-4 s; a flapping link goes down and up for a few
     seconds.  Crashes hit random nodes at random times, or (``state_crashes``)
-    a node just entering gather, commit or recovery.  With ``crypto`` every packet is sealed by its sender and opened
-    by its receiver (``ais/totem/crypto.py``), and ``corrupt`` flips a byte.
+    a node just entering gather, commit or recovery.  With ``crypto`` every
+    packet is sealed by its sender and opened by its receiver
+    (``ais/totem/crypto.py``), and ``corrupt`` flips a byte.
     One faulty link (``fault_link``, else drawn at random) can lose packets in
     one direction only (``oneway_loss``) and drop those over ``size_limit``
     bytes, for the whole fault phase.
@@ -82,8 +83,9 @@ import sys
 import traceback
 import zlib
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Hashable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from ais.totem.events import (
     CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer, TimerKind,
@@ -298,7 +300,8 @@ class _Node:
         self.paused = False
         self.held: list[tuple] = []
         self.gens: dict[TimerKind, int] = {}
-        self.hist: History | None = None
+        #: the current incarnation's history (this placeholder is never recorded)
+        self.hist = History(node_id, -1)
         self.crypto: Any = None
         self.disk = 0  # srp.max_ring_seq survives crashes
         self.state = ""
@@ -307,7 +310,7 @@ class _Node:
 class _TraceLog:
     """Stands in for the core's logger in full-trace runs: its lines join the trace."""
 
-    def __init__(self, sim: "Simulation", node: _Node) -> None:
+    def __init__(self, sim: Simulation, node: _Node) -> None:
         self._sim, self._node = sim, node
 
     def _log(self, level: str, msg: str, *args: Any, **_: Any) -> None:
@@ -402,7 +405,7 @@ class Simulation:
             self.trace = None
         self.packets = 0
         self.deliveries = 0
-        self.delivered_once: set[MsgKey] = set()
+        self.delivered_once: set[Hashable] = set()
         self.bytes_once = 0
         self.rings: set[RingId] = set()
         self.state_crashes = options.state_crashes
@@ -681,7 +684,8 @@ class Simulation:
         self.writers[key.node] = None
         self.writes += 1
         writer = self.nodes[key.node]
-        if writer.srp is not None and writer.inc == key.inc and len(writer.hist.submitted) < self.o.messages:
+        if (writer.srp is not None and writer.inc == key.inc
+                and len(writer.hist.submitted) < self.o.messages):
             self.push(self.now, _APP, key.node)
 
     def on_app(self, node: _Node, probe: bool = False) -> bool:
@@ -1072,7 +1076,8 @@ def options_from_args(a: argparse.Namespace) -> SimOptions:
     return SimOptions(
         nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder,
         reorder_delay=a.reorder_delay, delay=(lo, hi), partitions=a.partitions,
-        flaps=a.flaps, crashes=a.crashes, state_crashes=a.state_crashes, pauses=a.pauses, messages=a.messages, size=a.size,
+        flaps=a.flaps, crashes=a.crashes, state_crashes=a.state_crashes, pauses=a.pauses,
+        messages=a.messages, size=a.size,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread, crypto=a.crypto,
         corrupt=a.corrupt, config=cfg, max_steps=a.max_steps, oneway_loss=a.oneway_loss,
         size_limit=a.size_limit, progress=a.progress, resume_check=a.resume_check,

@@ -4,17 +4,31 @@ Theory of operation (STYLE P1, P2):
 
 * ``Srp`` is sans-IO.  Every entry point here -- a datagram arrived, a timer
   fired, the application multicasts -- calls into it once with ``now`` from
-  ``clock`` and then *performs* the returned actions, in order.
+  ``clock``; the returned actions join one FIFO and are *performed* from it,
+  in order.
 * One greenlet waits for the socket to become readable and reads what is
   there.  Each armed timer kind has one ``gevent.spawn_later`` greenlet;
   ``StartTimer`` replaces it, ``CancelTimer`` kills it.  Everything runs in
   one thread and the core never yields, so there are no locks.
-* Performing never yields either: the socket is non-blocking and a send that
-  would block is dropped (the ring retransmits).  The user's callbacks might
-  yield, though, or call ``mcast`` from inside ``on_deliver``; so actions go
-  through one FIFO, and whoever finds it idle drains it.  Deliveries and
-  configuration changes therefore reach the callbacks exactly in the order
-  the core produced them, and never re-entrantly.
+* ``mcast`` only queues: the actions of ``Srp.mcast`` (in a ring of one, the
+  delivery of the message itself; elsewhere the release of a resting token
+  or a wake-up request) are performed from an event-loop callback armed for
+  the purpose, after the caller has returned.  So no callback ever runs
+  inside ``mcast``: the caller, typically a service handler, is never
+  re-entered by its own ring, and the host needs no guard against it.  The
+  receiver and the timers perform their own actions at once (they are the
+  ring's own greenlets).  The price: a synchronous sender in a ring of one
+  waits one event-loop iteration more per message (about 10 us;
+  ``bench/transport_bench.py``); a greenlet spawned per burst instead of the
+  callback cost twice that.
+* Performing never yields: the socket is non-blocking and a send that would
+  block is dropped (the ring retransmits).  So the callbacks must not block
+  either (the service host never does; one that blocks while performing for
+  ``mcast`` is a ring failure).  Should one yield anyway in a ring greenlet,
+  whoever finds the FIFO idle drains it, and anyone arriving meanwhile only
+  adds to it.  Deliveries and configuration changes therefore reach the
+  callbacks exactly in the order the core produced them, and never
+  re-entrantly.
 * A timer greenlet detaches itself from the timer table before it calls the
   core, so a ``CancelTimer``/``StartTimer`` performed meanwhile never kills a
   greenlet in the middle of performing actions.
@@ -248,6 +262,8 @@ class Transport:
         self._timers: dict[TimerKind, Greenlet] = {}
         self._pending: deque[Action] = deque()
         self._performing = False
+        #: an event-loop callback will perform what ``mcast`` queued
+        self._drain_armed = False
         self._saved_seq: int | None = None
         self._digest_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
         self._bad_limit = RateLimiter(DIGEST_LOG_BURST, DIGEST_LOG_INTERVAL, clock)
@@ -276,6 +292,9 @@ class Transport:
     def mcast(self, payload: bytes) -> None:
         """Queue an application message on the ring.
 
+        Never calls ``on_deliver``, ``on_confchg`` or ``on_stable``: what the
+        core answers is performed after this returns (see the module docstring).
+
         Raises:
             SendQueueFull: from ``Srp.mcast``; retry when the ring has drained.
             ValueError: from ``Srp.mcast``; the message is too large.
@@ -291,13 +310,11 @@ class Transport:
         except Exception as e:
             self._fatal(e)
             raise
-        try:
-            self._perform(actions)
-        except Exception as e:
-            # A delivery callback failed inside the caller's greenlet (an IPC
-            # client, say); it is still a ring failure, not that client's.
-            self._fatal(e)
-            raise
+        if actions:
+            self._pending.extend(actions)
+            if not self._performing and not self._drain_armed:
+                self._drain_armed = True
+                get_hub().loop.run_callback(self._drain_queued)
 
     def stop(self) -> None:
         """Stop receiving, disarm all timers and close the socket.  Idempotent."""
@@ -460,6 +477,16 @@ class Transport:
         self._perform(self.srp.timer(kind, self.clock()))
 
     # -- performing actions ----------------------------------------------------
+
+    def _drain_queued(self) -> None:
+        self._drain_armed = False
+        if self.state is not TransportState.RUNNING:
+            return
+        try:
+            self._perform([])
+        except Exception as e:
+            # In the hub, nobody else would hear of it: gevent only prints it.
+            self._fatal(e)
 
     def _perform(self, actions: list[Action]) -> None:
         self._pending.extend(actions)

@@ -149,6 +149,8 @@ RING_ID = _layout(RingId, "ring id", ("seq", u64), ("rep", u32))
 MCAST_PACKET = _layout(Mcast, "MCAST", *_header(MCAST), ("ring_id", RING_ID), ("seq", u64),
                        ("flags", u8), ("payload", rest()))
 MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
+#: bytes a regular frame's packet adds to its payload (packet and mcast headers)
+MCAST_OVERHEAD = MCAST_PACKET.min_size
 
 #  old ring seq (8) | old ring rep (4) | old seq (8) | old sender (4) | old payload ...
 RECOVERED = _layout(Recovered, "recovered frame", ("ring_id", RING_ID), ("seq", u64),
