@@ -42,6 +42,11 @@ up without reusing a ring id the others know.  A state file that cannot be
 saved (disk full, no descriptors, a directory in the way) is logged, rate
 limited, and the ring carries on.
 
+Leave: ``leave`` (SIGTERM) performs ``Srp.leave`` and stops.  A LEAVE
+counts only as its sender's own packet: one that authenticates but comes
+from another address than the node it names is dropped (``leave_refused``),
+so a node holding the key cannot make another one leave from its address.
+
 Peers: with ``udpu`` a datagram whose source address is not a configured
 member is dropped before decryption, counted (``unknown_peer``) and logged,
 rate limited.
@@ -70,7 +75,7 @@ from ais.totem.events import (
     Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, Stable, StartTimer, TimerKind,
     fmt_node, node_of)
 from ais.totem.guard import RING_SEQ_LIMIT
-from ais.totem.wire import BadPacket
+from ais.totem.wire import LEAVE, PACKET_HEADER, BadPacket
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +108,7 @@ class SrpLike(Protocol):
     def receive(self, data: bytes, now: float) -> list[Action]: ...
     def timer(self, kind: TimerKind, now: float) -> list[Action]: ...
     def mcast(self, payload: bytes, now: float) -> list[Action]: ...
+    def leave(self, now: float) -> list[Action]: ...
 
 
 class TransportState(enum.Enum):
@@ -233,7 +239,8 @@ class Transport:
             "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "send_errors",
             "invalid_digest", "replayed", "bad_packet", "own_dropped", "unknown_peer",
             "state_errors",
-            "deliveries", "confchanges", "timers_fired"), 0)
+            "deliveries", "confchanges", "timers_fired",
+            "deliver_bytes", "leave_refused"), 0)
         if mode == "udp":
             assert mcast_addr is not None
             self._everyone: list[tuple[str, int]] = [(mcast_addr, port)]
@@ -298,6 +305,12 @@ class Transport:
             # client, say); it is still a ring failure, not that client's.
             self._fatal(e)
             raise
+
+    def leave(self) -> None:
+        """Tell the ring this node leaves it (``Srp.leave``), then ``stop``.  Idempotent."""
+        if self.state is TransportState.RUNNING:
+            self._perform(self.srp.leave(self.clock()))
+        self.stop()
 
     def stop(self) -> None:
         """Stop receiving, disarm all timers and close the socket.  Idempotent."""
@@ -425,6 +438,12 @@ class Transport:
                                    "invalid digest: dropped %d-byte packet from %s "
                                    "(another key?)", len(data), host)
             return
+        if len(plain) >= PACKET_HEADER.size and plain[1] == LEAVE and \
+                PACKET_HEADER.unpack_from(plain)[2] != node_of(host):
+            self.stats["leave_refused"] += 1
+            self._peer_limit.log(self.log, SECURITY, "dropped a leave message from %s naming "
+                                 "another node", host)
+            return
         try:
             actions = self.srp.receive(plain, self.clock())
         except BadPacket as e:
@@ -473,6 +492,7 @@ class Transport:
                     self._send(action)
                 elif isinstance(action, Deliver):
                     self.stats["deliveries"] += 1
+                    self.stats["deliver_bytes"] += len(action.payload)
                     self.on_deliver(action)
                 elif isinstance(action, StartTimer):
                     self._arm(action.kind, action.at)

@@ -24,6 +24,7 @@ JOIN = 3
 COMMIT = 4
 MERGE_DETECT = 5
 WAKE = 6
+LEAVE = 7  #: the sender is stopping and leaves its ring (a PROBE body: that ring)
 
 #: upper bounds that keep a hostile packet from making us allocate much
 MAX_NODES = 256
@@ -63,7 +64,7 @@ COMMIT_HEADER = struct.Struct("!QIH")
 #  node (4) | filled (1) | old ring seq (8) | old ring rep (4) | old aru (8) | old high seq (8)
 COMMIT_ENTRY = struct.Struct("!IBQIQQ")
 
-#  ring seq (8) | ring rep (4)      (MERGE_DETECT and WAKE)
+#  ring seq (8) | ring rep (4)      (MERGE_DETECT, WAKE and LEAVE)
 PROBE = struct.Struct("!QI")
 
 # Application items packed inside an MCAST payload.
@@ -149,7 +150,7 @@ class Commit:
 
 @dataclass(slots=True)
 class Probe:
-    """MERGE_DETECT (a representative's probe) or WAKE (release the resting token)."""
+    """MERGE_DETECT (a representative's probe), WAKE (release the resting token) or LEAVE."""
 
     kind: int
     sender: int
@@ -262,7 +263,7 @@ def _decode(data: bytes) -> Packet:
         if nodes != sorted(set(nodes)):
             raise BadPacket("commit token members not sorted")
         return Commit(sender, RingId(rseq, rrep), entries)
-    if kind in (MERGE_DETECT, WAKE):
+    if kind in (MERGE_DETECT, WAKE, LEAVE):
         if len(data) != off + PROBE.size:
             raise BadPacket("bad probe")
         rseq, rrep = PROBE.unpack_from(data, off)
