@@ -183,6 +183,7 @@ class Srp:
         self._apart_until = 0.0
         self._out: list[Action] = []
         self._gone = False  # we left (``leave``): ignore everything from now on
+        self._left: set[int] = set()  # members that left the installed ring (LEAVE)
         self.stats |= {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
@@ -355,14 +356,17 @@ class Srp:
         gone = p.sender
         if p.ring_id != self.ring_id or gone not in self.members or not self.ring_id.seq:
             return  # not about our ring (stale, or a node we never had a ring with)
+        if gone in self._left:
+            return  # a copy: the ring id matches until the new ring forms
+        self._left.add(gone)
+        self.stats["leaves"] += 1
+        self.log.info("%s left ring %s (leave message)", fmt_node(gone), self.ring_id)
         state = self.state
         if state is GATHER:
             if gone not in self._proc or gone in self._fail:
-                return
+                return  # someone's join told us already
         elif state is not OPERATIONAL and gone not in self._new_members:
             return
-        self.stats["leaves"] += 1
-        self.log.info("%s left ring %s (leave message)", fmt_node(gone), self.ring_id)
         if state is GATHER:
             self._fail.add(gone)
             self._joins.pop(gone, None)
@@ -728,6 +732,7 @@ class Srp:
         joined = tuple(sorted(set(members) - prev))
         out.append(ConfChange(False, self._new_ring, members, left, joined))
         self._regular = members
+        self._left.clear()
         self.ring_id = self._new_ring
         self.members = members
         self.rx = self._new_rx or RxStore(self._new_ring)
