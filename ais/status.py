@@ -129,8 +129,24 @@ def render(doc: dict[str, Any]) -> str:
         out += [f"  {k:<16} {v}" for k, v in rows]
     for name, section in sorted(doc.get("services", {}).items()):
         out.append(f"Service {name.upper()}")
-        out += [f"  {k:<16} {_value(v)}" for k, v in section.items()]
+        out += _section(section, 1)
     return "\n".join(out)
+
+
+def _section(section: dict[str, Any], depth: int) -> list[str]:
+    """A service's section: scalars and plain lists on one line, nested records below."""
+    pad = "  " * depth
+    lines = []
+    for k, v in section.items():
+        if isinstance(v, dict) and any(isinstance(x, (dict, list)) for x in v.values()):
+            lines.append(f"{pad}{k}")
+            lines += _section(v, depth + 1)
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"{pad}{k}")
+            lines += [f"{pad}  - {_value(x)}" for x in v]
+        else:
+            lines.append(f"{pad}{k:<{max(1, 18 - len(pad))}} {_value(v)}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

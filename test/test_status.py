@@ -296,3 +296,14 @@ def test_metrics_port_key() -> None:
     for bad in ("0", "70000", "host:1", "9101x", "1.2.3.4:"):
         with pytest.raises(config_mod.ConfigError, match="metrics_port"):
             config_mod.parse_openais_conf(base + f"aisexec {{\n metrics_port: {bad}\n}}\n")
+
+
+def test_render_nests_records_a_service_reports() -> None:
+    doc = {"node": "127.0.0.1", "services": {"amf": {
+        "groups": [{"name": "g1", "ready": 2}, {"name": "g2", "ready": 0}],
+        "nodes": {"127.0.0.1": {"units": ["u1", "u2"]}}, "components": 3}}}
+    lines = render(doc).splitlines()
+    assert lines[1] == "Ring: not started"
+    assert lines[2:] == ["Service AMF", "  groups", "    - name g1, ready 2",
+                         "    - name g2, ready 0", "  nodes", "    127.0.0.1",
+                         "      units        u1 u2", "  components       3"]
