@@ -194,6 +194,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (``ais-status --watch 1 | head``): not an error.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

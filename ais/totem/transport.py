@@ -309,7 +309,12 @@ class Transport:
     def leave(self) -> None:
         """Tell the ring this node leaves it (``Srp.leave``), then ``stop``.  Idempotent."""
         if self.state is TransportState.RUNNING:
-            self._perform(self.srp.leave(self.clock()))
+            # Sent here and now, not through the action queue: a greenlet
+            # paused inside a callback may hold that queue, and ``stop``
+            # drops what is in it.  (The rest of the actions only cancel timers.)
+            for action in self.srp.leave(self.clock()):
+                if isinstance(action, Send):
+                    self._send(action)
         self.stop()
 
     def stop(self) -> None:
