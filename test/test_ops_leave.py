@@ -142,3 +142,45 @@ def test_transport_drops_a_leave_naming_another_node(cleanup: list,  # noqa: F81
     gevent.sleep(0.05)
     assert h.t.stats["leave_refused"] == 1 and h.fatal == []
     assert any("naming another node" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leave_in_the_middle_of_traffic_keeps_virtual_synchrony(seed: int) -> None:
+    import random
+
+    from ais.totem.events import ConfChange, Deliver
+    from ais.totem.invariants import Delivered, History, check, check_liveness
+    rng = random.Random(seed)
+    net = formed(4)
+    # a little loss, so that the leave meets retransmissions and holes
+    net.drop = lambda src, dst, pkt: rng.random() < 0.05
+    submitted: dict[int, list[bytes]] = {i: [] for i in net.nodes}
+    leaver = rng.choice([A, B, C, D])
+    n = 0
+    for step in range(60):
+        for i in net.nodes:
+            if net.nodes[i].alive and rng.random() < 0.5:
+                payload = b"%d:%d" % (i, n)
+                n += 1
+                try:
+                    net.mcast(i, payload)
+                except Exception:  # SendQueueFull: not submitted
+                    continue
+                submitted[i].append(payload)
+        if step == 30:
+            _leave(net, leaver)
+        net.run(0.002)
+    net.drop = None
+    survivors = [i for i in net.nodes if i != leaver]
+    assert net.run_until(lambda: net.one_ring(survivors), 5)
+    net.run(1)
+    hists = []
+    for i, node in net.nodes.items():
+        events = [e if isinstance(e, ConfChange) else Delivered(e.sender, e.payload, e.ring_id)
+                  for e in node.deliveries if isinstance(e, (ConfChange, Deliver))]
+        hists.append(History(i, 0, events, submitted[i], crashed=(i == leaver)))
+    assert check(hists, complete=True) == []
+    assert check_liveness(hists, [(i, 0) for i in survivors]) == []
+    for i in survivors:
+        assert net.nodes[i].confs[-1].left == (leaver,)
+    assert any(net.nodes[i].srp.stats["leaves"] for i in survivors)
