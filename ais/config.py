@@ -19,7 +19,7 @@ openais.conf (``section { key: value }``, ``#`` comments)::
     totem    { token token_retransmit join consensus merge_detect token_hold
                window_size max_messages frame_size netmtu fail_recv_const
                fail_recv_backoff max_members }
-    aisexec  { socket authkey groups group statedir clustername metrics_port }
+    aisexec  { socket authkey groups group statedir clustername }
     limits   { max_connections max_queued_callbacks max_queued_bytes
                max_buffered_bytes frame_timeout max_checkpoints
                max_checkpoint_opens max_sections }
