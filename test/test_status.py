@@ -307,3 +307,24 @@ def test_render_nests_records_a_service_reports() -> None:
     assert lines[2:] == ["Service AMF", "  groups", "    - name g1, ready 2",
                          "    - name g2, ready 0", "  nodes", "    127.0.0.1",
                          "      units        u1 u2", "  components       3"]
+
+
+def test_every_documented_metric_name_is_exported() -> None:
+    import re
+
+    import ais.metrics
+    documented = re.findall(r"^    (ais_[a-z_]+)", ais.metrics.__doc__ or "", re.M)
+    assert len(documented) >= 17
+    exported = {line.split("{")[0].split(" ")[0] for line in _exposition(SAMPLE).splitlines()
+                if line.startswith("ais_")}
+    assert set(documented) - {"ais_"} <= exported, set(documented) - exported
+
+
+def test_unit_and_logrotate_samples_say_what_the_executive_does() -> None:
+    unit = (ROOT / "conf" / "aisexec.service").read_text().splitlines()
+    assert "Type=notify" in unit and "KillSignal=SIGTERM" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert any(line.startswith("ExecStart=") and "aisexec -c " in line for line in unit)
+    rot = (ROOT / "conf" / "logrotate.d" / "ais").read_text()
+    assert "postrotate" in rot and "--signal=HUP aisexec.service" in rot
+    assert "copytruncate" not in rot.replace("no copytruncate", "")
