@@ -564,6 +564,23 @@ class AisexecConfig:
     clustername: str = DEFAULT_CLUSTERNAME
     #: line of ``statedir`` (0: not given), so a bad directory can name it
     statedir_line: int = field(default=0, compare=False, repr=False)
+    #: ``metrics_port: [ADDRESS:]PORT``: serve Prometheus metrics there (address
+    #: default 127.0.0.1); None (the default): no metrics endpoint
+    metrics: tuple[str, int] | None = None
+
+
+def _metrics_endpoint(text: str) -> tuple[str, int]:
+    """``[ADDRESS:]PORT`` -> (IPv4 address, port); the address defaults to loopback."""
+    addr, sep, port = text.rpartition(":")
+    if not sep:
+        addr = "127.0.0.1"
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise ValueError(f"{addr!r} is not an IPv4 address") from None
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise ValueError(f"{port!r} is not a port number (1..65535)")
+    return addr, int(port)
 
 
 @dataclass(frozen=True)
@@ -648,6 +665,7 @@ _AISEXEC_KEYS = {
     "group": _Key(_word),
     "statedir": _Key(str),
     "clustername": _Key(lambda text: _sa_name(_word(text))),
+    "metrics_port": _Key(_metrics_endpoint),
 }
 _LIMITS_KEYS = {
     "max_connections": _Key(_positive_int),
@@ -767,6 +785,7 @@ def _aisexec(v: _Values, base: str) -> AisexecConfig:
         statedir=path("statedir", base),
         clustername=v.get("clustername", DEFAULT_CLUSTERNAME),
         statedir_line=v.entry("statedir").line if v.has("statedir") else 0,
+        metrics=v.get("metrics_port"),
     )
 
 

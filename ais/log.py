@@ -172,6 +172,45 @@ def log_elsewhere(logger: logging.Logger, level: int, msg: str) -> None:
             handler.handle(record)
 
 
+def reopen_log_files() -> list[str]:
+    """Reopen every log file :func:`setup_logging` opened (SIGHUP, for logrotate).
+
+    A file moved away keeps its old name's inode until reopened; afterwards
+    lines go to a new file at the configured path.  Never raises: a file
+    that cannot be reopened is reported on the other destinations and its
+    handler retries at its next line.
+
+    Returns:
+        the paths reopened.
+    """
+    done = []
+    for handler in _installed:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            old, handler.stream = handler.stream, None  # type: ignore[assignment]
+            if old is not None:
+                old.close()
+            try:
+                handler.stream = handler._open()
+                done.append(handler.baseFilename)
+            except OSError as exc:
+                problem = f"cannot reopen log file {handler.baseFilename}: {exc.strerror}"
+            else:
+                problem = ""
+        finally:
+            handler.release()
+        if problem:
+            # Not through the broken handler itself, which would print a traceback.
+            log = logging.getLogger("ais.log")
+            record = log.makeRecord(log.name, logging.ERROR, "(aisexec)", 0, problem, (), None)
+            for other in _installed:
+                if other is not handler:
+                    other.handle(record)
+    return done
+
+
 def teardown_logging() -> None:
     """Remove and close the handlers :func:`setup_logging` installed."""
     root = logging.getLogger()

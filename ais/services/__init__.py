@@ -10,7 +10,7 @@ import importlib
 from ais.services.base import create_service, register_service, registered_services
 
 #: modules of the built-in services, in start-up order (a missing one is skipped)
-BUILTIN_MODULES: tuple[str, ...] = ("clm", "ckpt", "amf", "evs")
+BUILTIN_MODULES: tuple[str, ...] = ("clm", "ckpt", "amf", "evs", "status")
 
 
 def load_builtin_services() -> list[str]:

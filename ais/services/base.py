@@ -616,6 +616,10 @@ class Service:
     def sync_abort(self) -> None:
         """The round was abandoned by a new configuration (``sync_start`` follows)."""
 
+    def status(self) -> dict[str, Any]:
+        """This service's section of ``ais-status`` and the metrics (JSON values; {}: none)."""
+        return {}
+
 
 _REGISTRY: dict[str, type[Service]] = {}
 

@@ -1324,6 +1324,7 @@ class CkptService(Service):
     def status(self) -> dict[str, Any]:
         """For logs, tests and the status command."""
         return {"checkpoints": len(self.ckpts), "linked": len(self.names),
+                "sections": sum(len(ck.sections) for ck in self.ckpts.values()),
                 "bytes": sum(ck.used for ck in self.ckpts.values())}
 
     def digest(self) -> list[tuple[Any, ...]]:

@@ -70,6 +70,15 @@ logs a warning, gathers alone and ignores the others for
 ``fail_recv_backoff`` ms (doubled on repeats); they form a ring without it
 after their consensus timeout, and merge detection brings it back later.
 
+Leave.  ``leave`` (the executive got SIGTERM) multicasts LEAVE naming the
+ring this node installed and then ignores all input and timers.  A member of
+that ring that hears it (and it must be its member, in that very ring: a
+LEAVE names only its own sender, so nobody can make another node leave, and
+one of an older ring is stale) puts the sender in its fail set and gathers
+at once; the survivors agree after one exchange of joins instead of waiting
+for the token timeout and the consensus timeout.  A lost LEAVE costs only
+that: the token timeout removes the node as if it had crashed.
+
 Stalls.  A node whose timers are overdue by more than the token
 timeout was not running (SIGSTOP, a VM pause): what it has queued is
 stale.  It drops input for ``join`` ms and gathers afresh from itself, so
@@ -173,11 +182,13 @@ class Srp:
         self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
         self._apart_until = 0.0
         self._out: list[Action] = []
+        self._gone = False  # we left (``leave``): ignore everything from now on
+        self._left: set[int] = set()  # members that left the installed ring (LEAVE)
         self.stats |= {
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
-            "failed_to_receive": 0,
+            "failed_to_receive": 0, "leaves": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
@@ -201,7 +212,7 @@ class Srp:
             self.stats["bad_packets"] += 1
             self.guard.refuse(str(e), None, now)
             return self._out
-        if pkt.sender != self.node_id and not self._stalled(now):
+        if pkt.sender != self.node_id and not self._gone and not self._stalled(now):
             why = self.guard.check(pkt)
             if why is not None:
                 self.guard.refuse(why, pkt.sender, now)
@@ -213,7 +224,7 @@ class Srp:
         """A timer fired.  Timers cancelled or re-armed since are ignored."""
         self._out = []
         at = self._timers.get(kind)
-        if at is None or now < at - 1e-9 or self._stalled(now):
+        if at is None or now < at - 1e-9 or self._gone or self._stalled(now):
             return self._out
         del self._timers[kind]
         getattr(self, "_timer_" + kind.value)(now)
@@ -244,6 +255,26 @@ class Srp:
             elif was_empty and self._forwarded_idle:
                 self._send_wake(now)
         return self._out
+
+    def leave(self, now: float) -> list[Action]:
+        """This node stops: tell the ring, so that the others re-form at once.
+
+        Afterwards every input and timer is ignored (the shell stops anyway).
+        """
+        self._out = []
+        if not self._gone:
+            self._gone = True
+            if len(self._regular) > 1:
+                self.log.info("leaving ring %s", self.ring_id)
+                self._out.append(Send(wire.encode_probe(wire.LEAVE, self.node_id,
+                                                        self.ring_id)))
+            self._disarm(*list(self._timers))
+        return self._out
+
+    @property
+    def rotation_time(self) -> float | None:
+        """Smoothed token rotation time (s) of the current ring; None before a sample."""
+        return self._srtt
 
     def queued(self) -> int:
         """Application messages queued and not yet (completely) sent."""
@@ -298,6 +329,9 @@ class Srp:
             self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
 
     def _on_probe(self, p: Probe, now: float) -> None:
+        if p.kind == wire.LEAVE:
+            self._on_leave(p, now)
+            return
         if self.state is not OPERATIONAL:
             return
         if p.kind == wire.WAKE:
@@ -316,6 +350,30 @@ class Srp:
         elif (p.ring_id != self.ring_id and p.sender not in self.members
                 and not self._is_apart(p.sender, now) and self.guard.may_gather(now)):
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
+
+    def _on_leave(self, p: Probe, now: float) -> None:
+        """A member of our installed ring leaves it: fail it and gather at once."""
+        gone = p.sender
+        if p.ring_id != self.ring_id or gone not in self.members or not self.ring_id.seq:
+            return  # not about our ring (stale, or a node we never had a ring with)
+        if gone in self._left:
+            return  # a copy: the ring id matches until the new ring forms
+        self._left.add(gone)
+        self.stats["leaves"] += 1
+        self.log.info("%s left ring %s (leave message)", fmt_node(gone), self.ring_id)
+        state = self.state
+        if state is GATHER:
+            if gone not in self._proc or gone in self._fail:
+                return  # someone's join told us already
+        elif state is not OPERATIONAL and gone not in self._new_members:
+            return
+        if state is GATHER:
+            self._fail.add(gone)
+            self._joins.pop(gone, None)
+            self._restart_gather(now)
+            self._check_consensus(now)
+        else:
+            self._enter_gather(f"leave from {fmt_node(gone)}", now, gone=gone)
 
     def _on_join(self, j: Join, now: float) -> None:
         if j.ring_seq > self.max_ring_seq:
@@ -502,7 +560,7 @@ class Srp:
     # ------------------------------------------------------------- membership
 
     def _enter_gather(self, reason: str, now: float, join: Join | None = None,
-                      fresh: bool = False) -> None:
+                      fresh: bool = False, gone: int | None = None) -> None:
         prev = self.state
         if fresh:
             # what we knew of the others is stale: start from ourselves
@@ -511,6 +569,8 @@ class Srp:
             self._proc = set(self.members)
             self._fail = set()
         self._proc.add(self.node_id)
+        if gone is not None and gone in self._proc:
+            self._fail.add(gone)  # it left: nobody waits for its join
         self.stats["gathers"] += 1
         if prev is not GATHER:
             self.log.debug("gather: %s", reason)
@@ -672,6 +732,7 @@ class Srp:
         joined = tuple(sorted(set(members) - prev))
         out.append(ConfChange(False, self._new_ring, members, left, joined))
         self._regular = members
+        self._left.clear()
         self.ring_id = self._new_ring
         self.members = members
         self.rx = self._new_rx or RxStore(self._new_ring)

@@ -56,6 +56,11 @@ up without reusing a ring id the others know.  A state file that cannot be
 saved (disk full, no descriptors, a directory in the way) is logged, rate
 limited, and the ring carries on.
 
+Leave: ``leave`` (SIGTERM) performs ``Srp.leave`` and stops.  A LEAVE
+counts only as its sender's own packet: one that authenticates but comes
+from another address than the node it names is dropped (``leave_refused``),
+so a node holding the key cannot make another one leave from its address.
+
 Peers: with ``udpu`` a datagram whose source address is not a configured
 member is dropped before decryption, counted (``unknown_peer``) and logged,
 rate limited.
@@ -84,7 +89,7 @@ from ais.totem.events import (
     Action, CancelTimer, ConfChange, Deliver, Send, SendQueueFull, Stable, StartTimer, TimerKind,
     fmt_node, node_of)
 from ais.totem.guard import RING_SEQ_LIMIT
-from ais.totem.wire import BadPacket
+from ais.totem.wire import LEAVE, PACKET_HEADER, BadPacket
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ class SrpLike(Protocol):
     def receive(self, data: bytes, now: float) -> list[Action]: ...
     def timer(self, kind: TimerKind, now: float) -> list[Action]: ...
     def mcast(self, payload: bytes, now: float) -> list[Action]: ...
+    def leave(self, now: float) -> list[Action]: ...
 
 
 class TransportState(enum.Enum):
@@ -247,7 +253,8 @@ class Transport:
             "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "send_errors",
             "invalid_digest", "replayed", "bad_packet", "own_dropped", "unknown_peer",
             "state_errors",
-            "deliveries", "confchanges", "timers_fired"), 0)
+            "deliveries", "confchanges", "timers_fired",
+            "deliver_bytes", "leave_refused"), 0)
         if mode == "udp":
             assert mcast_addr is not None
             self._everyone: list[tuple[str, int]] = [(mcast_addr, port)]
@@ -315,6 +322,17 @@ class Transport:
             if not self._performing and not self._drain_armed:
                 self._drain_armed = True
                 get_hub().loop.run_callback(self._drain_queued)
+
+    def leave(self) -> None:
+        """Tell the ring this node leaves it (``Srp.leave``), then ``stop``.  Idempotent."""
+        if self.state is TransportState.RUNNING:
+            # Sent here and now, not through the action queue: a greenlet
+            # paused inside a callback may hold that queue, and ``stop``
+            # drops what is in it.  (The rest of the actions only cancel timers.)
+            for action in self.srp.leave(self.clock()):
+                if isinstance(action, Send):
+                    self._send(action)
+        self.stop()
 
     def stop(self) -> None:
         """Stop receiving, disarm all timers and close the socket.  Idempotent."""
@@ -442,6 +460,12 @@ class Transport:
                                    "invalid digest: dropped %d-byte packet from %s "
                                    "(another key?)", len(data), host)
             return
+        if len(plain) >= PACKET_HEADER.size and plain[1] == LEAVE and \
+                PACKET_HEADER.unpack_from(plain)[2] != node_of(host):
+            self.stats["leave_refused"] += 1
+            self._peer_limit.log(self.log, SECURITY, "dropped a leave message from %s naming "
+                                 "another node", host)
+            return
         try:
             actions = self.srp.receive(plain, self.clock())
         except BadPacket as e:
@@ -500,6 +524,7 @@ class Transport:
                     self._send(action)
                 elif isinstance(action, Deliver):
                     self.stats["deliveries"] += 1
+                    self.stats["deliver_bytes"] += len(action.payload)
                     self.on_deliver(action)
                 elif isinstance(action, StartTimer):
                     self._arm(action.kind, action.at)

@@ -32,6 +32,7 @@ JOIN = 3
 COMMIT = 4
 MERGE_DETECT = 5
 WAKE = 6
+LEAVE = 7  #: the sender is stopping and leaves its ring (a PROBE body: that ring)
 
 #: upper bounds that keep a hostile packet from making us allocate much
 MAX_NODES = 256
@@ -116,7 +117,7 @@ class Commit:
 
 @dataclass(slots=True)
 class Probe:
-    """MERGE_DETECT (a representative's probe) or WAKE (release the resting token)."""
+    """MERGE_DETECT (a representative's probe), WAKE (release the resting token) or LEAVE."""
 
     kind: int
     sender: int
@@ -197,8 +198,9 @@ COMMIT_PACKET = _layout(Commit, "COMMIT", *_header(COMMIT), ("ring_id", RING_ID)
                         ("entries", array(COMMIT_ENTRY, u16, max=MAX_NODES, container=list)),
                         check=_commit_check)
 
-#  version (1) | type: MERGE_DETECT or WAKE (1) | sender (4) | ring seq (8) | ring rep (4)
-PROBE_PACKET = _layout(Probe, "probe", Const(u8, VERSION), ("kind", u8.only(MERGE_DETECT, WAKE)),
+#  version (1) | type: MERGE_DETECT, WAKE or LEAVE (1) | sender (4) | ring seq (8) | ring rep (4)
+PROBE_PACKET = _layout(Probe, "probe", Const(u8, VERSION),
+                       ("kind", u8.only(MERGE_DETECT, WAKE, LEAVE)),
                        ("sender", u32), ("ring_id", RING_ID))
 
 # Application items packed inside an MCAST payload.
@@ -228,7 +230,8 @@ def decode_recovered_untrusted(payload: bytes) -> Recovered:
 _DECODE_BY_TYPE: dict[int, Callable[[bytes], Packet]] = {
     kind: layout.decode for kind, layout in (
         (MCAST, MCAST_PACKET), (TOKEN, TOKEN_PACKET), (JOIN, JOIN_PACKET),
-        (COMMIT, COMMIT_PACKET), (MERGE_DETECT, PROBE_PACKET), (WAKE, PROBE_PACKET))}
+        (COMMIT, COMMIT_PACKET), (MERGE_DETECT, PROBE_PACKET), (WAKE, PROBE_PACKET),
+        (LEAVE, PROBE_PACKET))}
 
 
 def decode_untrusted(data: bytes) -> Packet:
