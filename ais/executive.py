@@ -87,7 +87,8 @@ import itertools
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable
 
 from ais.log import NodeAdapter, RateLimiter
 from ais.services.base import (

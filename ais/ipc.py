@@ -158,7 +158,7 @@ def supplementary_groups(pid: int) -> set[int]:
 class _Outbox:
     """Frames waiting for one socket; a writer greenlet drains it."""
 
-    def __init__(self, conn: "IpcConnection", sock: Any, what: str) -> None:
+    def __init__(self, conn: IpcConnection, sock: Any, what: str) -> None:
         self.conn = conn
         self.sock = sock
         self.what = what
@@ -210,7 +210,7 @@ class _Outbox:
 class IpcConnection:
     """A client library handle's connection: implements ``base.LibConn``."""
 
-    def __init__(self, server: "IpcServer", conn_id: int, service_id: int, sock: Any,
+    def __init__(self, server: IpcServer, conn_id: int, service_id: int, sock: Any,
                  creds: tuple[int, int, int]) -> None:
         self.server = server
         self.conn_id = conn_id
@@ -455,7 +455,7 @@ class IpcServer:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "IpcServer":
+    def __enter__(self) -> IpcServer:
         self.start()
         return self
 

@@ -49,7 +49,8 @@ import logging
 import re
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from ais.totem.events import ConfChange, fmt_node
 from saf.types import node_id_from_totem

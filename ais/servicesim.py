@@ -126,7 +126,8 @@ import traceback
 import zlib
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Generator, Iterable
+from typing import Any
+from collections.abc import Callable, Generator, Iterable
 
 from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
 from ais.services import ckpt as ckpt_mod
@@ -599,7 +600,7 @@ class _AmfComp:
     """An AMF component process on one node incarnation: registers (retrying EXIST and
     TRY_AGAIN every 0.5 s) and answers every callback 1 ms later, as testamf1..6 do."""
 
-    def __init__(self, sim: "ServiceSim", nid: int, inc: int, host: ServiceHost,
+    def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
                  name: str) -> None:
         self.sim, self.nid, self.inc, self.host, self.name = sim, nid, inc, host, name
         self.conn_id = host.new_conn_id()
@@ -674,7 +675,7 @@ class _TrackConn:
 class _Conn:
     """A ``LibConn`` without a socket: frames go to its client."""
 
-    def __init__(self, conn_id: int, service_id: int, client: "_Client") -> None:
+    def __init__(self, conn_id: int, service_id: int, client: _Client) -> None:
         self.conn_id = conn_id
         self.service_id = service_id
         self.private: dict[str, Any] = {}
@@ -716,8 +717,8 @@ Call = Generator[Any, Any, Reply]
 class _Client:
     """One simulated CKPT client: one request at a time, like a blocking SAF call."""
 
-    def __init__(self, sim: "ServiceSim", node: _Node, k: int, uid: int,
-                 script: Callable[["_Client"], Generator[Any, Any, Any]] | None = None) -> None:
+    def __init__(self, sim: ServiceSim, node: _Node, k: int, uid: int,
+                 script: Callable[[_Client], Generator[Any, Any, Any]] | None = None) -> None:
         self.sim = sim
         self.node_id = node.id
         self.inc = node.inc
@@ -738,7 +739,7 @@ class _Client:
         self.finished = False
         #: (ckpt id, name, mode) by handle
         self.handles: dict[int, tuple[tuple[int, int, int], bytes, int]] = {}
-        self.on_ack: Callable[["_Client", Ack], None] | None = None
+        self.on_ack: Callable[[_Client, Ack], None] | None = None
         #: the handle a scenario's steps share
         self.handle = 0
 
@@ -913,13 +914,13 @@ class _Clock:
 
     __slots__ = ("sim", "nid", "inc")
 
-    def __init__(self, sim: "ServiceSim", nid: int, inc: int) -> None:
+    def __init__(self, sim: ServiceSim, nid: int, inc: int) -> None:
         self.sim, self.nid, self.inc = sim, nid, inc
 
     def now(self) -> float:
         return self.sim.now
 
-    def call_later(self, delay: float, fn: Callable[[], None]) -> "_Timer":
+    def call_later(self, delay: float, fn: Callable[[], None]) -> _Timer:
         t = _Timer()
         self.sim.push(self.sim.now + max(0.0, delay), _HOST, self.nid, self.inc, t, fn)
         return t
@@ -940,7 +941,7 @@ class _Port:
 
     __slots__ = ("sim", "node", "inc")
 
-    def __init__(self, sim: "ServiceSim", node: _Node) -> None:
+    def __init__(self, sim: ServiceSim, node: _Node) -> None:
         self.sim, self.node, self.inc = sim, node, node.inc
 
     def mcast(self, payload: bytes) -> None:
@@ -954,7 +955,7 @@ class _Port:
 class _TraceHandler(logging.Handler):
     """Log records of the hosts and services become trace lines."""
 
-    def __init__(self, sim: "ServiceSim") -> None:
+    def __init__(self, sim: ServiceSim) -> None:
         super().__init__(logging.DEBUG)
         self.sim = sim
 

@@ -18,7 +18,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
+from collections.abc import Sequence
 
 from saf import _status_wire as sw
 from saf._conn import one_shot, socket_path

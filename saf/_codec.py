@@ -90,7 +90,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from saf.errors import IpcProtocolError
 
@@ -122,11 +123,11 @@ class Int:
         self.is_flag = is_flag
         self.label = label or ("flag" if is_flag else ("i" if signed else "u") + str(bits))
 
-    def only(self, *values: int) -> "Int":
+    def only(self, *values: int) -> Int:
         """The same integer, restricted to ``values`` when decoded."""
         return Int(self.code, choices=frozenset(values), label=self.label)
 
-    def as_enum(self, enum_cls: type[enum.IntEnum]) -> "Int":
+    def as_enum(self, enum_cls: type[enum.IntEnum]) -> Int:
         """The same integer, decoded as ``enum_cls`` (other values are an error)."""
         return Int(self.code, enum_cls=enum_cls, label=self.label)
 
@@ -190,7 +191,7 @@ class array:  # noqa: N801
     and the decoder requires them strictly increasing.
     """
 
-    item: "Layout | Int | blob"
+    item: Layout | Int | blob
     count: Int | str
     max: int | None = None
     container: Callable[[Iterable[Any]], Any] = tuple
@@ -201,7 +202,7 @@ class array:  # noqa: N801
 class optional:  # noqa: N801
     """A fixed layout that may be absent (None): zeros on the wire, flag field ``present``."""
 
-    layout: "Layout"
+    layout: Layout
     present: str
 
 
@@ -829,7 +830,7 @@ def _type_min_size(t: FieldType) -> int:
 _ITEM_LAYOUTS: dict[tuple[Any, type[Exception]], Layout] = {}
 
 
-def _item_layout(item: "Layout | Int | blob", error: type[Exception]) -> Layout:
+def _item_layout(item: Layout | Int | blob, error: type[Exception]) -> Layout:
     """A Layout for an array item; a bare Int or blob becomes a one-field tuple layout."""
     if isinstance(item, Layout):
         return item

@@ -35,7 +35,8 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable
 
 from saf import _wire as w
 from saf.errors import (
@@ -419,7 +420,7 @@ class Connection:
     def finalized(self) -> bool:
         return self._state is not HandleState.OPEN
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -276,7 +276,7 @@ class AmfHandle(Connection):
         if self.callbacks.pending_operation_expired_callback is not None:
             self.callbacks.pending_operation_expired_callback(cb.comp_name, cb.flags)
 
-    def __enter__(self) -> "AmfHandle":
+    def __enter__(self) -> AmfHandle:
         return self
 
 

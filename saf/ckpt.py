@@ -68,7 +68,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 from saf import _ckpt_wire as cw
 from saf import _conn
@@ -139,7 +140,7 @@ class CkptHandle(Connection):
 
     def checkpoint_open(self, name: str | bytes, flags: int,
                         attributes: CreationAttributes | None = None,
-                        timeout: int = SA_TIME_END) -> "CheckpointHandle":
+                        timeout: int = SA_TIME_END) -> CheckpointHandle:
         """Open (and with ``attributes``, create if absent) the checkpoint ``name``.
 
         Args:
@@ -176,7 +177,7 @@ class CkptHandle(Connection):
         """
         self.request(cw.REQ_UNLINK, _name(name))
 
-    def _new_checkpoint(self, handle: int, name: bytes, flags: int) -> "CheckpointHandle":
+    def _new_checkpoint(self, handle: int, name: bytes, flags: int) -> CheckpointHandle:
         ck = CheckpointHandle(self, handle, name, flags)
         self._checkpoints[handle] = ck
         return ck
@@ -203,7 +204,7 @@ class CkptHandle(Connection):
             ck._closed = True
         self._checkpoints.clear()
 
-    def __enter__(self) -> "CkptHandle":
+    def __enter__(self) -> CkptHandle:
         return self
 
 
@@ -239,7 +240,7 @@ class CheckpointHandle:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "CheckpointHandle":
+    def __enter__(self) -> CheckpointHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -293,7 +294,7 @@ class CheckpointHandle:
                               _remaining(expiration_time)))
 
     def section_iterator_initialize(self, sections_chosen: int = SA_CKPT_SECTIONS_ANY,
-                                    expiration_time: int = 0) -> "SectionIterator":
+                                    expiration_time: int = 0) -> SectionIterator:
         """An iterator over the sections chosen now (SA_CKPT_SECTIONS_*)."""
         iter_id = self._request(cw.REQ_ITER_INIT,
                                 _encode(cw.encode_iter_init, sections_chosen, expiration_time),
@@ -301,7 +302,7 @@ class CheckpointHandle:
         return SectionIterator(self._owner, iter_id)
 
     def sections(self, sections_chosen: int = SA_CKPT_SECTIONS_ANY,
-                 expiration_time: int = 0) -> "SectionIterator":
+                 expiration_time: int = 0) -> SectionIterator:
         """Same as ``section_iterator_initialize``: ``for d in c.sections(): ...``."""
         return self.section_iterator_initialize(sections_chosen, expiration_time)
 
@@ -407,7 +408,7 @@ class SectionIterator:
         self._finalized = True
         self._owner.request(cw.REQ_ITER_FINALIZE, cw.encode_iter_id(self.iter_id))
 
-    def __enter__(self) -> "SectionIterator":
+    def __enter__(self) -> SectionIterator:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -40,7 +40,7 @@ Node ids are SAF nodeIds (``saf.types.node_id_of_address``); 0 is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from saf import _clm_wire as cw
 from saf import _conn
@@ -118,7 +118,7 @@ class ClmHandle(Connection):
             invocation, node = cb
             fn(invocation, node if error == SA_OK else None, error)
 
-    def __enter__(self) -> "ClmHandle":
+    def __enter__(self) -> ClmHandle:
         return self
 
 

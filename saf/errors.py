@@ -24,7 +24,7 @@ class SaError(Exception):
     code: ClassVar[int] = 0
     sa_name: ClassVar[str] = ""
 
-    def __new__(cls, *args: object, **kwargs: object) -> "SaError":
+    def __new__(cls, *args: object, **kwargs: object) -> SaError:
         # The base carries no code: a bare SaError would reach clients as "0".
         if cls is SaError:
             raise TypeError("SaError is abstract: raise a subclass or SaError.from_code(n)")
@@ -35,7 +35,7 @@ class SaError(Exception):
         return f"{self.sa_name} ({self.code})" + (f": {detail}" if detail else "")
 
     @staticmethod
-    def from_code(code: int, detail: str = "") -> "SaError":
+    def from_code(code: int, detail: str = "") -> SaError:
         """The exception for SaErrorT ``code``.
 
         Raises:

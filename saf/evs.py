@@ -58,7 +58,7 @@ import ipaddress
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from saf import _evs_wire as ew
 from saf import _wire as w
@@ -353,7 +353,7 @@ class EvsHandle(Connection):
         else:
             raise Library(f"unknown EVS callback id {frame.msg_id}")
 
-    def __enter__(self) -> "EvsHandle":
+    def __enter__(self) -> EvsHandle:
         return self
 
 

@@ -105,7 +105,8 @@ import enum
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ais.config import AmfComponent, AmfModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter

@@ -172,7 +172,8 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
+from collections.abc import Callable
 
 from ais.totem.events import ConfChange, RingId
 from saf.errors import SA_OK, SaError
@@ -339,10 +340,10 @@ class HostAPI(Protocol):
     @property
     def syncing(self) -> bool: ...
 
-    def mcast(self, service: "Service", msg_id: int, payload: bytes,
+    def mcast(self, service: Service, msg_id: int, payload: bytes,
               tag: ReplyTag = NO_TAG) -> None: ...
 
-    def mcast_sync(self, service: "Service", msg_id: int, payload: bytes) -> None: ...
+    def mcast_sync(self, service: Service, msg_id: int, payload: bytes) -> None: ...
 
     def reply(self, tag: ReplyTag, body: bytes = b"", *, safe: bool = False) -> bool:
         """Answer ``tag``; True when a client of this node was still waiting for it."""

@@ -119,7 +119,8 @@ import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from ais.log import RateLimiter
 from ais.services.base import (
@@ -281,7 +282,7 @@ class Checkpoint:
         """Equal versions mean equal histories, hence equal replicas; the greatest wins."""
         return (self.updates, self.last_ring, self.digest)
 
-    def common_updates(self, other: "Checkpoint") -> int | None:
+    def common_updates(self, other: Checkpoint) -> int | None:
         """Updates the two histories share, when the kept history window shows it."""
         mine = {n: d for n, d, _ in self.history}
         mine[self.updates] = self.digest
@@ -323,7 +324,7 @@ def _require(ok: bool, what: str) -> None:
 
 
 def _by_handle(need: int = 0, check: Callable[[bytes], None] | None = None
-               ) -> Callable[["CkptService", LibConn, Request], bytes]:
+               ) -> Callable[[CkptService, LibConn, Request], bytes]:
     """A ``forward`` body for a handle request: ``check`` the rest of the request, then
     multicast it with the handle replaced by the checkpoint id (BAD_HANDLE, ACCESS)."""
     def body(svc: CkptService, conn: LibConn, req: Request) -> bytes:

@@ -65,7 +65,8 @@ from __future__ import annotations
 
 import collections
 import struct
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from ais.log import RateLimiter
 from ais.services.base import (

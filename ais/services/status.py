@@ -26,7 +26,8 @@ executive's wiring (``attach``), the clock from the host.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from ais.services.base import HostAPI, LibConn, Request, Service, lib_handler, register_service
 from ais.totem.events import fmt_node

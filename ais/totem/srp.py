@@ -89,7 +89,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from . import wire
 from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,

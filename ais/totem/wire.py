@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from saf._codec import Const, Layout, array, flag, rest, u8, u16, u32, u64
 
