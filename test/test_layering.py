@@ -75,7 +75,8 @@ def test_totem_does_not_know_the_services() -> None:
 def test_codec_stands_alone() -> None:
     """saf/_codec.py, shared by the ring and the client library, needs nothing else of either."""
     path = ROOT / "saf" / "_codec.py"
-    assert imports(path) <= {"__future__", "dataclasses", "enum", "struct", "typing", "saf"}
+    assert imports(path) <= {"__future__", "collections", "dataclasses", "enum", "struct", "typing",
+                             "saf"}
     found = {n.module for n in ast.walk(ast.parse(path.read_text()))
              if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("saf")}
     assert found <= {"saf.errors"}
