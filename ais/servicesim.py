@@ -1005,7 +1005,7 @@ class ServiceSim(Simulation):
         #: checkpoints sharing their name with one created on a side they never met
         self.name_conflicted: set[tuple[int, int, int]] = set()
         self.ck_names: dict[tuple[int, int, int], bytes] = {}
-        self.acks: list[Ack] = []
+        self.client_acks: list[Ack] = []
         self.written: dict[bytes, tuple[int, int]] = {}
         #: incarnations that hold the cluster's state (module docstring (b))
         #: acknowledgements and their holders (module docstring (b))
@@ -1210,7 +1210,8 @@ class ServiceSim(Simulation):
                 else:
                     self._holds(node, ck, key)
         if self.trace is not None and self.o.full_trace:
-            self.tr(node, f"deliver {len(p)}B from {self.nodes[d.sender].name if d.sender in self.nodes else d.sender} ring {d.ring_id}")
+            sender = self.nodes[d.sender].name if d.sender in self.nodes else d.sender
+            self.tr(node, f"deliver {len(p)}B from {sender} ring {d.ring_id}")
         host = self.hosts[node.id]
         if host is not None:
             host.on_deliver(d)
@@ -1299,9 +1300,9 @@ class ServiceSim(Simulation):
     def on_packet(self, node: _Node, src: int, data: bytes) -> None:
         dst = node.id
         for nid, direction, big in self.asym_rules:
-            if (direction == "out" and src == nid) or (direction == "in" and dst == nid):
-                if not big or len(data) > 800:
-                    return
+            if (((direction == "out" and src == nid) or (direction == "in" and dst == nid))
+                    and (not big or len(data) > 800)):
+                return
         for rule in self.drop_rules:
             if rule(src, dst, data):
                 return
@@ -1445,19 +1446,19 @@ class ServiceSim(Simulation):
             c.handles[h] = (hd.ckpt_id, name, mode)
             self.ck_names[hd.ckpt_id] = name
             if name.startswith(b"stable-"):
-                self._ack(c, Ack(hd.ckpt_id, name, None, 0, mode, c.node_id, c.inc, self.now,
-                                 c.name), req.seq)
+                self._client_ack(c, Ack(hd.ckpt_id, name, None, 0, mode, c.node_id, c.inc,
+                                        self.now, c.name), req.seq)
         elif req.kind in ("section_create", "write", "overwrite"):
             h = info["h"]
             if h not in c.handles:
                 return
             ck, name, mode = c.handles[h]
             if name.startswith(b"stable-"):
-                self._ack(c, Ack(ck, name, info["sid"], info["n"], mode, c.node_id, c.inc,
-                                 self.now, c.name), req.seq)
+                self._client_ack(c, Ack(ck, name, info["sid"], info["n"], mode, c.node_id,
+                                        c.inc, self.now, c.name), req.seq)
 
-    def _ack(self, c: _Client, a: Ack, seq: int) -> None:
-        self.acks.append(a)
+    def _client_ack(self, c: _Client, a: Ack, seq: int) -> None:
+        self.client_acks.append(a)
         found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
         key, members = found if found is not None else (None, frozenset())
         if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
@@ -1818,7 +1819,8 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         nodes=a.nodes, loss=a.loss, dup=a.dup, reorder=a.reorder, reorder_delay=a.reorder_delay,
         delay=(lo, hi), partitions=a.partitions, flaps=a.flaps, crashes=a.crashes,
         state_crashes=a.state_crashes, pauses=a.pauses, restarts=a.restarts, asym=a.asym,
-        ack_crashes=a.ack_crashes, split_writes=a.split_writes, messages=a.messages, clients=a.clients, stable=a.stable,
+        ack_crashes=a.ack_crashes, split_writes=a.split_writes, messages=a.messages,
+        clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps, amf=a.amf)

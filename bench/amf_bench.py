@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "test"))
 from cluster import Cluster  # noqa: E402
 
-COMP = r"""
+COMP = rf"""
 import os, select, sys, time  # noqa: E402
-sys.path.insert(0, %r)
+sys.path.insert(0, {str(ROOT)!r})
 from saf import amf  # noqa: E402
 from saf.types import SA_DISPATCH_ALL  # noqa: E402
 def hc(inv, comp, t): amf.response(inv)
@@ -51,18 +51,20 @@ fd = h.selection_object()
 while True:
     select.select([fd], [], [])
     h.dispatch(SA_DISPATCH_ALL)
-""" % str(ROOT)
+"""
 
 
 class Comp:
     def __init__(self, c: Cluster, n: int, name: str) -> None:
-        self.out = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "-c", COMP, name], env=c.nodes[n].env(),
-                                     stdout=self.out, stderr=subprocess.STDOUT, text=True)
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".out", dir=c.root)
+        self.path = Path(path)
+        with os.fdopen(fd, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", COMP, name],
+                                         env=c.nodes[n].env(), stdout=out,
+                                         stderr=subprocess.STDOUT, text=True)
 
     def text(self) -> str:
-        self.out.seek(0)
-        return self.out.read()
+        return self.path.read_text()
 
     def wait(self, word: str, timeout: float = 20.0) -> str:
         end = time.monotonic() + timeout

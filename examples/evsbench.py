@@ -89,8 +89,8 @@ def main() -> int:
     count, size = args.count, args.size
     for _ in range(args.rounds):
         secs, tps, mbs = bench_round(h, buf, count, min(size, BUFFER))
-        print("%5d Writes %5d bytes per write %7.3f Seconds runtime %9.3f TP/s %7.3f MB/s."
-              % (count, size, secs, tps, mbs), flush=True)
+        print(f"{count:5d} Writes {size:5d} bytes per write {secs:7.3f} Seconds runtime "
+              f"{tps:9.3f} TP/s {mbs:7.3f} MB/s.", flush=True)
         if not args.fixed:
             count = int(count * 0.80)
             size += 100

@@ -52,9 +52,9 @@ def main() -> int:
     except SaError as err:
         model = err.code
     say(f"component capability model get is {model} (should be 1)")
-    say(f"track start result is "
-        f"{result(lambda: h1.protection_group_track_start(CSI, SA_TRACK_CURRENT | SA_TRACK_CHANGES))}"
-        f" (should be 1)")
+    started = result(lambda: h1.protection_group_track_start(
+        CSI, SA_TRACK_CURRENT | SA_TRACK_CHANGES))
+    say(f"track start result is {started} (should be 1)")
     h2.protection_group_track_start(CSI, SA_TRACK_CHANGES)
     say(f"track stop result is {result(lambda: h2.protection_group_track_stop(CSI))} "
         f"(should be 1)")

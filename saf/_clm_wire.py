@@ -59,8 +59,10 @@ class ClmNodeGetCallback:
 
 
 # SaClmClusterNodeT (594 bytes):
-#  0         4        5           69         71            327         329              585      586
-#  | node_id | addr_n | addr[64]  | name_n   | name[256]   | cluster_n | cluster[256]   | member | boot_ts (i64) |
+#  0         4        5           69         71            327         329
+#  | node_id | addr_n | addr[64]  | name_n   | name[256]   | cluster_n | cluster[256]   |
+#  585      586
+#  | member | boot_ts (i64) |
 #  *_n give the used length of the zero-padded field that follows.
 CLUSTER_NODE = Layout(
     ClusterNode, "cluster node",

@@ -194,7 +194,8 @@ __all__ = [
     "ConfchgCallback", "DeliverCallback", "EVS_CB_CONFCHG", "EVS_CB_DELIVER",
     "EVS_REQ_JOIN", "EVS_REQ_LEAVE", "EVS_REQ_MCAST_GROUPS", "EVS_REQ_MCAST_JOINED",
     "EVS_SERVICE_ID", "GROUP_SIZE", "MAX_GROUPS", "MAX_GROUPS_PER_CALL", "MAX_MESSAGE",
-    "MCAST_QUEUE", "McastRequest", "Member", "PIPELINE", "decode_confchg_untrusted", "decode_deliver_untrusted",
+    "MCAST_QUEUE", "McastRequest", "Member", "PIPELINE", "decode_confchg_untrusted",
+    "decode_deliver_untrusted",
     "decode_group_list_untrusted", "decode_mcast_untrusted", "encode_confchg",
     "encode_deliver_head", "encode_group_list", "encode_mcast", "encode_member", "group_key",
 ]

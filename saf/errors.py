@@ -134,4 +134,5 @@ del _name, _code, _sa, _cls
 #: every error class, by code (read-only use)
 ERRORS_BY_CODE: dict[int, type[SaError]] = dict(_BY_CODE)
 
-__all__ = ["SA_OK", "SaError", "IpcProtocolError", "ERRORS_BY_CODE", "TooManyGroups"] + [n for n, _, _ in _TABLE]
+__all__ = ["SA_OK", "SaError", "IpcProtocolError", "ERRORS_BY_CODE", "TooManyGroups"] + [
+    n for n, _, _ in _TABLE]

@@ -58,6 +58,7 @@ import ipaddress
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from collections.abc import Callable, Iterable, Sequence
 
 from saf import _evs_wire as ew
@@ -239,13 +240,14 @@ class EvsHandle(Connection):
             self._raise_late()
 
     def request(self, msg_id: int, body: bytes = b"", *,
-                timeout: float | None = REQUEST_GUARD) -> bytes:
+                timeout: float | None = REQUEST_GUARD,
+                decode: Callable[[bytes], Any] | None = None) -> Any:
         self._check_open()
         with self._req_lock:
             if self._unanswered:
                 self._reap(0, time.monotonic() + REQUEST_GUARD)
             self._raise_late()
-            return super().request(msg_id, body, timeout=timeout)
+            return super().request(msg_id, body, timeout=timeout, decode=decode)
 
     def fd_get(self) -> int:
         """evs_fd_get: the descriptor to select()/poll() on."""

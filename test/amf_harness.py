@@ -8,6 +8,7 @@ the example programs do.  No sockets, no threads, no real time.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from helpers_exec import BOOT, FakeConn
 
@@ -20,7 +21,7 @@ from ais.totem.events import node_of
 from saf import _amf_wire as aw
 from saf.errors import SA_OK
 
-SAMPLE = open(__file__.rsplit("/", 2)[0] + "/conf/groups.conf").read()
+SAMPLE = (Path(__file__).parent.parent / "conf" / "groups.conf").read_text()
 
 READINESS = {1: "OUT_OF_SERVICE", 2: "IN_SERVICE", 3: "STOPPING"}
 HA = {1: "ACTIVE", 2: "STANDBY", 3: "QUIESCED"}

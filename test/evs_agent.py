@@ -52,9 +52,8 @@ def main() -> int:
 
     def confchg(group, members, left, joined) -> None:
         state["members"] = members
-        log.append("C members=%s left=%s joined=%s" % (
-            ",".join(m.address for m in members), ",".join(m.address for m in left),
-            ",".join(m.address for m in joined)))
+        names = [",".join(m.address for m in ms) for ms in (members, left, joined)]
+        log.append("C members={} left={} joined={}".format(*names))
         if left:
             state["left_seen"] = True
 

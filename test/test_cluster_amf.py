@@ -179,7 +179,7 @@ def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> Non
                 p.wait(lambda q: q.states()[-1:] == [ACTIVE], "ACTIVE")
             assert n1 and "role active" in unit_line(status(c, 1), "raidB")
             # negative checks of spec 10.8 through the library
-            out = c.client(1, "import sys; sys.path.insert(0, %r)\n" % str(ROOT) + NEGATIVE)
+            out = c.client(1, f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + NEGATIVE)
             assert out.returncode == 0 and out.stdout.split() == [
                 "12", "14", "21", "21", "12", "12", "3"], out.stdout + out.stderr
         finally:

@@ -47,10 +47,10 @@ class Msg:
     tail: bytes
 
 
-#  0     1      2       3     4               12               270      271        273    274
-#  | 7   | ok   | color | pad | inner (a, b)  | name (SaNameT) | small  | key_len  | nids | has_opt |
-#  275       283
-#  | opt (8) | key | count u16 | items (len u8, name, size u64)... | ids (u32 each) | tail
+#  0     1      2       3     4               12               270      271        273
+#  | 7   | ok   | color | pad | inner (a, b)  | name (SaNameT) | small  | key_len  | nids |
+#  274       275       283
+#  | has_opt | opt (8) | key | count u16 | items (len u8, name, size u64)... | ids (u32 each) | tail
 MSG = Layout(
     Msg, "MSG",
     Const(u8, 7),

@@ -71,7 +71,10 @@ class EvsCluster(ServiceCluster):
 
 
 def events(conn: FakeConn) -> list[tuple]:
-    """The connection's callbacks, decoded: ("msg", data) / ("conf", group, members, left, joined)."""
+    """The connection's callbacks, decoded.
+
+    Each is ("msg", data) or ("conf", group, members, left, joined).
+    """
     out: list[tuple] = []
     for f in conn.callbacks:
         if f.msg_id == ew.EVS_CB_DELIVER:
@@ -319,7 +322,8 @@ class Rec:
         self.callbacks = evs.Callbacks(deliver_callback=lambda s, m: self.msgs.append((s, m)),
                                        confchg_callback=lambda *a: self.confs.append(a))
 
-    def wait(self, h: evs.EvsHandle, n_msgs: int = 0, n_confs: int = 0, timeout: float = 10) -> None:
+    def wait(self, h: evs.EvsHandle, n_msgs: int = 0, n_confs: int = 0,
+             timeout: float = 10) -> None:
         end = time.monotonic() + timeout
         while len(self.msgs) < n_msgs or len(self.confs) < n_confs:
             left = end - time.monotonic()

@@ -1,4 +1,7 @@
-"""Client IPC and ring wire formats: exact bytes both ways; garbage raises only the decoder's error."""
+"""Client IPC and ring wire formats.
+
+Exact bytes both ways; garbage raises only the decoder's error.
+"""
 import random
 import struct
 

@@ -569,11 +569,11 @@ class AmfService(Service):
                 for c in live:
                     self._request(c, KIND_READINESS, OOS)
                 return True
-        elif unit.phase == Phase.STOPPING:
-            if all(c.readiness == OOS and c.want_readiness == OOS for c in live):
-                unit.phase = Phase.IDLE
-                self.log.log(NOTICE, "unit %s is out of service", unit.name)
-                return True
+        elif unit.phase == Phase.STOPPING and all(
+                c.readiness == OOS and c.want_readiness == OOS for c in live):
+            unit.phase = Phase.IDLE
+            self.log.log(NOTICE, "unit %s is out of service", unit.name)
+            return True
         return False
 
     def _may_activate(self, g: Group) -> bool:
@@ -793,8 +793,9 @@ class AmfService(Service):
 
     def _record_of(self, unit: Unit) -> _UnitRecord:
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
-            _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha), int(c.want_readiness),
-                        int(c.want_ha), c.host, c.conn_id, c.incarnation, c.error)
+            _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
+                        int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
+                        c.incarnation, c.error)
             for c in unit.comps))
 
     @exec_handler(MSG_MODEL)

@@ -506,9 +506,9 @@ class LowestMemberTimers:
         Setting the deadline ``key`` already has only replaces the payload (a
         deadline that passed is sent again after the next sync round, not now).
         """
-        entry = self._due.get(key)
-        if entry is not None and entry[0] == deadline:
-            entry[1] = payload
+        current = self._due.get(key)
+        if current is not None and current[0] == deadline:
+            current[1] = payload
             return
         self.cancel(key)
         delay = max(0.0, deadline - self.host.now())
@@ -652,8 +652,8 @@ def registered_services() -> dict[str, type[Service]]:
 
 __all__ = [
     "DEFERRED", "Deferred", "NOTICE", "ExecHandlerSpec", "ExecMessage", "HostAPI", "LibConn",
-    "LibHandlerSpec", "LowestMemberTimers", "NO_TAG", "ReplyTag", "Request", "Service", "StateGroup", "StateId",
-    "SyncInfo", "TimerHandle",
+    "LibHandlerSpec", "LowestMemberTimers", "NO_TAG", "ReplyTag", "Request", "Service",
+    "StateGroup", "StateId", "SyncInfo", "TimerHandle",
     "create_service", "exec_handler", "forward", "lib_handler", "register_service",
     "registered_services",
 ]

@@ -611,7 +611,8 @@ class CkptService(Service):
                 ck = Checkpoint(new_id, op.name, op.attributes,
                                 digest=_genesis(new_id, op.name, op.attributes))
                 if op.attributes.max_sections == 1:
-                    ck.sections[cw.SA_CKPT_DEFAULT_SECTION_ID] = Section(bytearray(), SA_TIME_END, 0)
+                    ck.sections[cw.SA_CKPT_DEFAULT_SECTION_ID] = Section(
+                        bytearray(), SA_TIME_END, 0)
                     self._count_sections(1)
                 self.ckpts[ck.id] = ck
                 self.names[op.name] = ck.id
@@ -911,9 +912,8 @@ class CkptService(Service):
                 return sec.expiration <= when
             if filt == cw.SA_CKPT_SECTIONS_GEQ_EXPIRATION_TIME:
                 return sec.expiration >= when
-            if filt == cw.SA_CKPT_SECTIONS_CORRUPTED:
-                return False  # replicas are written in agreed order: never corrupted
-            return True
+            # replicas are written in agreed order: never corrupted
+            return filt != cw.SA_CKPT_SECTIONS_CORRUPTED
 
         snap = [cw.SectionDescriptor(sid, s.expiration, len(s.data), cw.SA_CKPT_SECTION_VALID,
                                      s.last_update)
@@ -940,7 +940,7 @@ class CkptService(Service):
             raise BadHandle(f"no section iterator {iter_id}")
         return b""
 
-    # --- data --------------------------------------------------------------------------------------
+    # --- data -------------------------------------------------------------------------------------
 
     lib_write = forward(cw.REQ_WRITE, MSG_WRITE, body=_by_handle(
         _WRITE, lambda rest: _require(bool(cw.decode_write_untrusted(rest).vectors),

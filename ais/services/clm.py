@@ -221,7 +221,8 @@ class ClmService(Service):
         left_items = [ClusterNotification(rec, ClusterChange.SA_CLM_NODE_LEFT)
                       for rec in departed.values()]
         full = w.encode_clm_track_callback(w.ClmTrackCallback(
-            self.view_number, len(self.view_members), tuple(self.current_items(joined) + left_items)))
+            self.view_number, len(self.view_members),
+            tuple(self.current_items(joined) + left_items)))
         only = w.encode_clm_track_callback(w.ClmTrackCallback(
             self.view_number, len(self.view_members),
             tuple([i for i in self.current_items(joined)
@@ -277,9 +278,8 @@ class ClmService(Service):
             error = SA_OK
         except NotExist as err:
             node, error = None, err.code
-        conn.send_callback(w.CLM_CB_NODE_GET,
-                           w.encode_clm_node_get_callback(w.ClmNodeGetCallback(get.invocation, node)),
-                           error)
+        callback = w.ClmNodeGetCallback(get.invocation, node)
+        conn.send_callback(w.CLM_CB_NODE_GET, w.encode_clm_node_get_callback(callback), error)
         return b""
 
     def lookup(self, node_id: int) -> ClusterNode:

@@ -243,7 +243,8 @@ class Srp:
             raise ValueError(f"message of {len(payload)} bytes exceeds "
                              f"max_message_size {cfg.max_message_size}")
         q = self.queue
-        if len(q) >= cfg.send_queue_limit or (q.bytes and q.bytes + len(payload) > cfg.send_queue_bytes):
+        if len(q) >= cfg.send_queue_limit or (
+                q.bytes and q.bytes + len(payload) > cfg.send_queue_bytes):
             raise SendQueueFull()
         was_empty = not q.msgs
         q.push(bytes(payload))
@@ -419,9 +420,9 @@ class Srp:
         elif state is COMMIT:
             if c.ring_id == self._new_ring and all(e.filled for e in c.entries):
                 self._enter_recovery(c, now)
-        elif state is RECOVERY:
-            if c.ring_id == self._new_ring and c.ring_id.rep == me and not self._originated:
-                self._originate_token(now)
+        elif (state is RECOVERY and c.ring_id == self._new_ring and c.ring_id.rep == me
+              and not self._originated):
+            self._originate_token(now)
 
     def _on_token(self, t: Token, now: float) -> None:
         state = self.state
@@ -606,11 +607,8 @@ class Srp:
             return
         self._joins[j.sender] = (j.proc, j.fail)
         proc = self._proc | j.proc
-        if self.node_id in j.fail:
-            # It gave up on us: give up on it, so both sides can agree apart.
-            fail = self._fail | {j.sender}
-        else:
-            fail = self._fail | j.fail
+        # If it gave up on us, give up on it, so both sides can agree apart.
+        fail = self._fail | {j.sender} if self.node_id in j.fail else self._fail | j.fail
         fail.discard(self.node_id)
         if proc != self._proc or fail != self._fail:
             self._proc, self._fail = proc, fail
