@@ -65,6 +65,9 @@ def socket_path() -> str:
     return os.environ.get("AIS_SOCKET", DEFAULT_SOCKET)
 
 
+#: a library-private dispatch mode: wait until one callback has run (EVS_DISPATCH_ONE)
+DISPATCH_WAIT_ONE = -1
+
 class _Channel:
     """One stream connection with frame reassembly."""
 
@@ -341,6 +344,10 @@ class Connection:
         """
         if flags not in (SA_DISPATCH_ONE, SA_DISPATCH_ALL, SA_DISPATCH_BLOCKING):
             raise InvalidParam(f"dispatch flags {flags!r}")
+        self._dispatch(flags)
+
+    def _dispatch(self, flags: int) -> None:
+        """``dispatch`` after its flags were checked; also ``DISPATCH_WAIT_ONE``."""
         with self._state_lock:
             self._check_open()
             if self._cb is None:
@@ -349,7 +356,9 @@ class Connection:
         cb = self._cb
         try:
             with self._dispatch_lock:
-                if flags == SA_DISPATCH_ONE:
+                if flags == DISPATCH_WAIT_ONE:
+                    self._dispatch_one(cb, block=True)
+                elif flags == SA_DISPATCH_ONE:
                     if cb.ready():
                         self._dispatch_one(cb, block=False)
                 elif flags == SA_DISPATCH_ALL:

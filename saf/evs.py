@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from saf import _evs_wire as ew
 from saf import _wire as w
-from saf._conn import REQUEST_GUARD, Connection
+from saf._conn import DISPATCH_WAIT_ONE, REQUEST_GUARD, Connection
 from saf.errors import (
     SA_OK, BadHandle, InvalidParam, IpcProtocolError, Library, SaError, Timeout, TooManyGroups,
     TryAgain,
@@ -319,26 +319,9 @@ class EvsHandle(Connection):
         elif flags == EVS_DISPATCH_BLOCKING:
             super().dispatch(SA_DISPATCH_BLOCKING)
         elif flags == EVS_DISPATCH_ONE:
-            self._dispatch_wait_one()
+            self._dispatch(DISPATCH_WAIT_ONE)
         else:
             raise InvalidParam(f"dispatch flags {flags!r}")
-
-    def _dispatch_wait_one(self) -> None:
-        with self._state_lock:
-            self._check_open()
-            if self._cb is None:
-                raise BadHandle("this handle has no callback channel")
-            self._dispatching += 1
-        cb = self._cb
-        try:
-            with self._dispatch_lock:
-                self._dispatch_one(cb, block=True)
-        finally:
-            with self._state_lock:
-                self._dispatching -= 1
-                last = self._dispatching == 0 and self.finalized
-            if last:
-                cb.close()
 
     def _run_callback(self, frame: w.Frame) -> None:
         if frame.msg_id == ew.EVS_CB_DELIVER:
