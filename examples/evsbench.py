@@ -22,32 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from saf import evs  # noqa: E402
 from saf.errors import SA_OK, SaError, TryAgain  # noqa: E402
+from evs_common import confchg, result  # noqa: E402
 
 BUFFER = 200000
-
-
-def confchg(group: bytes, members: list[evs.EvsMember], left: list[evs.EvsMember],
-            joined: list[evs.EvsMember]) -> None:
-    print("CONFIGURATION CHANGE")
-    print("--------------------")
-    print(f"Group {group.decode(errors='replace')}")
-    print("New configuration")
-    for m in members:
-        print(f"{m.address} pid {m.pid}")
-    print("Members Left:")
-    for m in left:
-        print(f"{m.address} pid {m.pid}")
-    print("Members Joined:")
-    for m in joined:
-        print(f"{m.address} pid {m.pid}")
-
-
-def result(fn, *args) -> int:
-    try:
-        fn(*args)
-        return SA_OK
-    except SaError as err:
-        return err.code
 
 
 def bench_round(h: evs.EvsHandle, buf: bytes, count: int, size: int) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from saf import evs  # noqa: E402
 from saf.errors import SA_OK, SaError, TryAgain  # noqa: E402
+from evs_common import confchg, result  # noqa: E402
 
 API = ["evs_mcast_joined", "evs_mcast_groups"]
 state = {"api": API[0], "delivered": 0}
@@ -29,30 +30,6 @@ def deliver(source_addr: str, msg: bytes) -> None:
     text = msg.split(b"\0", 1)[0].decode(errors="replace")
     state["delivered"] += 1
     print(f"API '{state['api']}' msg '{text}'")
-
-
-def confchg(group: bytes, members: list[evs.EvsMember], left: list[evs.EvsMember],
-            joined: list[evs.EvsMember]) -> None:
-    print("CONFIGURATION CHANGE")
-    print("--------------------")
-    print(f"Group {group.decode(errors='replace')}")
-    print("New configuration")
-    for m in members:
-        print(f"{m.address} pid {m.pid}")
-    print("Members Left:")
-    for m in left:
-        print(f"{m.address} pid {m.pid}")
-    print("Members Joined:")
-    for m in joined:
-        print(f"{m.address} pid {m.pid}")
-
-
-def result(fn, *args) -> int:
-    try:
-        fn(*args)
-        return SA_OK
-    except SaError as err:
-        return err.code
 
 
 def send(h: evs.EvsHandle, fn, *args) -> None:
