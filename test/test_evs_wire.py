@@ -25,7 +25,7 @@ def _members(*ms: ew.Member) -> bytes:
 
 
 def test_group_key():
-    assert G1 == b"key1" + bytes(28)
+    assert ew.group_key(b"key1") == b"key1" + bytes(28)
     assert ew.group_key(b"x" * 32) == b"x" * 32
     with pytest.raises(ValueError):
         ew.group_key(b"x" * 33)
