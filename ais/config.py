@@ -51,7 +51,6 @@ from typing import Any, NamedTuple
 import pyparsing as pp
 
 from ais.netif import IPV4_UDP_HEADER_BYTES, Interface, local_ipv4_addresses
-from ais.netif import interface_mtu as interface_mtu  # ais.main finds it here
 from ais.totem.crypto import OVERHEAD as CRYPTO_OVERHEAD
 from ais.totem.events import TotemConfig
 from ais.totem.wire import MCAST_OVERHEAD

@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gevent is imported here, not at module level, so that `aisexec --help`
     # and configuration errors stay cheap.
     from ais import config as config_mod
+    from ais import netif
     from ais.keygen import load_authkey
     from ais.log import NodeAdapter, log_elsewhere, notice, reopen_log_files, setup_logging
 
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         key = load_authkey(cfg.aisexec.authkey)
-        interfaces = config_mod.local_ipv4_addresses()
+        interfaces = netif.local_ipv4_addresses()
         bind_addr = cfg.bind_address(interfaces)
         amf_model = config_mod.load_groups_conf(cfg.aisexec.groups) \
             if os.path.lexists(cfg.aisexec.groups) else None
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     node_id = node_of(bind_addr)
     node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
     state_file = os.path.join(statedir, f"ringseq-{bind_addr}")
-    totem_cfg = cfg.to_totem_config(config_mod.interface_mtu(bind_addr, interfaces))
+    totem_cfg = cfg.to_totem_config(netif.interface_mtu(bind_addr, interfaces))
     if cfg.network.members:
         # udpu: the ring refuses packets naming anyone else (ais/totem/guard.py)
         totem_cfg = dataclasses.replace(

@@ -1,6 +1,10 @@
 """Shared pytest set-up: the repository root and test/ on sys.path."""
 import os
+import shutil
 import sys
+import tempfile
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -9,6 +13,16 @@ for p in (ROOT, HERE):
         sys.path.insert(0, p)
 
 from netns import netns_lan  # noqa: E402,F401  (fixture: a LAN in namespaces)
+
+
+@pytest.fixture
+def sock_dir():
+    """A directory for executives' sockets, world-traversable (unlike pytest's tmp_path) so
+    clients run as another uid can reach them."""
+    d = tempfile.mkdtemp(prefix="ais-sock-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

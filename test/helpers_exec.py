@@ -248,6 +248,11 @@ class ExecThread:
         self.stop()
 
 
+def on(et: ExecThread, addr: str) -> None:
+    """Point the saf library of this process at ``addr``'s executive."""
+    os.environ["AIS_SOCKET"] = et.socket_of(addr)
+
+
 def serve_main(argv: list[str]) -> int:
     """``serve SOCKET [ADDR]``: one loopback executive until killed."""
     import gevent

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
 
 import pytest
 from amf_harness import SAMPLE
-from helpers_exec import BOOT, ExecThread
+from helpers_exec import BOOT, ExecThread, on
 
 from ais.config import parse_groups_conf
 from ais.executive import ServiceHost
@@ -43,23 +41,11 @@ class AmfExecThread(ExecThread):
 
 
 @pytest.fixture
-def execs():
-    d = tempfile.mkdtemp(prefix="amf", dir="/tmp")
-    et = AmfExecThread(d, [A, B]).start()
-    old = os.environ.get("AIS_SOCKET")
-    try:
-        yield et
-    finally:
-        et.stop()
-        if old is None:
-            os.environ.pop("AIS_SOCKET", None)
-        else:
-            os.environ["AIS_SOCKET"] = old
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def on(et: ExecThread, addr: str) -> None:
-    os.environ["AIS_SOCKET"] = et.socket_of(addr)
+def execs(sock_dir, monkeypatch):
+    et = AmfExecThread(sock_dir, [A, B]).start()
+    monkeypatch.setenv("AIS_SOCKET", et.socket_of(A))  # restored afterwards, whatever on() set
+    yield et
+    et.stop()
 
 
 class Component:

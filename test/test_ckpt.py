@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import random
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -19,7 +17,7 @@ from ais.testing import FakeBus, ManualScheduler
 from ais.services.ckpt import SYNC_CHUNK, CkptService
 from ais.services.clm import ClmService
 from ais.totem.events import node_of
-from helpers_exec import BOOT, ExecThread, FakeConn
+from helpers_exec import BOOT, ExecThread, on, FakeConn
 from saf import _ckpt_wire as cw
 from saf import ckpt
 from saf.errors import (
@@ -821,23 +819,11 @@ class CkptExecThread(ExecThread):
 
 
 @pytest.fixture
-def execs():
-    d = tempfile.mkdtemp(prefix="ckpt", dir="/tmp")
-    et = CkptExecThread(d, [A, B]).start()
-    old = os.environ.get("AIS_SOCKET")
-    try:
-        yield et
-    finally:
-        et.stop()
-        if old is None:
-            os.environ.pop("AIS_SOCKET", None)
-        else:
-            os.environ["AIS_SOCKET"] = old
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def on(et: ExecThread, addr: str) -> None:
-    os.environ["AIS_SOCKET"] = et.socket_of(addr)
+def execs(sock_dir, monkeypatch):
+    et = CkptExecThread(sock_dir, [A, B]).start()
+    monkeypatch.setenv("AIS_SOCKET", et.socket_of(A))  # restored afterwards, whatever on() set
+    yield et
+    et.stop()
 
 
 @pytest.mark.timeout(30)

@@ -1,8 +1,6 @@
 """CLM end to end: the service on fake multi-node rings, and the saf library over sockets."""
 import os
 import select
-import shutil
-import tempfile
 import threading
 import time
 
@@ -235,13 +233,6 @@ class Recorder:
             if r:
                 h.dispatch(SA_DISPATCH_ALL)
         return getattr(self, attr)
-
-
-@pytest.fixture
-def sock_dir():
-    d = tempfile.mkdtemp(prefix="ais-clm-", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

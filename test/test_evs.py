@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import select
-import shutil
-import tempfile
 import threading
 import time
 
@@ -306,13 +304,6 @@ def test_mcast_without_a_ring_is_try_again():
 class EvsExec(ExecThread):
     def make_host(self, addr, sched):
         return evs_host(addr, sched)
-
-
-@pytest.fixture
-def sock_dir():
-    d = tempfile.mkdtemp(prefix="ais-evs-", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Rec:

@@ -429,12 +429,10 @@ def test_too_large_section_size_is_logged(caplog):
 
 # --- the client cases over real Unix sockets --------------------------------------------------
 
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from helpers_exec import ExecThread  # noqa: E402
@@ -463,13 +461,6 @@ class LimitedExec(ExecThread):
         srv.start()
         self.hosts[addr] = host
         self.servers[addr] = srv
-
-
-@pytest.fixture
-def sock_dir():
-    d = tempfile.mkdtemp(prefix="ais-hard-", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def limited(sock_dir: str, monkeypatch, **kw: Any) -> LimitedExec:

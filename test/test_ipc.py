@@ -44,15 +44,6 @@ CLIENT = textwrap.dedent("""
 
 
 @pytest.fixture
-def sock_dir():
-    # World-traversable, unlike pytest's tmp_path, so other uids can reach the socket.
-    d = tempfile.mkdtemp(prefix="ais-ipc-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def node(sock_dir, monkeypatch):
     ex = ExecThread(sock_dir, ["127.0.0.1"], group=None, mode=0o777).start()
     monkeypatch.setenv("AIS_SOCKET", ex.socket_of("127.0.0.1"))
