@@ -33,6 +33,8 @@ Field types (entries are ``(name, type)``; ``pad`` and ``Const`` stand alone):
 ``u8.only(1, 2)``     an integer restricted to these values on decode
 ``u8.as_enum(E)``     an integer decoded as the IntEnum ``E`` (unknown value: error)
 ``pad(n)``            n zero bytes, ignored on decode
+``raw(n)``            exactly n bytes, as they are (a key, a digest); an encoded
+                      value of another length is a ValueError
 ``Const(u8, 1)``      a constant (a version, a packet type): checked on decode
 ``padded(64, u8)``    a u8 used length, then 64 bytes zero-padded (SaNameT style;
                       ``SA_NAME`` is ``padded(256, u16)``)
@@ -97,7 +99,7 @@ from saf.errors import IpcProtocolError
 
 __all__ = [
     "Const", "Int", "Layout", "SA_NAME", "array", "blob", "flag", "i8", "i16", "i32", "i64",
-    "optional", "pad", "padded", "rest", "u8", "u16", "u32", "u64",
+    "optional", "pad", "padded", "raw", "rest", "u8", "u16", "u32", "u64",
 ]
 
 
@@ -148,6 +150,17 @@ class pad:  # noqa: N801  (reads as a field type, like u8)
 
 
 @dataclasses.dataclass(frozen=True)
+class raw:  # noqa: N801
+    """Exactly ``n`` bytes, kept as they are (no length on the wire: it is fixed)."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise TypeError(f"raw({self.n}): the size is at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Const:
     """A constant integer: written by the encoder, checked by the decoder."""
 
@@ -183,7 +196,7 @@ class rest:  # noqa: N801
 
 @dataclasses.dataclass(frozen=True)
 class array:  # noqa: N801
-    """A counted sequence of ``item`` (a Layout, an Int or a blob).
+    """A counted sequence of ``item`` (a Layout, an Int, a raw or a blob).
 
     ``count`` is an integer type (the count right before the items) or an
     earlier field's name.  ``container`` builds the decoded value (tuple,
@@ -191,7 +204,7 @@ class array:  # noqa: N801
     and the decoder requires them strictly increasing.
     """
 
-    item: Layout | Int | blob
+    item: Layout | Int | raw | blob
     count: Int | str
     max: int | None = None
     container: Callable[[Iterable[Any]], Any] = tuple
@@ -206,7 +219,7 @@ class optional:  # noqa: N801
     present: str
 
 
-FieldType = Any  # Int | pad | Const | padded | blob | rest | array | optional | Layout
+FieldType = Any  # Int | pad | raw | Const | padded | blob | rest | array | optional | Layout
 
 
 # --- generation helpers -----------------------------------------------------------------------
@@ -449,6 +462,11 @@ class Layout:
                 run().add(fname, t.code, f"(1 if {a} else 0)" if t.is_flag else a, None)
             elif isinstance(t, pad):
                 run().add("padding", f"{t.n}x", None, None)
+            elif isinstance(t, raw):
+                # struct's "Ns" would pad or cut silently: a wrong size is the caller's bug
+                pre.append(f"if len({a}) != {t.n}: raise ValueError("
+                           f"'{_q(label)}: ' + str(len({a})) + ' bytes, not {t.n}')")
+                run().add(fname, f"{t.n}s", a, None)
             elif isinstance(t, Const):
                 run().add("constant", t.type.code, repr(t.value), None)
             elif isinstance(t, padded):
@@ -488,6 +506,11 @@ class Layout:
                 if isinstance(item, Int):
                     fmt = ns.const("!%d" + item.code, "_fmt")
                     parts.append(f"struct.pack({fmt} % len({a}), *{seq})")
+                elif isinstance(item, raw):
+                    ev = ns.fresh("e")
+                    pre.append(f"if any(len({ev}) != {item.n} for {ev} in {a}): "
+                               f"raise ValueError('{_q(label)}: an item is not {item.n} bytes')")
+                    parts.append(f"b''.join({seq})")
                 else:
                     lay = _item_layout(item, self.error)
                     ev = ns.fresh("e")
@@ -651,6 +674,8 @@ class Layout:
                     r.post.append(f"{v} = {e}({v})")
             elif isinstance(t, pad):
                 cur().add("padding", f"{t.n}x", None, None)
+            elif isinstance(t, raw):
+                cur().add(fname, f"{t.n}s", None, v)
             elif isinstance(t, Const):
                 r = cur()
                 rel = r.add("constant", t.type.code, None, v)
@@ -741,6 +766,12 @@ class Layout:
             lines.append(f"if n - off < {cnt} * {item.size}: {bad(fname, need)}")
             lines.append(f"{v} = struct.unpack_from({fmt} % {cnt}, d, off)")
             lines.append(f"off += {cnt} * {item.size}")
+        elif isinstance(item, raw):
+            need = f"{{{cnt}}} items need {{{cnt} * {item.n}}} bytes, {{n - off}} left"
+            lines.append(f"if n - off < {cnt} * {item.n}: {bad(fname, need)}")
+            lines.append(f"{v} = [d[i:i + {item.n}] for i in range(off, off + {cnt} * {item.n}, "
+                         f"{item.n})]")
+            lines.append(f"off += {cnt} * {item.n}")
         else:
             lay = _item_layout(item, self.error)
             size = lay.min_size
@@ -801,7 +832,7 @@ def _takes_rest(t: FieldType) -> bool:
 def _type_size(t: FieldType) -> int | None:
     if isinstance(t, Int):
         return t.size
-    if isinstance(t, pad):
+    if isinstance(t, (pad, raw)):
         return t.n
     if isinstance(t, Const):
         return t.type.size
@@ -830,7 +861,7 @@ def _type_min_size(t: FieldType) -> int:
 _ITEM_LAYOUTS: dict[tuple[Any, type[Exception]], Layout] = {}
 
 
-def _item_layout(item: Layout | Int | blob, error: type[Exception]) -> Layout:
+def _item_layout(item: Layout | Int | raw | blob, error: type[Exception]) -> Layout:
     """A Layout for an array item; a bare Int or blob becomes a one-field tuple layout."""
     if isinstance(item, Layout):
         return item

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saf._codec import (
-    SA_NAME, Const, Layout, array, blob, flag, i8, i16, i32, i64, optional, pad, padded, rest,
-    u8, u16, u32, u64,
+    SA_NAME, Const, Layout, array, blob, flag, i8, i16, i32, i64, optional, pad, padded, raw,
+    rest, u8, u16, u32, u64,
 )
 from saf.errors import IpcProtocolError
 
@@ -206,7 +206,7 @@ def test_custom_error_class_and_check_hook():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_garbage_raises_only_the_error_class(data):
-    for lay in (MSG, TUPLE):
+    for lay in (MSG, TUPLE, KEYS):
         try:
             lay.decode(data)
         except IpcProtocolError:
@@ -290,3 +290,91 @@ def test_rest_only_at_the_end_even_nested():
     outer = Layout(None, "x", ("b", u8), ("t", tail))
     assert outer.decode(b"\x01\x02xyz") == (1, (2, b"xyz"))
 
+
+
+# --- raw(n): fixed-size bytes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    key: bytes
+    n: int
+    digest: bytes
+    groups: tuple[bytes, ...]
+    data: bytes
+
+
+#  0          4     6          22        24
+#  | key (4)  | n   | digest   | count   | count x group (3) | data ... |
+KEYS = Layout(Keyed, "KEYS", ("key", raw(4)), ("n", u16),
+              ("digest", Layout(None, "digest", ("d", raw(16)))),
+              ("groups", array(raw(3), u16, max=100)), ("data", rest()))
+
+
+def _keyed_bytes(m: Keyed) -> bytes:
+    return (struct.pack("!4sH16sH", m.key, m.n, m.digest, len(m.groups))
+            + b"".join(m.groups) + m.data)
+
+
+keyed_st = st.builds(Keyed, st.binary(min_size=4, max_size=4), st.integers(0, 65535),
+                     st.binary(min_size=16, max_size=16),
+                     st.lists(st.binary(min_size=3, max_size=3), max_size=100).map(tuple),
+                     st.binary(max_size=20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(keyed_st)
+def test_raw_round_trip_and_exact_bytes(m):
+    data = KEYS.pack(m.key, m.n, (m.digest,), m.groups, m.data)
+    assert data == _keyed_bytes(m)
+    assert KEYS.decode(data) == Keyed(m.key, m.n, (m.digest,), m.groups, m.data)
+    assert KEYS.size is None and KEYS.min_size == 24
+
+
+@settings(max_examples=100, deadline=None)
+@given(keyed_st, st.data())
+def test_raw_truncation_is_an_error(m, data):
+    raw_ = _keyed_bytes(m)
+    cut = data.draw(st.integers(0, 24 + 3 * len(m.groups) - 1))
+    with pytest.raises(IpcProtocolError, match="KEYS"):
+        KEYS.decode(raw_[:cut])
+
+
+def test_raw_errors_name_the_field():
+    good = _keyed_bytes(Keyed(b"abcd", 1, bytes(16), (b"xyz",), b""))
+    with pytest.raises(IpcProtocolError, match=r"KEYS: truncated at key \(byte 0\): 4 bytes "
+                                               r"needed, 3 left"):
+        KEYS.decode(good[:3])
+    with pytest.raises(IpcProtocolError, match=r"KEYS: truncated at d \(byte 6\)"):
+        KEYS.decode(good[:10])
+    with pytest.raises(IpcProtocolError, match=r"KEYS: groups \(byte 24\) 1 items need 3 bytes, "
+                                               r"2 left"):
+        KEYS.decode(good[:26])
+    with pytest.raises(IpcProtocolError, match=r"groups \(byte 24\) count 101 exceeds 100"):
+        KEYS.decode(good[:22] + struct.pack("!H", 101) + bytes(303))
+    lay = Layout(None, "k", ("k", raw(2)))
+    assert lay.size == 2 and lay.struct is not None and lay.struct.format == "!2s"
+    with pytest.raises(IpcProtocolError, match=r"k: 1 trailing bytes after byte 2"):
+        lay.decode(b"abc")
+
+
+@pytest.mark.parametrize("args,match", [
+    ((b"abc", 1, (bytes(16),), (), b""), r"KEYS.key: 3 bytes, not 4"),
+    ((b"abcde", 1, (bytes(16),), (), b""), r"KEYS.key: 5 bytes, not 4"),
+    ((b"abcd", 1, (bytes(15),), (), b""), r"digest.d: 15 bytes, not 16"),
+    ((b"abcd", 1, (bytes(16),), (b"xyz", b"xy"), b""), r"KEYS.groups: an item is not 3 bytes"),
+])
+def test_raw_encode_of_another_size_is_a_value_error(args, match):
+    # struct's "4s" would pad or cut without a word
+    with pytest.raises(ValueError, match=match):
+        KEYS.pack(*args)
+
+
+def test_raw_sorted_array_and_size_check():
+    lay = Layout(None, "s", ("ks", array(raw(2), u8, sorted=True)))
+    assert lay.pack([b"bb", b"aa"]) == b"\x02aabb"
+    assert lay.decode(b"\x02aabb") == ((b"aa", b"bb"),)
+    with pytest.raises(IpcProtocolError, match="not strictly increasing"):
+        lay.decode(b"\x02bbaa")
+    with pytest.raises(TypeError, match="at least 1"):
+        raw(0)
