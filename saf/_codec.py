@@ -507,8 +507,7 @@ class Layout:
                     fmt = ns.const("!%d" + item.code, "_fmt")
                     parts.append(f"struct.pack({fmt} % len({a}), *{seq})")
                 elif isinstance(item, raw):
-                    ev = ns.fresh("e")
-                    pre.append(f"if any(len({ev}) != {item.n} for {ev} in {a}): "
+                    pre.append(f"if not {{*map(len, {a})}} <= {{{item.n}}}: "
                                f"raise ValueError('{_q(label)}: an item is not {item.n} bytes')")
                     parts.append(f"b''.join({seq})")
                 else:

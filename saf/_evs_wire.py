@@ -1,10 +1,12 @@
 """EVS client IPC bodies (service id 6), declared once; shared by ``saf.evs`` and
 ``ais.services.evs``.
 
-Framing and the handshake are ``saf._wire``'s.  Conventions as there: one
-``struct.Struct`` per layout in network order with a byte-layout comment,
-``encode_x`` / ``decode_x_untrusted`` pairs, frozen dataclasses, and the
-``*_untrusted`` decoders raise only ``IpcProtocolError``.
+Framing and the handshake are ``saf._wire``'s.  Conventions as there: each
+layout is a ``saf._codec.Layout`` with its bytes drawn above it; the
+``encode_x`` / ``decode_x_untrusted`` pairs are its generated functions or
+thin wrappers keeping the call shapes ``saf.evs`` and the service use;
+decoded messages are frozen dataclasses, and ``*_untrusted`` raises only
+``IpcProtocolError``.
 
 A group is a 32-byte key compared on all 32 bytes (spec/evs.md 2): shorter
 names are padded with zero bytes, so ``b"key1"`` and ``b"key1\\0"`` are the
@@ -14,10 +16,9 @@ node's executive.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
-from saf.errors import IpcProtocolError
+from saf._codec import Layout, array, pad, raw, rest, u8, u16, u32
 
 #: service id in the handshake and ring header (0 was EVS in 2004; 6 keeps clear
 #: of the SAF services' 1..5)
@@ -40,32 +41,12 @@ MAX_GROUPS = 1024
 #: largest message one multicast may carry (bytes of data)
 MAX_MESSAGE = 1024 * 1024
 
-# Group list (JOIN / LEAVE request body): | count u16 | pad u16 | count x group[32] |
-GROUP_LIST = struct.Struct("!H2x")
-
-# MCAST_JOINED request: | guarantee u8 | priority u8 | flags u8 | pad u8 | data ... |
-MCAST_JOINED_REQ = struct.Struct("!BBBx")
-
-# MCAST_GROUPS request:
-#  | guarantee u8 | priority u8 | flags u8 | pad u8 | count u16 | pad u16 |
-#  | count x group[32] | data ... |
-MCAST_GROUPS_REQ = struct.Struct("!BBBxH2x")
-
 #: MCAST flag: the library pipelines (does not wait for the answer), so when the
 #: ring is full the executive holds the request and answers once it is on the
 #: ring, instead of answering TRY_AGAIN; at most ``PIPELINE`` per handle.
 MCAST_QUEUE = 0x01
 #: requests with MCAST_QUEUE one handle may have unanswered
 PIPELINE = 32
-
-# A member (12 bytes): | node u32 (Totem id) | conn u32 | pid u32 |
-MEMBER = struct.Struct("!III")
-
-# DELIVER callback: | MEMBER (the sender) | data ... |
-
-# CONFCHG callback: | group[32] | members u16 | left u16 | joined u16 | pad u16 |
-#                   | (members + left + joined) x MEMBER |
-CONFCHG_CB = struct.Struct("!32sHHH2x")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -100,94 +81,90 @@ class ConfchgCallback:
     joined: tuple[Member, ...]
 
 
+# --- layouts ---------------------------------------------------------------------------------
+
+#: a group key (32 bytes)
+GROUP = raw(GROUP_SIZE)
+
+# Group list (JOIN / LEAVE request body): | count u16 | pad u16 | count x group[32] |
+GROUP_LIST = Layout(None, "group list", ("count", u16), pad(2),
+                    ("groups", array(GROUP, "count", max=MAX_GROUPS)))
+
+# MCAST_JOINED request: | guarantee u8 | priority u8 | flags u8 | pad u8 | data ... |
+MCAST_JOINED_REQ = Layout(None, "MCAST_JOINED", ("guarantee", u8), ("priority", u8),
+                          ("flags", u8), pad(1), ("data", rest()))
+
+# MCAST_GROUPS request:
+#  | guarantee u8 | priority u8 | flags u8 | pad u8 | count u16 | pad u16 |
+#  | count x group[32] | data ... |
+MCAST_GROUPS_REQ = Layout(McastRequest, "MCAST_GROUPS", ("guarantee", u8), ("priority", u8),
+                          ("flags", u8), pad(1), ("count", u16), pad(2),
+                          ("groups", array(GROUP, "count", max=MAX_GROUPS)), ("data", rest()))
+
+# A member (12 bytes): | node u32 (Totem id) | conn u32 | pid u32 |
+MEMBER = Layout(Member, "member", ("node", u32), ("conn", u32), ("pid", u32))
+
+# DELIVER callback: | MEMBER (the sender) | data ... |
+DELIVER_CB = Layout(DeliverCallback, "DELIVER", ("sender", MEMBER), ("data", rest()))
+
+# CONFCHG callback: | group[32] | members u16 | left u16 | joined u16 | pad u16 |
+#                   | (members + left + joined) x MEMBER |
+CONFCHG_CB = Layout(ConfchgCallback, "CONFCHG", ("group", GROUP), ("n_members", u16),
+                    ("n_left", u16), ("n_joined", u16), pad(2),
+                    ("members", array(MEMBER, "n_members")), ("left", array(MEMBER, "n_left")),
+                    ("joined", array(MEMBER, "n_joined")))
+
+
 def group_key(group: bytes | str) -> bytes:
     """The 32-byte key of a group name (UTF-8 for str, zero-padded).
 
     Raises:
         ValueError: longer than 32 bytes.
     """
-    raw = group.encode() if isinstance(group, str) else bytes(group)
-    if len(raw) > GROUP_SIZE:
+    key = group.encode() if isinstance(group, str) else bytes(group)
+    if len(key) > GROUP_SIZE:
         raise ValueError(f"group name longer than {GROUP_SIZE} bytes")
-    return raw.ljust(GROUP_SIZE, b"\0")
+    return key.ljust(GROUP_SIZE, b"\0")
 
 
 def encode_group_list(groups: tuple[bytes, ...] | list[bytes]) -> bytes:
     """Count and keys (each already 32 bytes, see ``group_key``)."""
-    return GROUP_LIST.pack(len(groups)) + b"".join(groups)
+    return GROUP_LIST.pack(groups)
 
 
 def decode_group_list_untrusted(body: bytes, offset: int = 0,
                                 exact: bool = True) -> tuple[tuple[bytes, ...], int]:
     """(groups, offset after them).  ``exact``: nothing may follow."""
-    if len(body) - offset < GROUP_LIST.size:
-        raise IpcProtocolError("group list: truncated")
-    (count,) = GROUP_LIST.unpack_from(body, offset)
-    return _groups(body, offset + GROUP_LIST.size, count, exact)
-
-
-def _groups(body: bytes, off: int, count: int, exact: bool) -> tuple[tuple[bytes, ...], int]:
-    if count > MAX_GROUPS:
-        raise IpcProtocolError(f"group list: {count} groups")
-    end = off + count * GROUP_SIZE
-    if len(body) < end or (exact and len(body) != end):
-        raise IpcProtocolError(f"group list: {count} groups do not fit {len(body)} bytes")
-    return tuple(bytes(body[i:i + GROUP_SIZE]) for i in range(off, end, GROUP_SIZE)), end
+    if exact and not offset:
+        (groups,) = GROUP_LIST.decode(body)
+        return groups, len(body)
+    (groups,), end = GROUP_LIST.decode_from(body, offset)
+    if exact and end != len(body):
+        raise GROUP_LIST.error(f"group list: {len(body) - end} trailing bytes after byte {end}")
+    return groups, end
 
 
 def encode_mcast(req: McastRequest, joined: bool) -> bytes:
-    """An MCAST_JOINED (``joined``) or MCAST_GROUPS request body."""
+    """An MCAST_JOINED (``joined``: ``req.groups`` is not sent) or MCAST_GROUPS request body."""
     if joined:
-        return MCAST_JOINED_REQ.pack(req.guarantee, req.priority, req.flags) + req.data
-    return (MCAST_GROUPS_REQ.pack(req.guarantee, req.priority, req.flags, len(req.groups))
-            + b"".join(req.groups) + req.data)
+        return MCAST_JOINED_REQ.pack(req.guarantee, req.priority, req.flags, req.data)
+    return MCAST_GROUPS_REQ.encode(req)
 
 
 def decode_mcast_untrusted(body: bytes, joined: bool) -> McastRequest:
     if joined:
-        if len(body) < MCAST_JOINED_REQ.size:
-            raise IpcProtocolError("MCAST_JOINED: truncated")
-        g, p, f = MCAST_JOINED_REQ.unpack_from(body)
-        return McastRequest(g, p, (), bytes(body[MCAST_JOINED_REQ.size:]), f)
-    if len(body) < MCAST_GROUPS_REQ.size:
-        raise IpcProtocolError("MCAST_GROUPS: truncated")
-    g, p, f, count = MCAST_GROUPS_REQ.unpack_from(body)
-    groups, end = _groups(body, MCAST_GROUPS_REQ.size, count, exact=False)
-    return McastRequest(g, p, groups, bytes(body[end:]), f)
+        g, p, f, data = MCAST_JOINED_REQ.decode(body)
+        return McastRequest(g, p, (), data, f)
+    req: McastRequest = MCAST_GROUPS_REQ.decode(body)
+    return req
 
 
-def encode_member(m: Member) -> bytes:
-    return MEMBER.pack(m.node, m.conn, m.pid)
-
-
-def encode_deliver_head(sender: Member) -> bytes:
-    """The DELIVER callback's prefix; the data follows it."""
-    return MEMBER.pack(sender.node, sender.conn, sender.pid)
-
-
-def decode_deliver_untrusted(body: bytes) -> DeliverCallback:
-    if len(body) < MEMBER.size:
-        raise IpcProtocolError("DELIVER: truncated")
-    return DeliverCallback(Member(*MEMBER.unpack_from(body)), bytes(body[MEMBER.size:]))
-
-
-def encode_confchg(cb: ConfchgCallback) -> bytes:
-    parts = [CONFCHG_CB.pack(cb.group, len(cb.members), len(cb.left), len(cb.joined))]
-    for m in cb.members + cb.left + cb.joined:
-        parts.append(MEMBER.pack(m.node, m.conn, m.pid))
-    return b"".join(parts)
-
-
-def decode_confchg_untrusted(body: bytes) -> ConfchgCallback:
-    if len(body) < CONFCHG_CB.size:
-        raise IpcProtocolError("CONFCHG: truncated")
-    group, nm, nl, nj = CONFCHG_CB.unpack_from(body)
-    total = nm + nl + nj
-    if len(body) != CONFCHG_CB.size + total * MEMBER.size:
-        raise IpcProtocolError(f"CONFCHG: {total} members do not fit {len(body)} bytes")
-    ms = [Member(*MEMBER.unpack_from(body, CONFCHG_CB.size + i * MEMBER.size))
-          for i in range(total)]
-    return ConfchgCallback(group, tuple(ms[:nm]), tuple(ms[nm:nm + nl]), tuple(ms[nm + nl:]))
+encode_member = MEMBER.encode
+#: the DELIVER callback's prefix; the data follows it
+encode_deliver_head = MEMBER.encode
+decode_deliver_untrusted = DELIVER_CB.decode
+encode_confchg = CONFCHG_CB.encode
+decode_confchg_untrusted = CONFCHG_CB.decode
 
 
 __all__ = [

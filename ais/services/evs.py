@@ -64,7 +64,6 @@ drops what it still has held.
 from __future__ import annotations
 
 import collections
-import struct
 from typing import Any
 from collections.abc import Iterable
 
@@ -75,25 +74,34 @@ from ais.services.base import (
 )
 from ais.totem.events import fmt_node
 from saf import _evs_wire as ew
+from saf._codec import Layout, array, pad, rest, u8, u16, u32, u64
 from saf.errors import InvalidParam, IpcProtocolError, NotExist, TryAgain
 
-# Ring messages of this service.  JOIN / LEAVE:
-#  | conn u32 | pid u32 | group list (saf._evs_wire GROUP_LIST) |
+# Ring messages of this service (decoders raise IpcProtocolError; the host drops
+# a message whose handler raises).
 MSG_JOIN = 1
 MSG_LEAVE = 2
+MSG_MCAST = 3
+MSG_EXIT = 4
+MSG_SYNC_MEMBERS = 5  # sync round only
+
+# JOIN / LEAVE: | conn u32 | pid u32 | group list (saf._evs_wire GROUP_LIST) |
+RING_WHO = Layout(None, "JOIN/LEAVE", ("conn", u32), ("pid", u32), *ew.GROUP_LIST.entries)
+
 # MCAST: | conn u32 | pid u32 | guarantee u8 | pad u8 | count u16 | seq u64 |
 #        | count x group[32] | data |      seq: the sending node's MCAST counter
-MSG_MCAST = 3
-# EXIT: | conn u32 |  (every group of that handle)
-MSG_EXIT = 4
-# SYNC_MEMBERS (sync round only): | count u16 | pad u16 | count x (group[32], conn u32, pid u32) |
-MSG_SYNC_MEMBERS = 5
+RING_MCAST = Layout(None, "MCAST", ("conn", u32), ("pid", u32), ("guarantee", u8), pad(1),
+                    ("count", u16), ("seq", u64),
+                    ("groups", array(ew.GROUP, "count", max=ew.MAX_GROUPS)), ("data", rest()))
 
-RING_WHO = struct.Struct("!II")
-RING_MCAST = struct.Struct("!IIBxHQ")
-RING_EXIT = struct.Struct("!I")
-SYNC_HEAD = struct.Struct("!H2x")
-SYNC_ENTRY = struct.Struct("!32sII")
+# EXIT: | conn u32 |  (every group of that handle)
+RING_EXIT = Layout(None, "EXIT", ("conn", u32))
+
+# SYNC_MEMBERS: | count u16 | pad u16 | count x SYNC_ENTRY |
+#  SYNC_ENTRY (40 bytes): | group[32] | conn u32 | pid u32 |
+SYNC_ENTRY = Layout(None, "member entry", ("group", ew.GROUP), ("conn", u32), ("pid", u32))
+SYNC_MEMBERS = Layout(None, "SYNC_MEMBERS", ("count", u16), pad(2),
+                      ("entries", array(SYNC_ENTRY, "count")))
 #: entries per SYNC_MEMBERS message (about 44 KiB)
 SYNC_CHUNK = 1024
 
@@ -118,14 +126,6 @@ MIN_WINDOW, MIN_WINDOW_BYTES = 16, 256 * 1024
 PUMP_DELAY = 0.002
 
 Key = tuple[int, int]  # (node, conn)
-
-
-def _decode_who(payload: bytes) -> tuple[int, int, tuple[bytes, ...]]:
-    if len(payload) < RING_WHO.size:
-        raise IpcProtocolError("truncated JOIN/LEAVE")
-    conn, pid = RING_WHO.unpack_from(payload)
-    groups, _ = ew.decode_group_list_untrusted(payload, RING_WHO.size)
-    return conn, pid, groups
 
 
 def _dedupe(groups: Iterable[bytes]) -> list[bytes]:
@@ -260,7 +260,7 @@ class EvsService(Service):
 
     @exec_handler(MSG_JOIN)
     def exec_join(self, msg: ExecMessage) -> None:
-        conn, pid, groups = _decode_who(msg.payload)
+        conn, pid, groups = RING_WHO.decode(msg.payload)
         key = (msg.sender, conn)
         for group in _dedupe(groups):
             if self._add(key, pid, group):
@@ -269,7 +269,7 @@ class EvsService(Service):
 
     @exec_handler(MSG_LEAVE)
     def exec_leave(self, msg: ExecMessage) -> None:
-        conn, _pid, named = _decode_who(msg.payload)
+        conn, _pid, named = RING_WHO.decode(msg.payload)
         key = (msg.sender, conn)
         groups = _dedupe(named)
         mine = self.by_member.get(key, set())
@@ -285,9 +285,7 @@ class EvsService(Service):
 
     @exec_handler(MSG_EXIT)
     def exec_exit(self, msg: ExecMessage) -> None:
-        if len(msg.payload) != RING_EXIT.size:
-            raise IpcProtocolError("bad EXIT")
-        (conn,) = RING_EXIT.unpack(msg.payload)
+        (conn,) = RING_EXIT.decode(msg.payload)
         key = (msg.sender, conn)
         for group in sorted(self.by_member.get(key, ())):
             pid = self._remove(key, group)
@@ -296,11 +294,7 @@ class EvsService(Service):
 
     @exec_handler(MSG_MCAST)
     def exec_mcast(self, msg: ExecMessage) -> None:
-        payload = msg.payload
-        if len(payload) < RING_MCAST.size:
-            raise IpcProtocolError("truncated MCAST")
-        conn, pid, guarantee, count, seq = RING_MCAST.unpack_from(payload)
-        groups, end = ew._groups(payload, RING_MCAST.size, count, exact=False)
+        conn, pid, guarantee, seq, groups, data = RING_MCAST.decode(msg.payload)
         if msg.sender == self.host.node_id:
             inflight = self._inflight
             while inflight and inflight[0][0] <= seq:
@@ -320,7 +314,7 @@ class EvsService(Service):
         self.delivered += 1
         if not targets:
             return
-        body = ew.MEMBER.pack(msg.sender, conn, pid) + payload[end:]
+        body = ew.MEMBER.pack(msg.sender, conn, pid) + data
         if guarantee == EVS_TYPE_SAFE:
             entry: list[Any] = [False, list(targets), ew.EVS_CB_DELIVER, body]
             self._held.append(entry)
@@ -346,9 +340,8 @@ class EvsService(Service):
             return True
         # One chunk per call: the ring drains in between.
         chunk = todo[:SYNC_CHUNK]
-        payload = SYNC_HEAD.pack(len(chunk)) + b"".join(
-            SYNC_ENTRY.pack(g, c, pid) for g, c, pid in chunk)
-        self.host.mcast_sync(self, MSG_SYNC_MEMBERS, payload)  # TryAgain: called again
+        # (TryAgain: the host calls again, with the same chunk)
+        self.host.mcast_sync(self, MSG_SYNC_MEMBERS, SYNC_MEMBERS.pack(chunk))
         del todo[:len(chunk)]
         if todo:
             return False
@@ -359,15 +352,8 @@ class EvsService(Service):
     def exec_sync_members(self, msg: ExecMessage) -> None:
         if not msg.sync:
             raise IpcProtocolError("member list outside a sync round")
-        payload = msg.payload
-        if len(payload) < SYNC_HEAD.size:
-            raise IpcProtocolError("truncated SYNC_MEMBERS")
-        (count,) = SYNC_HEAD.unpack_from(payload)
-        if len(payload) != SYNC_HEAD.size + count * SYNC_ENTRY.size:
-            raise IpcProtocolError("SYNC_MEMBERS: count does not fit")
-        entries = self._announced.setdefault(msg.sender, [])
-        for i in range(count):
-            entries.append(SYNC_ENTRY.unpack_from(payload, SYNC_HEAD.size + i * SYNC_ENTRY.size))
+        (entries,) = SYNC_MEMBERS.decode(msg.payload)
+        self._announced.setdefault(msg.sender, []).extend(entries)
 
     def sync_abort(self) -> None:
         self._to_announce = None
@@ -412,8 +398,8 @@ class EvsService(Service):
 
     # --- library requests -------------------------------------------------------------------
 
-    def _who(self, conn: LibConn) -> bytes:
-        return RING_WHO.pack(conn.conn_id, conn.pid & 0xFFFFFFFF)
+    def _who(self, conn: LibConn, groups: tuple[bytes, ...]) -> bytes:
+        return RING_WHO.pack(conn.conn_id, conn.pid & 0xFFFFFFFF, groups)
 
     @lib_handler(ew.EVS_REQ_JOIN, hold_during_sync=True)
     def lib_join(self, conn: LibConn, req: Request) -> Deferred:
@@ -423,7 +409,7 @@ class EvsService(Service):
         mine = self.by_member.get((self.host.node_id, conn.conn_id), set())
         if len(mine | set(groups)) > ew.MAX_GROUPS:
             raise InvalidParam(f"more than {ew.MAX_GROUPS} groups joined")
-        self.host.mcast(self, MSG_JOIN, self._who(conn) + ew.encode_group_list(groups),
+        self.host.mcast(self, MSG_JOIN, self._who(conn, groups),
                         tag=req.tag)
         conn.private["evs_joined"] = True
         return DEFERRED
@@ -437,7 +423,7 @@ class EvsService(Service):
         missing = [g for g in groups if g not in mine]
         if missing:
             raise NotExist(f"group {missing[0].rstrip(bytes(1))!r} not joined")
-        self.host.mcast(self, MSG_LEAVE, self._who(conn) + ew.encode_group_list(groups),
+        self.host.mcast(self, MSG_LEAVE, self._who(conn, groups),
                         tag=req.tag)
         return DEFERRED
 
@@ -451,8 +437,7 @@ class EvsService(Service):
         """Hand one MCAST to the ring.  Raises TryAgain when the ring refuses."""
         seq = self._mcast_seq + 1
         self.host.mcast(self, MSG_MCAST, RING_MCAST.pack(
-            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, len(groups), seq)
-            + b"".join(groups) + data)
+            conn.conn_id, conn.pid & 0xFFFFFFFF, guarantee, seq, groups, data))
         self._mcast_seq = seq
         self._inflight.append((seq, len(data)))
         self._inflight_bytes += len(data)
