@@ -782,10 +782,14 @@ class Layout:
                 lines.append(f"for _ in range({cnt}):")
                 lines.append(f"    (x,), off = {dec}(d, off)")
                 lines.append(f"    {v}.append(x)")
-            elif lay.size is not None and lay.cls is not None and lay._flat_plain():
+            elif lay.size is not None and lay._flat_plain():
                 up = ns.const(lay.struct.iter_unpack, "_iter")  # type: ignore[union-attr]
-                c = ns.const(lay.cls, "_cls")
-                lines.append(f"{v} = [{c}(*x) for x in {up}(d[off:off + {cnt} * {lay.size}])]")
+                items = f"{up}(d[off:off + {cnt} * {lay.size}])"
+                if lay.cls is None:
+                    lines.append(f"{v} = list({items})")
+                else:
+                    c = ns.const(lay.cls, "_cls")
+                    lines.append(f"{v} = [{c}(*x) for x in {items}]")
                 lines.append(f"off += {cnt} * {lay.size}")
             else:
                 # the item's decoding inlined in the loop: no call per item
@@ -806,11 +810,13 @@ class Layout:
             lines.append(f"{v} = tuple({v})")
 
     def _flat_plain(self) -> bool:
-        """Only plain integers, positional class: items decode straight from iter_unpack."""
-        return self.arg_order == self.data_fields and self.check is None \
-            and not self.computed and all(
-            isinstance(t, Int) and t.choices is None and t.enum is None and not t.is_flag
-            and n is not None for n, t in self.entries)
+        """Only plain integers and raw bytes, built positionally (a tuple, or the class's
+        first fields in wire order): items decode straight from iter_unpack."""
+        return self.arg_order == self.data_fields and self._positional and not self._unwrap \
+            and self.check is None and not self.computed and all(
+            n is not None and (isinstance(t, raw) or isinstance(t, Int) and t.choices is None
+                               and t.enum is None and not t.is_flag)
+            for n, t in self.entries)
 
     def __repr__(self) -> str:
         return f"<Layout {self.name} {self.size if self.size is not None else 'variable'}>"

@@ -378,3 +378,26 @@ def test_raw_sorted_array_and_size_check():
         lay.decode(b"\x02bbaa")
     with pytest.raises(TypeError, match="at least 1"):
         raw(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    note: str = ""
+    a: int = 0
+    b: bytes = b""
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=2, max_size=2), st.integers(0, 2**32 - 1)),
+                max_size=20))
+def test_arrays_of_fixed_items_with_raw_and_tuples(items):
+    # fixed items of plain fields decode in one sweep; a class whose wire fields are not
+    # its first ones must still get them by name
+    tup = Layout(None, "t", ("items", array(Layout(None, "it", ("k", raw(2)), ("v", u32)), u8)))
+    data = tup.pack(items)
+    assert data == bytes([len(items)]) + b"".join(struct.pack("!2sI", k, v) for k, v in items)
+    assert tup.decode(data) == (tuple(items),)
+    later = Layout(None, "l", ("items", array(Layout(Later, "later", ("a", u32), ("b", raw(2))),
+                                              u8)))
+    objs = tuple(Later(a=v, b=k) for k, v in items)
+    assert later.decode(later.pack(objs)) == (objs,)
