@@ -25,7 +25,6 @@ import struct
 from dataclasses import dataclass
 
 from saf._codec import Layout, array, blob, flag, i32, i64, optional, rest, u8, u16, u32, u64
-from saf.errors import IpcProtocolError
 from saf.types import SA_MAX_NAME_LENGTH, SA_TIME_END
 
 CKPT_SERVICE_ID = 3
@@ -146,48 +145,6 @@ class IOVector:
     data: bytes = b""
     offset: int = 0
     size: int | None = None
-
-
-# --- a bounds-checked reader for untrusted bodies ----------------------------------------
-
-
-class Reader:
-    """Walks an untrusted body; every shortfall raises IpcProtocolError.
-
-    For the executive's ring layouts that are still read step by step; the
-    client layouts below are declared with the codec.
-    """
-
-    __slots__ = ("data", "off", "what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.off = 0
-        self.what = what
-
-    def take(self, layout: struct.Struct) -> tuple:
-        if len(self.data) - self.off < layout.size:
-            raise IpcProtocolError(f"{self.what}: truncated at byte {self.off}")
-        vals = layout.unpack_from(self.data, self.off)
-        self.off += layout.size
-        return vals
-
-    def raw(self, n: int) -> bytes:
-        if n < 0 or len(self.data) - self.off < n:
-            raise IpcProtocolError(f"{self.what}: {n} bytes announced, "
-                                   f"{len(self.data) - self.off} left")
-        out = bytes(self.data[self.off:self.off + n])
-        self.off += n
-        return out
-
-    def rest(self) -> bytes:
-        out = bytes(self.data[self.off:])
-        self.off = len(self.data)
-        return out
-
-    def end(self) -> None:
-        if self.off != len(self.data):
-            raise IpcProtocolError(f"{self.what}: {len(self.data) - self.off} trailing bytes")
 
 
 # --- prefixes ---------------------------------------------------------------------------
@@ -447,6 +404,6 @@ def decode_sync_callback_untrusted(body: bytes) -> int:
 
 
 __all__ = [n for n in dir() if n.isupper() or n in (
-    "CheckpointStatus", "CkptId", "CreationAttributes", "IOVector", "OpenReq", "Reader",
+    "CheckpointStatus", "CkptId", "CreationAttributes", "IOVector", "OpenReq",
     "SectionCreateReq", "SectionDescriptor", "WriteReq")] + [
     n for n in dir() if n.startswith(("encode_", "decode_", "split_"))]

@@ -234,3 +234,47 @@ def test_bad_ring_payloads_are_dropped(msg_id, payload):
     cl.settle()
     assert cl.hosts[A].bad_messages["ckpt"] == 1
     assert cl.hosts[B].bad_messages["ckpt"] == 1
+
+
+def _sync_ckpt_bytes(linked: int = 1, nhist: int = 0, name: bytes = b"nm",
+                     name_len: int | None = None, hist: bytes = b"") -> bytes:
+    head = struct.pack("!BQQIIQ16sBH", linked, 3, 8, 1, 0, 2, bytes(16), nhist,
+                       len(name) if name_len is None else name_len)
+    return _id((8, 1, 1)) + head + _attrs(attrs()) + name + hist
+
+
+def test_struct_built_sync_ckpt_decodes_to_the_checkpoint():
+    hist = struct.pack("!Q16sB", 1, b"d" * 16, 1) + struct.pack("!Q16sB", 2, b"e" * 16, 0)
+    ck = sck.SYNC_CKPT_MSG.decode(_sync_ckpt_bytes(linked=0, nhist=2, hist=hist))
+    assert (ck.id, ck.name, ck.attrs, ck.linked, ck.updates, ck.last_ring, ck.active_node,
+            ck.retention_epoch, ck.digest, ck.history) == (
+        (8, 1, 1), b"nm", attrs(), False, 3, (8, 1), 0, 2, bytes(16),
+        [(1, b"d" * 16, True), (2, b"e" * 16, False)])
+    assert ck.sections == {} and ck.refs == {}
+    assert sck.SYNC_CKPT_MSG.encode(ck) == _sync_ckpt_bytes(linked=0, nhist=2, hist=hist)
+
+
+# Sync messages refused by their decoders (the Reader-based ones took trailing bytes and
+# any nonzero flag byte; the codec's refuse both).
+@pytest.mark.parametrize("msg_id, payload", [
+    (sck.MSG_SYNC_REFS, bytes(3)),
+    (sck.MSG_SYNC_REFS, struct.pack("!I", 1) + bytes(19)),
+    (sck.MSG_SYNC_REFS, struct.pack("!I", 1) + bytes(21)),
+    (sck.MSG_SYNC_TOMBSTONES, struct.pack("!I", 1) + bytes(15)),
+    (sck.MSG_SYNC_TOMBSTONES, struct.pack("!I", 1) + bytes(17)),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes()[:-1]),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes() + b"x"),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes(name_len=300)),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes(linked=2)),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes(nhist=1, hist=struct.pack("!Q16sB", 1, bytes(16), 7))),
+    (sck.MSG_SYNC_CKPT, _sync_ckpt_bytes(nhist=2, hist=struct.pack("!Q16sB", 1, bytes(16), 1))),
+    (sck.MSG_SYNC_SECTION, _id((1, 2, 3)) + bytes(41)),
+    (sck.MSG_SYNC_SECTION, _id((1, 2, 3)) + struct.pack("!HqqqQQ", 5, 0, 0, 0, 4, 0) + b"abcd"),
+])
+def test_bad_sync_payloads_are_dropped(msg_id, payload):
+    cl = _two()
+    before = cl.digests()
+    cl.hosts[A].mcast(cl.svc(A), msg_id, payload)
+    cl.settle()
+    assert cl.hosts[A].bad_messages["ckpt"] == cl.hosts[B].bad_messages["ckpt"] == 1
+    assert cl.digests() == before

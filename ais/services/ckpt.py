@@ -117,7 +117,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -129,6 +128,7 @@ from ais.services.base import (
 )
 from ais.totem.events import fmt_node
 from saf import _ckpt_wire as cw
+from saf._codec import Layout, array, blob, flag, i64, raw, rest, u8, u16, u32, u64
 from saf.errors import (
     SA_OK, Access, BadFlags, BadHandle, BadOperation, Exist, InvalidParam, IpcProtocolError,
     NameTooLong, NoResources, NoSpace, NotExist, SaError,
@@ -160,36 +160,6 @@ MSG_SYNC_REFS = 20
 MSG_SYNC_CKPT = 21
 MSG_SYNC_SECTION = 22
 MSG_SYNC_TOMBSTONES = 23
-
-# --- ring layouts (after CKPT_ID where noted) --------------------------------------------
-
-# CLOSE: CKPT_ID | handle u32 (the asker's handle; 0 when the node closes on its own) |
-CLOSE_MSG = cw.HANDLE
-# CLOSE_MANY: | count u32 | then count x CKPT_ID: the sender's node drops one
-# reference to each (a closing client's handles, ``CLOSE_BATCH`` per message)
-CLOSE_MANY_HEAD = struct.Struct("!I")
-# RETENTION_EXPIRE: CKPT_ID | retention epoch u64 |
-EXPIRE_MSG = struct.Struct("!Q")
-# SECTION_EXPIRE: CKPT_ID | expiration i64 | section id ...
-SECTION_EXPIRE_MSG = struct.Struct("!q")
-# SYNC_REFS: | count u32 | then count x (CKPT_ID, REF_ITEM)
-SYNC_REFS_HEAD = struct.Struct("!I")
-REF_ITEM = struct.Struct("!I")
-# SYNC_CKPT: CKPT_ID, then (52 bytes), CREATION_ATTRS, name, history:
-#  0        1             9               17              21            25
-#  | linked | updates u64 | last ring seq | last ring rep | active node | epoch u64 |
-#  33             49               50
-#  | digest (16)  | hist_count u8  | name_len u16 |
-# history: hist_count x HIST_ITEM, earlier (updates, digest, ring boundary flag), oldest first
-SYNC_CKPT_HEAD = struct.Struct("!BQQIIQ16sBH")
-HIST_ITEM = struct.Struct("!Q16sB")
-# SYNC_SECTION: CKPT_ID, then (42 bytes), section id, chunk:
-#  | id_len u16 | expiration i64 | remaining i64 (ns; SA_TIME_END: none) | last_update i64
-#  | total u64 | offset u64 |
-SYNC_SECTION_HEAD = struct.Struct("!HqqqQQ")
-
-# SYNC_TOMBSTONES: | count u32 | then count x CKPT_ID
-SYNC_TOMBSTONES_HEAD = struct.Struct("!I")
 
 #: ids of deleted checkpoints remembered for partition merges (oldest forgotten first)
 TOMBSTONES_MAX = 4096
@@ -309,13 +279,49 @@ class _ConnState:
     opening: int = 0
 
 
-def _sync_ckpt_payload(ck: Checkpoint) -> bytes:
-    return (cw.CKPT_ID.pack(*ck.id)
-            + SYNC_CKPT_HEAD.pack(ck.linked, ck.updates, ck.last_ring[0], ck.last_ring[1],
-                                  ck.active_node, ck.retention_epoch, ck.digest,
-                                  len(ck.history), len(ck.name))
-            + cw.encode_attrs(ck.attrs) + ck.name
-            + b"".join(HIST_ITEM.pack(n, d, b) for n, d, b in ck.history))
+# --- ring-only layouts ----------------------------------------------------------------------
+# (the others are a client body after the checkpoint id: saf._ckpt_wire's layouts;
+# decoders raise IpcProtocolError, and the host drops a message whose handler raises)
+
+_ID = cw.CKPT_ID_LAYOUT
+
+# CLOSE: | CKPT_ID | handle u32 (the asker's handle; 0 when the node closes on its own) |
+CLOSE_MSG = Layout(None, "CLOSE", ("ckpt_id", _ID), ("handle", u32))
+# CLOSE_MANY: | count u32 | count x CKPT_ID |: the sender's node drops one
+# reference to each (a closing client's handles, ``CLOSE_BATCH`` per message)
+CLOSE_MANY_MSG = Layout(None, "CLOSE_MANY", ("ids", array(_ID, u32, max=CLOSE_BATCH)))
+# RETENTION_EXPIRE: | CKPT_ID | retention epoch u64 |
+EXPIRE_MSG = Layout(None, "RETENTION_EXPIRE", ("ckpt_id", _ID), ("epoch", u64))
+# SECTION_EXPIRE: | CKPT_ID | expiration i64 | section id ... |
+SECTION_EXPIRE_MSG = Layout(None, "SECTION_EXPIRE", ("ckpt_id", _ID), ("expiration", i64),
+                            ("section_id", rest()))
+# SYNC_REFS: | count u32 | count x (CKPT_ID, references u32) |
+SYNC_REFS_MSG = Layout(None, "SYNC_REFS", ("refs", array(
+    Layout(None, "reference", ("ckpt_id", _ID), ("refs", u32)), u32)))
+# SYNC_TOMBSTONES: | count u32 | count x CKPT_ID |
+SYNC_TOMBSTONES_MSG = Layout(None, "SYNC_TOMBSTONES", ("ids", array(_ID, u32)))
+# SYNC_CKPT: | CKPT_ID (16) |, then (52 bytes), CREATION_ATTRS (36), name, history:
+#  0        1             9               17              21            25
+#  | linked | updates u64 | last ring seq | last ring rep | active node | epoch u64 |
+#  33             49               50
+#  | digest (16)  | hist_count u8  | name_len u16 |
+#  history: hist_count x HIST_ITEM (25 bytes): | updates u64 | digest (16) | ring end u8 |,
+#  the earlier versions (``Checkpoint.history``), oldest first
+HIST_ITEM = Layout(None, "history item", ("updates", u64), ("digest", raw(DIGEST_SIZE)),
+                   ("ring_end", flag))
+SYNC_CKPT_MSG = Layout(
+    Checkpoint, "SYNC_CKPT", ("id", _ID), ("linked", flag), ("updates", u64),
+    ("last_ring", Layout(None, "ring", ("seq", u64), ("rep", u32))), ("active_node", u32),
+    ("retention_epoch", u64), ("digest", raw(DIGEST_SIZE)), ("hist_count", u8),
+    ("name_len", u16), ("attrs", cw.ATTRS), ("name", blob("name_len")),
+    ("history", array(HIST_ITEM, "hist_count", container=list)))
+# SYNC_SECTION: | CKPT_ID |, then (42 bytes), section id, chunk:
+#  | id_len u16 | expiration i64 | remaining i64 (ns; SA_TIME_END: none) | last_update i64
+#  | total u64 | offset u64 | section id ... | chunk ... |
+SYNC_SECTION_MSG = Layout(None, "SYNC_SECTION", ("ckpt_id", _ID), ("id_len", u16),
+                          ("expiration", i64), ("remaining", i64), ("last_update", i64),
+                          ("total", u64), ("offset", u64), ("section_id", blob("id_len")),
+                          ("chunk", rest()))
 
 
 def _require(ok: bool, what: str) -> None:
@@ -408,8 +414,7 @@ class CkptService(Service):
         cs.iterators.clear()
         for start in range(0, len(ids), CLOSE_BATCH):
             part = ids[start:start + CLOSE_BATCH]
-            self.host.mcast_retried(self, MSG_CLOSE_MANY, CLOSE_MANY_HEAD.pack(len(part))
-                                    + b"".join(cw.CKPT_ID.pack(*i) for i in part))
+            self.host.mcast_retried(self, MSG_CLOSE_MANY, CLOSE_MANY_MSG.pack(part))
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -505,7 +510,7 @@ class CkptService(Service):
     def _arm_retention(self, ck: Checkpoint, deadline: float) -> None:
         # The expiry names the epoch: an OPEN or a sync round in between voids it.
         self._retention.set(ck.id, deadline,
-                            cw.CKPT_ID.pack(*ck.id) + EXPIRE_MSG.pack(ck.retention_epoch))
+                            EXPIRE_MSG.pack(ck.id, ck.retention_epoch))
 
     def _arm_section(self, ck: Checkpoint, sid: bytes, sec: Section,
                      remaining_ns: int | None) -> None:
@@ -513,7 +518,7 @@ class CkptService(Service):
             self._expiry.cancel((ck.id, sid))
             return
         self._expiry.set((ck.id, sid), self.host.now() + max(0, remaining_ns) / 1e9,
-                         cw.CKPT_ID.pack(*ck.id) + SECTION_EXPIRE_MSG.pack(sec.expiration) + sid)
+                         SECTION_EXPIRE_MSG.pack(ck.id, sec.expiration, sid))
 
     def _drop_timers(self, ck: Checkpoint) -> None:
         self._stop_retention(ck)
@@ -644,7 +649,7 @@ class CkptService(Service):
                 msg.tag, cw.HANDLE.pack(handle), safe=created)):
             # The client left or timed out: nobody will close what this opened.
             del cs.handles[handle]
-            self.host.mcast_retried(self, MSG_CLOSE, cw.CKPT_ID.pack(*ck.id) + CLOSE_MSG.pack(0))
+            self.host.mcast_retried(self, MSG_CLOSE, CLOSE_MSG.pack(ck.id, 0))
             return
         cs.next_handle += 1
         if op.is_async:
@@ -658,15 +663,14 @@ class CkptService(Service):
     def lib_close(self, conn: LibConn, req: Request) -> Deferred:
         handle = cw.decode_handle_untrusted(req.body)
         h = self._handle(conn, handle)
-        self.host.mcast(self, MSG_CLOSE, cw.CKPT_ID.pack(*h.ckpt_id) + CLOSE_MSG.pack(handle),
+        self.host.mcast(self, MSG_CLOSE, CLOSE_MSG.pack(h.ckpt_id, handle),
                         tag=req.tag)
         h.closing = True
         return DEFERRED
 
     @exec_handler(MSG_CLOSE)
     def exec_close(self, msg: ExecMessage) -> None:
-        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
-        (handle,) = CLOSE_MSG.unpack(rest)
+        ckpt_id, handle = CLOSE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
         if ck is not None and ck.refs.get(msg.sender, 0) > 0:
             ck.refs[msg.sender] -= 1
@@ -682,12 +686,7 @@ class CkptService(Service):
     @exec_handler(MSG_CLOSE_MANY)
     def exec_close_many(self, msg: ExecMessage) -> None:
         """The sender's node drops one reference to each listed checkpoint."""
-        r = cw.Reader(msg.payload, "CLOSE_MANY")
-        (count,) = r.take(CLOSE_MANY_HEAD)
-        if count > CLOSE_BATCH:
-            raise IpcProtocolError(f"CLOSE_MANY: {count} ids, at most {CLOSE_BATCH}")
-        ids = [r.take(cw.CKPT_ID) for _ in range(count)]
-        r.end()
+        (ids,) = CLOSE_MANY_MSG.decode(msg.payload)
         for ckpt_id in ids:
             ck = self.ckpts.get(ckpt_id)
             if ck is not None and ck.refs.get(msg.sender, 0) > 0:
@@ -868,9 +867,7 @@ class CkptService(Service):
 
     @exec_handler(MSG_SECTION_EXPIRE)
     def exec_section_expire(self, msg: ExecMessage) -> None:
-        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
-        (exp,) = SECTION_EXPIRE_MSG.unpack_from(rest)
-        sid = rest[SECTION_EXPIRE_MSG.size:]
+        ckpt_id, exp, sid = SECTION_EXPIRE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
         sec = ck.sections.get(sid) if ck else None
         if ck is None or sec is None or sec.expiration != exp:
@@ -881,8 +878,7 @@ class CkptService(Service):
 
     @exec_handler(MSG_RETENTION_EXPIRE)
     def exec_retention_expire(self, msg: ExecMessage) -> None:
-        ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
-        (epoch,) = EXPIRE_MSG.unpack(rest)
+        ckpt_id, epoch = EXPIRE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
         if ck is None or ck.total_refs or ck.retention_epoch != epoch:
             return  # reopened (or deleted) before the expiry was delivered
@@ -1090,18 +1086,16 @@ class CkptService(Service):
         mine = [(ck.id, ck.refs[me]) for ck in self.ckpts.values() if ck.refs.get(me)]
         for start in range(0, max(1, len(mine)), 4096):
             part = mine[start:start + 4096]
-            yield MSG_SYNC_REFS, SYNC_REFS_HEAD.pack(len(part)) + b"".join(
-                cw.CKPT_ID.pack(*i) + REF_ITEM.pack(n) for i, n in part)
+            yield MSG_SYNC_REFS, SYNC_REFS_MSG.pack(part)
         if not send_state:
             return
         tombs = list(self.tombstones)
         for start in range(0, max(1, len(tombs)), 4096):
             ids = tombs[start:start + 4096]
-            yield MSG_SYNC_TOMBSTONES, SYNC_TOMBSTONES_HEAD.pack(len(ids)) + b"".join(
-                cw.CKPT_ID.pack(*i) for i in ids)
+            yield MSG_SYNC_TOMBSTONES, SYNC_TOMBSTONES_MSG.pack(ids)
         now = self.host.now()
         for ck in list(self.ckpts.values()):
-            yield MSG_SYNC_CKPT, _sync_ckpt_payload(ck)
+            yield MSG_SYNC_CKPT, SYNC_CKPT_MSG.encode(ck)
             for sid, sec in list(ck.sections.items()):
                 deadline = self._expiry.deadline((ck.id, sid))
                 remaining = SA_TIME_END if deadline is None else \
@@ -1110,11 +1104,9 @@ class CkptService(Service):
                 off = 0
                 while True:
                     chunk = data[off:off + SYNC_CHUNK]
-                    yield MSG_SYNC_SECTION, (
-                        cw.CKPT_ID.pack(*ck.id)
-                        + SYNC_SECTION_HEAD.pack(len(sid), sec.expiration, remaining,
-                                                 sec.last_update, len(data), off)
-                        + sid + chunk)
+                    yield MSG_SYNC_SECTION, SYNC_SECTION_MSG.pack(
+                        ck.id, sec.expiration, remaining, sec.last_update, len(data), off,
+                        sid, chunk)
                     off += len(chunk)
                     if off >= len(data):
                         break
@@ -1141,47 +1133,26 @@ class CkptService(Service):
 
     @exec_handler(MSG_SYNC_REFS)
     def exec_sync_refs(self, msg: ExecMessage) -> None:
-        r = cw.Reader(msg.payload, "SYNC_REFS")
-        (count,) = r.take(SYNC_REFS_HEAD)
-        got = self._announced.setdefault(msg.sender, {})
-        for _ in range(count):
-            ckpt_id = r.take(cw.CKPT_ID)
-            (n,) = r.take(REF_ITEM)
-            got[ckpt_id] = n
+        (refs,) = SYNC_REFS_MSG.decode(msg.payload)
+        self._announced.setdefault(msg.sender, {}).update(refs)
 
     @exec_handler(MSG_SYNC_TOMBSTONES)
     def exec_sync_tombstones(self, msg: ExecMessage) -> None:
         # Always the first state message of a streaming side: it registers the side
         # even when the side has no checkpoints at all.
-        r = cw.Reader(msg.payload, "SYNC_TOMBSTONES")
-        (count,) = r.take(SYNC_TOMBSTONES_HEAD)
+        (ids,) = SYNC_TOMBSTONES_MSG.decode(msg.payload)
         self._incoming.setdefault(msg.sender, {})
-        tombs = self._incoming_tombs.setdefault(msg.sender, set())
-        for _ in range(count):
-            tombs.add(r.take(cw.CKPT_ID))
+        self._incoming_tombs.setdefault(msg.sender, set()).update(ids)
 
     @exec_handler(MSG_SYNC_CKPT)
     def exec_sync_ckpt(self, msg: ExecMessage) -> None:
-        r = cw.Reader(msg.payload, "SYNC_CKPT")
-        ckpt_id = r.take(cw.CKPT_ID)
-        linked, updates, rseq, rrep, active, epoch, digest, nhist, n = r.take(SYNC_CKPT_HEAD)
-        attrs = cw.CreationAttributes(*r.take(cw.CREATION_ATTRS))
-        name = r.raw(n)
-        ck = Checkpoint(ckpt_id, name, attrs, bool(linked), updates=updates,
-                        last_ring=(rseq, rrep), active_node=active, retention_epoch=epoch,
-                        digest=digest)
-        for _ in range(nhist):
-            n_, d_, b_ = r.take(HIST_ITEM)
-            ck.history.append((n_, d_, bool(b_)))
-        self._incoming.setdefault(msg.sender, {})[ckpt_id] = ck
+        ck: Checkpoint = SYNC_CKPT_MSG.decode(msg.payload)
+        self._incoming.setdefault(msg.sender, {})[ck.id] = ck
 
     @exec_handler(MSG_SYNC_SECTION)
     def exec_sync_section(self, msg: ExecMessage) -> None:
-        r = cw.Reader(msg.payload, "SYNC_SECTION")
-        ckpt_id = r.take(cw.CKPT_ID)
-        n, exp, remaining, last, total, off = r.take(SYNC_SECTION_HEAD)
-        sid = r.raw(n)
-        chunk = r.rest()
+        ckpt_id, exp, remaining, last, _total, off, sid, chunk = \
+            SYNC_SECTION_MSG.decode(msg.payload)
         ck = self._incoming.get(msg.sender, {}).get(ckpt_id)
         if ck is None:
             self._limit_log.log(self.log, logging.ERROR,
