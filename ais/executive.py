@@ -77,7 +77,13 @@ every service's ``sync_done``.
 
 Nothing here blocks or yields: the host is driven by calls from the ring
 shell and the IPC greenlets, and its outputs (ring mcasts, client frames)
-are queued by their receivers.  ``GeventScheduler`` is the only piece that
+are queued by their receivers.  In particular a ring never calls
+``on_deliver``, ``on_confchg`` or ``on_stable`` from inside ``ring.mcast``
+(``ais.totem.transport`` queues the core's answer and carries it out from
+a loop callback; the test rings do the same from their loops), so a service
+handler is never re-entered by the ring and the host needs no guard for it.
+Ring events wait in ``_inbox`` only when an event-loop turn has used its
+budget (``GeventScheduler.turn_over``).  ``GeventScheduler`` is the only piece that
 touches gevent, and it is imported lazily.
 """
 from __future__ import annotations
@@ -271,10 +277,8 @@ class ServiceHost:
         #: deferred requests' Timeout timers, by (conn_id, seq)
         self._deadlines: dict[tuple[int, int], TimerHandle] = {}
         self._conn_ids = itertools.count(1)
-        # Ring events that arrive while a service handler runs (a transport may
-        # deliver from inside mcast) wait here, so handlers are never re-entered.
+        # Ring events left for the next event-loop turn (``_drain``), in order.
         self._inbox: collections.deque[Deliver | ConfChange | Stable] = collections.deque()
-        self._busy = False
         self._drain_armed = False
         #: exec messages dropped because their handler raised, per service name
         self.bad_messages: collections.Counter[str] = collections.Counter()
@@ -305,40 +309,23 @@ class ServiceHost:
         return self.scheduler.now()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
-        return self.scheduler.call_later(delay, lambda: self._guarded(fn))
-
-    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` as a service entry point: ring events wait until it returns."""
-        was = self._busy
-        self._busy = True
-        try:
-            return fn(*args)
-        finally:
-            self._busy = was
-            if not was:
-                self._drain()
+        return self.scheduler.call_later(delay, fn)
 
     def _drain(self) -> None:
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            while self._inbox:
-                if self._turn_over():
-                    # This event-loop turn has run long enough: the rest waits
-                    # (in order) for the next turn, so the ring's token and the
-                    # other clients get the loop in between.
-                    self._arm_drain()
-                    return
-                ev = self._inbox.popleft()
-                if isinstance(ev, ConfChange):
-                    self._confchg(ev)
-                elif isinstance(ev, Stable):
-                    self._stable(ev)
-                else:
-                    self._deliver(ev)
-        finally:
-            self._busy = False
+        while self._inbox:
+            if self._turn_over():
+                # This event-loop turn has run long enough: the rest waits
+                # (in order) for the next turn, so the ring's token and the
+                # other clients get the loop in between.
+                self._arm_drain()
+                return
+            ev = self._inbox.popleft()
+            if isinstance(ev, ConfChange):
+                self._confchg(ev)
+            elif isinstance(ev, Stable):
+                self._stable(ev)
+            else:
+                self._deliver(ev)
 
     def _turn_over(self) -> bool:
         turn_over = getattr(self.scheduler, "turn_over", None)
@@ -522,7 +509,7 @@ class ServiceHost:
 
     def lib_connect(self, conn: LibConn) -> None:
         self._conns[conn.conn_id] = conn
-        self._guarded(self.services[conn.service_id].on_lib_connect, conn)
+        self.services[conn.service_id].on_lib_connect(conn)
 
     def lib_exit(self, conn: LibConn) -> None:
         """The connection closed (or finalized).  Idempotent."""
@@ -531,7 +518,7 @@ class ServiceHost:
         for conn_id, seq in [k for k in self._pending if k[0] == conn.conn_id]:
             self._forget(ReplyTag(self.node_id, conn_id, seq))
         self._held_requests = [r for r in self._held_requests if r[0] is not conn]
-        self._guarded(self.services[conn.service_id].on_lib_exit, conn)
+        self.services[conn.service_id].on_lib_exit(conn)
 
     def lib_request(self, conn: LibConn, msg_id: int, seq: int, body: bytes) -> None:
         """Run one client request; its response is queued on ``conn`` now or later.
@@ -539,9 +526,6 @@ class ServiceHost:
         Raises:
             IpcProtocolError: the body does not decode (the caller drops the client).
         """
-        self._guarded(self._lib_request, conn, msg_id, seq, body)
-
-    def _lib_request(self, conn: LibConn, msg_id: int, seq: int, body: bytes) -> None:
         svc = self.services[conn.service_id]
         spec = svc.lib_handlers.get(msg_id)
         if spec is None:
@@ -823,7 +807,7 @@ class ServiceHost:
             if conn.closed:
                 continue
             try:
-                self._lib_request(conn, msg_id, seq, body)
+                self.lib_request(conn, msg_id, seq, body)
             except IpcProtocolError as exc:
                 self.log.error("closing connection %d: %s", conn.conn_id, exc)
                 conn.close(str(exc))

@@ -24,7 +24,11 @@ come from there.  It adds:
   from inside ``on_deliver`` is carried out after the actions already
   queued.  ``Deliver`` goes to ``host.on_deliver``, ``ConfChange`` to
   ``host.on_confchg``, ``Stable`` (when the core has it) to
-  ``host.on_stable`` (when the host has it).  A crash drops the host, its
+  ``host.on_stable`` (when the host has it).  What ``srp.mcast`` answers
+  is only queued: the FIFO is carried out by a host event at the same
+  virtual time (or by whatever drains it first), never inside the host's
+  ``mcast`` -- a ring event reaching the host there is a ``reentry``
+  violation.  A crash drops the host, its
   clients and its timers; a restart builds an empty host (checkpoints live
   in memory only).
 * Faults on top of the base ones: quick restarts (``restarts``: a node
@@ -937,7 +941,12 @@ class _Timer:
 
 
 class _Port:
-    """The host's ring: ``srp.mcast`` of one incarnation."""
+    """The host's ring: ``srp.mcast`` of one incarnation.
+
+    Like ``ais.totem.transport``, it only queues what the core answers (on
+    the node's FIFO) and carries it out after the caller returned: the host
+    never gets a ring event inside its own ``mcast``.
+    """
 
     __slots__ = ("sim", "node", "inc")
 
@@ -945,11 +954,16 @@ class _Port:
         self.sim, self.node, self.inc = sim, node, node.inc
 
     def mcast(self, payload: bytes) -> None:
-        node = self.node
+        node, sim = self.node, self.sim
         if node.srp is None or node.inc != self.inc:
             raise SendQueueFull()
-        acts = node.srp.mcast(payload, self.sim.now)
-        self.sim.perform(node, acts)
+        sim.in_mcast = node.id
+        try:
+            acts = node.srp.mcast(payload, sim.now)
+            if acts:
+                sim.queue_actions(node, acts)
+        finally:
+            sim.in_mcast = None
 
 
 class _TraceHandler(logging.Handler):
@@ -982,6 +996,10 @@ class ServiceSim(Simulation):
         self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
         self.fifo: dict[int, deque[Any]] = {n: deque() for n in self.ids}
         self.draining: dict[int, bool] = {n: False for n in self.ids}
+        #: (node, incarnation) whose FIFO a host event will carry out (``queue_actions``)
+        self.drain_armed: set[tuple[int, int]] = set()
+        #: the node whose host is inside ``_Port.mcast`` (None: none)
+        self.in_mcast: int | None = None
         self.clients: dict[int, list[_Client]] = {n: [] for n in self.ids}
         self.all_clients: list[_Client] = []
         self.next_uid = 1
@@ -1137,6 +1155,25 @@ class ServiceSim(Simulation):
 
     # -- the core's actions ----------------------------------------------------------------
 
+    def queue_actions(self, node: _Node, acts: Iterable[Any]) -> None:
+        """Queue actions of ``srp.mcast``; a host event carries them out at this time."""
+        self.fifo[node.id].extend(acts)
+        key = (node.id, node.inc)
+        if self.draining[node.id] or key in self.drain_armed:
+            return  # the drain in progress, or the one armed, gets to them in order
+        self.drain_armed.add(key)
+
+        def drain() -> None:
+            self.drain_armed.discard(key)
+            self.perform(node, ())
+        self.push(self.now, _HOST, node.id, node.inc, _Timer(), drain)
+
+    def _reentry(self, node: _Node, what: str) -> None:
+        if self.in_mcast is not None:
+            self.violations.append(Violation(
+                "reentry", f"{what} for {node.name} inside the mcast of "
+                f"{self.nodes[self.in_mcast].name}'s host at t={self.now:.6f}"))
+
     def perform(self, node: _Node, acts: Iterable[Any]) -> None:
         q = self.fifo[node.id]
         q.extend(acts)
@@ -1163,10 +1200,13 @@ class ServiceSim(Simulation):
                 elif t is CancelTimer:
                     node.gens[a.kind] = node.gens.get(a.kind, 0) + 1
                 elif t is Deliver:
+                    self._reentry(node, "Deliver")
                     self.on_deliver(node, a)
                 elif t is ConfChange:
+                    self._reentry(node, "ConfChange")
                     self.on_confchg(node, a)
                 elif t.__name__ == "Stable":
+                    self._reentry(node, "Stable")
                     host = self.hosts[node.id]
                     on_stable = getattr(host, "on_stable", None)
                     if on_stable is not None:

@@ -1337,26 +1337,104 @@ def test_ring_of_one_answers_at_once():
 
 
 class _HarnessPort:
-    """A host's ring: the node's Srp in ``totem_harness.Net``."""
+    """A host's ring: the node's Srp in ``totem_harness.Net``.
 
-    def __init__(self, net: Any, node: int) -> None:
-        self.net, self.node = net, node
+    As ``ais.totem.transport`` does, it only queues what ``Srp.mcast`` answers on
+    the node's action FIFO; the harness carries the FIFO out from its loop (a
+    zero-delay timer, or the next packet or timer of that node, whichever is
+    first), so the host never gets a ring event inside its own ``mcast``.
+    """
+
+    def __init__(self, net: Any, node: int, fifo: _ActionFifo) -> None:
+        self.net, self.node, self.fifo = net, node, fifo
 
     def mcast(self, payload: bytes) -> None:
         from ais.totem.events import SendQueueFull
         n = self.net.nodes[self.node]
         if not n.alive:
             raise SendQueueFull
-        self.net._perform(self.node, n.srp.mcast(payload, self.net.now))
+        self.fifo.inside.append(self.node)
+        try:
+            self.fifo.queue(self.node, n.srp.mcast(payload, self.net.now))
+        finally:
+            self.fifo.inside.pop()
 
 
-def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], dict[int, Any]]:
+class _ActionFifo:
+    """Every node's core actions in order, carried out and fed to its host.
+
+    ``reentries`` records any ring event that reaches a host while a host is
+    inside ``_HarnessPort.mcast`` (``inline``: the port carries the actions out
+    at once, as a port must not -- to show that this is caught).
+    """
+
+    def __init__(self, net: Any, sched: ManualScheduler, hosts: dict[int, ServiceHost],
+                 inline: bool = False) -> None:
+        self.net, self.sched, self.hosts, self.inline = net, sched, hosts, inline
+        self.perform = net._perform
+        self.q: dict[int, list[Any]] = {}
+        self.draining: set[int] = set()
+        self.armed: set[int] = set()
+        self.inside: list[int] = []
+        self.reentries: list[str] = []
+        net._perform = self.carry_out
+
+    def queue(self, i: int, actions: list) -> None:
+        if self.inline:
+            self.carry_out(i, actions)
+            return
+        self.q.setdefault(i, []).extend(actions)
+        if i not in self.armed:
+            self.armed.add(i)
+            self.sched.call_later(0.0, lambda: self._drain(i))
+
+    def _drain(self, i: int) -> None:
+        self.armed.discard(i)
+        self.carry_out(i, [])
+
+    def clear(self, i: int) -> None:
+        """A node restarted: what its old core answered is not carried out."""
+        self.q.pop(i, None)
+
+    def carry_out(self, i: int, actions: list) -> None:
+        from ais.totem.events import ConfChange, Deliver, Stable
+        q = self.q.setdefault(i, [])
+        q.extend(actions)
+        if i in self.draining:
+            return
+        self.draining.add(i)
+        try:
+            while q:
+                a = q.pop(0)
+                self.perform(i, [a])
+                h = self.hosts.get(i)
+                if h is None or not self.net.nodes[i].alive or \
+                        not isinstance(a, (Deliver, ConfChange, Stable)):
+                    continue
+                if self.inside:
+                    self.reentries.append(f"{type(a).__name__} for node {i} inside the "
+                                          f"mcast of node {self.inside[-1]}'s host")
+                if isinstance(a, Deliver):
+                    h.on_deliver(a)
+                elif isinstance(a, ConfChange):
+                    h.on_confchg(a)
+                else:
+                    h.on_stable(a)
+        finally:
+            self.draining.discard(i)
+
+
+def _ckpt_on_real_ring(seed: int, partitions: bool, inline: bool = False,
+                       steps: int = 60) -> tuple[Any, set[bytes], dict[int, Any]]:
     """Section creates from random nodes at 15% frame loss; nodes killed (often right
     after a call returned; never the last holder of its state) and restarted empty;
-    with ``partitions``, splits and heals.
-    Returns the net, the sections whose creation was acknowledged, and the hosts."""
+    with ``partitions``, splits and heals.  ``inline``: see ``_ActionFifo``.
+    Returns the net, the sections whose creation was acknowledged, and the hosts.
+
+    Raises:
+        AssertionError: a ring event reached a host inside its mcast.
+    """
     from ais.totem import wire
-    from ais.totem.events import ConfChange, Deliver, Stable
     from ais.totem.srp import Srp
     from totem_harness import Net, Node, ids
 
@@ -1365,26 +1443,11 @@ def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], di
     net = Net(nodes)
     sched = ManualScheduler()
     hosts: dict[int, ServiceHost] = {}
-    perform = net._perform
-
-    def perform_and_feed(i: int, actions: list) -> None:
-        perform(i, actions)
-        h = hosts.get(i)
-        if h is None or not net.nodes[i].alive:
-            return
-        for a in actions:
-            if isinstance(a, Deliver):
-                h.on_deliver(a)
-            elif isinstance(a, ConfChange):
-                h.on_confchg(a)
-            elif isinstance(a, Stable):
-                h.on_stable(a)
-
-    net._perform = perform_and_feed
+    fifo = _ActionFifo(net, sched, hosts, inline)
 
     def new_host(i: int) -> None:
         hosts[i] = ServiceHost(i, [CkptService()], sched)
-        hosts[i].attach_ring(_HarnessPort(net, i))
+        hosts[i].attach_ring(_HarnessPort(net, i, fifo))
 
     def run(seconds: float) -> None:
         for _ in range(max(1, int(seconds / 0.002))):
@@ -1428,6 +1491,7 @@ def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], di
                    for j, h in hosts.items()):
             return  # it is the last holder of its state: memory only, it would all go
         net.crash(i)
+        fifo.clear(i)
         for table in (hosts, conns, handles):
             table.pop(i, None)
         pending[:] = [p for p in pending if p[0] != i]
@@ -1441,7 +1505,7 @@ def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], di
     c, seq = request(nodes[0], cw.REQ_OPEN, cw.encode_open(cw.OpenReq(b"ck", RW, a)))
     run(1.0)
     assert answer(c, seq).error == SA_OK
-    for step in range(60):
+    for step in range(steps):
         collect()
         r = rnd.random()
         i = rnd.choice(nodes)
@@ -1477,7 +1541,17 @@ def _ckpt_on_real_ring(seed: int, partitions: bool) -> tuple[Any, set[bytes], di
     net.heal()
     net.drop = None
     run(8.0)
+    assert not fifo.reentries, fifo.reentries[:3]
     return net, acked, hosts
+
+
+@pytest.mark.timeout(60)
+def test_harness_port_never_delivers_inside_mcast():
+    """The harness's port queues like the real transport; one that carried the core's
+    answer out inside mcast (``inline``) would hand the host ring events there."""
+    _ckpt_on_real_ring(0, partitions=False, steps=10)  # checks it on the way
+    with pytest.raises(AssertionError, match="inside the mcast of node"):
+        _ckpt_on_real_ring(0, partitions=False, inline=True, steps=10)
 
 
 @pytest.mark.timeout(120)

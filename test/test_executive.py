@@ -53,7 +53,7 @@ def test_held_message_of_a_departed_sender_stays_with_its_sender():
 # --- state announcements and safe replies ----------------------------------------------------
 
 from ais.executive import ServiceHost  # noqa: E402
-from ais.testing import FakeBus, ManualScheduler  # noqa: E402
+from ais.testing import FakeBus, FakePort, ManualScheduler  # noqa: E402
 from ais.services.base import DEFERRED, Service, exec_handler, lib_handler  # noqa: E402
 from ais.totem.events import ConfChange, RingId, Stable  # noqa: E402
 from helpers_exec import FakeConn  # noqa: E402
@@ -188,3 +188,140 @@ def test_safe_reply_to_a_message_held_by_a_round_waits_for_the_round_to_end_ever
     assert conn.responses == []  # held by all, but not yet applied by all
     bus.stabilize()
     assert [f.seq for f in conn.responses] == [1]
+
+
+# --- the ring contract: nothing is delivered inside mcast ------------------------------------
+# The host has no re-entry guard: a ring must carry out what mcast causes after mcast
+# returned.  Every ring the host is run on in tests is checked here (the real transport
+# in test_transport.py, the seeded simulator's port in every servicesim run, which
+# reports a "reentry" violation, and the Totem harness's port in test_ckpt.py).
+
+
+class WatchedPort:
+    """A ring port that knows when its host is inside ``mcast``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.inside = False
+
+    def mcast(self, payload: bytes) -> None:
+        self.inside = True
+        try:
+            self.inner.mcast(payload)
+        finally:
+            self.inside = False
+
+
+class InlinePort(FakePort):
+    """What a ring must not do: deliver everything queued before ``mcast`` returns."""
+
+    def mcast(self, payload: bytes) -> None:
+        super().mcast(payload)
+        self.bus.flush()
+
+
+class Echo(Service):
+    """Multicasts from a request, from deliveries and from sync; notes, for every
+    callback, whether its host was inside ``mcast``."""
+
+    name = "toy-echo"
+    service_id = 76
+
+    def __init__(self) -> None:
+        self.port: WatchedPort | None = None
+        self.calls: list[tuple[str, bool]] = []
+        self.got: list[bytes] = []
+
+    def _note(self, what: str) -> None:
+        assert self.port is not None
+        self.calls.append((what, self.port.inside))
+
+    def sync_start(self, info):
+        self._note("sync_start")
+
+    def sync_process(self):
+        self._note("sync_process")
+        self.host.mcast_sync(self, 2, b"")
+        return True
+
+    def sync_done(self):
+        self._note("sync_done")
+
+    @lib_handler(1)
+    def lib_go(self, conn, req):
+        self._note("lib_go")
+        self.host.mcast(self, 1, req.body, tag=req.tag)
+        return DEFERRED
+
+    @exec_handler(1)
+    def exec_echo(self, msg):
+        self._note("exec_echo")
+        self.got.append(msg.payload)
+        n = msg.payload[0]
+        if n and msg.sender == self.host.node_id:  # the sender echoes it on, n - 1 more
+            self.host.mcast(self, 1, bytes([n - 1]))
+        self.host.reply(msg.tag)
+
+    @exec_handler(2)
+    def exec_sync(self, msg):
+        self._note("exec_sync")
+
+
+def _echo_ring(n: int, port_cls) -> tuple[ManualScheduler, FakeBus, dict[int, ServiceHost]]:
+    sched = ManualScheduler()
+    bus = FakeBus(sched)
+    hosts = {i: ServiceHost(i, [Echo()], sched) for i in range(1, n + 1)}
+    for i, h in hosts.items():
+        bus.hosts[i] = h
+        port = WatchedPort(port_cls(bus, i))
+        h.attach_ring(port)
+        h.service_by_id(Echo.service_id).port = port
+    return sched, bus, hosts
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_no_service_callback_runs_inside_mcast(nodes):
+    sched, bus, hosts = _echo_ring(nodes, FakePort)
+    bus.reconfigure(list(hosts))
+    sched.run()
+    conn = FakeConn(hosts[1].new_conn_id(), Echo.service_id)
+    hosts[1].lib_connect(conn)
+    hosts[1].lib_request(conn, 1, 1, bytes([5]))
+    sched.run()
+    assert [f.seq for f in conn.responses] == [1]
+    for h in hosts.values():
+        echo = h.service_by_id(Echo.service_id)
+        assert echo.got == [bytes([k]) for k in (5, 4, 3, 2, 1, 0)]
+        assert {w for w, _ in echo.calls} == {"sync_start", "sync_process", "sync_done",
+                                              "exec_sync", "exec_echo"} | (
+            {"lib_go"} if h.node_id == 1 else set())
+        assert [c for c in echo.calls if c[1]] == []
+
+
+@pytest.mark.timeout(20)
+def test_a_ring_that_delivers_inside_mcast_is_caught():
+    """The check above sees it when a ring breaks the contract (the host no longer
+    defers such deliveries: the handler runs inside mcast, re-entered)."""
+    sched, bus, hosts = _echo_ring(1, InlinePort)
+    bus.reconfigure([1])
+    sched.run()
+    conn = FakeConn(hosts[1].new_conn_id(), Echo.service_id)
+    hosts[1].lib_connect(conn)
+    hosts[1].lib_request(conn, 1, 1, bytes([2]))
+    echo = hosts[1].service_by_id(Echo.service_id)
+    assert ("exec_echo", True) in echo.calls
+
+
+@pytest.mark.timeout(60)
+def test_servicesim_port_never_delivers_inside_mcast(monkeypatch):
+    from ais.servicesim import ServiceSim, SvcOptions, run
+
+    o = SvcOptions(messages=15, duration=2.0, partitions=1, amf=False)
+    r = run(2, o)
+    assert r.ok, r.report()
+    assert r.requests > 10
+    # a port that carried the core's answer out inside mcast is reported
+    monkeypatch.setattr(ServiceSim, "queue_actions", ServiceSim.perform)
+    r = run(2, o)
+    assert "reentry" in {v.invariant for v in r.violations}
