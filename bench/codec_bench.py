@@ -7,11 +7,14 @@ Three messages, each encoded and decoded as its users do:
 * a CKPT WRITE request body (one 64-byte write to a 1-byte section id), the
   client library's hot path;
 * a Totem MCAST header with a 1400-byte payload, the ring's hot path;
-* a Totem token with 8 retransmit requests.
+* a Totem token with 8 retransmit requests;
+* an EVS MCAST ring message (one group, 100 bytes of data), the EVS
+  service's hot path (sent once, decoded on every node).
 
 For each it prints operations per second for the hand-written code the
 project had before the codec (copied below as the reference) and for what
-the modules use now (``saf._ckpt_wire``, ``ais.totem.wire``), best of 5
+the modules use now (``saf._ckpt_wire``, ``ais.totem.wire``,
+``ais.services.evs``), best of 5
 alternating rounds.  Speed is printed, never asserted.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ais.services import evs as sev  # noqa: E402
 from ais.totem import wire as tw  # noqa: E402
 from ais.totem.events import RingId  # noqa: E402
 from saf import _ckpt_wire as cw  # noqa: E402
@@ -138,6 +142,28 @@ def ref_encode_token(t: tw.Token) -> bytes:
     return head + struct.pack(f"!{len(t.rtr)}Q", *t.rtr)
 
 
+# EVS MCAST ring message, as ais/services/evs.py wrote and read it before the codec
+RING_MCAST = struct.Struct("!IIBxHQ")
+
+
+def ref_encode_evs_mcast(conn: int, pid: int, guarantee: int, seq: int,
+                         groups: tuple[bytes, ...], data: bytes) -> bytes:
+    return RING_MCAST.pack(conn, pid, guarantee, len(groups), seq) + b"".join(groups) + data
+
+
+def ref_decode_evs_mcast(payload: bytes) -> tuple:
+    if len(payload) < RING_MCAST.size:
+        raise IpcProtocolError("truncated MCAST")
+    conn, pid, guarantee, count, seq = RING_MCAST.unpack_from(payload)
+    if count > 1024:
+        raise IpcProtocolError(f"group list: {count} groups")
+    end = RING_MCAST.size + count * 32
+    if len(payload) < end:
+        raise IpcProtocolError(f"group list: {count} groups do not fit {len(payload)} bytes")
+    groups = tuple(bytes(payload[i:i + 32]) for i in range(RING_MCAST.size, end, 32))
+    return conn, pid, guarantee, seq, groups, payload[end:]
+
+
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -184,6 +210,12 @@ def main() -> None:
     tbytes = tw.encode_token(tok)
     assert tbytes == ref_encode_token(tok) and tw.decode_untrusted(tbytes) == tok
 
+    group = b"g".ljust(32, b"\0")
+    evs = (7, 4242, 2, 99, (group,), b"d" * 100)
+    ebytes = sev.RING_MCAST.pack(*evs)
+    assert ebytes == ref_encode_evs_mcast(*evs)
+    assert sev.RING_MCAST.decode(ebytes) == ref_decode_evs_mcast(ebytes) == evs
+
     rows = [
         ("CKPT WRITE request encode", lambda: ref_encode_write(write),
          lambda: cw.encode_write(write)),
@@ -194,6 +226,10 @@ def main() -> None:
         ("Totem MCAST decode", lambda: ref_decode(mbytes), lambda: tw.decode_untrusted(mbytes)),
         ("Totem token encode", lambda: ref_encode_token(tok), lambda: tw.encode_token(tok)),
         ("Totem token decode", lambda: ref_decode(tbytes), lambda: tw.decode_untrusted(tbytes)),
+        ("EVS MCAST ring encode", lambda: ref_encode_evs_mcast(*evs),
+         lambda: sev.RING_MCAST.pack(*evs)),
+        ("EVS MCAST ring decode", lambda: ref_decode_evs_mcast(ebytes),
+         lambda: sev.RING_MCAST.decode(ebytes)),
     ]
     print(f"{'message':28} {'hand-written/s':>15} {'modules now/s':>15} {'ratio':>7}")
     for name, ref, now in rows:

@@ -185,7 +185,6 @@ def decode_handle_untrusted(body: bytes) -> int:
 ATTRS = Layout(CreationAttributes, "creation attributes", ("creation_flags", u32),
                ("checkpoint_size", u64), ("retention_duration", i64), ("max_sections", u32),
                ("max_section_size", u64), ("max_section_id_size", u32))
-CREATION_ATTRS: struct.Struct = ATTRS.struct  # type: ignore[assignment]
 
 encode_attrs = ATTRS.encode
 
@@ -203,7 +202,7 @@ class OpenReq:
     is_async: bool = False
 
 
-# OPEN request (22 bytes), then CREATION_ATTRS (zero when has_attrs is 0), then the name:
+# OPEN request (22 bytes), then ATTRS (zero when has_attrs is 0), then the name:
 #  0             8       12          13         14                  22
 #  | invocation  | flags | has_attrs | is_async | timeout i64 (ns)  | attrs (36) | name ...
 #  The name may be one byte over SA_MAX_NAME_LENGTH: the service answers NAME_TOO_LONG.
@@ -243,7 +242,7 @@ def decode_retention_untrusted(body: bytes) -> int:
     return RETENTION_REQ.decode(body)[0]
 
 
-# --- STATUS_GET reply (48 bytes): CREATION_ATTRS | sections u32 | memory_used u64 | --------------
+# --- STATUS_GET reply (48 bytes): ATTRS | sections u32 | memory_used u64 | -----------------------
 STATUS = Layout(CheckpointStatus, "status", ("checkpoint_creation_attributes", ATTRS),
                 ("number_of_sections", u32), ("memory_used", u64))
 

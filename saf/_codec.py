@@ -649,6 +649,20 @@ class Layout:
             at = "off" if rel is None else f"off + {rel}"
             return f"raise _error(f'{what}: {_q(field)} (byte {{{at}}}) {msg}')"
 
+        def counted(field: str, ref: Int | str, bound: int | None, what: str) -> str:
+            """The variable holding a blob's length or an array's count -- a prefix read
+            here or an earlier field -- checked against ``bound``; the run ends here."""
+            if isinstance(ref, Int):
+                var = ns.fresh(what[:3])
+                cur().add(field, ref.code, None, var)
+            else:
+                var = local[ref]
+            flush()
+            if bound is not None:
+                lines.append(f"if {var} > {bound}: "
+                             f"{bad(field, f'{what} {{{var}}} exceeds {bound}')}")
+            return var
+
         for entry_name, t in self.entries:
             fname = entry_name or ""  # anonymous: pad and Const, which have no value to keep
             v = ns.fresh(f"v_{fname or 'x'}_")
@@ -689,15 +703,7 @@ class Layout:
                               f"{bad(fname, f'length {{{ln}}} exceeds {t.size}', rel)}")
                 r.post.append(f"{v} = {v}[:{ln}]")
             elif isinstance(t, blob):
-                if isinstance(t.length, Int):
-                    ln = ns.fresh("ln")
-                    cur().add(fname, t.length.code, None, ln)
-                else:
-                    ln = local[t.length]
-                flush()
-                if t.max is not None:
-                    lines.append(f"if {ln} > {t.max}: "
-                                 f"{bad(fname, f'length {{{ln}}} exceeds {t.max}')}")
+                ln = counted(fname, t.length, t.max, "length")
                 lines.append(f"if n - off < {ln}: "
                              f"{bad(fname, f'{{{ln}}} bytes announced, {{n - off}} left')}")
                 lines.append(f"{v} = d[off:off + {ln}]")
@@ -722,15 +728,7 @@ class Layout:
                 lines.append(f"{v}, off = {ns.const(t.layout.decode_from, '_dec')}(d, off)")
                 lines.append(f"if not {local[t.present]}: {v} = None")
             elif isinstance(t, array):
-                if isinstance(t.count, Int):
-                    cnt = ns.fresh("cnt")
-                    cur().add(fname, t.count.code, None, cnt)
-                else:
-                    cnt = local[t.count]
-                flush()
-                if t.max is not None:
-                    lines.append(f"if {cnt} > {t.max}: "
-                                 f"{bad(fname, f'count {{{cnt}}} exceeds {t.max}')}")
+                cnt = counted(fname, t.count, t.max, "count")
                 self._dec_array(ns, lines, t, v, cnt, fname, bad)
             else:
                 raise TypeError(f"{self.name}.{fname}: unknown field type {t!r}")

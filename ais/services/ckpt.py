@@ -300,7 +300,7 @@ SYNC_REFS_MSG = Layout(None, "SYNC_REFS", ("refs", array(
     Layout(None, "reference", ("ckpt_id", _ID), ("refs", u32)), u32)))
 # SYNC_TOMBSTONES: | count u32 | count x CKPT_ID |
 SYNC_TOMBSTONES_MSG = Layout(None, "SYNC_TOMBSTONES", ("ids", array(_ID, u32)))
-# SYNC_CKPT: | CKPT_ID (16) |, then (52 bytes), CREATION_ATTRS (36), name, history:
+# SYNC_CKPT: | CKPT_ID (16) |, then (52 bytes), cw.ATTRS (36), name, history:
 #  0        1             9               17              21            25
 #  | linked | updates u64 | last ring seq | last ring rep | active node | epoch u64 |
 #  33             49               50
