@@ -507,9 +507,14 @@ class Layout:
                     fmt = ns.const("!%d" + item.code, "_fmt")
                     parts.append(f"struct.pack({fmt} % len({a}), *{seq})")
                 elif isinstance(item, raw):
-                    pre.append(f"if not {{*map(len, {a})}} <= {{{item.n}}}: "
+                    # joined first: the total length is the whole check for one item, and
+                    # with the shortest item for more (all >= n, summing to count * n)
+                    j = ns.fresh("joined")
+                    pre.append(f"{j} = b''.join({seq})")
+                    pre.append(f"if len({j}) != {item.n} * len({a}) or len({a}) > 1 and "
+                               f"min(map(len, {a})) != {item.n}: "
                                f"raise ValueError('{_q(label)}: an item is not {item.n} bytes')")
-                    parts.append(f"b''.join({seq})")
+                    parts.append(j)
                 else:
                     lay = _item_layout(item, self.error)
                     ev = ns.fresh("e")

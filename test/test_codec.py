@@ -363,6 +363,8 @@ def test_raw_errors_name_the_field():
     ((b"abcde", 1, (bytes(16),), (), b""), r"KEYS.key: 5 bytes, not 4"),
     ((b"abcd", 1, (bytes(15),), (), b""), r"digest.d: 15 bytes, not 16"),
     ((b"abcd", 1, (bytes(16),), (b"xyz", b"xy"), b""), r"KEYS.groups: an item is not 3 bytes"),
+    ((b"abcd", 1, (bytes(16),), (b"xy", b"xyzw"), b""), r"KEYS.groups: an item is not 3 bytes"),
+    ((b"abcd", 1, (bytes(16),), (b"xyzw",), b""), r"KEYS.groups: an item is not 3 bytes"),
 ])
 def test_raw_encode_of_another_size_is_a_value_error(args, match):
     # struct's "4s" would pad or cut without a word
