@@ -35,6 +35,10 @@ groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
     unit       := "unit" "{" ( name | component )* "}"
     component  := "component" "{" ( name | model )* "}"
     protection := "protection" "{" ( name | member* )* "}"
+    model      := 2n | nplusm | nway | nwayactive | noredundancy   (n+m, n-way, n-way-active)
+
+The order of the units in a group is their rank (the first is preferred);
+``_ModelBuilder.redundancy`` gives each model its defaults and limits.
 """
 from __future__ import annotations
 
@@ -947,9 +951,11 @@ class ComponentModel(enum.IntEnum):
 
 
 _GROUP_MODELS = {"2n": GroupModel.TWO_N, "nplusm": GroupModel.NPLUSM,
+                 "nway": GroupModel.NWAY, "nwayactive": GroupModel.NWAYACTIVE,
                  "noredundancy": GroupModel.NOREDUNDANCY}
-_UNSUPPORTED_GROUP_MODELS = {"nway": "nway redundancy model not supported",
-                             "nwayactive": "nway active redundancy model not supported"}
+#: spellings of the SAF documents, accepted as well
+_GROUP_MODEL_ALIASES = {"n+m": GroupModel.NPLUSM, "n-way": GroupModel.NWAY,
+                        "n-way-active": GroupModel.NWAYACTIVE}
 _COMPONENT_MODELS = {
     "x_active_and_y_standby": ComponentModel.X_ACTIVE_AND_Y_STANDBY,
     "x_active_or_y_standby": ComponentModel.X_ACTIVE_OR_Y_STANDBY,
@@ -971,11 +977,10 @@ def _amf_name(text: str) -> str:
 
 def _group_model(text: str) -> GroupModel:
     word = text.lower()
-    if word in _UNSUPPORTED_GROUP_MODELS:
-        raise ValueError(_UNSUPPORTED_GROUP_MODELS[word])
-    if word not in _GROUP_MODELS:
+    model = _GROUP_MODELS.get(word, _GROUP_MODEL_ALIASES.get(word))
+    if model is None:
         raise ValueError(f"{text!r} is not one of {', '.join(_GROUP_MODELS)}")
-    return _GROUP_MODELS[word]
+    return model
 
 
 def _component_model(text: str) -> ComponentModel:
@@ -1029,11 +1034,12 @@ class ServiceGroup:
 
     #: group name (globally unique)
     name: str
-    #: redundancy model (stored; every accepted model behaves alike)
+    #: redundancy model (``_check_redundancy`` gives each its meaning of N and M)
     model: GroupModel
-    #: N: how many units are made active
+    #: N: how many units are made active (nway: active assignments of each CSI)
     active_units: int
-    #: M: desired standby units (stored; every in-service unit beyond N is standby)
+    #: M: how many units are made standby, the others in service are spares
+    #: (nway: standby assignments of each CSI)
     backup_units: int
     #: units, in file order
     units: tuple[ServiceUnit, ...]
@@ -1177,14 +1183,48 @@ class _ModelBuilder:
                                       f"component {cname!r} is in no protection group")
                 final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line))
             final_units.append(ServiceUnit(unit.name, tuple(final), unit.line))
+        model = v.get("model", GroupModel.TWO_N)
+        active, backup = self.redundancy(v, model, len(final_units))
         return ServiceGroup(
-            name=name, model=v.get("model", GroupModel.TWO_N),
-            active_units=v.get("active-units", 0), backup_units=v.get("backup-units", 0),
+            name=name, model=model, active_units=active, backup_units=backup,
             units=tuple(final_units), protections=tuple(protections), line=block.line,
             healthcheck_period=v.get("healthcheck-period", 100.0),
             healthcheck_timeout=v.get("healthcheck-timeout", 100.0),
             response_timeout=v.get("response-timeout", 5000.0), quorum=v.get("quorum", 0),
         )
+
+    def redundancy(self, v: _Values, model: GroupModel, units: int) -> tuple[int, int]:
+        """N and M of a group: defaults and limits of its redundancy model.
+
+        2n: exactly 1 active and 1 standby unit.  nplusm: N >= 1 active, M standby.
+        nway: each CSI gets 1 active and M standby assignments, on any units.
+        nwayactive, noredundancy: N active units (default: all), no standby.
+        """
+        def count(key: str, default: int) -> int:
+            n = v.get(key, default)
+            if n < 0:
+                raise v.error(key, f"{key} cannot be negative")
+            return n
+
+        def fixed(key: str, value: int, why: str) -> int:
+            if v.has(key) and v.get(key) != value:
+                raise v.error(key, f"{key} must be {value} {why}")
+            return value
+
+        if model == GroupModel.TWO_N:
+            return (fixed("active-units", 1, "in the 2n model"),
+                    fixed("backup-units", 1, "in the 2n model"))
+        if model == GroupModel.NPLUSM:
+            active = count("active-units", 1)
+            if active < 1:
+                raise v.error("active-units", "active-units must be at least 1 in the nplusm model")
+            return active, count("backup-units", 1)
+        if model == GroupModel.NWAY:
+            return (fixed("active-units", 1, "in the nway model (one active per CSI)"),
+                    count("backup-units", 1))
+        what = "nwayactive" if model == GroupModel.NWAYACTIVE else "noredundancy"
+        return (count("active-units", units),
+                fixed("backup-units", 0, f"in the {what} model (no standby)"))
 
     def unit(self, block: _Block) -> tuple[ServiceUnit, list[tuple[str, _Block]]]:
         entries, children = self.split("unit", block.items, "unit")

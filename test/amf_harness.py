@@ -118,6 +118,14 @@ class AmfCluster:
     def roles(self, addr: str) -> dict[str, str]:
         return {u.name: u.role.name for u in self.amf(addr).units.values()}
 
+    def admin(self, addr: str, op: int, unit: str) -> int:
+        """An administrative operation (ais.amf_admin) asked of ``addr``; its SAF error."""
+        return self.call(addr, aw.AMF_REQ_ADMIN, aw.encode_admin(
+            aw.AdminRequest(op, unit.encode())))[0]
+
+    def phases(self, addr: str) -> dict[str, str]:
+        return {u.name: u.phase.name for u in self.amf(addr).units.values()}
+
     def digests(self, addrs: Iterable[str] | None = None) -> set:
         return {self.amf(a).digest() for a in (addrs or self.hosts)}
 
@@ -137,6 +145,10 @@ class Comp:
         self.stopped = False
         self.dead = False
         self.answer_with = SA_OK
+        #: every CSI-set callback received, decoded
+        self.csi_sets: list[aw.CsiSetCb] = []
+        #: answer STOPPING (shutdown) with saAmfStoppingComplete; False: stay silent
+        self.complete_stopping = True
         self._done = 0
 
     def register(self) -> int | None:
@@ -164,6 +176,7 @@ class Comp:
             f = self.conn.callbacks[self._done]
             self._done += 1
             inv = None
+            answer = aw.AMF_REQ_RESPONSE
             if f.msg_id == aw.AMF_CB_HEALTHCHECK:
                 inv = aw.decode_healthcheck_cb_untrusted(f.body).invocation
                 self.healthchecks += 1
@@ -171,12 +184,24 @@ class Comp:
                 cb = aw.decode_readiness_set_cb_untrusted(f.body)
                 self.seen.append(("readiness", READINESS[cb.readiness_state]))
                 inv = cb.invocation
+                if cb.readiness_state == aw.SA_AMF_STOPPING:
+                    answer = aw.AMF_REQ_STOPPING_COMPLETE
+                    if not self.complete_stopping:
+                        continue
             elif f.msg_id == aw.AMF_CB_CSI_SET:
                 cs = aw.decode_csi_set_cb_untrusted(f.body)
                 self.seen.append(("ha", HA[cs.ha_state]))
+                self.csi_sets.append(cs)
                 inv = cs.invocation
+            elif f.msg_id == aw.AMF_CB_CSI_REMOVE:
+                cr = aw.decode_csi_remove_cb_untrusted(f.body)
+                self.seen.append(("remove", "REMOVE " + cr.csi_name.decode()))
+                inv = cr.invocation
+            elif f.msg_id == aw.AMF_CB_TERMINATE:
+                self.seen.append(("terminate", "TERMINATE"))
+                inv = aw.decode_invocation_cb_untrusted(f.body).invocation
             if inv is not None:
-                host.lib_request(self.conn, aw.AMF_REQ_RESPONSE, self.cl.next_seq(),
+                host.lib_request(self.conn, answer, self.cl.next_seq(),
                                  aw.encode_response(aw.Response(inv, self.answer_with)))
                 answered += 1
         return answered

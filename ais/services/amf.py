@@ -108,7 +108,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
 
-from ais.config import AmfComponent, AmfModel, ServiceGroup, ServiceUnit
+from ais.config import AmfComponent, AmfModel, GroupModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
@@ -132,6 +132,7 @@ MSG_CONFIRM = 5
 MSG_FAULT = 6
 MSG_SYNC_UNIT = 7
 MSG_MODEL = 8
+MSG_ADMIN = 9
 
 # Ring layouts (saf._codec), NAME as in saf._amf_wire:
 # REGISTER: | conn_id u32 | NAME comp | NAME proxy (empty: none) |
@@ -147,10 +148,12 @@ CONFIRM = Layout(None, "CONFIRM", ("incarnation", u32), ("kind", u8), ("state", 
 FAULT = Layout(None, "FAULT", ("incarnation", u32), ("cause", u32), ("comp", aw.NAME))
 # MODEL (sync, every member): | crc32 of the groups.conf model u32 |
 MODEL = Layout(None, "MODEL", ("crc", u32))
+# ADMIN: the library's ADMIN body as is (saf._amf_wire.ADMIN_REQ).
 
 KIND_READINESS = 1
 KIND_HA = 2
 KIND_HEALTHCHECK = 3
+KIND_TERMINATE = 4
 
 OOS = aw.SA_AMF_OUT_OF_SERVICE
 IN_SERVICE = aw.SA_AMF_IN_SERVICE
@@ -159,6 +162,7 @@ STANDBY = aw.SA_AMF_STANDBY
 QUIESCED = aw.SA_AMF_QUIESCED
 NOT_RESPONDING = aw.SA_AMF_NOT_RESPONDING
 
+HA_WORDS = {ACTIVE: "active", STANDBY: "standby"}
 _VALID_TRACK_BITS = SA_TRACK_CURRENT | SA_TRACK_CHANGES | SA_TRACK_CHANGES_ONLY
 
 
@@ -169,6 +173,8 @@ class Phase(enum.IntEnum):
     ASSIGNED = 3
     QUIESCING = 4
     STOPPING = 5
+    DRAINING = 6
+    REMOVING = 7
 
 
 class Role(enum.IntEnum):
@@ -177,7 +183,17 @@ class Role(enum.IntEnum):
     STANDBY = 2
 
 
+class Admin(enum.IntEnum):
+    UNLOCKED = aw.AMF_ADMIN_UNLOCKED
+    LOCKED = aw.AMF_ADMIN_LOCKED
+    SHUTTING_DOWN = aw.AMF_ADMIN_SHUTTING_DOWN
+
+
 _ENABLED = (Phase.ENABLING, Phase.ASSIGNING, Phase.ASSIGNED)
+#: phases a component failure interrupts (the unit then quiesces and stops)
+_FAILABLE = _ENABLED + (Phase.DRAINING, Phase.REMOVING)
+#: phases in which a unit holds (or is taking) the assignment its role says
+_READY = (Phase.ASSIGNING, Phase.ASSIGNED)
 
 
 # --- replicated state ---------------------------------------------------------------------
@@ -218,6 +234,9 @@ class Unit:
     comps: list[Comp] = field(default_factory=list)
     phase: Phase = Phase.IDLE
     role: Role = Role.NONE
+    admin: Admin = Admin.UNLOCKED
+    #: its rank in the group: file order, the first preferred
+    rank: int = 0
 
     @property
     def name(self) -> str:
@@ -229,8 +248,16 @@ class Group:
     spec: ServiceGroup
     units: list[Unit] = field(default_factory=list)
 
+    @property
+    def per_csi(self) -> bool:
+        """N-way: roles are per component (CSI), not per unit."""
+        return self.spec.model == GroupModel.NWAY
+
     def active_count(self) -> int:
         return sum(1 for u in self.units if u.role == Role.ACTIVE)
+
+    def standby_count(self) -> int:
+        return sum(1 for u in self.units if u.role == Role.STANDBY)
 
 
 # --- host-local bookkeeping ---------------------------------------------------------------
@@ -274,13 +301,15 @@ class _UnitRecord:
     phase: int
     role: int
     comps: tuple[_CompRecord, ...]
+    admin: int = 0
 
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-# SYNC_UNIT: | phase u8 | role u8 | count u16 | NAME unit |, then per component (file order)
+# SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | NAME unit |,
+#  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
 #  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
@@ -288,7 +317,7 @@ COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("regis
                      pad(3), ("host", u32), ("conn_id", u32), ("incarnation", u32),
                      ("error", u32))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
-                     ("name", aw.NAME), ("comps", array(COMP_RECORD, "count")))
+                     ("admin", u8), pad(3), ("name", aw.NAME), ("comps", array(COMP_RECORD, "count")))
 
 
 def encode_unit_record(rec: _UnitRecord) -> bytes:
@@ -329,6 +358,8 @@ class AmfService(Service):
         self._sync_cursor = 0
         self._model_sent = False
         self._changed: list[Comp] = []
+        #: CSI -> did its last active quiesce gracefully (transition descriptors)
+        self._handover: dict[str, bool] = {}
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -343,8 +374,8 @@ class AmfService(Service):
         self.model_crc = zlib.crc32(repr(self.model.groups).encode())
         for g in self.model.groups:
             group = Group(g)
-            for u in g.units:
-                unit = Unit(u, group)
+            for rank, u in enumerate(g.units):
+                unit = Unit(u, group, rank=rank)
                 for c in u.components:
                     comp = Comp(c, unit)
                     unit.comps.append(comp)
@@ -401,24 +432,57 @@ class AmfService(Service):
         inv = _Invocation(c.name, c.incarnation, kind, state)
         n = self._new_invocation(inv)
         name = c.name.encode()
+        csi = c.spec.protection.encode()
         if kind == KIND_READINESS:
             conn.send_callback(aw.AMF_CB_READINESS_SET, aw.encode_readiness_set_cb(
                 aw.ReadinessSetCb(n, name, state)))
+        elif state == QUIESCED and c.unit.phase == Phase.REMOVING:
+            # The assignment is taken away (lock, shutdown, a standby made spare).
+            conn.send_callback(aw.AMF_CB_CSI_REMOVE, aw.encode_csi_remove_cb(aw.CsiRemoveCb(
+                n, name, csi, aw.SA_AMF_CSI_ALL_INSTANCES)))
         else:
+            new = c.ha == QUIESCED and state != QUIESCED
             conn.send_callback(aw.AMF_CB_CSI_SET, aw.encode_csi_set_cb(aw.CsiSetCb(
-                n, name, c.spec.protection.encode(), aw.SA_AMF_CSI_ALL_INSTANCES, state,
-                self._active_name(c, state), aw.SA_AMF_CSI_NEW_ASSIGN)))
+                n, name, csi,
+                aw.SA_AMF_CSI_ADD_NEW_ISTANCE if new else aw.SA_AMF_CSI_ALL_INSTANCES, state,
+                self._active_name(c, state), self._descriptor(c, state))))
         timeout = c.unit.group.spec.response_timeout / 1000.0
         inv.timer = self.host.call_later(timeout, lambda: self._response_timed_out(n))
+
+    def _descriptor(self, c: Comp, state: int) -> int:
+        """SaAmfCSITransitionDescriptorT of a CSI-set callback.
+
+        NEW_ASSIGN: a first assignment; a standby made active learns whether the
+        previous active was QUIESCED (it confirmed) or NOT_QUIESCED (it failed).
+        """
+        if state == ACTIVE and c.ha == STANDBY:
+            graceful = self._handover.get(c.spec.protection)
+            if graceful is not None:
+                return aw.SA_AMF_CSI_QUIESCED if graceful else aw.SA_AMF_CSI_NOT_QUIESCED
+        return aw.SA_AMF_CSI_NEW_ASSIGN
+
+    def _holds_active(self, oc: Comp) -> bool:
+        if oc.unit.group.per_csi:
+            return oc.want_ha == ACTIVE or oc.ha == ACTIVE
+        return oc.unit.role == Role.ACTIVE
 
     def _active_name(self, c: Comp, state: int) -> bytes:
         if state != STANDBY:
             return c.name.encode()
         for other in self.protections.get(c.spec.protection, ()):
             oc = self.comps.get(other)
-            if oc is not None and oc.unit.role == Role.ACTIVE:
+            if oc is not None and oc is not c and self._holds_active(oc):
                 return other.encode()
         return b""
+
+    def _terminate(self, c: Comp) -> None:
+        """The terminate callback (its unit was taken out of service administratively)."""
+        conn = self._conn_of(c)
+        if conn is None:
+            return
+        n = self._new_invocation(_Invocation(c.name, c.incarnation, KIND_TERMINATE, 0))
+        conn.send_callback(aw.AMF_CB_TERMINATE, aw.encode_invocation_cb(
+            aw.InvocationCb(n, c.name.encode())))
 
     def _response_timed_out(self, n: int) -> None:
         inv = self.invocations.pop(n, None)
@@ -495,8 +559,11 @@ class AmfService(Service):
 
     # --- the replicated state machine --------------------------------------------------------
 
-    def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None) -> None:
+    def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None,
+                     forced: bool = False) -> None:
         before = (c.readiness, c.ha)
+        if before[1] == ACTIVE and ha is not None and ha != ACTIVE:
+            self._handover[c.spec.protection] = not forced
         if readiness is not None:
             c.readiness = readiness
         if ha is not None:
@@ -521,7 +588,7 @@ class AmfService(Service):
     def _force_down(self, c: Comp) -> None:
         """A component that cannot be talked to is out of service and quiesced at once."""
         c.want_readiness, c.want_ha = OOS, QUIESCED
-        self._set_current(c, OOS, QUIESCED)
+        self._set_current(c, OOS, QUIESCED, forced=True)
         if c.host == self.host.node_id:
             self._drop_invocations(c.name)
             self._stop_healthcheck(c.name)
@@ -531,7 +598,7 @@ class AmfService(Service):
         for c in unit.comps:
             if not c.talkable:
                 self._force_down(c)
-        if unit.phase in _ENABLED:
+        if unit.phase in _FAILABLE:
             self.log.log(NOTICE, "unit %s failed; taking it out of service", unit.name)
             unit.phase = Phase.QUIESCING
             if unit.role == Role.STANDBY:
@@ -542,39 +609,116 @@ class AmfService(Service):
     def _step(self, unit: Unit) -> bool:
         comps = unit.comps
         live = [c for c in comps if c.talkable]
+        g = unit.group
         if unit.phase == Phase.IDLE:
-            if all(c.registered and c.error == 0 for c in comps):
+            if unit.admin == Admin.SHUTTING_DOWN:
+                unit.admin = Admin.LOCKED
+                return True
+            if unit.admin == Admin.UNLOCKED and all(c.registered and c.error == 0
+                                                    for c in comps):
                 unit.phase = Phase.ENABLING
                 for c in comps:
                     self._request(c, KIND_READINESS, IN_SERVICE)
                 return True
         elif unit.phase == Phase.ENABLING:
             if all(c.readiness == IN_SERVICE and c.want_readiness == IN_SERVICE for c in comps):
-                g = unit.group
-                active = self._may_activate(g) and g.active_count() < g.spec.active_units
-                unit.role = Role.ACTIVE if active else Role.STANDBY
-                unit.phase = Phase.ASSIGNING
-                for c in comps:
-                    self._request(c, KIND_HA, int(unit.role))
+                if g.per_csi or unit.role != Role.NONE:
+                    # N-way: the CSIs are handed out by _balance; a unit whose shutdown
+                    # was cancelled keeps its role.
+                    unit.phase = Phase.ASSIGNING
+                    if not g.per_csi:
+                        for c in comps:
+                            self._request(c, KIND_HA, int(unit.role))
+                    return True
+                self._first_role(unit)
                 return True
         elif unit.phase == Phase.ASSIGNING:
-            if all(c.ha == int(unit.role) and c.want_ha == int(unit.role) for c in comps):
+            if all(c.ha == self._target(c) and c.want_ha == self._target(c) for c in comps):
                 unit.phase = Phase.ASSIGNED
-                self.log.log(NOTICE, "unit %s is %s", unit.name, unit.role.name.lower())
+                self.log.log(NOTICE, "unit %s is %s", unit.name, self._role_text(unit))
+                return True
+        elif unit.phase == Phase.DRAINING:
+            if all(c.readiness == aw.SA_AMF_STOPPING and c.want_readiness == aw.SA_AMF_STOPPING
+                   for c in live):
+                self._remove(unit)
+                return True
+        elif unit.phase == Phase.REMOVING:
+            if all(c.ha == c.want_ha for c in live) and (
+                    g.per_csi or all(c.want_ha == QUIESCED for c in live)):
+                if unit.admin == Admin.UNLOCKED:
+                    # A standby made spare (or an unlock while it was going down).
+                    unit.phase = Phase.ASSIGNED
+                    unit.role = self._summary(unit) if g.per_csi else Role.NONE
+                    if any(c.readiness != IN_SERVICE for c in live):
+                        unit.phase, unit.role = Phase.ENABLING, Role.NONE
+                        for c in live:
+                            self._request(c, KIND_READINESS, IN_SERVICE)
+                else:
+                    self._stop(unit)
                 return True
         elif unit.phase == Phase.QUIESCING:
             if all(c.ha == QUIESCED and c.want_ha == QUIESCED for c in live):
-                unit.phase = Phase.STOPPING
-                unit.role = Role.NONE
-                for c in live:
-                    self._request(c, KIND_READINESS, OOS)
+                self._stop(unit)
                 return True
         elif unit.phase == Phase.STOPPING and all(
                 c.readiness == OOS and c.want_readiness == OOS for c in live):
             unit.phase = Phase.IDLE
-            self.log.log(NOTICE, "unit %s is out of service", unit.name)
+            if unit.admin != Admin.UNLOCKED:
+                self.log.log(NOTICE, "unit %s is locked out of service", unit.name)
+                unit.admin = Admin.LOCKED
+                for c in live:
+                    self._terminate(c)
+            else:
+                self.log.log(NOTICE, "unit %s is out of service", unit.name)
             return True
         return False
+
+    def _stop(self, unit: Unit) -> None:
+        unit.phase = Phase.STOPPING
+        unit.role = Role.NONE
+        for c in unit.comps:
+            if c.talkable:
+                self._request(c, KIND_READINESS, OOS)
+
+    def _remove(self, unit: Unit) -> None:
+        """Take the unit's assignments away (CSI-remove callbacks)."""
+        unit.phase = Phase.REMOVING
+        for c in unit.comps:
+            if c.talkable:
+                self._request(c, KIND_HA, QUIESCED)
+
+    def _target(self, c: Comp) -> int:
+        """The HA state ``c`` is being given in an assigning unit."""
+        if c.unit.group.per_csi:
+            return c.want_ha
+        return int(c.unit.role) if c.unit.role != Role.NONE else QUIESCED
+
+    @staticmethod
+    def _summary(unit: Unit) -> Role:
+        """N-way: the unit's role is the best of its components' assignments."""
+        has = {c.want_ha for c in unit.comps} | {c.ha for c in unit.comps}
+        return Role.ACTIVE if ACTIVE in has else Role.STANDBY if STANDBY in has else Role.NONE
+
+    @staticmethod
+    def _role_text(unit: Unit) -> str:
+        if unit.group.per_csi:
+            return ", ".join(f"{c.name} {HA_WORDS.get(c.want_ha, '-')}" for c in unit.comps)
+        return "spare" if unit.role == Role.NONE else unit.role.name.lower()
+
+    def _first_role(self, unit: Unit) -> None:
+        """A unit is in service: active, standby or spare, as the group's counts say."""
+        g = unit.group
+        if self._may_activate(g) and g.active_count() < g.spec.active_units:
+            role = Role.ACTIVE
+        elif g.standby_count() < g.spec.backup_units:
+            role = Role.STANDBY
+        else:
+            role = Role.NONE
+        if role == Role.NONE:
+            unit.role, unit.phase = Role.NONE, Phase.ASSIGNED
+            self.log.log(NOTICE, "unit %s is spare", unit.name)
+        else:
+            self._assign(unit, role)
 
     def _may_activate(self, g: Group) -> bool:
         return g.spec.quorum <= 0 or len(self.members) >= g.spec.quorum
@@ -592,18 +736,24 @@ class AmfService(Service):
                 break
 
     def _balance(self, g: Group) -> bool:
+        if g.per_csi:
+            return self._balance_csis(g)
         moved = False
         if not self._may_activate(g):
             for unit in g.units:
-                if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+                if unit.role == Role.ACTIVE and unit.phase in _READY:
                     self.log.log(NOTICE, "unit %s: group %s has no quorum; standby",
                                  unit.name, g.spec.name)
                     self._assign(unit, Role.STANDBY)
                     moved = True
             return moved
+        spares = [u for u in g.units if u.role == Role.NONE and u.phase == Phase.ASSIGNED
+                  and u.admin == Admin.UNLOCKED]
         while g.active_count() < g.spec.active_units:
-            cand = next((u for u in g.units if u.role == Role.STANDBY
-                         and u.phase in (Phase.ASSIGNING, Phase.ASSIGNED)), None)
+            cand = next((u for u in g.units if u.role == Role.STANDBY and u.phase in _READY),
+                        None)
+            if cand is None and spares:
+                cand = spares.pop(0)
             if cand is None:
                 if any(u.phase in (Phase.QUIESCING, Phase.STOPPING) for u in g.units):
                     self._bad_log.log(self.log, logging.WARNING,
@@ -612,7 +762,66 @@ class AmfService(Service):
             self.log.log(NOTICE, "unit %s: promoting to active", cand.name)
             self._assign(cand, Role.ACTIVE)
             moved = True
+        while spares and g.standby_count() < g.spec.backup_units:
+            cand = spares.pop(0)
+            self.log.log(NOTICE, "unit %s: spare made standby", cand.name)
+            self._assign(cand, Role.STANDBY)
+            moved = True
+        standbys = [u for u in g.units if u.role == Role.STANDBY and u.phase in _READY]
+        while len(standbys) > g.spec.backup_units:
+            # More standbys than backup-units (after a merge): the lowest ranked goes spare.
+            unit = standbys.pop()
+            self.log.log(NOTICE, "unit %s: standby made spare", unit.name)
+            unit.role = Role.NONE
+            self._remove(unit)
+            moved = True
         return moved
+
+    def _balance_csis(self, g: Group) -> bool:
+        """N-way: every CSI gets one active and backup-units standby assignments."""
+        moved = False
+        activate = self._may_activate(g)
+
+        def usable(c: Comp) -> bool:
+            return c.talkable and c.unit.phase in _READY and c.unit.admin == Admin.UNLOCKED
+
+        def load(c: Comp, ha: int) -> tuple[int, int]:
+            return (sum(1 for o in c.unit.comps if o.want_ha == ha), c.unit.rank)
+
+        for p in g.spec.protections:
+            members = [self.comps[m] for m in p.members]
+            if not activate:
+                for c in members:
+                    if usable(c) and c.want_ha == ACTIVE:
+                        self._give(c, STANDBY)
+                        moved = True
+                continue
+            if not any(c.ha == ACTIVE or (usable(c) and c.want_ha == ACTIVE) for c in members):
+                cands = sorted((c for c in members if usable(c) and c.want_ha == STANDBY),
+                               key=lambda c: load(c, ACTIVE)) or sorted(
+                    (c for c in members if usable(c) and c.want_ha == QUIESCED),
+                    key=lambda c: load(c, ACTIVE))
+                if cands:
+                    self.log.log(NOTICE, "%s: %s made active", p.name, cands[0].name)
+                    self._give(cands[0], ACTIVE)
+                    moved = True
+            standbys = [c for c in members if usable(c) and c.want_ha == STANDBY]
+            free = sorted((c for c in members if usable(c) and c.want_ha == QUIESCED),
+                          key=lambda c: load(c, STANDBY))
+            while free and len(standbys) < g.spec.backup_units:
+                c = free.pop(0)
+                self._give(c, STANDBY)
+                standbys.append(c)
+                moved = True
+        for unit in g.units:
+            if unit.phase not in (Phase.QUIESCING, Phase.STOPPING, Phase.IDLE):
+                unit.role = self._summary(unit)
+        return moved
+
+    def _give(self, c: Comp, ha: int) -> None:
+        """N-way: one component's assignment changes; its unit waits for the answer."""
+        c.unit.phase = Phase.ASSIGNING
+        self._request(c, KIND_HA, ha)
 
     def _assign(self, unit: Unit, role: Role) -> None:
         unit.role = role
@@ -765,6 +974,57 @@ class AmfService(Service):
         self._set_error(c, cause)
         self._after([c.unit.group])
 
+    @exec_handler(MSG_ADMIN)
+    def exec_admin(self, msg: ExecMessage) -> None:
+        op = aw.decode_admin_untrusted(msg.payload)
+        unit = self.units.get(_name(op.unit))
+        if unit is None:
+            self.host.reply_error(msg.tag, NotExist("no such unit"))
+            return
+        if op.op == aw.AMF_ADMIN_UNLOCK:
+            if unit.admin == Admin.UNLOCKED:
+                self.host.reply_error(msg.tag, BadOperation(f"{unit.name} is not locked"))
+                return
+            self.log.log(NOTICE, "unit %s unlocked", unit.name)
+            unit.admin = Admin.UNLOCKED
+            if unit.phase == Phase.DRAINING:
+                # The shutdown is cancelled: back in service with its role.
+                unit.phase = Phase.ENABLING
+                for c in unit.comps:
+                    self._request(c, KIND_READINESS, IN_SERVICE)
+        elif op.op in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN):
+            want = Admin.LOCKED if op.op == aw.AMF_ADMIN_LOCK else Admin.SHUTTING_DOWN
+            if unit.admin == Admin.LOCKED or unit.admin == want:
+                self.host.reply_error(msg.tag, BadOperation(
+                    f"{unit.name} is already {unit.admin.name.lower().replace('_', ' ')}"))
+                return
+            self.log.log(NOTICE, "unit %s: %s", unit.name,
+                         "lock" if want == Admin.LOCKED else "shutdown")
+            unit.admin = want
+            self._apply_admin(unit)
+        else:
+            self.host.reply_error(msg.tag, InvalidParam("unknown operation"))
+            return
+        self.host.reply(msg.tag)
+        self._after([unit.group])
+
+    def _apply_admin(self, unit: Unit) -> None:
+        """Start taking a locked or shutting-down unit out of service."""
+        if unit.admin == Admin.UNLOCKED:
+            return
+        if unit.phase == Phase.ENABLING or (unit.phase in _READY and unit.role == Role.NONE
+                                            and not unit.group.per_csi):
+            self._stop(unit)  # nothing assigned yet: straight out of service
+        elif unit.phase in _READY:
+            if unit.admin == Admin.SHUTTING_DOWN:
+                unit.phase = Phase.DRAINING
+                for c in unit.comps:
+                    self._request(c, KIND_READINESS, aw.SA_AMF_STOPPING)
+            else:
+                self._remove(unit)
+        elif unit.phase == Phase.DRAINING and unit.admin == Admin.LOCKED:
+            self._remove(unit)  # a lock overrides a shutdown under way
+
     # --- configuration changes and sync ---------------------------------------------------
 
     def sync_start(self, info: SyncInfo) -> None:
@@ -796,7 +1056,7 @@ class AmfService(Service):
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
                         c.incarnation, c.error)
-            for c in unit.comps))
+            for c in unit.comps), int(unit.admin))
 
     @exec_handler(MSG_MODEL)
     def exec_model(self, msg: ExecMessage) -> None:
@@ -822,7 +1082,7 @@ class AmfService(Service):
             return
         streams, self._streams = self._streams, {}
         self.members = info.members
-        demote: list[Unit] = []
+        demote: list[Unit | Comp] = []
         if info.transfer:
             demote = self._merge(info, streams)
         me = self.host.node_id
@@ -831,11 +1091,18 @@ class AmfService(Service):
                 self.log.log(NOTICE, "component %s failed: its node %s left", c.name,
                              fmt_node(c.host))
                 self._unregister(c)
-        for unit in demote:
-            if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+        for item in demote:
+            if isinstance(item, Comp):
+                if item.want_ha == ACTIVE and item.talkable and item.unit.phase in _READY:
+                    self.log.log(NOTICE, "%s: too many actives after the merge; standby",
+                                 item.name)
+                    self._give(item, STANDBY)
+            elif item.role == Role.ACTIVE and item.phase in _READY:
                 self.log.log(NOTICE, "unit %s: too many actives after the merge; standby",
-                             unit.name)
-                self._assign(unit, Role.STANDBY)
+                             item.name)
+                self._assign(item, Role.STANDBY)
+        for unit in self.units.values():
+            self._apply_admin(unit)
         # This node's own registrations, as the (possibly merged) state says.
         for lc in self.conns.values():
             lc.private["amf_comps"] = set()
@@ -863,13 +1130,17 @@ class AmfService(Service):
                 if c.want_ha != c.ha and not self._outstanding(c, KIND_HA, c.want_ha):
                     self._talk(c, KIND_HA)
 
-    def _merge(self, info: SyncInfo, streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit]:
+    def _merge(self, info: SyncInfo,
+               streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit | Comp]:
         """Install the merged state of the round's state groups; return actives to demote."""
         ranked = [(rank, g, streams.get(g.sender, {})) for rank, g in enumerate(info.groups)]
         demote: list[Unit] = []
         for group in self.groups:
             kept: list[tuple[int, int, Unit]] = []
             for ui, unit in enumerate(group.units):
+                # A lock made on either side holds (an operator asked for it).
+                unit.admin = Admin(max([0] + [
+                    recs[unit.name].admin for _, _, recs in ranked if unit.name in recs]))
                 sources: set[int] = set()
                 for ci, c in enumerate(unit.comps):
                     chosen: _CompRecord | None = None
@@ -914,7 +1185,16 @@ class AmfService(Service):
                     unit.phase, unit.role = Phase.ASSIGNED, Role.NONE
                     self._fail(unit)
             kept.sort(key=lambda t: (t[0], t[1]))
-            demote.extend(u for _, _, u in kept[group.spec.active_units:])
+            if not group.per_csi:
+                demote.extend(u for _, _, u in kept[group.spec.active_units:])
+                continue
+            # N-way: one active per CSI, the one of the lowest side's unit first.
+            side = {u: rank for rank, _, u in kept}
+            for p in group.spec.protections:
+                actives = sorted((c for c in (self.comps[m] for m in p.members)
+                                  if c.want_ha == ACTIVE and c.unit in side),
+                                 key=lambda c: (side[c.unit], c.unit.rank))
+                demote.extend(actives[1:])
         return demote
 
     # --- connections ------------------------------------------------------------------------
@@ -1060,7 +1340,8 @@ class AmfService(Service):
     def lib_response(self, conn: LibConn, req: Request) -> bytes:
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
-        if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK):
+        if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK,
+                                           KIND_TERMINATE):
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
 
@@ -1068,7 +1349,7 @@ class AmfService(Service):
     def lib_stopping_complete(self, conn: LibConn, req: Request) -> bytes:
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
-        # Nothing requests STOPPING (no administrative operations), so no invocation fits.
+        # Only a shutdown requests STOPPING.
         if inv is None or inv.kind != KIND_READINESS or inv.state != aw.SA_AMF_STOPPING:
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
@@ -1077,7 +1358,7 @@ class AmfService(Service):
         self.invocations.pop(n, None)
         if inv.timer is not None:
             inv.timer.cancel()
-        if inv.superseded:
+        if inv.superseded or inv.kind == KIND_TERMINATE:
             return b""
         if inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
@@ -1096,6 +1377,31 @@ class AmfService(Service):
             self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
         return b""
 
+    @lib_handler(aw.AMF_REQ_ADMIN, hold_during_sync=True)
+    def lib_admin(self, conn: LibConn, req: Request) -> Deferred:
+        op = aw.decode_admin_untrusted(req.body)
+        if _name(op.unit) not in self.units:
+            raise NotExist(f"no service unit {_name(op.unit)!r} in the AMF model")
+        if op.op not in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_UNLOCK, aw.AMF_ADMIN_SHUTDOWN):
+            raise InvalidParam(f"unknown administrative operation {op.op}")
+        self.host.mcast(self, MSG_ADMIN, req.body, tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_PENDING_GET, hold_during_sync=True)
+    def lib_pending_get(self, conn: LibConn, req: Request) -> bytes:
+        (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "PENDING_GET")
+        return aw.encode_u32(self.pending_operation(self._known(comp_raw)))
+
+    def pending_operation(self, c: Comp) -> int:
+        """saAmfPendingOperationGet: the administrative operation under way on c's unit."""
+        u = c.unit
+        if u.admin == Admin.SHUTTING_DOWN and u.phase in (Phase.DRAINING, Phase.REMOVING,
+                                                          Phase.STOPPING):
+            return aw.SA_AMF_SHUTDOWN_OPERATION
+        if u.admin == Admin.LOCKED and u.phase in (Phase.REMOVING, Phase.STOPPING):
+            return aw.SA_AMF_SWITCHOVER_OPERATION
+        return 0
+
     @lib_handler(aw.AMF_REQ_STATUS, hold_during_sync=True)
     def lib_status(self, conn: LibConn, req: Request) -> bytes:
         return aw.encode_status(self.status_rows())
@@ -1111,16 +1417,17 @@ class AmfService(Service):
                         g.spec.name.encode(), u.name.encode(), c.name.encode(),
                         c.spec.protection.encode(), c.registered, int(u.phase), int(u.role),
                         c.host if c.registered else 0, int(c.readiness), int(c.ha), c.error,
-                        g.spec.active_units, len(self.members)))
+                        g.spec.active_units, len(self.members), int(u.admin)))
         return rows
 
     def digest(self) -> tuple:
         """The replicated state, for equality checks across nodes."""
-        return (self.members, tuple((u.name, int(u.phase), int(u.role), tuple(
+        return (self.members, tuple((u.name, int(u.phase), int(u.role), int(u.admin), tuple(
             c.key() for c in u.comps)) for g in self.groups for u in g.units))
 
     def status(self) -> dict[str, Any]:
-        return {"units": {u.name: (u.phase.name, u.role.name) for u in self.units.values()},
+        return {"units": {u.name: (u.phase.name, u.role.name, u.admin.name)
+                          for u in self.units.values()},
                 "registered": sorted(c.name for c in self.comps.values() if c.registered)}
 
 
