@@ -363,8 +363,8 @@ PG_TRACK_CB = Layout(PgTrackCb, "PG track callback", ("count", u32),
 #  | readiness u32 | ha u32 | error u32 | active-units u32 | members u32 |
 STATUS_ROW = Layout(StatusRow, "status row", ("group", NAME), ("unit", NAME), ("comp", NAME),
                     ("csi", NAME), ("registered", flag), ("su_phase", u8), ("su_role", u8),
-                    ("su_admin", u8), ("host", u32), ("readiness", u32), ("ha", u32), ("error", u32),
-                    ("active_units", u32), ("members", u32))
+                    ("su_admin", u8), ("host", u32), ("readiness", u32), ("ha", u32),
+                    ("error", u32), ("active_units", u32), ("members", u32))
 STATUS = Layout(None, "status", ("rows", array(STATUS_ROW, u32)))
 
 # ADMIN request: | op u32 | NAME unit |

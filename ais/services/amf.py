@@ -162,7 +162,7 @@ STANDBY = aw.SA_AMF_STANDBY
 QUIESCED = aw.SA_AMF_QUIESCED
 NOT_RESPONDING = aw.SA_AMF_NOT_RESPONDING
 
-HA_WORDS = {ACTIVE: "active", STANDBY: "standby"}
+HA_WORDS: dict[int, str] = {ACTIVE: "active", STANDBY: "standby"}
 _VALID_TRACK_BITS = SA_TRACK_CURRENT | SA_TRACK_CHANGES | SA_TRACK_CHANGES_ONLY
 
 
@@ -317,7 +317,8 @@ COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("regis
                      pad(3), ("host", u32), ("conn_id", u32), ("incarnation", u32),
                      ("error", u32))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
-                     ("admin", u8), pad(3), ("name", aw.NAME), ("comps", array(COMP_RECORD, "count")))
+                     ("admin", u8), pad(3), ("name", aw.NAME),
+                     ("comps", array(COMP_RECORD, "count")))
 
 
 def encode_unit_record(rec: _UnitRecord) -> bytes:
@@ -1134,7 +1135,7 @@ class AmfService(Service):
                streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit | Comp]:
         """Install the merged state of the round's state groups; return actives to demote."""
         ranked = [(rank, g, streams.get(g.sender, {})) for rank, g in enumerate(info.groups)]
-        demote: list[Unit] = []
+        demote: list[Unit | Comp] = []
         for group in self.groups:
             kept: list[tuple[int, int, Unit]] = []
             for ui, unit in enumerate(group.units):
