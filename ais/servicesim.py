@@ -644,7 +644,7 @@ name={b}{i}
 model=x_active_and_y_standby
 }}
 }}
-""" for i, (a, b) in enumerate(("ac", "ab", "bc"), 1)) + """protection {
+""" for i, (a, b) in enumerate((("a", "c"), ("a", "b"), ("b", "c")), 1)) + """protection {
 name=csiA
 member=a1
 member=a2
