@@ -306,3 +306,91 @@ def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Pa
         finally:
             for p in procs:
                 p.stop()
+
+
+#: the sample as a 2n group: raidA..raidC are active, standby and spare
+GROUPS_2N = SAMPLE.replace("model=nplusm\n\tactive-units=1\n\tbackup-units=2",
+                           "model=2n\n\thealthcheck-period=100\n\thealthcheck-timeout=1000")
+REMOVE = "CSIRemoveCallback"
+
+
+class Amf2nCluster(AmfCluster):
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        (self.root / "groups.conf").write_text(GROUPS_2N)
+        return node
+
+
+def admin(c: Cluster, n: int, *args: str) -> subprocess.CompletedProcess:
+    """``python -m ais.amf_admin ARGS`` on node n."""
+    return subprocess.run([sys.executable, "-m", "ais.amf_admin", *args], env=c.nodes[n].env(),
+                          capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+
+
+def same_status(c: Cluster) -> str:
+    end = time.monotonic() + 10
+    while status(c, 1) != status(c, 2) and time.monotonic() < end:
+        time.sleep(0.2)
+    text = status(c, 1)
+    assert text == status(c, 2)
+    return text
+
+
+def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Path) -> None:
+    """2n on two executives: active raidB (node 1), standby raidA (node 2), spare raidC
+    (node 1).  amf_admin lock raidB on node 2 removes raidB's CSIs, raidA takes over and
+    the spare becomes standby; unlock brings raidB back as spare; shutdown of raidA waits
+    for its components' stopping-complete, then raidC takes over."""
+    procs: list[Prog] = []
+    with Amf2nCluster(tmp_path, 2) as c:
+        try:
+            c.start_all()
+            c.wait_ring([1, 2])
+            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
+            procs += b
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE])
+            a = [Prog(c, 2, 1), Prog(c, 2, 4, "-n", "comp_b_in_su_x")]
+            procs += a
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY])
+            z = [Prog(c, 1, 5), Prog(c, 1, 6)]
+            procs += z
+            for p in z:
+                p.wait_states([IN_SERVICE])
+            text = same_status(c)
+            assert "role spare" in unit_line(text, "raidC")
+            lock = admin(c, 2, "lock", "raidB")
+            assert lock.returncode == 0, lock.stderr
+            for p in b:
+                p.wait(lambda q: q.states() == [IN_SERVICE, ACTIVE, OOS]
+                       and any(ln.startswith(REMOVE) for ln in q.lines), "CSI removed, OOS")
+                p.wait(lambda q: "ComponentTerminateCallback" in q.lines, "terminate")
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE])
+            for p in z:
+                p.wait_states([IN_SERVICE, STANDBY])
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidB") and "role active" in unit_line(
+                text, "raidA")
+            again = admin(c, 1, "lock", "raidB")
+            assert again.returncode == 1 and "BAD_OPERATION" in again.stderr, again.stderr
+            assert admin(c, 1, "unlock", "raidB").returncode == 0
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE, OOS, IN_SERVICE])
+            shut = admin(c, 1, "shutdown", "raidA")
+            assert shut.returncode == 0, shut.stderr
+            for p in a:
+                p.wait(lambda q: q.states()[3:] == ["SA_AMF_STOPPING.", OOS]
+                       and any(ln.startswith(REMOVE) for ln in q.lines), "shut down")
+            for p in z:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE])
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE, OOS, IN_SERVICE, STANDBY])
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidA")
+            assert "role active" in unit_line(text, "raidC")
+            assert "role standby" in unit_line(text, "raidB")
+        finally:
+            for p in procs:
+                p.stop()

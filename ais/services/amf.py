@@ -481,9 +481,13 @@ class AmfService(Service):
         conn = self._conn_of(c)
         if conn is None:
             return
-        n = self._new_invocation(_Invocation(c.name, c.incarnation, KIND_TERMINATE, 0))
+        inv = _Invocation(c.name, c.incarnation, KIND_TERMINATE, 0)
+        n = self._new_invocation(inv)
         conn.send_callback(aw.AMF_CB_TERMINATE, aw.encode_invocation_cb(
             aw.InvocationCb(n, c.name.encode())))
+        # Its answer changes nothing (the unit is out of service already): forget it later.
+        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                         lambda: self.invocations.pop(n, None))
 
     def _response_timed_out(self, n: int) -> None:
         inv = self.invocations.pop(n, None)
