@@ -27,7 +27,14 @@ ASSIGNING             the role (ACTIVE or STANDBY) requested of every one
 ASSIGNED              every component confirmed the role
 QUIESCING             a component failed: QUIESCED requested of the others
 STOPPING              OUT_OF_SERVICE requested of the others
+DRAINING              shutdown: readiness STOPPING requested of every one
+                      (answered with saAmfStoppingComplete)
+REMOVING              its assignments taken away (CSI-remove callbacks):
+                      lock, shutdown, or a standby made spare
 ====================  ====================================================
+
+and an administrative state (``Admin``): UNLOCKED, LOCKED (stays out of
+service), SHUTTING_DOWN (on its way to LOCKED).
 
 The role (NONE, ACTIVE, STANDBY) is decided in the exec handlers from
 replicated state only, so every node counts the same active units (this
@@ -54,7 +61,8 @@ not answered within ``response-timeout`` or answered with an error (cause
 SOFTWARE_ERROR: the component is still talked to), a closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
 (``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
-100 ms, 100 ms, 5000 ms (``ais.config.ServiceGroup``).
+100 ms, 50 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
+is noticed at most one period plus 50 ms after its last answer.
 
 Failure of a component: if it cannot be talked to (unregistered or
 NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once;
@@ -63,11 +71,42 @@ itself once every component is registered and healthy again (error cancel,
 re-registration).  A repaired unit becomes STANDBY while the group has its
 active units (no failback).
 
-Assignment: a unit that finished ENABLING becomes ACTIVE while the group
-has fewer than ``active-units`` units with role ACTIVE, else STANDBY.
-Promotion: whenever a group has fewer actives than ``active-units``, the
-first STANDBY unit in file order becomes ACTIVE.  ``backup-units`` is
-informative (every other unit in service is a standby).
+Redundancy models (N = ``active-units``, M = ``backup-units``; defaults and
+limits in ``ais.config._ModelBuilder.redundancy``).  Units are ranked in
+file order, the first preferred.
+
+* 2n (N = M = 1), nplusm (N >= 1, M): a unit that finished ENABLING becomes
+  ACTIVE while the group has fewer than N actives, else STANDBY while it has
+  fewer than M standbys, else *spare* (in service, role NONE, no CSI).
+  Whenever a group has fewer than N actives, the first STANDBY unit becomes
+  ACTIVE (else the first spare); whenever it has fewer than M standbys, the
+  first spare becomes STANDBY; more than M (after a merge): the last ones
+  are made spare (CSI-remove).  No failback: a repaired or unlocked unit
+  comes back as standby or spare, never taking over from a working active.
+* nwayactive, noredundancy (M = 0; N defaults to every unit): up to N units
+  ACTIVE, the rest spare; no standby.
+* nway: roles are per CSI (protection group), so a unit may be active for
+  some CSIs and standby for others (``Group.per_csi``; the unit's role is a
+  summary).  Every CSI gets one ACTIVE member and M STANDBY members among
+  the members whose unit is in service: a lost active is replaced by a
+  standby member (else an unassigned one), choosing the unit with the fewest
+  active assignments, then by rank; standbys likewise by fewest standbys.
+
+CSI-set callbacks: csiFlags ADD_NEW_INSTANCE for a first assignment, else
+ALL_INSTANCES; transition descriptor NEW_ASSIGN, or for a standby made active
+QUIESCED / NOT_QUIESCED as the previous active of that CSI confirmed QUIESCED
+or failed (``_handover``, host-side detail); activeCompName of a standby
+assignment names the CSI's active component.
+
+Administrative operations (``MSG_ADMIN``, from ``ais.amf_admin`` through any
+node, decided in agreed order): lock = REMOVING -> STOPPING -> IDLE, then the
+terminate callback, LOCKED; shutdown = DRAINING (readiness STOPPING, each
+component answers with saAmfStoppingComplete within ``response-timeout``,
+else it has failed) -> REMOVING -> ...; unlock = the unit re-enables by
+itself (during DRAINING: back in service with its role).  An active unit
+keeps counting as active until its assignments are gone, so the standby's
+promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
+SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
 
 Nodes.  At the end of every sync round (``sync_done``), on every member:
 components hosted on nodes that are not members are unregistered (failed
@@ -86,7 +125,10 @@ way:
 * **heal rule**: a group never keeps more ACTIVE units than
   ``active-units``: the actives of the state group with the lowest node id
   are kept, then the next group's, in file order; the others are demoted to
-  STANDBY (a CSI-set STANDBY callback).
+  STANDBY (a CSI-set STANDBY callback), and standbys beyond M made spare.
+  nway: per CSI, the active of the lowest state group's unit is kept.
+* a unit locked (or shutting down) on either side stays so: an operator's
+  lock wins over an unlock made on the other side during the partition.
 
 Split brain: each side of a partition keeps running AMF on its own and
 promotes standbys of the units it lost, so both sides may have an active
