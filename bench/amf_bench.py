@@ -78,7 +78,8 @@ class Comp:
     def active_at(self, timeout: float = 20.0) -> float:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            for line in self.text().splitlines():
+            # complete lines only: print() may write "ACTIVE" before its number
+            for line in self.text().split("\n")[:-1]:
                 if line.startswith("ACTIVE "):
                     return float(line.split()[1])
             time.sleep(0.002)

@@ -197,6 +197,11 @@ KIND_HA = 2
 KIND_HEALTHCHECK = 3
 KIND_TERMINATE = 4
 
+#: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
+#: only saAmfErrorCancelAll undoes
+RESTART_LIMIT = 3
+_NODE_RECOVERIES = (aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_NODE_FAILOVER, aw.SA_AMF_NODE_FAILFAST)
+
 OOS = aw.SA_AMF_OUT_OF_SERVICE
 IN_SERVICE = aw.SA_AMF_IN_SERVICE
 ACTIVE = aw.SA_AMF_ACTIVE
@@ -253,6 +258,8 @@ class Comp:
     ha: int = QUIESCED
     want_readiness: int = OOS
     want_ha: int = QUIESCED
+    #: COMPONENT_RESTART recoveries since its errors were last cancelled
+    restarts: int = 0
 
     @property
     def name(self) -> str:
@@ -266,7 +273,7 @@ class Comp:
     def key(self) -> tuple:
         return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
                 self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
-                int(self.want_ha))
+                int(self.want_ha), self.restarts)
 
 
 @dataclass(eq=False)
@@ -335,6 +342,7 @@ class _CompRecord:
     conn_id: int
     incarnation: int
     error: int
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,11 +361,11 @@ def _name(raw: bytes) -> str:
 # SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | NAME unit |,
 #  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
                      ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
-                     pad(3), ("host", u32), ("conn_id", u32), ("incarnation", u32),
-                     ("error", u32))
+                     ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
+                     ("incarnation", u32), ("error", u32))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
                      ("admin", u8), pad(3), ("name", aw.NAME),
                      ("comps", array(COMP_RECORD, "count")))
@@ -910,7 +918,8 @@ class AmfService(Service):
                 return
         c.registered, c.host, c.conn_id = True, msg.sender, conn_id
         c.incarnation += 1
-        c.error = 0
+        # A new process clears the error, unless restarts escalated (then only a cancel does).
+        c.error = 0 if c.restarts <= RESTART_LIMIT else aw.SA_AMF_SOFTWARE_ERROR
         c.want_readiness, c.want_ha = OOS, QUIESCED
         self._set_current(c, OOS, QUIESCED)
         self.log.debug("component %s registered on %s", c.name, fmt_node(msg.sender))
@@ -968,10 +977,31 @@ class AmfService(Service):
             self.host.reply_error(msg.tag, BadOperation("component not registered"))
             return
         cause = rep.descriptor.probable_cause or aw.SA_AMF_SOFTWARE_ERROR
-        self.log.log(NOTICE, "error reported on component %s (probable cause %d)", c.name, cause)
-        self._set_error(c, cause)
+        recovery = rep.descriptor.recommended_recovery
+        self.log.log(NOTICE, "error reported on component %s (probable cause %d, "
+                     "recommended recovery %d)", c.name, cause, recovery)
+        groups = [c.unit.group]
+        if recovery == aw.SA_AMF_INTERNALLY_RECOVERED:
+            pass  # the component says it has recovered: recorded in the log only
+        elif recovery in _NODE_RECOVERIES:
+            # Every component of its node fails: their units move to other nodes.
+            for other in self.comps.values():
+                if other.registered and other.host == c.host:
+                    self._set_error(other, cause)
+                    if other.unit.group not in groups:
+                        groups.append(other.unit.group)
+        elif recovery == aw.SA_AMF_COMPONENT_RESTART:
+            c.restarts += 1
+            self._set_error(c, cause)
+            if c.restarts <= RESTART_LIMIT:
+                self._terminate(c)  # its supervisor starts it again; registering clears it
+            else:
+                self.log.log(NOTICE, "component %s: %d restarts since its errors were last "
+                             "cancelled; it stays failed until they are", c.name, c.restarts)
+        else:
+            self._set_error(c, cause)
         self.host.reply(msg.tag)
-        self._after([c.unit.group])
+        self._after(groups)
 
     def _set_error(self, c: Comp, cause: int) -> None:
         if c.error == 0 or cause == NOT_RESPONDING:
@@ -988,6 +1018,7 @@ class AmfService(Service):
         if not c.registered:
             self.host.reply_error(msg.tag, BadOperation("component not registered"))
             return
+        c.restarts = 0
         if c.error:
             self.log.log(NOTICE, "errors cancelled on component %s", c.name)
             c.error = 0
@@ -1102,7 +1133,7 @@ class AmfService(Service):
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
-                        c.incarnation, c.error)
+                        c.incarnation, c.error, min(c.restarts, 255))
             for c in unit.comps), int(unit.admin))
 
     @exec_handler(MSG_MODEL)
@@ -1192,12 +1223,14 @@ class AmfService(Service):
                 for ci, c in enumerate(unit.comps):
                     chosen: _CompRecord | None = None
                     inc = c.incarnation
+                    restarts = 0
                     for rank, g, recs in ranked:
                         rec = recs.get(unit.name)
                         if rec is None or ci >= len(rec.comps):
                             continue
                         cr = rec.comps[ci]
                         inc = max(inc, cr.incarnation)
+                        restarts = max(restarts, cr.restarts)
                         if chosen is None and cr.registered and cr.host in g.members:
                             chosen = cr
                             sources.add(rank)
@@ -1212,6 +1245,7 @@ class AmfService(Service):
                         c.readiness, c.ha = chosen.readiness, chosen.ha
                         c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
                     c.incarnation = inc
+                    c.restarts = chosen.restarts if chosen is not None else restarts
                     if (c.readiness, c.ha) != before:
                         self._changed.append(c)
                 if len(sources) == 1:

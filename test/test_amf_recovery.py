@@ -1,0 +1,94 @@
+"""AMF error recovery as the error report recommends (component failover, component
+restart with escalation, node switchover/failover/failfast, internally recovered), on
+fake rings (FakeBus, manual clock, scripted components)."""
+from __future__ import annotations
+
+import pytest
+from amf_harness import AmfCluster
+from test_amf import quickstart_start
+
+from ais.services.amf import RESTART_LIMIT
+from saf import _amf_wire as aw
+from saf.errors import SA_OK
+
+A, B = "127.0.0.1", "127.0.0.2"
+pytestmark = pytest.mark.timeout(30)
+
+
+def report(cl: AmfCluster, addr: str, comp: str, recovery: int) -> int:
+    err, _ = cl.call(addr, aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(aw.ErrorReport(
+        b"operator", comp.encode(), 0, aw.ErrorDescriptor(
+            probable_cause=aw.SA_AMF_SOFTWARE_ERROR, recommended_recovery=recovery))))
+    return err
+
+
+def running(where_b: str = A, where_a: str = B):
+    cl = AmfCluster([A, B])
+    cl.form([A, B])
+    procs = quickstart_start(cl, where_b, where_a)
+    for p in procs:
+        p.take()
+    return cl, procs
+
+
+def test_internally_recovered_changes_nothing():
+    cl, (t1, t2, t3, t4) = running()
+    assert report(cl, B, "comp_a_in_su_y", aw.SA_AMF_INTERNALLY_RECOVERED) == SA_OK
+    assert [p.take() for p in (t1, t2, t3, t4)] == [[]] * 4
+    assert cl.amf(A).comps["comp_a_in_su_y"].error == 0
+
+
+def test_component_failover_keeps_the_error_until_cancelled():
+    cl, (t1, t2, t3, t4) = running()
+    assert report(cl, B, "comp_a_in_su_y", aw.SA_AMF_COMPONENT_FAILOVER) == SA_OK
+    assert t3.take() == ["QUIESCED", "OUT_OF_SERVICE"] and t1.take() == ["ACTIVE"]
+    assert cl.amf(B).comps["comp_a_in_su_y"].error == aw.SA_AMF_SOFTWARE_ERROR
+
+
+def test_component_restart_terminates_it_and_a_new_process_clears_the_error():
+    cl, (t1, t2, t3, t4) = running()
+    for n in range(1, RESTART_LIMIT + 2):
+        assert report(cl, B, "comp_a_in_su_y", aw.SA_AMF_COMPONENT_RESTART) == SA_OK
+        c = cl.amf(B).comps["comp_a_in_su_y"]
+        assert c.restarts == n
+        if n <= RESTART_LIMIT:
+            assert t3.take() == ["QUIESCED", "TERMINATE", "OUT_OF_SERVICE"]
+            t3.kill()  # it obeys; a supervisor starts it again
+            t3 = cl.proc(A, "comp_a_in_su_y")
+            assert t3.take() == ["IN_SERVICE", "STANDBY"] and t4.take()[-2:] == [
+                "IN_SERVICE", "STANDBY"]
+            # the failed unit came back as standby; the other one is active now
+            assert sorted(cl.roles(A).values()) == ["ACTIVE", "NONE", "STANDBY"]
+        else:
+            # escalated: no terminate, and a new process does not bring it back
+            assert "TERMINATE" not in t3.take()
+            t3.kill()
+            t3 = cl.proc(A, "comp_a_in_su_y")
+            cl.advance(0.3)
+            assert t3.take() == [] and cl.amf(A).comps["comp_a_in_su_y"].error != 0
+    assert len(cl.digests()) == 1
+    err, _ = cl.call(B, aw.AMF_REQ_ERROR_CANCEL_ALL, aw.encode_name(b"comp_a_in_su_y"))
+    assert err == SA_OK
+    assert t3.take() == ["IN_SERVICE", "STANDBY"]
+    assert cl.amf(A).comps["comp_a_in_su_y"].restarts == 0
+
+
+@pytest.mark.parametrize("recovery", [aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_NODE_FAILOVER,
+                                      aw.SA_AMF_NODE_FAILFAST])
+def test_node_recoveries_fail_every_component_of_the_node(recovery):
+    cl = AmfCluster([A, B])
+    cl.form([A, B])
+    # raidB and half of raidC on node A, raidA on node B
+    t1, t2, t3, t4 = quickstart_start(cl, A, B)
+    t5 = cl.proc(A, "comp_a_in_su_z")
+    t6 = cl.proc(B, "comp_b_in_su_z")
+    for p in (t1, t2, t3, t4, t5, t6):
+        p.take()
+    assert report(cl, B, "comp_b_in_su_y", recovery) == SA_OK
+    for p in (t3, t4, t5):  # every component hosted on A
+        assert cl.amf(B).comps[p.name].error == aw.SA_AMF_SOFTWARE_ERROR
+        assert p.take() == ["QUIESCED", "OUT_OF_SERVICE"]
+    assert t6.take() == ["QUIESCED", "OUT_OF_SERVICE"]  # its unit-mate was on A
+    assert t1.take() == ["ACTIVE"] and t2.take() == ["ACTIVE"]
+    assert cl.roles(A) == {"raidA": "ACTIVE", "raidB": "NONE", "raidC": "NONE"}
+    assert len(cl.digests()) == 1
