@@ -537,7 +537,10 @@ class AmfService(Service):
             aw.InvocationCb(n, c.name.encode())))
         # Its answer changes nothing (the unit is out of service already): forget it later.
         inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
-                                         lambda: self.invocations.pop(n, None))
+                                         lambda: self._forget_invocation(n))
+
+    def _forget_invocation(self, n: int) -> None:
+        self.invocations.pop(n, None)
 
     def _response_timed_out(self, n: int) -> None:
         inv = self.invocations.pop(n, None)
