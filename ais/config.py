@@ -1050,7 +1050,7 @@ class ServiceGroup:
     #: ms between two healthchecks of a component (``healthcheck-period``)
     healthcheck_period: float = 100.0
     #: ms a component has to answer a healthcheck (``healthcheck-timeout``)
-    healthcheck_timeout: float = 50.0
+    healthcheck_timeout: float = 40.0
     #: ms a component has to answer a readiness or CSI callback (``response-timeout``)
     response_timeout: float = 5000.0
     #: fewest ring members with which the group makes units active (``quorum``; 0: any)
@@ -1189,7 +1189,7 @@ class _ModelBuilder:
             name=name, model=model, active_units=active, backup_units=backup,
             units=tuple(final_units), protections=tuple(protections), line=block.line,
             healthcheck_period=v.get("healthcheck-period", 100.0),
-            healthcheck_timeout=v.get("healthcheck-timeout", 50.0),
+            healthcheck_timeout=v.get("healthcheck-timeout", 40.0),
             response_timeout=v.get("response-timeout", 5000.0), quorum=v.get("quorum", 0),
         )
 

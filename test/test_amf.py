@@ -411,7 +411,7 @@ def test_groups_conf_timing_and_quorum_keys():
         (50.0, 70.0, 900.0, 2)
     d = parse_groups_conf(SAMPLE).groups[0]
     assert (d.healthcheck_period, d.healthcheck_timeout, d.response_timeout, d.quorum) == \
-        (100.0, 50.0, 5000.0, 0)
+        (100.0, 40.0, 5000.0, 0)
     bad = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=0")
     with pytest.raises(ConfigError) as e:
         parse_groups_conf(bad, "groups.conf")

@@ -61,8 +61,9 @@ not answered within ``response-timeout`` or answered with an error (cause
 SOFTWARE_ERROR: the component is still talked to), a closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
 (``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
-100 ms, 50 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
-is noticed at most one period plus 50 ms after its last answer.
+100 ms, 40 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
+is noticed at most period + 40 ms after its last answer, leaving ~10 ms for
+the failover itself (the aim: standby active within one period + 50 ms).
 
 Failure of a component: if it cannot be talked to (unregistered or
 NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once;
