@@ -32,8 +32,8 @@ groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
     group      := "group" "{" ( name | model | active-units | backup-units
                                 | healthcheck-period | healthcheck-timeout
                                 | response-timeout | quorum | unit | protection )* "}"
-    unit       := "unit" "{" ( name | component )* "}"
-    component  := "component" "{" ( name | model )* "}"
+    unit       := "unit" "{" ( name | node | component )* "}"
+    component  := "component" "{" ( name | model | instantiate )* "}"
     protection := "protection" "{" ( name | member* )* "}"
     model      := 2n | nplusm | nway | nwayactive | noredundancy   (n+m, n-way, n-way-active)
 
@@ -47,6 +47,7 @@ import enum
 import ipaddress
 import os
 import re
+import shlex
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -975,6 +976,25 @@ def _amf_name(text: str) -> str:
     return _word(text)
 
 
+def _node_address(text: str) -> int:
+    """A unit's ``node=``: an IPv4 address, as the Totem node id (big-endian int)."""
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def _command(text: str) -> tuple[str, ...]:
+    """A component's ``instantiate=``: a command line, split as a shell would (no shell)."""
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"bad command line: {exc}") from None
+    if not argv:
+        raise ValueError("empty command line")
+    return argv
+
+
 def _group_model(text: str) -> GroupModel:
     word = text.lower()
     model = _GROUP_MODELS.get(word, _GROUP_MODEL_ALIASES.get(word))
@@ -1002,6 +1022,10 @@ class AmfComponent:
     protection: str
     #: line of its ``component {`` in groups.conf
     line: int = field(default=0, compare=False)
+    #: ``instantiate=``: the command the executive runs to start it (empty: started
+    #: by someone else); its environment names the executive's socket (AIS_SOCKET)
+    #: and the component (AIS_COMPONENT_NAME)
+    instantiate: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1014,6 +1038,9 @@ class ServiceUnit:
     components: tuple[AmfComponent, ...]
     #: line of its ``unit {``
     line: int = field(default=0, compare=False)
+    #: ``node=``: Totem id of the node that instantiates its components (0: the
+    #: ring members take the units in turn, by rank)
+    node: int = 0
 
 
 @dataclass(frozen=True)
@@ -1091,8 +1118,9 @@ _GROUP_KEYS = {"name": _Key(_amf_name), "model": _Key(_group_model),
                "active-units": _Key(_int), "backup-units": _Key(_int),
                "healthcheck-period": _Key(_millis), "healthcheck-timeout": _Key(_millis),
                "response-timeout": _Key(_millis), "quorum": _Key(_int)}
-_UNIT_KEYS = {"name": _Key(_amf_name)}
-_COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model)}
+_UNIT_KEYS = {"name": _Key(_amf_name), "node": _Key(_node_address)}
+_COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model),
+                   "instantiate": _Key(_command)}
 _PROTECTION_KEYS = {"name": _Key(_amf_name), "member": _Key(_amf_name, repeated=True)}
 #: Which blocks each block may hold; None is the top of the file.
 _CHILD_BLOCKS: dict[str | None, tuple[str, ...]] = {
@@ -1181,8 +1209,9 @@ class _ModelBuilder:
                 if cname not in assigned:
                     raise ConfigError(self.path, cblock.line, cblock.col,
                                       f"component {cname!r} is in no protection group")
-                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line))
-            final_units.append(ServiceUnit(unit.name, tuple(final), unit.line))
+                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line,
+                                          comp.instantiate))
+            final_units.append(ServiceUnit(unit.name, tuple(final), unit.line, unit.node))
         model = v.get("model", GroupModel.TWO_N)
         active, backup = self.redundancy(v, model, len(final_units))
         return ServiceGroup(
@@ -1233,7 +1262,7 @@ class _ModelBuilder:
         comps = [self.component(c) for c in children]
         if not comps:
             raise v.error(None, f"unit {name!r} has no components")
-        return (ServiceUnit(name, tuple(c for c, _ in comps), block.line),
+        return (ServiceUnit(name, tuple(c for c, _ in comps), block.line, v.get("node", 0)),
                 [(c.name, b) for c, b in comps])
 
     def component(self, block: _Block) -> tuple[AmfComponent, _Block]:
@@ -1242,7 +1271,8 @@ class _ModelBuilder:
         name = self.named("component", block, v)
         if not v.has("model"):
             raise v.error(None, f"component {name!r} has no model")
-        return AmfComponent(name, v.get("model"), "", block.line), block
+        return AmfComponent(name, v.get("model"), "", block.line,
+                            v.get("instantiate", ())), block
 
     def protection(self, block: _Block) -> tuple[_Values, str]:
         entries, _ = self.split("protection", block.items, "protection")

@@ -214,3 +214,54 @@ class Comp:
         out = self.states()
         self.seen.clear()
         return out
+
+
+class FakeSpawner:
+    """``ServiceHost.spawner`` for one node: a "process" is a scripted ``Comp`` that
+    registers the name in AIS_COMPONENT_NAME shortly after its start."""
+
+    def __init__(self, cl: AmfCluster, addr: str) -> None:
+        self.cl, self.addr = cl, addr
+        self.started: list[FakeProcess] = []
+        cl.hosts[addr].spawner = self
+
+    def __call__(self, argv: list[str], env: dict[str, str], on_exit) -> FakeProcess:
+        proc = FakeProcess(self, env["AIS_COMPONENT_NAME"], on_exit)
+        self.started.append(proc)
+        return proc
+
+    def live(self) -> list[FakeProcess]:
+        return [p for p in self.started if p.returncode is None]
+
+
+class FakeProcess:
+    _next_pid = 1000
+
+    def __init__(self, spawner: FakeSpawner, name: str, on_exit) -> None:
+        FakeProcess._next_pid += 1
+        self.pid = FakeProcess._next_pid
+        self.spawner, self.name, self.on_exit = spawner, name, on_exit
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+        cl = spawner.cl
+        self.comp = Comp(cl, spawner.addr, name)
+        cl.procs.append(self.comp)
+        # registers once it has started (not inside the handler that started it)
+        cl.sched.call_later(0.05, lambda: self._register())
+
+    def _register(self) -> None:
+        if self.returncode is None:
+            self.comp.cl.hosts[self.spawner.addr].lib_request(
+                self.comp.conn, aw.AMF_REQ_REGISTER, self.comp.cl.next_seq(),
+                aw.encode_names(self.name.encode(), b""))
+
+    def kill(self, sig: int) -> None:
+        self.signals.append(sig)
+        if self.returncode is not None:
+            return
+        self.returncode = -sig
+        self.comp.dead = True
+        self.comp.conn.close()
+        host = self.comp.cl.hosts[self.spawner.addr]
+        self.comp.cl.sched.call_later(0.0, lambda: (host.lib_exit(self.comp.conn),
+                                                    self.on_exit(-sig)))

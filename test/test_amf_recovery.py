@@ -3,11 +3,13 @@ restart with escalation, node switchover/failover/failfast, internally recovered
 fake rings (FakeBus, manual clock, scripted components)."""
 from __future__ import annotations
 
+import signal
+
 import pytest
-from amf_harness import AmfCluster
+from amf_harness import AmfCluster, FakeSpawner
 from test_amf import quickstart_start
 
-from ais.services.amf import RESTART_LIMIT
+from ais.services.amf import RESTART_LIMIT, SPAWN_LIMIT
 from saf import _amf_wire as aw
 from saf.errors import SA_OK
 
@@ -92,3 +94,76 @@ def test_node_recoveries_fail_every_component_of_the_node(recovery):
     assert t1.take() == ["ACTIVE"] and t2.take() == ["ACTIVE"]
     assert cl.roles(A) == {"raidA": "ACTIVE", "raidB": "NONE", "raidC": "NONE"}
     assert len(cl.digests()) == 1
+
+
+# --- instantiation: the executive starts components that have an instantiate command -----
+
+SPAWNED = """group {
+name=g
+model=2n
+healthcheck-period=100
+healthcheck-timeout=40
+""" + "".join(f"""unit {{
+name=u{i}
+component {{
+name=c{i}
+model=x_active
+instantiate=/usr/bin/env python3 -m my.component --name 'c {i}'
+}}
+}}
+""" for i in (1, 2)) + """protection {
+name=p
+member=c1
+member=c2
+}
+}
+"""
+
+
+def test_components_with_an_instantiate_command_are_started_and_restarted():
+    cl = AmfCluster([A, B], SPAWNED)
+    assert cl.model.groups[0].units[0].components[0].instantiate == (
+        "/usr/bin/env", "python3", "-m", "my.component", "--name", "c 1")
+    sa, sb = FakeSpawner(cl, A), FakeSpawner(cl, B)
+    cl.form([A, B])
+    cl.advance(0.2)
+    # the members take the units in turn: u1 on A, u2 on B
+    assert [p.name for p in sa.live()] == ["c1"] and [p.name for p in sb.live()] == ["c2"]
+    assert cl.roles(B) == {"u1": "ACTIVE", "u2": "STANDBY"}
+    # a hung component (SIGSTOP) is failed by the cluster and killed and restarted by its node
+    first = sa.live()[0]
+    first.comp.stopped = True
+    cl.advance(0.3)
+    assert first.returncode == -signal.SIGKILL
+    assert cl.roles(B) == {"u1": "NONE", "u2": "ACTIVE"}
+    cl.advance(1.5)  # SPAWN_DELAY, then it registers again: back as standby (no failback)
+    [second] = sa.live()
+    assert second.pid != first.pid and cl.roles(A) == {"u1": "STANDBY", "u2": "ACTIVE"}
+    # a locked unit's process is asked to terminate, then stopped, and not restarted
+    assert cl.admin(B, aw.AMF_ADMIN_LOCK, "u1") == SA_OK
+    cl.advance(3.0)
+    assert second.signals == [signal.SIGTERM] and sa.live() == []
+    assert cl.admin(A, aw.AMF_ADMIN_UNLOCK, "u1") == SA_OK
+    cl.advance(0.5)
+    assert [p.name for p in sa.live()] == ["c1"] and cl.roles(A)["u1"] == "STANDBY"
+    # node B leaves: its unit's component is started on A, the survivor
+    cl.form([A])
+    cl.advance(0.5)
+    assert sorted(p.name for p in sa.live()) == ["c1", "c2"]
+    assert cl.roles(A) == {"u1": "ACTIVE", "u2": "STANDBY"}
+
+
+def test_start_rate_is_limited():
+    cl = AmfCluster([A], SPAWNED)
+    sa = FakeSpawner(cl, A)
+    cl.form([A])
+    cl.advance(0.2)
+    for _ in range(8):  # c1 dies at once every time
+        for p in sa.live():
+            if p.name == "c1":
+                p.kill(signal.SIGKILL)
+        cl.advance(1.2)
+    starts = [p for p in sa.started if p.name == "c1"]
+    assert len(starts) == SPAWN_LIMIT, "at most SPAWN_LIMIT starts in SPAWN_WINDOW"
+    cl.advance(60.0)
+    assert len([p for p in sa.started if p.name == "c1"]) == SPAWN_LIMIT + 1

@@ -146,6 +146,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import signal
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,8 +155,8 @@ from collections.abc import Callable
 from ais.config import AmfComponent, AmfModel, GroupModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter
 from ais.services.base import (
-    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
-    TimerHandle, exec_handler, lib_handler, register_service,
+    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ProcessHandle, Request, Service,
+    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import fmt_node
 from saf import _amf_wire as aw
@@ -201,6 +202,11 @@ KIND_TERMINATE = 4
 #: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
 #: only saAmfErrorCancelAll undoes
 RESTART_LIMIT = 3
+#: instantiation: a process that exited is started again after SPAWN_DELAY s, at most
+#: SPAWN_LIMIT times in SPAWN_WINDOW s
+SPAWN_DELAY = 1.0
+SPAWN_LIMIT = 5
+SPAWN_WINDOW = 60
 _NODE_RECOVERIES = (aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_NODE_FAILOVER, aw.SA_AMF_NODE_FAILFAST)
 
 OOS = aw.SA_AMF_OUT_OF_SERVICE
@@ -324,6 +330,20 @@ class _Invocation:
 
 
 @dataclass
+class _Proc:
+    """A component process this node started (``instantiate=``)."""
+
+    handle: ProcessHandle | None = None
+    #: host-clock times of its recent starts (SPAWN_LIMIT per SPAWN_WINDOW)
+    starts: list[float] = field(default_factory=list)
+    #: a start waiting (SPAWN_DELAY after an exit, or the rate limit)
+    timer: TimerHandle | None = None
+    stop_timer: TimerHandle | None = None
+    killed: bool = False
+    stopping: bool = False
+
+
+@dataclass
 class _Healthcheck:
     incarnation: int
     timer: TimerHandle | None = None
@@ -403,6 +423,8 @@ class AmfService(Service):
         self.invocations: dict[int, _Invocation] = {}
         self._next_invocation = 1
         self.healthchecks: dict[str, _Healthcheck] = {}
+        #: component processes this node started
+        self.procs: dict[str, _Proc] = {}
         #: (component, incarnation) this node reported failed: no more callbacks to it
         self._faulted: set[tuple[str, int]] = set()
         self._round: SyncInfo | None = None
@@ -899,6 +921,94 @@ class AmfService(Service):
                 seen.add(c.name)
                 self._notify_trackers(c)
         self._refresh_healthchecks()
+        self._refresh_processes()
+
+    # --- instantiation (host only): components with an instantiate command ----------------
+
+    def _home(self, unit: Unit) -> int:
+        """The node that starts the unit's components: its ``node=`` if a member (none if
+        not), else the members in turn by the unit's place in the model."""
+        if unit.spec.node:
+            return unit.spec.node if unit.spec.node in self.members else 0
+        index = list(self.units).index(unit.name)
+        return self.members[index % len(self.members)] if self.members else 0
+
+    def _refresh_processes(self) -> None:
+        me = self.host.node_id
+        if me not in self.members:
+            return
+        for unit in self.units.values():
+            for c in unit.comps:
+                if not c.spec.instantiate:
+                    continue
+                p = self.procs.get(c.name)
+                if p is not None and p.handle is not None:
+                    if unit.admin == Admin.LOCKED and unit.phase == Phase.IDLE:
+                        self._stop_process(p, "its unit is locked")
+                    elif c.registered and c.host == me and c.error == NOT_RESPONDING \
+                            and not p.killed:
+                        # Hung (stopped, looping): restart it; the cluster failed it already.
+                        self.log.log(NOTICE, "restarting %s (pid %d): not responding",
+                                     c.name, p.handle.pid)
+                        p.killed = True
+                        p.handle.kill(signal.SIGKILL)
+                    continue
+                if c.registered or unit.admin != Admin.UNLOCKED or c.restarts > RESTART_LIMIT \
+                        or self._home(unit) != me or (p is not None and p.timer is not None):
+                    continue
+                self._start_process(c)
+
+    def _start_process(self, c: Comp) -> None:
+        p = self.procs.setdefault(c.name, _Proc())
+        now = self.host.now()
+        p.starts = [t for t in p.starts if now - t < SPAWN_WINDOW]
+        if len(p.starts) >= SPAWN_LIMIT:
+            wait = p.starts[0] + SPAWN_WINDOW - now
+            self._bad_log.log(self.log, logging.ERROR, "%s was started %d times in %d s; "
+                              "next try in %.0f s", c.name, SPAWN_LIMIT, SPAWN_WINDOW, wait)
+            p.timer = self.host.call_later(wait, lambda: self._respawn(c.name))
+            return
+        p.starts.append(now)
+        p.killed = p.stopping = False
+        handle = self.host.spawn(list(c.spec.instantiate), {"AIS_COMPONENT_NAME": c.name},
+                                 lambda rc: self._process_exited(c.name, handle, rc))
+        p.handle = handle
+        if handle is None:
+            # No way to start processes here (or the start failed): try again later.
+            p.timer = self.host.call_later(SPAWN_DELAY * 5, lambda: self._respawn(c.name))
+        else:
+            self.log.log(NOTICE, "started %s (pid %d)", c.name, handle.pid)
+
+    def _process_exited(self, name: str, handle: ProcessHandle | None, rc: int) -> None:
+        p = self.procs.get(name)
+        if p is None or p.handle is not handle or handle is None:
+            return
+        self.log.log(NOTICE, "%s (pid %d) exited with status %d", name, handle.pid, rc)
+        p.handle = None
+        if p.stop_timer is not None:
+            p.stop_timer.cancel()
+            p.stop_timer = None
+        p.timer = self.host.call_later(SPAWN_DELAY, lambda: self._respawn(name))
+
+    def _respawn(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None:
+            p.timer = None
+        self._refresh_processes()
+
+    def _stop_process(self, p: _Proc, why: str, grace: float = 1.0) -> None:
+        """SIGTERM after ``grace`` s (time to obey the terminate callback)."""
+        if p.stopping or p.handle is None:
+            return
+        p.stopping = True
+        handle = p.handle
+
+        def term() -> None:
+            p.stop_timer = None
+            if p.handle is handle:
+                self.log.log(NOTICE, "stopping pid %d: %s", handle.pid, why)
+                handle.kill(signal.SIGTERM)
+        p.stop_timer = self.host.call_later(grace, term)
 
     # --- exec handlers --------------------------------------------------------------------
 
@@ -999,6 +1109,9 @@ class AmfService(Service):
             self._set_error(c, cause)
             if c.restarts <= RESTART_LIMIT:
                 self._terminate(c)  # its supervisor starts it again; registering clears it
+                p = self.procs.get(c.name)
+                if p is not None and c.host == self.host.node_id:
+                    self._stop_process(p, "component restart")
             else:
                 self.log.log(NOTICE, "component %s: %d restarts since its errors were last "
                              "cancelled; it stays failed until they are", c.name, c.restarts)
