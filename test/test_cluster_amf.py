@@ -7,6 +7,7 @@ loaded machine does not fail a component that is merely slow.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -394,3 +395,88 @@ def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Pat
         finally:
             for p in procs:
                 p.stop()
+
+
+def spawned_groups() -> str:
+    """2n; every component started by the executive of node 1 (u on node 1's address)."""
+    py = sys.executable
+    units = "".join(f"""unit {{
+name=raid{u}
+node=127.0.0.1
+component {{
+name=comp_a_in_su_{x}
+model=x_active
+instantiate={py} {ROOT}/examples/testamf3.py -h 1000 -n comp_a_in_su_{x}
+}}
+component {{
+name=comp_b_in_su_{x}
+model=x_active
+instantiate={py} {ROOT}/examples/testamf4.py -h 1000 -n comp_b_in_su_{x}
+}}
+}}
+""" for u, x in (("A", "x"), ("B", "y")))
+    return ("group {\nname=raid\nmodel=2n\nhealthcheck-period=100\nhealthcheck-timeout=1000\n"
+            + units + "protection {\nname=pgA\nmember=comp_a_in_su_x\nmember=comp_a_in_su_y\n}\n"
+            "protection {\nname=pgB\nmember=comp_b_in_su_x\nmember=comp_b_in_su_y\n}\n}\n")
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.update(int(x) for x in (task / "children").read_text().split())
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class SpawnCluster(AmfCluster):
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        (self.root / "groups.conf").write_text(spawned_groups())
+        return node
+
+
+def test_the_executive_starts_restarts_and_reaps_its_components(tmp_path: Path) -> None:
+    """Components with instantiate= are started by node 1's executive (node=), a killed
+    one is started again (its unit comes back as standby), and kill -9 of the executive
+    takes its component processes with it."""
+    with SpawnCluster(tmp_path, 2) as c:
+        c.start_all()
+        c.wait_ring([1, 2])
+        exec_pid = c.nodes[1].proc.pid
+
+        def registered(text: str) -> int:
+            return text.count("on 127.0.0.1, IN_SERVICE/")
+
+        end = time.monotonic() + 30
+        while registered(status(c, 2)) < 4 and time.monotonic() < end:
+            time.sleep(0.2)
+        text = same_status(c)
+        assert registered(text) == 4, text
+        assert "role active" in unit_line(text, "raidA") and "role standby" in unit_line(
+            text, "raidB")
+        kids = children(exec_pid)
+        assert len(kids) == 4
+        victim = next(pid for pid in kids if "comp_a_in_su_x" in Path(
+            f"/proc/{pid}/cmdline").read_text())
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            text = status(c, 2)
+            if "role standby" in unit_line(text, "raidA") and registered(text) == 4:
+                break
+            time.sleep(0.2)
+        assert "role active" in unit_line(text, "raidB"), text
+        assert "role standby" in unit_line(text, "raidA"), text
+        kids = children(exec_pid)
+        assert len(kids) == 4 and victim not in kids
+        c.kill(1)
+        end = time.monotonic() + 10
+        while any(alive(pid) for pid in kids) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in kids), "orphaned component processes"
