@@ -202,3 +202,18 @@ def test_nway_partition_heal_keeps_one_active_per_csi():
     assert len(cl.digests()) == 1
     actives = [n for n in ("a1", "a2") if cl.state(A, n)[1] == "ACTIVE"]
     assert len(actives) == 1
+
+
+def test_a_hung_spare_is_failed_and_never_promoted():
+    cl = AmfCluster([A], units_conf("2n", 3))
+    cl.form([A])
+    p1, p2, p3 = start(cl, 3)
+    hc = p3.healthchecks
+    cl.advance(0.5)
+    assert p3.healthchecks > hc, "spares are healthchecked too"
+    p3.stopped = True
+    cl.advance(0.3)
+    assert cl.amf(A).comps["c3"].error == aw.SA_AMF_NOT_RESPONDING
+    p1.kill()
+    assert p2.take() == ["ACTIVE"] and cl.roles(A)["u3"] == "NONE"
+    assert cl.phases(A)["u3"] != "ASSIGNING"

@@ -581,9 +581,15 @@ class AmfService(Service):
     # --- healthchecks (host only) -----------------------------------------------------------
 
     def _wants_healthcheck(self, c: Comp) -> bool:
-        return (self._conn_of(c) is not None and c.error == 0
-                and c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY)
-                and c.unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED))
+        if self._conn_of(c) is None or c.error != 0 or c.unit.phase not in _READY:
+            return False
+        if c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY):
+            return True
+        # In service without an assignment (a spare, an nway member with no CSI): checked
+        # too, so that a hung one is not picked when a standby or active is needed.
+        return (c.readiness == c.want_readiness == IN_SERVICE
+                and c.ha == c.want_ha == QUIESCED
+                and (c.unit.role == Role.NONE or c.unit.group.per_csi))
 
     def _refresh_healthchecks(self) -> None:
         me = self.host.node_id
