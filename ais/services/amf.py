@@ -109,6 +109,26 @@ keeps counting as active until its assignments are gone, so the standby's
 promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
 SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
 
+Error recovery (saAmfErrorReport's recommendedRecovery): INTERNALLY_RECOVERED
+is only logged; COMPONENT_RESTART fails the unit over and sends the
+component the terminate callback (its node kills it 1 s later if AMF started
+it); the next registration of the component clears the error, but after
+``RESTART_LIMIT`` (3) restarts since its errors were last cancelled the error
+stays until saAmfErrorCancelAll.  NODE_SWITCHOVER / NODE_FAILOVER /
+NODE_FAILFAST fail every component hosted on that component's node (no
+reboot).  Anything else (NO_RECOMMENDATION, COMPONENT_FAILOVER,
+CLUSTER_RESET): the component's unit fails over; the error stays until
+cancelled or the component registers again.
+
+Instantiation (host side, ``HostAPI.spawn``): a component with an
+``instantiate=`` command is started by its unit's home node (``node=``, else
+the ring members take the units in turn) while it is unregistered and its
+unit unlocked; a process that exits is started again after ``SPAWN_DELAY``
+(1 s), at most ``SPAWN_LIMIT`` (5) times in ``SPAWN_WINDOW`` (60 s); one that
+the cluster failed as NOT_RESPONDING (hung, SIGSTOP) is killed (SIGKILL) and
+so restarted; a locked unit's processes get SIGTERM 1 s after the terminate
+callback.  Spawned processes die with the executive (parent-death signal).
+
 Nodes.  At the end of every sync round (``sync_done``), on every member:
 components hosted on nodes that are not members are unregistered (failed
 without waiting for anyone) and standbys are promoted.  A joining node gets
