@@ -390,8 +390,9 @@ def test_a_bad_ring_message_is_dropped_everywhere_alike():
     svc = cl.amf(A)
     cl.hosts[A].mcast(svc, 2, b"\x00\x01")  # truncated UNREGISTER
     cl.hosts[A].mcast(svc, 5, b"\xff" * 7)
+    cl.hosts[A].mcast(svc, 9, b"\x01")  # truncated ADMIN
     cl.settle()
-    assert cl.hosts[A].bad_messages["amf"] == cl.hosts[B].bad_messages["amf"] == 2
+    assert cl.hosts[A].bad_messages["amf"] == cl.hosts[B].bad_messages["amf"] == 3
     assert len(cl.digests()) == 1
 
 
