@@ -252,8 +252,9 @@ class SvcOptions(SimOptions):
     send_queue: int = 16
     #: run AMF too (components on every node, state identity checked)
     amf: bool = True
-    #: AMF administrative operations (lock, shutdown, then unlock) per node incarnation;
-    #: non-zero also runs the wider model (spares, an nway group: SIM_AMF_WIDE)
+    #: AMF operator actions (lock or shutdown then unlock, error report then cancel) per
+    #: node incarnation; non-zero also runs the wider model (spares, an nway group:
+    #: SIM_AMF_WIDE)
     amf_admin: int = 0
 
     def to_args(self) -> list[str]:
@@ -744,13 +745,19 @@ class _AmfComp:
         self.closed = True
 
 
+#: recommended recoveries the simulated operator reports errors with
+_SIM_RECOVERIES = (aw.SA_AMF_COMPONENT_RESTART, aw.SA_AMF_COMPONENT_FAILOVER,
+                   aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_INTERNALLY_RECOVERED)
+
+
 class _AmfAdmin:
     """An operator on one node incarnation: ``count`` times, locks or shuts down a random
-    unit, and unlocks it 0.2-2 s later (random choices from its own seeded generator, so
-    the base simulator's draws are unchanged)."""
+    unit and unlocks it 0.2-2 s later, or reports an error on a random component (with a
+    random recommended recovery) and cancels it 0.2-2 s later.  Random choices come from
+    its own seeded generator, so the base simulator's draws are unchanged."""
 
     def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
-                 units: list[str], count: int) -> None:
+                 units: list[str], comps: list[str], count: int) -> None:
         self.sim, self.nid, self.host = sim, nid, host
         self.conn_id = host.new_conn_id()
         self.service_id = aw.AMF_SERVICE_ID
@@ -761,26 +768,40 @@ class _AmfAdmin:
         rng = random.Random(f"amf-admin {sim.seed} {nid} {inc}")
         host.lib_connect(self)
         for _ in range(count):
-            unit = rng.choice(units)
-            op = rng.choice((aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN))
             at = rng.uniform(0.5, max(1.0, sim.o.duration))
-            host.call_later(at, self._op(op, unit))
-            host.call_later(at + rng.uniform(0.2, 2.0), self._op(aw.AMF_ADMIN_UNLOCK, unit))
+            later = at + rng.uniform(0.2, 2.0)
+            if rng.random() < 0.6:
+                unit = rng.choice(units)
+                op = rng.choice((aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN))
+                host.call_later(at, self._op(op, unit))
+                host.call_later(later, self._op(aw.AMF_ADMIN_UNLOCK, unit))
+            else:
+                comp = rng.choice(comps).encode()
+                report = aw.encode_error_report(aw.ErrorReport(
+                    b"operator", comp, 0, aw.ErrorDescriptor(
+                        probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
+                        recommended_recovery=rng.choice(_SIM_RECOVERIES))))
+                host.call_later(at, self._request(aw.AMF_REQ_ERROR_REPORT, report))
+                host.call_later(later, self._request(aw.AMF_REQ_ERROR_CANCEL_ALL,
+                                                     aw.encode_name(comp)))
 
     def _op(self, op: int, unit: str) -> Callable[[], None]:
+        return self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+            aw.AdminRequest(op, unit.encode())))
+
+    def _request(self, msg_id: int, body: bytes) -> Callable[[], None]:
         def run() -> None:
             if self.sim.hosts.get(self.nid) is self.host:
                 self.seq += 1
-                self.host.lib_request(self, aw.AMF_REQ_ADMIN, self.seq, aw.encode_admin(
-                    aw.AdminRequest(op, unit.encode())))
+                self.host.lib_request(self, msg_id, self.seq, body)
         return run
 
     def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
         pass
 
     def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
-        # BAD_OPERATION (already locked, not locked) is part of the game
-        if msg_id == aw.AMF_REQ_ADMIN and error == SA_OK:
+        # BAD_OPERATION (already locked, not locked, not registered) is part of the game
+        if error == SA_OK:
             self.sim.amf_admin_ok += 1
 
     def close(self, reason: str = "") -> None:
@@ -1120,7 +1141,7 @@ class ServiceSim(Simulation):
                                       send_queue_bytes=256 * 1024)
         self.sres = SvcResult(seed, options)
         self.amf_model = SIM_AMF_WIDE if options.amf_admin else SIM_AMF_MODEL
-        #: AMF administrative operations the cluster agreed to (answered SA_OK)
+        #: AMF operator requests (admin, error report, cancel) answered SA_OK
         self.amf_admin_ok = 0
         self.result = self.sres
         self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
@@ -1496,8 +1517,9 @@ class ServiceSim(Simulation):
             if self.o.amf and ids[k % len(ids)] == nid:
                 _AmfComp(self, nid, node.inc, host, comp.name)
         if self.o.amf and self.o.amf_admin:
-            _AmfAdmin(self, nid, node.inc, host, [u.name for g in self.amf_model.groups
-                                                  for u in g.units], self.o.amf_admin)
+            _AmfAdmin(self, nid, node.inc, host,
+                      [u.name for g in self.amf_model.groups for u in g.units],
+                      [c.name for _, _, c in self.amf_model.components()], self.o.amf_admin)
         self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk} (empty host)")
         self.call(node, node.srp.start)
 
