@@ -944,7 +944,6 @@ class GeventScheduler:
         timer.start(handle.fire, self._gevent, run)
         return handle
 
-
     def spawn(self, argv: list[str], env: dict[str, str],
               on_exit: Callable[[int], None]) -> _Child:
         """Start ``argv`` (environment: ours plus ``env``); ``on_exit(rc)`` runs in a
@@ -960,11 +959,9 @@ class GeventScheduler:
         proc = gevent.subprocess.Popen(argv, env=full, stdin=subprocess.DEVNULL,
                                        preexec_fn=_die_with_parent, close_fds=True)
         child = _Child(proc)
-        _CHILDREN.add(child)
 
         def watch() -> None:
             rc = proc.wait()
-            _CHILDREN.discard(child)
             try:
                 on_exit(rc)
             except Exception as exc:  # a bug in a service: hand to the supervisor
@@ -974,18 +971,6 @@ class GeventScheduler:
 
         self._gevent.spawn(watch)
         return child
-
-
-#: children started by GeventScheduler.spawn and still running
-_CHILDREN: set[_Child] = set()
-
-
-def kill_children() -> None:
-    """SIGTERM every process ``GeventScheduler.spawn`` started (executive exit)."""
-    import signal
-
-    for child in list(_CHILDREN):
-        child.kill(signal.SIGTERM)
 
 
 def _die_with_parent() -> None:
