@@ -1,5 +1,6 @@
-"""Administrative operations on AMF service units:
-``python -m ais.amf_admin [-s SOCKET] {lock,unlock,shutdown} UNIT``.
+"""Administrative operations on AMF service units and nodes:
+``python -m ais.amf_admin [-s SOCKET] {lock,unlock,shutdown} UNIT`` or
+``python -m ais.amf_admin [-s SOCKET] {lock-node,unlock-node} ADDRESS``.
 
 lock      takes the unit's assignments away at once (CSI-remove callbacks; a standby
           of the group takes over an active unit's work), puts its components out of
@@ -10,6 +11,9 @@ shutdown  asks every component to finish its work first (readiness STOPPING, ans
           component has failed), then goes on as lock (ENABLED_STOPPING until then).
 unlock    lets the unit come back into service (as standby or spare if the group has
           its actives: no failback); during a shutdown it cancels it.
+lock-node locks every unlocked unit with a component on the node (registered there,
+          or the unit's node= in groups.conf); unlock-node unlocks the units that
+          node's lock locked.
 
 The operation is decided in the cluster's agreed order, like every AMF decision,
 whichever node is asked; the command returns once it is agreed (not when the unit
@@ -27,7 +31,8 @@ from saf import amf
 from saf.errors import SaError
 
 OPS = {"lock": amf.AMF_ADMIN_LOCK, "unlock": amf.AMF_ADMIN_UNLOCK,
-       "shutdown": amf.AMF_ADMIN_SHUTDOWN}
+       "shutdown": amf.AMF_ADMIN_SHUTDOWN, "lock-node": amf.AMF_ADMIN_LOCK_NODE,
+       "unlock-node": amf.AMF_ADMIN_UNLOCK_NODE}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-s", "--socket", help="executive socket (default: $AIS_SOCKET or "
                    "/var/run/ais/aisexec.sock)")
     p.add_argument("operation", choices=sorted(OPS))
-    p.add_argument("unit", help="service unit name, as in groups.conf")
+    p.add_argument("unit", help="service unit name, as in groups.conf (node operations: "
+                   "the node's IPv4 address)")
     args = p.parse_args(argv)
     if args.socket:
         os.environ["AIS_SOCKET"] = args.socket

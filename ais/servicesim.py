@@ -119,6 +119,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import ipaddress
 import logging
 import random
 import struct
@@ -752,9 +753,10 @@ _SIM_RECOVERIES = (aw.SA_AMF_COMPONENT_RESTART, aw.SA_AMF_COMPONENT_FAILOVER,
 
 class _AmfAdmin:
     """An operator on one node incarnation: ``count`` times, locks or shuts down a random
-    unit and unlocks it 0.2-2 s later, or reports an error on a random component (with a
-    random recommended recovery) and cancels it 0.2-2 s later.  Random choices come from
-    its own seeded generator, so the base simulator's draws are unchanged."""
+    unit (or locks a random node) and unlocks it 0.2-2 s later, or reports an error on a
+    random component (with a random recommended recovery) and cancels it 0.2-2 s later.
+    Random choices come from its own seeded generator, so the base simulator's draws are
+    unchanged."""
 
     def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
                  units: list[str], comps: list[str], count: int) -> None:
@@ -770,7 +772,14 @@ class _AmfAdmin:
         for _ in range(count):
             at = rng.uniform(0.5, max(1.0, sim.o.duration))
             later = at + rng.uniform(0.2, 2.0)
-            if rng.random() < 0.6:
+            x = rng.random()
+            if x < 0.15:
+                addr = str(ipaddress.IPv4Address(rng.choice(sorted(sim.nodes)))).encode()
+                host.call_later(at, self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+                    aw.AdminRequest(aw.AMF_ADMIN_LOCK_NODE, addr))))
+                host.call_later(later, self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+                    aw.AdminRequest(aw.AMF_ADMIN_UNLOCK_NODE, addr))))
+            elif x < 0.6:
                 unit = rng.choice(units)
                 op = rng.choice((aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN))
                 host.call_later(at, self._op(op, unit))

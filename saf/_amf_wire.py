@@ -170,7 +170,8 @@ AMF_REQ_RESPONSE = 10
 AMF_REQ_CAPABILITY_GET = 11
 #: the whole replicated state, for ``ais.amf_status`` (not in the SAF API)
 AMF_REQ_STATUS = 12
-#: administrative operation on a service unit (ais.amf_admin): | op u32 | NAME unit |
+#: administrative operation on a service unit or a node (ais.amf_admin):
+#: | op u32 | NAME unit (node operations: the node's IPv4 address as text) |
 AMF_REQ_ADMIN = 13
 #: saAmfPendingOperationGet: NAME comp -> u32 flags
 AMF_REQ_PENDING_GET = 14
@@ -179,6 +180,9 @@ AMF_REQ_PENDING_GET = 14
 AMF_ADMIN_LOCK = 1
 AMF_ADMIN_UNLOCK = 2
 AMF_ADMIN_SHUTDOWN = 3
+#: lock every unit hosted on a node / unlock the units a node lock locked
+AMF_ADMIN_LOCK_NODE = 4
+AMF_ADMIN_UNLOCK_NODE = 5
 #: administrative state of a unit (StatusRow.su_admin)
 AMF_ADMIN_UNLOCKED = 0
 AMF_ADMIN_LOCKED = 1
@@ -294,6 +298,7 @@ class StatusRow:
 @dataclass(frozen=True, slots=True)
 class AdminRequest:
     op: int
+    #: the unit's name, or for the node operations the node's address ("127.0.0.1")
     unit: bytes
 
 

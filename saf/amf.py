@@ -65,7 +65,8 @@ from dataclasses import dataclass
 
 from saf import _amf_wire as aw
 from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
-    AMF_ADMIN_LOCK, AMF_ADMIN_SHUTDOWN, AMF_ADMIN_UNLOCK, SA_AMF_ACTIVE,
+    AMF_ADMIN_LOCK, AMF_ADMIN_LOCK_NODE, AMF_ADMIN_SHUTDOWN, AMF_ADMIN_UNLOCK,
+    AMF_ADMIN_UNLOCK_NODE, SA_AMF_ACTIVE,
     SA_AMF_COMMUNICATION_SUBSYSTEM_FAILURE, SA_AMF_CSI_ADD_NEW_ISTANCE,
     SA_AMF_CSI_ALL_INSTANCES, SA_AMF_CSI_NEW_ASSIGN, SA_AMF_CSI_NOT_QUIESCED,
     SA_AMF_CSI_QUIESCED, SA_AMF_HEARTBEAT, SA_AMF_IN_SERVICE,
@@ -365,12 +366,14 @@ def pending_operation_get(comp_name: str | bytes) -> int:
 
 def admin(op: int, unit: str | bytes) -> None:
     """An administrative operation on a service unit (not SAF; ``ais.amf_admin``):
-    ``AMF_ADMIN_LOCK``, ``AMF_ADMIN_UNLOCK`` or ``AMF_ADMIN_SHUTDOWN``.  Returns once the
-    cluster has agreed on it (the unit then moves on its own).
+    ``AMF_ADMIN_LOCK``, ``AMF_ADMIN_UNLOCK`` or ``AMF_ADMIN_SHUTDOWN``; or on a node
+    (``unit`` = its IPv4 address): ``AMF_ADMIN_LOCK_NODE``, ``AMF_ADMIN_UNLOCK_NODE``.
+    Returns once the cluster has agreed on it (the units then move on their own).
 
     Raises:
-        NotExist: no such unit.  BadOperation: already locked (lock, shutdown) or
-        not locked (unlock).  InvalidParam: unknown operation.
+        NotExist: no such unit (no unlocked unit on the node).  BadOperation: already
+        locked (lock, shutdown) or not locked (unlock, unlock-node).  InvalidParam:
+        unknown operation, not an address.
     """
     _call(aw.AMF_REQ_ADMIN, aw.encode_admin(aw.AdminRequest(op, _name(unit, "unit name"))))
 
@@ -423,8 +426,10 @@ __all__ = [
     "Callbacks",
     "ErrorDescriptor",
     "AMF_ADMIN_LOCK",
+    "AMF_ADMIN_LOCK_NODE",
     "AMF_ADMIN_SHUTDOWN",
     "AMF_ADMIN_UNLOCK",
+    "AMF_ADMIN_UNLOCK_NODE",
     "HAState",
     "ProtectionGroupMember",
     "ProtectionGroupNotification",

@@ -145,3 +145,31 @@ def test_a_lock_survives_a_partition_and_heal():
     unit = cl.amf(A).units["raidA"]
     assert (unit.admin, unit.phase) == (Admin.LOCKED, Phase.IDLE)
     assert cl.roles(A)["raidB"] == "ACTIVE"
+
+
+def test_node_lock_locks_the_units_hosted_there_and_node_unlock_brings_them_back():
+    cl, (t1, t2, t3, t4) = running(where_b=A, where_a=B)
+    t5 = cl.proc(A, "comp_a_in_su_z")
+    t6 = cl.proc(B, "comp_b_in_su_z")  # raidC is on both nodes
+    t5.take(), t6.take()
+    node = lambda addr, op: cl.call(B, aw.AMF_REQ_ADMIN, aw.encode_admin(  # noqa: E731
+        aw.AdminRequest(op, addr.encode())))[0]
+    assert node(A, aw.AMF_ADMIN_LOCK_NODE) == SA_OK
+    assert t3.take() == ["REMOVE pgA", "OUT_OF_SERVICE", "TERMINATE"]
+    assert t6.take() == ["REMOVE pgB", "OUT_OF_SERVICE", "TERMINATE"], \
+        "its unit-mate is on the node"
+    assert t5.take() == ["REMOVE pgA", "OUT_OF_SERVICE", "TERMINATE"]
+    assert t1.take() == ["ACTIVE"]
+    units = cl.amf(B).units
+    assert {n: (u.admin, u.locked_by) for n, u in units.items()} == {
+        "raidA": (Admin.UNLOCKED, 0), "raidB": (Admin.LOCKED, cl.hosts[A].node_id),
+        "raidC": (Admin.LOCKED, cl.hosts[A].node_id)}
+    assert node(A, aw.AMF_ADMIN_LOCK_NODE) == NotExist.code  # nothing unlocked left there
+    assert node(B, aw.AMF_ADMIN_UNLOCK_NODE) == BadOperation.code
+    assert node("nonsense", aw.AMF_ADMIN_LOCK_NODE) == InvalidParam.code
+    assert cl.admin(A, UNLOCK, "raidC") == SA_OK  # a unit of a node lock unlocked alone
+    assert t5.take() == ["IN_SERVICE", "STANDBY"]
+    assert node(A, aw.AMF_ADMIN_UNLOCK_NODE) == SA_OK
+    assert t3.take() == ["IN_SERVICE", "STANDBY"], "back as standby: no failback"
+    assert cl.roles(A) == {"raidA": "ACTIVE", "raidB": "STANDBY", "raidC": "STANDBY"}
+    assert len(cl.digests()) == 1

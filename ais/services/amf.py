@@ -104,7 +104,9 @@ node, decided in agreed order): lock = REMOVING -> STOPPING -> IDLE, then the
 terminate callback, LOCKED; shutdown = DRAINING (readiness STOPPING, each
 component answers with saAmfStoppingComplete within ``response-timeout``,
 else it has failed) -> REMOVING -> ...; unlock = the unit re-enables by
-itself (during DRAINING: back in service with its role).  An active unit
+itself (during DRAINING: back in service with its role).  Node lock: every
+unlocked unit with a component on the node (or ``node=`` it) is locked and
+remembers the node (``locked_by``); node unlock unlocks those.  An active unit
 keeps counting as active until its assignments are gone, so the standby's
 promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
 SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
@@ -165,6 +167,7 @@ changed one as STATE_CHANGE; CHANGES_ONLY: the changed one).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import signal
 import zlib
@@ -311,6 +314,8 @@ class Unit:
     phase: Phase = Phase.IDLE
     role: Role = Role.NONE
     admin: Admin = Admin.UNLOCKED
+    #: the node whose lock (AMF_ADMIN_LOCK_NODE) locked it (0: none)
+    locked_by: int = 0
     #: its rank in the group: file order, the first preferred
     rank: int = 0
 
@@ -393,13 +398,22 @@ class _UnitRecord:
     role: int
     comps: tuple[_CompRecord, ...]
     admin: int = 0
+    locked_by: int = 0
 
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-# SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | NAME unit |,
+def _node_of(raw: bytes) -> int | None:
+    """A node's Totem id from its IPv4 address as text (None: not an address)."""
+    try:
+        return int(ipaddress.IPv4Address(_name(raw)))
+    except ValueError:
+        return None
+
+
+# SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | locked by u32 | NAME unit |,
 #  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
 #  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |
@@ -408,7 +422,7 @@ COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("regis
                      ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
                      ("incarnation", u32), ("error", u32))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
-                     ("admin", u8), pad(3), ("name", aw.NAME),
+                     ("admin", u8), pad(3), ("locked_by", u32), ("name", aw.NAME),
                      ("comps", array(COMP_RECORD, "count")))
 
 
@@ -1198,6 +1212,9 @@ class AmfService(Service):
     @exec_handler(MSG_ADMIN)
     def exec_admin(self, msg: ExecMessage) -> None:
         op = aw.decode_admin_untrusted(msg.payload)
+        if op.op in (aw.AMF_ADMIN_LOCK_NODE, aw.AMF_ADMIN_UNLOCK_NODE):
+            self._admin_node(msg, op)
+            return
         unit = self.units.get(_name(op.unit))
         if unit is None:
             self.host.reply_error(msg.tag, NotExist("no such unit"))
@@ -1206,13 +1223,7 @@ class AmfService(Service):
             if unit.admin == Admin.UNLOCKED:
                 self.host.reply_error(msg.tag, BadOperation(f"{unit.name} is not locked"))
                 return
-            self.log.log(NOTICE, "unit %s unlocked", unit.name)
-            unit.admin = Admin.UNLOCKED
-            if unit.phase == Phase.DRAINING:
-                # The shutdown is cancelled: back in service with its role.
-                unit.phase = Phase.ENABLING
-                for c in unit.comps:
-                    self._request(c, KIND_READINESS, IN_SERVICE)
+            self._unlock(unit)
         elif op.op in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN):
             want = Admin.LOCKED if op.op == aw.AMF_ADMIN_LOCK else Admin.SHUTTING_DOWN
             if unit.admin == Admin.LOCKED or unit.admin == want:
@@ -1228,6 +1239,46 @@ class AmfService(Service):
             return
         self.host.reply(msg.tag)
         self._after([unit.group])
+
+    def _unlock(self, unit: Unit) -> None:
+        self.log.log(NOTICE, "unit %s unlocked", unit.name)
+        unit.admin = Admin.UNLOCKED
+        unit.locked_by = 0
+        if unit.phase == Phase.DRAINING:
+            # The shutdown is cancelled: back in service with its role.
+            unit.phase = Phase.ENABLING
+            for c in unit.comps:
+                self._request(c, KIND_READINESS, IN_SERVICE)
+
+    def _admin_node(self, msg: ExecMessage, op: aw.AdminRequest) -> None:
+        """Node lock: lock every unlocked unit with a component hosted on the node (or
+        whose ``node=`` it is); node unlock: unlock the units its node lock locked."""
+        node = _node_of(op.unit)
+        if node is None:
+            self.host.reply_error(msg.tag, InvalidParam("not a node address"))
+            return
+        if op.op == aw.AMF_ADMIN_LOCK_NODE:
+            units = [u for u in self.units.values() if u.admin == Admin.UNLOCKED and (
+                u.spec.node == node or any(c.registered and c.host == node for c in u.comps))]
+            if not units:
+                self.host.reply_error(msg.tag, NotExist(f"no unlocked unit on {fmt_node(node)}"))
+                return
+            self.log.log(NOTICE, "node %s locked: %s", fmt_node(node),
+                         ", ".join(u.name for u in units))
+            for u in units:
+                u.admin, u.locked_by = Admin.LOCKED, node
+                self._apply_admin(u)
+        else:
+            units = [u for u in self.units.values() if u.admin != Admin.UNLOCKED
+                     and u.locked_by == node]
+            if not units:
+                self.host.reply_error(msg.tag, BadOperation(
+                    f"no unit locked by a lock of {fmt_node(node)}"))
+                return
+            for u in units:
+                self._unlock(u)
+        self.host.reply(msg.tag)
+        self._after(list({id(u.group): u.group for u in units}.values()))
 
     def _apply_admin(self, unit: Unit) -> None:
         """Start taking a locked or shutting-down unit out of service."""
@@ -1277,7 +1328,7 @@ class AmfService(Service):
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
                         c.incarnation, c.error, min(c.restarts, 255))
-            for c in unit.comps), int(unit.admin))
+            for c in unit.comps), int(unit.admin), unit.locked_by)
 
     @exec_handler(MSG_MODEL)
     def exec_model(self, msg: ExecMessage) -> None:
@@ -1362,6 +1413,8 @@ class AmfService(Service):
                 # A lock made on either side holds (an operator asked for it).
                 unit.admin = Admin(max([0] + [
                     recs[unit.name].admin for _, _, recs in ranked if unit.name in recs]))
+                unit.locked_by = max([0] + [recs[unit.name].locked_by for _, _, recs in ranked
+                                            if unit.name in recs]) if unit.admin else 0
                 sources: set[int] = set()
                 for ci, c in enumerate(unit.comps):
                     chosen: _CompRecord | None = None
@@ -1604,10 +1657,13 @@ class AmfService(Service):
     @lib_handler(aw.AMF_REQ_ADMIN, hold_during_sync=True)
     def lib_admin(self, conn: LibConn, req: Request) -> Deferred:
         op = aw.decode_admin_untrusted(req.body)
-        if _name(op.unit) not in self.units:
-            raise NotExist(f"no service unit {_name(op.unit)!r} in the AMF model")
-        if op.op not in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_UNLOCK, aw.AMF_ADMIN_SHUTDOWN):
+        if op.op in (aw.AMF_ADMIN_LOCK_NODE, aw.AMF_ADMIN_UNLOCK_NODE):
+            if _node_of(op.unit) is None:
+                raise InvalidParam(f"{_name(op.unit)!r} is not a node address")
+        elif op.op not in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_UNLOCK, aw.AMF_ADMIN_SHUTDOWN):
             raise InvalidParam(f"unknown administrative operation {op.op}")
+        elif _name(op.unit) not in self.units:
+            raise NotExist(f"no service unit {_name(op.unit)!r} in the AMF model")
         self.host.mcast(self, MSG_ADMIN, req.body, tag=req.tag)
         return DEFERRED
 
@@ -1646,7 +1702,8 @@ class AmfService(Service):
 
     def digest(self) -> tuple:
         """The replicated state, for equality checks across nodes."""
-        return (self.members, tuple((u.name, int(u.phase), int(u.role), int(u.admin), tuple(
+        return (self.members, tuple((u.name, int(u.phase), int(u.role), int(u.admin),
+                                     u.locked_by, tuple(
             c.key() for c in u.comps)) for g in self.groups for u in g.units))
 
     def status(self) -> dict[str, Any]:
