@@ -392,6 +392,18 @@ def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Pat
             assert "locked" in unit_line(text, "raidA")
             assert "role active" in unit_line(text, "raidC")
             assert "role standby" in unit_line(text, "raidB")
+            # node 1 hosts raidB and raidC: a node lock takes both out, unlock brings them back
+            assert admin(c, 2, "lock-node", "127.0.0.1").returncode == 0
+            for p in b + z:
+                p.wait(lambda q: "ComponentTerminateCallback" in q.lines[-3:], "terminate")
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidB") and "locked" in unit_line(text, "raidC")
+            assert admin(c, 2, "unlock-node", "127.0.0.1").returncode == 0
+            end = time.monotonic() + 20
+            while status(c, 2).count("role active") != 1 and time.monotonic() < end:
+                time.sleep(0.2)
+            text = same_status(c)
+            assert text.count("role active") == 1 and "locked" in unit_line(text, "raidA"), text
         finally:
             for p in procs:
                 p.stop()
