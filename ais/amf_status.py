@@ -1,6 +1,6 @@
 """Print the AMF state a node holds: ``python -m ais.amf_status [-s SOCKET]``.
 
-Groups, units (phase and role), components (protection group, node hosting
+Groups, units (phase, role, locked or shutting down), components (protection group, node hosting
 it, readiness and HA state, error).  Everything printed is replicated state,
 so every node of one ring prints the same text once the ring is quiet.
 Exit status 0, or 1 with the SAF error when the executive cannot be asked.
@@ -15,8 +15,10 @@ from saf import amf
 from saf.errors import SaError
 
 PHASES = {0: "out of service", 1: "enabling", 2: "assigning", 3: "assigned",
-          4: "quiescing", 5: "stopping"}
+          4: "quiescing", 5: "stopping", 6: "shutting down (stopping)",
+          7: "removing assignments"}
 ROLES = {0: "-", 1: "active", 2: "standby"}
+ADMIN = {0: "", 1: ", locked", 2: ", shutting down"}
 READINESS = {1: "OUT_OF_SERVICE", 2: "IN_SERVICE", 3: "STOPPING"}
 HA = {1: "ACTIVE", 2: "STANDBY", 3: "QUIESCED"}
 
@@ -36,8 +38,11 @@ def render(rows: tuple[amf.StatusRow, ...]) -> str:
                        f"ring members {r.members}")
         if r.unit != unit:
             unit = r.unit
+            role = "spare" if r.su_role == 0 and r.su_phase == 3 else ROLES.get(r.su_role,
+                                                                                r.su_role)
             out.append(f"  unit {r.unit.decode()}: {PHASES.get(r.su_phase, r.su_phase)}, "
-                       f"role {ROLES.get(r.su_role, r.su_role)}")
+                       f"role {role}"
+                       f"{ADMIN.get(r.su_admin, f', admin {r.su_admin}')}")
         where = f"on {node_text(r.host)}" if r.registered else "unregistered"
         err = f", error {r.error}" if r.error else ""
         out.append(f"    {r.comp.decode()} ({r.csi.decode()}): {where}, "

@@ -32,9 +32,13 @@ groups.conf (``block { key=value }``, ``#`` comments), spec/amf.md section 2.2::
     group      := "group" "{" ( name | model | active-units | backup-units
                                 | healthcheck-period | healthcheck-timeout
                                 | response-timeout | quorum | unit | protection )* "}"
-    unit       := "unit" "{" ( name | component )* "}"
-    component  := "component" "{" ( name | model )* "}"
+    unit       := "unit" "{" ( name | node | component )* "}"
+    component  := "component" "{" ( name | model | instantiate )* "}"
     protection := "protection" "{" ( name | member* )* "}"
+    model      := 2n | nplusm | nway | nwayactive | noredundancy   (n+m, n-way, n-way-active)
+
+The order of the units in a group is their rank (the first is preferred);
+``_ModelBuilder.redundancy`` gives each model its defaults and limits.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import enum
 import ipaddress
 import os
 import re
+import shlex
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -947,9 +952,11 @@ class ComponentModel(enum.IntEnum):
 
 
 _GROUP_MODELS = {"2n": GroupModel.TWO_N, "nplusm": GroupModel.NPLUSM,
+                 "nway": GroupModel.NWAY, "nwayactive": GroupModel.NWAYACTIVE,
                  "noredundancy": GroupModel.NOREDUNDANCY}
-_UNSUPPORTED_GROUP_MODELS = {"nway": "nway redundancy model not supported",
-                             "nwayactive": "nway active redundancy model not supported"}
+#: spellings of the SAF documents, accepted as well
+_GROUP_MODEL_ALIASES = {"n+m": GroupModel.NPLUSM, "n-way": GroupModel.NWAY,
+                        "n-way-active": GroupModel.NWAYACTIVE}
 _COMPONENT_MODELS = {
     "x_active_and_y_standby": ComponentModel.X_ACTIVE_AND_Y_STANDBY,
     "x_active_or_y_standby": ComponentModel.X_ACTIVE_OR_Y_STANDBY,
@@ -969,13 +976,31 @@ def _amf_name(text: str) -> str:
     return _word(text)
 
 
+def _node_address(text: str) -> int:
+    """A unit's ``node=``: an IPv4 address, as the Totem node id (big-endian int)."""
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def _command(text: str) -> tuple[str, ...]:
+    """A component's ``instantiate=``: a command line, split as a shell would (no shell)."""
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise ValueError(f"bad command line: {exc}") from None
+    if not argv:
+        raise ValueError("empty command line")
+    return argv
+
+
 def _group_model(text: str) -> GroupModel:
     word = text.lower()
-    if word in _UNSUPPORTED_GROUP_MODELS:
-        raise ValueError(_UNSUPPORTED_GROUP_MODELS[word])
-    if word not in _GROUP_MODELS:
+    model = _GROUP_MODELS.get(word, _GROUP_MODEL_ALIASES.get(word))
+    if model is None:
         raise ValueError(f"{text!r} is not one of {', '.join(_GROUP_MODELS)}")
-    return _GROUP_MODELS[word]
+    return model
 
 
 def _component_model(text: str) -> ComponentModel:
@@ -997,6 +1022,10 @@ class AmfComponent:
     protection: str
     #: line of its ``component {`` in groups.conf
     line: int = field(default=0, compare=False)
+    #: ``instantiate=``: the command the executive runs to start it (empty: started
+    #: by someone else); its environment names the executive's socket (AIS_SOCKET)
+    #: and the component (AIS_COMPONENT_NAME)
+    instantiate: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1009,6 +1038,9 @@ class ServiceUnit:
     components: tuple[AmfComponent, ...]
     #: line of its ``unit {``
     line: int = field(default=0, compare=False)
+    #: ``node=``: Totem id of the node that instantiates its components (0: the
+    #: ring members take the units in turn, by rank)
+    node: int = 0
 
 
 @dataclass(frozen=True)
@@ -1029,11 +1061,12 @@ class ServiceGroup:
 
     #: group name (globally unique)
     name: str
-    #: redundancy model (stored; every accepted model behaves alike)
+    #: redundancy model (``_check_redundancy`` gives each its meaning of N and M)
     model: GroupModel
-    #: N: how many units are made active
+    #: N: how many units are made active (nway: active assignments of each CSI)
     active_units: int
-    #: M: desired standby units (stored; every in-service unit beyond N is standby)
+    #: M: how many units are made standby, the others in service are spares
+    #: (nway: standby assignments of each CSI)
     backup_units: int
     #: units, in file order
     units: tuple[ServiceUnit, ...]
@@ -1044,7 +1077,7 @@ class ServiceGroup:
     #: ms between two healthchecks of a component (``healthcheck-period``)
     healthcheck_period: float = 100.0
     #: ms a component has to answer a healthcheck (``healthcheck-timeout``)
-    healthcheck_timeout: float = 100.0
+    healthcheck_timeout: float = 40.0
     #: ms a component has to answer a readiness or CSI callback (``response-timeout``)
     response_timeout: float = 5000.0
     #: fewest ring members with which the group makes units active (``quorum``; 0: any)
@@ -1085,8 +1118,9 @@ _GROUP_KEYS = {"name": _Key(_amf_name), "model": _Key(_group_model),
                "active-units": _Key(_int), "backup-units": _Key(_int),
                "healthcheck-period": _Key(_millis), "healthcheck-timeout": _Key(_millis),
                "response-timeout": _Key(_millis), "quorum": _Key(_int)}
-_UNIT_KEYS = {"name": _Key(_amf_name)}
-_COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model)}
+_UNIT_KEYS = {"name": _Key(_amf_name), "node": _Key(_node_address)}
+_COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model),
+                   "instantiate": _Key(_command)}
 _PROTECTION_KEYS = {"name": _Key(_amf_name), "member": _Key(_amf_name, repeated=True)}
 #: Which blocks each block may hold; None is the top of the file.
 _CHILD_BLOCKS: dict[str | None, tuple[str, ...]] = {
@@ -1175,16 +1209,51 @@ class _ModelBuilder:
                 if cname not in assigned:
                     raise ConfigError(self.path, cblock.line, cblock.col,
                                       f"component {cname!r} is in no protection group")
-                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line))
-            final_units.append(ServiceUnit(unit.name, tuple(final), unit.line))
+                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line,
+                                          comp.instantiate))
+            final_units.append(ServiceUnit(unit.name, tuple(final), unit.line, unit.node))
+        model = v.get("model", GroupModel.TWO_N)
+        active, backup = self.redundancy(v, model, len(final_units))
         return ServiceGroup(
-            name=name, model=v.get("model", GroupModel.TWO_N),
-            active_units=v.get("active-units", 0), backup_units=v.get("backup-units", 0),
+            name=name, model=model, active_units=active, backup_units=backup,
             units=tuple(final_units), protections=tuple(protections), line=block.line,
             healthcheck_period=v.get("healthcheck-period", 100.0),
-            healthcheck_timeout=v.get("healthcheck-timeout", 100.0),
+            healthcheck_timeout=v.get("healthcheck-timeout", 40.0),
             response_timeout=v.get("response-timeout", 5000.0), quorum=v.get("quorum", 0),
         )
+
+    def redundancy(self, v: _Values, model: GroupModel, units: int) -> tuple[int, int]:
+        """N and M of a group: defaults and limits of its redundancy model.
+
+        2n: exactly 1 active and 1 standby unit.  nplusm: N >= 1 active, M standby.
+        nway: each CSI gets 1 active and M standby assignments, on any units.
+        nwayactive, noredundancy: N active units (default: all), no standby.
+        """
+        def count(key: str, default: int) -> int:
+            n = v.get(key, default)
+            if n < 0:
+                raise v.error(key, f"{key} cannot be negative")
+            return n
+
+        def fixed(key: str, value: int, why: str) -> int:
+            if v.has(key) and v.get(key) != value:
+                raise v.error(key, f"{key} must be {value} {why}")
+            return value
+
+        if model == GroupModel.TWO_N:
+            return (fixed("active-units", 1, "in the 2n model"),
+                    fixed("backup-units", 1, "in the 2n model"))
+        if model == GroupModel.NPLUSM:
+            active = count("active-units", 1)
+            if active < 1:
+                raise v.error("active-units", "active-units must be at least 1 in the nplusm model")
+            return active, count("backup-units", 1)
+        if model == GroupModel.NWAY:
+            return (fixed("active-units", 1, "in the nway model (one active per CSI)"),
+                    count("backup-units", 1))
+        what = "nwayactive" if model == GroupModel.NWAYACTIVE else "noredundancy"
+        return (count("active-units", units),
+                fixed("backup-units", 0, f"in the {what} model (no standby)"))
 
     def unit(self, block: _Block) -> tuple[ServiceUnit, list[tuple[str, _Block]]]:
         entries, children = self.split("unit", block.items, "unit")
@@ -1193,7 +1262,7 @@ class _ModelBuilder:
         comps = [self.component(c) for c in children]
         if not comps:
             raise v.error(None, f"unit {name!r} has no components")
-        return (ServiceUnit(name, tuple(c for c, _ in comps), block.line),
+        return (ServiceUnit(name, tuple(c for c, _ in comps), block.line, v.get("node", 0)),
                 [(c.name, b) for c, b in comps])
 
     def component(self, block: _Block) -> tuple[AmfComponent, _Block]:
@@ -1202,7 +1271,8 @@ class _ModelBuilder:
         name = self.named("component", block, v)
         if not v.has("model"):
             raise v.error(None, f"component {name!r} has no model")
-        return AmfComponent(name, v.get("model"), "", block.line), block
+        return AmfComponent(name, v.get("model"), "", block.line,
+                            v.get("instantiate", ())), block
 
     def protection(self, block: _Block) -> tuple[_Values, str]:
         entries, _ = self.split("protection", block.items, "protection")

@@ -101,6 +101,9 @@ from ais.services.base import (
     DEFERRED, NO_TAG, Deferred, ExecMessage, LibConn, ReplyTag, Request, Service, StateGroup,
     StateId, SyncInfo, TimerHandle,
 )
+from ais.services.base import (  # the process-start host API (AMF instantiation)
+    ProcessHandle,
+)
 from ais.totem.events import ConfChange, Deliver, RingId, SendQueueFull, Stable, fmt_node
 from saf.errors import SA_OK, IpcProtocolError, Library, SaError, Timeout, TryAgain
 
@@ -243,6 +246,11 @@ class ServiceHost:
             from ais.config import AmfModel  # the parser module, only when no model is given
             model = AmfModel(())
         self.model: AmfModel = model
+        #: the client socket's path, handed to the processes ``spawn`` starts
+        self.client_socket: str | None = None
+        #: starts processes: (argv, env, on_exit) -> ProcessHandle; None: the
+        #: scheduler's ``spawn`` if it has one
+        self.spawner: Callable[..., ProcessHandle] | None = None
         self.log = NodeAdapter(logger, node_id)
         self.services: dict[int, Service] = {}
         for svc in services:
@@ -310,6 +318,23 @@ class ServiceHost:
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
         return self.scheduler.call_later(delay, fn)
+
+    def spawn(self, argv: list[str], env: dict[str, str],
+              on_exit: Callable[[int], None]) -> ProcessHandle | None:
+        """``HostAPI.spawn``: through ``spawner`` (default: the scheduler's ``spawn``)."""
+        spawner = self.spawner if self.spawner is not None else getattr(
+            self.scheduler, "spawn", None)
+        if spawner is None:
+            return None
+        full = dict(env)
+        if self.client_socket:
+            full["AIS_SOCKET"] = self.client_socket
+        try:
+            handle: ProcessHandle = spawner(argv, full, on_exit)
+        except OSError as exc:
+            self.log.error("cannot start %s: %s", argv[0], exc)
+            return None
+        return handle
 
     def _drain(self) -> None:
         while self._inbox:
@@ -902,6 +927,62 @@ class GeventScheduler:
         handle = _LoopTimer(timer)
         timer.start(handle.fire, self._gevent, run)
         return handle
+
+    def spawn(self, argv: list[str], env: dict[str, str],
+              on_exit: Callable[[int], None]) -> _Child:
+        """Start ``argv`` (environment: ours plus ``env``); ``on_exit(rc)`` runs in a
+        greenlet when it ends.  The child gets SIGKILL if this process dies (Linux
+        parent-death signal), so an executive killed with -9 leaves no orphans."""
+        import os
+        import subprocess
+
+        import gevent.subprocess
+
+        full = dict(os.environ)
+        full.update(env)
+        proc = gevent.subprocess.Popen(argv, env=full, stdin=subprocess.DEVNULL,
+                                       preexec_fn=_die_with_parent, close_fds=True)
+        child = _Child(proc)
+
+        def watch() -> None:
+            rc = proc.wait()
+            try:
+                on_exit(rc)
+            except Exception as exc:  # a bug in a service: hand to the supervisor
+                logger.exception("exit handler failed")
+                if self._on_error is not None:
+                    self._on_error(exc)
+
+        self._gevent.spawn(watch)
+        return child
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the executive dies (prctl PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans possible
+
+
+class _Child:
+    """ProcessHandle of a process started by GeventScheduler.spawn."""
+
+    __slots__ = ("_proc", "pid")
+
+    def __init__(self, proc: Any) -> None:
+        self._proc = proc
+        self.pid: int = proc.pid
+
+    def kill(self, sig: int) -> None:
+        if self._proc.returncode is None:
+            try:
+                self._proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
 
 class _LoopTimer:

@@ -188,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       max_checkpoint_opens=lim.max_checkpoint_opens,
                                       max_sections=lim.max_sections)},
     }, model=amf_model)
+    host.client_socket = cfg.aisexec.socket  # for the components AMF starts
     net = cfg.network
     ring_stats: RingStats | None = None
 

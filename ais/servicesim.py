@@ -123,7 +123,9 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import ipaddress
 import logging
+import random
 import struct
 import sys
 import traceback
@@ -255,6 +257,10 @@ class SvcOptions(SimOptions):
     send_queue: int = 16
     #: run AMF too (components on every node, state identity checked)
     amf: bool = True
+    #: AMF operator actions (lock or shutdown then unlock, error report then cancel) per
+    #: node incarnation; non-zero also runs the wider model (spares, an nway group:
+    #: SIM_AMF_WIDE)
+    amf_admin: int = 0
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -591,6 +597,77 @@ member=comp_b_in_su_y
 }
 """, "<servicesim>")
 
+#: SIM_AMF_MODEL with a spare unit (nplusm 1+1 of 3) and an nway group whose units are
+#: active for some CSIs and standby for others (--amf-admin)
+SIM_AMF_WIDE = parse_groups_conf("""
+group {
+name=raid
+model=nplusm
+active-units=1
+backup-units=1
+healthcheck-period=200
+healthcheck-timeout=1000
+response-timeout=2000
+""" + "".join(f"""unit {{
+name=raid{u}
+component {{
+name=comp_a_in_su_{u}
+model=x_active
+}}
+component {{
+name=comp_b_in_su_{u}
+model=x_active
+}}
+}}
+""" for u in "xyz") + """protection {
+name=pgA
+member=comp_a_in_su_x
+member=comp_a_in_su_y
+member=comp_a_in_su_z
+}
+protection {
+name=pgB
+member=comp_b_in_su_x
+member=comp_b_in_su_y
+member=comp_b_in_su_z
+}
+}
+group {
+name=web
+model=nway
+backup-units=1
+healthcheck-period=200
+healthcheck-timeout=1000
+response-timeout=2000
+""" + "".join(f"""unit {{
+name=web{i}
+component {{
+name={a}{i}
+model=x_active_and_y_standby
+}}
+component {{
+name={b}{i}
+model=x_active_and_y_standby
+}}
+}}
+""" for i, (a, b) in enumerate((("a", "c"), ("a", "b"), ("b", "c")), 1)) + """protection {
+name=csiA
+member=a1
+member=a2
+}
+protection {
+name=csiB
+member=b2
+member=b3
+}
+protection {
+name=csiC
+member=c3
+member=c1
+}
+}
+""", "<servicesim wide>")
+
 
 def check_amf(digests: dict[str, Any]) -> list[Violation]:
     """(a) for AMF: every live node holds the same AMF state (``AmfService.digest``)."""
@@ -626,25 +703,119 @@ class _AmfComp:
                                   aw.encode_names(self.name.encode(), b""))
 
     def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        answer = aw.AMF_REQ_RESPONSE
         if msg_id == aw.AMF_CB_HEALTHCHECK:
             inv = aw.decode_healthcheck_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_READINESS_SET:
-            inv = aw.decode_readiness_set_cb_untrusted(body).invocation
+            cb = aw.decode_readiness_set_cb_untrusted(body)
+            inv = cb.invocation
+            if cb.readiness_state == aw.SA_AMF_STOPPING:
+                answer = aw.AMF_REQ_STOPPING_COMPLETE
         elif msg_id == aw.AMF_CB_CSI_SET:
             inv = aw.decode_csi_set_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_CSI_REMOVE:
+            inv = aw.decode_csi_remove_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_TERMINATE:
+            # Answer, exit, and come back 0.3 s later (a supervisor restarts it).
+            inv = aw.decode_invocation_cb_untrusted(body).invocation
+            self.host.call_later(0.001, lambda: self._answer(inv, answer))
+            self.host.call_later(0.002, self._exit)
+            return
         else:
             return
-        self.host.call_later(0.001, lambda: self._answer(inv))
+        self.host.call_later(0.001, lambda: self._answer(inv, answer))
 
-    def _answer(self, inv: int) -> None:
+    def _answer(self, inv: int, msg_id: int = aw.AMF_REQ_RESPONSE) -> None:
         if self._alive():
             self.seq += 1
-            self.host.lib_request(self, aw.AMF_REQ_RESPONSE, self.seq,
+            self.host.lib_request(self, msg_id, self.seq,
                                   aw.encode_response(aw.Response(inv, SA_OK)))
+
+    def _exit(self) -> None:
+        if not self._alive():
+            return
+        self.closed = True
+        self.host.lib_exit(self)
+
+        def restart() -> None:
+            if self.sim.hosts.get(self.nid) is self.host:
+                _AmfComp(self.sim, self.nid, self.inc, self.host, self.name)
+        self.host.call_later(0.3, restart)
 
     def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
         if msg_id == aw.AMF_REQ_REGISTER and error != SA_OK:
             self.host.call_later(0.5, self._register)
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
+
+
+#: recommended recoveries the simulated operator reports errors with
+_SIM_RECOVERIES = (aw.SA_AMF_COMPONENT_RESTART, aw.SA_AMF_COMPONENT_FAILOVER,
+                   aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_INTERNALLY_RECOVERED)
+
+
+class _AmfAdmin:
+    """An operator on one node incarnation: ``count`` times, locks or shuts down a random
+    unit (or locks a random node) and unlocks it 0.2-2 s later, or reports an error on a
+    random component (with a random recommended recovery) and cancels it 0.2-2 s later.
+    Random choices come from its own seeded generator, so the base simulator's draws are
+    unchanged."""
+
+    def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
+                 units: list[str], comps: list[str], count: int) -> None:
+        self.sim, self.nid, self.host = sim, nid, host
+        self.conn_id = host.new_conn_id()
+        self.service_id = aw.AMF_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.closed = False
+        self.seq = 0
+        rng = random.Random(f"amf-admin {sim.seed} {nid} {inc}")
+        host.lib_connect(self)
+        for _ in range(count):
+            at = rng.uniform(0.5, max(1.0, sim.o.duration))
+            later = at + rng.uniform(0.2, 2.0)
+            x = rng.random()
+            if x < 0.15:
+                addr = str(ipaddress.IPv4Address(rng.choice(sorted(sim.nodes)))).encode()
+                host.call_later(at, self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+                    aw.AdminRequest(aw.AMF_ADMIN_LOCK_NODE, addr))))
+                host.call_later(later, self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+                    aw.AdminRequest(aw.AMF_ADMIN_UNLOCK_NODE, addr))))
+            elif x < 0.6:
+                unit = rng.choice(units)
+                op = rng.choice((aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN))
+                host.call_later(at, self._op(op, unit))
+                host.call_later(later, self._op(aw.AMF_ADMIN_UNLOCK, unit))
+            else:
+                comp = rng.choice(comps).encode()
+                report = aw.encode_error_report(aw.ErrorReport(
+                    b"operator", comp, 0, aw.ErrorDescriptor(
+                        probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
+                        recommended_recovery=rng.choice(_SIM_RECOVERIES))))
+                host.call_later(at, self._request(aw.AMF_REQ_ERROR_REPORT, report))
+                host.call_later(later, self._request(aw.AMF_REQ_ERROR_CANCEL_ALL,
+                                                     aw.encode_name(comp)))
+
+    def _op(self, op: int, unit: str) -> Callable[[], None]:
+        return self._request(aw.AMF_REQ_ADMIN, aw.encode_admin(
+            aw.AdminRequest(op, unit.encode())))
+
+    def _request(self, msg_id: int, body: bytes) -> Callable[[], None]:
+        def run() -> None:
+            if self.sim.hosts.get(self.nid) is self.host:
+                self.seq += 1
+                self.host.lib_request(self, msg_id, self.seq, body)
+        return run
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        pass
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        # BAD_OPERATION (already locked, not locked, not registered) is part of the game
+        if error == SA_OK:
+            self.sim.amf_admin_ok += 1
 
     def close(self, reason: str = "") -> None:
         self.closed = True
@@ -992,6 +1163,9 @@ class ServiceSim(Simulation):
             self.config = TotemConfig(send_queue_limit=options.send_queue,
                                       send_queue_bytes=256 * 1024)
         self.sres = SvcResult(seed, options)
+        self.amf_model = SIM_AMF_WIDE if options.amf_admin else SIM_AMF_MODEL
+        #: AMF operator requests (admin, error report, cancel) answered SA_OK
+        self.amf_admin_ok = 0
         self.result = self.sres
         self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
         self.fifo: dict[int, deque[Any]] = {n: deque() for n in self.ids}
@@ -1365,7 +1539,7 @@ class ServiceSim(Simulation):
         node.hist = History(nid, node.inc)
         self.histories[(nid, node.inc)] = node.hist
         host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()]
-                           + ([AmfService(SIM_AMF_MODEL)] if self.o.amf else []),
+                           + ([AmfService(self.amf_model)] if self.o.amf else []),
                            _Clock(self, nid, node.inc))
         self.hosts[nid] = host
         self.fifo[nid].clear()
@@ -1388,9 +1562,13 @@ class ServiceSim(Simulation):
             self.clients[nid].append(c)
             self.all_clients.append(c)
         ids = sorted(self.nodes)
-        for k, (_, _, comp) in enumerate(SIM_AMF_MODEL.components()):
+        for k, (_, _, comp) in enumerate(self.amf_model.components()):
             if self.o.amf and ids[k % len(ids)] == nid:
                 _AmfComp(self, nid, node.inc, host, comp.name)
+        if self.o.amf and self.o.amf_admin:
+            _AmfAdmin(self, nid, node.inc, host,
+                      [u.name for g in self.amf_model.groups for u in g.units],
+                      [c.name for _, _, c in self.amf_model.components()], self.o.amf_admin)
         self.tr(node, f"start incarnation {node.inc} ring_seq {node.disk} (empty host)")
         self.call(node, node.srp.start)
 
@@ -1850,6 +2028,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=d.max_steps)
     p.add_argument("--amf", action=argparse.BooleanOptionalAction, default=d.amf,
                    help="run AMF and check its state identity (default on)")
+    p.add_argument("--amf-admin", type=int, default=d.amf_admin, metavar="N",
+                   help="AMF lock/shutdown/unlock operations per node incarnation, on a "
+                        "model with spares and an nway group")
     return p
 
 
@@ -1863,7 +2044,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
-        max_steps=a.max_steps, amf=a.amf)
+        max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:

@@ -170,6 +170,23 @@ AMF_REQ_RESPONSE = 10
 AMF_REQ_CAPABILITY_GET = 11
 #: the whole replicated state, for ``ais.amf_status`` (not in the SAF API)
 AMF_REQ_STATUS = 12
+#: administrative operation on a service unit or a node (ais.amf_admin):
+#: | op u32 | NAME unit (node operations: the node's IPv4 address as text) |
+AMF_REQ_ADMIN = 13
+#: saAmfPendingOperationGet: NAME comp -> u32 flags
+AMF_REQ_PENDING_GET = 14
+
+#: administrative operations (AMF_REQ_ADMIN)
+AMF_ADMIN_LOCK = 1
+AMF_ADMIN_UNLOCK = 2
+AMF_ADMIN_SHUTDOWN = 3
+#: lock every unit hosted on a node / unlock the units a node lock locked
+AMF_ADMIN_LOCK_NODE = 4
+AMF_ADMIN_UNLOCK_NODE = 5
+#: administrative state of a unit (StatusRow.su_admin)
+AMF_ADMIN_UNLOCKED = 0
+AMF_ADMIN_LOCKED = 1
+AMF_ADMIN_SHUTTING_DOWN = 2
 
 AMF_CB_HEALTHCHECK = 5
 AMF_CB_READINESS_SET = 6
@@ -274,6 +291,15 @@ class StatusRow:
     error: int
     active_units: int
     members: int
+    #: AMF_ADMIN_UNLOCKED / LOCKED / SHUTTING_DOWN
+    su_admin: int = AMF_ADMIN_UNLOCKED
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    op: int
+    #: the unit's name, or for the node operations the node's address ("127.0.0.1")
+    unit: bytes
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -338,13 +364,16 @@ PG_TRACK_CB = Layout(PgTrackCb, "PG track callback", ("count", u32),
 
 # STATUS reply: | count u32 |, then per component (file order):
 #  NAME group, NAME unit, NAME comp, NAME csi, then (28 bytes)
-#  | registered u8 | su phase u8 | su role u8 | pad | host u32 (Totem id, 0 none) |
+#  | registered u8 | su phase u8 | su role u8 | su admin u8 | host u32 (Totem id, 0 none) |
 #  | readiness u32 | ha u32 | error u32 | active-units u32 | members u32 |
 STATUS_ROW = Layout(StatusRow, "status row", ("group", NAME), ("unit", NAME), ("comp", NAME),
                     ("csi", NAME), ("registered", flag), ("su_phase", u8), ("su_role", u8),
-                    pad(1), ("host", u32), ("readiness", u32), ("ha", u32), ("error", u32),
-                    ("active_units", u32), ("members", u32))
+                    ("su_admin", u8), ("host", u32), ("readiness", u32), ("ha", u32),
+                    ("error", u32), ("active_units", u32), ("members", u32))
 STATUS = Layout(None, "status", ("rows", array(STATUS_ROW, u32)))
+
+# ADMIN request: | op u32 | NAME unit |
+ADMIN_REQ = Layout(AdminRequest, "ADMIN", ("op", u32), ("unit", NAME))
 
 
 def encode_name(name: bytes) -> bytes:
@@ -381,6 +410,8 @@ encode_csi_remove_cb = CSI_REMOVE_CB.encode
 decode_csi_remove_cb_untrusted = CSI_REMOVE_CB.decode
 encode_invocation_cb = INVOCATION_CB.encode
 decode_invocation_cb_untrusted = INVOCATION_CB.decode
+encode_admin = ADMIN_REQ.encode
+decode_admin_untrusted = ADMIN_REQ.decode
 encode_pg_track_cb = PG_TRACK_CB.encode
 decode_pg_track_cb_untrusted = PG_TRACK_CB.decode
 

@@ -23,6 +23,7 @@ saAmfComponentCapabilityModelGet(&c, &m)   ``m = saf.amf.component_capability_mo
 saAmfPendingOperationGet(&c, &f)           ``f = saf.amf.pending_operation_get(c)``
 saAmfResponse(inv, err)                    ``saf.amf.response(inv, err)``
 saAmfStoppingComplete(inv, err)            ``saf.amf.stopping_complete(inv, err)``
+(not SAF) lock/unlock/shutdown a unit        ``saf.amf.admin(AMF_ADMIN_LOCK, unit)``
 SaAmfCallbacksT                            ``saf.amf.Callbacks(healthcheck_callback=..., ...)``
 SaErrorT != SA_OK                          raised as ``saf.errors.<Name>`` (``.code``)
 =========================================  ===============================================
@@ -64,12 +65,16 @@ from dataclasses import dataclass
 
 from saf import _amf_wire as aw
 from saf._amf_wire import (  # noqa: F401  (re-exported SAF names)
-    SA_AMF_ACTIVE, SA_AMF_COMMUNICATION_SUBSYSTEM_FAILURE, SA_AMF_CSI_ADD_NEW_ISTANCE,
-    SA_AMF_CSI_ALL_INSTANCES, SA_AMF_CSI_NEW_ASSIGN, SA_AMF_HEARTBEAT, SA_AMF_IN_SERVICE,
+    AMF_ADMIN_LOCK, AMF_ADMIN_LOCK_NODE, AMF_ADMIN_SHUTDOWN, AMF_ADMIN_UNLOCK,
+    AMF_ADMIN_UNLOCK_NODE, SA_AMF_ACTIVE,
+    SA_AMF_COMMUNICATION_SUBSYSTEM_FAILURE, SA_AMF_CSI_ADD_NEW_ISTANCE,
+    SA_AMF_CSI_ALL_INSTANCES, SA_AMF_CSI_NEW_ASSIGN, SA_AMF_CSI_NOT_QUIESCED,
+    SA_AMF_CSI_QUIESCED, SA_AMF_HEARTBEAT, SA_AMF_IN_SERVICE,
     SA_AMF_NOT_RESPONDING, SA_AMF_OUT_OF_SERVICE, SA_AMF_PROTECTION_GROUP_NO_CHANGE,
-    SA_AMF_PROTECTION_GROUP_STATE_CHANGE, SA_AMF_QUIESCED, SA_AMF_SOFTWARE_ERROR,
-    SA_AMF_STANDBY, SA_AMF_STOPPING, ErrorDescriptor, HAState, ProtectionGroupMember,
-    ProtectionGroupNotification, ReadinessState, StatusRow,
+    SA_AMF_PROTECTION_GROUP_STATE_CHANGE, SA_AMF_QUIESCED, SA_AMF_SHUTDOWN_OPERATION,
+    SA_AMF_SOFTWARE_ERROR, SA_AMF_STANDBY, SA_AMF_STOPPING, SA_AMF_SWITCHOVER_OPERATION,
+    ErrorDescriptor, HAState, ProtectionGroupMember, ProtectionGroupNotification,
+    ReadinessState, StatusRow,
 )
 from saf import _conn
 from saf._conn import REQUEST_GUARD, Connection, decode_reply, on_callback, one_shot
@@ -349,13 +354,28 @@ def component_capability_model_get(comp_name: str | bytes) -> int:
 
 
 def pending_operation_get(comp_name: str | bytes) -> int:
-    """Pending operation flags: always 0 (no administrative operations exist).
+    """Pending operation flags of the component's unit: SA_AMF_SHUTDOWN_OPERATION while
+    it shuts down, SA_AMF_SWITCHOVER_OPERATION while a lock takes its assignments
+    away, else 0.
 
     Raises:
         NotExist: unknown component.
     """
-    readiness_state_get(comp_name)
-    return 0
+    return _u32(_call(aw.AMF_REQ_PENDING_GET, aw.encode_name(_name(comp_name))))
+
+
+def admin(op: int, unit: str | bytes) -> None:
+    """An administrative operation on a service unit (not SAF; ``ais.amf_admin``):
+    ``AMF_ADMIN_LOCK``, ``AMF_ADMIN_UNLOCK`` or ``AMF_ADMIN_SHUTDOWN``; or on a node
+    (``unit`` = its IPv4 address): ``AMF_ADMIN_LOCK_NODE``, ``AMF_ADMIN_UNLOCK_NODE``.
+    Returns once the cluster has agreed on it (the units then move on their own).
+
+    Raises:
+        NotExist: no such unit (no unlocked unit on the node).  BadOperation: already
+        locked (lock, shutdown) or not locked (unlock, unlock-node).  InvalidParam:
+        unknown operation, not an address.
+    """
+    _call(aw.AMF_REQ_ADMIN, aw.encode_admin(aw.AdminRequest(op, _name(unit, "unit name"))))
 
 
 def _response_body(invocation: int, error: int) -> bytes:
@@ -405,10 +425,16 @@ __all__ = [
     "AmfHandle",
     "Callbacks",
     "ErrorDescriptor",
+    "AMF_ADMIN_LOCK",
+    "AMF_ADMIN_LOCK_NODE",
+    "AMF_ADMIN_SHUTDOWN",
+    "AMF_ADMIN_UNLOCK",
+    "AMF_ADMIN_UNLOCK_NODE",
     "HAState",
     "ProtectionGroupMember",
     "ProtectionGroupNotification",
     "ReadinessState",
+    "admin",
     "component_capability_model_get",
     "error_cancel_all",
     "error_report",

@@ -118,6 +118,14 @@ class AmfCluster:
     def roles(self, addr: str) -> dict[str, str]:
         return {u.name: u.role.name for u in self.amf(addr).units.values()}
 
+    def admin(self, addr: str, op: int, unit: str) -> int:
+        """An administrative operation (ais.amf_admin) asked of ``addr``; its SAF error."""
+        return self.call(addr, aw.AMF_REQ_ADMIN, aw.encode_admin(
+            aw.AdminRequest(op, unit.encode())))[0]
+
+    def phases(self, addr: str) -> dict[str, str]:
+        return {u.name: u.phase.name for u in self.amf(addr).units.values()}
+
     def digests(self, addrs: Iterable[str] | None = None) -> set:
         return {self.amf(a).digest() for a in (addrs or self.hosts)}
 
@@ -137,6 +145,10 @@ class Comp:
         self.stopped = False
         self.dead = False
         self.answer_with = SA_OK
+        #: every CSI-set callback received, decoded
+        self.csi_sets: list[aw.CsiSetCb] = []
+        #: answer STOPPING (shutdown) with saAmfStoppingComplete; False: stay silent
+        self.complete_stopping = True
         self._done = 0
 
     def register(self) -> int | None:
@@ -164,6 +176,7 @@ class Comp:
             f = self.conn.callbacks[self._done]
             self._done += 1
             inv = None
+            answer = aw.AMF_REQ_RESPONSE
             if f.msg_id == aw.AMF_CB_HEALTHCHECK:
                 inv = aw.decode_healthcheck_cb_untrusted(f.body).invocation
                 self.healthchecks += 1
@@ -171,12 +184,24 @@ class Comp:
                 cb = aw.decode_readiness_set_cb_untrusted(f.body)
                 self.seen.append(("readiness", READINESS[cb.readiness_state]))
                 inv = cb.invocation
+                if cb.readiness_state == aw.SA_AMF_STOPPING:
+                    answer = aw.AMF_REQ_STOPPING_COMPLETE
+                    if not self.complete_stopping:
+                        continue
             elif f.msg_id == aw.AMF_CB_CSI_SET:
                 cs = aw.decode_csi_set_cb_untrusted(f.body)
                 self.seen.append(("ha", HA[cs.ha_state]))
+                self.csi_sets.append(cs)
                 inv = cs.invocation
+            elif f.msg_id == aw.AMF_CB_CSI_REMOVE:
+                cr = aw.decode_csi_remove_cb_untrusted(f.body)
+                self.seen.append(("remove", "REMOVE " + cr.csi_name.decode()))
+                inv = cr.invocation
+            elif f.msg_id == aw.AMF_CB_TERMINATE:
+                self.seen.append(("terminate", "TERMINATE"))
+                inv = aw.decode_invocation_cb_untrusted(f.body).invocation
             if inv is not None:
-                host.lib_request(self.conn, aw.AMF_REQ_RESPONSE, self.cl.next_seq(),
+                host.lib_request(self.conn, answer, self.cl.next_seq(),
                                  aw.encode_response(aw.Response(inv, self.answer_with)))
                 answered += 1
         return answered
@@ -189,3 +214,54 @@ class Comp:
         out = self.states()
         self.seen.clear()
         return out
+
+
+class FakeSpawner:
+    """``ServiceHost.spawner`` for one node: a "process" is a scripted ``Comp`` that
+    registers the name in AIS_COMPONENT_NAME shortly after its start."""
+
+    def __init__(self, cl: AmfCluster, addr: str) -> None:
+        self.cl, self.addr = cl, addr
+        self.started: list[FakeProcess] = []
+        cl.hosts[addr].spawner = self
+
+    def __call__(self, argv: list[str], env: dict[str, str], on_exit) -> FakeProcess:
+        proc = FakeProcess(self, env["AIS_COMPONENT_NAME"], on_exit)
+        self.started.append(proc)
+        return proc
+
+    def live(self) -> list[FakeProcess]:
+        return [p for p in self.started if p.returncode is None]
+
+
+class FakeProcess:
+    _next_pid = 1000
+
+    def __init__(self, spawner: FakeSpawner, name: str, on_exit) -> None:
+        FakeProcess._next_pid += 1
+        self.pid = FakeProcess._next_pid
+        self.spawner, self.name, self.on_exit = spawner, name, on_exit
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+        cl = spawner.cl
+        self.comp = Comp(cl, spawner.addr, name)
+        cl.procs.append(self.comp)
+        # registers once it has started (not inside the handler that started it)
+        cl.sched.call_later(0.05, lambda: self._register())
+
+    def _register(self) -> None:
+        if self.returncode is None:
+            self.comp.cl.hosts[self.spawner.addr].lib_request(
+                self.comp.conn, aw.AMF_REQ_REGISTER, self.comp.cl.next_seq(),
+                aw.encode_names(self.name.encode(), b""))
+
+    def kill(self, sig: int) -> None:
+        self.signals.append(sig)
+        if self.returncode is not None:
+            return
+        self.returncode = -sig
+        self.comp.dead = True
+        self.comp.conn.close()
+        host = self.comp.cl.hosts[self.spawner.addr]
+        self.comp.cl.sched.call_later(0.0, lambda: (host.lib_exit(self.comp.conn),
+                                                    self.on_exit(-sig)))

@@ -390,8 +390,9 @@ def test_a_bad_ring_message_is_dropped_everywhere_alike():
     svc = cl.amf(A)
     cl.hosts[A].mcast(svc, 2, b"\x00\x01")  # truncated UNREGISTER
     cl.hosts[A].mcast(svc, 5, b"\xff" * 7)
+    cl.hosts[A].mcast(svc, 9, b"\x01")  # truncated ADMIN
     cl.settle()
-    assert cl.hosts[A].bad_messages["amf"] == cl.hosts[B].bad_messages["amf"] == 2
+    assert cl.hosts[A].bad_messages["amf"] == cl.hosts[B].bad_messages["amf"] == 3
     assert len(cl.digests()) == 1
 
 
@@ -411,7 +412,7 @@ def test_groups_conf_timing_and_quorum_keys():
         (50.0, 70.0, 900.0, 2)
     d = parse_groups_conf(SAMPLE).groups[0]
     assert (d.healthcheck_period, d.healthcheck_timeout, d.response_timeout, d.quorum) == \
-        (100.0, 100.0, 5000.0, 0)
+        (100.0, 40.0, 5000.0, 0)
     bad = SAMPLE.replace("backup-units=2", "backup-units=2\n\thealthcheck-period=0")
     with pytest.raises(ConfigError) as e:
         parse_groups_conf(bad, "groups.conf")

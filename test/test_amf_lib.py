@@ -109,7 +109,7 @@ def test_library_calls_callbacks_and_errors_over_sockets(execs):
     assert ca.has(lambda ev: ("readiness", 2) in ev and any(
         e[0] == "ha" and e[1][1] == amf.SA_AMF_ACTIVE for e in ev))
     ha = next(e[1] for e in ca.events if e[0] == "ha")
-    assert ha == (b"pgA", amf.SA_AMF_ACTIVE, b"comp_a_in_su_y", amf.SA_AMF_CSI_ALL_INSTANCES,
+    assert ha == (b"pgA", amf.SA_AMF_ACTIVE, b"comp_a_in_su_y", amf.SA_AMF_CSI_ADD_NEW_ISTANCE,
                   amf.SA_AMF_CSI_NEW_ASSIGN)
     assert ca.has(lambda ev: ev.count(("hc", amf.SA_AMF_HEARTBEAT)) >= 2)
     # every node answers the same

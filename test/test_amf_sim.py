@@ -23,3 +23,20 @@ def test_the_identity_check_catches_a_merge_that_drops_the_streams(monkeypatch):
     found = [v for seed in range(12) for v in servicesim.run(seed, FAULTS).violations
              if "AMF states" in v.detail]
     assert found
+
+
+ADMIN = servicesim.SvcOptions(crashes=1, partitions=2, pauses=1, restarts=1, duration=20.0,
+                              amf_admin=3)
+
+
+def test_amf_models_and_admin_operations_stay_identical_under_faults():
+    """Spares, an nway group, locks, shutdowns, unlocks, error reports with every kind of
+    recommended recovery and their cancels, terminated components that come back,
+    under the fault schedules."""
+    agreed = 0
+    for seed in range(12):
+        sim = servicesim.ServiceSim(seed, ADMIN)
+        r = sim.run()
+        assert not r.violations, f"seed {seed}: {r.violations[:2]}\n{r.replay()}"
+        agreed += sim.amf_admin_ok
+    assert agreed >= 12 * 3, "too few operator requests were agreed"

@@ -7,6 +7,7 @@ loaded machine does not fail a component that is merely slow.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -306,3 +307,189 @@ def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Pa
         finally:
             for p in procs:
                 p.stop()
+
+
+#: the sample as a 2n group: raidA..raidC are active, standby and spare
+GROUPS_2N = SAMPLE.replace("model=nplusm\n\tactive-units=1\n\tbackup-units=2",
+                           "model=2n\n\thealthcheck-period=100\n\thealthcheck-timeout=1000")
+REMOVE = "CSIRemoveCallback"
+
+
+class Amf2nCluster(AmfCluster):
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        (self.root / "groups.conf").write_text(GROUPS_2N)
+        return node
+
+
+def admin(c: Cluster, n: int, *args: str) -> subprocess.CompletedProcess:
+    """``python -m ais.amf_admin ARGS`` on node n."""
+    return subprocess.run([sys.executable, "-m", "ais.amf_admin", *args], env=c.nodes[n].env(),
+                          capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+
+
+def same_status(c: Cluster) -> str:
+    end = time.monotonic() + 10
+    while status(c, 1) != status(c, 2) and time.monotonic() < end:
+        time.sleep(0.2)
+    text = status(c, 1)
+    assert text == status(c, 2)
+    return text
+
+
+def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Path) -> None:
+    """2n on two executives: active raidB (node 1), standby raidA (node 2), spare raidC
+    (node 1).  amf_admin lock raidB on node 2 removes raidB's CSIs, raidA takes over and
+    the spare becomes standby; unlock brings raidB back as spare; shutdown of raidA waits
+    for its components' stopping-complete, then raidC takes over."""
+    procs: list[Prog] = []
+    with Amf2nCluster(tmp_path, 2) as c:
+        try:
+            c.start_all()
+            c.wait_ring([1, 2])
+            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
+            procs += b
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE])
+            a = [Prog(c, 2, 1), Prog(c, 2, 4, "-n", "comp_b_in_su_x")]
+            procs += a
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY])
+            z = [Prog(c, 1, 5), Prog(c, 1, 6)]
+            procs += z
+            for p in z:
+                p.wait_states([IN_SERVICE])
+            text = same_status(c)
+            assert "role spare" in unit_line(text, "raidC")
+            lock = admin(c, 2, "lock", "raidB")
+            assert lock.returncode == 0, lock.stderr
+            for p in b:
+                p.wait(lambda q: q.states() == [IN_SERVICE, ACTIVE, OOS]
+                       and any(ln.startswith(REMOVE) for ln in q.lines), "CSI removed, OOS")
+                p.wait(lambda q: "ComponentTerminateCallback" in q.lines, "terminate")
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE])
+            for p in z:
+                p.wait_states([IN_SERVICE, STANDBY])
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidB") and "role active" in unit_line(
+                text, "raidA")
+            again = admin(c, 1, "lock", "raidB")
+            assert again.returncode == 1 and "BAD_OPERATION" in again.stderr, again.stderr
+            assert admin(c, 1, "unlock", "raidB").returncode == 0
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE, OOS, IN_SERVICE])
+            shut = admin(c, 1, "shutdown", "raidA")
+            assert shut.returncode == 0, shut.stderr
+            for p in a:
+                p.wait(lambda q: q.states()[3:] == ["SA_AMF_STOPPING.", OOS]
+                       and any(ln.startswith(REMOVE) for ln in q.lines), "shut down")
+            for p in z:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE])
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE, OOS, IN_SERVICE, STANDBY])
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidA")
+            assert "role active" in unit_line(text, "raidC")
+            assert "role standby" in unit_line(text, "raidB")
+            # node 1 hosts raidB and raidC: a node lock takes both out, unlock brings them back
+            assert admin(c, 2, "lock-node", "127.0.0.1").returncode == 0
+            for p in b + z:
+                p.wait(lambda q: "ComponentTerminateCallback" in q.lines[-3:], "terminate")
+            text = same_status(c)
+            assert "locked" in unit_line(text, "raidB") and "locked" in unit_line(text, "raidC")
+            assert admin(c, 2, "unlock-node", "127.0.0.1").returncode == 0
+            end = time.monotonic() + 20
+            while status(c, 2).count("role active") != 1 and time.monotonic() < end:
+                time.sleep(0.2)
+            text = same_status(c)
+            assert text.count("role active") == 1 and "locked" in unit_line(text, "raidA"), text
+        finally:
+            for p in procs:
+                p.stop()
+
+
+def spawned_groups() -> str:
+    """2n; every component started by the executive of node 1 (u on node 1's address)."""
+    py = sys.executable
+    units = "".join(f"""unit {{
+name=raid{u}
+node=127.0.0.1
+component {{
+name=comp_a_in_su_{x}
+model=x_active
+instantiate={py} {ROOT}/examples/testamf3.py -h 1000 -n comp_a_in_su_{x}
+}}
+component {{
+name=comp_b_in_su_{x}
+model=x_active
+instantiate={py} {ROOT}/examples/testamf4.py -h 1000 -n comp_b_in_su_{x}
+}}
+}}
+""" for u, x in (("A", "x"), ("B", "y")))
+    return ("group {\nname=raid\nmodel=2n\nhealthcheck-period=100\nhealthcheck-timeout=1000\n"
+            + units + "protection {\nname=pgA\nmember=comp_a_in_su_x\nmember=comp_a_in_su_y\n}\n"
+            "protection {\nname=pgB\nmember=comp_b_in_su_x\nmember=comp_b_in_su_y\n}\n}\n")
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.update(int(x) for x in (task / "children").read_text().split())
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class SpawnCluster(AmfCluster):
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        (self.root / "groups.conf").write_text(spawned_groups())
+        return node
+
+
+def test_the_executive_starts_restarts_and_reaps_its_components(tmp_path: Path) -> None:
+    """Components with instantiate= are started by node 1's executive (node=), a killed
+    one is started again (its unit comes back as standby), and kill -9 of the executive
+    takes its component processes with it."""
+    with SpawnCluster(tmp_path, 2) as c:
+        c.start_all()
+        c.wait_ring([1, 2])
+        exec_pid = c.nodes[1].proc.pid
+
+        def registered(text: str) -> int:
+            return text.count("on 127.0.0.1, IN_SERVICE/")
+
+        end = time.monotonic() + 30
+        while registered(status(c, 2)) < 4 and time.monotonic() < end:
+            time.sleep(0.2)
+        text = same_status(c)
+        assert registered(text) == 4, text
+        # the unit whose components registered first is active (they start together)
+        active, standby = ("A", "B") if "role active" in unit_line(text, "raidA") else ("B", "A")
+        assert "role standby" in unit_line(text, f"raid{standby}"), text
+        kids = children(exec_pid)
+        assert len(kids) == 4
+        comp = "comp_a_in_su_x" if active == "A" else "comp_a_in_su_y"
+        victim = next(pid for pid in kids if comp in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            text = status(c, 2)
+            if "role standby" in unit_line(text, f"raid{active}") and registered(text) == 4:
+                break
+            time.sleep(0.2)
+        assert "role active" in unit_line(text, f"raid{standby}"), text
+        assert "role standby" in unit_line(text, f"raid{active}"), text
+        kids = children(exec_pid)
+        assert len(kids) == 4 and victim not in kids
+        c.kill(1)
+        end = time.monotonic() + 10
+        while any(alive(pid) for pid in kids) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in kids), "orphaned component processes"

@@ -435,9 +435,9 @@ def test_groups_conf_lenient_spacing_and_defaults() -> None:
         }
         """))  # noqa: W291 (trailing blanks after "unit {" are part of the test)
     g1, g2 = model.groups
-    assert (g1.model, g1.active_units, g1.backup_units) == (GroupModel.TWO_N, 0, 0)
+    assert (g1.model, g1.active_units, g1.backup_units) == (GroupModel.TWO_N, 1, 1)
     assert g1.units[0].components[0].model is ComponentModel.ONE_ACTIVE_OR_ONE_STANDBY
-    assert g2.model is GroupModel.NOREDUNDANCY
+    assert (g2.model, g2.active_units, g2.backup_units) == (GroupModel.NOREDUNDANCY, 1, 0)
     assert g2.units[0].components[0] == AmfComponent("c2", ComponentModel.NO_ACTIVE, "p2")
 
 
@@ -465,11 +465,20 @@ GROUPS_ERRORS = [
     ("component outside unit", _group(" component {\n  name=d\n  model=x_active\n }\n"), 14,
      "unknown block 'component' in group (expected 'unit' or 'protection')"),
     ("key at top level", "name=raid\n", 1, "'name' outside any group"),
-    ("nway", _group("").replace(" name=g\n", " name=g\n model=nway\n"), 3,
-     "nway redundancy model not supported"),
-    ("nwayactive", _group("").replace(" name=g\n", " name=g\n model=nwayactive\n"), 3,
-     "nway active redundancy model not supported"),
-    ("bad group model", _group(" model=3n\n"), 14, "'3n' is not one of 2n, nplusm, noredundancy"),
+    ("2n with two actives", _group(" model=2n\n active-units=2\n"), 15,
+     "active-units must be 1 in the 2n model"),
+    ("2n with two standbys", _group(" backup-units=2\n"), 14,
+     "backup-units must be 1 in the 2n model"),
+    ("nplusm without actives", _group(" model=nplusm\n active-units=0\n"), 15,
+     "active-units must be at least 1 in the nplusm model"),
+    ("nway with two actives per CSI", _group(" model=n-way\n active-units=2\n"), 15,
+     "active-units must be 1 in the nway model"),
+    ("nwayactive with standbys", _group(" model=nwayactive\n backup-units=1\n"), 15,
+     "backup-units must be 0 in the nwayactive model"),
+    ("noredundancy with standbys", _group(" backup-units=1\n model=noredundancy\n"), 14,
+     "backup-units must be 0 in the noredundancy model"),
+    ("bad group model", _group(" model=3n\n"), 14,
+     "'3n' is not one of 2n, nplusm, nway, nwayactive, noredundancy"),
     ("bad component model", _group("").replace("model=x_active", "model=x_activ"), 7,
      "'x_activ' is not one of"),
     ("bad active-units", _group(" active-units=one\n"), 14, "'one' is not a number"),

@@ -27,7 +27,14 @@ ASSIGNING             the role (ACTIVE or STANDBY) requested of every one
 ASSIGNED              every component confirmed the role
 QUIESCING             a component failed: QUIESCED requested of the others
 STOPPING              OUT_OF_SERVICE requested of the others
+DRAINING              shutdown: readiness STOPPING requested of every one
+                      (answered with saAmfStoppingComplete)
+REMOVING              its assignments taken away (CSI-remove callbacks):
+                      lock, shutdown, or a standby made spare
 ====================  ====================================================
+
+and an administrative state (``Admin``): UNLOCKED, LOCKED (stays out of
+service), SHUTTING_DOWN (on its way to LOCKED).
 
 The role (NONE, ACTIVE, STANDBY) is decided in the exec handlers from
 replicated state only, so every node counts the same active units (this
@@ -54,7 +61,9 @@ not answered within ``response-timeout`` or answered with an error (cause
 SOFTWARE_ERROR: the component is still talked to), a closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
 (``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
-100 ms, 100 ms, 5000 ms (``ais.config.ServiceGroup``).
+100 ms, 40 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
+is noticed at most period + 40 ms after its last answer, leaving ~10 ms for
+the failover itself (the aim: standby active within one period + 50 ms).
 
 Failure of a component: if it cannot be talked to (unregistered or
 NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once;
@@ -63,11 +72,64 @@ itself once every component is registered and healthy again (error cancel,
 re-registration).  A repaired unit becomes STANDBY while the group has its
 active units (no failback).
 
-Assignment: a unit that finished ENABLING becomes ACTIVE while the group
-has fewer than ``active-units`` units with role ACTIVE, else STANDBY.
-Promotion: whenever a group has fewer actives than ``active-units``, the
-first STANDBY unit in file order becomes ACTIVE.  ``backup-units`` is
-informative (every other unit in service is a standby).
+Redundancy models (N = ``active-units``, M = ``backup-units``; defaults and
+limits in ``ais.config._ModelBuilder.redundancy``).  Units are ranked in
+file order, the first preferred.
+
+* 2n (N = M = 1), nplusm (N >= 1, M): a unit that finished ENABLING becomes
+  ACTIVE while the group has fewer than N actives, else STANDBY while it has
+  fewer than M standbys, else *spare* (in service, role NONE, no CSI).
+  Whenever a group has fewer than N actives, the first STANDBY unit becomes
+  ACTIVE (else the first spare); whenever it has fewer than M standbys, the
+  first spare becomes STANDBY; more than M (after a merge): the last ones
+  are made spare (CSI-remove).  No failback: a repaired or unlocked unit
+  comes back as standby or spare, never taking over from a working active.
+* nwayactive, noredundancy (M = 0; N defaults to every unit): up to N units
+  ACTIVE, the rest spare; no standby.
+* nway: roles are per CSI (protection group), so a unit may be active for
+  some CSIs and standby for others (``Group.per_csi``; the unit's role is a
+  summary).  Every CSI gets one ACTIVE member and M STANDBY members among
+  the members whose unit is in service: a lost active is replaced by a
+  standby member (else an unassigned one), choosing the unit with the fewest
+  active assignments, then by rank; standbys likewise by fewest standbys.
+
+CSI-set callbacks: csiFlags ADD_NEW_INSTANCE for a first assignment, else
+ALL_INSTANCES; transition descriptor NEW_ASSIGN, or for a standby made active
+QUIESCED / NOT_QUIESCED as the previous active of that CSI confirmed QUIESCED
+or failed (``_handover``, host-side detail); activeCompName of a standby
+assignment names the CSI's active component.
+
+Administrative operations (``MSG_ADMIN``, from ``ais.amf_admin`` through any
+node, decided in agreed order): lock = REMOVING -> STOPPING -> IDLE, then the
+terminate callback, LOCKED; shutdown = DRAINING (readiness STOPPING, each
+component answers with saAmfStoppingComplete within ``response-timeout``,
+else it has failed) -> REMOVING -> ...; unlock = the unit re-enables by
+itself (during DRAINING: back in service with its role).  Node lock: every
+unlocked unit with a component on the node (or ``node=`` it) is locked and
+remembers the node (``locked_by``); node unlock unlocks those.  An active unit
+keeps counting as active until its assignments are gone, so the standby's
+promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
+SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
+
+Error recovery (saAmfErrorReport's recommendedRecovery): INTERNALLY_RECOVERED
+is only logged; COMPONENT_RESTART fails the unit over and sends the
+component the terminate callback (its node kills it 1 s later if AMF started
+it); the next registration of the component clears the error, but after
+``RESTART_LIMIT`` (3) restarts since its errors were last cancelled the error
+stays until saAmfErrorCancelAll.  NODE_SWITCHOVER / NODE_FAILOVER /
+NODE_FAILFAST fail every component hosted on that component's node (no
+reboot).  Anything else (NO_RECOMMENDATION, COMPONENT_FAILOVER,
+CLUSTER_RESET): the component's unit fails over; the error stays until
+cancelled or the component registers again.
+
+Instantiation (host side, ``HostAPI.spawn``): a component with an
+``instantiate=`` command is started by its unit's home node (``node=``, else
+the ring members take the units in turn) while it is unregistered and its
+unit unlocked; a process that exits is started again after ``SPAWN_DELAY``
+(1 s), at most ``SPAWN_LIMIT`` (5) times in ``SPAWN_WINDOW`` (60 s); one that
+the cluster failed as NOT_RESPONDING (hung, SIGSTOP) is killed (SIGKILL) and
+so restarted; a locked unit's processes get SIGTERM 1 s after the terminate
+callback.  Spawned processes die with the executive (parent-death signal).
 
 Nodes.  At the end of every sync round (``sync_done``), on every member:
 components hosted on nodes that are not members are unregistered (failed
@@ -86,7 +148,10 @@ way:
 * **heal rule**: a group never keeps more ACTIVE units than
   ``active-units``: the actives of the state group with the lowest node id
   are kept, then the next group's, in file order; the others are demoted to
-  STANDBY (a CSI-set STANDBY callback).
+  STANDBY (a CSI-set STANDBY callback), and standbys beyond M made spare.
+  nway: per CSI, the active of the lowest state group's unit is kept.
+* a unit locked (or shutting down) on either side stays so: an operator's
+  lock wins over an unlock made on the other side during the partition.
 
 Split brain: each side of a partition keeps running AMF on its own and
 promotes standbys of the units it lost, so both sides may have an active
@@ -102,17 +167,19 @@ changed one as STATE_CHANGE; CHANGES_ONLY: the changed one).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
+import signal
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
 
-from ais.config import AmfComponent, AmfModel, ServiceGroup, ServiceUnit
+from ais.config import AmfComponent, AmfModel, GroupModel, ServiceGroup, ServiceUnit
 from ais.log import RateLimiter
 from ais.services.base import (
-    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
-    TimerHandle, exec_handler, lib_handler, register_service,
+    DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ProcessHandle, Request, Service,
+    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import fmt_node
 from saf import _amf_wire as aw
@@ -132,6 +199,7 @@ MSG_CONFIRM = 5
 MSG_FAULT = 6
 MSG_SYNC_UNIT = 7
 MSG_MODEL = 8
+MSG_ADMIN = 9
 
 # Ring layouts (saf._codec), NAME as in saf._amf_wire:
 # REGISTER: | conn_id u32 | NAME comp | NAME proxy (empty: none) |
@@ -147,10 +215,22 @@ CONFIRM = Layout(None, "CONFIRM", ("incarnation", u32), ("kind", u8), ("state", 
 FAULT = Layout(None, "FAULT", ("incarnation", u32), ("cause", u32), ("comp", aw.NAME))
 # MODEL (sync, every member): | crc32 of the groups.conf model u32 |
 MODEL = Layout(None, "MODEL", ("crc", u32))
+# ADMIN: the library's ADMIN body as is (saf._amf_wire.ADMIN_REQ).
 
 KIND_READINESS = 1
 KIND_HA = 2
 KIND_HEALTHCHECK = 3
+KIND_TERMINATE = 4
+
+#: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
+#: only saAmfErrorCancelAll undoes
+RESTART_LIMIT = 3
+#: instantiation: a process that exited is started again after SPAWN_DELAY s, at most
+#: SPAWN_LIMIT times in SPAWN_WINDOW s
+SPAWN_DELAY = 1.0
+SPAWN_LIMIT = 5
+SPAWN_WINDOW = 60
+_NODE_RECOVERIES = (aw.SA_AMF_NODE_SWITCHOVER, aw.SA_AMF_NODE_FAILOVER, aw.SA_AMF_NODE_FAILFAST)
 
 OOS = aw.SA_AMF_OUT_OF_SERVICE
 IN_SERVICE = aw.SA_AMF_IN_SERVICE
@@ -159,6 +239,7 @@ STANDBY = aw.SA_AMF_STANDBY
 QUIESCED = aw.SA_AMF_QUIESCED
 NOT_RESPONDING = aw.SA_AMF_NOT_RESPONDING
 
+HA_WORDS: dict[int, str] = {ACTIVE: "active", STANDBY: "standby"}
 _VALID_TRACK_BITS = SA_TRACK_CURRENT | SA_TRACK_CHANGES | SA_TRACK_CHANGES_ONLY
 
 
@@ -169,6 +250,8 @@ class Phase(enum.IntEnum):
     ASSIGNED = 3
     QUIESCING = 4
     STOPPING = 5
+    DRAINING = 6
+    REMOVING = 7
 
 
 class Role(enum.IntEnum):
@@ -177,7 +260,17 @@ class Role(enum.IntEnum):
     STANDBY = 2
 
 
+class Admin(enum.IntEnum):
+    UNLOCKED = aw.AMF_ADMIN_UNLOCKED
+    LOCKED = aw.AMF_ADMIN_LOCKED
+    SHUTTING_DOWN = aw.AMF_ADMIN_SHUTTING_DOWN
+
+
 _ENABLED = (Phase.ENABLING, Phase.ASSIGNING, Phase.ASSIGNED)
+#: phases a component failure interrupts (the unit then quiesces and stops)
+_FAILABLE = _ENABLED + (Phase.DRAINING, Phase.REMOVING)
+#: phases in which a unit holds (or is taking) the assignment its role says
+_READY = (Phase.ASSIGNING, Phase.ASSIGNED)
 
 
 # --- replicated state ---------------------------------------------------------------------
@@ -195,6 +288,8 @@ class Comp:
     ha: int = QUIESCED
     want_readiness: int = OOS
     want_ha: int = QUIESCED
+    #: COMPONENT_RESTART recoveries since its errors were last cancelled
+    restarts: int = 0
 
     @property
     def name(self) -> str:
@@ -208,7 +303,7 @@ class Comp:
     def key(self) -> tuple:
         return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
                 self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
-                int(self.want_ha))
+                int(self.want_ha), self.restarts)
 
 
 @dataclass(eq=False)
@@ -218,6 +313,11 @@ class Unit:
     comps: list[Comp] = field(default_factory=list)
     phase: Phase = Phase.IDLE
     role: Role = Role.NONE
+    admin: Admin = Admin.UNLOCKED
+    #: the node whose lock (AMF_ADMIN_LOCK_NODE) locked it (0: none)
+    locked_by: int = 0
+    #: its rank in the group: file order, the first preferred
+    rank: int = 0
 
     @property
     def name(self) -> str:
@@ -229,8 +329,16 @@ class Group:
     spec: ServiceGroup
     units: list[Unit] = field(default_factory=list)
 
+    @property
+    def per_csi(self) -> bool:
+        """N-way: roles are per component (CSI), not per unit."""
+        return self.spec.model == GroupModel.NWAY
+
     def active_count(self) -> int:
         return sum(1 for u in self.units if u.role == Role.ACTIVE)
+
+    def standby_count(self) -> int:
+        return sum(1 for u in self.units if u.role == Role.STANDBY)
 
 
 # --- host-local bookkeeping ---------------------------------------------------------------
@@ -244,6 +352,20 @@ class _Invocation:
     timer: TimerHandle | None = None
     #: a later request of the same kind replaced it
     superseded: bool = False
+
+
+@dataclass
+class _Proc:
+    """A component process this node started (``instantiate=``)."""
+
+    handle: ProcessHandle | None = None
+    #: host-clock times of its recent starts (SPAWN_LIMIT per SPAWN_WINDOW)
+    starts: list[float] = field(default_factory=list)
+    #: a start waiting (SPAWN_DELAY after an exit, or the rate limit)
+    timer: TimerHandle | None = None
+    stop_timer: TimerHandle | None = None
+    killed: bool = False
+    stopping: bool = False
 
 
 @dataclass
@@ -266,6 +388,7 @@ class _CompRecord:
     conn_id: int
     incarnation: int
     error: int
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -274,21 +397,33 @@ class _UnitRecord:
     phase: int
     role: int
     comps: tuple[_CompRecord, ...]
+    admin: int = 0
+    locked_by: int = 0
 
 
 def _name(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-# SYNC_UNIT: | phase u8 | role u8 | count u16 | NAME unit |, then per component (file order)
+def _node_of(raw: bytes) -> int | None:
+    """A node's Totem id from its IPv4 address as text (None: not an address)."""
+    try:
+        return int(ipaddress.IPv4Address(_name(raw)))
+    except ValueError:
+        return None
+
+
+# SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | locked by u32 | NAME unit |,
+#  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
                      ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
-                     pad(3), ("host", u32), ("conn_id", u32), ("incarnation", u32),
-                     ("error", u32))
+                     ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
+                     ("incarnation", u32), ("error", u32))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
-                     ("name", aw.NAME), ("comps", array(COMP_RECORD, "count")))
+                     ("admin", u8), pad(3), ("locked_by", u32), ("name", aw.NAME),
+                     ("comps", array(COMP_RECORD, "count")))
 
 
 def encode_unit_record(rec: _UnitRecord) -> bytes:
@@ -322,6 +457,8 @@ class AmfService(Service):
         self.invocations: dict[int, _Invocation] = {}
         self._next_invocation = 1
         self.healthchecks: dict[str, _Healthcheck] = {}
+        #: component processes this node started
+        self.procs: dict[str, _Proc] = {}
         #: (component, incarnation) this node reported failed: no more callbacks to it
         self._faulted: set[tuple[str, int]] = set()
         self._round: SyncInfo | None = None
@@ -329,6 +466,8 @@ class AmfService(Service):
         self._sync_cursor = 0
         self._model_sent = False
         self._changed: list[Comp] = []
+        #: CSI -> did its last active quiesce gracefully (transition descriptors)
+        self._handover: dict[str, bool] = {}
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -343,8 +482,8 @@ class AmfService(Service):
         self.model_crc = zlib.crc32(repr(self.model.groups).encode())
         for g in self.model.groups:
             group = Group(g)
-            for u in g.units:
-                unit = Unit(u, group)
+            for rank, u in enumerate(g.units):
+                unit = Unit(u, group, rank=rank)
                 for c in u.components:
                     comp = Comp(c, unit)
                     unit.comps.append(comp)
@@ -401,24 +540,64 @@ class AmfService(Service):
         inv = _Invocation(c.name, c.incarnation, kind, state)
         n = self._new_invocation(inv)
         name = c.name.encode()
+        csi = c.spec.protection.encode()
         if kind == KIND_READINESS:
             conn.send_callback(aw.AMF_CB_READINESS_SET, aw.encode_readiness_set_cb(
                 aw.ReadinessSetCb(n, name, state)))
+        elif state == QUIESCED and c.unit.phase == Phase.REMOVING:
+            # The assignment is taken away (lock, shutdown, a standby made spare).
+            conn.send_callback(aw.AMF_CB_CSI_REMOVE, aw.encode_csi_remove_cb(aw.CsiRemoveCb(
+                n, name, csi, aw.SA_AMF_CSI_ALL_INSTANCES)))
         else:
+            new = c.ha == QUIESCED and state != QUIESCED
             conn.send_callback(aw.AMF_CB_CSI_SET, aw.encode_csi_set_cb(aw.CsiSetCb(
-                n, name, c.spec.protection.encode(), aw.SA_AMF_CSI_ALL_INSTANCES, state,
-                self._active_name(c, state), aw.SA_AMF_CSI_NEW_ASSIGN)))
+                n, name, csi,
+                aw.SA_AMF_CSI_ADD_NEW_ISTANCE if new else aw.SA_AMF_CSI_ALL_INSTANCES, state,
+                self._active_name(c, state), self._descriptor(c, state))))
         timeout = c.unit.group.spec.response_timeout / 1000.0
         inv.timer = self.host.call_later(timeout, lambda: self._response_timed_out(n))
+
+    def _descriptor(self, c: Comp, state: int) -> int:
+        """SaAmfCSITransitionDescriptorT of a CSI-set callback.
+
+        NEW_ASSIGN: a first assignment; a standby made active learns whether the
+        previous active was QUIESCED (it confirmed) or NOT_QUIESCED (it failed).
+        """
+        if state == ACTIVE and c.ha == STANDBY:
+            graceful = self._handover.get(c.spec.protection)
+            if graceful is not None:
+                return aw.SA_AMF_CSI_QUIESCED if graceful else aw.SA_AMF_CSI_NOT_QUIESCED
+        return aw.SA_AMF_CSI_NEW_ASSIGN
+
+    def _holds_active(self, oc: Comp) -> bool:
+        if oc.unit.group.per_csi:
+            return oc.want_ha == ACTIVE or oc.ha == ACTIVE
+        return oc.unit.role == Role.ACTIVE
 
     def _active_name(self, c: Comp, state: int) -> bytes:
         if state != STANDBY:
             return c.name.encode()
         for other in self.protections.get(c.spec.protection, ()):
             oc = self.comps.get(other)
-            if oc is not None and oc.unit.role == Role.ACTIVE:
+            if oc is not None and oc is not c and self._holds_active(oc):
                 return other.encode()
         return b""
+
+    def _terminate(self, c: Comp) -> None:
+        """The terminate callback (its unit was taken out of service administratively)."""
+        conn = self._conn_of(c)
+        if conn is None:
+            return
+        inv = _Invocation(c.name, c.incarnation, KIND_TERMINATE, 0)
+        n = self._new_invocation(inv)
+        conn.send_callback(aw.AMF_CB_TERMINATE, aw.encode_invocation_cb(
+            aw.InvocationCb(n, c.name.encode())))
+        # Its answer changes nothing (the unit is out of service already): forget it later.
+        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                         lambda: self._forget_invocation(n))
+
+    def _forget_invocation(self, n: int) -> None:
+        self.invocations.pop(n, None)
 
     def _response_timed_out(self, n: int) -> None:
         inv = self.invocations.pop(n, None)
@@ -436,9 +615,15 @@ class AmfService(Service):
     # --- healthchecks (host only) -----------------------------------------------------------
 
     def _wants_healthcheck(self, c: Comp) -> bool:
-        return (self._conn_of(c) is not None and c.error == 0
-                and c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY)
-                and c.unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED))
+        if self._conn_of(c) is None or c.error != 0 or c.unit.phase not in _READY:
+            return False
+        if c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY):
+            return True
+        # In service without an assignment (a spare, an nway member with no CSI): checked
+        # too, so that a hung one is not picked when a standby or active is needed.
+        return (c.readiness == c.want_readiness == IN_SERVICE
+                and c.ha == c.want_ha == QUIESCED
+                and (c.unit.role == Role.NONE or c.unit.group.per_csi))
 
     def _refresh_healthchecks(self) -> None:
         me = self.host.node_id
@@ -495,8 +680,11 @@ class AmfService(Service):
 
     # --- the replicated state machine --------------------------------------------------------
 
-    def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None) -> None:
+    def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None,
+                     forced: bool = False) -> None:
         before = (c.readiness, c.ha)
+        if before[1] == ACTIVE and ha is not None and ha != ACTIVE:
+            self._handover[c.spec.protection] = not forced
         if readiness is not None:
             c.readiness = readiness
         if ha is not None:
@@ -521,7 +709,7 @@ class AmfService(Service):
     def _force_down(self, c: Comp) -> None:
         """A component that cannot be talked to is out of service and quiesced at once."""
         c.want_readiness, c.want_ha = OOS, QUIESCED
-        self._set_current(c, OOS, QUIESCED)
+        self._set_current(c, OOS, QUIESCED, forced=True)
         if c.host == self.host.node_id:
             self._drop_invocations(c.name)
             self._stop_healthcheck(c.name)
@@ -531,7 +719,7 @@ class AmfService(Service):
         for c in unit.comps:
             if not c.talkable:
                 self._force_down(c)
-        if unit.phase in _ENABLED:
+        if unit.phase in _FAILABLE:
             self.log.log(NOTICE, "unit %s failed; taking it out of service", unit.name)
             unit.phase = Phase.QUIESCING
             if unit.role == Role.STANDBY:
@@ -542,39 +730,116 @@ class AmfService(Service):
     def _step(self, unit: Unit) -> bool:
         comps = unit.comps
         live = [c for c in comps if c.talkable]
+        g = unit.group
         if unit.phase == Phase.IDLE:
-            if all(c.registered and c.error == 0 for c in comps):
+            if unit.admin == Admin.SHUTTING_DOWN:
+                unit.admin = Admin.LOCKED
+                return True
+            if unit.admin == Admin.UNLOCKED and all(c.registered and c.error == 0
+                                                    for c in comps):
                 unit.phase = Phase.ENABLING
                 for c in comps:
                     self._request(c, KIND_READINESS, IN_SERVICE)
                 return True
         elif unit.phase == Phase.ENABLING:
             if all(c.readiness == IN_SERVICE and c.want_readiness == IN_SERVICE for c in comps):
-                g = unit.group
-                active = self._may_activate(g) and g.active_count() < g.spec.active_units
-                unit.role = Role.ACTIVE if active else Role.STANDBY
-                unit.phase = Phase.ASSIGNING
-                for c in comps:
-                    self._request(c, KIND_HA, int(unit.role))
+                if g.per_csi or unit.role != Role.NONE:
+                    # N-way: the CSIs are handed out by _balance; a unit whose shutdown
+                    # was cancelled keeps its role.
+                    unit.phase = Phase.ASSIGNING
+                    if not g.per_csi:
+                        for c in comps:
+                            self._request(c, KIND_HA, int(unit.role))
+                    return True
+                self._first_role(unit)
                 return True
         elif unit.phase == Phase.ASSIGNING:
-            if all(c.ha == int(unit.role) and c.want_ha == int(unit.role) for c in comps):
+            if all(c.ha == self._target(c) and c.want_ha == self._target(c) for c in comps):
                 unit.phase = Phase.ASSIGNED
-                self.log.log(NOTICE, "unit %s is %s", unit.name, unit.role.name.lower())
+                self.log.log(NOTICE, "unit %s is %s", unit.name, self._role_text(unit))
+                return True
+        elif unit.phase == Phase.DRAINING:
+            if all(c.readiness == aw.SA_AMF_STOPPING and c.want_readiness == aw.SA_AMF_STOPPING
+                   for c in live):
+                self._remove(unit)
+                return True
+        elif unit.phase == Phase.REMOVING:
+            if all(c.ha == c.want_ha for c in live) and (
+                    g.per_csi or all(c.want_ha == QUIESCED for c in live)):
+                if unit.admin == Admin.UNLOCKED:
+                    # A standby made spare (or an unlock while it was going down).
+                    unit.phase = Phase.ASSIGNED
+                    unit.role = self._summary(unit) if g.per_csi else Role.NONE
+                    if any(c.readiness != IN_SERVICE for c in live):
+                        unit.phase, unit.role = Phase.ENABLING, Role.NONE
+                        for c in live:
+                            self._request(c, KIND_READINESS, IN_SERVICE)
+                else:
+                    self._stop(unit)
                 return True
         elif unit.phase == Phase.QUIESCING:
             if all(c.ha == QUIESCED and c.want_ha == QUIESCED for c in live):
-                unit.phase = Phase.STOPPING
-                unit.role = Role.NONE
-                for c in live:
-                    self._request(c, KIND_READINESS, OOS)
+                self._stop(unit)
                 return True
         elif unit.phase == Phase.STOPPING and all(
                 c.readiness == OOS and c.want_readiness == OOS for c in live):
             unit.phase = Phase.IDLE
-            self.log.log(NOTICE, "unit %s is out of service", unit.name)
+            if unit.admin != Admin.UNLOCKED:
+                self.log.log(NOTICE, "unit %s is locked out of service", unit.name)
+                unit.admin = Admin.LOCKED
+                for c in live:
+                    self._terminate(c)
+            else:
+                self.log.log(NOTICE, "unit %s is out of service", unit.name)
             return True
         return False
+
+    def _stop(self, unit: Unit) -> None:
+        unit.phase = Phase.STOPPING
+        unit.role = Role.NONE
+        for c in unit.comps:
+            if c.talkable:
+                self._request(c, KIND_READINESS, OOS)
+
+    def _remove(self, unit: Unit) -> None:
+        """Take the unit's assignments away (CSI-remove callbacks)."""
+        unit.phase = Phase.REMOVING
+        for c in unit.comps:
+            if c.talkable:
+                self._request(c, KIND_HA, QUIESCED)
+
+    def _target(self, c: Comp) -> int:
+        """The HA state ``c`` is being given in an assigning unit."""
+        if c.unit.group.per_csi:
+            return c.want_ha
+        return int(c.unit.role) if c.unit.role != Role.NONE else QUIESCED
+
+    @staticmethod
+    def _summary(unit: Unit) -> Role:
+        """N-way: the unit's role is the best of its components' assignments."""
+        has = {c.want_ha for c in unit.comps} | {c.ha for c in unit.comps}
+        return Role.ACTIVE if ACTIVE in has else Role.STANDBY if STANDBY in has else Role.NONE
+
+    @staticmethod
+    def _role_text(unit: Unit) -> str:
+        if unit.group.per_csi:
+            return ", ".join(f"{c.name} {HA_WORDS.get(c.want_ha, '-')}" for c in unit.comps)
+        return "spare" if unit.role == Role.NONE else unit.role.name.lower()
+
+    def _first_role(self, unit: Unit) -> None:
+        """A unit is in service: active, standby or spare, as the group's counts say."""
+        g = unit.group
+        if self._may_activate(g) and g.active_count() < g.spec.active_units:
+            role = Role.ACTIVE
+        elif g.standby_count() < g.spec.backup_units:
+            role = Role.STANDBY
+        else:
+            role = Role.NONE
+        if role == Role.NONE:
+            unit.role, unit.phase = Role.NONE, Phase.ASSIGNED
+            self.log.log(NOTICE, "unit %s is spare", unit.name)
+        else:
+            self._assign(unit, role)
 
     def _may_activate(self, g: Group) -> bool:
         return g.spec.quorum <= 0 or len(self.members) >= g.spec.quorum
@@ -592,18 +857,24 @@ class AmfService(Service):
                 break
 
     def _balance(self, g: Group) -> bool:
+        if g.per_csi:
+            return self._balance_csis(g)
         moved = False
         if not self._may_activate(g):
             for unit in g.units:
-                if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+                if unit.role == Role.ACTIVE and unit.phase in _READY:
                     self.log.log(NOTICE, "unit %s: group %s has no quorum; standby",
                                  unit.name, g.spec.name)
                     self._assign(unit, Role.STANDBY)
                     moved = True
             return moved
+        spares = [u for u in g.units if u.role == Role.NONE and u.phase == Phase.ASSIGNED
+                  and u.admin == Admin.UNLOCKED]
         while g.active_count() < g.spec.active_units:
-            cand = next((u for u in g.units if u.role == Role.STANDBY
-                         and u.phase in (Phase.ASSIGNING, Phase.ASSIGNED)), None)
+            cand = next((u for u in g.units if u.role == Role.STANDBY and u.phase in _READY),
+                        None)
+            if cand is None and spares:
+                cand = spares.pop(0)
             if cand is None:
                 if any(u.phase in (Phase.QUIESCING, Phase.STOPPING) for u in g.units):
                     self._bad_log.log(self.log, logging.WARNING,
@@ -612,7 +883,66 @@ class AmfService(Service):
             self.log.log(NOTICE, "unit %s: promoting to active", cand.name)
             self._assign(cand, Role.ACTIVE)
             moved = True
+        while spares and g.standby_count() < g.spec.backup_units:
+            cand = spares.pop(0)
+            self.log.log(NOTICE, "unit %s: spare made standby", cand.name)
+            self._assign(cand, Role.STANDBY)
+            moved = True
+        standbys = [u for u in g.units if u.role == Role.STANDBY and u.phase in _READY]
+        while len(standbys) > g.spec.backup_units:
+            # More standbys than backup-units (after a merge): the lowest ranked goes spare.
+            unit = standbys.pop()
+            self.log.log(NOTICE, "unit %s: standby made spare", unit.name)
+            unit.role = Role.NONE
+            self._remove(unit)
+            moved = True
         return moved
+
+    def _balance_csis(self, g: Group) -> bool:
+        """N-way: every CSI gets one active and backup-units standby assignments."""
+        moved = False
+        activate = self._may_activate(g)
+
+        def usable(c: Comp) -> bool:
+            return c.talkable and c.unit.phase in _READY and c.unit.admin == Admin.UNLOCKED
+
+        def load(c: Comp, ha: int) -> tuple[int, int]:
+            return (sum(1 for o in c.unit.comps if o.want_ha == ha), c.unit.rank)
+
+        for p in g.spec.protections:
+            members = [self.comps[m] for m in p.members]
+            if not activate:
+                for c in members:
+                    if usable(c) and c.want_ha == ACTIVE:
+                        self._give(c, STANDBY)
+                        moved = True
+                continue
+            if not any(c.ha == ACTIVE or (usable(c) and c.want_ha == ACTIVE) for c in members):
+                cands = sorted((c for c in members if usable(c) and c.want_ha == STANDBY),
+                               key=lambda c: load(c, ACTIVE)) or sorted(
+                    (c for c in members if usable(c) and c.want_ha == QUIESCED),
+                    key=lambda c: load(c, ACTIVE))
+                if cands:
+                    self.log.log(NOTICE, "%s: %s made active", p.name, cands[0].name)
+                    self._give(cands[0], ACTIVE)
+                    moved = True
+            standbys = [c for c in members if usable(c) and c.want_ha == STANDBY]
+            free = sorted((c for c in members if usable(c) and c.want_ha == QUIESCED),
+                          key=lambda c: load(c, STANDBY))
+            while free and len(standbys) < g.spec.backup_units:
+                c = free.pop(0)
+                self._give(c, STANDBY)
+                standbys.append(c)
+                moved = True
+        for unit in g.units:
+            if unit.phase not in (Phase.QUIESCING, Phase.STOPPING, Phase.IDLE):
+                unit.role = self._summary(unit)
+        return moved
+
+    def _give(self, c: Comp, ha: int) -> None:
+        """N-way: one component's assignment changes; its unit waits for the answer."""
+        c.unit.phase = Phase.ASSIGNING
+        self._request(c, KIND_HA, ha)
 
     def _assign(self, unit: Unit, role: Role) -> None:
         unit.role = role
@@ -631,6 +961,94 @@ class AmfService(Service):
                 seen.add(c.name)
                 self._notify_trackers(c)
         self._refresh_healthchecks()
+        self._refresh_processes()
+
+    # --- instantiation (host only): components with an instantiate command ----------------
+
+    def _home(self, unit: Unit) -> int:
+        """The node that starts the unit's components: its ``node=`` if a member (none if
+        not), else the members in turn by the unit's place in the model."""
+        if unit.spec.node:
+            return unit.spec.node if unit.spec.node in self.members else 0
+        index = list(self.units).index(unit.name)
+        return self.members[index % len(self.members)] if self.members else 0
+
+    def _refresh_processes(self) -> None:
+        me = self.host.node_id
+        if me not in self.members:
+            return
+        for unit in self.units.values():
+            for c in unit.comps:
+                if not c.spec.instantiate:
+                    continue
+                p = self.procs.get(c.name)
+                if p is not None and p.handle is not None:
+                    if unit.admin == Admin.LOCKED and unit.phase == Phase.IDLE:
+                        self._stop_process(p, "its unit is locked")
+                    elif c.registered and c.host == me and c.error == NOT_RESPONDING \
+                            and not p.killed:
+                        # Hung (stopped, looping): restart it; the cluster failed it already.
+                        self.log.log(NOTICE, "restarting %s (pid %d): not responding",
+                                     c.name, p.handle.pid)
+                        p.killed = True
+                        p.handle.kill(signal.SIGKILL)
+                    continue
+                if c.registered or unit.admin != Admin.UNLOCKED or c.restarts > RESTART_LIMIT \
+                        or self._home(unit) != me or (p is not None and p.timer is not None):
+                    continue
+                self._start_process(c)
+
+    def _start_process(self, c: Comp) -> None:
+        p = self.procs.setdefault(c.name, _Proc())
+        now = self.host.now()
+        p.starts = [t for t in p.starts if now - t < SPAWN_WINDOW]
+        if len(p.starts) >= SPAWN_LIMIT:
+            wait = p.starts[0] + SPAWN_WINDOW - now
+            self._bad_log.log(self.log, logging.ERROR, "%s was started %d times in %d s; "
+                              "next try in %.0f s", c.name, SPAWN_LIMIT, SPAWN_WINDOW, wait)
+            p.timer = self.host.call_later(wait, lambda: self._respawn(c.name))
+            return
+        p.starts.append(now)
+        p.killed = p.stopping = False
+        handle = self.host.spawn(list(c.spec.instantiate), {"AIS_COMPONENT_NAME": c.name},
+                                 lambda rc: self._process_exited(c.name, handle, rc))
+        p.handle = handle
+        if handle is None:
+            # No way to start processes here (or the start failed): try again later.
+            p.timer = self.host.call_later(SPAWN_DELAY * 5, lambda: self._respawn(c.name))
+        else:
+            self.log.log(NOTICE, "started %s (pid %d)", c.name, handle.pid)
+
+    def _process_exited(self, name: str, handle: ProcessHandle | None, rc: int) -> None:
+        p = self.procs.get(name)
+        if p is None or p.handle is not handle or handle is None:
+            return
+        self.log.log(NOTICE, "%s (pid %d) exited with status %d", name, handle.pid, rc)
+        p.handle = None
+        if p.stop_timer is not None:
+            p.stop_timer.cancel()
+            p.stop_timer = None
+        p.timer = self.host.call_later(SPAWN_DELAY, lambda: self._respawn(name))
+
+    def _respawn(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None:
+            p.timer = None
+        self._refresh_processes()
+
+    def _stop_process(self, p: _Proc, why: str, grace: float = 1.0) -> None:
+        """SIGTERM after ``grace`` s (time to obey the terminate callback)."""
+        if p.stopping or p.handle is None:
+            return
+        p.stopping = True
+        handle = p.handle
+
+        def term() -> None:
+            p.stop_timer = None
+            if p.handle is handle:
+                self.log.log(NOTICE, "stopping pid %d: %s", handle.pid, why)
+                handle.kill(signal.SIGTERM)
+        p.stop_timer = self.host.call_later(grace, term)
 
     # --- exec handlers --------------------------------------------------------------------
 
@@ -654,7 +1072,8 @@ class AmfService(Service):
                 return
         c.registered, c.host, c.conn_id = True, msg.sender, conn_id
         c.incarnation += 1
-        c.error = 0
+        # A new process clears the error, unless restarts escalated (then only a cancel does).
+        c.error = 0 if c.restarts <= RESTART_LIMIT else aw.SA_AMF_SOFTWARE_ERROR
         c.want_readiness, c.want_ha = OOS, QUIESCED
         self._set_current(c, OOS, QUIESCED)
         self.log.debug("component %s registered on %s", c.name, fmt_node(msg.sender))
@@ -712,10 +1131,34 @@ class AmfService(Service):
             self.host.reply_error(msg.tag, BadOperation("component not registered"))
             return
         cause = rep.descriptor.probable_cause or aw.SA_AMF_SOFTWARE_ERROR
-        self.log.log(NOTICE, "error reported on component %s (probable cause %d)", c.name, cause)
-        self._set_error(c, cause)
+        recovery = rep.descriptor.recommended_recovery
+        self.log.log(NOTICE, "error reported on component %s (probable cause %d, "
+                     "recommended recovery %d)", c.name, cause, recovery)
+        groups = [c.unit.group]
+        if recovery == aw.SA_AMF_INTERNALLY_RECOVERED:
+            pass  # the component says it has recovered: recorded in the log only
+        elif recovery in _NODE_RECOVERIES:
+            # Every component of its node fails: their units move to other nodes.
+            for other in self.comps.values():
+                if other.registered and other.host == c.host:
+                    self._set_error(other, cause)
+                    if other.unit.group not in groups:
+                        groups.append(other.unit.group)
+        elif recovery == aw.SA_AMF_COMPONENT_RESTART:
+            c.restarts += 1
+            self._set_error(c, cause)
+            if c.restarts <= RESTART_LIMIT:
+                self._terminate(c)  # its supervisor starts it again; registering clears it
+                p = self.procs.get(c.name)
+                if p is not None and c.host == self.host.node_id:
+                    self._stop_process(p, "component restart")
+            else:
+                self.log.log(NOTICE, "component %s: %d restarts since its errors were last "
+                             "cancelled; it stays failed until they are", c.name, c.restarts)
+        else:
+            self._set_error(c, cause)
         self.host.reply(msg.tag)
-        self._after([c.unit.group])
+        self._after(groups)
 
     def _set_error(self, c: Comp, cause: int) -> None:
         if c.error == 0 or cause == NOT_RESPONDING:
@@ -732,6 +1175,7 @@ class AmfService(Service):
         if not c.registered:
             self.host.reply_error(msg.tag, BadOperation("component not registered"))
             return
+        c.restarts = 0
         if c.error:
             self.log.log(NOTICE, "errors cancelled on component %s", c.name)
             c.error = 0
@@ -765,6 +1209,94 @@ class AmfService(Service):
         self._set_error(c, cause)
         self._after([c.unit.group])
 
+    @exec_handler(MSG_ADMIN)
+    def exec_admin(self, msg: ExecMessage) -> None:
+        op = aw.decode_admin_untrusted(msg.payload)
+        if op.op in (aw.AMF_ADMIN_LOCK_NODE, aw.AMF_ADMIN_UNLOCK_NODE):
+            self._admin_node(msg, op)
+            return
+        unit = self.units.get(_name(op.unit))
+        if unit is None:
+            self.host.reply_error(msg.tag, NotExist("no such unit"))
+            return
+        if op.op == aw.AMF_ADMIN_UNLOCK:
+            if unit.admin == Admin.UNLOCKED:
+                self.host.reply_error(msg.tag, BadOperation(f"{unit.name} is not locked"))
+                return
+            self._unlock(unit)
+        elif op.op in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN):
+            want = Admin.LOCKED if op.op == aw.AMF_ADMIN_LOCK else Admin.SHUTTING_DOWN
+            if unit.admin == Admin.LOCKED or unit.admin == want:
+                self.host.reply_error(msg.tag, BadOperation(
+                    f"{unit.name} is already {unit.admin.name.lower().replace('_', ' ')}"))
+                return
+            self.log.log(NOTICE, "unit %s: %s", unit.name,
+                         "lock" if want == Admin.LOCKED else "shutdown")
+            unit.admin = want
+            self._apply_admin(unit)
+        else:
+            self.host.reply_error(msg.tag, InvalidParam("unknown operation"))
+            return
+        self.host.reply(msg.tag)
+        self._after([unit.group])
+
+    def _unlock(self, unit: Unit) -> None:
+        self.log.log(NOTICE, "unit %s unlocked", unit.name)
+        unit.admin = Admin.UNLOCKED
+        unit.locked_by = 0
+        if unit.phase == Phase.DRAINING:
+            # The shutdown is cancelled: back in service with its role.
+            unit.phase = Phase.ENABLING
+            for c in unit.comps:
+                self._request(c, KIND_READINESS, IN_SERVICE)
+
+    def _admin_node(self, msg: ExecMessage, op: aw.AdminRequest) -> None:
+        """Node lock: lock every unlocked unit with a component hosted on the node (or
+        whose ``node=`` it is); node unlock: unlock the units its node lock locked."""
+        node = _node_of(op.unit)
+        if node is None:
+            self.host.reply_error(msg.tag, InvalidParam("not a node address"))
+            return
+        if op.op == aw.AMF_ADMIN_LOCK_NODE:
+            units = [u for u in self.units.values() if u.admin == Admin.UNLOCKED and (
+                u.spec.node == node or any(c.registered and c.host == node for c in u.comps))]
+            if not units:
+                self.host.reply_error(msg.tag, NotExist(f"no unlocked unit on {fmt_node(node)}"))
+                return
+            self.log.log(NOTICE, "node %s locked: %s", fmt_node(node),
+                         ", ".join(u.name for u in units))
+            for u in units:
+                u.admin, u.locked_by = Admin.LOCKED, node
+                self._apply_admin(u)
+        else:
+            units = [u for u in self.units.values() if u.admin != Admin.UNLOCKED
+                     and u.locked_by == node]
+            if not units:
+                self.host.reply_error(msg.tag, BadOperation(
+                    f"no unit locked by a lock of {fmt_node(node)}"))
+                return
+            for u in units:
+                self._unlock(u)
+        self.host.reply(msg.tag)
+        self._after(list({id(u.group): u.group for u in units}.values()))
+
+    def _apply_admin(self, unit: Unit) -> None:
+        """Start taking a locked or shutting-down unit out of service."""
+        if unit.admin == Admin.UNLOCKED:
+            return
+        if unit.phase == Phase.ENABLING or (unit.phase in _READY and unit.role == Role.NONE
+                                            and not unit.group.per_csi):
+            self._stop(unit)  # nothing assigned yet: straight out of service
+        elif unit.phase in _READY:
+            if unit.admin == Admin.SHUTTING_DOWN:
+                unit.phase = Phase.DRAINING
+                for c in unit.comps:
+                    self._request(c, KIND_READINESS, aw.SA_AMF_STOPPING)
+            else:
+                self._remove(unit)
+        elif unit.phase == Phase.DRAINING and unit.admin == Admin.LOCKED:
+            self._remove(unit)  # a lock overrides a shutdown under way
+
     # --- configuration changes and sync ---------------------------------------------------
 
     def sync_start(self, info: SyncInfo) -> None:
@@ -795,8 +1327,8 @@ class AmfService(Service):
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
-                        c.incarnation, c.error)
-            for c in unit.comps))
+                        c.incarnation, c.error, min(c.restarts, 255))
+            for c in unit.comps), int(unit.admin), unit.locked_by)
 
     @exec_handler(MSG_MODEL)
     def exec_model(self, msg: ExecMessage) -> None:
@@ -822,7 +1354,7 @@ class AmfService(Service):
             return
         streams, self._streams = self._streams, {}
         self.members = info.members
-        demote: list[Unit] = []
+        demote: list[Unit | Comp] = []
         if info.transfer:
             demote = self._merge(info, streams)
         me = self.host.node_id
@@ -831,11 +1363,18 @@ class AmfService(Service):
                 self.log.log(NOTICE, "component %s failed: its node %s left", c.name,
                              fmt_node(c.host))
                 self._unregister(c)
-        for unit in demote:
-            if unit.role == Role.ACTIVE and unit.phase in (Phase.ASSIGNING, Phase.ASSIGNED):
+        for item in demote:
+            if isinstance(item, Comp):
+                if item.want_ha == ACTIVE and item.talkable and item.unit.phase in _READY:
+                    self.log.log(NOTICE, "%s: too many actives after the merge; standby",
+                                 item.name)
+                    self._give(item, STANDBY)
+            elif item.role == Role.ACTIVE and item.phase in _READY:
                 self.log.log(NOTICE, "unit %s: too many actives after the merge; standby",
-                             unit.name)
-                self._assign(unit, Role.STANDBY)
+                             item.name)
+                self._assign(item, Role.STANDBY)
+        for unit in self.units.values():
+            self._apply_admin(unit)
         # This node's own registrations, as the (possibly merged) state says.
         for lc in self.conns.values():
             lc.private["amf_comps"] = set()
@@ -863,23 +1402,31 @@ class AmfService(Service):
                 if c.want_ha != c.ha and not self._outstanding(c, KIND_HA, c.want_ha):
                     self._talk(c, KIND_HA)
 
-    def _merge(self, info: SyncInfo, streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit]:
+    def _merge(self, info: SyncInfo,
+               streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit | Comp]:
         """Install the merged state of the round's state groups; return actives to demote."""
         ranked = [(rank, g, streams.get(g.sender, {})) for rank, g in enumerate(info.groups)]
-        demote: list[Unit] = []
+        demote: list[Unit | Comp] = []
         for group in self.groups:
             kept: list[tuple[int, int, Unit]] = []
             for ui, unit in enumerate(group.units):
+                # A lock made on either side holds (an operator asked for it).
+                unit.admin = Admin(max([0] + [
+                    recs[unit.name].admin for _, _, recs in ranked if unit.name in recs]))
+                unit.locked_by = max([0] + [recs[unit.name].locked_by for _, _, recs in ranked
+                                            if unit.name in recs]) if unit.admin else 0
                 sources: set[int] = set()
                 for ci, c in enumerate(unit.comps):
                     chosen: _CompRecord | None = None
                     inc = c.incarnation
+                    restarts = 0
                     for rank, g, recs in ranked:
                         rec = recs.get(unit.name)
                         if rec is None or ci >= len(rec.comps):
                             continue
                         cr = rec.comps[ci]
                         inc = max(inc, cr.incarnation)
+                        restarts = max(restarts, cr.restarts)
                         if chosen is None and cr.registered and cr.host in g.members:
                             chosen = cr
                             sources.add(rank)
@@ -894,6 +1441,7 @@ class AmfService(Service):
                         c.readiness, c.ha = chosen.readiness, chosen.ha
                         c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
                     c.incarnation = inc
+                    c.restarts = chosen.restarts if chosen is not None else restarts
                     if (c.readiness, c.ha) != before:
                         self._changed.append(c)
                 if len(sources) == 1:
@@ -914,7 +1462,16 @@ class AmfService(Service):
                     unit.phase, unit.role = Phase.ASSIGNED, Role.NONE
                     self._fail(unit)
             kept.sort(key=lambda t: (t[0], t[1]))
-            demote.extend(u for _, _, u in kept[group.spec.active_units:])
+            if not group.per_csi:
+                demote.extend(u for _, _, u in kept[group.spec.active_units:])
+                continue
+            # N-way: one active per CSI, the one of the lowest side's unit first.
+            side = {u: rank for rank, _, u in kept}
+            for p in group.spec.protections:
+                actives = sorted((c for c in (self.comps[m] for m in p.members)
+                                  if c.want_ha == ACTIVE and c.unit in side),
+                                 key=lambda c: (side[c.unit], c.unit.rank))
+                demote.extend(actives[1:])
         return demote
 
     # --- connections ------------------------------------------------------------------------
@@ -1060,7 +1617,8 @@ class AmfService(Service):
     def lib_response(self, conn: LibConn, req: Request) -> bytes:
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
-        if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK):
+        if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK,
+                                           KIND_TERMINATE):
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
 
@@ -1068,7 +1626,7 @@ class AmfService(Service):
     def lib_stopping_complete(self, conn: LibConn, req: Request) -> bytes:
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
-        # Nothing requests STOPPING (no administrative operations), so no invocation fits.
+        # Only a shutdown requests STOPPING.
         if inv is None or inv.kind != KIND_READINESS or inv.state != aw.SA_AMF_STOPPING:
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
@@ -1077,7 +1635,7 @@ class AmfService(Service):
         self.invocations.pop(n, None)
         if inv.timer is not None:
             inv.timer.cancel()
-        if inv.superseded:
+        if inv.superseded or inv.kind == KIND_TERMINATE:
             return b""
         if inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
@@ -1096,6 +1654,34 @@ class AmfService(Service):
             self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
         return b""
 
+    @lib_handler(aw.AMF_REQ_ADMIN, hold_during_sync=True)
+    def lib_admin(self, conn: LibConn, req: Request) -> Deferred:
+        op = aw.decode_admin_untrusted(req.body)
+        if op.op in (aw.AMF_ADMIN_LOCK_NODE, aw.AMF_ADMIN_UNLOCK_NODE):
+            if _node_of(op.unit) is None:
+                raise InvalidParam(f"{_name(op.unit)!r} is not a node address")
+        elif op.op not in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_UNLOCK, aw.AMF_ADMIN_SHUTDOWN):
+            raise InvalidParam(f"unknown administrative operation {op.op}")
+        elif _name(op.unit) not in self.units:
+            raise NotExist(f"no service unit {_name(op.unit)!r} in the AMF model")
+        self.host.mcast(self, MSG_ADMIN, req.body, tag=req.tag)
+        return DEFERRED
+
+    @lib_handler(aw.AMF_REQ_PENDING_GET, hold_during_sync=True)
+    def lib_pending_get(self, conn: LibConn, req: Request) -> bytes:
+        (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "PENDING_GET")
+        return aw.encode_u32(self.pending_operation(self._known(comp_raw)))
+
+    def pending_operation(self, c: Comp) -> int:
+        """saAmfPendingOperationGet: the administrative operation under way on c's unit."""
+        u = c.unit
+        if u.admin == Admin.SHUTTING_DOWN and u.phase in (Phase.DRAINING, Phase.REMOVING,
+                                                          Phase.STOPPING):
+            return aw.SA_AMF_SHUTDOWN_OPERATION
+        if u.admin == Admin.LOCKED and u.phase in (Phase.REMOVING, Phase.STOPPING):
+            return aw.SA_AMF_SWITCHOVER_OPERATION
+        return 0
+
     @lib_handler(aw.AMF_REQ_STATUS, hold_during_sync=True)
     def lib_status(self, conn: LibConn, req: Request) -> bytes:
         return aw.encode_status(self.status_rows())
@@ -1111,16 +1697,18 @@ class AmfService(Service):
                         g.spec.name.encode(), u.name.encode(), c.name.encode(),
                         c.spec.protection.encode(), c.registered, int(u.phase), int(u.role),
                         c.host if c.registered else 0, int(c.readiness), int(c.ha), c.error,
-                        g.spec.active_units, len(self.members)))
+                        g.spec.active_units, len(self.members), int(u.admin)))
         return rows
 
     def digest(self) -> tuple:
         """The replicated state, for equality checks across nodes."""
-        return (self.members, tuple((u.name, int(u.phase), int(u.role), tuple(
+        return (self.members, tuple((u.name, int(u.phase), int(u.role), int(u.admin),
+                                     u.locked_by, tuple(
             c.key() for c in u.comps)) for g in self.groups for u in g.units))
 
     def status(self) -> dict[str, Any]:
-        return {"units": {u.name: (u.phase.name, u.role.name) for u in self.units.values()},
+        return {"units": {u.name: (u.phase.name, u.role.name, u.admin.name)
+                          for u in self.units.values()},
                 "registered": sorted(c.name for c in self.comps.values() if c.registered)}
 
 

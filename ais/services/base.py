@@ -332,6 +332,15 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+class ProcessHandle(Protocol):
+    """A process the host started for a service (``HostAPI.spawn``)."""
+
+    pid: int
+
+    def kill(self, sig: int) -> None:
+        """Send it ``sig`` (nothing once it has exited)."""
+
+
 class HostAPI(Protocol):
     """What the host offers a service (``ais.executive.ServiceHost``)."""
 
@@ -359,6 +368,15 @@ class HostAPI(Protocol):
     def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
 
     def now(self) -> float: ...
+
+    def spawn(self, argv: list[str], env: dict[str, str],
+              on_exit: Callable[[int], None]) -> ProcessHandle | None:
+        """Start a process (services do no I/O themselves): ``argv`` with the host's
+        environment plus ``env`` and ``AIS_SOCKET``; ``on_exit(returncode)`` runs as a
+        service entry point when it ends.  None: this host cannot start processes
+        (tests, simulator) or the start failed (logged).  The host kills what it
+        started when it exits."""
+        ...
 
     def logger(self, subsystem: str) -> logging.LoggerAdapter:
         """A logger for ``subsystem`` ("CLM") whose lines name this node."""
