@@ -170,7 +170,7 @@ def test_duplicated_packets_are_harmless() -> None:
 
 
 def test_flow_control_bounds_frames_per_visit_and_per_rotation() -> None:
-    cfg = TotemConfig(max_messages=5, window_size=8)
+    cfg = TotemConfig(max_messages=5, window_size=8, window_bytes=0)
     net = formed(3, cfg)
     for i in (A, B, C):
         for _ in range(100):
@@ -192,6 +192,38 @@ def test_flow_control_bounds_frames_per_visit_and_per_rotation() -> None:
                 assert pkt.fcc <= cfg.window_size
     assert worst <= cfg.max_messages
     assert all(len(n.messages) == 300 for n in net.nodes.values())
+
+
+def _most_frames_per_visit(cfg: TotemConfig, size: int) -> int:
+    """Largest run of new frames one node sent between two of its token sends."""
+    net = formed(2, cfg)
+    for _ in range(400):
+        net.mcast(A, b"w" * size)
+    net.sent.clear()
+    net.run(2)
+    run = worst = 0
+    for _, src, _, pkt in net.sent:
+        if src != A:
+            continue
+        if isinstance(pkt, wire.Mcast):
+            run += 1
+            worst = max(worst, run)
+        elif isinstance(pkt, wire.Token):
+            run = 0
+    assert all(len(n.messages) == 400 for n in net.nodes.values())
+    return worst
+
+
+def test_window_scales_up_at_small_frames_only() -> None:
+    small = TotemConfig()  # 1400-byte frames: 60/20 frames would carry only 84 KB a rotation
+    srp = Srp(A, small)
+    assert (srp.window, srp.visit_quota) == (200, 66)
+    assert _most_frames_per_visit(small, 1000) == 66
+    exact = TotemConfig(window_bytes=0)
+    assert (Srp(A, exact).window, Srp(A, exact).visit_quota) == (60, 20)
+    assert _most_frames_per_visit(exact, 1000) == 20
+    big = TotemConfig(frame_size=9000)  # 60 frames hold more than window_bytes already
+    assert (Srp(A, big).window, Srp(A, big).visit_quota) == (60, 20)
 
 
 def test_stable_frames_are_freed() -> None:
@@ -439,7 +471,7 @@ def test_no_new_messages_are_sent_during_recovery() -> None:
 
 def test_fragmented_message_interrupted_by_reconfiguration_is_sent_again_whole() -> None:
     net = formed(3)
-    big = b"F" * 50_000
+    big = b"F" * 150_000  # more frames than one visit may send
     cut = []
 
     def drop(src, dst, pkt):

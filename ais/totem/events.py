@@ -137,6 +137,11 @@ class TotemConfig:
     max_messages: int = 20
     #: frames the whole ring may send per rotation
     window_size: int = 60
+    #: bytes a rotation may carry at least: at small frames ``window_size`` and
+    #: ``max_messages`` are scaled up by the same factor to reach it (at 1400-byte
+    #: frames 200 and 66), so a ring at Ethernet frame sizes carries about what it
+    #: carries at 9000; larger frames are not affected; 0: the two are exact
+    window_bytes: int = 280_000
     #: frames one node may have queued before ``mcast`` refuses (flow control)
     send_queue_limit: int = 4096
     #: bytes of application payload one node may have queued before ``mcast`` refuses

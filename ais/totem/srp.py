@@ -19,7 +19,10 @@ Ordering (OPERATIONAL).  The token carries ``seq`` (highest seq assigned),
 ``aru`` (all received up to, lowered by whoever lacks messages and raised only
 by its owner), ``fcc``/``backlog`` (flow control) and ``rtr`` (seqs someone
 is missing).  The holder retransmits what it can from ``rtr``, sends new
-frames (at most ``max_messages`` per visit, ``window_size`` per rotation),
+frames (at most ``max_messages`` per visit, ``window_size`` per rotation,
+both scaled up alike where ``window_size`` frames hold less than
+``window_bytes``: per-frame costs, not bytes, set a rotation's pace, so small
+frames would otherwise leave the ring idle between visits),
 adds its own holes to ``rtr``, updates ``aru``, frees frames that the token's
 aru covered on two consecutive visits, and passes the token on.  Frames are
 delivered in seq order as soon as they are contiguous (agreed order).
@@ -142,6 +145,10 @@ class Srp:
         self._regular: tuple[int, ...] = ()
         self.rx = RxStore(self.ring_id)
         self.queue = SendQueue(cfg.frame_size - RECOVERED_HEADER.size)
+        #: flow control in frames: per rotation (whole ring) and per visit (see the docstring)
+        self.window = max(cfg.window_size, cfg.window_bytes // cfg.frame_size)
+        self.visit_quota = max(cfg.max_messages,
+                               cfg.max_messages * self.window // cfg.window_size)
         self._reasm = Reassembler(cfg.max_message_size)
         # membership
         self._proc: set[int] = {node_id}
@@ -799,13 +806,13 @@ class Srp:
         self._token_visit(t, now, may_hold=False, woken=True)
 
     def _allowed(self, t: Token, backlog: int) -> int:
-        cfg = self.cfg
-        room = cfg.window_size - max(0, t.fcc - self._my_last_sent)
-        allowed = min(cfg.max_messages, room)
+        window = self.window
+        room = window - max(0, t.fcc - self._my_last_sent)
+        allowed = min(self.visit_quota, room)
         total = max(0, t.backlog - self._my_last_backlog) + backlog
-        if total > cfg.window_size and backlog:
-            allowed = min(allowed, max(1, cfg.window_size * backlog // total))
-        if t.seq - t.aru > 4 * cfg.window_size:
+        if total > window and backlog:
+            allowed = min(allowed, max(1, window * backlog // total))
+        if t.seq - t.aru > 4 * window:
             allowed = 0  # receivers are far behind: let retransmissions catch up
         return max(0, allowed)
 
