@@ -98,7 +98,7 @@ try:  # the faster implementation of the same cipher (see the module docstring)
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESOCB3
 except ImportError:  # pragma: no cover - depends on what is installed
-    AESOCB3 = None
+    AESOCB3 = None  # type: ignore[assignment,misc]
     InvalidTag = ValueError  # type: ignore[assignment,misc]
 
 # BadPacket is declared once, with the wire formats; crypto failures are one kind of it.
@@ -244,5 +244,5 @@ class Crypto:
         return plain
 
 
-__all__ = ["BACKENDS", "BadPacket", "Crypto", "DEFAULT_REPLAY_WINDOW", "InvalidDigest", "MAX_SESSIONS",
-           "OVERHEAD", "ReplayedPacket", "VERSION"]
+__all__ = ["BACKENDS", "BadPacket", "Crypto", "DEFAULT_REPLAY_WINDOW", "InvalidDigest",
+           "MAX_SESSIONS", "OVERHEAD", "ReplayedPacket", "VERSION"]

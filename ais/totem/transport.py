@@ -7,9 +7,12 @@ Theory of operation (STYLE P1, P2):
   ``clock``; the returned actions join one FIFO and are *performed* from it,
   in order.
 * One greenlet waits for the socket to become readable and reads what is
-  there.  Each armed timer kind has one ``gevent.spawn_later`` greenlet;
-  ``StartTimer`` replaces it, ``CancelTimer`` kills it.  Everything runs in
-  one thread and the core never yields, so there are no locks.
+  there.  Each armed timer kind has one event-loop timer watcher, whose
+  callback performs in the hub like the ``mcast`` callback below;
+  ``StartTimer`` replaces it, ``CancelTimer`` stops it.  (A greenlet per timer,
+  as before, cost a spawn and a kill per token visit and several switches:
+  about a tenth of a token's handling.)  Everything runs in one thread and the
+  core never yields, so there are no locks.
 * ``mcast`` only queues: the actions of ``Srp.mcast`` (in a ring of one, the
   delivery of the message itself; elsewhere the release of a resting token
   or a wake-up request) are performed from an event-loop callback armed for
@@ -29,14 +32,15 @@ Theory of operation (STYLE P1, P2):
   adds to it.  Deliveries and configuration changes therefore reach the
   callbacks exactly in the order the core produced them, and never
   re-entrantly.
-* A timer greenlet detaches itself from the timer table before it calls the
-  core, so a ``CancelTimer``/``StartTimer`` performed meanwhile never kills a
-  greenlet in the middle of performing actions.
+* A timer callback detaches its watcher from the timer table before it calls
+  the core, and a callback whose watcher is no longer in the table (replaced
+  or cancelled meanwhile) does nothing.
 * Untrusted input costs one packet: ``InvalidDigest`` is counted and logged
   ("invalid digest", rate-limited); other ``BadPacket`` is counted at debug.
-  Any other exception in a ring greenlet is a bug: it reaches ``on_fatal``
-  through ``link_exception`` (default: log and exit the process non-zero),
-  because gevent's own default only prints it and carries on.
+  Any other exception in a ring greenlet or timer callback is a bug: it
+  reaches ``on_fatal`` (default: log and exit the process non-zero), the
+  receiver's through ``link_exception``, because gevent's own default only
+  prints it and carries on.
 * Send errors (ENOBUFS, EAGAIN, EMSGSIZE, ECONNREFUSED...) are counted and
   logged at debug: UDP may lose packets and the protocol recovers.
 
@@ -304,7 +308,7 @@ class Transport:
         self._sock: socket.socket | None = None
         self._receiver: Greenlet | None = None
         self._watcher: Any = None  # the receiver's io watcher while it exists
-        self._timers: dict[TimerKind, Greenlet] = {}
+        self._timers: dict[TimerKind, Any] = {}  # armed kind -> its loop timer watcher
         self._pending: deque[Action] = deque()
         self._performing = False
         #: an event-loop callback will perform what ``mcast`` queued
@@ -379,9 +383,10 @@ class Transport:
             return
         self.state = TransportState.STOPPED
         me = getcurrent()
-        for g in [self._receiver, *self._timers.values()]:
-            if g is not None and g is not me:
-                g.kill(block=False)
+        if self._receiver is not None and self._receiver is not me:
+            self._receiver.kill(block=False)
+        for w in self._timers.values():
+            w.stop()
         self._timers.clear()
         self._pending.clear()
         if self._watcher is not None:
@@ -582,27 +587,30 @@ class Transport:
 
     def _arm(self, kind: TimerKind, at: float) -> None:
         self._disarm(kind)
-        g = gevent.spawn_later(max(0.0, at - self.clock()), self._fire, kind, at)
-        g.link_exception(self._died)
-        self._timers[kind] = g
+        w = get_hub().loop.timer(max(0.0, at - self.clock()))
+        self._timers[kind] = w
+        w.start(self._fire, kind, at, w)
 
     def _disarm(self, kind: TimerKind) -> None:
-        g = self._timers.pop(kind, None)
-        if g is not None:
-            g.kill(block=False)
+        w = self._timers.pop(kind, None)
+        if w is not None:
+            w.stop()
 
-    def _fire(self, kind: TimerKind, at: float) -> None:
-        # The event loop's cached time may run a hair ahead of ``clock``; the
-        # core must never see a timer before its time.
-        while (early := at - self.clock()) > 0:
-            gevent.sleep(early)
-        if self._timers.get(kind) is not getcurrent():
-            return  # replaced or cancelled while we slept
-        del self._timers[kind]  # from here on nobody may kill us
-        if self.state is not TransportState.RUNNING:
+    def _fire(self, kind: TimerKind, at: float, w: Any) -> None:
+        if self._timers.get(kind) is not w or self.state is not TransportState.RUNNING:
+            return  # replaced or cancelled after it fell due
+        if at - self.clock() > 0:
+            # The event loop's cached time may run a hair ahead of ``clock``;
+            # the core must never see a timer before its time.
+            self._arm(kind, at)
             return
+        del self._timers[kind]
         self.stats["timers_fired"] += 1
-        self._perform(self.srp.timer(kind, self.clock()))
+        try:
+            self._perform(self.srp.timer(kind, self.clock()))
+        except Exception as e:
+            # In the hub, nobody else would hear of it: gevent only prints it.
+            self._fatal(e)
 
     # -- performing actions ----------------------------------------------------
 
