@@ -485,9 +485,17 @@ class TotemSettings:
     token_hold: float = _setting(_millis, _RING.token_hold,
                                  "how long an idle ring's token rests per rotation")
     window_size: int = _setting(_positive_int, _RING.window_size,
-                                "frames per rotation, whole ring")
+                                "frames per rotation, whole ring (a minimum: see "
+                                "`window_bytes`)")
     max_messages: int = _setting(_positive_int, _RING.max_messages,
-                                 "frames per token visit, one node")
+                                 "frames per token visit, one node (a minimum: see "
+                                 "`window_bytes`)")
+    window_bytes: int = _setting(
+        _int, _RING.window_bytes,
+        "bytes a rotation may carry at least: where `window_size` frames hold less, "
+        "`window_size` and `max_messages` grow by the same factor (Ethernet's "
+        "1413-byte frames: 198 and 66); "
+"0: they are exact", within=(0, 4 * 1024 * 1024))
     frame_size: int | None = _setting(
         _positive_int, None,
         "largest frame before encryption, if you would rather set it directly",

@@ -226,6 +226,23 @@ def test_window_scales_up_at_small_frames_only() -> None:
     assert (Srp(A, big).window, Srp(A, big).visit_quota) == (60, 20)
 
 
+def test_guard_bounds_follow_the_scaled_window() -> None:
+    """Four members each sending a full scaled quota (66 at 1400-byte frames) move
+    the seq by up to a whole window (200) between two visits of one member: the
+    guard's reach must cover that, or it refuses honest frames and tokens and the
+    busy ring re-forms again and again (it did with bounds from window_size)."""
+    net = formed(4)
+    rings = [n.srp.stats["rings_formed"] for n in net.nodes.values()]
+    for i in (A, B, C, D):
+        for k in range(600):
+            net.mcast(i, b"%d-%d" % (i, k) + b"f" * 1000)
+    assert net.run_until(lambda: all(len(n.messages) == 2400 for n in net.nodes.values()), 10)
+    assert all(n.srp.stats["refused"] == 0 for n in net.nodes.values())
+    assert [n.srp.stats["rings_formed"] for n in net.nodes.values()] == rings
+    first = net.nodes[A].messages
+    assert all(n.messages == first for n in net.nodes.values())
+
+
 def test_stable_frames_are_freed() -> None:
     net = formed(3)
     for _ in range(50):

@@ -134,6 +134,11 @@ class Srp:
         self.cfg = cfg = config or TotemConfig()
         self.log = log or logger
         self.stats: dict[str, int] = {}
+        #: flow control in frames: per rotation (whole ring) and per visit (see the docstring);
+        #: set before the guard, whose bounds follow them
+        self.window = max(cfg.window_size, cfg.window_bytes // cfg.frame_size)
+        self.visit_quota = max(cfg.max_messages,
+                               cfg.max_messages * self.window // cfg.window_size)
         #: checks every decoded packet against what the protocol allows (guard.py)
         self.guard = Guard(self)
         self.state = GATHER
@@ -145,10 +150,6 @@ class Srp:
         self._regular: tuple[int, ...] = ()
         self.rx = RxStore(self.ring_id)
         self.queue = SendQueue(cfg.frame_size - RECOVERED_HEADER.size)
-        #: flow control in frames: per rotation (whole ring) and per visit (see the docstring)
-        self.window = max(cfg.window_size, cfg.window_bytes // cfg.frame_size)
-        self.visit_quota = max(cfg.max_messages,
-                               cfg.max_messages * self.window // cfg.window_size)
         self._reasm = Reassembler(cfg.max_message_size)
         # membership
         self._proc: set[int] = {node_id}
