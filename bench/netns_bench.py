@@ -42,13 +42,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_work(c: Cluster, work: str, count: int) -> tuple[float, list[float]]:
+def run_work(c: Cluster, work: str, count: int, client: int = 1) -> tuple[float, list[float]]:
     """One ckptbench run: (its figure, each executive's CPU % meanwhile)."""
     size, _, unit = WORKS[work]
     pids = [n.proc.pid for n in c.nodes.values() if n.proc is not None]
     before = [cpu_seconds(p) for p in pids]
     t0 = time.monotonic()
-    p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", str(count),
+    p = c.client(client, str(ROOT / "examples" / "ckptbench.py"), "--count", str(count),
                  "--sizes", str(size), timeout=600)
     wall = time.monotonic() - t0
     cpu = [(cpu_seconds(q) - b) / wall * 100 for q, b in zip(pids, before)]
@@ -74,7 +74,8 @@ def bench_row(nss: list[str], addrs: list[str], nodes: int, transport: str,
         for r in range(args.rounds):
             for w in args.work:
                 count = args.large_count if WORKS[w][1] == "large" else args.small_count
-                fig, cpu = run_work(c, w, count)
+                fig, cpu = run_work(c, w, count,
+                                    1 if args.client == "first" else max(c.nodes))
                 figures[w].append(fig)
                 if w == "large":
                     cpus.append(cpu)
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--large-count", type=int, default=200, help="writes per large/25k run")
     ap.add_argument("--small-count", type=int, default=2000, help="writes per 1k run")
+    ap.add_argument("--client", default="first", choices=("first", "last"),
+                    help="node running ckptbench: the first (the representative) or the last")
     ap.add_argument("--totem", default="", help="extra lines for the totem section")
     args = ap.parse_args(argv)
     args.work = [w for w in args.work.split(",") if w]

@@ -28,7 +28,7 @@ import pytest
 
 from ais.totem.crypto import Crypto
 from ais.totem.events import (
-    Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer,
+    Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer,
     TimerKind, TotemConfig, node_of)
 from ais.totem.transport import Transport, TransportState, load_ring_seq, save_ring_seq
 
@@ -337,6 +337,33 @@ def test_callbacks_in_order_and_mcast_from_callback(cleanup: list) -> None:
         "ConfChange", "Deliver", "Deliver", "ConfChange", "Deliver"]
     (pkt,) = recv_all(raw2)
     assert Crypto(KEY).open_untrusted(pkt) == b"reply"
+
+
+@pytest.mark.timeout(20)
+def test_sends_go_out_before_the_deliveries_beside_them(cleanup: list) -> None:
+    """A token forwarded in the same visit as local deliveries leaves first: the
+    services' delivery work is not on the ring's path.  Nothing crosses a ConfChange."""
+    port = free_port()
+    raw2 = udp_sock("127.0.0.2", port)
+    cleanup.append(raw2)
+    me, peer = node_of("127.0.0.1"), node_of("127.0.0.2")
+    ring = RingId(8, me)
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    sent_when: list[tuple[bytes, int]] = []
+    h.t.on_deliver = lambda d: sent_when.append((d.payload, h.t.stats["tx_packets"]))
+    h.t.on_confchg = lambda c: sent_when.append((b"conf", h.t.stats["tx_packets"]))
+    h.t._perform([Deliver(me, b"a", ring), Stable(ring, 1), Deliver(me, b"b", ring),
+                  Send(b"token", dest=peer),
+                  ConfChange(False, ring, (me,), (), (me,)), Deliver(me, b"c", ring),
+                  Send(b"after conf", dest=peer)])
+    # both deliveries waited for the token; the ConfChange for nothing after it
+    assert sent_when == [(b"a", 1), (b"b", 1), (b"conf", 1), (b"c", 2)]
+    got = [Crypto(KEY).open_untrusted(p) for p in recv_all(raw2)]
+    assert got == [b"token", b"after conf"]
+    assert h.fatal == []
 
 
 @pytest.mark.timeout(20)

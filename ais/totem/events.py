@@ -129,6 +129,10 @@ class TotemConfig:
     merge_detect: float = 1000.0
     #: how long an idle ring's token rests at the representative per rotation
     token_hold: float = 250.0
+    #: ms the token keeps rotating after the last traffic before it may rest: a
+    #: synchronous writer's next message then finds it moving (no WAKE, no extra
+    #: hops); an idle ring stops rotating this long after its last message
+    token_linger: float = 5.0
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0
     #: largest frame the ring sends (payload of one UDP datagram before crypto)

@@ -30,7 +30,10 @@ delivered in seq order as soon as they are contiguous (agreed order).
 Idle ring.  When a whole rotation sent nothing, the representative marks the
 token IDLE; if it comes back still IDLE it rests there for ``token_hold`` ms.
 A node with a new message multicasts WAKE and the representative releases the
-token at once, so the first message after a quiet spell is not held up.
+token at once, so the first message after a quiet spell is not held up.  The
+token starts resting only ``token_linger`` ms after the last traffic: a
+synchronous writer's next message finds it moving, with no WAKE and no extra
+hops, while an idle ring still stops rotating a few ms after its last message.
 
 Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
 of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
@@ -170,6 +173,8 @@ class Srp:
         self._last_token_aru = 0
         self._stable_seq = 0  # highest seq reported in a Stable action for this ring
         self._rep_last_seq = -1
+        #: when the representative last saw a rotation carry traffic (token_linger)
+        self._busy_at = float("-inf")
         self._forwarded_idle = False
         self._wake_pending = False
         self._forwarded_at: float | None = None
@@ -927,6 +932,12 @@ class Srp:
             # received on two visits, i.e. holds it and has reported it Stable
             quiet = (sent == 0 and not t.rtr and t.aru == t.seq and t.seq == self._rep_last_seq
                      and prev_aru == t.seq and not self.queue.msgs)
+            if not quiet:
+                self._busy_at = now
+            elif now - self._busy_at < cfg.token_linger / 1000.0:
+                # Lingering: the next message of a synchronous writer follows
+                # the last one's delivery closely; a moving token takes it at once.
+                quiet = False
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
                 self._held = t
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)

@@ -154,6 +154,31 @@ class SrpLike(Protocol):
     def leave(self, now: float) -> list[Action]: ...
 
 
+
+def _sends_first(actions: list[Action]) -> list[Action]:
+    """``actions`` with each run of sends, deliveries and timers reordered sends first.
+
+    The core has already done everything its actions report; a send's bytes
+    do not depend on the local deliveries beside it.  Sending first takes the
+    services' delivery work (a checkpoint write applied, replies queued) off the
+    token's path: the next member works while this one delivers.  Deliveries,
+    Stables and configuration changes keep their order, and no send moves
+    across a ConfChange (it may change who the ring's packets go to).
+    """
+    out: list[Action] = []
+    later: list[Action] = []
+    for a in actions:
+        if isinstance(a, Send):
+            out.append(a)
+        elif isinstance(a, ConfChange):
+            out.extend(later)
+            later.clear()
+            out.append(a)
+        else:
+            later.append(a)
+    out.extend(later)
+    return out
+
 class TransportState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -625,7 +650,7 @@ class Transport:
             self._fatal(e)
 
     def _perform(self, actions: list[Action]) -> None:
-        self._pending.extend(actions)
+        self._pending.extend(_sends_first(actions) if len(actions) > 1 else actions)
         if self._performing:
             return  # the greenlet already draining the queue will do these, in order
         self._performing = True
