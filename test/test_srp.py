@@ -267,6 +267,42 @@ def test_send_queue_limits() -> None:
 
 # ------------------------------------------------------------------ idle ring
 
+def _last_token_after(cfg: TotemConfig) -> tuple[float, int]:
+    """(seconds the token kept moving after a message's delivery, WAKEs sent
+    for a second message 30 ms later from a member that is not the representative)."""
+    net = formed(3, cfg)
+    net.run(1)
+    net.mcast(B, b"first")
+    assert net.run_until(lambda: all(n.messages == [b"first"] for n in net.nodes.values()), 1)
+    t0 = net.now
+    net.sent.clear()
+    net.run(0.03)
+    moving = max((t for t, _, _, p in net.sent if isinstance(p, wire.Token)), default=t0) - t0
+    net.sent.clear()
+    net.mcast(C, b"second")
+    assert net.run_until(lambda: all(n.messages == [b"first", b"second"]
+                                     for n in net.nodes.values()), 1)
+    wakes = sum(isinstance(p, wire.Probe) and p.kind == wire.WAKE for _, _, _, p in net.sent)
+    return moving, wakes
+
+
+def test_token_lingers_after_traffic_then_rests() -> None:
+    rests, woken = _last_token_after(TotemConfig())
+    lingers, _ = _last_token_after(TotemConfig(token_linger=20.0))
+    assert rests < 0.005 and woken == 1  # no linger: it rests within a few rotations
+    assert 0.02 <= lingers < 0.03  # it moved for the linger, then rested
+    # a message within the linger finds the token moving: no WAKE
+    net = formed(3, TotemConfig(token_linger=20.0))
+    net.run(1)
+    net.mcast(B, b"first")
+    net.run(0.01)
+    net.sent.clear()
+    net.mcast(C, b"second")
+    assert net.run_until(lambda: all(n.messages == [b"first", b"second"]
+                                     for n in net.nodes.values()), 1)
+    assert not any(isinstance(p, wire.Probe) and p.kind == wire.WAKE for _, _, _, p in net.sent)
+
+
 def test_idle_token_rests_and_wakes_fast() -> None:
     net = formed(3)
     net.run(1)

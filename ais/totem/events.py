@@ -131,8 +131,9 @@ class TotemConfig:
     token_hold: float = 250.0
     #: ms the token keeps rotating after the last traffic before it may rest: a
     #: synchronous writer's next message then finds it moving (no WAKE, no extra
-    #: hops); an idle ring stops rotating this long after its last message
-    token_linger: float = 5.0
+    #: hops); an idle ring stops rotating this long after its last message.
+    #: Off by default: on 2-3 nodes it measured within noise (see bench/netns_bench.py)
+    token_linger: float = 0.0
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0
     #: largest frame the ring sends (payload of one UDP datagram before crypto)

@@ -31,7 +31,9 @@ Theory of operation (STYLE P1, P2):
   whoever finds the FIFO idle drains it, and anyone arriving meanwhile only
   adds to it.  Deliveries and configuration changes therefore reach the
   callbacks exactly in the order the core produced them, and never
-  re-entrantly.
+  re-entrantly.  Only sends move: within one call's actions they go out
+  before the deliveries and Stables beside them (never across a ConfChange),
+  so a forwarded token does not wait for the services' delivery work.
 * A timer callback detaches its watcher from the timer table before it calls
   the core, and a callback whose watcher is no longer in the table (replaced
   or cancelled meanwhile) does nothing.
