@@ -309,6 +309,10 @@ def _millis(text: str) -> float:
     return ms
 
 
+def _millis_or_zero(text: str) -> float:
+    return 0.0 if re.fullmatch(r"0+(\.0+)?", text) else _millis(text)
+
+
 def _on_off(text: str) -> bool:
     word = text.lower()
     if word in ("on", "yes"):
@@ -489,10 +493,22 @@ class TotemSettings:
                                    "how often a ring's representative probes for other rings")
     token_hold: float = _setting(_millis, _RING.token_hold,
                                  "how long an idle ring's token rests per rotation")
+    token_linger: float = _setting(_millis_or_zero, _RING.token_linger,
+                                   "how long the token keeps rotating after the last traffic "
+                                   "before it may rest (a synchronous writer's next message "
+                                   "finds it moving); 0: it rests as soon as the ring is quiet")
     window_size: int = _setting(_positive_int, _RING.window_size,
-                                "frames per rotation, whole ring")
+                                "frames per rotation, whole ring (a minimum: see "
+                                "`window_bytes`)")
     max_messages: int = _setting(_positive_int, _RING.max_messages,
-                                 "frames per token visit, one node")
+                                 "frames per token visit, one node (a minimum: see "
+                                 "`window_bytes`)")
+    window_bytes: int = _setting(
+        _int, _RING.window_bytes,
+        "bytes a rotation may carry at least: where `window_size` frames hold less, "
+        "`window_size` and `max_messages` grow by the same factor (Ethernet's "
+        "1413-byte frames: 198 and 66); "
+"0: they are exact", within=(0, 4 * 1024 * 1024))
     frame_size: int | None = _setting(
         _positive_int, None,
         "largest frame before encryption, if you would rather set it directly",
@@ -764,6 +780,8 @@ def _totem(v: _Values) -> TotemSettings:
     check(t.token_hold < t.token, ("token", "token_hold"),
           f"token_hold ({t.token_hold:g}) must be less than token ({t.token:g}), "
           "or a resting token looks lost")
+    check(t.token_linger < t.token, ("token", "token_linger"),
+          f"token_linger ({t.token_linger:g}) must be less than token ({t.token:g})")
     check(t.max_messages <= t.window_size, ("window_size", "max_messages"),
           f"max_messages ({t.max_messages}) must not exceed window_size ({t.window_size})")
     for f in dataclasses.fields(TotemSettings):

@@ -172,12 +172,15 @@ def test_totem_keys_are_declared_once() -> None:
         ("token", 3000), ("token_retransmit", 90), ("join", 70), ("consensus", 900),
         ("merge_detect", 1500), ("token_hold", 40), ("window_size", 80), ("max_messages", 25),
         ("netmtu", 9000), ("fail_recv_const", 33), ("fail_recv_backoff", 700),
-        ("max_members", 12)))
+        ("max_members", 12), ("window_bytes", 500000), ("token_linger", 7)))
     tc = parse_openais_conf(NET_UDP + "totem {\n" + text + "}\n").to_totem_config()
     assert (tc.token, tc.token_retransmit, tc.join, tc.consensus, tc.merge_detect,
             tc.token_hold, tc.window_size, tc.max_messages, tc.frame_size,
-            tc.fail_recv_const, tc.fail_recv_backoff, tc.max_members) == (
-        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12)
+            tc.fail_recv_const, tc.fail_recv_backoff, tc.max_members, tc.window_bytes,
+            tc.token_linger) == (
+        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12, 500000, 7)
+    exact = parse_openais_conf(NET_UDP + "totem {\n window_bytes: 0\n}\n").to_totem_config()
+    assert exact.window_bytes == 0
 
 
 def test_readme_totem_rows_agree_with_the_declaration() -> None:
@@ -277,6 +280,8 @@ OPENAIS_ERRORS = [
      "token_hold (1000) must be less than token (1000)"),
     ("max_messages above window", NET_UDP + "totem {\n max_messages: 100\n}\n", 7,
      "max_messages (100) must not exceed window_size (60)"),
+    ("window_bytes too big", NET_UDP + "totem {\n window_bytes: 99999999\n}\n", 7,
+     "window_bytes: 99999999 is outside 0..4194304"),
     ("frame too big", NET_UDP + "totem {\n netmtu: 70000\n}\n", 7, "netmtu: 70000 is outside"),
     ("netmtu and frame_size", NET_UDP + "totem {\n frame_size: 1400\n netmtu: 1400\n}\n", 8,
      "netmtu (the network's MTU) or frame_size, not both"),

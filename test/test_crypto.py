@@ -5,14 +5,48 @@ import random
 
 import pytest
 
+from ais.totem import crypto as crypto_mod
 from ais.totem.crypto import (
-    DEFAULT_REPLAY_WINDOW, MAX_SESSIONS, OVERHEAD, VERSION, BadPacket, Crypto, InvalidDigest,
-    ReplayedPacket)
+    BACKENDS, DEFAULT_REPLAY_WINDOW, MAX_SESSIONS, OVERHEAD, VERSION, BadPacket, Crypto,
+    InvalidDigest, ReplayedPacket)
 
 pytestmark = pytest.mark.timeout(60)
 
 KEY = bytes(range(128))
 OTHER_KEY = bytes(reversed(range(128)))
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs once per installed OCB implementation (the default is the first)."""
+    monkeypatch.setattr(crypto_mod, "BACKENDS",
+                        (request.param, *(b for b in BACKENDS if b != request.param)))
+    assert Crypto(KEY).backend == request.param
+    return request.param
+
+
+def test_both_backends_seal_the_same_bytes_and_open_each_other() -> None:
+    if len(BACKENDS) < 2:
+        pytest.skip("the cryptography package is not installed: one backend only")
+    a = Crypto(KEY, backend="cryptography")
+    b = Crypto(KEY, backend="pycryptodome")
+    b._session = a._session  # same session and counter: the same nonce
+    for size in (0, 1, 16, 100, 1400, 64 * 1024):
+        plain = random.Random(size).randbytes(size)
+        sealed = a.seal(plain)
+        assert b.seal(plain) == sealed
+        assert Crypto(KEY, backend="pycryptodome").open_untrusted(sealed) == plain
+        assert Crypto(KEY, backend="cryptography").open_untrusted(sealed) == plain
+        flipped = bytearray(sealed)
+        flipped[-1] ^= 1
+        for other in BACKENDS:
+            with pytest.raises(InvalidDigest):
+                Crypto(KEY, backend=other).open_untrusted(bytes(flipped))
+
+
+def test_unknown_backend_refused() -> None:
+    with pytest.raises(ValueError):
+        Crypto(KEY, backend="rot13")
 
 
 def test_round_trip_sizes() -> None:

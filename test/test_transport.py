@@ -10,6 +10,7 @@ The first group drives the transport with ``StubSrp``, a scripted stand-in for
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import pytest
 
 from ais.totem.crypto import Crypto
 from ais.totem.events import (
-    Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, StartTimer,
+    Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer,
     TimerKind, TotemConfig, node_of)
 from ais.totem.transport import Transport, TransportState, load_ring_seq, save_ring_seq
 
@@ -336,6 +337,33 @@ def test_callbacks_in_order_and_mcast_from_callback(cleanup: list) -> None:
         "ConfChange", "Deliver", "Deliver", "ConfChange", "Deliver"]
     (pkt,) = recv_all(raw2)
     assert Crypto(KEY).open_untrusted(pkt) == b"reply"
+
+
+@pytest.mark.timeout(20)
+def test_sends_go_out_before_the_deliveries_beside_them(cleanup: list) -> None:
+    """A token forwarded in the same visit as local deliveries leaves first: the
+    services' delivery work is not on the ring's path.  Nothing crosses a ConfChange."""
+    port = free_port()
+    raw2 = udp_sock("127.0.0.2", port)
+    cleanup.append(raw2)
+    me, peer = node_of("127.0.0.1"), node_of("127.0.0.2")
+    ring = RingId(8, me)
+    srp = StubSrp("127.0.0.1")
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    sent_when: list[tuple[bytes, int]] = []
+    h.t.on_deliver = lambda d: sent_when.append((d.payload, h.t.stats["tx_packets"]))
+    h.t.on_confchg = lambda c: sent_when.append((b"conf", h.t.stats["tx_packets"]))
+    h.t._perform([Deliver(me, b"a", ring), Stable(ring, 1), Deliver(me, b"b", ring),
+                  Send(b"token", dest=peer),
+                  ConfChange(False, ring, (me,), (), (me,)), Deliver(me, b"c", ring),
+                  Send(b"after conf", dest=peer)])
+    # both deliveries waited for the token; the ConfChange for nothing after it
+    assert sent_when == [(b"a", 1), (b"b", 1), (b"conf", 1), (b"c", 2)]
+    got = [Crypto(KEY).open_untrusted(p) for p in recv_all(raw2)]
+    assert got == [b"token", b"after conf"]
+    assert h.fatal == []
 
 
 @pytest.mark.timeout(20)
@@ -796,3 +824,90 @@ def test_mcast_in_a_real_ring_of_one_delivers_after_returning(cleanup: list) -> 
         gevent.sleep(0)
         assert wait_until(lambda n=i + 1: len(h.delivered) == n)
     assert h.fatal == []
+
+
+# -- segmentation offload ---------------------------------------------------------
+
+def _burst(n: int = 30, size: int = 1000) -> list[bytes]:
+    """``n`` frames of one size and a shorter last one, as a token visit sends them."""
+    return [b"%05d" % i + b"-" * (size - 5) for i in range(n)] + [b"tail"]
+
+
+@pytest.mark.timeout(20)
+def test_a_burst_arrives_whole_and_in_order_at_a_plain_socket(cleanup: list) -> None:
+    """Segmented or not, the wire carries one sealed datagram per Send, in order."""
+    port = free_port()
+    raw = udp_sock("127.0.0.2", port)
+    cleanup.append(raw)
+    h = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    burst = _burst()
+    h.t._perform([Send(p) for p in burst] + [Send(b"token", dest=node_of("127.0.0.2"))])
+    got = recv_all(raw)
+    opener = Crypto(KEY)
+    assert [opener.open_untrusted(g) for g in got] == [*burst, b"token"]
+    assert h.t.stats["tx_packets"] == len(burst) + 1 and h.t.stats["send_errors"] == 0
+    if sys.platform.startswith("linux"):
+        assert h.t.stats["gso_sends"] >= 1  # the frames left in one segmented send
+
+
+@pytest.mark.timeout(20)
+def test_coalesced_reads_are_cut_into_the_datagrams_sent(cleanup: list) -> None:
+    port = free_port()
+    a = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    rx = StubSrp("127.0.0.2")
+    b = Harness(rx, "127.0.0.2", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup += [a.t, b.t]
+    a.t.start()
+    b.t.start()
+    bursts = [_burst(20, 700 + k) for k in range(5)]
+    for burst in bursts:
+        a.t._perform([Send(p) for p in burst])
+    want = [p for burst in bursts for p in burst]
+    assert wait_until(lambda: len(rx.received) >= len(want))
+    assert rx.received == want
+    assert b.t.stats["invalid_digest"] == b.t.stats["bad_packet"] == 0
+    assert b.t.stats["rx_packets"] == len(want)
+    if sys.platform.startswith("linux"):
+        assert a.t.stats["gso_sends"] == len(bursts)
+        assert b.t.stats["gro_reads"] >= 1  # loopback hands segmented sends over whole
+
+
+class _NoSegmentation:
+    """A socket whose kernel refuses UDP_SEGMENT (as before Linux 4.18)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, *args: object) -> int:
+        self.refused += 1
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.timeout(20)
+def test_without_segmentation_offload_it_falls_back_to_one_send_each(
+        cleanup: list, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    port = free_port()
+    raw = udp_sock("127.0.0.2", port)
+    cleanup.append(raw)
+    h = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    fake = _NoSegmentation(h.t._sock)  # type: ignore[arg-type]
+    h.t._sock = fake  # type: ignore[assignment]
+    h.t._gso = True
+    burst = _burst(10)
+    for _ in range(2):
+        h.t._perform([Send(p) for p in burst])
+    opener = Crypto(KEY)
+    assert [opener.open_untrusted(g) for g in recv_all(raw)] == burst + burst
+    assert fake.refused == 1 and h.t._gso is False  # tried once, then never again
+    assert h.t.stats["send_errors"] == 0 and h.t.stats["gso_sends"] == 0
+    assert any("segmentation offload refused" in r.getMessage() for r in caplog.records)
+    h.t._sock = fake._sock  # type: ignore[assignment]

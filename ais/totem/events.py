@@ -129,6 +129,11 @@ class TotemConfig:
     merge_detect: float = 1000.0
     #: how long an idle ring's token rests at the representative per rotation
     token_hold: float = 250.0
+    #: ms the token keeps rotating after the last traffic before it may rest: a
+    #: synchronous writer's next message then finds it moving (no WAKE, no extra
+    #: hops); an idle ring stops rotating this long after its last message.
+    #: Off by default: on 2-3 nodes it measured within noise (see bench/netns_bench.py)
+    token_linger: float = 0.0
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0
     #: largest frame the ring sends (payload of one UDP datagram before crypto)
@@ -137,6 +142,11 @@ class TotemConfig:
     max_messages: int = 20
     #: frames the whole ring may send per rotation
     window_size: int = 60
+    #: bytes a rotation may carry at least: at small frames ``window_size`` and
+    #: ``max_messages`` are scaled up by the same factor to reach it (at 1400-byte
+    #: frames 200 and 66), so a ring at Ethernet frame sizes carries about what it
+    #: carries at 9000; larger frames are not affected; 0: the two are exact
+    window_bytes: int = 280_000
     #: frames one node may have queued before ``mcast`` refuses (flow control)
     send_queue_limit: int = 4096
     #: bytes of application payload one node may have queued before ``mcast`` refuses

@@ -25,7 +25,8 @@ Bounds and why they hold for honest peers:
   overflow.  A node poisoned during its unanchored start is refused by the
   anchored ones: it stays alone (and is logged by them) but harms nobody.
 * Message sequence numbers: per rotation the ring assigns at most about
-  ``window_size`` new seqs (flow control: ``fcc``), and the token's seq never
+  ``srp.window`` new seqs (flow control: ``fcc``; ``window_size`` scaled up
+  to ``window_bytes`` at small frames), and the token's seq never
   decreases.  A token (that is not a duplicate) or a frame may claim at most
   ``frame_ahead`` (two windows) beyond the seq this node last passed the
   token on with, and a token no less.  A forged far-future frame therefore
@@ -33,11 +34,11 @@ Bounds and why they hold for honest peers:
   them), and a forged token cannot freeze the ring at an unreachable seq.
   (Commit entries and recovered frames, which report on an old ring, get the
   wider ``seq_ahead``: another member may have been up to ``4 *
-  window_size`` ahead of our aru there.)
+  window`` ahead of our aru there.)
 * Token sequence: grows by one per hop, so an honest token comes back at most
   one rotation (``len(members)`` hops) above what this node forwarded.
 * Flow control: ``fcc`` is the sum of each member's frames sent on its last
-  visit, never above ``window_size``.  After a rotation in which nobody sent
+  visit, never above the window.  After a rotation in which nobody sent
   (the seq the representative passed on came back unchanged) it equals the
   representative's own last share: a larger value is a lie that would stop
   every sender for good, and the representative refuses that token (the
@@ -127,10 +128,13 @@ class Guard:
         self.allowed: frozenset[int] = (frozenset(cfg.members) | {srp.node_id}
                                         if cfg.members else frozenset())
         self.max_members = min(cfg.max_members, wire.MAX_NODES)
-        self.frame_ahead = 2 * cfg.window_size + 2 * cfg.max_messages + 16
-        self.seq_ahead = 8 * cfg.window_size + 4 * cfg.max_messages + 64
-        #: flow control keeps fcc <= window_size; slack for members configured differently
-        self.max_fcc = 4 * cfg.window_size + 64
+        # The window as flow control applies it (scaled up to window_bytes at
+        # small frames), not the configured minimum: a rotation may carry all of it.
+        window, quota = srp.window, srp.visit_quota
+        self.frame_ahead = 2 * window + 2 * quota + 16
+        self.seq_ahead = 8 * window + 4 * quota + 64
+        #: flow control keeps fcc <= window; slack for members configured differently
+        self.max_fcc = 4 * window + 64
         self._last_foreign: float | None = None
         self._log_limit = Limiter(LOG_BURST, LOG_INTERVAL)
         srp.stats.update(refused=0, foreign_ignored=0, frame_conflicts=0)

@@ -19,7 +19,10 @@ Ordering (OPERATIONAL).  The token carries ``seq`` (highest seq assigned),
 ``aru`` (all received up to, lowered by whoever lacks messages and raised only
 by its owner), ``fcc``/``backlog`` (flow control) and ``rtr`` (seqs someone
 is missing).  The holder retransmits what it can from ``rtr``, sends new
-frames (at most ``max_messages`` per visit, ``window_size`` per rotation),
+frames (at most ``max_messages`` per visit, ``window_size`` per rotation,
+both scaled up alike where ``window_size`` frames hold less than
+``window_bytes``: per-frame costs, not bytes, set a rotation's pace, so small
+frames would otherwise leave the ring idle between visits),
 adds its own holes to ``rtr``, updates ``aru``, frees frames that the token's
 aru covered on two consecutive visits, and passes the token on.  Frames are
 delivered in seq order as soon as they are contiguous (agreed order).
@@ -27,7 +30,10 @@ delivered in seq order as soon as they are contiguous (agreed order).
 Idle ring.  When a whole rotation sent nothing, the representative marks the
 token IDLE; if it comes back still IDLE it rests there for ``token_hold`` ms.
 A node with a new message multicasts WAKE and the representative releases the
-token at once, so the first message after a quiet spell is not held up.
+token at once, so the first message after a quiet spell is not held up.  The
+token starts resting only ``token_linger`` ms after the last traffic: a
+synchronous writer's next message finds it moving, with no WAKE and no extra
+hops, while an idle ring still stops rotating a few ms after its last message.
 
 Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
 of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
@@ -131,6 +137,11 @@ class Srp:
         self.cfg = cfg = config or TotemConfig()
         self.log = log or logger
         self.stats: dict[str, int] = {}
+        #: flow control in frames: per rotation (whole ring) and per visit (see the docstring);
+        #: set before the guard, whose bounds follow them
+        self.window = max(cfg.window_size, cfg.window_bytes // cfg.frame_size)
+        self.visit_quota = max(cfg.max_messages,
+                               cfg.max_messages * self.window // cfg.window_size)
         #: checks every decoded packet against what the protocol allows (guard.py)
         self.guard = Guard(self)
         self.state = GATHER
@@ -162,6 +173,8 @@ class Srp:
         self._last_token_aru = 0
         self._stable_seq = 0  # highest seq reported in a Stable action for this ring
         self._rep_last_seq = -1
+        #: when the representative last saw a rotation carry traffic (token_linger)
+        self._busy_at = float("-inf")
         self._forwarded_idle = False
         self._wake_pending = False
         self._forwarded_at: float | None = None
@@ -799,13 +812,13 @@ class Srp:
         self._token_visit(t, now, may_hold=False, woken=True)
 
     def _allowed(self, t: Token, backlog: int) -> int:
-        cfg = self.cfg
-        room = cfg.window_size - max(0, t.fcc - self._my_last_sent)
-        allowed = min(cfg.max_messages, room)
+        window = self.window
+        room = window - max(0, t.fcc - self._my_last_sent)
+        allowed = min(self.visit_quota, room)
         total = max(0, t.backlog - self._my_last_backlog) + backlog
-        if total > cfg.window_size and backlog:
-            allowed = min(allowed, max(1, cfg.window_size * backlog // total))
-        if t.seq - t.aru > 4 * cfg.window_size:
+        if total > window and backlog:
+            allowed = min(allowed, max(1, window * backlog // total))
+        if t.seq - t.aru > 4 * window:
             allowed = 0  # receivers are far behind: let retransmissions catch up
         return max(0, allowed)
 
@@ -919,6 +932,12 @@ class Srp:
             # received on two visits, i.e. holds it and has reported it Stable
             quiet = (sent == 0 and not t.rtr and t.aru == t.seq and t.seq == self._rep_last_seq
                      and prev_aru == t.seq and not self.queue.msgs)
+            if not quiet:
+                self._busy_at = now
+            elif now - self._busy_at < cfg.token_linger / 1000.0:
+                # Lingering: the next message of a synchronous writer follows
+                # the last one's delivery closely; a moving token takes it at once.
+                quiet = False
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
                 self._held = t
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
