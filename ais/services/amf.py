@@ -109,7 +109,15 @@ unlocked unit with a component on the node (or ``node=`` it) is locked and
 remembers the node (``locked_by``); node unlock unlocks those.  An active unit
 keeps counting as active until its assignments are gone, so the standby's
 promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
-SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
+SHUTDOWN from a shutdown until the unit is out of service, SWITCHOVER likewise
+for a lock.  When a pending operation ends, the host of each component of the
+unit that can still be talked to sends saAmfPendingOperationConfirmCallback
+(completed: the unit is locked out of service; answered with saAmfResponse,
+after the terminate callback) or saAmfPendingOperationExpiredCallback (not
+completed: cancelled by an unlock, superseded by a lock, or a component of the
+unit failed meanwhile, e.g. missed its response-timeout).  Which operation is
+pending is derived from the replicated state at the end of each handler, so
+every node agrees on it (``_pending_callbacks``).
 
 Error recovery (saAmfErrorReport's recommendedRecovery): INTERNALLY_RECOVERED
 is only logged; COMPONENT_RESTART fails the unit over and sends the
@@ -221,6 +229,7 @@ KIND_READINESS = 1
 KIND_HA = 2
 KIND_HEALTHCHECK = 3
 KIND_TERMINATE = 4
+KIND_PENDING = 5
 
 #: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
 #: only saAmfErrorCancelAll undoes
@@ -468,6 +477,11 @@ class AmfService(Service):
         self._changed: list[Comp] = []
         #: CSI -> did its last active quiesce gracefully (transition descriptors)
         self._handover: dict[str, bool] = {}
+        #: unit -> its pending operation at the end of the last handler (derived from the
+        #: replicated state, so the same on every node; only hosts send the callbacks)
+        self._pending: dict[str, int] = {}
+        #: units whose pending operation met a component failure (it expires)
+        self._pending_broken: set[str] = set()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -596,6 +610,45 @@ class AmfService(Service):
         inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
                                          lambda: self._forget_invocation(n))
 
+    def _pending_callbacks(self) -> None:
+        """A unit's pending operation ended: its components hear whether it completed
+        (saAmfPendingOperationConfirmCallback, answered with saAmfResponse) or not
+        (saAmfPendingOperationExpiredCallback: cancelled by an unlock, superseded by a
+        lock, or broken by a component failure or a missed response-timeout)."""
+        for unit in self.units.values():
+            now = self._unit_pending(unit)
+            before = self._pending.get(unit.name, 0)
+            if now == before:
+                continue
+            self._pending[unit.name] = now
+            if before == 0:
+                continue
+            broken = unit.name in self._pending_broken
+            self._pending_broken.discard(unit.name)
+            done = now == 0 and not broken and unit.admin == Admin.LOCKED \
+                and unit.phase == Phase.IDLE
+            self.log.log(NOTICE, "unit %s: pending %s %s", unit.name,
+                         "shutdown" if before == aw.SA_AMF_SHUTDOWN_OPERATION else "switchover",
+                         "completed" if done else "expired")
+            for c in unit.comps:
+                self._pending_callback(c, before, done)
+
+    def _pending_callback(self, c: Comp, flags: int, done: bool) -> None:
+        conn = self._conn_of(c)
+        if conn is None:
+            return
+        if not done:
+            conn.send_callback(aw.AMF_CB_PENDING_EXPIRED, aw.encode_invocation_cb(
+                aw.InvocationCb(0, c.name.encode(), flags)))
+            return
+        inv = _Invocation(c.name, c.incarnation, KIND_PENDING, flags)
+        n = self._new_invocation(inv)
+        conn.send_callback(aw.AMF_CB_PENDING_CONFIRM, aw.encode_invocation_cb(
+            aw.InvocationCb(n, c.name.encode(), flags)))
+        # Its answer changes nothing (the operation is over): forget it later.
+        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                         lambda: self._forget_invocation(n))
+
     def _forget_invocation(self, n: int) -> None:
         self.invocations.pop(n, None)
 
@@ -716,6 +769,8 @@ class AmfService(Service):
 
     def _fail(self, unit: Unit) -> None:
         """A component of ``unit`` failed (error or unregistered)."""
+        if self._unit_pending(unit):
+            self._pending_broken.add(unit.name)
         for c in unit.comps:
             if not c.talkable:
                 self._force_down(c)
@@ -960,6 +1015,7 @@ class AmfService(Service):
             if c.name not in seen:
                 seen.add(c.name)
                 self._notify_trackers(c)
+        self._pending_callbacks()
         self._refresh_healthchecks()
         self._refresh_processes()
 
@@ -1618,7 +1674,7 @@ class AmfService(Service):
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
         if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK,
-                                           KIND_TERMINATE):
+                                           KIND_TERMINATE, KIND_PENDING):
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
 
@@ -1635,7 +1691,7 @@ class AmfService(Service):
         self.invocations.pop(n, None)
         if inv.timer is not None:
             inv.timer.cancel()
-        if inv.superseded or inv.kind == KIND_TERMINATE:
+        if inv.superseded or inv.kind in (KIND_TERMINATE, KIND_PENDING):
             return b""
         if inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
@@ -1674,11 +1730,17 @@ class AmfService(Service):
 
     def pending_operation(self, c: Comp) -> int:
         """saAmfPendingOperationGet: the administrative operation under way on c's unit."""
-        u = c.unit
-        if u.admin == Admin.SHUTTING_DOWN and u.phase in (Phase.DRAINING, Phase.REMOVING,
-                                                          Phase.STOPPING):
+        return self._unit_pending(c.unit)
+
+    @staticmethod
+    def _unit_pending(u: Unit) -> int:
+        """SHUTDOWN from a shutdown until the unit is out of service, SWITCHOVER from a
+        lock until then (a lock of a shutting-down unit supersedes the shutdown)."""
+        if u.phase == Phase.IDLE:
+            return 0
+        if u.admin == Admin.SHUTTING_DOWN:
             return aw.SA_AMF_SHUTDOWN_OPERATION
-        if u.admin == Admin.LOCKED and u.phase in (Phase.REMOVING, Phase.STOPPING):
+        if u.admin == Admin.LOCKED:
             return aw.SA_AMF_SWITCHOVER_OPERATION
         return 0
 
