@@ -711,6 +711,8 @@ class _AmfComp:
             inv = aw.decode_csi_set_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_CSI_REMOVE:
             inv = aw.decode_csi_remove_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_PENDING_CONFIRM:
+            inv = aw.decode_invocation_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_TERMINATE:
             # Answer, exit, and come back 0.3 s later (a supervisor restarts it).
             inv = aw.decode_invocation_cb_untrusted(body).invocation

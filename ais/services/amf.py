@@ -60,7 +60,13 @@ component holding an ACTIVE or STANDBY assignment), a readiness/CSI callback
 not answered within ``response-timeout`` or answered with an error (cause
 SOFTWARE_ERROR: the component is still talked to), a closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
-(``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
+(``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Healthcheck
+keys: a component may call saAmfHealthcheckStart(comp, key) on the connection
+it registered through, naming a ``healthcheck {`` block of its group; its host
+then checks it with that block's period and timeout until
+saAmfHealthcheckStop or its next registration (host-local: only the host
+checks, so nothing is replicated).  Checks are always AMF-invoked (A.01.01 has
+no component-invoked ones) and start by themselves, key or not.  Defaults:
 100 ms, 40 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
 is noticed at most period + 40 ms after its last answer, leaving ~10 ms for
 the failover itself (the aim: standby active within one period + 50 ms).
@@ -466,6 +472,8 @@ class AmfService(Service):
         self.invocations: dict[int, _Invocation] = {}
         self._next_invocation = 1
         self.healthchecks: dict[str, _Healthcheck] = {}
+        #: component -> (incarnation, key) of the healthcheck it started (saAmfHealthcheckStart)
+        self.hc_keys: dict[str, tuple[int, str]] = {}
         #: component processes this node started
         self.procs: dict[str, _Proc] = {}
         #: (component, incarnation) this node reported failed: no more callbacks to it
@@ -678,6 +686,16 @@ class AmfService(Service):
                 and c.ha == c.want_ha == QUIESCED
                 and (c.unit.role == Role.NONE or c.unit.group.per_csi))
 
+    def _hc_timing(self, c: Comp) -> tuple[float, float]:
+        """Period and timeout (s) of ``c``'s checks: of the key it started, else its
+        group's."""
+        spec = c.unit.group.spec
+        started = self.hc_keys.get(c.name)
+        hc = spec.healthcheck(started[1]) if started and started[0] == c.incarnation else None
+        if hc is None:
+            return spec.healthcheck_period / 1000.0, spec.healthcheck_timeout / 1000.0
+        return hc.period / 1000.0, hc.timeout / 1000.0
+
     def _refresh_healthchecks(self) -> None:
         me = self.host.node_id
         for c in self.comps.values():
@@ -689,7 +707,7 @@ class AmfService(Service):
             if want and hc is None:
                 hc = _Healthcheck(c.incarnation)
                 self.healthchecks[c.name] = hc
-                period = c.unit.group.spec.healthcheck_period / 1000.0
+                period, _ = self._hc_timing(c)
                 hc.timer = self.host.call_later(period, self._hc_ticker(c.name))
 
     def _hc_ticker(self, name: str) -> Callable[[], None]:
@@ -713,16 +731,14 @@ class AmfService(Service):
         if conn is None or c.incarnation != hc.incarnation:
             self._stop_healthcheck(name)
             return
-        spec = c.unit.group.spec
+        period, timeout = self._hc_timing(c)
         if hc.deadline is None:
             n = self._new_invocation(_Invocation(name, hc.incarnation, KIND_HEALTHCHECK, 0))
             hc.invocation = n
             conn.send_callback(aw.AMF_CB_HEALTHCHECK, aw.encode_healthcheck_cb(
                 aw.HealthcheckCb(n, name.encode(), aw.SA_AMF_HEARTBEAT)))
-            hc.deadline = self.host.call_later(spec.healthcheck_timeout / 1000.0,
-                                               lambda: self._hc_missed(name, n))
-        hc.timer = self.host.call_later(spec.healthcheck_period / 1000.0,
-                                        lambda: self._hc_tick(name))
+            hc.deadline = self.host.call_later(timeout, lambda: self._hc_missed(name, n))
+        hc.timer = self.host.call_later(period, lambda: self._hc_tick(name))
 
     def _hc_missed(self, name: str, n: int) -> None:
         hc = self.healthchecks.get(name)
@@ -1722,6 +1738,45 @@ class AmfService(Service):
             raise NotExist(f"no service unit {_name(op.unit)!r} in the AMF model")
         self.host.mcast(self, MSG_ADMIN, req.body, tag=req.tag)
         return DEFERRED
+
+    def _own_component(self, conn: LibConn, comp_raw: bytes) -> Comp:
+        c = self._known(comp_raw)
+        if not c.registered or c.host != self.host.node_id or c.conn_id != conn.conn_id:
+            raise BadOperation("component not registered through this handle")
+        return c
+
+    @lib_handler(aw.AMF_REQ_HEALTHCHECK_START)
+    def lib_healthcheck_start(self, conn: LibConn, req: Request) -> bytes:
+        comp_raw, key_raw = aw.decode_names_untrusted(req.body, 2, "HEALTHCHECK_START")
+        c = self._own_component(conn, comp_raw)
+        key = _name(key_raw)
+        if c.unit.group.spec.healthcheck(key) is None:
+            raise NotExist(f"no healthcheck {key!r} in group {c.unit.group.spec.name!r}")
+        if self.hc_keys.get(c.name) == (c.incarnation, key):
+            raise Exist(f"healthcheck {key!r} already started")
+        self.hc_keys[c.name] = (c.incarnation, key)
+        self._restart_healthcheck(c)
+        return b""
+
+    @lib_handler(aw.AMF_REQ_HEALTHCHECK_STOP)
+    def lib_healthcheck_stop(self, conn: LibConn, req: Request) -> bytes:
+        comp_raw, key_raw = aw.decode_names_untrusted(req.body, 2, "HEALTHCHECK_STOP")
+        c = self._own_component(conn, comp_raw)
+        if self.hc_keys.get(c.name) != (c.incarnation, _name(key_raw)):
+            raise NotExist("that healthcheck was not started")
+        del self.hc_keys[c.name]
+        self._restart_healthcheck(c)
+        return b""
+
+    def _restart_healthcheck(self, c: Comp) -> None:
+        """The new timing applies from now (an answer still awaited keeps its deadline)."""
+        hc = self.healthchecks.get(c.name)
+        if hc is None or hc.deadline is not None:
+            return
+        if hc.timer is not None:
+            hc.timer.cancel()
+        period, _ = self._hc_timing(c)
+        hc.timer = self.host.call_later(period, self._hc_ticker(c.name))
 
     @lib_handler(aw.AMF_REQ_PENDING_GET, hold_during_sync=True)
     def lib_pending_get(self, conn: LibConn, req: Request) -> bytes:
