@@ -174,6 +174,16 @@ group stops that: the group makes units active only while the ring has at
 least N members; a side with fewer demotes its active units to STANDBY and
 promotes nothing.  Set it to a majority of the nodes (e.g. 2 of 3).
 
+Proxied components: a proxy process registers a component with
+proxyCompName naming itself (a registered component); the component's host and
+connection are then the proxy's, so every callback of the proxied component
+goes to the proxy, which answers it.  The proxy's name is replicated
+(``Comp.proxy``, in the sync records): when the proxy unregisters (exit,
+crash) its proxied components are unregistered too, and when it is found
+NOT_RESPONDING they are too (nobody relays for them); their units fail over
+as usual.  Unregistering with another proxy than the registered one is
+BAD_OPERATION.  External restart/control callbacks are not issued.
+
 Protection-group tracking: trackers on every node are told of every change
 of a member's current readiness or HA state (CHANGES: every member, the
 changed one as STATE_CHANGE; CHANGES_ONLY: the changed one).
@@ -305,6 +315,8 @@ class Comp:
     want_ha: int = QUIESCED
     #: COMPONENT_RESTART recoveries since its errors were last cancelled
     restarts: int = 0
+    #: the proxy component it was registered with ("" none): it fails with its proxy
+    proxy: str = ""
 
     @property
     def name(self) -> str:
@@ -318,7 +330,7 @@ class Comp:
     def key(self) -> tuple:
         return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
                 self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
-                int(self.want_ha), self.restarts)
+                int(self.want_ha), self.restarts, self.proxy)
 
 
 @dataclass(eq=False)
@@ -404,6 +416,7 @@ class _CompRecord:
     incarnation: int
     error: int
     restarts: int = 0
+    proxy: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -431,11 +444,11 @@ def _node_of(raw: bytes) -> int | None:
 # SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | locked by u32 | NAME unit |,
 #  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |, NAME proxy
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
                      ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
                      ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
-                     ("incarnation", u32), ("error", u32))
+                     ("incarnation", u32), ("error", u32), ("proxy", aw.NAME))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
                      ("admin", u8), pad(3), ("locked_by", u32), ("name", aw.NAME),
                      ("comps", array(COMP_RECORD, "count")))
@@ -490,6 +503,8 @@ class AmfService(Service):
         self._pending: dict[str, int] = {}
         #: units whose pending operation met a component failure (it expires)
         self._pending_broken: set[str] = set()
+        #: a handler failed components of other groups (proxied ones): settle every group
+        self._wide = False
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -1023,6 +1038,8 @@ class AmfService(Service):
 
     def _after(self, groups: list[Group] | None = None) -> None:
         """End of a handler: settle, tell trackers, start/stop healthchecks."""
+        if self._wide:
+            groups, self._wide = None, False  # a proxy took components of other groups
         for g in groups if groups is not None else self.groups:
             self._settle(g)
         changed, self._changed = self._changed, []
@@ -1143,6 +1160,7 @@ class AmfService(Service):
                 self.host.reply_error(msg.tag, NotExist("no such proxy"))
                 return
         c.registered, c.host, c.conn_id = True, msg.sender, conn_id
+        c.proxy = _name(proxy_raw) if proxy_raw else ""
         c.incarnation += 1
         # A new process clears the error, unless restarts escalated (then only a cancel does).
         c.error = 0 if c.restarts <= RESTART_LIMIT else aw.SA_AMF_SOFTWARE_ERROR
@@ -1170,6 +1188,9 @@ class AmfService(Service):
         if proxy_raw and self._comp_named(proxy_raw) is None:
             self.host.reply_error(msg.tag, NotExist("no such proxy"))
             return
+        if proxy_raw and c.registered and _name(proxy_raw) != c.proxy and not closed:
+            self.host.reply_error(msg.tag, BadOperation("not this component's proxy"))
+            return
         if not c.registered:
             self.host.reply_error(msg.tag, NotExist("not registered"))
             return
@@ -1184,8 +1205,17 @@ class AmfService(Service):
         self.host.reply(msg.tag)
         self._after([c.unit.group])
 
+    def _proxied(self, proxy: Comp) -> list[Comp]:
+        return [o for o in self.comps.values() if o.registered and o.proxy == proxy.name
+                and o is not proxy]
+
     def _unregister(self, c: Comp) -> None:
         c.registered = False
+        for o in self._proxied(c):
+            # Nobody relays its callbacks any more.
+            self.log.log(NOTICE, "component %s failed: its proxy %s is gone", o.name, c.name)
+            self._unregister(o)
+            self._wide = True
         if c.host == self.host.node_id:
             conn = self.conns.get(c.conn_id)
             if conn is not None:
@@ -1236,6 +1266,11 @@ class AmfService(Service):
         if c.error == 0 or cause == NOT_RESPONDING:
             c.error = cause
         self._fail(c.unit)
+        if cause == NOT_RESPONDING:
+            for o in self._proxied(c):
+                if o.error != NOT_RESPONDING:
+                    self._set_error(o, cause)  # its callbacks go through the hung proxy
+                    self._wide = True
 
     @exec_handler(MSG_ERROR_CANCEL)
     def exec_error_cancel(self, msg: ExecMessage) -> None:
@@ -1399,7 +1434,7 @@ class AmfService(Service):
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
-                        c.incarnation, c.error, min(c.restarts, 255))
+                        c.incarnation, c.error, min(c.restarts, 255), c.proxy.encode())
             for c in unit.comps), int(unit.admin), unit.locked_by)
 
     @exec_handler(MSG_MODEL)
@@ -1505,10 +1540,12 @@ class AmfService(Service):
                     before = (c.readiness, c.ha)
                     if chosen is None:
                         c.registered, c.host, c.conn_id, c.error = False, 0, 0, 0
+                        c.proxy = ""
                         c.readiness = c.want_readiness = OOS
                         c.ha = c.want_ha = QUIESCED
                     else:
                         c.registered, c.host, c.conn_id = True, chosen.host, chosen.conn_id
+                        c.proxy = _name(chosen.proxy)
                         c.error = chosen.error
                         c.readiness, c.ha = chosen.readiness, chosen.ha
                         c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
