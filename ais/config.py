@@ -1344,8 +1344,9 @@ def load_groups_conf(path: str) -> AmfModel:
 __all__ = [
     "AisexecConfig", "AmfComponent", "AmfModel", "ComponentModel", "ConfigError",
     "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET", "FRAME_OVERHEAD",
-    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "HealthcheckKey", "LimitsConfig", "LogOutput",
-    "LoggingConfig", "MAX_CONFIG_BYTES", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig",
+    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "HealthcheckKey", "LimitsConfig",
+    "LogOutput", "LoggingConfig", "MAX_CONFIG_BYTES", "NetworkConfig", "OPENAIS_GRAMMAR",
+    "OpenaisConfig",
     "ProtectionGroup", "ServiceGroup", "ServiceUnit", "TotemSettings", "Transport",
     "load_groups_conf", "load_openais_conf", "parse_groups_conf", "parse_openais_conf",
     "prepare_statedir", "resolve_bind_address", "totem_table",

@@ -76,7 +76,7 @@ def test_a_key_timeout_detects_a_stopped_component_sooner():
 def test_healthcheck_start_errors():
     cl = AmfCluster([A, B], units_conf("2n", 2, FAST))
     cl.form([A, B])
-    p1, p2 = cl.proc(A, "c1"), cl.proc(B, "c2")
+    p1, _ = cl.proc(A, "c1"), cl.proc(B, "c2")
     assert hc_call(cl, p1, aw.AMF_REQ_HEALTHCHECK_START, "nosuch") == NotExist.code
     assert hc_call(cl, p1, aw.AMF_REQ_HEALTHCHECK_START, "fast", "c2") == BadOperation.code
     assert hc_call(cl, p1, aw.AMF_REQ_HEALTHCHECK_START, "fast", "nosuch") == NotExist.code
