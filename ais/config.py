@@ -1074,6 +1074,21 @@ class ProtectionGroup:
 
 
 @dataclass(frozen=True)
+class HealthcheckKey:
+    """A configured healthcheck (``healthcheck {`` in a group), started by a component
+    with saAmfHealthcheckStart(comp, key): its own period and timeout."""
+
+    #: the key components name (unique in its group)
+    key: str
+    #: ms between two healthchecks
+    period: float
+    #: ms the component has to answer one
+    timeout: float
+    #: line of its ``healthcheck {``
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
 class ServiceGroup:
     """A service group: units protecting the same work."""
 
@@ -1100,6 +1115,12 @@ class ServiceGroup:
     response_timeout: float = 5000.0
     #: fewest ring members with which the group makes units active (``quorum``; 0: any)
     quorum: int = 0
+    #: configured healthchecks (``healthcheck {`` blocks), in file order
+    healthchecks: tuple[HealthcheckKey, ...] = ()
+
+    def healthcheck(self, key: str) -> HealthcheckKey | None:
+        """The healthcheck configured under ``key``, or None."""
+        return next((h for h in self.healthchecks if h.key == key), None)
 
 
 @dataclass(frozen=True)
@@ -1140,10 +1161,12 @@ _UNIT_KEYS = {"name": _Key(_amf_name), "node": _Key(_node_address)}
 _COMPONENT_KEYS = {"name": _Key(_amf_name), "model": _Key(_component_model),
                    "instantiate": _Key(_command)}
 _PROTECTION_KEYS = {"name": _Key(_amf_name), "member": _Key(_amf_name, repeated=True)}
+_HEALTHCHECK_KEYS = {"key": _Key(_amf_name), "period": _Key(_millis),
+                     "timeout": _Key(_millis)}
 #: Which blocks each block may hold; None is the top of the file.
 _CHILD_BLOCKS: dict[str | None, tuple[str, ...]] = {
-    None: ("group",), "group": ("unit", "protection"), "unit": ("component",),
-    "component": (), "protection": (),
+    None: ("group",), "group": ("unit", "protection", "healthcheck"),
+    "unit": ("component",), "component": (), "protection": (), "healthcheck": (),
 }
 
 
@@ -1199,8 +1222,16 @@ class _ModelBuilder:
         declared: dict[str, tuple[_Block, str | None]] = {}
         assigned: dict[str, str] = {}
         protections = []
+        healthchecks: dict[str, HealthcheckKey] = {}
         for child in children:
-            if child.name == "unit":
+            if child.name == "healthcheck":
+                hc = self.healthcheck(child)
+                if hc.key in healthchecks:
+                    raise ConfigError(self.path, child.line, child.col,
+                                      f"healthcheck {hc.key!r} is already defined on line "
+                                      f"{healthchecks[hc.key].line} in group {name!r}")
+                healthchecks[hc.key] = hc
+            elif child.name == "unit":
                 unit, comps = self.unit(child)
                 units.append((unit, comps))
                 for cname, cblock in comps:
@@ -1238,6 +1269,7 @@ class _ModelBuilder:
             healthcheck_period=v.get("healthcheck-period", 100.0),
             healthcheck_timeout=v.get("healthcheck-timeout", 40.0),
             response_timeout=v.get("response-timeout", 5000.0), quorum=v.get("quorum", 0),
+            healthchecks=tuple(healthchecks.values()),
         )
 
     def redundancy(self, v: _Values, model: GroupModel, units: int) -> tuple[int, int]:
@@ -1292,6 +1324,14 @@ class _ModelBuilder:
         return AmfComponent(name, v.get("model"), "", block.line,
                             v.get("instantiate", ())), block
 
+    def healthcheck(self, block: _Block) -> HealthcheckKey:
+        entries, _ = self.split("healthcheck", block.items, "healthcheck")
+        v = _collect(self.path, block, entries, _HEALTHCHECK_KEYS)
+        for key in ("key", "period", "timeout"):
+            if not v.has(key):
+                raise v.error(None, f"healthcheck without {key}=")
+        return HealthcheckKey(v.get("key"), v.get("period"), v.get("timeout"), block.line)
+
     def protection(self, block: _Block) -> tuple[_Values, str]:
         entries, _ = self.split("protection", block.items, "protection")
         v = _collect(self.path, block, entries, _PROTECTION_KEYS)
@@ -1322,8 +1362,9 @@ def load_groups_conf(path: str) -> AmfModel:
 __all__ = [
     "AisexecConfig", "AmfComponent", "AmfModel", "ComponentModel", "ConfigError",
     "DEFAULT_CLUSTERNAME", "DEFAULT_CONFIG", "DEFAULT_GROUP", "DEFAULT_SOCKET", "FRAME_OVERHEAD",
-    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "LimitsConfig", "LogOutput",
-    "LoggingConfig", "MAX_CONFIG_BYTES", "NetworkConfig", "OPENAIS_GRAMMAR", "OpenaisConfig",
+    "FRAME_SIZE_RANGE", "GROUPS_GRAMMAR", "GroupModel", "HealthcheckKey", "LimitsConfig",
+    "LogOutput", "LoggingConfig", "MAX_CONFIG_BYTES", "NetworkConfig", "OPENAIS_GRAMMAR",
+    "OpenaisConfig",
     "ProtectionGroup", "ServiceGroup", "ServiceUnit", "TotemSettings", "Transport",
     "load_groups_conf", "load_openais_conf", "parse_groups_conf", "parse_openais_conf",
     "prepare_statedir", "resolve_bind_address", "totem_table",

@@ -666,7 +666,41 @@ member=c3
 member=c1
 }
 }
+group {
+name=proxies
+model=nwayactive
+healthcheck-period=200
+healthcheck-timeout=1000
+response-timeout=2000
+""" + "".join(f"""unit {{
+name=pu{i}
+component {{
+name=proxy{i}
+model=x_active
+}}
+}}
+unit {{
+name=ru{i}
+component {{
+name=relayed{i}
+model=x_active
+}}
+}}
+""" for i in (1, 2)) + """protection {
+name=csiP
+member=proxy1
+member=proxy2
+}
+protection {
+name=csiR
+member=relayed1
+member=relayed2
+}
+}
 """, "<servicesim wide>")
+#: SIM_AMF_WIDE's proxied components: proxy -> the component it registers and serves
+#: (the relayed one has no process of its own; it fails with its proxy)
+SIM_AMF_PROXIED = {"proxy1": "relayed1", "proxy2": "relayed2"}
 
 
 def check_amf(digests: dict[str, Any]) -> list[Violation]:
@@ -690,17 +724,23 @@ class _AmfComp:
         self.uid = self.gid = self.pid = 0
         self.closed = False
         self.seq = 0
+        #: the component this one registers as its proxy (SIM_AMF_PROXIED), and the
+        #: component each registration request in flight is about
+        self.proxied = SIM_AMF_PROXIED.get(name, "")
+        self._reg_seq: dict[int, str] = {}
         host.lib_connect(self)
         self._register()
 
     def _alive(self) -> bool:
         return self.sim.hosts.get(self.nid) is self.host and not self.closed
 
-    def _register(self) -> None:
+    def _register(self, proxied: bool = False) -> None:
         if self._alive():
             self.seq += 1
-            self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq,
-                                  aw.encode_names(self.name.encode(), b""))
+            self._reg_seq[self.seq] = self.proxied if proxied else self.name
+            names = (self.proxied.encode(), self.name.encode()) if proxied \
+                else (self.name.encode(), b"")
+            self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq, aw.encode_names(*names))
 
     def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
         answer = aw.AMF_REQ_RESPONSE
@@ -715,11 +755,19 @@ class _AmfComp:
             inv = aw.decode_csi_set_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_CSI_REMOVE:
             inv = aw.decode_csi_remove_cb_untrusted(body).invocation
+        elif msg_id == aw.AMF_CB_PENDING_CONFIRM:
+            inv = aw.decode_invocation_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_TERMINATE:
             # Answer, exit, and come back 0.3 s later (a supervisor restarts it).
-            inv = aw.decode_invocation_cb_untrusted(body).invocation
+            cb = aw.decode_invocation_cb_untrusted(body)
+            inv = cb.invocation
             self.host.call_later(0.001, lambda: self._answer(inv, answer))
-            self.host.call_later(0.002, self._exit)
+            if self.proxied and cb.comp_name == self.proxied.encode():
+                # The proxy "restarts" the proxied one: unregister, register again.
+                self.host.call_later(0.002, self._unregister_proxied)
+                self.host.call_later(0.3, lambda: self._register(proxied=True))
+            else:
+                self.host.call_later(0.002, self._exit)
             return
         else:
             return
@@ -742,9 +790,20 @@ class _AmfComp:
                 _AmfComp(self.sim, self.nid, self.inc, self.host, self.name)
         self.host.call_later(0.3, restart)
 
+    def _unregister_proxied(self) -> None:
+        if self._alive():
+            self.seq += 1
+            self.host.lib_request(self, aw.AMF_REQ_UNREGISTER, self.seq, aw.encode_names(
+                self.proxied.encode(), self.name.encode()))
+
     def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
-        if msg_id == aw.AMF_REQ_REGISTER and error != SA_OK:
-            self.host.call_later(0.5, self._register)
+        if msg_id != aw.AMF_REQ_REGISTER:
+            return
+        proxied = self._reg_seq.pop(seq, self.name) != self.name
+        if error != SA_OK:
+            self.host.call_later(0.5, lambda: self._register(proxied))
+        elif self.proxied and not proxied:
+            self._register(proxied=True)
 
     def close(self, reason: str = "") -> None:
         self.closed = True
@@ -1562,8 +1621,9 @@ class ServiceSim(Simulation):
             self.clients[nid].append(c)
             self.all_clients.append(c)
         ids = sorted(self.nodes)
+        relayed = set(SIM_AMF_PROXIED.values())
         for k, (_, _, comp) in enumerate(self.amf_model.components()):
-            if self.o.amf and ids[k % len(ids)] == nid:
+            if self.o.amf and ids[k % len(ids)] == nid and comp.name not in relayed:
                 _AmfComp(self, nid, node.inc, host, comp.name)
         if self.o.amf and self.o.amf_admin:
             _AmfAdmin(self, nid, node.inc, host,

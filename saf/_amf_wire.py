@@ -175,6 +175,11 @@ AMF_REQ_STATUS = 12
 AMF_REQ_ADMIN = 13
 #: saAmfPendingOperationGet: NAME comp -> u32 flags
 AMF_REQ_PENDING_GET = 14
+#: saAmfHealthcheckStart / Stop (B.01.01 style, AMF-invoked only), on the connection the
+#: component registered through: NAME comp, NAME healthcheck key (a ``healthcheck {`` of
+#: its group in groups.conf)
+AMF_REQ_HEALTHCHECK_START = 15
+AMF_REQ_HEALTHCHECK_STOP = 16
 
 #: administrative operations (AMF_REQ_ADMIN)
 AMF_ADMIN_LOCK = 1

@@ -201,6 +201,25 @@ class AmfHandle(Connection):
         self.request(aw.AMF_REQ_PG_TRACK_STOP, aw.encode_name(csi))
         self._track_limits.pop(csi, None)
 
+    def healthcheck_start(self, comp_name: str | bytes, key: str | bytes) -> None:
+        """Have the executive check ``comp_name`` (registered through this handle) with
+        the period and timeout of the healthcheck configured as ``key`` in its group
+        (instead of the group's healthcheck-period / healthcheck-timeout).
+
+        Raises:
+            NotExist: no such key in the component's group.  Exist: already started
+            with that key.  BadOperation: the component is not registered through this
+            handle.
+        """
+        self.request(aw.AMF_REQ_HEALTHCHECK_START, aw.encode_names(
+            _name(comp_name), _name(key, "healthcheck key")))
+
+    def healthcheck_stop(self, comp_name: str | bytes, key: str | bytes) -> None:
+        """Stop the checks started with ``key``: the group's own period and timeout
+        apply again (a component in service is always checked).  Raises NotExist."""
+        self.request(aw.AMF_REQ_HEALTHCHECK_STOP, aw.encode_names(
+            _name(comp_name), _name(key, "healthcheck key")))
+
     # --- answers -----------------------------------------------------------------------------
 
     def response(self, invocation: int, error: int = SA_OK) -> None:

@@ -149,6 +149,9 @@ class Comp:
         self.csi_sets: list[aw.CsiSetCb] = []
         #: answer STOPPING (shutdown) with saAmfStoppingComplete; False: stay silent
         self.complete_stopping = True
+        #: pending-operation callbacks, as ("CONFIRM" or "EXPIRED", flags); kept apart
+        #: from ``seen`` (tests compare that one whole)
+        self.pending: list[tuple[str, int]] = []
         self._done = 0
 
     def register(self) -> int | None:
@@ -200,6 +203,12 @@ class Comp:
             elif f.msg_id == aw.AMF_CB_TERMINATE:
                 self.seen.append(("terminate", "TERMINATE"))
                 inv = aw.decode_invocation_cb_untrusted(f.body).invocation
+            elif f.msg_id in (aw.AMF_CB_PENDING_CONFIRM, aw.AMF_CB_PENDING_EXPIRED):
+                pc = aw.decode_invocation_cb_untrusted(f.body)
+                confirm = f.msg_id == aw.AMF_CB_PENDING_CONFIRM
+                self.pending.append(("CONFIRM" if confirm else "EXPIRED", pc.flags))
+                if confirm:
+                    inv = pc.invocation
             if inv is not None:
                 host.lib_request(self.conn, answer, self.cl.next_seq(),
                                  aw.encode_response(aw.Response(inv, self.answer_with)))

@@ -173,3 +173,60 @@ def test_node_lock_locks_the_units_hosted_there_and_node_unlock_brings_them_back
     assert t3.take() == ["IN_SERVICE", "STANDBY"], "back as standby: no failback"
     assert cl.roles(A) == {"raidA": "ACTIVE", "raidB": "STANDBY", "raidC": "STANDBY"}
     assert len(cl.digests()) == 1
+
+
+# --- pending-operation callbacks -------------------------------------------------------------
+
+SWITCHOVER_OP, SHUTDOWN_OP = aw.SA_AMF_SWITCHOVER_OPERATION, aw.SA_AMF_SHUTDOWN_OPERATION
+
+
+def no_pending_invocations(cl: AmfCluster) -> bool:
+    from ais.services.amf import KIND_PENDING
+    return all(i.kind != KIND_PENDING for a in (A, B) for i in cl.amf(a).invocations.values())
+
+
+def test_a_completed_lock_confirms_the_switchover_to_the_unit_components_only():
+    cl, (t1, t2, t3, t4) = running(where_b=A, where_a=B)
+    t3.stopped = True
+    assert cl.admin(A, LOCK, "raidB") == SA_OK
+    assert t4.pending == [], "nothing completed while testamf3 has not answered"
+    t3.stopped = False
+    cl.settle()
+    assert t3.pending == [("CONFIRM", SWITCHOVER_OP)]
+    assert t4.pending == [("CONFIRM", SWITCHOVER_OP)]
+    assert t1.pending == [] and t2.pending == []
+    assert no_pending_invocations(cl), "the confirms were answered with saAmfResponse"
+
+
+def test_a_completed_shutdown_is_confirmed():
+    cl, (t1, t2, t3, t4) = running()
+    assert cl.admin(B, SHUTDOWN, "raidB") == SA_OK
+    cl.settle()
+    assert cl.amf(A).units["raidB"].admin == Admin.LOCKED
+    assert t3.pending == t4.pending == [("CONFIRM", SHUTDOWN_OP)]
+    assert t1.pending == t2.pending == []
+
+
+def test_a_shutdown_that_times_out_expires():
+    cl, (t1, t2, t3, t4) = running()
+    t3.complete_stopping = False
+    assert cl.admin(A, SHUTDOWN, "raidB") == SA_OK
+    cl.advance(5.5)  # testamf3 misses its response-timeout: the operation has failed
+    assert cl.amf(A).units["raidB"].admin == Admin.LOCKED
+    assert t4.pending == [("EXPIRED", SHUTDOWN_OP)]
+    assert t3.pending == [], "a component that cannot be talked to hears nothing"
+
+
+def test_unlock_during_a_shutdown_expires_it_and_a_lock_supersedes_it():
+    cl, (t1, t2, t3, t4) = running()
+    t3.complete_stopping = t4.complete_stopping = False
+    assert cl.admin(A, SHUTDOWN, "raidB") == SA_OK
+    assert cl.admin(B, UNLOCK, "raidB") == SA_OK
+    assert t3.pending == t4.pending == [("EXPIRED", SHUTDOWN_OP)]
+    assert pending(cl, A, "comp_a_in_su_y") == 0
+    assert cl.admin(A, SHUTDOWN, "raidB") == SA_OK
+    assert cl.admin(A, LOCK, "raidB") == SA_OK  # the lock overrides the shutdown
+    cl.settle()
+    assert t3.pending[1:] == [("EXPIRED", SHUTDOWN_OP), ("CONFIRM", SWITCHOVER_OP)]
+    assert cl.amf(B).units["raidB"].admin == Admin.LOCKED
+    assert len(cl.digests()) == 1

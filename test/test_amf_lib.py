@@ -30,7 +30,8 @@ from saf.types import (
 
 A, B = "127.0.0.1", "127.0.0.2"
 MODEL = parse_groups_conf(SAMPLE.replace("backup-units=2", "backup-units=2\n\t"
-                                         "healthcheck-timeout=2000"))
+                                         "healthcheck-timeout=2000\n\thealthcheck {\n"
+                                         "key=slow\nperiod=50\ntimeout=2000\n}"))
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -56,7 +57,10 @@ class Component:
         self.answer = answer
         self.h = amf.initialize(amf.Callbacks(
             healthcheck_callback=self.hc, readiness_state_set_callback=self.rs,
-            csi_set_callback=self.cs))
+            csi_set_callback=self.cs,
+            csi_remove_callback=self.cr, component_terminate_callback=self.term,
+            pending_operation_confirm_callback=self.pc,
+            pending_operation_expired_callback=self.pe))
         self.h.component_register(name)
         self.t = threading.Thread(target=self.h.dispatch, args=(SA_DISPATCH_BLOCKING,),
                                   daemon=True)
@@ -81,6 +85,21 @@ class Component:
            tr: int) -> None:
         self.events.append(("ha", (csi, ha, active, flags, tr)))
         self.respond(inv)
+
+    def cr(self, inv: int, comp: bytes, csi: bytes, flags: int) -> None:
+        self.events.append(("remove", csi))
+        self.respond(inv)
+
+    def term(self, inv: int, comp: bytes) -> None:
+        self.events.append(("terminate", comp))
+        self.respond(inv)
+
+    def pc(self, inv: int, comp: bytes, flags: int) -> None:
+        self.events.append(("confirm", flags))
+        self.respond(inv)
+
+    def pe(self, comp: bytes, flags: int) -> None:
+        self.events.append(("expired", flags))
 
     def has(self, pred, timeout: float = 10.0) -> bool:
         end = time.monotonic() + timeout
@@ -248,3 +267,27 @@ def test_no_executive_is_try_again(tmp_path, monkeypatch):
         amf.initialize()
     with pytest.raises(TryAgain):
         amf.readiness_state_get("comp_a_in_su_x")
+
+
+def test_healthcheck_keys_and_pending_operation_callbacks_through_the_library(execs):
+    on(execs, A)
+    ca = Component("comp_a_in_su_y")
+    cb = Component("comp_b_in_su_y")
+    assert ca.has(lambda ev: any(e[0] == "ha" for e in ev))
+    ca.h.healthcheck_start("comp_a_in_su_y", "slow")
+    with pytest.raises(Exist):
+        ca.h.healthcheck_start("comp_a_in_su_y", "slow")
+    with pytest.raises(NotExist):
+        ca.h.healthcheck_start("comp_a_in_su_y", "nosuch")
+    with pytest.raises(BadOperation):
+        ca.h.healthcheck_start("comp_b_in_su_y", "slow")  # not registered through ca.h
+    ca.h.healthcheck_stop("comp_a_in_su_y", "slow")
+    with pytest.raises(NotExist):
+        ca.h.healthcheck_stop("comp_a_in_su_y", "slow")
+    # raidB (testamf3/4's unit) is shut down: each component hears it is confirmed
+    amf.admin(amf.AMF_ADMIN_SHUTDOWN, "raidB")
+    for c in (ca, cb):
+        assert c.has(lambda ev: ("confirm", amf.SA_AMF_SHUTDOWN_OPERATION) in ev)
+        assert not any(e[0] == "expired" for e in c.events)
+    ca.close()
+    cb.close()

@@ -468,7 +468,7 @@ GROUPS_ERRORS = [
     ("unknown key in group", _group(" colour=red\n"), 14, "unknown key 'colour' in 'group'"),
     ("unknown block", _group(" node {\n }\n"), 14, "unknown block 'node' in group"),
     ("component outside unit", _group(" component {\n  name=d\n  model=x_active\n }\n"), 14,
-     "unknown block 'component' in group (expected 'unit' or 'protection')"),
+     "unknown block 'component' in group (expected 'unit' or 'protection' or 'healthcheck')"),
     ("key at top level", "name=raid\n", 1, "'name' outside any group"),
     ("2n with two actives", _group(" model=2n\n active-units=2\n"), 15,
      "active-units must be 1 in the 2n model"),

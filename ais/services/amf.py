@@ -60,7 +60,13 @@ component holding an ACTIVE or STANDBY assignment), a readiness/CSI callback
 not answered within ``response-timeout`` or answered with an error (cause
 SOFTWARE_ERROR: the component is still talked to), a closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
-(``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Defaults:
+(``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Healthcheck
+keys: a component may call saAmfHealthcheckStart(comp, key) on the connection
+it registered through, naming a ``healthcheck {`` block of its group; its host
+then checks it with that block's period and timeout until
+saAmfHealthcheckStop or its next registration (host-local: only the host
+checks, so nothing is replicated).  Checks are always AMF-invoked (A.01.01 has
+no component-invoked ones) and start by themselves, key or not.  Defaults:
 100 ms, 40 ms, 5000 ms (``ais.config.ServiceGroup``): a stopped component
 is noticed at most period + 40 ms after its last answer, leaving ~10 ms for
 the failover itself (the aim: standby active within one period + 50 ms).
@@ -109,7 +115,15 @@ unlocked unit with a component on the node (or ``node=`` it) is locked and
 remembers the node (``locked_by``); node unlock unlocks those.  An active unit
 keeps counting as active until its assignments are gone, so the standby's
 promotion gets descriptor QUIESCED.  saAmfPendingOperationGet answers
-SHUTDOWN during a shutdown, SWITCHOVER while a lock takes the assignments.
+SHUTDOWN from a shutdown until the unit is out of service, SWITCHOVER likewise
+for a lock.  When a pending operation ends, the host of each component of the
+unit that can still be talked to sends saAmfPendingOperationConfirmCallback
+(completed: the unit is locked out of service; answered with saAmfResponse,
+after the terminate callback) or saAmfPendingOperationExpiredCallback (not
+completed: cancelled by an unlock, superseded by a lock, or a component of the
+unit failed meanwhile, e.g. missed its response-timeout).  Which operation is
+pending is derived from the replicated state at the end of each handler, so
+every node agrees on it (``_pending_callbacks``).
 
 Error recovery (saAmfErrorReport's recommendedRecovery): INTERNALLY_RECOVERED
 is only logged; COMPONENT_RESTART fails the unit over and sends the
@@ -159,6 +173,16 @@ unit until they merge (then the heal rule keeps one).  ``quorum=N`` on a
 group stops that: the group makes units active only while the ring has at
 least N members; a side with fewer demotes its active units to STANDBY and
 promotes nothing.  Set it to a majority of the nodes (e.g. 2 of 3).
+
+Proxied components: a proxy process registers a component with
+proxyCompName naming itself (a registered component); the component's host and
+connection are then the proxy's, so every callback of the proxied component
+goes to the proxy, which answers it.  The proxy's name is replicated
+(``Comp.proxy``, in the sync records): when the proxy unregisters (exit,
+crash) its proxied components are unregistered too, and when it is found
+NOT_RESPONDING they are too (nobody relays for them); their units fail over
+as usual.  Unregistering with another proxy than the registered one is
+BAD_OPERATION.  External restart/control callbacks are not issued.
 
 Protection-group tracking: trackers on every node are told of every change
 of a member's current readiness or HA state (CHANGES: every member, the
@@ -221,6 +245,7 @@ KIND_READINESS = 1
 KIND_HA = 2
 KIND_HEALTHCHECK = 3
 KIND_TERMINATE = 4
+KIND_PENDING = 5
 
 #: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
 #: only saAmfErrorCancelAll undoes
@@ -290,6 +315,8 @@ class Comp:
     want_ha: int = QUIESCED
     #: COMPONENT_RESTART recoveries since its errors were last cancelled
     restarts: int = 0
+    #: the proxy component it was registered with ("" none): it fails with its proxy
+    proxy: str = ""
 
     @property
     def name(self) -> str:
@@ -303,7 +330,7 @@ class Comp:
     def key(self) -> tuple:
         return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
                 self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
-                int(self.want_ha), self.restarts)
+                int(self.want_ha), self.restarts, self.proxy)
 
 
 @dataclass(eq=False)
@@ -389,6 +416,7 @@ class _CompRecord:
     incarnation: int
     error: int
     restarts: int = 0
+    proxy: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -416,11 +444,11 @@ def _node_of(raw: bytes) -> int | None:
 # SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | locked by u32 | NAME unit |,
 #  then per component (file order)
 #  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |
+#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |, NAME proxy
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
                      ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
                      ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
-                     ("incarnation", u32), ("error", u32))
+                     ("incarnation", u32), ("error", u32), ("proxy", aw.NAME))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
                      ("admin", u8), pad(3), ("locked_by", u32), ("name", aw.NAME),
                      ("comps", array(COMP_RECORD, "count")))
@@ -457,6 +485,8 @@ class AmfService(Service):
         self.invocations: dict[int, _Invocation] = {}
         self._next_invocation = 1
         self.healthchecks: dict[str, _Healthcheck] = {}
+        #: component -> (incarnation, key) of the healthcheck it started (saAmfHealthcheckStart)
+        self.hc_keys: dict[str, tuple[int, str]] = {}
         #: component processes this node started
         self.procs: dict[str, _Proc] = {}
         #: (component, incarnation) this node reported failed: no more callbacks to it
@@ -468,6 +498,13 @@ class AmfService(Service):
         self._changed: list[Comp] = []
         #: CSI -> did its last active quiesce gracefully (transition descriptors)
         self._handover: dict[str, bool] = {}
+        #: unit -> its pending operation at the end of the last handler (derived from the
+        #: replicated state, so the same on every node; only hosts send the callbacks)
+        self._pending: dict[str, int] = {}
+        #: units whose pending operation met a component failure (it expires)
+        self._pending_broken: set[str] = set()
+        #: a handler failed components of other groups (proxied ones): settle every group
+        self._wide = False
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -596,6 +633,45 @@ class AmfService(Service):
         inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
                                          lambda: self._forget_invocation(n))
 
+    def _pending_callbacks(self) -> None:
+        """A unit's pending operation ended: its components hear whether it completed
+        (saAmfPendingOperationConfirmCallback, answered with saAmfResponse) or not
+        (saAmfPendingOperationExpiredCallback: cancelled by an unlock, superseded by a
+        lock, or broken by a component failure or a missed response-timeout)."""
+        for unit in self.units.values():
+            now = self._unit_pending(unit)
+            before = self._pending.get(unit.name, 0)
+            if now == before:
+                continue
+            self._pending[unit.name] = now
+            if before == 0:
+                continue
+            broken = unit.name in self._pending_broken
+            self._pending_broken.discard(unit.name)
+            done = now == 0 and not broken and unit.admin == Admin.LOCKED \
+                and unit.phase == Phase.IDLE
+            self.log.log(NOTICE, "unit %s: pending %s %s", unit.name,
+                         "shutdown" if before == aw.SA_AMF_SHUTDOWN_OPERATION else "switchover",
+                         "completed" if done else "expired")
+            for c in unit.comps:
+                self._pending_callback(c, before, done)
+
+    def _pending_callback(self, c: Comp, flags: int, done: bool) -> None:
+        conn = self._conn_of(c)
+        if conn is None:
+            return
+        if not done:
+            conn.send_callback(aw.AMF_CB_PENDING_EXPIRED, aw.encode_invocation_cb(
+                aw.InvocationCb(0, c.name.encode(), flags)))
+            return
+        inv = _Invocation(c.name, c.incarnation, KIND_PENDING, flags)
+        n = self._new_invocation(inv)
+        conn.send_callback(aw.AMF_CB_PENDING_CONFIRM, aw.encode_invocation_cb(
+            aw.InvocationCb(n, c.name.encode(), flags)))
+        # Its answer changes nothing (the operation is over): forget it later.
+        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                         lambda: self._forget_invocation(n))
+
     def _forget_invocation(self, n: int) -> None:
         self.invocations.pop(n, None)
 
@@ -625,6 +701,16 @@ class AmfService(Service):
                 and c.ha == c.want_ha == QUIESCED
                 and (c.unit.role == Role.NONE or c.unit.group.per_csi))
 
+    def _hc_timing(self, c: Comp) -> tuple[float, float]:
+        """Period and timeout (s) of ``c``'s checks: of the key it started, else its
+        group's."""
+        spec = c.unit.group.spec
+        started = self.hc_keys.get(c.name)
+        hc = spec.healthcheck(started[1]) if started and started[0] == c.incarnation else None
+        if hc is None:
+            return spec.healthcheck_period / 1000.0, spec.healthcheck_timeout / 1000.0
+        return hc.period / 1000.0, hc.timeout / 1000.0
+
     def _refresh_healthchecks(self) -> None:
         me = self.host.node_id
         for c in self.comps.values():
@@ -636,7 +722,7 @@ class AmfService(Service):
             if want and hc is None:
                 hc = _Healthcheck(c.incarnation)
                 self.healthchecks[c.name] = hc
-                period = c.unit.group.spec.healthcheck_period / 1000.0
+                period, _ = self._hc_timing(c)
                 hc.timer = self.host.call_later(period, self._hc_ticker(c.name))
 
     def _hc_ticker(self, name: str) -> Callable[[], None]:
@@ -660,16 +746,14 @@ class AmfService(Service):
         if conn is None or c.incarnation != hc.incarnation:
             self._stop_healthcheck(name)
             return
-        spec = c.unit.group.spec
+        period, timeout = self._hc_timing(c)
         if hc.deadline is None:
             n = self._new_invocation(_Invocation(name, hc.incarnation, KIND_HEALTHCHECK, 0))
             hc.invocation = n
             conn.send_callback(aw.AMF_CB_HEALTHCHECK, aw.encode_healthcheck_cb(
                 aw.HealthcheckCb(n, name.encode(), aw.SA_AMF_HEARTBEAT)))
-            hc.deadline = self.host.call_later(spec.healthcheck_timeout / 1000.0,
-                                               lambda: self._hc_missed(name, n))
-        hc.timer = self.host.call_later(spec.healthcheck_period / 1000.0,
-                                        lambda: self._hc_tick(name))
+            hc.deadline = self.host.call_later(timeout, lambda: self._hc_missed(name, n))
+        hc.timer = self.host.call_later(period, lambda: self._hc_tick(name))
 
     def _hc_missed(self, name: str, n: int) -> None:
         hc = self.healthchecks.get(name)
@@ -716,6 +800,8 @@ class AmfService(Service):
 
     def _fail(self, unit: Unit) -> None:
         """A component of ``unit`` failed (error or unregistered)."""
+        if self._unit_pending(unit):
+            self._pending_broken.add(unit.name)
         for c in unit.comps:
             if not c.talkable:
                 self._force_down(c)
@@ -952,6 +1038,8 @@ class AmfService(Service):
 
     def _after(self, groups: list[Group] | None = None) -> None:
         """End of a handler: settle, tell trackers, start/stop healthchecks."""
+        if self._wide:
+            groups, self._wide = None, False  # a proxy took components of other groups
         for g in groups if groups is not None else self.groups:
             self._settle(g)
         changed, self._changed = self._changed, []
@@ -960,6 +1048,7 @@ class AmfService(Service):
             if c.name not in seen:
                 seen.add(c.name)
                 self._notify_trackers(c)
+        self._pending_callbacks()
         self._refresh_healthchecks()
         self._refresh_processes()
 
@@ -1071,6 +1160,7 @@ class AmfService(Service):
                 self.host.reply_error(msg.tag, NotExist("no such proxy"))
                 return
         c.registered, c.host, c.conn_id = True, msg.sender, conn_id
+        c.proxy = _name(proxy_raw) if proxy_raw else ""
         c.incarnation += 1
         # A new process clears the error, unless restarts escalated (then only a cancel does).
         c.error = 0 if c.restarts <= RESTART_LIMIT else aw.SA_AMF_SOFTWARE_ERROR
@@ -1098,6 +1188,9 @@ class AmfService(Service):
         if proxy_raw and self._comp_named(proxy_raw) is None:
             self.host.reply_error(msg.tag, NotExist("no such proxy"))
             return
+        if proxy_raw and c.registered and _name(proxy_raw) != c.proxy and not closed:
+            self.host.reply_error(msg.tag, BadOperation("not this component's proxy"))
+            return
         if not c.registered:
             self.host.reply_error(msg.tag, NotExist("not registered"))
             return
@@ -1112,8 +1205,17 @@ class AmfService(Service):
         self.host.reply(msg.tag)
         self._after([c.unit.group])
 
+    def _proxied(self, proxy: Comp) -> list[Comp]:
+        return [o for o in self.comps.values() if o.registered and o.proxy == proxy.name
+                and o is not proxy]
+
     def _unregister(self, c: Comp) -> None:
         c.registered = False
+        for o in self._proxied(c):
+            # Nobody relays its callbacks any more.
+            self.log.log(NOTICE, "component %s failed: its proxy %s is gone", o.name, c.name)
+            self._unregister(o)
+            self._wide = True
         if c.host == self.host.node_id:
             conn = self.conns.get(c.conn_id)
             if conn is not None:
@@ -1164,6 +1266,11 @@ class AmfService(Service):
         if c.error == 0 or cause == NOT_RESPONDING:
             c.error = cause
         self._fail(c.unit)
+        if cause == NOT_RESPONDING:
+            for o in self._proxied(c):
+                if o.error != NOT_RESPONDING:
+                    self._set_error(o, cause)  # its callbacks go through the hung proxy
+                    self._wide = True
 
     @exec_handler(MSG_ERROR_CANCEL)
     def exec_error_cancel(self, msg: ExecMessage) -> None:
@@ -1327,7 +1434,7 @@ class AmfService(Service):
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
             _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
                         int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
-                        c.incarnation, c.error, min(c.restarts, 255))
+                        c.incarnation, c.error, min(c.restarts, 255), c.proxy.encode())
             for c in unit.comps), int(unit.admin), unit.locked_by)
 
     @exec_handler(MSG_MODEL)
@@ -1433,10 +1540,12 @@ class AmfService(Service):
                     before = (c.readiness, c.ha)
                     if chosen is None:
                         c.registered, c.host, c.conn_id, c.error = False, 0, 0, 0
+                        c.proxy = ""
                         c.readiness = c.want_readiness = OOS
                         c.ha = c.want_ha = QUIESCED
                     else:
                         c.registered, c.host, c.conn_id = True, chosen.host, chosen.conn_id
+                        c.proxy = _name(chosen.proxy)
                         c.error = chosen.error
                         c.readiness, c.ha = chosen.readiness, chosen.ha
                         c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
@@ -1618,7 +1727,7 @@ class AmfService(Service):
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
         if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK,
-                                           KIND_TERMINATE):
+                                           KIND_TERMINATE, KIND_PENDING):
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
 
@@ -1635,7 +1744,7 @@ class AmfService(Service):
         self.invocations.pop(n, None)
         if inv.timer is not None:
             inv.timer.cancel()
-        if inv.superseded or inv.kind == KIND_TERMINATE:
+        if inv.superseded or inv.kind in (KIND_TERMINATE, KIND_PENDING):
             return b""
         if inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
@@ -1667,6 +1776,45 @@ class AmfService(Service):
         self.host.mcast(self, MSG_ADMIN, req.body, tag=req.tag)
         return DEFERRED
 
+    def _own_component(self, conn: LibConn, comp_raw: bytes) -> Comp:
+        c = self._known(comp_raw)
+        if not c.registered or c.host != self.host.node_id or c.conn_id != conn.conn_id:
+            raise BadOperation("component not registered through this handle")
+        return c
+
+    @lib_handler(aw.AMF_REQ_HEALTHCHECK_START)
+    def lib_healthcheck_start(self, conn: LibConn, req: Request) -> bytes:
+        comp_raw, key_raw = aw.decode_names_untrusted(req.body, 2, "HEALTHCHECK_START")
+        c = self._own_component(conn, comp_raw)
+        key = _name(key_raw)
+        if c.unit.group.spec.healthcheck(key) is None:
+            raise NotExist(f"no healthcheck {key!r} in group {c.unit.group.spec.name!r}")
+        if self.hc_keys.get(c.name) == (c.incarnation, key):
+            raise Exist(f"healthcheck {key!r} already started")
+        self.hc_keys[c.name] = (c.incarnation, key)
+        self._restart_healthcheck(c)
+        return b""
+
+    @lib_handler(aw.AMF_REQ_HEALTHCHECK_STOP)
+    def lib_healthcheck_stop(self, conn: LibConn, req: Request) -> bytes:
+        comp_raw, key_raw = aw.decode_names_untrusted(req.body, 2, "HEALTHCHECK_STOP")
+        c = self._own_component(conn, comp_raw)
+        if self.hc_keys.get(c.name) != (c.incarnation, _name(key_raw)):
+            raise NotExist("that healthcheck was not started")
+        del self.hc_keys[c.name]
+        self._restart_healthcheck(c)
+        return b""
+
+    def _restart_healthcheck(self, c: Comp) -> None:
+        """The new timing applies from now (an answer still awaited keeps its deadline)."""
+        hc = self.healthchecks.get(c.name)
+        if hc is None or hc.deadline is not None:
+            return
+        if hc.timer is not None:
+            hc.timer.cancel()
+        period, _ = self._hc_timing(c)
+        hc.timer = self.host.call_later(period, self._hc_ticker(c.name))
+
     @lib_handler(aw.AMF_REQ_PENDING_GET, hold_during_sync=True)
     def lib_pending_get(self, conn: LibConn, req: Request) -> bytes:
         (comp_raw,) = aw.decode_names_untrusted(req.body, 1, "PENDING_GET")
@@ -1674,11 +1822,17 @@ class AmfService(Service):
 
     def pending_operation(self, c: Comp) -> int:
         """saAmfPendingOperationGet: the administrative operation under way on c's unit."""
-        u = c.unit
-        if u.admin == Admin.SHUTTING_DOWN and u.phase in (Phase.DRAINING, Phase.REMOVING,
-                                                          Phase.STOPPING):
+        return self._unit_pending(c.unit)
+
+    @staticmethod
+    def _unit_pending(u: Unit) -> int:
+        """SHUTDOWN from a shutdown until the unit is out of service, SWITCHOVER from a
+        lock until then (a lock of a shutting-down unit supersedes the shutdown)."""
+        if u.phase == Phase.IDLE:
+            return 0
+        if u.admin == Admin.SHUTTING_DOWN:
             return aw.SA_AMF_SHUTDOWN_OPERATION
-        if u.admin == Admin.LOCKED and u.phase in (Phase.REMOVING, Phase.STOPPING):
+        if u.admin == Admin.LOCKED:
             return aw.SA_AMF_SWITCHOVER_OPERATION
         return 0
 

@@ -1,0 +1,133 @@
+"""AMF proxied components: a proxy registers a component with proxyCompName; the
+component's callbacks go to the proxy's connection and it fails with its proxy.
+On fake rings (FakeBus, manual clock, scripted components)."""
+from __future__ import annotations
+
+import pytest
+from amf_harness import AmfCluster
+
+from saf import _amf_wire as aw
+from saf.errors import SA_OK, BadOperation, NotExist
+
+A, B = "127.0.0.1", "127.0.0.2"
+pytestmark = pytest.mark.timeout(30)
+
+CONF = """group {
+name=g
+model=2n
+unit {
+name=u1
+component {
+name=c1
+model=x_active
+}
+}
+unit {
+name=u2
+component {
+name=c2
+model=x_active
+}
+}
+protection {
+name=p
+member=c1
+member=c2
+}
+}
+group {
+name=px
+model=noredundancy
+healthcheck {
+key=fast
+period=20
+timeout=10
+}
+unit {
+name=pu
+component {
+name=proxy1
+model=x_active
+}
+}
+protection {
+name=pp
+member=proxy1
+}
+}
+"""
+
+
+def proxied(cl: AmfCluster, proxy, comp: str, via: str = "proxy1") -> int | None:
+    return cl.request(proxy.addr, proxy.conn, aw.AMF_REQ_REGISTER,
+                      aw.encode_names(comp.encode(), via.encode()))
+
+
+def callbacks_for(proxy, comp: str) -> list[int]:
+    """Message ids of the callbacks naming ``comp`` on the proxy's connection."""
+    out = []
+    for f in proxy.conn.callbacks:
+        if f.msg_id == aw.AMF_CB_READINESS_SET:
+            name = aw.decode_readiness_set_cb_untrusted(f.body).comp_name
+        elif f.msg_id == aw.AMF_CB_CSI_SET:
+            name = aw.decode_csi_set_cb_untrusted(f.body).comp_name
+        elif f.msg_id == aw.AMF_CB_HEALTHCHECK:
+            name = aw.decode_healthcheck_cb_untrusted(f.body).comp_name
+        else:
+            continue
+        if name == comp.encode():
+            out.append(f.msg_id)
+    return out
+
+
+def test_a_proxied_component_is_served_through_its_proxy_and_fails_with_it():
+    cl = AmfCluster([A, B], CONF)
+    cl.form([A, B])
+    proxy = cl.proc(A, "proxy1")
+    assert proxied(cl, proxy, "c1") == SA_OK
+    p2 = cl.proc(B, "c2")
+    cl.advance(0.3)
+    got = callbacks_for(proxy, "c1")
+    assert got[:2] == [aw.AMF_CB_READINESS_SET, aw.AMF_CB_CSI_SET]
+    assert aw.AMF_CB_HEALTHCHECK in got, "the proxy answers its healthchecks too"
+    assert cl.roles(B)["u1"] == "ACTIVE" and cl.amf(B).comps["c1"].proxy == "proxy1"
+    assert p2.take() == ["IN_SERVICE", "STANDBY"]
+    proxy.kill()  # the proxy's process dies: c1 has nobody to relay for it
+    assert not cl.amf(B).comps["c1"].registered
+    assert p2.take() == ["ACTIVE"]
+    assert len(cl.digests()) == 1
+
+
+def test_a_hung_proxy_fails_its_proxied_components():
+    cl = AmfCluster([A], CONF)
+    cl.form([A])
+    proxy = cl.proc(A, "proxy1")
+    assert proxied(cl, proxy, "c1") == SA_OK
+    p2 = cl.proc(A, "c2")
+    p2.take()
+    assert cl.request(A, proxy.conn, aw.AMF_REQ_HEALTHCHECK_START,
+                      aw.encode_names(b"proxy1", b"fast")) == SA_OK
+    cl.advance(0.05)
+    proxy.stopped = True
+    # within the proxy's period + timeout (30 ms); c1's own checks (100 + 40 ms) could
+    # not have noticed yet: c1 fails because its proxy did
+    cl.advance(0.035)
+    comps = cl.amf(A).comps
+    assert comps["proxy1"].error == comps["c1"].error == aw.SA_AMF_NOT_RESPONDING
+    assert p2.take() == ["ACTIVE"]
+
+
+def test_proxy_registration_errors():
+    cl = AmfCluster([A, B], CONF)
+    cl.form([A, B])
+    proxy = cl.proc(A, "proxy1", register=False)
+    assert proxied(cl, proxy, "c1") == NotExist.code, "the proxy is not registered"
+    assert proxy.register() == SA_OK
+    assert proxied(cl, proxy, "c1", via="nosuch") == NotExist.code
+    assert proxied(cl, proxy, "c1") == SA_OK
+    # unregistering with another proxy than its own
+    assert cl.request(A, proxy.conn, aw.AMF_REQ_UNREGISTER,
+                      aw.encode_names(b"c1", b"c2")) == BadOperation.code
+    assert cl.request(A, proxy.conn, aw.AMF_REQ_UNREGISTER,
+                      aw.encode_names(b"c1", b"proxy1")) == SA_OK
+    assert not cl.amf(B).comps["c1"].registered
