@@ -1044,6 +1044,14 @@ class AmfComponent:
     #: by someone else); its environment names the executive's socket (AIS_SOCKET)
     #: and the component (AIS_COMPONENT_NAME)
     instantiate: tuple[str, ...] = ()
+    #: the further protection groups (CSIs) it is a member of, in file order (several
+    #: CSIs per component: e.g. one standby for several actives, N+1)
+    more: tuple[str, ...] = ()
+
+    @property
+    def csis(self) -> tuple[str, ...]:
+        """Every CSI it carries: ``protection`` first."""
+        return (self.protection,) + self.more
 
 
 @dataclass(frozen=True)
@@ -1220,7 +1228,9 @@ class _ModelBuilder:
         # component name -> (protection name, member entry); filled in file order,
         # so a member can only name a component of a unit declared before it.
         declared: dict[str, tuple[_Block, str | None]] = {}
-        assigned: dict[str, str] = {}
+        assigned: dict[str, list[str]] = {}
+        #: components in several protection groups -> the entry naming one a second time
+        shared: dict[str, Any] = {}
         protections = []
         healthchecks: dict[str, HealthcheckKey] = {}
         for child in children:
@@ -1244,11 +1254,13 @@ class _ModelBuilder:
                         raise ConfigError(self.path, e.line, e.col,
                                           f"member: {member!r} is not a component of a unit "
                                           f"declared before it in group {name!r}")
-                    if member in assigned:
+                    if member in members:
                         raise ConfigError(self.path, e.line, e.col,
                                           f"member: {member!r} is already in protection "
-                                          f"group {assigned[member]!r}")
-                    assigned[member] = pname
+                                          f"group {pname!r}")
+                    if member in assigned:
+                        shared.setdefault(member, e)
+                    assigned.setdefault(member, []).append(pname)
                     members.append(member)
                 protections.append(ProtectionGroup(pname, tuple(members), child.line))
         final_units = []
@@ -1258,11 +1270,18 @@ class _ModelBuilder:
                 if cname not in assigned:
                     raise ConfigError(self.path, cblock.line, cblock.col,
                                       f"component {cname!r} is in no protection group")
-                final.append(AmfComponent(comp.name, comp.model, assigned[cname], comp.line,
-                                          comp.instantiate))
+                csis = assigned[cname]
+                final.append(AmfComponent(comp.name, comp.model, csis[0], comp.line,
+                                          comp.instantiate, tuple(csis[1:])))
             final_units.append(ServiceUnit(unit.name, tuple(final), unit.line, unit.node))
         model = v.get("model", GroupModel.TWO_N)
         active, backup = self.redundancy(v, model, len(final_units))
+        if shared and model == GroupModel.NPLUSM and active > 1:
+            # Unit roles would make a shared standby active for every CSI at once.
+            member, e = next(iter(shared.items()))
+            raise ConfigError(self.path, e.line, e.col,
+                              f"member: {member!r} is in several protection groups; with "
+                              f"several active units use model=nway (roles per CSI)")
         return ServiceGroup(
             name=name, model=model, active_units=active, backup_units=backup,
             units=tuple(final_units), protections=tuple(protections), line=block.line,

@@ -597,8 +597,9 @@ member=comp_b_in_su_y
 }
 """, "<servicesim>")
 
-#: SIM_AMF_MODEL with a spare unit (nplusm 1+1 of 3) and an nway group whose units are
-#: active for some CSIs and standby for others (--amf-admin)
+#: SIM_AMF_MODEL with a spare unit (nplusm 1+1 of 3), an nway group whose units are
+#: active for some CSIs and standby for others, and an N+1 group (nway) whose standby
+#: component ks carries both CSIs (--amf-admin)
 SIM_AMF_WIDE = parse_groups_conf("""
 group {
 name=raid
@@ -695,6 +696,31 @@ protection {
 name=csiR
 member=relayed1
 member=relayed2
+}
+}
+group {
+name=nplus1
+model=nway
+backup-units=1
+healthcheck-period=200
+healthcheck-timeout=1000
+response-timeout=2000
+""" + "".join(f"""unit {{
+name=nu{i}
+component {{
+name=k{i}
+model=x_active_and_y_standby
+}}
+}}
+""" for i in ("1", "2", "s")) + """protection {
+name=csiN1
+member=k1
+member=ks
+}
+protection {
+name=csiN2
+member=k2
+member=ks
 }
 }
 """, "<servicesim wide>")

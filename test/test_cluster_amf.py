@@ -493,3 +493,72 @@ def test_the_executive_starts_restarts_and_reaps_its_components(tmp_path: Path) 
         while any(alive(pid) for pid in kids) and time.monotonic() < end:
             time.sleep(0.1)
         assert not any(alive(pid) for pid in kids), "orphaned component processes"
+
+
+GROUPS_N_PLUS_1 = """group {
+\tname=nplus1
+\tmodel=nway
+\tbackup-units=1
+\thealthcheck-period=100
+\thealthcheck-timeout=1000
+""" + "".join(f"""\tunit {{
+\t\tname=nu{i}
+\t\tcomponent {{
+\t\t\tname=k{i}
+\t\t\tmodel=x_active
+\t\t}}
+\t}}
+""" for i in ("1", "2", "s")) + """\tprotection {
+\t\tname=csi1
+\t\tmember=k1
+\t\tmember=ks
+\t}
+\tprotection {
+\t\tname=csi2
+\t\tmember=k2
+\t\tmember=ks
+\t}
+}
+"""
+
+
+class NPlus1Cluster(AmfCluster):
+    def write_conf(self, n: int, **kw):  # type: ignore[override]
+        node = super().write_conf(n, **kw)
+        (self.root / "groups.conf").write_text(GROUPS_N_PLUS_1)
+        return node
+
+
+def test_n_plus_1_standby_takes_over_one_csi_across_executives(tmp_path: Path) -> None:
+    """One component standing by for the CSIs of two actives (several CSIs per component):
+    when one active is killed it becomes active for that CSI only."""
+    procs: list[Prog] = []
+    with NPlus1Cluster(tmp_path, 2) as c:
+        try:
+            c.start_all()
+            c.wait_ring([1, 2])
+            k1, k2 = Prog(c, 1, 1, "-n", "k1"), Prog(c, 1, 1, "-n", "k2")
+            procs += [k1, k2]
+            for p in (k1, k2):
+                p.wait_states([IN_SERVICE, ACTIVE])
+            ks = Prog(c, 2, 1, "-n", "ks")
+            procs.append(ks)
+            ks.wait_states([IN_SERVICE, STANDBY, STANDBY])
+            text = same_status(c)
+            assert "ks (csi1): on 127.0.0.2, IN_SERVICE/STANDBY" in text
+            assert "ks (csi2): on 127.0.0.2, IN_SERVICE/STANDBY" in text
+            k1.stop()  # kill -9 of the active for csi1
+            ks.wait(lambda q: q.states()[3:] == [ACTIVE], "ks active for csi1", 30)
+            assert any("for CSI 'csi1' requested to enter hastate SA_AMF_ACTIVE" in ln
+                       for ln in ks.lines)
+            end = time.monotonic() + 10
+            while "k1 (csi1): unregistered" not in status(c, 1) and time.monotonic() < end:
+                time.sleep(0.2)
+            text = same_status(c)
+            assert "ks (csi1): on 127.0.0.2, IN_SERVICE/ACTIVE" in text
+            assert "ks (csi2): on 127.0.0.2, IN_SERVICE/STANDBY" in text
+            assert "k2 (csi2): on 127.0.0.1, IN_SERVICE/ACTIVE" in text
+            assert k2.states() == [IN_SERVICE, ACTIVE]
+        finally:
+            for p in procs:
+                p.stop()

@@ -493,8 +493,16 @@ GROUPS_ERRORS = [
      "group {\n name=g\n protection {\n  name=p\n  member=c\n }\n unit {\n  name=u\n"
      "  component {\n   name=c\n   model=x_active\n  }\n }\n}\n", 5,
      "member: 'c' is not a component of a unit declared before it"),
-    ("member twice", _group(" protection {\n  name=q\n  member=c\n }\n"), 16,
-     "'c' is already in protection group 'p'"),
+    ("member twice", _group(" protection {\n  name=q\n  member=c\n  member=c\n }\n"), 17,
+     "'c' is already in protection group 'q'"),
+    ("shared standby with N units active", _group(
+        " unit {\n  name=u2\n  component {\n   name=c2\n   model=x_active\n  }\n }\n"
+        " unit {\n  name=u3\n  component {\n   name=c3\n   model=x_active\n  }\n }\n"
+        " protection {\n  name=q\n  member=c2\n  member=c3\n }\n"
+        " protection {\n  name=r\n  member=c\n  member=c3\n }\n"
+        " model=nplusm\n active-units=2\n"), 35,
+     "member: 'c' is in several protection groups; with several active units use "
+     "model=nway"),
     ("component without protection", _group(
         " unit {\n  name=u2\n  component {\n   name=c2\n   model=x_active\n  }\n }\n"), 16,
      "component 'c2' is in no protection group"),
@@ -526,6 +534,13 @@ def test_groups_conf_errors(text: str, line: int, words: str) -> None:
 
 def test_group_template_is_valid() -> None:
     assert parse_groups_conf(_group("")).groups[0].units[0].components[0].protection == "p"
+
+
+def test_groups_conf_component_in_several_protection_groups() -> None:
+    """A member may repeat across protection groups: the component carries every CSI."""
+    g = parse_groups_conf(_group(" protection {\n  name=q\n  member=c\n }\n")).groups[0]
+    c = g.units[0].components[0]
+    assert (c.protection, c.more, c.csis) == ("p", ("q",), ("p", "q"))
 
 
 def test_unreadable_groups_conf(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ each delivered message), per component: registered, host node and the
 host's connection id, an incarnation number (grows with every
 registration, so an answer meant for an earlier registration is recognised),
 the error (probable cause; 0 healthy, 30 NOT_RESPONDING: it cannot be
-talked to), the *current* readiness and HA state (confirmed) and the
-*wanted* ones (the last request).  Per unit: a phase and a role:
+talked to), the *current* readiness and, per CSI it carries, HA state
+(confirmed) and the *wanted* ones (the last request).  Per unit: a phase and a
+role:
 
 ====================  ====================================================
 phase                 meaning
@@ -98,6 +99,17 @@ file order, the first preferred.
   the members whose unit is in service: a lost active is replaced by a
   standby member (else an unassigned one), choosing the unit with the fewest
   active assignments, then by rank; standbys likewise by fewest standbys.
+
+Several CSIs per component: a component named by ``member=`` in several
+protection groups carries each of those CSIs, with an HA state per (component,
+CSI) (``Comp.has`` / ``want_has``): one CSI-set or CSI-remove callback per CSI
+(naming it; activeCompName is that CSI's active), confirmed per CSI
+(``MSG_CONFIRM`` names it), answered per CSI by saAmfHAStateGet, tracked per
+protection group, streamed per CSI in the sync records.  In unit-role models
+every CSI of a component takes the unit's role; nplusm with several active
+units rejects it (a shared standby would become active for every CSI at once):
+the AIS N+1 example (one unit standing by for several actives) is model=nway,
+where the standby takes over only the failed active's CSI.
 
 CSI-set callbacks: csiFlags ADD_NEW_INSTANCE for a first assignment, else
 ALL_INSTANCES; transition descriptor NEW_ASSIGN, or for a standby made active
@@ -233,8 +245,9 @@ UNREGISTER = Layout(None, "UNREGISTER", ("conn_id", u32), ("incarnation", u32),
                     ("closed", flag), ("comp", aw.NAME), ("proxy", aw.NAME))
 # ERROR_REPORT: the library's ERROR_REPORT body as is.  ERROR_CANCEL: NAME comp.
 # CONFIRM: | incarnation u32 | kind u8 (1 readiness, 2 HA) | state u8 | NAME comp |
+#  NAME csi (HA: the CSI confirmed; readiness: empty) |
 CONFIRM = Layout(None, "CONFIRM", ("incarnation", u32), ("kind", u8), ("state", u8),
-                 ("comp", aw.NAME))
+                 ("comp", aw.NAME), ("csi", aw.NAME))
 # FAULT: | incarnation u32 | probable cause u32 | NAME comp |
 FAULT = Layout(None, "FAULT", ("incarnation", u32), ("cause", u32), ("comp", aw.NAME))
 # MODEL (sync, every member): | crc32 of the groups.conf model u32 |
@@ -310,17 +323,47 @@ class Comp:
     incarnation: int = 0
     error: int = 0
     readiness: int = OOS
-    ha: int = QUIESCED
     want_readiness: int = OOS
-    want_ha: int = QUIESCED
+    #: per CSI (``spec.csis``): the confirmed HA state and the wanted one
+    has: dict[str, int] = field(default_factory=dict)
+    want_has: dict[str, int] = field(default_factory=dict)
     #: COMPONENT_RESTART recoveries since its errors were last cancelled
     restarts: int = 0
     #: the proxy component it was registered with ("" none): it fails with its proxy
     proxy: str = ""
 
+    def __post_init__(self) -> None:
+        for csi in self.spec.csis:
+            self.has.setdefault(csi, QUIESCED)
+            self.want_has.setdefault(csi, QUIESCED)
+
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def csis(self) -> tuple[str, ...]:
+        return self.spec.csis
+
+    @property
+    def ha(self) -> int:
+        """HA state for its first CSI (the only one of most components)."""
+        return self.has[self.spec.protection]
+
+    @ha.setter
+    def ha(self, state: int) -> None:
+        """Sets it for every CSI."""
+        for csi in self.has:
+            self.has[csi] = state
+
+    @property
+    def want_ha(self) -> int:
+        return self.want_has[self.spec.protection]
+
+    @want_ha.setter
+    def want_ha(self, state: int) -> None:
+        for csi in self.want_has:
+            self.want_has[csi] = state
 
     @property
     def talkable(self) -> bool:
@@ -329,8 +372,9 @@ class Comp:
 
     def key(self) -> tuple:
         return (self.name, self.registered, self.host, self.conn_id, self.incarnation,
-                self.error, int(self.readiness), int(self.ha), int(self.want_readiness),
-                int(self.want_ha), self.restarts, self.proxy)
+                self.error, int(self.readiness), int(self.want_readiness),
+                tuple((csi, int(self.has[csi]), int(self.want_has[csi])) for csi in self.csis),
+                self.restarts, self.proxy)
 
 
 @dataclass(eq=False)
@@ -379,6 +423,8 @@ class _Invocation:
     timer: TimerHandle | None = None
     #: a later request of the same kind replaced it
     superseded: bool = False
+    #: the CSI of an HA request
+    csi: str = ""
 
 
 @dataclass
@@ -404,19 +450,25 @@ class _Healthcheck:
 
 
 @dataclass(frozen=True)
+class _CsiRecord:
+    ha: int
+    want_ha: int
+
+
+@dataclass(frozen=True)
 class _CompRecord:
     name: bytes
     registered: bool
     readiness: int
-    ha: int
     want_readiness: int
-    want_ha: int
     host: int
     conn_id: int
     incarnation: int
     error: int
     restarts: int = 0
     proxy: bytes = b""
+    #: per CSI of the component (file order)
+    csis: tuple[_CsiRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -443,12 +495,15 @@ def _node_of(raw: bytes) -> int | None:
 
 # SYNC_UNIT: | phase u8 | role u8 | count u16 | admin u8 | pad 3 | locked by u32 | NAME unit |,
 #  then per component (file order)
-#  NAME comp, | registered u8 | readiness u8 | ha u8 | want readiness u8 | want ha u8 |
-#  restarts u8 | pad 2 | host u32 | conn_id u32 | incarnation u32 | error u32 |, NAME proxy
+#  NAME comp, | registered u8 | readiness u8 | want readiness u8 | CSI count u8 |
+#  restarts u8 | pad 3 | host u32 | conn_id u32 | incarnation u32 | error u32 |, NAME proxy,
+#  then per CSI of the component (its file order) | ha u8 | want ha u8 |
+CSI_RECORD = Layout(_CsiRecord, "CSI record", ("ha", u8), ("want_ha", u8))
 COMP_RECORD = Layout(_CompRecord, "component record", ("name", aw.NAME), ("registered", flag),
-                     ("readiness", u8), ("ha", u8), ("want_readiness", u8), ("want_ha", u8),
-                     ("restarts", u8), pad(2), ("host", u32), ("conn_id", u32),
-                     ("incarnation", u32), ("error", u32), ("proxy", aw.NAME))
+                     ("readiness", u8), ("want_readiness", u8), ("ncsi", u8),
+                     ("restarts", u8), pad(3), ("host", u32), ("conn_id", u32),
+                     ("incarnation", u32), ("error", u32), ("proxy", aw.NAME),
+                     ("csis", array(CSI_RECORD, "ncsi")))
 UNIT_RECORD = Layout(_UnitRecord, "unit record", ("phase", u8), ("role", u8), ("count", u16),
                      ("admin", u8), pad(3), ("locked_by", u32), ("name", aw.NAME),
                      ("comps", array(COMP_RECORD, "count")))
@@ -495,7 +550,8 @@ class AmfService(Service):
         self._streams: dict[int, dict[str, _UnitRecord]] = {}
         self._sync_cursor = 0
         self._model_sent = False
-        self._changed: list[Comp] = []
+        #: (component, CSI) whose current state changed in this handler (PG tracking)
+        self._changed: list[tuple[Comp, str]] = []
         #: CSI -> did its last active quiesce gracefully (transition descriptors)
         self._handover: dict[str, bool] = {}
         #: unit -> its pending operation at the end of the last handler (derived from the
@@ -558,65 +614,68 @@ class AmfService(Service):
         conn = self.conns.get(c.conn_id)
         return None if conn is None or conn.closed else conn
 
-    def _outstanding(self, c: Comp, kind: int, state: int) -> bool:
+    def _outstanding(self, c: Comp, kind: int, state: int, csi: str = "") -> bool:
         return any(i.comp == c.name and i.incarnation == c.incarnation and i.kind == kind
-                   and i.state == state and not i.superseded for i in self.invocations.values())
+                   and i.state == state and i.csi == csi and not i.superseded
+                   for i in self.invocations.values())
 
-    def _talk(self, c: Comp, kind: int) -> None:
-        """Send ``c`` the callback for its wanted state of ``kind`` (if hosted here)."""
+    def _talk(self, c: Comp, kind: int, csi: str = "") -> None:
+        """Send ``c`` the callback for its wanted state of ``kind`` (for ``csi``: HA) (if
+        hosted here)."""
         conn = self._conn_of(c)
         if conn is None:
             return
-        state = c.want_readiness if kind == KIND_READINESS else c.want_ha
+        state = c.want_readiness if kind == KIND_READINESS else c.want_has[csi]
         for old in self.invocations.values():
-            if old.comp == c.name and old.kind == kind and not old.superseded:
+            if old.comp == c.name and old.kind == kind and old.csi == csi \
+                    and not old.superseded:
                 # Its answer is still welcome but confirms nothing any more.
                 old.superseded = True
                 if old.timer is not None:
                     old.timer.cancel()
-        inv = _Invocation(c.name, c.incarnation, kind, state)
+        inv = _Invocation(c.name, c.incarnation, kind, state, csi=csi)
         n = self._new_invocation(inv)
         name = c.name.encode()
-        csi = c.spec.protection.encode()
         if kind == KIND_READINESS:
             conn.send_callback(aw.AMF_CB_READINESS_SET, aw.encode_readiness_set_cb(
                 aw.ReadinessSetCb(n, name, state)))
         elif state == QUIESCED and c.unit.phase == Phase.REMOVING:
             # The assignment is taken away (lock, shutdown, a standby made spare).
             conn.send_callback(aw.AMF_CB_CSI_REMOVE, aw.encode_csi_remove_cb(aw.CsiRemoveCb(
-                n, name, csi, aw.SA_AMF_CSI_ALL_INSTANCES)))
+                n, name, csi.encode(), aw.SA_AMF_CSI_ALL_INSTANCES)))
         else:
-            new = c.ha == QUIESCED and state != QUIESCED
+            # One callback per CSI, naming it (several CSIs may differ in state).
+            new = c.has[csi] == QUIESCED and state != QUIESCED
             conn.send_callback(aw.AMF_CB_CSI_SET, aw.encode_csi_set_cb(aw.CsiSetCb(
-                n, name, csi,
+                n, name, csi.encode(),
                 aw.SA_AMF_CSI_ADD_NEW_ISTANCE if new else aw.SA_AMF_CSI_ALL_INSTANCES, state,
-                self._active_name(c, state), self._descriptor(c, state))))
+                self._active_name(c, csi, state), self._descriptor(c, csi, state))))
         timeout = c.unit.group.spec.response_timeout / 1000.0
         inv.timer = self.host.call_later(timeout, lambda: self._response_timed_out(n))
 
-    def _descriptor(self, c: Comp, state: int) -> int:
+    def _descriptor(self, c: Comp, csi: str, state: int) -> int:
         """SaAmfCSITransitionDescriptorT of a CSI-set callback.
 
         NEW_ASSIGN: a first assignment; a standby made active learns whether the
         previous active was QUIESCED (it confirmed) or NOT_QUIESCED (it failed).
         """
-        if state == ACTIVE and c.ha == STANDBY:
-            graceful = self._handover.get(c.spec.protection)
+        if state == ACTIVE and c.has[csi] == STANDBY:
+            graceful = self._handover.get(csi)
             if graceful is not None:
                 return aw.SA_AMF_CSI_QUIESCED if graceful else aw.SA_AMF_CSI_NOT_QUIESCED
         return aw.SA_AMF_CSI_NEW_ASSIGN
 
-    def _holds_active(self, oc: Comp) -> bool:
+    def _holds_active(self, oc: Comp, csi: str) -> bool:
         if oc.unit.group.per_csi:
-            return oc.want_ha == ACTIVE or oc.ha == ACTIVE
+            return oc.want_has[csi] == ACTIVE or oc.has[csi] == ACTIVE
         return oc.unit.role == Role.ACTIVE
 
-    def _active_name(self, c: Comp, state: int) -> bytes:
+    def _active_name(self, c: Comp, csi: str, state: int) -> bytes:
         if state != STANDBY:
             return c.name.encode()
-        for other in self.protections.get(c.spec.protection, ()):
+        for other in self.protections.get(csi, ()):
             oc = self.comps.get(other)
-            if oc is not None and oc is not c and self._holds_active(oc):
+            if oc is not None and oc is not c and self._holds_active(oc, csi):
                 return other.encode()
         return b""
 
@@ -693,12 +752,13 @@ class AmfService(Service):
     def _wants_healthcheck(self, c: Comp) -> bool:
         if self._conn_of(c) is None or c.error != 0 or c.unit.phase not in _READY:
             return False
-        if c.ha in (ACTIVE, STANDBY) and c.want_ha in (ACTIVE, STANDBY):
+        if any(c.has[s] in (ACTIVE, STANDBY) and c.want_has[s] in (ACTIVE, STANDBY)
+               for s in c.csis):
             return True
         # In service without an assignment (a spare, an nway member with no CSI): checked
         # too, so that a hung one is not picked when a standby or active is needed.
         return (c.readiness == c.want_readiness == IN_SERVICE
-                and c.ha == c.want_ha == QUIESCED
+                and all(c.has[s] == c.want_has[s] == QUIESCED for s in c.csis)
                 and (c.unit.role == Role.NONE or c.unit.group.per_csi))
 
     def _hc_timing(self, c: Comp) -> tuple[float, float]:
@@ -765,30 +825,35 @@ class AmfService(Service):
     # --- the replicated state machine --------------------------------------------------------
 
     def _set_current(self, c: Comp, readiness: int | None = None, ha: int | None = None,
-                     forced: bool = False) -> None:
-        before = (c.readiness, c.ha)
-        if before[1] == ACTIVE and ha is not None and ha != ACTIVE:
-            self._handover[c.spec.protection] = not forced
-        if readiness is not None:
+                     forced: bool = False, csi: str | None = None) -> None:
+        """Set the current readiness, and the HA state of ``csi`` (None: every CSI)."""
+        if readiness is not None and readiness != c.readiness:
             c.readiness = readiness
-        if ha is not None:
-            c.ha = ha
-        if (c.readiness, c.ha) != before:
-            self._changed.append(c)
+            self._changed.extend((c, s) for s in c.csis)
+        if ha is None:
+            return
+        for s in c.csis if csi is None else (csi,):
+            if c.has[s] == ACTIVE and ha != ACTIVE:
+                self._handover[s] = not forced
+            if c.has[s] != ha:
+                c.has[s] = ha
+                self._changed.append((c, s))
 
-    def _request(self, c: Comp, kind: int, state: int) -> None:
-        """Want ``state`` of ``c``; its host sends the callback (nothing if already wanted)."""
+    def _request(self, c: Comp, kind: int, state: int, csi: str | None = None) -> None:
+        """Want ``state`` of ``c`` (HA: for ``csi``, None every CSI); its host sends the
+        callback (nothing if already wanted)."""
         if not c.talkable:
             return
         if kind == KIND_READINESS:
             if c.want_readiness == state:
                 return
             c.want_readiness = state
-        else:
-            if c.want_ha == state:
-                return
-            c.want_ha = state
-        self._talk(c, kind)
+            self._talk(c, kind)
+            return
+        for s in c.csis if csi is None else (csi,):
+            if c.want_has[s] != state:
+                c.want_has[s] = state
+                self._talk(c, kind, s)
 
     def _force_down(self, c: Comp) -> None:
         """A component that cannot be talked to is out of service and quiesced at once."""
@@ -840,7 +905,8 @@ class AmfService(Service):
                 self._first_role(unit)
                 return True
         elif unit.phase == Phase.ASSIGNING:
-            if all(c.ha == self._target(c) and c.want_ha == self._target(c) for c in comps):
+            if all(c.has[s] == self._target(c, s) == c.want_has[s]
+                   for c in comps for s in c.csis):
                 unit.phase = Phase.ASSIGNED
                 self.log.log(NOTICE, "unit %s is %s", unit.name, self._role_text(unit))
                 return True
@@ -850,8 +916,8 @@ class AmfService(Service):
                 self._remove(unit)
                 return True
         elif unit.phase == Phase.REMOVING:
-            if all(c.ha == c.want_ha for c in live) and (
-                    g.per_csi or all(c.want_ha == QUIESCED for c in live)):
+            if all(c.has == c.want_has for c in live) and (
+                    g.per_csi or all(c.want_has[s] == QUIESCED for c in live for s in c.csis)):
                 if unit.admin == Admin.UNLOCKED:
                     # A standby made spare (or an unlock while it was going down).
                     unit.phase = Phase.ASSIGNED
@@ -864,7 +930,7 @@ class AmfService(Service):
                     self._stop(unit)
                 return True
         elif unit.phase == Phase.QUIESCING:
-            if all(c.ha == QUIESCED and c.want_ha == QUIESCED for c in live):
+            if all(c.has[s] == QUIESCED == c.want_has[s] for c in live for s in c.csis):
                 self._stop(unit)
                 return True
         elif unit.phase == Phase.STOPPING and all(
@@ -894,22 +960,24 @@ class AmfService(Service):
             if c.talkable:
                 self._request(c, KIND_HA, QUIESCED)
 
-    def _target(self, c: Comp) -> int:
-        """The HA state ``c`` is being given in an assigning unit."""
+    def _target(self, c: Comp, csi: str) -> int:
+        """The HA state ``c`` is being given for ``csi`` in an assigning unit."""
         if c.unit.group.per_csi:
-            return c.want_ha
+            return c.want_has[csi]
         return int(c.unit.role) if c.unit.role != Role.NONE else QUIESCED
 
     @staticmethod
     def _summary(unit: Unit) -> Role:
         """N-way: the unit's role is the best of its components' assignments."""
-        has = {c.want_ha for c in unit.comps} | {c.ha for c in unit.comps}
+        has = {h for c in unit.comps for h in (*c.has.values(), *c.want_has.values())}
         return Role.ACTIVE if ACTIVE in has else Role.STANDBY if STANDBY in has else Role.NONE
 
     @staticmethod
     def _role_text(unit: Unit) -> str:
         if unit.group.per_csi:
-            return ", ".join(f"{c.name} {HA_WORDS.get(c.want_ha, '-')}" for c in unit.comps)
+            return ", ".join(f"{c.name}{'/' + s if len(c.csis) > 1 else ''} "
+                             f"{HA_WORDS.get(c.want_has[s], '-')}"
+                             for c in unit.comps for s in c.csis)
         return "spare" if unit.role == Role.NONE else unit.role.name.lower()
 
     def _first_role(self, unit: Unit) -> None:
@@ -993,31 +1061,34 @@ class AmfService(Service):
             return c.talkable and c.unit.phase in _READY and c.unit.admin == Admin.UNLOCKED
 
         def load(c: Comp, ha: int) -> tuple[int, int]:
-            return (sum(1 for o in c.unit.comps if o.want_ha == ha), c.unit.rank)
+            return (sum(1 for o in c.unit.comps for h in o.want_has.values() if h == ha),
+                    c.unit.rank)
 
         for p in g.spec.protections:
+            csi = p.name
             members = [self.comps[m] for m in p.members]
             if not activate:
                 for c in members:
-                    if usable(c) and c.want_ha == ACTIVE:
-                        self._give(c, STANDBY)
+                    if usable(c) and c.want_has[csi] == ACTIVE:
+                        self._give(c, csi, STANDBY)
                         moved = True
                 continue
-            if not any(c.ha == ACTIVE or (usable(c) and c.want_ha == ACTIVE) for c in members):
-                cands = sorted((c for c in members if usable(c) and c.want_ha == STANDBY),
+            if not any(c.has[csi] == ACTIVE or (usable(c) and c.want_has[csi] == ACTIVE)
+                       for c in members):
+                cands = sorted((c for c in members if usable(c) and c.want_has[csi] == STANDBY),
                                key=lambda c: load(c, ACTIVE)) or sorted(
-                    (c for c in members if usable(c) and c.want_ha == QUIESCED),
+                    (c for c in members if usable(c) and c.want_has[csi] == QUIESCED),
                     key=lambda c: load(c, ACTIVE))
                 if cands:
                     self.log.log(NOTICE, "%s: %s made active", p.name, cands[0].name)
-                    self._give(cands[0], ACTIVE)
+                    self._give(cands[0], csi, ACTIVE)
                     moved = True
-            standbys = [c for c in members if usable(c) and c.want_ha == STANDBY]
-            free = sorted((c for c in members if usable(c) and c.want_ha == QUIESCED),
+            standbys = [c for c in members if usable(c) and c.want_has[csi] == STANDBY]
+            free = sorted((c for c in members if usable(c) and c.want_has[csi] == QUIESCED),
                           key=lambda c: load(c, STANDBY))
             while free and len(standbys) < g.spec.backup_units:
                 c = free.pop(0)
-                self._give(c, STANDBY)
+                self._give(c, csi, STANDBY)
                 standbys.append(c)
                 moved = True
         for unit in g.units:
@@ -1025,10 +1096,10 @@ class AmfService(Service):
                 unit.role = self._summary(unit)
         return moved
 
-    def _give(self, c: Comp, ha: int) -> None:
-        """N-way: one component's assignment changes; its unit waits for the answer."""
+    def _give(self, c: Comp, csi: str, ha: int) -> None:
+        """N-way: one assignment (component, CSI) changes; its unit waits for the answer."""
         c.unit.phase = Phase.ASSIGNING
-        self._request(c, KIND_HA, ha)
+        self._request(c, KIND_HA, ha, csi)
 
     def _assign(self, unit: Unit, role: Role) -> None:
         unit.role = role
@@ -1043,11 +1114,11 @@ class AmfService(Service):
         for g in groups if groups is not None else self.groups:
             self._settle(g)
         changed, self._changed = self._changed, []
-        seen: set[str] = set()
-        for c in changed:
-            if c.name not in seen:
-                seen.add(c.name)
-                self._notify_trackers(c)
+        seen: set[tuple[str, str]] = set()
+        for c, csi in changed:
+            if (c.name, csi) not in seen:
+                seen.add((c.name, csi))
+                self._notify_trackers(c, csi)
         self._pending_callbacks()
         self._refresh_healthchecks()
         self._refresh_processes()
@@ -1292,14 +1363,15 @@ class AmfService(Service):
 
     @exec_handler(MSG_CONFIRM)
     def exec_confirm(self, msg: ExecMessage) -> None:
-        inc, kind, state, comp_raw = CONFIRM.decode(msg.payload)
+        inc, kind, state, comp_raw, csi_raw = CONFIRM.decode(msg.payload)
         c = self._comp_named(comp_raw)
         if c is None or not c.talkable or c.host != msg.sender or c.incarnation != inc:
             return
+        csi = _name(csi_raw)
         if kind == KIND_READINESS and c.want_readiness == state:
             self._set_current(c, readiness=state)
-        elif kind == KIND_HA and c.want_ha == state:
-            self._set_current(c, ha=state)
+        elif kind == KIND_HA and c.want_has.get(csi) == state:
+            self._set_current(c, ha=state, csi=csi)
         else:
             return  # a superseded request
         self._after([c.unit.group])
@@ -1432,9 +1504,10 @@ class AmfService(Service):
 
     def _record_of(self, unit: Unit) -> _UnitRecord:
         return _UnitRecord(unit.name.encode(), int(unit.phase), int(unit.role), tuple(
-            _CompRecord(c.name.encode(), c.registered, int(c.readiness), int(c.ha),
-                        int(c.want_readiness), int(c.want_ha), c.host, c.conn_id,
-                        c.incarnation, c.error, min(c.restarts, 255), c.proxy.encode())
+            _CompRecord(c.name.encode(), c.registered, int(c.readiness),
+                        int(c.want_readiness), c.host, c.conn_id,
+                        c.incarnation, c.error, min(c.restarts, 255), c.proxy.encode(),
+                        tuple(_CsiRecord(int(c.has[s]), int(c.want_has[s])) for s in c.csis))
             for c in unit.comps), int(unit.admin), unit.locked_by)
 
     @exec_handler(MSG_MODEL)
@@ -1461,7 +1534,7 @@ class AmfService(Service):
             return
         streams, self._streams = self._streams, {}
         self.members = info.members
-        demote: list[Unit | Comp] = []
+        demote: list[Unit | tuple[Comp, str]] = []
         if info.transfer:
             demote = self._merge(info, streams)
         me = self.host.node_id
@@ -1471,11 +1544,12 @@ class AmfService(Service):
                              fmt_node(c.host))
                 self._unregister(c)
         for item in demote:
-            if isinstance(item, Comp):
-                if item.want_ha == ACTIVE and item.talkable and item.unit.phase in _READY:
-                    self.log.log(NOTICE, "%s: too many actives after the merge; standby",
-                                 item.name)
-                    self._give(item, STANDBY)
+            if isinstance(item, tuple):
+                c, csi = item
+                if c.want_has[csi] == ACTIVE and c.talkable and c.unit.phase in _READY:
+                    self.log.log(NOTICE, "%s: too many actives for %s after the merge; "
+                                 "standby", c.name, csi)
+                    self._give(c, csi, STANDBY)
             elif item.role == Role.ACTIVE and item.phase in _READY:
                 self.log.log(NOTICE, "unit %s: too many actives after the merge; standby",
                              item.name)
@@ -1506,14 +1580,16 @@ class AmfService(Service):
                 if c.want_readiness != c.readiness and not self._outstanding(
                         c, KIND_READINESS, c.want_readiness):
                     self._talk(c, KIND_READINESS)
-                if c.want_ha != c.ha and not self._outstanding(c, KIND_HA, c.want_ha):
-                    self._talk(c, KIND_HA)
+                for s in c.csis:
+                    if c.want_has[s] != c.has[s] and not self._outstanding(
+                            c, KIND_HA, c.want_has[s], s):
+                        self._talk(c, KIND_HA, s)
 
     def _merge(self, info: SyncInfo,
-               streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit | Comp]:
+               streams: dict[int, dict[str, _UnitRecord]]) -> list[Unit | tuple[Comp, str]]:
         """Install the merged state of the round's state groups; return actives to demote."""
         ranked = [(rank, g, streams.get(g.sender, {})) for rank, g in enumerate(info.groups)]
-        demote: list[Unit | Comp] = []
+        demote: list[Unit | tuple[Comp, str]] = []
         for group in self.groups:
             kept: list[tuple[int, int, Unit]] = []
             for ui, unit in enumerate(group.units):
@@ -1537,7 +1613,7 @@ class AmfService(Service):
                         if chosen is None and cr.registered and cr.host in g.members:
                             chosen = cr
                             sources.add(rank)
-                    before = (c.readiness, c.ha)
+                    before = (c.readiness, dict(c.has))
                     if chosen is None:
                         c.registered, c.host, c.conn_id, c.error = False, 0, 0, 0
                         c.proxy = ""
@@ -1547,12 +1623,16 @@ class AmfService(Service):
                         c.registered, c.host, c.conn_id = True, chosen.host, chosen.conn_id
                         c.proxy = _name(chosen.proxy)
                         c.error = chosen.error
-                        c.readiness, c.ha = chosen.readiness, chosen.ha
-                        c.want_readiness, c.want_ha = chosen.want_readiness, chosen.want_ha
+                        c.readiness, c.want_readiness = chosen.readiness, chosen.want_readiness
+                        c.ha = c.want_ha = QUIESCED
+                        # A record shorter than the model (another groups.conf): quiesced.
+                        for s, cs in zip(c.csis, chosen.csis):
+                            c.has[s], c.want_has[s] = cs.ha, cs.want_ha
                     c.incarnation = inc
                     c.restarts = chosen.restarts if chosen is not None else restarts
-                    if (c.readiness, c.ha) != before:
-                        self._changed.append(c)
+                    for s in c.csis:
+                        if (c.readiness, c.has[s]) != (before[0], before[1][s]):
+                            self._changed.append((c, s))
                 if len(sources) == 1:
                     rank = sources.pop()
                     rec = ranked[rank][2].get(unit.name)
@@ -1578,9 +1658,9 @@ class AmfService(Service):
             side = {u: rank for rank, _, u in kept}
             for p in group.spec.protections:
                 actives = sorted((c for c in (self.comps[m] for m in p.members)
-                                  if c.want_ha == ACTIVE and c.unit in side),
+                                  if c.want_has[p.name] == ACTIVE and c.unit in side),
                                  key=lambda c: (side[c.unit], c.unit.rank))
-                demote.extend(actives[1:])
+                demote.extend((c, p.name) for c in actives[1:])
         return demote
 
     # --- connections ------------------------------------------------------------------------
@@ -1609,11 +1689,11 @@ class AmfService(Service):
         out = []
         for m in self.protections[csi]:
             c = self.comps[m]
-            out.append(aw.ProtectionGroupMember(m.encode(), int(c.readiness), int(c.ha)))
+            out.append(aw.ProtectionGroupMember(m.encode(), int(c.readiness),
+                                                int(c.has[csi])))
         return out
 
-    def _notify_trackers(self, c: Comp) -> None:
-        csi = c.spec.protection
+    def _notify_trackers(self, c: Comp, csi: str) -> None:
         targets = [(conn_id, flags) for conn_id, t in self.trackers.items()
                    for name, flags in t.items() if name == csi]
         if not targets:
@@ -1683,9 +1763,10 @@ class AmfService(Service):
     def lib_ha_get(self, conn: LibConn, req: Request) -> bytes:
         comp_raw, csi_raw = aw.decode_names_untrusted(req.body, 2, "HA_GET")
         c = self._known(comp_raw)
-        if c.spec.protection != _name(csi_raw):
-            raise NotExist(f"{c.name} is not a member of {_name(csi_raw)!r}")
-        return aw.encode_u32(int(c.ha))
+        csi = _name(csi_raw)
+        if csi not in c.has:
+            raise NotExist(f"{c.name} is not a member of {csi!r}")
+        return aw.encode_u32(int(c.has[csi]))
 
     @lib_handler(aw.AMF_REQ_CAPABILITY_GET, hold_during_sync=True)
     def lib_capability_get(self, conn: LibConn, req: Request) -> bytes:
@@ -1757,7 +1838,7 @@ class AmfService(Service):
                 self._report_fault(inv.comp, inv.incarnation, NOT_RESPONDING)
         elif error == SA_OK:
             self._send_own(MSG_CONFIRM, CONFIRM.pack(inv.incarnation, inv.kind, inv.state,
-                                                     inv.comp.encode()))
+                                                     inv.comp.encode(), inv.csi.encode()))
         else:
             self.log.warning("component %s refused a callback (error %d)", inv.comp, error)
             self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
@@ -1847,11 +1928,12 @@ class AmfService(Service):
         for g in self.groups:
             for u in g.units:
                 for c in u.comps:
-                    rows.append(aw.StatusRow(
-                        g.spec.name.encode(), u.name.encode(), c.name.encode(),
-                        c.spec.protection.encode(), c.registered, int(u.phase), int(u.role),
-                        c.host if c.registered else 0, int(c.readiness), int(c.ha), c.error,
-                        g.spec.active_units, len(self.members), int(u.admin)))
+                    for csi in c.csis:  # a row per (component, CSI)
+                        rows.append(aw.StatusRow(
+                            g.spec.name.encode(), u.name.encode(), c.name.encode(),
+                            csi.encode(), c.registered, int(u.phase), int(u.role),
+                            c.host if c.registered else 0, int(c.readiness), int(c.has[csi]),
+                            c.error, g.spec.active_units, len(self.members), int(u.admin)))
         return rows
 
     def digest(self) -> tuple:
