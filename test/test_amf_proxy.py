@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from amf_harness import AmfCluster
 
+from ais.amf_status import render
 from saf import _amf_wire as aw
 from saf.errors import SA_OK, BadOperation, NotExist
 
@@ -92,10 +93,16 @@ def test_a_proxied_component_is_served_through_its_proxy_and_fails_with_it():
     assert aw.AMF_CB_HEALTHCHECK in got, "the proxy answers its healthchecks too"
     assert cl.roles(B)["u1"] == "ACTIVE" and cl.amf(B).comps["c1"].proxy == "proxy1"
     assert p2.take() == ["IN_SERVICE", "STANDBY"]
+    rows = aw.decode_status_untrusted(aw.encode_status(cl.amf(B).status_rows()))
+    assert {r.comp: r.proxy for r in rows} == {b"c1": b"proxy1", b"c2": b"", b"proxy1": b""}
+    lines = render(rows).splitlines()
+    assert [ln for ln in lines if "via proxy" in ln] == [
+        "    c1 (p): on 127.0.0.1 via proxy proxy1, IN_SERVICE/ACTIVE"]
     proxy.kill()  # the proxy's process dies: c1 has nobody to relay for it
     assert not cl.amf(B).comps["c1"].registered
     assert p2.take() == ["ACTIVE"]
     assert len(cl.digests()) == 1
+    assert "via proxy" not in render(cl.amf(B).status_rows())
 
 
 def test_a_hung_proxy_fails_its_proxied_components():

@@ -1933,7 +1933,8 @@ class AmfService(Service):
                             g.spec.name.encode(), u.name.encode(), c.name.encode(),
                             csi.encode(), c.registered, int(u.phase), int(u.role),
                             c.host if c.registered else 0, int(c.readiness), int(c.has[csi]),
-                            c.error, g.spec.active_units, len(self.members), int(u.admin)))
+                            c.error, g.spec.active_units, len(self.members), int(u.admin),
+                            self._unit_pending(u), c.proxy.encode() if c.registered else b""))
         return rows
 
     def digest(self) -> tuple:
