@@ -109,7 +109,11 @@ protection group, streamed per CSI in the sync records.  In unit-role models
 every CSI of a component takes the unit's role; nplusm with several active
 units rejects it (a shared standby would become active for every CSI at once):
 the AIS N+1 example (one unit standing by for several actives) is model=nway,
-where the standby takes over only the failed active's CSI.
+where the standby takes over only the failed active's CSI.  Several components of
+one unit in one CSI (a protection group listing them): in unit-role models each
+gets the CSI with the unit's role; a standby's activeCompName names the active
+component at its own place among its unit's members of the CSI.  nway rejects it
+(``ais.config``: per-CSI roles pick one component, not a unit).
 
 CSI-set callbacks: csiFlags ADD_NEW_INSTANCE for a first assignment, else
 ALL_INSTANCES; transition descriptor NEW_ASSIGN, or for a standby made active
@@ -671,13 +675,19 @@ class AmfService(Service):
         return oc.unit.role == Role.ACTIVE
 
     def _active_name(self, c: Comp, csi: str, state: int) -> bytes:
+        """activeCompName: a standby names the CSI's active component; when a unit has
+        several components in the CSI, the active one at the standby's own place among
+        its unit's members of the CSI (else the first active)."""
         if state != STANDBY:
             return c.name.encode()
-        for other in self.protections.get(csi, ()):
-            oc = self.comps.get(other)
-            if oc is not None and oc is not c and self._holds_active(oc, csi):
-                return other.encode()
-        return b""
+        members = [self.comps[m] for m in self.protections.get(csi, ()) if m in self.comps]
+        actives = [oc for oc in members if oc is not c and self._holds_active(oc, csi)]
+        if not actives:
+            return b""
+        place = [oc for oc in members if oc.unit is c.unit].index(c)
+        same_place = [oc for oc in actives
+                      if [m for m in members if m.unit is oc.unit].index(oc) == place]
+        return (same_place or actives)[0].name.encode()
 
     def _terminate(self, c: Comp) -> None:
         """The terminate callback (its unit was taken out of service administratively)."""
