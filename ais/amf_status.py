@@ -1,7 +1,8 @@
 """Print the AMF state a node holds: ``python -m ais.amf_status [-s SOCKET]``.
 
-Groups, units (phase, role, locked or shutting down), components (protection group, node hosting
-it, readiness and HA state, error).  Everything printed is replicated state,
+Groups, units (phase, role, locked or shutting down, pending administrative operation),
+components (protection group, node hosting it, the proxy relaying for it, readiness and HA
+state, error).  Everything printed is replicated state,
 so every node of one ring prints the same text once the ring is quiet.
 Exit status 0, or 1 with the SAF error when the executive cannot be asked.
 """
@@ -21,6 +22,7 @@ ROLES = {0: "-", 1: "active", 2: "standby"}
 ADMIN = {0: "", 1: ", locked", 2: ", shutting down"}
 READINESS = {1: "OUT_OF_SERVICE", 2: "IN_SERVICE", 3: "STOPPING"}
 HA = {1: "ACTIVE", 2: "STANDBY", 3: "QUIESCED"}
+PENDING = {0: "", 1: ", pending switchover", 2: ", pending shutdown"}
 
 
 def node_text(node: int) -> str:
@@ -42,8 +44,11 @@ def render(rows: tuple[amf.StatusRow, ...]) -> str:
                                                                                 r.su_role)
             out.append(f"  unit {r.unit.decode()}: {PHASES.get(r.su_phase, r.su_phase)}, "
                        f"role {role}"
-                       f"{ADMIN.get(r.su_admin, f', admin {r.su_admin}')}")
+                       f"{ADMIN.get(r.su_admin, f', admin {r.su_admin}')}"
+                       f"{PENDING.get(r.su_pending, f', pending {r.su_pending}')}")
         where = f"on {node_text(r.host)}" if r.registered else "unregistered"
+        if r.proxy:
+            where += f" via proxy {r.proxy.decode()}"
         err = f", error {r.error}" if r.error else ""
         out.append(f"    {r.comp.decode()} ({r.csi.decode()}): {where}, "
                    f"{READINESS.get(r.readiness, r.readiness)}/{HA.get(r.ha, r.ha)}{err}")

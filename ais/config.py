@@ -1231,6 +1231,9 @@ class _ModelBuilder:
         assigned: dict[str, list[str]] = {}
         #: components in several protection groups -> the entry naming one a second time
         shared: dict[str, Any] = {}
+        unit_of: dict[str, str] = {}
+        #: first member naming a second component of one unit in one protection group
+        same_unit: tuple[str, str, str, Any] | None = None
         protections = []
         healthchecks: dict[str, HealthcheckKey] = {}
         for child in children:
@@ -1246,9 +1249,10 @@ class _ModelBuilder:
                 units.append((unit, comps))
                 for cname, cblock in comps:
                     declared[cname] = (cblock, None)
+                    unit_of[cname] = unit.name
             else:
                 pv, pname = self.protection(child)
-                members = []
+                members: list[str] = []
                 for member, e in pv.values.get("member", []):
                     if member not in declared:
                         raise ConfigError(self.path, e.line, e.col,
@@ -1260,6 +1264,9 @@ class _ModelBuilder:
                                           f"group {pname!r}")
                     if member in assigned:
                         shared.setdefault(member, e)
+                    mate = next((m for m in members if unit_of[m] == unit_of[member]), None)
+                    if mate is not None and same_unit is None:
+                        same_unit = (member, mate, pname, e)
                     assigned.setdefault(member, []).append(pname)
                     members.append(member)
                 protections.append(ProtectionGroup(pname, tuple(members), child.line))
@@ -1282,6 +1289,13 @@ class _ModelBuilder:
             raise ConfigError(self.path, e.line, e.col,
                               f"member: {member!r} is in several protection groups; with "
                               f"several active units use model=nway (roles per CSI)")
+        if same_unit is not None and model == GroupModel.NWAY:
+            # nway picks one component per assignment, not every component of a unit.
+            member, mate, pname, e = same_unit
+            raise ConfigError(self.path, e.line, e.col,
+                              f"member: {member!r} and {mate!r} of one unit are both in "
+                              f"protection group {pname!r}; model=nway assigns a CSI to one "
+                              f"component per unit (use a unit-role model, e.g. 2n)")
         return ServiceGroup(
             name=name, model=model, active_units=active, backup_units=backup,
             units=tuple(final_units), protections=tuple(protections), line=block.line,

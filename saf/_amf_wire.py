@@ -298,6 +298,10 @@ class StatusRow:
     members: int
     #: AMF_ADMIN_UNLOCKED / LOCKED / SHUTTING_DOWN
     su_admin: int = AMF_ADMIN_UNLOCKED
+    #: the unit's pending administrative operation (saAmfPendingOperationGet; 0 none)
+    su_pending: int = 0
+    #: the proxy component relaying for this one (empty: not proxied)
+    proxy: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,10 +375,12 @@ PG_TRACK_CB = Layout(PgTrackCb, "PG track callback", ("count", u32),
 #  NAME group, NAME unit, NAME comp, NAME csi, then (28 bytes)
 #  | registered u8 | su phase u8 | su role u8 | su admin u8 | host u32 (Totem id, 0 none) |
 #  | readiness u32 | ha u32 | error u32 | active-units u32 | members u32 |
+#  | su pending operation u32 |, NAME proxy
 STATUS_ROW = Layout(StatusRow, "status row", ("group", NAME), ("unit", NAME), ("comp", NAME),
                     ("csi", NAME), ("registered", flag), ("su_phase", u8), ("su_role", u8),
                     ("su_admin", u8), ("host", u32), ("readiness", u32), ("ha", u32),
-                    ("error", u32), ("active_units", u32), ("members", u32))
+                    ("error", u32), ("active_units", u32), ("members", u32),
+                    ("su_pending", u32), ("proxy", NAME))
 STATUS = Layout(None, "status", ("rows", array(STATUS_ROW, u32)))
 
 # ADMIN request: | op u32 | NAME unit |

@@ -6,6 +6,7 @@ import pytest
 from amf_harness import AmfCluster
 from test_amf import quickstart_start
 
+from ais.amf_status import render
 from ais.services.amf import Admin, Phase
 from saf import _amf_wire as aw
 from saf.errors import SA_OK, BadOperation, InvalidParam, IpcProtocolError, NotExist
@@ -20,6 +21,11 @@ def pending(cl: AmfCluster, addr: str, comp: str) -> int:
     err, body = cl.call(addr, aw.AMF_REQ_PENDING_GET, aw.encode_name(comp.encode()))
     assert err == SA_OK
     return aw.decode_u32_untrusted(body)
+
+
+def unit_line(text: str, unit: str) -> str:
+    """The line of ``amf_status`` output describing ``unit``."""
+    return next(line for line in text.splitlines() if line.strip().startswith(f"unit {unit}:"))
 
 
 def running(where_b: str = A, where_a: str = A) -> tuple[AmfCluster, tuple]:
@@ -38,6 +44,7 @@ def test_lock_of_the_active_unit_switches_over_and_unlock_brings_it_back_as_stan
     assert cl.admin(B, LOCK, "raidB") == SA_OK  # asked on another node than the host
     assert pending(cl, B, "comp_a_in_su_y") == aw.SA_AMF_SWITCHOVER_OPERATION
     assert pending(cl, A, "comp_a_in_su_x") == 0
+    assert "pending switchover" in unit_line(render(cl.amf(A).status_rows()), "raidB")
     assert t1.take() == [], "no promotion while raidB may still be active"
     t3.stopped = t4.stopped = False
     cl.settle()
@@ -49,6 +56,7 @@ def test_lock_of_the_active_unit_switches_over_and_unlock_brings_it_back_as_stan
     assert (unit.phase, unit.admin) == (Phase.IDLE, Admin.LOCKED)
     assert pending(cl, A, "comp_a_in_su_y") == 0
     assert [r.su_admin for r in cl.amf(B).status_rows() if r.unit == b"raidB"] == [1, 1]
+    assert "pending" not in unit_line(render(cl.amf(B).status_rows()), "raidB")
     hc = t3.healthchecks
     cl.advance(0.5)
     assert t3.healthchecks == hc and t3.take() == [], "a locked unit stays out of service"
@@ -66,6 +74,13 @@ def test_shutdown_waits_for_stopping_complete():
     assert cl.amf(A).units["raidB"].admin == Admin.SHUTTING_DOWN
     assert pending(cl, B, "comp_b_in_su_y") == aw.SA_AMF_SHUTDOWN_OPERATION
     assert cl.state(B, "comp_b_in_su_y") == ("STOPPING", "ACTIVE")
+    # amf_status shows the pending operation of the unit (and of no other unit)
+    rows = aw.decode_status_untrusted(aw.encode_status(cl.amf(B).status_rows()))
+    assert {r.unit: r.su_pending for r in rows} == {
+        b"raidA": 0, b"raidB": aw.SA_AMF_SHUTDOWN_OPERATION, b"raidC": 0}
+    text = render(rows)
+    assert "pending shutdown" in unit_line(text, "raidB")
+    assert "pending" not in unit_line(text, "raidA")
     cl.advance(1.0)
     assert t1.take() == [], "raidB is still active while one component is stopping"
     # testamf3 finally says it has stopped

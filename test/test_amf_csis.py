@@ -185,3 +185,61 @@ def test_pg_tracking_reports_per_csi():
     changes = [(i.member.comp_name, i.member.ha_state) for cb in tracked(w1) for i in cb.items]
     assert changes[-1] == (b"s", aw.SA_AMF_ACTIVE) and (b"a1", aw.SA_AMF_QUIESCED) in changes
     assert s.take() == ["ACTIVE"]
+
+
+#: several components of one unit in one CSI: p lists both components of u1 and of u2
+ONE_CSI_TWO_COMPS = """group {
+name=g
+model=2n
+unit {
+name=u1
+component {
+name=a1
+model=x_active
+}
+component {
+name=b1
+model=x_active
+}
+}
+unit {
+name=u2
+component {
+name=a2
+model=x_active
+}
+component {
+name=b2
+model=x_active
+}
+}
+protection {
+name=p
+member=a1
+member=b1
+member=a2
+member=b2
+}
+}
+"""
+
+
+def test_several_components_of_one_unit_share_a_csi_with_the_unit_role():
+    cl = AmfCluster([A, B], ONE_CSI_TWO_COMPS)
+    cl.form([A, B])
+    a1, b1 = cl.proc(A, "a1"), cl.proc(A, "b1")
+    a2, b2 = cl.proc(B, "a2"), cl.proc(B, "b2")
+    cl.settle()
+    assert a1.take() == b1.take() == ["IN_SERVICE", "ACTIVE"]
+    assert a2.take() == b2.take() == ["IN_SERVICE", "STANDBY"]
+    assert [cs.csi_name for p in (a1, b1, a2, b2) for cs in p.csi_sets] == [b"p"] * 4
+    # an active assignment names its own component; a standby names the active component
+    # at its own place among its unit's members of the CSI
+    assert [cs.active_comp_name for cs in a1.csi_sets + b1.csi_sets] == [b"a1", b"b1"]
+    assert [cs.active_comp_name for cs in a2.csi_sets + b2.csi_sets] == [b"a1", b"b1"]
+    assert {ha(cl, B, c, "p") for c in ("a1", "b1")} == {aw.SA_AMF_ACTIVE}
+    b1.kill()  # one component fails: its whole unit fails over, both of u2 go active
+    assert a1.take() == ["QUIESCED", "OUT_OF_SERVICE"]
+    assert a2.take() == b2.take() == ["ACTIVE"]
+    assert {ha(cl, A, c, "p") for c in ("a2", "b2")} == {aw.SA_AMF_ACTIVE}
+    assert len(cl.digests()) == 1

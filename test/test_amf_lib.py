@@ -19,6 +19,7 @@ from ais.executive import ServiceHost
 from ais.services.amf import AmfService
 from ais.services.clm import ClmService
 from ais.totem.events import node_of
+from saf import _amf_wire as aw
 from saf import amf
 from saf.errors import (
     BadHandle, BadOperation, Exist, InvalidParam, NoSpace, NotExist, SaError, VersionError,
@@ -60,7 +61,9 @@ class Component:
             csi_set_callback=self.cs,
             csi_remove_callback=self.cr, component_terminate_callback=self.term,
             pending_operation_confirm_callback=self.pc,
-            pending_operation_expired_callback=self.pe))
+            pending_operation_expired_callback=self.pe,
+            external_component_restart_callback=self.er,
+            external_component_control_callback=self.ec))
         self.h.component_register(name)
         self.t = threading.Thread(target=self.h.dispatch, args=(SA_DISPATCH_BLOCKING,),
                                   daemon=True)
@@ -100,6 +103,14 @@ class Component:
 
     def pe(self, comp: bytes, flags: int) -> None:
         self.events.append(("expired", flags))
+
+    def er(self, inv: int, comp: bytes) -> None:
+        self.events.append(("ext restart", comp))
+        self.respond(inv)
+
+    def ec(self, inv: int, comp: bytes, action: int) -> None:
+        self.events.append(("ext control", (comp, action)))
+        self.respond(inv)
 
     def has(self, pred, timeout: float = 10.0) -> bool:
         end = time.monotonic() + timeout
@@ -291,3 +302,24 @@ def test_healthcheck_keys_and_pending_operation_callbacks_through_the_library(ex
         assert not any(e[0] == "expired" for e in c.events)
     ca.close()
     cb.close()
+
+
+def test_external_component_callbacks_reach_the_proxy_through_the_library(execs):
+    on(execs, A)
+    proxy = Component("comp_a_in_su_y")  # also proxies comp_b_in_su_y, an external one
+    proxy.h.component_register("comp_b_in_su_y", "comp_a_in_su_y")
+    assert proxy.has(lambda ev: sum(e[0] == "ha" for e in ev) >= 2)
+    amf.error_report("comp_a_in_su_y", "comp_b_in_su_y", 0, amf.ErrorDescriptor(
+        probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
+        recommended_recovery=aw.SA_AMF_COMPONENT_RESTART))
+    assert proxy.has(lambda ev: ("ext restart", b"comp_b_in_su_y") in ev)
+    # the proxy restarts it: registering it again clears its error
+    proxy.h.component_unregister("comp_b_in_su_y", "comp_a_in_su_y")
+    proxy.h.component_register("comp_b_in_su_y", "comp_a_in_su_y")
+    amf.admin(amf.AMF_ADMIN_LOCK, "raidB")
+    assert proxy.has(lambda ev: ("ext control", (b"comp_b_in_su_y", aw.SA_AMF_POWER_OFF))
+                     in ev)
+    assert proxy.has(lambda ev: ("terminate", b"comp_a_in_su_y") in ev)
+    assert ("terminate", b"comp_b_in_su_y") not in proxy.events, \
+        "an external component gets no terminate callback"
+    proxy.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from amf_harness import AmfCluster
 
+from ais.amf_status import render
 from saf import _amf_wire as aw
 from saf.errors import SA_OK, BadOperation, NotExist
 
@@ -92,10 +93,16 @@ def test_a_proxied_component_is_served_through_its_proxy_and_fails_with_it():
     assert aw.AMF_CB_HEALTHCHECK in got, "the proxy answers its healthchecks too"
     assert cl.roles(B)["u1"] == "ACTIVE" and cl.amf(B).comps["c1"].proxy == "proxy1"
     assert p2.take() == ["IN_SERVICE", "STANDBY"]
+    rows = aw.decode_status_untrusted(aw.encode_status(cl.amf(B).status_rows()))
+    assert {r.comp: r.proxy for r in rows} == {b"c1": b"proxy1", b"c2": b"", b"proxy1": b""}
+    lines = render(rows).splitlines()
+    assert [ln for ln in lines if "via proxy" in ln] == [
+        "    c1 (p): on 127.0.0.1 via proxy proxy1, IN_SERVICE/ACTIVE"]
     proxy.kill()  # the proxy's process dies: c1 has nobody to relay for it
     assert not cl.amf(B).comps["c1"].registered
     assert p2.take() == ["ACTIVE"]
     assert len(cl.digests()) == 1
+    assert "via proxy" not in render(cl.amf(B).status_rows())
 
 
 def test_a_hung_proxy_fails_its_proxied_components():
@@ -131,3 +138,79 @@ def test_proxy_registration_errors():
     assert cl.request(A, proxy.conn, aw.AMF_REQ_UNREGISTER,
                       aw.encode_names(b"c1", b"proxy1")) == SA_OK
     assert not cl.amf(B).comps["c1"].registered
+
+
+# --- external components: restart and control callbacks to the proxy -------------------------
+
+def external_cbs(proxy) -> list[tuple[int, aw.InvocationCb]]:
+    """External restart/control callbacks on the proxy's connection, decoded."""
+    return [(f.msg_id, aw.decode_invocation_cb_untrusted(f.body)) for f in proxy.conn.callbacks
+            if f.msg_id in (aw.AMF_CB_EXT_RESTART, aw.AMF_CB_EXT_CONTROL,
+                            aw.AMF_CB_TERMINATE)]
+
+
+def answer(cl: AmfCluster, proxy, invocation: int, error: int = SA_OK) -> int | None:
+    return cl.request(proxy.addr, proxy.conn, aw.AMF_REQ_RESPONSE,
+                      aw.encode_response(aw.Response(invocation, error)))
+
+
+def external_running() -> tuple[AmfCluster, object, object]:
+    cl = AmfCluster([A, B], CONF)
+    cl.form([A, B])
+    proxy = cl.proc(A, "proxy1")
+    assert proxied(cl, proxy, "c1") == SA_OK
+    p2 = cl.proc(B, "c2")
+    cl.advance(0.1)
+    p2.take()
+    assert cl.roles(B)["u1"] == "ACTIVE"
+    return cl, proxy, p2
+
+
+def test_component_restart_of_an_external_component_asks_its_proxy():
+    cl, proxy, p2 = external_running()
+    err, _ = cl.call(B, aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(aw.ErrorReport(
+        b"operator", b"c1", 0, aw.ErrorDescriptor(
+            probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
+            recommended_recovery=aw.SA_AMF_COMPONENT_RESTART))))
+    assert err == SA_OK
+    got = external_cbs(proxy)
+    assert [(m, cb.comp_name) for m, cb in got] == [(aw.AMF_CB_EXT_RESTART, b"c1")], \
+        "the proxy restarts it: no terminate callback, no control callback"
+    assert p2.take() == ["ACTIVE"], "its unit failed over meanwhile"
+    assert answer(cl, proxy, got[0][1].invocation) == SA_OK
+    # the proxy restarted it: registering it again clears the error, u1 comes back standby
+    assert cl.request(A, proxy.conn, aw.AMF_REQ_UNREGISTER,
+                      aw.encode_names(b"c1", b"proxy1")) == SA_OK
+    assert proxied(cl, proxy, "c1") == SA_OK
+    cl.advance(0.1)
+    assert cl.amf(B).comps["c1"].error == 0 and cl.roles(B)["u1"] == "STANDBY"
+    assert answer(cl, proxy, got[0][1].invocation) != SA_OK, "answered once only"
+    assert len(cl.digests()) == 1
+
+
+def test_lock_of_an_external_components_unit_powers_it_off_through_its_proxy():
+    cl, proxy, p2 = external_running()
+    assert cl.admin(B, aw.AMF_ADMIN_LOCK, "u1") == SA_OK
+    cl.advance(0.05)
+    got = external_cbs(proxy)
+    assert [(m, cb.comp_name, cb.flags) for m, cb in got] == [
+        (aw.AMF_CB_EXT_CONTROL, b"c1", aw.SA_AMF_POWER_OFF)]
+    assert p2.take() == ["ACTIVE"]
+    assert cl.amf(A).comps["c1"].error == 0
+    # an error answer: the component failed (replicated everywhere)
+    assert answer(cl, proxy, got[0][1].invocation, aw.SA_AMF_SOFTWARE_ERROR) == SA_OK
+    assert cl.amf(B).comps["c1"].error == aw.SA_AMF_SOFTWARE_ERROR
+    assert len(cl.digests()) == 1
+
+
+def test_an_unanswered_external_control_callback_is_a_failure():
+    cl, proxy, _ = external_running()
+    assert cl.admin(A, aw.AMF_ADMIN_SHUTDOWN, "u1") == SA_OK
+    cl.advance(0.05)
+    assert [(m, cb.flags) for m, cb in external_cbs(proxy)] == [
+        (aw.AMF_CB_EXT_CONTROL, aw.SA_AMF_POWER_OFF)]
+    assert cl.amf(B).comps["c1"].error == 0
+    cl.advance(5.1)  # response-timeout (5000 ms default) passes without an answer
+    assert cl.amf(B).comps["c1"].error == aw.SA_AMF_NOT_RESPONDING
+    assert cl.amf(A).comps["proxy1"].error == 0, "the proxy itself is fine"
+    assert len(cl.digests()) == 1

@@ -503,6 +503,12 @@ GROUPS_ERRORS = [
         " model=nplusm\n active-units=2\n"), 35,
      "member: 'c' is in several protection groups; with several active units use "
      "model=nway"),
+    ("nway with two components of one unit in one CSI", _group(
+        " unit {\n  name=u2\n  component {\n   name=c2\n   model=x_active\n  }\n"
+        "  component {\n   name=d2\n   model=x_active\n  }\n }\n"
+        " protection {\n  name=q\n  member=c2\n  member=d2\n }\n"
+        " model=nway\n"), 28,
+     "member: 'd2' and 'c2' of one unit are both in protection group 'q'; model=nway"),
     ("component without protection", _group(
         " unit {\n  name=u2\n  component {\n   name=c2\n   model=x_active\n  }\n }\n"), 16,
      "component 'c2' is in no protection group"),

@@ -109,7 +109,11 @@ protection group, streamed per CSI in the sync records.  In unit-role models
 every CSI of a component takes the unit's role; nplusm with several active
 units rejects it (a shared standby would become active for every CSI at once):
 the AIS N+1 example (one unit standing by for several actives) is model=nway,
-where the standby takes over only the failed active's CSI.
+where the standby takes over only the failed active's CSI.  Several components of
+one unit in one CSI (a protection group listing them): in unit-role models each
+gets the CSI with the unit's role; a standby's activeCompName names the active
+component at its own place among its unit's members of the CSI.  nway rejects it
+(``ais.config``: per-CSI roles pick one component, not a unit).
 
 CSI-set callbacks: csiFlags ADD_NEW_INSTANCE for a first assignment, else
 ALL_INSTANCES; transition descriptor NEW_ASSIGN, or for a standby made active
@@ -194,7 +198,12 @@ goes to the proxy, which answers it.  The proxy's name is replicated
 crash) its proxied components are unregistered too, and when it is found
 NOT_RESPONDING they are too (nobody relays for them); their units fail over
 as usual.  Unregistering with another proxy than the registered one is
-BAD_OPERATION.  External restart/control callbacks are not issued.
+BAD_OPERATION.  A proxied component is an external one: where a local one would
+get the terminate callback its proxy gets saAmfExternalComponentRestartCallback
+(recommended recovery COMPONENT_RESTART) or saAmfExternalComponentControlCallback
+with SA_AMF_POWER_OFF (its unit locked or shut down), answered with saAmfResponse:
+an error answer (SOFTWARE_ERROR) or none within response-timeout
+(NOT_RESPONDING) is a failure of the component, multicast as MSG_FAULT.
 
 Protection-group tracking: trackers on every node are told of every change
 of a member's current readiness or HA state (CHANGES: every member, the
@@ -259,6 +268,7 @@ KIND_HA = 2
 KIND_HEALTHCHECK = 3
 KIND_TERMINATE = 4
 KIND_PENDING = 5
+KIND_EXTERNAL = 6  # external restart/control callback (a proxied component)
 
 #: COMPONENT_RESTART recoveries of a component before it escalates to a failover that
 #: only saAmfErrorCancelAll undoes
@@ -671,18 +681,39 @@ class AmfService(Service):
         return oc.unit.role == Role.ACTIVE
 
     def _active_name(self, c: Comp, csi: str, state: int) -> bytes:
+        """activeCompName: a standby names the CSI's active component; when a unit has
+        several components in the CSI, the active one at the standby's own place among
+        its unit's members of the CSI (else the first active)."""
         if state != STANDBY:
             return c.name.encode()
-        for other in self.protections.get(csi, ()):
-            oc = self.comps.get(other)
-            if oc is not None and oc is not c and self._holds_active(oc, csi):
-                return other.encode()
-        return b""
+        members = [self.comps[m] for m in self.protections.get(csi, ()) if m in self.comps]
+        actives = [oc for oc in members if oc is not c and self._holds_active(oc, csi)]
+        if not actives:
+            return b""
+        place = [oc for oc in members if oc.unit is c.unit].index(c)
+        same_place = [oc for oc in actives
+                      if [m for m in members if m.unit is oc.unit].index(oc) == place]
+        return (same_place or actives)[0].name.encode()
 
-    def _terminate(self, c: Comp) -> None:
-        """The terminate callback (its unit was taken out of service administratively)."""
+    def _terminate(self, c: Comp, restart: bool = False) -> None:
+        """The terminate callback (its unit was taken out of service administratively, or
+        it is to restart).  A proxied component is an external one: its proxy gets the
+        external restart callback, or the external control callback with POWER_OFF for an
+        administrative stop; an error answer or none in time means it failed."""
         conn = self._conn_of(c)
         if conn is None:
+            return
+        if c.proxy:
+            inv = _Invocation(c.name, c.incarnation, KIND_EXTERNAL, 0)
+            n = self._new_invocation(inv)
+            if restart:
+                conn.send_callback(aw.AMF_CB_EXT_RESTART, aw.encode_invocation_cb(
+                    aw.InvocationCb(n, c.name.encode())))
+            else:
+                conn.send_callback(aw.AMF_CB_EXT_CONTROL, aw.encode_invocation_cb(
+                    aw.InvocationCb(n, c.name.encode(), aw.SA_AMF_POWER_OFF)))
+            inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                             lambda: self._response_timed_out(n))
             return
         inv = _Invocation(c.name, c.incarnation, KIND_TERMINATE, 0)
         n = self._new_invocation(inv)
@@ -1321,7 +1352,8 @@ class AmfService(Service):
             c.restarts += 1
             self._set_error(c, cause)
             if c.restarts <= RESTART_LIMIT:
-                self._terminate(c)  # its supervisor starts it again; registering clears it
+                # its supervisor (or proxy) starts it again; registering clears it
+                self._terminate(c, restart=True)
                 p = self.procs.get(c.name)
                 if p is not None and c.host == self.host.node_id:
                     self._stop_process(p, "component restart")
@@ -1808,7 +1840,7 @@ class AmfService(Service):
         r = aw.decode_response_untrusted(req.body)
         inv = self.invocations.get(r.invocation)
         if inv is None or inv.kind not in (KIND_READINESS, KIND_HA, KIND_HEALTHCHECK,
-                                           KIND_TERMINATE, KIND_PENDING):
+                                           KIND_TERMINATE, KIND_PENDING, KIND_EXTERNAL):
             raise InvalidParam(f"unknown invocation {r.invocation}")
         return self._answered(r.invocation, inv, r.error)
 
@@ -1827,7 +1859,12 @@ class AmfService(Service):
             inv.timer.cancel()
         if inv.superseded or inv.kind in (KIND_TERMINATE, KIND_PENDING):
             return b""
-        if inv.kind == KIND_HEALTHCHECK:
+        if inv.kind == KIND_EXTERNAL:
+            if error != SA_OK:
+                self.log.warning("proxy of %s refused an external callback (error %d)",
+                                 inv.comp, error)
+                self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
+        elif inv.kind == KIND_HEALTHCHECK:
             hc = self.healthchecks.get(inv.comp)
             if hc is not None and hc.invocation == n:
                 if hc.deadline is not None:
@@ -1933,7 +1970,8 @@ class AmfService(Service):
                             g.spec.name.encode(), u.name.encode(), c.name.encode(),
                             csi.encode(), c.registered, int(u.phase), int(u.role),
                             c.host if c.registered else 0, int(c.readiness), int(c.has[csi]),
-                            c.error, g.spec.active_units, len(self.members), int(u.admin)))
+                            c.error, g.spec.active_units, len(self.members), int(u.admin),
+                            self._unit_pending(u), c.proxy.encode() if c.registered else b""))
         return rows
 
     def digest(self) -> tuple:
