@@ -146,7 +146,9 @@ class AmfHandle(Connection):
 
     def component_register(self, comp_name: str | bytes,
                            proxy_comp_name: str | bytes | None = None) -> None:
-        """Register this process as component ``comp_name`` (cluster-wide).
+        """Register this process as component ``comp_name`` (cluster-wide), or,
+        with ``proxy_comp_name``, register external component ``comp_name`` on
+        behalf of proxy ``proxy_comp_name`` (``comp_name_get`` keeps the proxy).
 
         Raises:
             NotExist: not in groups.conf (or the proxy is unknown/unregistered).
@@ -155,7 +157,9 @@ class AmfHandle(Connection):
         name = _name(comp_name, "component name")
         proxy = _name(proxy_comp_name, "proxy name") if proxy_comp_name is not None else b""
         self.request(aw.AMF_REQ_REGISTER, aw.encode_names(name, proxy))
-        self._comp_name = name
+        if not proxy:
+            # a proxy registering an external component stays itself
+            self._comp_name = name
 
     def component_unregister(self, comp_name: str | bytes,
                              proxy_comp_name: str | bytes | None = None) -> None:
