@@ -113,7 +113,7 @@ class AmfCluster:
 
     def state(self, addr: str, comp: str) -> tuple[str, str]:
         c = self.amf(addr).comps[comp]
-        return READINESS[int(c.readiness)], HA[int(c.ha)]
+        return READINESS[int(c.readiness)], HA[int(c.has[c.spec.protection])]
 
     def roles(self, addr: str) -> dict[str, str]:
         return {u.name: u.role.name for u in self.amf(addr).units.values()}

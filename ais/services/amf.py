@@ -355,25 +355,12 @@ class Comp:
     def csis(self) -> tuple[str, ...]:
         return self.spec.csis
 
-    @property
-    def ha(self) -> int:
-        """HA state for its first CSI (the only one of most components)."""
-        return self.has[self.spec.protection]
-
-    @ha.setter
-    def ha(self, state: int) -> None:
-        """Sets it for every CSI."""
-        for csi in self.has:
-            self.has[csi] = state
-
-    @property
-    def want_ha(self) -> int:
-        return self.want_has[self.spec.protection]
-
-    @want_ha.setter
-    def want_ha(self, state: int) -> None:
+    def quiesce_all(self, *, current: bool) -> None:
+        """Want QUIESCED for every CSI (and hold it now too when ``current``)."""
         for csi in self.want_has:
-            self.want_has[csi] = state
+            self.want_has[csi] = QUIESCED
+            if current:
+                self.has[csi] = QUIESCED
 
     @property
     def talkable(self) -> bool:
@@ -888,7 +875,8 @@ class AmfService(Service):
 
     def _force_down(self, c: Comp) -> None:
         """A component that cannot be talked to is out of service and quiesced at once."""
-        c.want_readiness, c.want_ha = OOS, QUIESCED
+        c.want_readiness = OOS
+        c.quiesce_all(current=False)
         self._set_current(c, OOS, QUIESCED, forced=True)
         if c.host == self.host.node_id:
             self._drop_invocations(c.name)
@@ -1266,7 +1254,8 @@ class AmfService(Service):
         c.incarnation += 1
         # A new process clears the error, unless restarts escalated (then only a cancel does).
         c.error = 0 if c.restarts <= RESTART_LIMIT else aw.SA_AMF_SOFTWARE_ERROR
-        c.want_readiness, c.want_ha = OOS, QUIESCED
+        c.want_readiness = OOS
+        c.quiesce_all(current=False)
         self._set_current(c, OOS, QUIESCED)
         self.log.debug("component %s registered on %s", c.name, fmt_node(msg.sender))
         if msg.sender == self.host.node_id:
@@ -1650,13 +1639,13 @@ class AmfService(Service):
                         c.registered, c.host, c.conn_id, c.error = False, 0, 0, 0
                         c.proxy = ""
                         c.readiness = c.want_readiness = OOS
-                        c.ha = c.want_ha = QUIESCED
+                        c.quiesce_all(current=True)
                     else:
                         c.registered, c.host, c.conn_id = True, chosen.host, chosen.conn_id
                         c.proxy = _name(chosen.proxy)
                         c.error = chosen.error
                         c.readiness, c.want_readiness = chosen.readiness, chosen.want_readiness
-                        c.ha = c.want_ha = QUIESCED
+                        c.quiesce_all(current=True)
                         # A record shorter than the model (another groups.conf): quiesced.
                         for s, cs in zip(c.csis, chosen.csis):
                             c.has[s], c.want_has[s] = cs.ha, cs.want_ha

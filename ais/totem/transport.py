@@ -181,6 +181,7 @@ def _sends_first(actions: list[Action]) -> list[Action]:
     out.extend(later)
     return out
 
+
 class TransportState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
