@@ -79,10 +79,14 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       delivered the message inside a sync round they never completed, and
       so never applied it);
       of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
-      replica).  Then every node that delivers it, and every node that
-      completes a sync round with a holder, holds it; a crash ends a
-      holder.  An acknowledgement whose holders all crashed is lost with
-      them (checkpoints live in memory only);
+      replica); of an open that found its checkpoint (delivered in another
+      ring than the one that created it: CKPT answers it at agreed delivery),
+      the answering node (a member that delivered it inside a sync round it
+      never completed never held the checkpoint).  Then every node that
+      delivers it, and every node that completes a sync round with a holder
+      (one that held it when it installed that round's ring), holds it; a
+      crash ends a holder.  An acknowledgement whose holders all crashed is
+      lost with them (checkpoints live in memory only);
     - except for checkpoints with *conflicting histories*: a sync round
       merged members each holding a change to the checkpoint that the other
       lacked (the simulator follows, per replica, which changes it reflects:
@@ -405,12 +409,19 @@ def required_acks(acks: Iterable[tuple[Ack, set[tuple[int, int]]]],
 
 
 class AckTrack:
-    """One acknowledgement and the live incarnations that hold (or must hold) it."""
+    """One acknowledgement and the live incarnations that hold (or must hold) it,
+    each with the time it became a holder (``since``)."""
 
-    __slots__ = ("ack", "key", "holders")
+    __slots__ = ("ack", "key", "holders", "since")
 
     def __init__(self, ack: Ack, key: Any, holders: set[tuple[int, int]]) -> None:
         self.ack, self.key, self.holders = ack, key, holders
+        self.since = dict.fromkeys(holders, ack.at)
+
+    def add(self, holder: tuple[int, int], at: float) -> None:
+        if holder not in self.holders:
+            self.holders.add(holder)
+            self.since[holder] = at
 
 
 def _ack_text(a: Ack) -> str:
@@ -1275,6 +1286,8 @@ class ServiceSim(Simulation):
         self.held: dict[tuple[int, int], dict[Any, set[Any]]] = {}
         #: what each member held as it installed a configuration: (ring, node) -> copy
         self.snap: dict[tuple[RingId, int], dict[Any, frozenset[Any]]] = {}
+        #: (ring, (node, incarnation)) -> when that incarnation installed the ring
+        self.installed_at: dict[tuple[RingId, tuple[int, int]], float] = {}
         self.members_of: dict[RingId, tuple[int, ...]] = {}
         #: checkpoints whose histories conflicted when sides merged (and ("name", name)
         #: keys: names each side had linked to a checkpoint the other never saw)
@@ -1526,6 +1539,7 @@ class ServiceSim(Simulation):
             self.in_ring[node.id] = 0
             self.members_of[a.ring_id] = a.members
             self.pending_upd[node.id] = []  # an abandoned round's held messages are dropped
+            self.installed_at[(a.ring_id, (node.id, node.inc))] = self.now
             self.snap[(a.ring_id, node.id)] = {
                 ck: frozenset(v) for ck, v in self.held.get((node.id, node.inc), {}).items()}
         self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
@@ -1546,10 +1560,15 @@ class ServiceSim(Simulation):
         if ring is None:
             return
         self._merged(node, ring)
+        # A member passed on in this round what it held when it installed the
+        # ring (its state is frozen during the round): a holding that began
+        # later -- in a ring it went on to while this one's round dragged on
+        # elsewhere -- is not in it.
+        installed = self.installed_at
         members = {(m, self.nodes[m].inc) for m in self.members_of.get(ring, ())}
         for t in self.tracks:
-            if t.holders & members:
-                t.holders.add(key)
+            if any(t.since[h] <= installed.get((ring, h), -1.0) for h in t.holders & members):
+                t.add(key, self.now)
         self.tr(node, f"sync round {host.ring_id} done")
 
     def _holds(self, node: _Node, ck: tuple[int, int, int] | None, key: Any) -> None:
@@ -1559,7 +1578,7 @@ class ServiceSim(Simulation):
             self.held.setdefault(me, {}).setdefault(ck, set()).add(key)
         self.applied.setdefault(key, set()).add(me)
         for t in self.tracks_by_key.get(key, ()):
-            t.holders.add(me)
+            t.add(me, self.now)
 
     def _merged(self, node: _Node, ring: RingId | None) -> None:
         """A sync round completed here: the replica now reflects every member's history
@@ -1568,11 +1587,14 @@ class ServiceSim(Simulation):
             return
         hs = [self.snap[(ring, m)] for m in self.members_of.get(ring, ())
               if (ring, m) in self.snap]
-        bad = diverging(hs) - self.conflicted
+        diverged = diverging(hs)
+        # every checkpoint of a diverged name, also one created since the name
+        # first diverged (a later merge of the same name chooses among them too)
+        for k in [k for k in diverged if k[0] == "name"]:
+            self.name_conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
+        bad = diverged - self.conflicted
         if bad:
             self.conflicted |= bad
-            for k in [k for k in bad if k[0] == "name"]:
-                self.name_conflicted |= {i for i, n in self.ck_names.items() if n == k[1]}
             self.tr(node, f"conflicting histories merged in {ring}: {sorted(map(str, bad))}")
         mine = self.held.setdefault((node.id, node.inc), {})
         for h in hs:
@@ -1617,6 +1639,9 @@ class ServiceSim(Simulation):
                                     log=_TraceLog(self, node))
         else:
             node.srp = self.factory(nid, self.config, ring_seq=node.disk)
+        if nid % 2 and hasattr(node.srp, "frame_sink"):
+            # Half the nodes stream their frames like the real transport does.
+            node.srp.frame_sink = lambda a, node=node: self.send(node, a.data, a.dest)
         node.gens = {}
         node.held = []
         node.paused = False
@@ -1765,7 +1790,11 @@ class ServiceSim(Simulation):
         self.client_acks.append(a)
         found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
         key, members = found if found is not None else (None, frozenset())
-        if a.sid is None or a.mode == cw.SA_CKPT_WR_ALL_REPLICAS:
+        # An open delivered in another ring than the one its checkpoint's id names
+        # did not create it: CKPT answers that at agreed delivery (the checkpoint
+        # was there already), so only who applied it is known to hold it.
+        created = a.sid is None and (key is None or (key[0].seq, key[0].rep) == a.ckpt[:2])
+        if created or (a.sid is not None and a.mode == cw.SA_CKPT_WR_ALL_REPLICAS):
             # safe: every member of the configuration it was delivered in holds it --
             # or, answered at that ring's transitional configuration, every member
             # of that (module docstring (b))
@@ -1773,12 +1802,16 @@ class ServiceSim(Simulation):
                    if m in self.nodes}
             holders = set(members) & now
         else:
-            holders = {(c.node_id, c.inc)}  # the active replica's node
+            holders = {(c.node_id, c.inc)}  # the active replica's (the answering) node
         if key is not None:
             holders |= self.applied.get(key, set())
         holders = {x for x in holders if self.nodes[x[0]].inc == x[1]
                    and self.nodes[x[0]].srp is not None}
         t = AckTrack(a, key, holders)
+        if key is not None:
+            # delivered in ring key[0], before the holders installed any later ring
+            for h in holders:
+                t.since[h] = min(t.since[h], self.installed_at.get((key[0], h), a.at))
         self.tracks.append(t)
         if key is not None:
             self.tracks_by_key.setdefault(key, []).append(t)

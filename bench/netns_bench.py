@@ -1,7 +1,7 @@
 """Ring throughput at Ethernet frame sizes: executives in network namespaces (issue 12).
 
     python bench/netns_bench.py [--nodes 1,2,3] [--mtu 1500,9000] [--transport udp,udpu]
-                                [--work large,25k,1k] [--rounds 5]
+                                [--work large,25k,1k,1kx8] [--rounds 5]
                                 [--large-count 200] [--small-count 2000]
 
 Builds the LAN itself (``test/netns.py``: one namespace per executive, veth
@@ -10,9 +10,11 @@ root), starts one executive per namespace (encryption on, as always; frame
 size derived from the interface's MTU), and runs ``examples/ckptbench.py`` as
 a client of node 1: ``large`` is 73 KiB (~75 KB) writes, ``25k`` 25 KiB
 writes, ``1k`` synchronous 1 KiB writes (each returns once the whole ring has
-it in agreed order).  Each round runs every workload once; the table shows the
-medians over ``--rounds``, and the CPU the executives used during the large
-writes (percent of one core each, median).  The namespaces and processes are
+it in agreed order), ``1kx8`` the same from 8 client threads at once
+(``examples/ckptbenchth.py``, each thread its own handle and section).  Each
+round runs every workload once; the table shows the medians over
+``--rounds``, and the CPU the executives used during the large writes
+(percent of one core each, median).  The namespaces and processes are
 removed at the end, also on failure or Ctrl-C.
 """
 from __future__ import annotations
@@ -30,11 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 from cluster import ROOT, Cluster  # noqa: E402
 from netns import lan, lan_possible  # noqa: E402
 
-#: workload -> (write size in KiB, which count option, figure printed)
-WORKS = {"large": (73, "large", "MB/s"), "25k": (25, "large", "MB/s"),
-         "1k": (1, "small", "writes/s")}
-TITLES = {"large": "~75 KB writes", "25k": "25 KB writes", "1k": "1 KiB writes/s"}
-LINE = re.compile(r"(\d+) KiB: \d+ writes in\s+([\d.]+) s:\s+([\d.]+) writes/s\s+([\d.]+) MB/s")
+#: workload -> (write size in KiB, which count option, figure printed, client threads)
+WORKS = {"large": (73, "large", "MB/s", 1), "25k": (25, "large", "MB/s", 1),
+         "1k": (1, "small", "writes/s", 1), "1kx8": (1, "small", "writes/s", 8)}
+TITLES = {"large": "~75 KB writes", "25k": "25 KB writes", "1k": "1 KiB writes/s",
+          "1kx8": "1 KiB writes/s, 8 clients"}
+LINE = re.compile(r"(\d+) KiB(?: x \d+ threads)?: \d+ writes in\s+([\d.]+) s:\s+([\d.]+) "
+                  r"writes/s\s+([\d.]+) MB/s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -44,12 +48,17 @@ def cpu_seconds(pid: int) -> float:
 
 def run_work(c: Cluster, work: str, count: int, client: int = 1) -> tuple[float, list[float]]:
     """One ckptbench run: (its figure, each executive's CPU % meanwhile)."""
-    size, _, unit = WORKS[work]
+    size, _, unit, threads = WORKS[work]
     pids = [n.proc.pid for n in c.nodes.values() if n.proc is not None]
     before = [cpu_seconds(p) for p in pids]
     t0 = time.monotonic()
-    p = c.client(client, str(ROOT / "examples" / "ckptbench.py"), "--count", str(count),
-                 "--sizes", str(size), timeout=600)
+    if threads == 1:
+        p = c.client(client, str(ROOT / "examples" / "ckptbench.py"), "--count", str(count),
+                     "--sizes", str(size), timeout=600)
+    else:  # each thread its own handle, writes as synchronous as ckptbench's
+        p = c.client(client, str(ROOT / "examples" / "ckptbenchth.py"), "--threads",
+                     str(threads), "--count", str(max(1, count // threads)),
+                     "--sizes", str(size), timeout=600)
     wall = time.monotonic() - t0
     cpu = [(cpu_seconds(q) - b) / wall * 100 for q, b in zip(pids, before)]
     m = LINE.search(p.stdout)

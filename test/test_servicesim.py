@@ -327,18 +327,60 @@ def test_sweep_with_crashes(mix: str) -> None:
 
 
 def test_write_answered_by_a_transitional_configuration_holds_on_its_members_only() -> None:
-    """Seed 172 of the five-node mix: n5 completes a sync round in which its
-    WR_ALL_REPLICAS overwrite was held, the others (cut off) never complete it and
-    drop it; the host answers at the transitional configuration, whose only member is
-    n5, and n5 later crashes.  Safe delivery promised the write to n5 alone (the
-    host's rule), so its loss with n5 is no violation; the checker used to count
-    every member of the ring it was delivered in as a holder."""
-    r = run(172, replace(MIXES["five"], full_trace=True, amf=False))  # the schedule without AMF
+    """Seed 20 of the five-node mix (seed 172 until the ring's timing changed): n1's
+    WR_ALL_REPLICAS overwrite of stable-0, sent in ring 10.0.0.1/8 of all five, is
+    answered at that ring's transitional configuration, whose only member is n1, and
+    n1 later crashes.  Safe delivery promised the write to n1 alone (the host's rule),
+    so its loss with n1 is no violation; the checker used to count every member of
+    the ring it was delivered in as a holder."""
+    r = run(20, replace(MIXES["five"], full_trace=True, amf=False))  # the schedule without AMF
     assert r.ok, r.report()
     t = r.trace
-    i = next(i for i, ln in enumerate(t) if "n5 TRANS 10.0.0.3/20 members [n5]" in ln)
-    assert "n5.0/c0 <- overwrite #3: OK" in t[i + 1]
-    assert any("n5 CRASH" in ln for ln in t[i:])
+    i = next(i for i, ln in enumerate(t) if "n1 TRANS 10.0.0.1/8 members [n1]" in ln)
+    assert "n1.0/c1 <- overwrite #3: OK" in t[i + 1]
+    assert any("n1 CONF 10.0.0.1/8 members [n1,n2,n3,n4,n5]" in ln for ln in t[:i])
+    assert any("n1 CRASH" in ln for ln in t[i:])
+
+
+def test_open_that_found_its_checkpoint_is_held_by_who_applied_it() -> None:
+    """Seed 1145 of the five-node mix without AMF: n3's client opens stable-0, which
+    exists; the open is delivered in ring 10.0.0.2/16 inside a sync round that n2
+    (fresh) never completes, and n3 answers it when its own round completes.  CKPT
+    answers an open that finds its checkpoint at agreed delivery, so n2 never held the
+    checkpoint, and its loss with n3 and n4 is no violation; the checker used to count
+    every member of the ring as a holder of every open."""
+    r = run(1145, replace(MIXES["five"], full_trace=True, amf=False))
+    assert r.ok, r.report()
+    t = r.trace
+    assert any("n3 n3.0/c0 <- open #1: OK" in ln for ln in t)
+    assert not any("n2 sync round 10.0.0.2/16 done" in ln for ln in t)
+
+
+def test_a_holding_that_began_after_a_ring_is_not_passed_on_by_its_round() -> None:
+    """Seed 113 of the five-node mix: n5 leaves ring 10.0.0.2/20 for a ring of its
+    own and creates stable-1 there; n2 completes /20's round only later.  What n5
+    passed on in that round was its state when it installed /20, so n2 never held the
+    new checkpoint; the checker used to make n2 a holder of everything n5 held by then."""
+    r = run(113, replace(MIXES["five"], full_trace=True))
+    assert r.ok, r.report()
+    t = r.trace
+    alone = next(i for i, ln in enumerate(t) if "n5 CONF 10.0.0.5/28" in ln)
+    assert "n5 n5.1/c1 <- open #1: OK" in "".join(t[alone:alone + 30])
+    assert any("n2 sync round 10.0.0.2/20 done" in ln for ln in t[alone:])
+
+
+def test_a_checkpoint_made_under_a_name_that_diverged_before_may_lose_it() -> None:
+    """Seed 1630 of the five-node mix: the name stable-1 diverged early; later a
+    restarted n1 creates another stable-1 with n5 alone, its opener crashes, and the
+    merge with the others keeps their stable-1.  The new one lost the name with no
+    opener left, so it may be gone (merge rule 3); the checker used to mark only the
+    checkpoints of a name that existed when the name first diverged."""
+    r = run(1630, replace(MIXES["five"], full_trace=True))
+    assert r.ok, r.report()
+    t = r.trace
+    opened = next(i for i, ln in enumerate(t) if "n1 n1.1/c0 <- open #1: OK" in ln)
+    assert any("[10.0.0.1] checkpoint b'stable-1' created" in ln for ln in t[opened - 40:opened])
+    assert any("n1 CRASH incarnation 1" in ln for ln in t[opened:])
 
 
 def test_sweep_split_on_write() -> None:

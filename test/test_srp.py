@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ais.totem import wire
-from ais.totem.events import (CancelTimer, ConfChange, Deliver, RingId, SendQueueFull,
+from ais.totem.events import (CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
                               StartTimer, TimerKind, TotemConfig)
 from ais.totem.srp import RingState, Srp
 from totem_harness import Net, ids
@@ -16,8 +16,8 @@ from totem_harness import Net, ids
 A, B, C, D = ids(4)
 
 
-def formed(n: int, cfg: TotemConfig | None = None) -> Net:
-    net = Net(ids(n), cfg)
+def formed(n: int, cfg: TotemConfig | None = None, sink: bool = False) -> Net:
+    net = Net(ids(n), cfg, sink=sink)
     net.start()
     assert net.run_until(net.one_ring, 5)
     return net
@@ -111,6 +111,82 @@ def test_large_messages_are_fragmented_and_joined(size: int) -> None:
         assert len(msgs) == 4
     frames = [p for _, s, _, p in net.sent if isinstance(p, wire.Mcast)]
     assert all(len(f.payload) <= TotemConfig().frame_size for f in frames)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.2])
+def test_streamed_visit_sends_frames_then_token_and_delivers_its_own_after(loss: float) -> None:
+    """With a frame sink (the transport's), a visit's new frames and then its
+    token go to the sink as they are made; the sender's own delivery follows
+    in the returned actions.  Retransmissions still come back as actions."""
+    net = formed(3, sink=True)
+    for calls in net.calls.values():
+        calls.clear()
+    rng = __import__("random").Random(7)
+    net.drop = lambda src, dst, pkt: isinstance(pkt, wire.Mcast) and rng.random() < loss
+    big = bytes(range(256)) * 80  # ~15 frames
+    net.mcast(B, b"small")
+    net.mcast(B, big)
+    net.mcast(C, b"other")
+    assert net.run_until(lambda: all(len(n.messages) == 3 for n in net.nodes.values()), 5)
+    assert len({tuple(n.messages) for n in net.nodes.values()}) == 1
+    visits = [c for c in net.calls[B] if any(x[0] == "sink" for x in c if isinstance(x, tuple))]
+    assert any(x[0] == "sink" and isinstance(x[1], wire.Mcast) for c in visits for x in c
+               if isinstance(x, tuple)), "the new frames went through the sink"
+    for call in visits:
+        kinds = [type(x[1]) for x in call if isinstance(x, tuple)]
+        assert kinds[-1] is wire.Token and set(kinds[:-1]) <= {wire.Mcast}
+        actions = [x for x in call if not isinstance(x, tuple)]
+        sends = [wire.decode_untrusted(a.data) for a in actions if isinstance(a, Send)]
+        assert not any(isinstance(p, wire.Token) for p in sends)
+        # whatever the visit sent of its own is delivered in the same call, after
+        if kinds.count(wire.Mcast) and any(isinstance(a, Deliver) for a in actions):
+            assert call.index(next(x for x in call if isinstance(x, tuple))) < \
+                call.index(next(a for a in actions if isinstance(a, Deliver)))
+    assert big in net.nodes[B].messages
+    if loss:
+        assert sum(n.srp.stats["retransmits"] for n in net.nodes.values()) > 0
+
+
+def test_representative_queues_without_a_wake_while_its_idle_token_is_away() -> None:
+    """The idle token rests only at the representative: when that node has a
+    message while the token is away, the token is coming back anyway, so it
+    sends no WAKE (two packets saved per message of a lone writer there)."""
+    net = formed(3)
+    assert min(net.nodes) == A
+    rep = net.nodes[A].srp
+    net.run(1)
+    net.mcast(B, b"stir")  # the token moves; wait until A passes it on idle
+    assert net.run_until(lambda: rep._forwarded_idle and rep._held is None
+                         and net.nodes[A].messages == [b"stir"], 2)
+    net.sent.clear()
+    t0 = net.now
+    net.mcast(A, b"mine")
+    assert net.run_until(lambda: all(n.messages == [b"stir", b"mine"]
+                                     for n in net.nodes.values()), 1)
+    assert net.now - t0 < 0.01
+    assert not any(isinstance(p, wire.Probe) and p.kind == wire.WAKE for _, _, _, p in net.sent)
+
+
+def test_representative_message_survives_the_loss_of_the_returning_idle_token() -> None:
+    net = formed(3)
+    rep = net.nodes[A].srp
+    net.run(1)
+    net.mcast(B, b"stir")
+    assert net.run_until(lambda: rep._forwarded_idle and rep._held is None
+                         and net.nodes[A].messages == [b"stir"], 2)
+    dropped = []
+
+    def drop(src: int, dst: int, pkt: object) -> bool:
+        if isinstance(pkt, wire.Token) and dst == A and not dropped:
+            dropped.append(pkt)
+            return True
+        return False
+    net.drop = drop
+    net.mcast(A, b"mine")
+    assert net.run_until(lambda: all(n.messages == [b"stir", b"mine"]
+                                     for n in net.nodes.values()), 2)
+    assert dropped
+    assert all(len(n.confs) == 1 for n in net.nodes.values()), "no reconfiguration"
 
 
 def test_lost_frame_is_retransmitted_through_the_token_list() -> None:

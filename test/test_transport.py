@@ -874,6 +874,74 @@ def test_coalesced_reads_are_cut_into_the_datagrams_sent(cleanup: list) -> None:
         assert b.t.stats["gro_reads"] >= 1  # loopback hands segmented sends over whole
 
 
+class _StreamingSrp(StubSrp):
+    """Streams ``count`` frames and a token through ``frame_sink`` on ``mcast``, as
+    ``Srp``'s token visit does, and returns the delivery of the message."""
+
+    def __init__(self, addr: str, peer: str, count: int) -> None:
+        super().__init__(addr)
+        self.frame_sink: Callable[[Send], None] | None = None
+        self.peer, self.count = node_of(peer), count
+
+    def mcast(self, payload: bytes, now: float) -> list[Action]:
+        assert self.frame_sink is not None, "the transport installs its sink"
+        for p in _burst(self.count)[:-1]:
+            self.frame_sink(Send(p))
+        self.frame_sink(Send(b"token", dest=self.peer))
+        return [Deliver(self.node_id, payload, RingId(8, self.node_id))]
+
+
+@pytest.mark.timeout(20)
+def test_streamed_frames_leave_at_once_in_short_runs_then_the_token(cleanup: list) -> None:
+    """A visit's frames go out while it is still framing (4, then 8 at a time), the
+    token right behind them, and the sender's own delivery only afterwards."""
+    port = free_port()
+    raw = udp_sock("127.0.0.2", port)
+    cleanup.append(raw)
+    srp = _StreamingSrp("127.0.0.1", "127.0.0.2", 30)
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    h.t.start()
+    seen: list[int] = []
+    h.t.on_deliver = lambda d: seen.append(h.t.stats["tx_packets"])
+    h.t.mcast(b"msg")
+    assert h.t.stats["tx_packets"] == 31 and seen == []  # sent inside mcast, nothing delivered
+    gevent.sleep(0.05)
+    assert seen == [31]
+    opener = Crypto(KEY)
+    assert [opener.open_untrusted(g) for g in recv_all(raw)] == _burst(30)[:-1] + [b"token"]
+    if sys.platform.startswith("linux") and h.t._gso:
+        assert h.t.stats["gso_sends"] == 5  # 4 + 8 + 8 + 8 + 2 frames; the token alone
+    assert h.fatal == []
+
+
+@pytest.mark.timeout(20)
+def test_a_token_read_behind_frames_is_forwarded_before_their_deliveries(cleanup: list) -> None:
+    """What waits on the socket is read and handed to the core first; the answers are
+    performed together, sends first, so the token does not wait for delivery work."""
+    port = free_port()
+    me, peer = node_of("127.0.0.2"), node_of("127.0.0.1")
+    ring = RingId(8, me)
+
+    def answer(data: bytes, now: float) -> list[Action]:
+        if data == b"token":
+            return [Send(b"forwarded", dest=peer)]
+        return [Deliver(peer, data, ring)]
+    a = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    b = Harness(StubSrp("127.0.0.2", on_receive=answer), "127.0.0.2", port,
+                ["127.0.0.1", "127.0.0.2"])
+    cleanup += [a.t, b.t]
+    a.t.start()
+    b.t.start()
+    seen: list[int] = []
+    b.t.on_deliver = lambda d: seen.append(b.t.stats["tx_packets"])
+    burst = _burst(12)[:-1]
+    a.t._perform([Send(p) for p in burst] + [Send(b"token", dest=me)])
+    assert wait_until(lambda: len(seen) == len(burst))
+    assert seen == [1] * len(burst)
+    assert b.fatal == []
+
+
 class _NoSegmentation:
     """A socket whose kernel refuses UDP_SEGMENT (as before Linux 4.18)."""
 

@@ -40,7 +40,8 @@ class Node:
 class Net:
     """Nodes 1..n on a lossless network with a fixed latency, plus a drop filter."""
 
-    def __init__(self, ids: list[int], config: TotemConfig | None = None) -> None:
+    def __init__(self, ids: list[int], config: TotemConfig | None = None,
+                 sink: bool = False) -> None:
         self.cfg = config or TotemConfig()
         self.now = 0.0
         self.nodes: dict[int, Node] = {}
@@ -50,13 +51,29 @@ class Net:
         #: a test's filter: return True to drop a packet (src, dst, decoded packet)
         self.drop: Callable[[int, int, object], bool] | None = None
         self.sent: list[tuple[int, int | None, object]] = []
+        #: with ``sink``: per node, what each core call produced, in order --
+        #: ("sink", packet) as the frame sink got it, then the returned actions
+        self.calls: dict[int, list[list]] = {i: [] for i in ids}
         for i in ids:
             self.nodes[i] = Node(Srp(i, self.cfg))
+            if sink:
+                # as the transport does: streamed sends leave at once
+                self.nodes[i].srp.frame_sink = lambda a, i=i: self._sunk(i, a)
+
+    def _sunk(self, i: int, a: Send) -> None:
+        self.calls[i][-1].append(("sink", wire.decode_untrusted(a.data)))
+        self._perform(i, [a])
+
+    def _call(self, i: int, fn: Callable[..., list], *args: object) -> None:
+        self.calls.setdefault(i, []).append([])
+        actions = fn(*args, self.now)
+        self.calls[i][-1].extend(actions)
+        self._perform(i, actions)
 
     def start(self, *ids: int) -> None:
         for i in ids or tuple(self.nodes):
             self.nodes[i].started = True
-            self._perform(i, self.nodes[i].srp.start(self.now))
+            self._call(i, self.nodes[i].srp.start)
 
     def _perform(self, i: int, actions: list) -> None:
         node = self.nodes[i]
@@ -82,7 +99,7 @@ class Net:
                 node.timers.pop(a.kind, None)
 
     def mcast(self, i: int, payload: bytes) -> None:
-        self._perform(i, self.nodes[i].srp.mcast(payload, self.now))
+        self._call(i, self.nodes[i].srp.mcast, payload)
 
     def crash(self, i: int) -> None:
         self.nodes[i].alive = False
@@ -109,10 +126,10 @@ class Net:
             heapq.heappush(self.heap, (node.paused_until, gen, kind, i, arg))
             return True
         if kind == "pkt":
-            self._perform(i, node.srp.receive(arg, self.now))
+            self._call(i, node.srp.receive, arg)
         elif node.timers.get(arg) == gen:
             del node.timers[arg]
-            self._perform(i, node.srp.timer(arg, self.now))
+            self._call(i, node.srp.timer, arg)
         return True
 
     def run(self, seconds: float, max_steps: int = 500_000) -> None:

@@ -726,6 +726,9 @@ class Simulation:
                                     log=_TraceLog(self, node))
         else:
             node.srp = self.factory(nid, self.config, ring_seq=node.disk)
+        if nid % 2 and hasattr(node.srp, "frame_sink"):
+            # Half the nodes stream their frames like the real transport does.
+            node.srp.frame_sink = lambda a, node=node: self.send(node, a.data, a.dest)
         node.gens = {}
         node.held = []
         node.paused = False

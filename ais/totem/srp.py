@@ -102,10 +102,12 @@ from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, Sen
                      Stable, StartTimer, TimerKind, TotemConfig, fmt_node)
 from .guard import Guard
 from .queues import Frame, Reassembler, RxStore, SendQueue
-from .wire import (MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
+from .wire import (MCAST_FIXED, MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
                    BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
 
 logger = logging.getLogger("ais.totem.srp")
+
+_MCAST_TYPE = bytes([wire.MCAST])  #: a frame's type byte, for the hot path
 
 #: retransmit-list entries a token may carry (bounded so the token fits a frame)
 RTR_LIMIT = 100
@@ -195,6 +197,11 @@ class Srp:
         self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
         self._apart_until = 0.0
         self._out: list[Action] = []
+        #: where a token visit's new frames go, one ``Send`` each, as they are
+        #: framed (default: the returned actions, like every other Send).  A
+        #: shell may set it to seal and send them at once, so the first frames
+        #: are on their way while the visit frames the rest; it must only send.
+        self.frame_sink: Callable[[Send], None] | None = None
         self._gone = False  # we left (``leave``): ignore everything from now on
         self._left: set[int] = set()  # members that left the installed ring (LEAVE)
         self.stats |= {
@@ -219,6 +226,8 @@ class Srp:
     def receive(self, data: bytes, now: float) -> list[Action]:
         """One datagram from the network (already authenticated and decrypted)."""
         self._out = []
+        if data[1:2] == _MCAST_TYPE and self._frame_fast(data, now):
+            return self._out
         try:
             pkt = wire.decode_untrusted(data)
         except BadPacket as e:
@@ -267,7 +276,13 @@ class Srp:
             elif self._held is not None:
                 self._release_held(now)
             elif was_empty and self._forwarded_idle:
-                self._send_wake(now)
+                if self.ring_id.rep == self.node_id:
+                    # The idle token rests only here, so it is on its way back
+                    # and its visit takes this message: a WAKE would only cost
+                    # both ends a packet.  Should it be lost, the timer asks.
+                    self._arm(TimerKind.WAKE, self._wake_delay(), now)
+                else:
+                    self._send_wake(now)
         return self._out
 
     def leave(self, now: float) -> list[Action]:
@@ -316,6 +331,36 @@ class Srp:
             self.state = state
 
     # ----------------------------------------------------------- packet input
+
+    def _frame_fast(self, data: bytes, now: float) -> bool:
+        """The common frame -- a member's, of the installed ring, new or a plain
+        duplicate -- without building packet objects; False: take the full path.
+
+        Every condition under which the guard or ``_on_mcast`` would do anything
+        but store the frame sends the packet down the full path, which parses it
+        again and decides; so this changes the cost of a frame, never the outcome.
+        """
+        if self.state is not OPERATIONAL or self._gone or len(data) < MCAST_FIXED.size:
+            return False
+        version, _, sender, ring_seq, ring_rep, seq, flags = MCAST_FIXED.unpack_from(data)
+        rid = self.ring_id
+        if (version != wire.VERSION or ring_seq != rid.seq or ring_rep != rid.rep or flags
+                or sender == self.node_id or sender not in self.members or seq == 0
+                or seq > self._sent_seq + self.guard.frame_ahead):
+            return False
+        payload = data[MCAST_FIXED.size:]
+        rx = self.rx
+        held = rx.frames.get(seq)
+        if held is not None and (held.sender != sender or held.payload != payload):
+            return False  # a conflict: the guard counts and refuses it
+        if self._stalled(now):
+            return True
+        self.stats["frames_received"] += 1
+        if rx.add(seq, Frame(sender, 0, payload)):
+            if seq > self._sent_seq and TimerKind.TOKEN_RETRANSMIT in self._timers:
+                self._disarm(TimerKind.TOKEN_RETRANSMIT)
+            self._deliver_ready()
+        return True
 
     def _on_mcast(self, m: Mcast, now: float) -> None:
         state = self.state
@@ -566,10 +611,12 @@ class Srp:
 
     def _send_wake(self, now: float) -> None:
         self._out.append(Send(wire.encode_probe(wire.WAKE, self.node_id, self.ring_id)))
-        # a lost WAKE is sent again after about two rotations, at most wake_interval
+        self._arm(TimerKind.WAKE, self._wake_delay(), now)
+
+    def _wake_delay(self) -> float:
+        """A lost WAKE is sent again after about two rotations, at most wake_interval (ms)."""
         cfg = self.cfg
-        self._arm(TimerKind.WAKE, min(cfg.wake_interval, max(cfg.token_retransmit_min,
-                                                             2.0 * self._rto())), now)
+        return min(cfg.wake_interval, max(cfg.token_retransmit_min, 2.0 * self._rto()))
 
     # ------------------------------------------------------------- membership
 
@@ -836,6 +883,9 @@ class Srp:
             self._sample_rotation(now - self._forwarded_at)
         self._forwarded_at = None
         recovering = self.state is RECOVERY
+        # Frames go to the sink only on an installed ring: the configuration
+        # change that installs one is performed (the ring seq saved) first.
+        sink = None if recovering else self.frame_sink
         if recovering:
             assert self._new_ring is not None
             if t.flags & TOKEN_COMPLETE:
@@ -885,16 +935,15 @@ class Srp:
                     sent += 1
             else:
                 take = self.queue.take_frame
+                emit = out.append if sink is None else sink
                 while sent < allowed:
                     frame = take()
                     if frame is None:
                         break
                     t.seq += 1
                     rx.add(t.seq, Frame(me, 0, frame))
-                    out.append(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
+                    emit(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
                     sent += 1
-                if sent:
-                    self._deliver_ready()
         self.stats["frames_sent"] += sent
         t.fcc = max(0, t.fcc - self._my_last_sent) + sent
         self._my_last_sent = sent
@@ -950,7 +999,11 @@ class Srp:
                 t.flags &= ~TOKEN_IDLE
         if ring_id.rep == me:
             self._rep_last_seq = t.seq
-        self._forward(t, now)
+        self._forward(t, now, sink)
+        if sent and not recovering:
+            # Our own new frames are delivered here once the token is on its
+            # way (step 5 freed only what was delivered before).
+            self._deliver_ready()
 
     def _check_receiving(self, rx: RxStore, t: Token, now: float) -> bool:
         """Totem's fail-to-receive rule; True if we just left the ring because of it.
@@ -994,7 +1047,8 @@ class Srp:
         """Whether we keep away from ``node`` after failing to receive in its ring."""
         return node in self._apart and now < self._apart_until
 
-    def _forward(self, t: Token, now: float) -> None:
+    def _forward(self, t: Token, now: float,
+                 sink: Callable[[Send], None] | None = None) -> None:
         me = self.node_id
         t.sender = me
         t.token_seq += 1
@@ -1004,7 +1058,7 @@ class Srp:
         members = self.members if self.state is OPERATIONAL else self._new_members
         dest = self._successor(members)
         self._last_sent = (data, dest)
-        self._out.append(Send(data, dest))
+        (self._out.append if sink is None else sink)(Send(data, dest))
         idle = bool(t.flags & TOKEN_IDLE)
         self._forwarded_idle = idle
         self._wake_pending = False

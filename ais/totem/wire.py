@@ -150,6 +150,11 @@ RING_ID = _layout(RingId, "ring id", ("seq", u64), ("rep", u32))
 #  header | ring id (12) | seq (8) | flags (1) | payload ...
 MCAST_PACKET = _layout(Mcast, "MCAST", *_header(MCAST), ("ring_id", RING_ID), ("seq", u64),
                        ("flags", u8), ("payload", rest()))
+#: MCAST_PACKET's fixed part, flat (the receivers' hot path parses it in one go)
+MCAST_FIXED: struct.Struct = _layout(  # type: ignore[assignment]
+    None, "MCAST fixed part", *_header(MCAST), ("ring_seq", u64), ("ring_rep", u32),
+    ("seq", u64), ("flags", u8)).struct
+assert MCAST_FIXED.size == MCAST_PACKET.min_size
 MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
 #: bytes a regular frame's packet adds to its payload (packet and mcast headers)
 MCAST_OVERHEAD = MCAST_PACKET.min_size
