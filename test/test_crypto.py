@@ -184,6 +184,23 @@ def test_sessions_are_independent_and_bounded() -> None:
     assert len(rx._sessions) == MAX_SESSIONS
 
 
+def test_the_least_recently_heard_session_is_forgotten_first() -> None:
+    rx = Crypto(KEY)
+    busy, quiet = Crypto(KEY), Crypto(KEY)
+    rx.open_untrusted(busy.seal(b"b"))
+    rx.open_untrusted(quiet.seal(b"q"))
+    for _ in range(MAX_SESSIONS - 2):
+        rx.open_untrusted(Crypto(KEY).seal(b"x"))
+    for _ in range(3):  # a run from one sender
+        rx.open_untrusted(busy.seal(b"b"))
+    rx.open_untrusted(Crypto(KEY).seal(b"x"))  # one too many: the oldest goes
+    assert busy._session in rx._sessions and quiet._session not in rx._sessions
+    again = busy.seal(b"again")
+    assert rx.open_untrusted(again) == b"again"  # its window was kept
+    with pytest.raises(ReplayedPacket):
+        rx.open_untrusted(again)
+
+
 def test_nonces_never_repeat_within_a_session() -> None:
     tx = Crypto(KEY)
     nonces = {tx.seal(b"")[1:16] for _ in range(1000)}

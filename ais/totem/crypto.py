@@ -138,6 +138,7 @@ SEALED_HEADER = struct.Struct("!B15s")
 TAG_BYTES = 16
 #: bytes seal() adds to a plaintext
 OVERHEAD = SEALED_HEADER.size + TAG_BYTES
+_HEADER = SEALED_HEADER.size
 
 _HKDF_SALT = b"ais totem ring key derivation"
 _HKDF_CONTEXT = b"ais totem packet key v%d aes-256-ocb" % VERSION
@@ -174,6 +175,7 @@ class Crypto:
         self._mask = (1 << replay_window) - 1
         #: sender session id -> [highest counter, bitmap: bit i = counter (highest - i) seen]
         self._sessions: OrderedDict[bytes, list[int]] = OrderedDict()
+        self._last_session: bytes | None = None  #: the one moved to the end last
         self._session = os.urandom(_SESSION_BYTES)
         self._counter = 0
 
@@ -205,7 +207,7 @@ class Crypto:
         """
         if len(data) < OVERHEAD or data[0] != VERSION:
             raise InvalidDigest(f"bad header or short packet ({len(data)} bytes)")
-        nonce = bytes(data[1:SEALED_HEADER.size])
+        nonce = bytes(data[1:_HEADER])
         window = self._window
         if window:
             session = nonce[:_SESSION_BYTES]
@@ -217,7 +219,7 @@ class Crypto:
                     raise ReplayedPacket("packet seen already or older than the replay window")
         try:
             if self._ocb is not None:
-                plain = self._ocb.decrypt(nonce, data[SEALED_HEADER.size:], None)
+                plain = self._ocb.decrypt(nonce, data[_HEADER:], None)
             else:
                 cipher = AES.new(self._key, AES.MODE_OCB, nonce=nonce)
                 plain = cipher.decrypt_and_verify(data[SEALED_HEADER.size:-TAG_BYTES],
@@ -231,9 +233,14 @@ class Crypto:
             if state is None:
                 if len(sessions) >= MAX_SESSIONS:
                     sessions.popitem(last=False)
-                sessions[session] = [counter, 1]
+                sessions[session] = [counter, 1]  # (at the end)
+                self._last_session = session
             else:
-                sessions.move_to_end(session)
+                if session != self._last_session:
+                    # the most recently used at the end, for eviction; a run of
+                    # packets from one sender finds it there already
+                    sessions.move_to_end(session)
+                    self._last_session = session
                 high = state[0]
                 if counter > high:
                     state[1] = (state[1] << (counter - high) | 1) & self._mask \

@@ -186,10 +186,16 @@ class Reassembler:
 
     def unpack(self, sender: int, payload: bytes) -> list[bytes]:
         out: list[bytes] = []
-        off = 0
         end = len(payload)
-        whole_size = WHOLE_ITEM.size
         frag_size = FRAGMENT_ITEM.size
+        if end > frag_size and payload[0] == ITEM_FRAGMENT:
+            # The frames of a large message: one fragment filling the frame.
+            _, n, no, idx, count = FRAGMENT_ITEM.unpack_from(payload)
+            if frag_size + n == end:
+                self._fragment(sender, no, idx, count, payload[frag_size:], out)
+                return out
+        off = 0
+        whole_size = WHOLE_ITEM.size
         unpack_whole = WHOLE_ITEM.unpack_from
         while off < end:
             kind = payload[off]
