@@ -10,7 +10,7 @@ root), starts one executive per namespace (encryption on, as always; frame
 size derived from the interface's MTU), and runs ``examples/ckptbench.py`` as
 a client of node 1: ``large`` is 73 KiB (~75 KB) writes, ``25k`` 25 KiB
 writes, ``1k`` synchronous 1 KiB writes (each returns once the whole ring has
-it in agreed order), ``1kx8`` the same from 8 client threads at once
+it in agreed order), ``1kx8`` (``1kx16``) the same from 8 (16) client threads at once
 (``examples/ckptbenchth.py``, each thread its own handle and section).  Each
 round runs every workload once; the table shows the medians over
 ``--rounds``, and the CPU the executives used during the large writes
@@ -34,9 +34,10 @@ from netns import lan, lan_possible  # noqa: E402
 
 #: workload -> (write size in KiB, which count option, figure printed, client threads)
 WORKS = {"large": (73, "large", "MB/s", 1), "25k": (25, "large", "MB/s", 1),
-         "1k": (1, "small", "writes/s", 1), "1kx8": (1, "small", "writes/s", 8)}
+         "1k": (1, "small", "writes/s", 1), "1kx8": (1, "small", "writes/s", 8),
+         "1kx16": (1, "small", "writes/s", 16)}
 TITLES = {"large": "~75 KB writes", "25k": "25 KB writes", "1k": "1 KiB writes/s",
-          "1kx8": "1 KiB writes/s, 8 clients"}
+          "1kx8": "1 KiB writes/s, 8 clients", "1kx16": "1 KiB writes/s, 16 clients"}
 LINE = re.compile(r"(\d+) KiB(?: x \d+ threads)?: \d+ writes in\s+([\d.]+) s:\s+([\d.]+) "
                   r"writes/s\s+([\d.]+) MB/s")
 

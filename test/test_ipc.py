@@ -304,3 +304,38 @@ def test_second_executive_on_same_socket_fails(node):
     host = ServiceHost(1, [], ManualScheduler())
     with pytest.raises(OSError):
         node.call(lambda: IpcServer(host, node.socket_of("127.0.0.1")).start())
+
+
+def test_outbox_sends_at_once_when_nothing_waits_and_keeps_order_behind_a_backlog() -> None:
+    """An answer with nothing queued ahead goes out inside ``put`` (no wait for the
+    writer greenlet's turn); one that finds the socket full, or a queue, waits its
+    turn, and the client reads everything in order."""
+    import types
+
+    import gevent
+    from gevent import socket as gsocket
+
+    from ais.ipc import IpcLimits, _Outbox
+    a, b = gsocket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    closed: list[str] = []
+    conn = types.SimpleNamespace(
+        server=types.SimpleNamespace(limits=IpcLimits(max_queued_bytes=1 << 26)),
+        peak_bytes=0, limit_hit=lambda *a: None, close=lambda why, flush=True: closed.append(why))
+    out = _Outbox(conn, a, "request")  # type: ignore[arg-type]
+    try:
+        out.put(b"first")
+        assert not out.queue and b._sock.recv(100, socket.MSG_DONTWAIT) == b"first"
+        big = bytes(range(256)) * (1 << 14)  # 4 MiB: more than the socket takes at once
+        out.put(big)
+        out.put(b"tail")
+        assert out.queue, "the rest of the big frame and the tail wait for the writer"
+        got = bytearray()
+        want = len(big) + 4
+        with gevent.Timeout(10):
+            while len(got) < want:
+                got += b.recv(1 << 16)
+        assert bytes(got) == big + b"tail" and closed == []
+    finally:
+        out.finish(flush=False)
+        a.close()
+        b.close()
