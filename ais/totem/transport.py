@@ -21,7 +21,9 @@ Theory of operation (STYLE P1, P2):
   or a wake-up request) are performed from an event-loop callback armed for
   the purpose, after the caller has returned.  So no callback ever runs
   inside ``mcast``: the caller, typically a service handler, is never
-  re-entered by its own ring, and the host needs no guard against it.  The
+  re-entered by its own ring, and the host needs no guard against it.  (Only
+  sends happen inside it: a resting token released there streams its frames
+  and itself at once, see "Streaming".)  The
   receiver and the timers perform their own actions at once (they are the
   ring's own greenlets).  The price: a synchronous sender in a ring of one
   waits one event-loop iteration more per message (about 10 us;
