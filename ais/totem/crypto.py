@@ -222,7 +222,7 @@ class Crypto:
                 plain = self._ocb.decrypt(nonce, data[_HEADER:], None)
             else:
                 cipher = AES.new(self._key, AES.MODE_OCB, nonce=nonce)
-                plain = cipher.decrypt_and_verify(data[SEALED_HEADER.size:-TAG_BYTES],
+                plain = cipher.decrypt_and_verify(data[_HEADER:-TAG_BYTES],
                                                   data[-TAG_BYTES:])
         except InvalidTag:
             raise InvalidDigest("MAC check failed") from None
