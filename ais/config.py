@@ -497,6 +497,11 @@ class TotemSettings:
                                    "how long the token keeps rotating after the last traffic "
                                    "before it may rest (a synchronous writer's next message "
                                    "finds it moving); 0: it rests as soon as the ring is quiet")
+    writer_hold: float = _setting(_millis_or_zero, _RING.writer_hold,
+                                  "how long a node keeps the token once a message of its own "
+                                  "became stable and nobody else has anything queued (a client "
+                                  "answered at stability sends its next write on this visit); "
+                                  "a new message releases it at once; 0: off")
     window_size: int = _setting(_positive_int, _RING.window_size,
                                 "frames per rotation, whole ring (a minimum: see "
                                 "`window_bytes`)")
@@ -782,6 +787,9 @@ def _totem(v: _Values) -> TotemSettings:
           "or a resting token looks lost")
     check(t.token_linger < t.token, ("token", "token_linger"),
           f"token_linger ({t.token_linger:g}) must be less than token ({t.token:g})")
+    check(t.writer_hold < _RING.token_retransmit_min, ("writer_hold",),
+          f"writer_hold ({t.writer_hold:g}) must be less than {_RING.token_retransmit_min:g} "
+          "(ms, the shortest token retransmit wait)")
     check(t.max_messages <= t.window_size, ("window_size", "max_messages"),
           f"max_messages ({t.max_messages}) must not exceed window_size ({t.window_size})")
     for f in dataclasses.fields(TotemSettings):

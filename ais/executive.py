@@ -163,8 +163,13 @@ def decode_ring_message_untrusted(data: bytes) -> RingMessage:
 class RingPort(Protocol):
     """What the host needs of the ring: ``Transport`` has this shape."""
 
-    def mcast(self, payload: bytes) -> None:
-        """Queue ``payload`` for agreed delivery; may raise ``SendQueueFull``."""
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
+        """Queue ``payload`` for agreed delivery; may raise ``SendQueueFull``.
+
+        ``awaited``: a client of this node waits for the message (it carries
+        the tag of a request asked here); the ring may keep the token a moment
+        for that client's next request (``writer_hold``).
+        """
 
 
 class Scheduler(Protocol):
@@ -523,7 +528,8 @@ class ServiceHost:
         if self.ring is None:
             raise TryAgain("no ring yet")
         try:
-            self.ring.mcast(encode_ring_message(msg))
+            self.ring.mcast(encode_ring_message(msg),
+                            msg.tag.is_client and msg.tag.node == self.node_id)
         except SendQueueFull:
             raise TryAgain("ring send queue full") from None
 

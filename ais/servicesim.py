@@ -1220,13 +1220,13 @@ class _Port:
     def __init__(self, sim: ServiceSim, node: _Node) -> None:
         self.sim, self.node, self.inc = sim, node, node.inc
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         node, sim = self.node, self.sim
         if node.srp is None or node.inc != self.inc:
             raise SendQueueFull()
         sim.in_mcast = node.id
         try:
-            acts = node.srp.mcast(payload, sim.now)
+            acts = node.srp.mcast(payload, sim.now, awaited)
             if acts:
                 sim.queue_actions(node, acts)
         finally:

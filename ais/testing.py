@@ -261,7 +261,7 @@ class FakePort:
         self.bus = bus
         self.node_id = node_id
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         self.bus._mcast(self.node_id, payload)
 
 
@@ -281,7 +281,7 @@ class LoopbackRing:
     def start(self) -> None:
         self.bus.reconfigure([self.host.node_id])
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         self.bus._mcast(self.host.node_id, payload)
 
     def inject_confchg(self, conf: ConfChange) -> None:

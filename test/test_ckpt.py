@@ -1348,7 +1348,7 @@ class _HarnessPort:
     def __init__(self, net: Any, node: int, fifo: _ActionFifo) -> None:
         self.net, self.node, self.fifo = net, node, fifo
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         from ais.totem.events import SendQueueFull
         n = self.net.nodes[self.node]
         if not n.alive:

@@ -204,7 +204,7 @@ class WatchedPort:
         self.inner = inner
         self.inside = False
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         self.inside = True
         try:
             self.inner.mcast(payload)
@@ -215,7 +215,7 @@ class WatchedPort:
 class InlinePort(FakePort):
     """What a ring must not do: deliver everything queued before ``mcast`` returns."""
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         super().mcast(payload)
         self.bus.flush()
 

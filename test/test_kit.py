@@ -122,7 +122,7 @@ class FlakyPort(FakePort):
         self.refuse = 0
         self.refused = 0
 
-    def mcast(self, payload: bytes) -> None:
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
         if self.refuse:
             self.refuse -= 1
             self.refused += 1

@@ -30,7 +30,7 @@ from ais.servicesim import (
     check_trackers, check_values, decode_value, diverging, loser_keeps, main, name_conflicts,
     required_acks, ring_graph, run, scenario, value_of,
 )
-from ais.totem.events import RingId
+from ais.totem.events import RingId, TotemConfig
 from saf import _ckpt_wire as cw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,6 +326,16 @@ def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
 
+def found(mix: str, **kw: Any) -> SvcOptions:
+    """``MIXES[mix]`` with the ring's timing of the day the histories below were found:
+    they replay as they were with ``writer_hold`` off (it came later and moves every
+    schedule in which a node's own message becomes stable; the sweeps run with it)."""
+    o = MIXES[mix]
+    cfg = TotemConfig(send_queue_limit=o.send_queue, send_queue_bytes=256 * 1024,
+                      writer_hold=0.0)
+    return replace(o, config=cfg, **kw)
+
+
 def test_write_answered_by_a_transitional_configuration_holds_on_its_members_only() -> None:
     """Seed 20 of the five-node mix (seed 172 until the ring's timing changed): n1's
     WR_ALL_REPLICAS overwrite of stable-0, sent in ring 10.0.0.1/8 of all five, is
@@ -333,7 +343,7 @@ def test_write_answered_by_a_transitional_configuration_holds_on_its_members_onl
     n1 later crashes.  Safe delivery promised the write to n1 alone (the host's rule),
     so its loss with n1 is no violation; the checker used to count every member of
     the ring it was delivered in as a holder."""
-    r = run(20, replace(MIXES["five"], full_trace=True, amf=False))  # the schedule without AMF
+    r = run(20, found("five", full_trace=True, amf=False))  # the schedule without AMF
     assert r.ok, r.report()
     t = r.trace
     i = next(i for i, ln in enumerate(t) if "n1 TRANS 10.0.0.1/8 members [n1]" in ln)
@@ -349,7 +359,7 @@ def test_open_that_found_its_checkpoint_is_held_by_who_applied_it() -> None:
     answers an open that finds its checkpoint at agreed delivery, so n2 never held the
     checkpoint, and its loss with n3 and n4 is no violation; the checker used to count
     every member of the ring as a holder of every open."""
-    r = run(1145, replace(MIXES["five"], full_trace=True, amf=False))
+    r = run(1145, found("five", full_trace=True, amf=False))
     assert r.ok, r.report()
     t = r.trace
     assert any("n3 n3.0/c0 <- open #1: OK" in ln for ln in t)
@@ -361,7 +371,7 @@ def test_a_holding_that_began_after_a_ring_is_not_passed_on_by_its_round() -> No
     own and creates stable-1 there; n2 completes /20's round only later.  What n5
     passed on in that round was its state when it installed /20, so n2 never held the
     new checkpoint; the checker used to make n2 a holder of everything n5 held by then."""
-    r = run(113, replace(MIXES["five"], full_trace=True))
+    r = run(113, found("five", full_trace=True))
     assert r.ok, r.report()
     t = r.trace
     alone = next(i for i, ln in enumerate(t) if "n5 CONF 10.0.0.5/28" in ln)
@@ -375,7 +385,7 @@ def test_a_checkpoint_made_under_a_name_that_diverged_before_may_lose_it() -> No
     merge with the others keeps their stable-1.  The new one lost the name with no
     opener left, so it may be gone (merge rule 3); the checker used to mark only the
     checkpoints of a name that existed when the name first diverged."""
-    r = run(1630, replace(MIXES["five"], full_trace=True))
+    r = run(1630, found("five", full_trace=True))
     assert r.ok, r.report()
     t = r.trace
     opened = next(i for i, ln in enumerate(t) if "n1 n1.1/c0 <- open #1: OK" in ln)

@@ -161,7 +161,7 @@ class _SkipsOneDelivery:
     def timer(self, kind: Any, now: float) -> list[Any]:
         return self._filter(self._srp.timer(kind, now))
 
-    def mcast(self, payload: bytes, now: float) -> list[Any]:
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Any]:
         return self._filter(self._srp.mcast(payload, now))
 
 

@@ -11,7 +11,7 @@ from ais.totem import wire
 from ais.totem.events import (CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
                               StartTimer, TimerKind, TotemConfig)
 from ais.totem.srp import RingState, Srp
-from totem_harness import Net, ids
+from totem_harness import LATENCY, Net, ids
 
 A, B, C, D = ids(4)
 
@@ -377,6 +377,86 @@ def test_token_lingers_after_traffic_then_rests() -> None:
     assert net.run_until(lambda: all(n.messages == [b"first", b"second"]
                                      for n in net.nodes.values()), 1)
     assert not any(isinstance(p, wire.Probe) and p.kind == wire.WAKE for _, _, _, p in net.sent)
+
+
+def _sync_writer(net: Net, node: int, count: int, awaited: bool = True) -> list[bool]:
+    """A client of ``node`` that sends its next message as soon as the last one is
+    held by every member (a checkpoint write answered at stability, turnaround 0).
+    Per message: whether ``node`` sent its frame during the ``mcast`` call itself."""
+    n = net.nodes[node]
+    at_once = []
+    for k in range(count):
+        before = len(net.sent)
+        net.mcast(node, b"w%d" % k, awaited)
+        at_once.append(any(isinstance(p, wire.Mcast) and src == node
+                           for _, src, _, p in net.sent[before:]))
+
+        def held(k: int = k) -> bool:
+            mine = [d for d in n.deliveries if isinstance(d, Deliver) and d.payload == b"w%d" % k]
+            return bool(mine and n.stables and n.stables[-1].seq >= mine[0].seq)
+        assert net.run_until(held, 1)
+    return at_once
+
+
+def test_writer_hold_sends_a_synchronous_writers_next_message_on_the_same_visit() -> None:
+    """writer_hold: the node whose message just became stable keeps the token a
+    moment; the writer's next message goes out on that visit, one rotation a write."""
+    times = {}
+    for hold in (0.5, 0.0):
+        net = formed(3, TotemConfig(writer_hold=hold))
+        net.run(1)
+        t0 = net.now
+        at_once = _sync_writer(net, B, 40)
+        times[hold] = net.now - t0
+        assert all(n.messages == [b"w%d" % k for k in range(40)] for n in net.nodes.values())
+        if hold:
+            assert all(at_once[1:]), at_once  # the first found the token resting elsewhere
+        else:
+            assert not any(at_once[1:]), at_once
+    rotation = 3 * LATENCY
+    assert times[0.5] < 40 * 1.5 * rotation < times[0.0]
+    # messages nobody waits for (service traffic) do not keep the token
+    net = formed(3, TotemConfig(writer_hold=0.5))
+    net.run(1)
+    assert not any(_sync_writer(net, B, 10, awaited=False)[1:])
+
+
+def test_writer_hold_ends_after_its_time_and_others_are_not_kept_waiting() -> None:
+    cfg = TotemConfig(writer_hold=0.5)
+    net = formed(3, cfg)
+    net.run(1)
+    _sync_writer(net, B, 5)
+    held = net.nodes[B].srp._held
+    assert held is not None  # the writer has not sent its next message (yet)
+    # C's message waits at most the hold and a rotation
+    t0 = net.now
+    net.mcast(C, b"from C")
+    assert net.run_until(lambda: all(n.messages[-1:] == [b"from C"]
+                                     for n in net.nodes.values()), 1)
+    assert net.now - t0 <= cfg.writer_hold / 1000 + 3 * 3 * LATENCY
+    # with nothing more to send the ring goes quiet: the token rests, nobody forms anew
+    net.sent.clear()
+    net.run(2)
+    tokens = sum(isinstance(p, wire.Token) for _, _, _, p in net.sent)
+    assert tokens < 2 * 3 * (1000 / cfg.token_hold) + 10
+    assert all(len(n.confs) == 1 for n in net.nodes.values())
+
+
+def test_writer_hold_not_taken_while_others_have_frames_queued() -> None:
+    """Another node's backlog, reported on the token, moves it on at once: C's burst
+    takes as long with a (long) writer_hold as without one."""
+    took = {}
+    for hold in (3.0, 0.0):
+        net = formed(3, TotemConfig(writer_hold=hold))
+        net.run(1)
+        t0 = net.now
+        for k in range(300):  # several visits' worth of frames
+            net.mcast(C, b"c%d" % k + bytes(1000))
+        _sync_writer(net, B, 3)
+        nodes = list(net.nodes.values())
+        assert net.run_until(lambda nodes=nodes: all(len(n.messages) == 303 for n in nodes))
+        took[hold] = net.now - t0
+    assert took[3.0] < took[0.0] + 3 * LATENCY, took
 
 
 def test_idle_token_rests_and_wakes_fast() -> None:

@@ -114,7 +114,7 @@ class StubSrp:
         self.fired.append((kind, now))
         return self._on_timer(kind, now)
 
-    def mcast(self, payload: bytes, now: float) -> list[Action]:
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
         return [Send(payload)]
 
 
@@ -744,7 +744,7 @@ def test_bug_in_callback_during_mcast_is_fatal(cleanup: list) -> None:
     me = node_of("127.0.0.1")
 
     class LoopbackSrp(StubSrp):
-        def mcast(self, payload: bytes, now: float) -> list[Action]:
+        def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
             return [Deliver(me, payload, RingId(1, me))]
 
     h = Harness(LoopbackSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
@@ -766,7 +766,7 @@ def test_bug_in_callback_during_mcast_is_fatal(cleanup: list) -> None:
 class LoopbackSrp(StubSrp):
     """A ring of one: ``mcast`` delivers the message back, as ``Srp`` does alone."""
 
-    def mcast(self, payload: bytes, now: float) -> list[Action]:
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
         me = self.node_id
         return [Send(payload), Deliver(me, payload, RingId(1, me))]
 
@@ -883,7 +883,7 @@ class _StreamingSrp(StubSrp):
         self.frame_sink: Callable[[Send], None] | None = None
         self.peer, self.count = node_of(peer), count
 
-    def mcast(self, payload: bytes, now: float) -> list[Action]:
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
         assert self.frame_sink is not None, "the transport installs its sink"
         for p in _burst(self.count)[:-1]:
             self.frame_sink(Send(p))

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ais.totem import wire
-from ais.totem.events import (CancelTimer, ConfChange, Deliver, Send, StartTimer, TimerKind,
-                              TotemConfig)
+from ais.totem.events import (CancelTimer, ConfChange, Deliver, Send, Stable, StartTimer,
+                              TimerKind, TotemConfig)
 from ais.totem.srp import Srp
 
 LATENCY = 0.0002
@@ -23,6 +23,7 @@ LATENCY = 0.0002
 class Node:
     srp: Srp
     deliveries: list = field(default_factory=list)  # Deliver and ConfChange, in order
+    stables: list = field(default_factory=list)  # Stable actions, in order
     timers: dict = field(default_factory=dict)
     alive: bool = True
     started: bool = False
@@ -95,6 +96,8 @@ class Net:
                                    (self.now + LATENCY, next(self.counter), "pkt", d, a.data))
             elif isinstance(a, (Deliver, ConfChange)):
                 node.deliveries.append(a)
+            elif isinstance(a, Stable):
+                node.stables.append(a)
             elif isinstance(a, StartTimer):
                 gen = next(self.counter)
                 node.timers[a.kind] = gen
@@ -102,8 +105,9 @@ class Net:
             elif isinstance(a, CancelTimer):
                 node.timers.pop(a.kind, None)
 
-    def mcast(self, i: int, payload: bytes) -> None:
-        self._call(i, self.nodes[i].srp.mcast, payload)
+    def mcast(self, i: int, payload: bytes, awaited: bool = False) -> None:
+        srp = self.nodes[i].srp
+        self._call(i, lambda p, now: srp.mcast(p, now, awaited), payload)
 
     def crash(self, i: int) -> None:
         self.nodes[i].alive = False

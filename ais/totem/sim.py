@@ -698,7 +698,11 @@ class Simulation:
             self.writers[node.id] = key
         self.tr(node, f"mcast {key!r}{' (probe)' if probe else ''}")
         try:
-            self.call(node, node.srp.mcast, payload_of(key, self.o.size))
+            # a synchronous writer waits for its message: the core may keep the
+            # token for its next one (writer_hold)
+            awaited = node.id in self.writers and not probe
+            self.call(node, lambda p, now: node.srp.mcast(p, now, awaited),
+                      payload_of(key, self.o.size))
         except SendQueueFull:
             self.tr(node, f"mcast {key!r}: queue full, will retry")
             if node.id in self.writers and not probe:

@@ -35,6 +35,15 @@ token starts resting only ``token_linger`` ms after the last traffic: a
 synchronous writer's next message finds it moving, with no WAKE and no extra
 hops, while an idle ring still stops rotating a few ms after its last message.
 
+Writer hold.  A node at whose visit a message of its own that a local client
+waits for (``mcast(awaited=True)``) becomes stable keeps the token for up to
+``writer_hold`` ms, if nothing else is queued anywhere (the token's backlog)
+and everyone has everything: the client, answered at that stability, sends
+its next request within a fraction of a ms, and it leaves on this visit
+rather than a whole rotation later.  The next message (or a WAKE) releases
+the token at once; otherwise the held visit is carried out when the time is
+up, as for the representative's rest.
+
 Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
 of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
 token for a new ring id (highest ring seq seen + 4).  Its first rotation
@@ -174,6 +183,10 @@ class Srp:
         self._my_last_backlog = 0
         self._last_token_aru = 0
         self._stable_seq = 0  # highest seq reported in a Stable action for this ring
+        #: highest seq we sent in this ring carrying (part of) an awaited message,
+        #: and whether such a message is still queued (writer_hold)
+        self._awaited_high = 0
+        self._awaited = False
         self._rep_last_seq = -1
         #: when the representative last saw a rotation carry traffic (token_linger)
         self._busy_at = float("-inf")
@@ -252,8 +265,11 @@ class Srp:
         getattr(self, "_timer_" + kind.value)(now)
         return self._out
 
-    def mcast(self, payload: bytes, now: float) -> list[Action]:
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
         """Queue an application message for agreed delivery to the ring.
+
+        ``awaited``: a client of this node waits for what the message brings
+        (its delivery or its stability); see ``writer_hold``.
 
         Raises:
             SendQueueFull: too much is queued; try again when the ring drains.
@@ -270,6 +286,8 @@ class Srp:
             raise SendQueueFull()
         was_empty = not q.msgs
         q.push(bytes(payload))
+        if awaited:
+            self._awaited = True
         if self.state is OPERATIONAL:
             if len(self.members) == 1:
                 self._solo_flush()
@@ -743,6 +761,7 @@ class Srp:
         self._my_last_backlog = 0
         self._last_token_aru = 0
         self._stable_seq = 0
+        self._awaited_high = 0
         self._rep_last_seq = -1
         self._sent_seq = 0
         self._originated = False
@@ -944,6 +963,9 @@ class Srp:
                     rx.add(t.seq, Frame(me, 0, frame))
                     emit(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
                     sent += 1
+                if sent and self._awaited:
+                    self._awaited_high = t.seq
+                    self._awaited = bool(self.queue.msgs)
         self.stats["frames_sent"] += sent
         t.fcc = max(0, t.fcc - self._my_last_sent) + sent
         self._my_last_sent = sent
@@ -969,8 +991,10 @@ class Srp:
         # 5. free what the token's aru covered on two consecutive visits
         low = min(t.aru, self._last_token_aru, rx.aru)
         prev_aru, self._last_token_aru = self._last_token_aru, t.aru
+        answered = False  # an awaited message of ours just became stable
         if not recovering:
             if low > self._stable_seq:  # every member holds every frame up to low
+                answered = self._stable_seq < self._awaited_high <= low
                 self._stable_seq = low
                 out.append(Stable(ring_id, low))
             low = min(low, rx.delivered)
@@ -997,6 +1021,12 @@ class Srp:
                 t.flags |= TOKEN_IDLE
             else:
                 t.flags &= ~TOKEN_IDLE
+        # 7. a writer answered at stability sends its next message at once
+        if (answered and may_hold and cfg.writer_hold and not sent and not t.rtr
+                and t.aru == t.seq and not t.backlog and not self.queue.msgs):
+            self._held = t
+            self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
+            return
         if ring_id.rep == me:
             self._rep_last_seq = t.seq
         self._forward(t, now, sink)

@@ -172,7 +172,7 @@ class SrpLike(Protocol):
     def start(self, now: float) -> list[Action]: ...
     def receive(self, data: bytes, now: float) -> list[Action]: ...
     def timer(self, kind: TimerKind, now: float) -> list[Action]: ...
-    def mcast(self, payload: bytes, now: float) -> list[Action]: ...
+    def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]: ...
     def leave(self, now: float) -> list[Action]: ...
 
 
@@ -390,8 +390,8 @@ class Transport:
                        self.port)
         self._perform(self.srp.start(self.clock()))
 
-    def mcast(self, payload: bytes) -> None:
-        """Queue an application message on the ring.
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
+        """Queue an application message on the ring (``awaited``: see ``Srp.mcast``).
 
         Never calls ``on_deliver``, ``on_confchg`` or ``on_stable``: what the
         core answers is performed after this returns (see the module docstring).
@@ -405,7 +405,7 @@ class Transport:
         if self.state is not TransportState.RUNNING:
             raise RuntimeError(f"transport is {self.state.value}")
         try:
-            actions = self.srp.mcast(payload, self.clock())
+            actions = self.srp.mcast(payload, self.clock(), awaited)
         except (SendQueueFull, ValueError):
             raise  # the documented refusals: the caller's business
         except Exception as e:
