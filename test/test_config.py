@@ -172,13 +172,14 @@ def test_totem_keys_are_declared_once() -> None:
         ("token", 3000), ("token_retransmit", 90), ("join", 70), ("consensus", 900),
         ("merge_detect", 1500), ("token_hold", 40), ("window_size", 80), ("max_messages", 25),
         ("netmtu", 9000), ("fail_recv_const", 33), ("fail_recv_backoff", 700),
-        ("max_members", 12), ("window_bytes", 500000), ("token_linger", 7)))
+        ("max_members", 12), ("window_bytes", 500000), ("token_linger", 7),
+        ("writer_hold", 1.5)))
     tc = parse_openais_conf(NET_UDP + "totem {\n" + text + "}\n").to_totem_config()
     assert (tc.token, tc.token_retransmit, tc.join, tc.consensus, tc.merge_detect,
             tc.token_hold, tc.window_size, tc.max_messages, tc.frame_size,
             tc.fail_recv_const, tc.fail_recv_backoff, tc.max_members, tc.window_bytes,
-            tc.token_linger) == (
-        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12, 500000, 7)
+            tc.token_linger, tc.writer_hold) == (
+        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12, 500000, 7, 1.5)
     exact = parse_openais_conf(NET_UDP + "totem {\n window_bytes: 0\n}\n").to_totem_config()
     assert exact.window_bytes == 0
 
@@ -278,6 +279,8 @@ OPENAIS_ERRORS = [
      "token (100) must be greater than token_retransmit (150)"),
     ("token_hold too long", NET_UDP + "totem {\n token_hold: 1000\n}\n", 7,
      "token_hold (1000) must be less than token (1000)"),
+    ("writer_hold too long", NET_UDP + "totem {\n writer_hold: 5\n}\n", 7,
+     "writer_hold (5) must be less than 4 (ms, the shortest token retransmit wait)"),
     ("max_messages above window", NET_UDP + "totem {\n max_messages: 100\n}\n", 7,
      "max_messages (100) must not exceed window_size (60)"),
     ("window_bytes too big", NET_UDP + "totem {\n window_bytes: 99999999\n}\n", 7,
