@@ -421,6 +421,29 @@ def test_writer_hold_sends_a_synchronous_writers_next_message_on_the_same_visit(
     assert not any(_sync_writer(net, B, 10, awaited=False)[1:])
 
 
+def test_writer_hold_waits_for_every_answered_writer() -> None:
+    """Three synchronous writers on one node, answered at the same visit: the token
+    waits for all three next writes (not just the first), which leave together."""
+    net = formed(3, TotemConfig(writer_hold=0.5))
+    net.run(1)
+    n = net.nodes[B]
+    for rnd in range(6):
+        sent = []
+        for w in range(3):
+            before = len(net.sent)
+            net.mcast(B, b"r%d-w%d" % (rnd, w), True)
+            sent.append(sum(isinstance(p, wire.Mcast) and src == B
+                            for _, src, _, p in net.sent[before:]))
+        if rnd:
+            assert sent[:2] == [0, 0] and sent[2] >= 1, sent
+
+        def stable(rnd: int = rnd) -> bool:
+            mine = [d.seq for d in n.deliveries
+                    if isinstance(d, Deliver) and d.payload.startswith(b"r%d-" % rnd)]
+            return len(mine) == 3 and bool(n.stables) and n.stables[-1].seq >= max(mine)
+        assert net.run_until(stable, 1)
+
+
 def test_writer_hold_ends_after_its_time_and_others_are_not_kept_waiting() -> None:
     cfg = TotemConfig(writer_hold=0.5)
     net = formed(3, cfg)

@@ -97,6 +97,10 @@ class SendQueue:
             raise ValueError("frame capacity too small")
         self.capacity = capacity
         self.msgs: deque[bytes] = deque()
+        #: per queued message: whether a local client waits for it (``Srp.mcast``)
+        self.awaited: deque[bool] = deque()
+        #: awaited messages framed whole since the caller last reset this
+        self.awaited_framed = 0
         self.bytes = 0
         self._offset = 0  # bytes of the head message already framed
         self._index = 0  # next fragment index of the head message
@@ -105,9 +109,15 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self.msgs)
 
-    def push(self, payload: bytes) -> None:
+    def push(self, payload: bytes, awaited: bool = False) -> None:
         self.msgs.append(payload)
+        self.awaited.append(awaited)
         self.bytes += len(payload)
+
+    def _pop(self) -> None:
+        self.bytes -= len(self.msgs.popleft())
+        if self.awaited.popleft():
+            self.awaited_framed += 1
 
     def frames_pending(self) -> int:
         """A cheap estimate of how many frames the queue needs."""
@@ -144,8 +154,7 @@ class SendQueue:
             parts.append(pack(ITEM_WHOLE, len(m)))
             parts.append(m)
             space -= need
-            msgs.popleft()
-            self.bytes -= len(m)
+            self._pop()
         return b"".join(parts)
 
     def _fragment(self) -> bytes:
@@ -160,8 +169,7 @@ class SendQueue:
         self._offset += len(data)
         self._index += 1
         if self._offset >= len(m):
-            self.msgs.popleft()
-            self.bytes -= len(m)
+            self._pop()
             self._offset = 0
             self._index = 0
         return item + data

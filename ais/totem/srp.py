@@ -183,10 +183,11 @@ class Srp:
         self._my_last_backlog = 0
         self._last_token_aru = 0
         self._stable_seq = 0  # highest seq reported in a Stable action for this ring
-        #: highest seq we sent in this ring carrying (part of) an awaited message,
-        #: and whether such a message is still queued (writer_hold)
-        self._awaited_high = 0
-        self._awaited = False
+        #: (seq of the frame that ended them, count) of the awaited messages we
+        #: sent in this ring and not yet saw stable (writer_hold)
+        self._awaited_sent: deque[tuple[int, int]] = deque()
+        #: awaited messages still expected before a writer hold ends (0: no such hold)
+        self._hold_for = 0
         self._rep_last_seq = -1
         #: when the representative last saw a rotation carry traffic (token_linger)
         self._busy_at = float("-inf")
@@ -285,14 +286,14 @@ class Srp:
                 q.bytes and q.bytes + len(payload) > cfg.send_queue_bytes):
             raise SendQueueFull()
         was_empty = not q.msgs
-        q.push(bytes(payload))
-        if awaited:
-            self._awaited = True
+        q.push(bytes(payload), awaited)
         if self.state is OPERATIONAL:
             if len(self.members) == 1:
                 self._solo_flush()
             elif self._held is not None:
-                self._release_held(now)
+                self._hold_for -= awaited
+                if self._hold_for <= 0 or not awaited:
+                    self._release_held(now)
             elif was_empty and self._forwarded_idle:
                 if self.ring_id.rep == self.node_id:
                     # The idle token rests only here, so it is on its way back
@@ -761,7 +762,7 @@ class Srp:
         self._my_last_backlog = 0
         self._last_token_aru = 0
         self._stable_seq = 0
-        self._awaited_high = 0
+        self._awaited_sent.clear()
         self._rep_last_seq = -1
         self._sent_seq = 0
         self._originated = False
@@ -963,9 +964,10 @@ class Srp:
                     rx.add(t.seq, Frame(me, 0, frame))
                     emit(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
                     sent += 1
-                if sent and self._awaited:
-                    self._awaited_high = t.seq
-                    self._awaited = bool(self.queue.msgs)
+                framed = self.queue.awaited_framed
+                if framed:
+                    self.queue.awaited_framed = 0
+                    self._awaited_sent.append((t.seq, framed))
         self.stats["frames_sent"] += sent
         t.fcc = max(0, t.fcc - self._my_last_sent) + sent
         self._my_last_sent = sent
@@ -991,10 +993,12 @@ class Srp:
         # 5. free what the token's aru covered on two consecutive visits
         low = min(t.aru, self._last_token_aru, rx.aru)
         prev_aru, self._last_token_aru = self._last_token_aru, t.aru
-        answered = False  # an awaited message of ours just became stable
+        answered = 0  # awaited messages of ours that just became stable
         if not recovering:
             if low > self._stable_seq:  # every member holds every frame up to low
-                answered = self._stable_seq < self._awaited_high <= low
+                done = self._awaited_sent
+                while done and done[0][0] <= low:
+                    answered += done.popleft()[1]
                 self._stable_seq = low
                 out.append(Stable(ring_id, low))
             low = min(low, rx.delivered)
@@ -1012,7 +1016,7 @@ class Srp:
                 # the last one's delivery closely; a moving token takes it at once.
                 quiet = False
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
-                self._held = t
+                self._held, self._hold_for = t, 0
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
                 return
             if quiet and not (woken or self._wake_pending):
@@ -1024,7 +1028,9 @@ class Srp:
         # 7. a writer answered at stability sends its next message at once
         if (answered and may_hold and cfg.writer_hold and not sent and not t.rtr
                 and t.aru == t.seq and not t.backlog and not self.queue.msgs):
-            self._held = t
+            # until as many awaited messages came as were answered: several
+            # clients' next writes then leave together
+            self._held, self._hold_for = t, answered
             self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
             return
         if ring_id.rep == me:
