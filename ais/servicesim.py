@@ -1479,6 +1479,7 @@ class ServiceSim(Simulation):
                     self.on_confchg(node, a)
                 elif t.__name__ == "Stable":
                     self._reentry(node, "Stable")
+                    self._check_stable(node, a)
                     host = self.hosts[node.id]
                     on_stable = getattr(host, "on_stable", None)
                     if on_stable is not None:

@@ -187,7 +187,9 @@ class SimOptions:
     #: other nodes send nothing
     sync_writers: int = 0
     #: a synchronous write is acknowledged when ``self``: its sender delivers it;
-    #: ``all``: every node up delivers it
+    #: ``all``: every node up delivers it; ``stable``: its sender learns that every
+    #: member holds it (a ``Stable`` covering it, or the transitional configuration
+    #: after it), as a checkpoint write is answered
     sync_ack: str = "self"
     #: progress during the fault phase (0: not checked): a message that a node
     #: outside the faulty link's destination submits between 2 s (and the first
@@ -416,6 +418,8 @@ class Simulation:
         #: synchronous writers: node id -> key of the write awaiting its acknowledgement
         self.writers: dict[int, MsgKey | None] = {}
         self.acks: dict[MsgKey, set[int]] = {}
+        #: sync_ack "stable": writer -> (its write delivered there, that ring, Deliver.seq)
+        self.unstable: dict[int, tuple[MsgKey, RingId, int]] = {}
         #: acknowledged synchronous writes
         self.writes = 0
         #: (progress check) submission time per message, first delivery time per (node, msg)
@@ -588,8 +592,16 @@ class Simulation:
             elif t is Deliver:
                 self.on_deliver(node, a)
             elif t is Stable:
-                pass  # safe-delivery progress: for the service host, not checked here
+                self._check_stable(node, a)
+                # safe-delivery progress: acknowledges "stable" synchronous writes
+                w = self.unstable.get(node.id)
+                if w is not None and w[1] == a.ring_id and w[2] <= a.seq:
+                    del self.unstable[node.id]
+                    self._ack(node, w[0])
             elif t is ConfChange:
+                w = self.unstable.pop(node.id, None) if a.transitional else None
+                if w is not None:
+                    self._ack(node, w[0])  # recovery gave its members all of the old ring
                 node.hist.events.append(a)
                 if not a.transitional:
                     self.rings.add(a.ring_id)
@@ -663,17 +675,22 @@ class Simulation:
         if self.o.progress:
             self.dlv_time.setdefault((node.id, key), self.now)
         if self.writers and isinstance(key, MsgKey) and self.writers.get(key.node) == key:
-            self._ack(node, key)
+            self._ack(node, key, d)
         if key not in self.delivered_once:
             self.delivered_once.add(key)
             self.bytes_once += len(p)
         if self.trace is not None:
             self.tr(node, f"deliver {key!r} ring {d.ring_id}")
 
-    def _ack(self, node: _Node, key: MsgKey) -> None:
-        """A delivery of a synchronous write: acknowledge it once its mode is met."""
-        if self.o.sync_ack == "self":
+    def _ack(self, node: _Node, key: MsgKey, d: Deliver | None = None) -> None:
+        """A delivery ``d`` of a synchronous write (None: its stability at its
+        sender): acknowledge it once its mode is met."""
+        mode = self.o.sync_ack
+        if mode in ("self", "stable"):
             if node.id != key.node:
+                return
+            if mode == "stable" and d is not None and d.seq:
+                self.unstable[node.id] = (key, d.ring_id, d.seq)  # wait for the Stable
                 return
         else:
             got = self.acks.setdefault(key, set())
@@ -718,6 +735,20 @@ class Simulation:
         return True
 
     # -- faults --------------------------------------------------------------
+
+    def _check_stable(self, node: _Node, s: Stable) -> None:
+        """A ``Stable`` promises that every member of its ring holds every frame up
+        to its seq: each running member still on that ring's store must have it."""
+        if len(self.violations) > 20:
+            return
+        for other in self.up():
+            rx = getattr(other.srp, "rx", None)
+            if other is node or rx is None or rx.ring_id != s.ring_id or rx.aru >= s.seq:
+                continue
+            self.violations.append(Violation(
+                "stable", f"{node.name} reported every frame up to {s.seq} of ring "
+                f"{s.ring_id} held by every member at {self.now:.6f}, but {other.name} "
+                f"has them only up to {rx.aru}"))
 
     def up(self) -> list[_Node]:
         return [self.nodes[i] for i in self.ids if self.nodes[i].srp is not None]

@@ -188,6 +188,9 @@ class Srp:
         self._awaited_sent: deque[tuple[int, int]] = deque()
         #: awaited messages still expected before a writer hold ends (0: no such hold)
         self._hold_for = 0
+        #: the token's aru as seen on the visit before the held one: the held token's
+        #: second visit is the same visit, not a consecutive one (step 5)
+        self._held_prev_aru = 0
         self._rep_last_seq = -1
         #: when the representative last saw a rotation carry traffic (token_linger)
         self._busy_at = float("-inf")
@@ -561,6 +564,7 @@ class Srp:
         t = self._held
         if t is not None and self.state is OPERATIONAL:
             self._held = None
+            self._last_token_aru = self._held_prev_aru
             self._token_visit(t, now, may_hold=False)
 
     def _timer_join(self, now: float) -> None:
@@ -876,6 +880,7 @@ class Srp:
         assert t is not None
         self._held = None
         self._disarm(TimerKind.TOKEN_HOLD)
+        self._last_token_aru = self._held_prev_aru
         self._token_visit(t, now, may_hold=False, woken=True)
 
     def _allowed(self, t: Token, backlog: int) -> int:
@@ -1016,7 +1021,7 @@ class Srp:
                 # the last one's delivery closely; a moving token takes it at once.
                 quiet = False
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
-                self._held, self._hold_for = t, 0
+                self._held, self._hold_for, self._held_prev_aru = t, 0, prev_aru
                 self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
                 return
             if quiet and not (woken or self._wake_pending):
@@ -1030,7 +1035,7 @@ class Srp:
                 and t.aru == t.seq and not t.backlog and not self.queue.msgs):
             # until as many awaited messages came as were answered: several
             # clients' next writes then leave together
-            self._held, self._hold_for = t, answered
+            self._held, self._hold_for, self._held_prev_aru = t, answered, prev_aru
             self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
             return
         if ring_id.rep == me:
