@@ -1030,11 +1030,16 @@ class Srp:
                 t.flags |= TOKEN_IDLE
             else:
                 t.flags &= ~TOKEN_IDLE
-        # 7. a writer answered at stability sends its next message at once
+        # 7. a writer answered at stability sends its next message at once.  Not
+        # while awaited messages of ours are still on their way to stability: the
+        # token must go round for them anyway, and their clients' next writes
+        # would wait behind the hold (several busy clients overlap their own
+        # turnaround with the rotation instead)
         if (answered and may_hold and cfg.writer_hold and not sent and not t.rtr
+                and not self._awaited_sent
                 and t.aru == t.seq and not t.backlog and not self.queue.msgs):
-            # until as many awaited messages came as were answered: several
-            # clients' next writes then leave together
+            # until as many awaited messages came as were answered: clients
+            # answered together send their next writes together
             self._held, self._hold_for, self._held_prev_aru = t, answered, prev_aru
             self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
             return
