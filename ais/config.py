@@ -498,10 +498,10 @@ class TotemSettings:
                                    "before it may rest (a synchronous writer's next message "
                                    "finds it moving); 0: it rests as soon as the ring is quiet")
     writer_hold: float = _setting(_millis_or_zero, _RING.writer_hold,
-                                  "how long a node keeps the token once a message of its own "
-                                  "became stable and nobody else has anything queued (a client "
-                                  "answered at stability sends its next write on this visit); "
-                                  "a new message releases it at once; 0: off")
+                                  "how long a node keeps the token once a message a local "
+                                  "client waits for became stable and nothing else is queued "
+                                  "on the ring: the client's next write then leaves on this "
+                                  "visit; 0: off")
     window_size: int = _setting(_positive_int, _RING.window_size,
                                 "frames per rotation, whole ring (a minimum: see "
                                 "`window_bytes`)")

@@ -134,11 +134,12 @@ class TotemConfig:
     #: hops); an idle ring stops rotating this long after its last message.
     #: Off by default: on 2-3 nodes it measured within noise (see bench/netns_bench.py)
     token_linger: float = 0.0
-    #: ms a node keeps the token when a message of its own has just become
-    #: stable and nothing else waits: a client answered at stability (a
-    #: checkpoint write) sends its next request within a fraction of a ms, and
-    #: that request then goes out on this visit instead of a rotation later.
-    #: A queued message or a WAKE releases the token at once; 0: off
+    #: ms a node keeps the token when a message a local client waits for
+    #: (``Srp.mcast(awaited=True)``) has just become stable and nothing else
+    #: waits: a client answered at stability (a checkpoint write) sends its next
+    #: request within a fraction of a ms, and it then goes out on this visit
+    #: instead of a rotation later.  As many awaited messages as were answered,
+    #: any other message, or a WAKE end the hold; 0: off
     writer_hold: float = 0.5
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0

@@ -40,9 +40,12 @@ waits for (``mcast(awaited=True)``) becomes stable keeps the token for up to
 ``writer_hold`` ms, if nothing else is queued anywhere (the token's backlog)
 and everyone has everything: the client, answered at that stability, sends
 its next request within a fraction of a ms, and it leaves on this visit
-rather than a whole rotation later.  The next message (or a WAKE) releases
-the token at once; otherwise the held visit is carried out when the time is
-up, as for the representative's rest.
+rather than a whole rotation later.  The hold ends when as many awaited
+messages came as were answered (clients answered together send together),
+on any other message or a WAKE, or when the time is up; the held visit is
+then carried out, as for the representative's rest, as the same visit (it
+is not a consecutive one for stability).  No hold while awaited messages of
+ours are still short of stability, nor at the representative of a ring of two.
 
 Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
 of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
