@@ -141,6 +141,7 @@ class RingStats:
                 "send_queue_bytes": srp.queue.bytes,
                 "rings_formed": ss["rings_formed"],
                 "leaves": ss["leaves"],
+                "writer_holds": ss["writer_holds"],
                 "rx_packets": ts["rx_packets"],
                 "tx_packets": ts["tx_packets"],
             },
@@ -163,6 +164,8 @@ _RING_METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("send_queue_bytes", "ais_ring_send_queue_bytes", "bytes queued, not yet sent", False),
     ("rings_formed", "ais_ring_formed", "rings this node formed or joined", True),
     ("leaves", "ais_ring_leaves", "leave messages honoured", True),
+    ("writer_holds", "ais_ring_writer_holds", "token visits held for a local client's next "
+     "write (writer_hold)", True),
 )
 
 

@@ -7,6 +7,7 @@ with the same bytes.  Clients are separate processes using ``saf.ckpt``.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -176,6 +177,29 @@ def test_testckpt_and_benchmarks_on_a_two_node_cluster(tmp_path):
                      "--threads", "3", "--sizes", "1,10", timeout=120)
         assert p.returncode == 0, p.stderr
         print(p.stdout)
+
+
+@pytest.mark.timeout(180)
+def test_writer_hold_on_real_executives(tmp_path):
+    """Three real executives: a synchronous writer on node 2 (not the representative)
+    gets the token kept for its next write, which its node counts (ring stats
+    ``writer_holds`` in ais-status --json); node 3, with no client, never holds.
+    Every write returned, so every node held it (WR_ALL_REPLICAS)."""
+    with Cluster(tmp_path, 3) as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        p = c.client(2, str(ROOT / "examples" / "ckptbench.py"), "--count", "300",
+                     "--sizes", "1", timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "300 writes" in p.stdout, p.stdout
+
+        def holds(n: int) -> int:
+            r = c.client(n, "import sys; from ais.status import main; sys.exit(main(sys.argv[1:]))",
+                         "--json")
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout.splitlines()[0])["ring"]["stats"]["writer_holds"]
+        assert holds(2) >= 150  # most writes: the rest met other traffic or a late answer
+        assert holds(3) == 0
 
 
 RETENTION = PRELUDE + r"""

@@ -186,7 +186,7 @@ SAMPLE = {
                        "delivered_bytes": 4096, "retransmits": 2, "token_retransmits": 1,
                        "bad_digest": 4, "refused": 0, "send_queue_msgs": 3,
                        "send_queue_bytes": 300, "rings_formed": 2, "leaves": 1,
-                       "rx_packets": 1, "tx_packets": 1}},
+                       "writer_holds": 7, "rx_packets": 1, "tx_packets": 1}},
     "services": {"clm": {"view": 8, "members": ["127.0.0.1", "127.0.0.2"], "trackers": 0},
                  "ckpt": {"checkpoints": 2, "linked": 2, "sections": 5, "bytes": 1000},
                  "amf": {"state": "text only", "ok": True}},
@@ -203,7 +203,8 @@ def test_metric_names_and_values() -> None:
                  "ais_ring_token_retransmits_total 1.0", "ais_ring_bad_digest_packets_total 4.0",
                  "ais_ring_refused_packets_total 0.0", "ais_ring_send_queue_messages 3.0",
                  "ais_ring_send_queue_bytes 300.0", "ais_ring_formed_total 2.0",
-                 "ais_ring_leaves_total 1.0", "ais_clm_members 2.0", "ais_clm_view 8.0",
+                 "ais_ring_leaves_total 1.0", "ais_ring_writer_holds_total 7.0",
+                 "ais_clm_members 2.0", "ais_clm_view 8.0",
                  "ais_ckpt_checkpoints 2.0", "ais_ckpt_sections 5.0", "ais_ckpt_bytes 1000.0",
                  "ais_amf_ok 1.0",
                  'ais_ring_info{node="127.0.0.1",ring="127.0.0.1/8",state="operational"} 1.0'):

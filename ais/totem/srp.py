@@ -228,7 +228,7 @@ class Srp:
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
-            "failed_to_receive": 0, "leaves": 0,
+            "failed_to_receive": 0, "leaves": 0, "writer_holds": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
@@ -1049,6 +1049,7 @@ class Srp:
             # answered together send their next writes together
             self._held, self._hold_for, self._held_prev_aru = t, answered, prev_aru
             self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
+            self.stats["writer_holds"] += 1
             return
         if ring_id.rep == me:
             self._rep_last_seq = t.seq
