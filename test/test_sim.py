@@ -301,12 +301,12 @@ def test_checker_catches_a_stable_that_a_member_lacks(monkeypatch: pytest.Monkey
     counted as a consecutive one, so a node reported frames stable (and freed them)
     that another member had never received; recovery then could not give them back.
     With that bug put back the checker reports it as it happens."""
-    release = Srp._release_held
+    hold = Srp._hold
 
-    def counted_twice(self: Srp, now: float) -> None:
-        self._held_prev_aru = self._last_token_aru
-        release(self, now)
-    monkeypatch.setattr(Srp, "_release_held", counted_twice)
+    def counted_twice(self: Srp, t: Any, ms: float, expected: int, prev_aru: int,
+                      now: float) -> None:
+        hold(self, t, ms, expected, self._last_token_aru, now)
+    monkeypatch.setattr(Srp, "_hold", counted_twice)
     r = run(73, STABLE_WRITERS)
     assert "stable" in {v.invariant for v in r.violations}, r.report()
     monkeypatch.undo()

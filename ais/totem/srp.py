@@ -191,9 +191,6 @@ class Srp:
         self._awaited_sent: deque[tuple[int, int]] = deque()
         #: awaited messages still expected before a writer hold ends (0: no such hold)
         self._hold_for = 0
-        #: the token's aru as seen on the visit before the held one: the held token's
-        #: second visit is the same visit, not a consecutive one (step 5)
-        self._held_prev_aru = 0
         self._rep_last_seq = -1
         #: when the representative last saw a rotation carry traffic (token_linger)
         self._busy_at = float("-inf")
@@ -567,7 +564,6 @@ class Srp:
         t = self._held
         if t is not None and self.state is OPERATIONAL:
             self._held = None
-            self._last_token_aru = self._held_prev_aru
             self._token_visit(t, now, may_hold=False)
 
     def _timer_join(self, now: float) -> None:
@@ -883,8 +879,15 @@ class Srp:
         assert t is not None
         self._held = None
         self._disarm(TimerKind.TOKEN_HOLD)
-        self._last_token_aru = self._held_prev_aru
         self._token_visit(t, now, may_hold=False, woken=True)
+
+    def _hold(self, t: Token, ms: float, expected: int, prev_aru: int, now: float) -> None:
+        """Keep the token instead of passing it on; its visit is carried out again
+        when the hold ends.  That second visit is the same visit, not a consecutive
+        one: step 5 must see the aru of the visit before this one again."""
+        self._held, self._hold_for = t, expected
+        self._last_token_aru = prev_aru
+        self._arm(TimerKind.TOKEN_HOLD, ms, now)
 
     def _allowed(self, t: Token, backlog: int) -> int:
         window = self.window
@@ -1024,8 +1027,7 @@ class Srp:
                 # the last one's delivery closely; a moving token takes it at once.
                 quiet = False
             if quiet and may_hold and t.flags & TOKEN_IDLE and not self._wake_pending:
-                self._held, self._hold_for, self._held_prev_aru = t, 0, prev_aru
-                self._arm(TimerKind.TOKEN_HOLD, cfg.token_hold, now)
+                self._hold(t, cfg.token_hold, 0, prev_aru, now)
                 return
             if quiet and not (woken or self._wake_pending):
                 # (A woken token is not marked idle: someone waits for it, and
@@ -1047,8 +1049,7 @@ class Srp:
                 and t.aru == t.seq and not t.backlog and not self.queue.msgs):
             # until as many awaited messages came as were answered: clients
             # answered together send their next writes together
-            self._held, self._hold_for, self._held_prev_aru = t, answered, prev_aru
-            self._arm(TimerKind.TOKEN_HOLD, cfg.writer_hold, now)
+            self._hold(t, cfg.writer_hold, answered, prev_aru, now)
             self.stats["writer_holds"] += 1
             return
         if ring_id.rep == me:
