@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import gevent
@@ -109,6 +109,9 @@ class StubSrp:
     def receive(self, data: bytes, now: float) -> list[Action]:
         self.received.append(data)
         return self._on_receive(data, now)
+
+    def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]:
+        return [a for d in datas for a in self.receive(d, now)]
 
     def timer(self, kind: TimerKind, now: float) -> list[Action]:
         self.fired.append((kind, now))

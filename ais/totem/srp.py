@@ -107,7 +107,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from . import wire
 from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull,
@@ -119,7 +119,9 @@ from .wire import (MCAST_FIXED, MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLET
 
 logger = logging.getLogger("ais.totem.srp")
 
-_MCAST_TYPE = bytes([wire.MCAST])  #: a frame's type byte, for the hot path
+_unpack_mcast = MCAST_FIXED.unpack_from  #: a frame's fixed part, for the hot path
+_MCAST_SIZE = MCAST_FIXED.size
+_new_frame = tuple.__new__  #: Frame(...) without the keyword-capable constructor
 
 #: retransmit-list entries a token may carry (bounded so the token fits a frame)
 RTR_LIMIT = 100
@@ -243,21 +245,43 @@ class Srp:
     def receive(self, data: bytes, now: float) -> list[Action]:
         """One datagram from the network (already authenticated and decrypted)."""
         self._out = []
-        if data[1:2] == _MCAST_TYPE and self._frame_fast(data, now):
-            return self._out
+        taken, stored = self._frame_run((data,), 0, now)
+        if stored:
+            self._deliver_ready()
+        elif not taken:
+            self._receive_full(data, now)
+        return self._out
+
+    def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]:
+        """Datagrams read together, in arrival order: what ``receive`` on each in
+        turn would do, except that the deliveries a run of frames makes come
+        after the run (the transport performs a read's actions together anyway).
+        """
+        self._out = []
+        i, n = 0, len(datas)
+        while i < n:
+            j, stored = self._frame_run(datas, i, now)
+            if stored:
+                self._deliver_ready()
+            if j == i:
+                self._receive_full(datas[i], now)
+                j += 1
+            i = j
+        return self._out
+
+    def _receive_full(self, data: bytes, now: float) -> None:
         try:
             pkt = wire.decode_untrusted(data)
         except BadPacket as e:
             self.stats["bad_packets"] += 1
             self.guard.refuse(str(e), None, now)
-            return self._out
+            return
         if pkt.sender != self.node_id and not self._gone and not self._stalled(now):
             why = self.guard.check(pkt)
             if why is not None:
                 self.guard.refuse(why, pkt.sender, now)
-                return self._out
+                return
             self._handlers[type(pkt)](pkt, now)
-        return self._out
 
     def timer(self, kind: TimerKind, now: float) -> list[Action]:
         """A timer fired.  Timers cancelled or re-armed since are ignored."""
@@ -354,35 +378,63 @@ class Srp:
 
     # ----------------------------------------------------------- packet input
 
-    def _frame_fast(self, data: bytes, now: float) -> bool:
-        """The common frame -- a member's, of the installed ring, new or a plain
-        duplicate -- without building packet objects; False: take the full path.
+    def _frame_run(self, datas: Sequence[bytes], i: int, now: float) -> tuple[int, bool]:
+        """Store the run of common frames starting at ``datas[i]`` -- a member's,
+        of the installed ring, new or a plain duplicate -- without building
+        packet objects.  Returns the index of the first datagram not taken and
+        whether a frame was stored (delivery is the caller's).
 
         Every condition under which the guard or ``_on_mcast`` would do anything
-        but store the frame sends the packet down the full path, which parses it
-        again and decides; so this changes the cost of a frame, never the outcome.
+        but store the frame ends the run; the full path parses that datagram
+        again and decides, so this changes the cost of a frame, never the
+        outcome.  Nothing a run stores changes the conditions checked once for
+        it (state, ring, members, ``_sent_seq``, a stall).
         """
-        if self.state is not OPERATIONAL or self._gone or len(data) < MCAST_FIXED.size:
-            return False
-        version, _, sender, ring_seq, ring_rep, seq, flags = MCAST_FIXED.unpack_from(data)
+        if self.state is not OPERATIONAL or self._gone:
+            return i, False
         rid = self.ring_id
-        if (version != wire.VERSION or ring_seq != rid.seq or ring_rep != rid.rep or flags
-                or sender == self.node_id or sender not in self.members or seq == 0
-                or seq > self._sent_seq + self.guard.frame_ahead):
-            return False
-        payload = data[MCAST_FIXED.size:]
+        ring_seq_0, ring_rep_0 = rid.seq, rid.rep
+        me = self.node_id
+        members = self.members
+        sent_seq = self._sent_seq
+        ahead = sent_seq + self.guard.frame_ahead
         rx = self.rx
-        held = rx.frames.get(seq)
-        if held is not None and (held.sender != sender or held.payload != payload):
-            return False  # a conflict: the guard counts and refuses it
-        if self._stalled(now):
-            return True
-        self.stats["frames_received"] += 1
-        if rx.add(seq, Frame(sender, 0, payload)):
-            if seq > self._sent_seq and TimerKind.TOKEN_RETRANSMIT in self._timers:
-                self._disarm(TimerKind.TOKEN_RETRANSMIT)
-            self._deliver_ready()
-        return True
+        frames = rx.frames
+        n = len(datas)
+        start = i
+        top = 0  # the highest seq stored
+        while i < n:
+            data = datas[i]
+            if len(data) < _MCAST_SIZE or data[1] != wire.MCAST:
+                break
+            version, _, sender, ring_seq, ring_rep, seq, flags = _unpack_mcast(data)
+            if (version != wire.VERSION or ring_seq != ring_seq_0 or ring_rep != ring_rep_0
+                    or flags or sender == me or sender not in members or seq == 0
+                    or seq > ahead):
+                break
+            payload = data[_MCAST_SIZE:]
+            held = frames.get(seq)
+            if held is not None and (held.sender != sender or held.payload != payload):
+                break  # a conflict: the guard counts and refuses it
+            if i == start and self._stalled(now):
+                return i + 1, False
+            i += 1
+            if held is not None or seq <= rx.aru:
+                continue  # a duplicate
+            frames[seq] = _new_frame(Frame, (sender, 0, payload))
+            if seq > rx.high:
+                rx.high = seq
+            if seq > top:
+                top = seq
+            if seq == rx.aru + 1:
+                while seq + 1 in frames:
+                    seq += 1
+                rx.aru = seq
+        self.stats["frames_received"] += i - start
+        if top > sent_seq and TimerKind.TOKEN_RETRANSMIT in self._timers:
+            # the next holder has sent: it has the token
+            self._disarm(TimerKind.TOKEN_RETRANSMIT)
+        return i, top > 0
 
     def _on_mcast(self, m: Mcast, now: float) -> None:
         state = self.state
