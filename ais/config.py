@@ -502,6 +502,11 @@ class TotemSettings:
                                   "client waits for became stable and nothing else is queued "
                                   "on the ring: the client's next write then leaves on this "
                                   "visit; 0: off")
+    stable_acks: bool = _setting(
+        _on_off, _RING.stable_acks,
+        "in rings of three or more: the frame that ends a message a local client waits for "
+        "asks every member for an ACK; once all answered, the client is answered without "
+        "waiting for the token to come round (on/off)", shown="on")
     window_size: int = _setting(_positive_int, _RING.window_size,
                                 "frames per rotation, whole ring (a minimum: see "
                                 "`window_bytes`)")

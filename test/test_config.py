@@ -163,8 +163,10 @@ def test_totem_keys_are_declared_once() -> None:
     ring = TotemConfig()
     for name, row in zip(names, rows):
         if hasattr(ring, name) and name != "frame_size":
-            assert getattr(TotemSettings(), name) == getattr(ring, name)
-            assert f"| {getattr(ring, name):g} |" in row
+            value = getattr(ring, name)
+            assert getattr(TotemSettings(), name) == value
+            shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}"
+            assert f"| {shown} |" in row
     with pytest.raises(ConfigError, match="unknown key 'tokn' in 'totem'.*fail_recv_const"):
         parse_openais_conf(NET_UDP + "totem {\n tokn: 5\n}\n")
     # every declared key is read and reaches the ring (netmtu through frame_size)
@@ -173,13 +175,14 @@ def test_totem_keys_are_declared_once() -> None:
         ("merge_detect", 1500), ("token_hold", 40), ("window_size", 80), ("max_messages", 25),
         ("netmtu", 9000), ("fail_recv_const", 33), ("fail_recv_backoff", 700),
         ("max_members", 12), ("window_bytes", 500000), ("token_linger", 7),
-        ("writer_hold", 1.5)))
+        ("writer_hold", 1.5), ("stable_acks", "off")))
     tc = parse_openais_conf(NET_UDP + "totem {\n" + text + "}\n").to_totem_config()
     assert (tc.token, tc.token_retransmit, tc.join, tc.consensus, tc.merge_detect,
             tc.token_hold, tc.window_size, tc.max_messages, tc.frame_size,
             tc.fail_recv_const, tc.fail_recv_backoff, tc.max_members, tc.window_bytes,
-            tc.token_linger, tc.writer_hold) == (
-        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12, 500000, 7, 1.5)
+            tc.token_linger, tc.writer_hold, tc.stable_acks) == (
+        3000, 90, 70, 900, 1500, 40, 80, 25, 9000 - FRAME_OVERHEAD, 33, 700, 12, 500000, 7, 1.5,
+        False)
     exact = parse_openais_conf(NET_UDP + "totem {\n window_bytes: 0\n}\n").to_totem_config()
     assert exact.window_bytes == 0
 

@@ -198,6 +198,25 @@ def test_8_5_frame_conflicting_with_one_held_is_refused_and_counted() -> None:
     assert b"forged payload" not in net.nodes[A].messages
 
 
+def test_8_4_acks_that_lie_are_refused_or_ignored() -> None:
+    """stable_acks: an ACK from a non-member or claiming frames beyond reach is
+    refused; one of another ring is ignored; none of them makes anything stable."""
+    net = formed(4)
+    srp = net.nodes[B].srp
+    net.mcast(B, b"w", True)
+    assert net.run_until(lambda: b"w" in net.nodes[B].messages, 1)
+    stables = list(net.nodes[B].stables)
+    far = max(srp._sent_seq, srp.rx.high) + srp.guard.frame_ahead + 1
+    for lie in (wire.encode_ack(STRANGER, srp.ring_id, srp.rx.aru),
+                wire.encode_ack(A, srp.ring_id, far), wire.encode_ack(A, srp.ring_id, U64)):
+        inject(net, lie, [B])
+    assert srp.stats["refused"] == 3
+    inject(net, wire.encode_ack(A, RingId(srp.ring_id.seq + 4, A), far), [B])
+    assert srp.stats["refused"] == 3 and net.nodes[B].stables == stables
+    assert srp._acked.get(A, 0) < far
+    assert delivers_everywhere(net, b"still fine") and net.one_ring()
+
+
 # ----------------------------------------------------------------------- 8.6
 
 def test_8_6_foreign_frames_start_at_most_one_gather_per_interval() -> None:
@@ -382,6 +401,15 @@ def mutate(rng: random.Random, pkt: object, nodes: list[int]) -> bytes | None:
                 e.node = someone
             else:
                 pkt.sender = someone
+        elif isinstance(pkt, wire.Ack):
+            f = rng.choice(["aru", "ring", "sender"])
+            if f == "aru":
+                pkt.aru = _lie(rng, pkt.aru)
+            elif f == "ring":
+                pkt.ring_id = RingId(_lie(rng, pkt.ring_id.seq), rng.choice([pkt.ring_id.rep,
+                                                                            someone]))
+            else:
+                pkt.sender = someone
         elif isinstance(pkt, wire.Probe):
             pkt.ring_id = RingId(_lie(rng, pkt.ring_id.seq), rng.choice([pkt.ring_id.rep,
                                                                         someone]))
@@ -396,6 +424,8 @@ def mutate(rng: random.Random, pkt: object, nodes: list[int]) -> bytes | None:
         if isinstance(pkt, wire.Commit):
             pkt.entries.sort(key=lambda e: e.node)
             return wire.encode_commit(pkt)
+        if isinstance(pkt, wire.Ack):
+            return wire.encode_ack(pkt.sender, pkt.ring_id, pkt.aru)
         assert isinstance(pkt, wire.Probe)
         return wire.encode_probe(pkt.kind, pkt.sender, pkt.ring_id)
     except (OverflowError, ValueError, Exception) as e:  # struct.error: not encodable
@@ -425,7 +455,8 @@ def test_fuzz_lying_packets_into_a_running_ring(seed: int) -> None:
     # templates: real packets of every kind, from forming and running the ring
     injected = caught = 0
     for step in range(300):
-        net.mcast(rng.choice(nodes), b"m%d" % step)
+        # half of them awaited by a client: their frames ask for ACKs (stable_acks)
+        net.mcast(rng.choice(nodes), b"m%d" % step, rng.random() < 0.5)
         kinds = [p for (_, _, _, p) in net.sent[:200] + net.sent[-200:]]
         pkt = rng.choice(kinds)
         data = mutate(rng, pkt, nodes) if rng.random() < 0.85 else _flip(

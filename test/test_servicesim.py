@@ -328,11 +328,12 @@ def test_sweep_with_crashes(mix: str) -> None:
 
 def found(mix: str, **kw: Any) -> SvcOptions:
     """``MIXES[mix]`` with the ring's timing of the day the histories below were found:
-    they replay as they were with ``writer_hold`` off (it came later and moves every
-    schedule in which a node's own message becomes stable; the sweeps run with it)."""
+    they replay as they were with ``writer_hold`` and ``stable_acks`` off (they came
+    later and move every schedule in which a node's own message becomes stable; the
+    sweeps run with them)."""
     o = MIXES[mix]
     cfg = TotemConfig(send_queue_limit=o.send_queue, send_queue_bytes=256 * 1024,
-                      writer_hold=0.0)
+                      writer_hold=0.0, stable_acks=False)
     return replace(o, config=cfg, **kw)
 
 

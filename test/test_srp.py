@@ -470,12 +470,92 @@ def _sync_writer(net: Net, node: int, count: int, awaited: bool = True) -> list[
     return at_once
 
 
+def _answered_after_sent(net: Net, node: int, payload: bytes) -> float:
+    """Queue an awaited message at ``node``; the time from its frame leaving to the
+    Stable that covers it there."""
+    n = net.nodes[node]
+    before = len(net.sent)
+    net.mcast(node, payload, True)
+    assert net.run_until(lambda: any(isinstance(p, wire.Mcast) and src == node
+                                     for _, src, _, p in net.sent[before:]), 1)
+    left = next(t for t, src, _, p in net.sent[before:]
+                if isinstance(p, wire.Mcast) and src == node)
+
+    def stable() -> bool:
+        mine = [d.seq for d in n.deliveries if isinstance(d, Deliver) and d.payload == payload]
+        return bool(mine and n.stables and n.stables[-1].seq >= mine[0])
+    assert net.run_until(stable, 1)
+    return net.now - left
+
+
+def test_stable_acks_answer_a_writer_a_round_trip_after_its_frame() -> None:
+    """stable_acks, ring of four: the frame ending an awaited message asks for ACKs;
+    each member sends one to the writer alone once it holds the frame; with all
+    in, the message is stable -- one round trip after it left, where the token
+    takes a rotation (four hops) to bring the same news back."""
+    took = {}
+    for acks in (True, False):
+        net = formed(4, TotemConfig(stable_acks=acks, writer_hold=0.0))
+        net.run(1)
+        net.sent.clear()
+        took[acks] = [_answered_after_sent(net, B, b"w%d" % k) for k in range(5)]
+        ack_pkts = [(src, dest, p) for _, src, dest, p in net.sent if isinstance(p, wire.Ack)]
+        if acks:
+            assert sorted({src for src, _, _ in ack_pkts}) == [A, C, D]
+            assert {dest for _, dest, _ in ack_pkts} == {B}
+            assert len(ack_pkts) == 3 * 5  # one per member and write
+            flagged = [p for _, src, _, p in net.sent
+                       if isinstance(p, wire.Mcast) and p.flags & wire.MCAST_ACK]
+            assert len(flagged) == 5 and all(p.sender == B for p in flagged)
+            assert net.nodes[B].srp.stats["ack_stables"] == 5
+        else:
+            assert not ack_pkts
+    assert max(took[True]) <= 2 * LATENCY + 1e-9, took
+    assert min(took[False]) >= 4 * LATENCY - 1e-9, took
+    # an ACK has to come from every member: one that lacks the frame holds it back
+    net = formed(4, TotemConfig(writer_hold=0.0))
+    net.run(1)
+    first = [True]
+
+    def lose_once(src: int, dst: int, pkt: object) -> bool:
+        if isinstance(pkt, wire.Mcast) and src == B and dst == D and first[0]:
+            first[0] = False
+            return True
+        return False
+    net.drop = lose_once
+    waited = _answered_after_sent(net, B, b"lost at D")
+    assert waited > 4 * LATENCY  # D got it by retransmission, and only then ACKed
+    assert b"lost at D" in net.nodes[D].messages
+
+
+def test_stable_acks_only_where_they_pay() -> None:
+    """Nobody asks for ACKs for messages no local client waits for, nor in a ring
+    of two (the token goes straight back to the writer); lost ACKs cost nothing
+    but the early answer: the token still brings stability."""
+    net = formed(4)
+    net.run(1)
+    net.sent.clear()
+    _sync_writer(net, B, 10, awaited=False)
+    assert not any(isinstance(p, wire.Ack) for _, _, _, p in net.sent)
+    net = formed(2)
+    net.run(1)
+    net.sent.clear()
+    _sync_writer(net, B, 10)
+    assert not any(isinstance(p, wire.Ack) for _, _, _, p in net.sent)
+    net = formed(4, TotemConfig(writer_hold=0.0))
+    net.run(1)
+    net.drop = lambda src, dst, pkt: isinstance(pkt, wire.Ack)
+    assert 4 * LATENCY - 1e-9 <= _answered_after_sent(net, B, b"acks lost") < 0.01
+    assert net.nodes[B].srp.stats["ack_stables"] == 0
+
+
 def test_writer_hold_sends_a_synchronous_writers_next_message_on_the_same_visit() -> None:
     """writer_hold: the node whose message just became stable keeps the token a
-    moment; the writer's next message goes out on that visit, one rotation a write."""
+    moment; the writer's next message goes out on that visit, one rotation a write.
+    (Without stable_acks: with them the answer comes before the token is back.)"""
     times = {}
     for hold in (0.5, 0.0):
-        net = formed(3, TotemConfig(writer_hold=hold))
+        net = formed(3, TotemConfig(writer_hold=hold, stable_acks=False))
         net.run(1)
         t0 = net.now
         at_once = _sync_writer(net, B, 40)
@@ -488,7 +568,7 @@ def test_writer_hold_sends_a_synchronous_writers_next_message_on_the_same_visit(
     rotation = 3 * LATENCY
     assert times[0.5] < 40 * 1.5 * rotation < times[0.0]
     # messages nobody waits for (service traffic) do not keep the token
-    net = formed(3, TotemConfig(writer_hold=0.5))
+    net = formed(3, TotemConfig(writer_hold=0.5, stable_acks=False))
     net.run(1)
     assert not any(_sync_writer(net, B, 10, awaited=False)[1:])
 
@@ -506,7 +586,7 @@ def test_writer_hold_in_a_ring_of_two_only_at_the_other_node() -> None:
 def test_writer_hold_waits_for_every_answered_writer() -> None:
     """Three synchronous writers on one node, answered at the same visit: the token
     waits for all three next writes (not just the first), which leave together."""
-    net = formed(3, TotemConfig(writer_hold=0.5))
+    net = formed(3, TotemConfig(writer_hold=0.5, stable_acks=False))
     net.run(1)
     n = net.nodes[B]
     for rnd in range(6):
@@ -527,7 +607,7 @@ def test_writer_hold_waits_for_every_answered_writer() -> None:
 
 
 def test_writer_hold_ends_after_its_time_and_others_are_not_kept_waiting() -> None:
-    cfg = TotemConfig(writer_hold=0.5)
+    cfg = TotemConfig(writer_hold=0.5, stable_acks=False)
     net = formed(3, cfg)
     net.run(1)
     _sync_writer(net, B, 5)
@@ -552,7 +632,7 @@ def test_writer_hold_not_taken_while_others_have_frames_queued() -> None:
     takes as long with a (long) writer_hold as without one."""
     took = {}
     for hold in (3.0, 0.0):
-        net = formed(3, TotemConfig(writer_hold=hold))
+        net = formed(3, TotemConfig(writer_hold=hold, stable_acks=False))
         net.run(1)
         t0 = net.now
         for k in range(300):  # several visits' worth of frames

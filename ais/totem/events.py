@@ -141,6 +141,11 @@ class TotemConfig:
     #: instead of a rotation later.  As many awaited messages as were answered,
     #: any other message, or a WAKE end the hold; 0: off
     writer_hold: float = 0.5
+    #: in rings of three or more, a frame ending a message a local client waits
+    #: for asks every member to acknowledge it (``MCAST_ACK``); once all have,
+    #: it is stable at once instead of when the token has gone round to its
+    #: sender again (two or more hops later)
+    stable_acks: bool = True
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0
     #: largest frame the ring sends (payload of one UDP datagram before crypto)

@@ -43,6 +43,10 @@ Bounds and why they hold for honest peers:
   representative's own last share: a larger value is a lie that would stop
   every sender for good, and the representative refuses that token (the
   token loss re-forms the ring, a second later).
+* An ACK (stable_acks) reports the sender's aru in our ring: it is held by a
+  member, and it claims at most ``frame_ahead`` beyond the highest seq this
+  node knows (the token's seq it passed on, the highest frame it holds).  A
+  member lying about its aru can mislead about itself only, as in the token.
 * Member lists: sorted, unique (``wire``), non-zero ids, at most
   ``max_members`` (also after merging a join into our process set, so that a
   join naming made-up nodes cannot make our own joins unreadable to the
@@ -67,8 +71,8 @@ from typing import TYPE_CHECKING
 
 from . import wire
 from .events import RingId, fmt_node
-from .wire import (MCAST_RECOVERED, TOKEN_COMPLETE, TOKEN_IDLE, BadPacket, Commit, Join, Mcast,
-                   Probe, Token)
+from .wire import (MCAST_ACK, MCAST_RECOVERED, TOKEN_COMPLETE, TOKEN_IDLE, Ack, BadPacket, Commit,
+                   Join, Mcast, Probe, Token)
 
 if TYPE_CHECKING:
     from .srp import Srp
@@ -186,6 +190,8 @@ class Guard:
             return self._join(pkt)
         if isinstance(pkt, Commit):
             return self._commit(pkt)
+        if isinstance(pkt, Ack):
+            return self._ack(pkt)
         return self._probe(pkt)
 
     def _ring(self, rid: RingId) -> str | None:
@@ -217,7 +223,7 @@ class Guard:
             return self._ring(rid)  # a foreign ring: the handler decides (rate limited)
         if m.seq == 0:
             return "frame seq 0"
-        if m.flags & ~MCAST_RECOVERED:
+        if m.flags & ~(MCAST_RECOVERED | MCAST_ACK):
             return f"frame flags {m.flags:#x}"
         if m.sender not in members:
             return f"frame of ring {m.ring_id} from a non-member"
@@ -274,6 +280,18 @@ class Guard:
         for s in t.rtr:
             if not 0 < s <= t.seq:
                 return f"retransmit request for seq {s} outside 1..{t.seq}"
+        return None
+
+    def _ack(self, a: Ack) -> str | None:
+        srp = self.srp
+        if srp.state.value != "operational" or a.ring_id != srp.ring_id:
+            return None  # not for our ring: the handler ignores it
+        if a.sender not in srp.members or a.sender == srp.node_id:
+            return "ack from a non-member"
+        # Frames exist only up to the token's seq: ours when we passed it on,
+        # plus what later holders sent (bounded as for frames).
+        if a.aru > max(srp._sent_seq, srp.rx.high) + self.frame_ahead:
+            return f"ack of seq {a.aru} out of reach of {srp._sent_seq}"
         return None
 
     def _join(self, j: Join) -> str | None:

@@ -102,7 +102,8 @@ _PAD = bytes(range(256))
 
 _MEMBERSHIP_STATES = frozenset({"GATHER", "COMMIT", "RECOVERY"})
 
-_PACKET_NAMES = {1: "mcast", 2: "token", 3: "join", 4: "commit", 5: "merge", 6: "wake"}
+_PACKET_NAMES = {1: "mcast", 2: "token", 3: "join", 4: "commit", 5: "merge", 6: "wake", 7: "leave",
+                 8: "ack"}
 
 # heap entry kinds
 _PKT, _TIMER, _APP, _FAULT, _CHECK = range(5)

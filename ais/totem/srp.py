@@ -114,8 +114,8 @@ from .events import (Action, CancelTimer, ConfChange, Deliver, RingId, Send, Sen
                      Stable, StartTimer, TimerKind, TotemConfig, fmt_node)
 from .guard import Guard
 from .queues import Frame, Reassembler, RxStore, SendQueue
-from .wire import (MCAST_FIXED, MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE, TOKEN_IDLE,
-                   BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
+from .wire import (MCAST_ACK, MCAST_FIXED, MCAST_RECOVERED, RECOVERED_HEADER, TOKEN_COMPLETE,
+                   TOKEN_IDLE, Ack, BadPacket, Commit, CommitEntry, Join, Mcast, Probe, Token)
 
 logger = logging.getLogger("ais.totem.srp")
 
@@ -193,6 +193,12 @@ class Srp:
         self._awaited_sent: deque[tuple[int, int]] = deque()
         #: awaited messages still expected before a writer hold ends (0: no such hold)
         self._hold_for = 0
+        #: stable_acks: per member, the highest aru it acknowledged in this ring ...
+        self._acked: dict[int, int] = {}
+        #: ... per sender, its highest frame asking for an ACK that we still owe ...
+        self._ack_owed: dict[int, int] = {}
+        #: ... and our awaited messages that ACKs made stable since our last visit
+        self._ack_answered = 0
         self._rep_last_seq = -1
         #: when the representative last saw a rotation carry traffic (token_linger)
         self._busy_at = float("-inf")
@@ -228,10 +234,11 @@ class Srp:
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
             "failed_to_receive": 0, "leaves": 0, "writer_holds": 0,
+            "acks_sent": 0, "ack_stables": 0,
         }
         self._handlers: dict[type, Callable] = {
             Mcast: self._on_mcast, Token: self._on_token, Join: self._on_join,
-            Commit: self._on_commit, Probe: self._on_probe,
+            Commit: self._on_commit, Probe: self._on_probe, Ack: self._on_ack,
         }
 
     # ------------------------------------------------------------ entry points
@@ -250,6 +257,8 @@ class Srp:
             self._deliver_ready()
         elif not taken:
             self._receive_full(data, now)
+        if self._ack_owed:
+            self._send_acks()
         return self._out
 
     def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]:
@@ -267,6 +276,9 @@ class Srp:
                 self._receive_full(datas[i], now)
                 j += 1
             i = j
+        if self._ack_owed:
+            # after the whole read: a token read with the frames leaves first
+            self._send_acks()
         return self._out
 
     def _receive_full(self, data: bytes, now: float) -> None:
@@ -409,7 +421,7 @@ class Srp:
                 break
             version, _, sender, ring_seq, ring_rep, seq, flags = _unpack_mcast(data)
             if (version != wire.VERSION or ring_seq != ring_seq_0 or ring_rep != ring_rep_0
-                    or flags or sender == me or sender not in members or seq == 0
+                    or flags & ~MCAST_ACK or sender == me or sender not in members or seq == 0
                     or seq > ahead):
                 break
             payload = data[_MCAST_SIZE:]
@@ -419,9 +431,11 @@ class Srp:
             if i == start and self._stalled(now):
                 return i + 1, False
             i += 1
+            if flags:
+                self._owe_ack(sender, seq)
             if held is not None or seq <= rx.aru:
                 continue  # a duplicate
-            frames[seq] = _new_frame(Frame, (sender, 0, payload))
+            frames[seq] = _new_frame(Frame, (sender, flags, payload))
             if seq > rx.high:
                 rx.high = seq
             if seq > top:
@@ -442,6 +456,8 @@ class Srp:
         if rid == self.ring_id and state is not RECOVERY:
             # The installed ring; while gathering we still collect its frames.
             self.stats["frames_received"] += 1
+            if m.flags & MCAST_ACK and state is OPERATIONAL:
+                self._owe_ack(m.sender, m.seq)
             if self.rx.add(m.seq, Frame(m.sender, m.flags, m.payload)) and state is OPERATIONAL:
                 if TimerKind.TOKEN_RETRANSMIT in self._timers and m.seq > self._sent_seq:
                     self._disarm(TimerKind.TOKEN_RETRANSMIT)
@@ -460,6 +476,49 @@ class Srp:
         if (state is OPERATIONAL and m.sender not in self.members and rid.seq
                 and not self._is_apart(m.sender, now) and self.guard.may_gather(now)):
             self._enter_gather(f"message of foreign ring {rid} from {fmt_node(m.sender)}", now)
+
+    def _owe_ack(self, sender: int, seq: int) -> None:
+        if seq > self._ack_owed.get(sender, 0):
+            self._ack_owed[sender] = seq
+
+    def _send_acks(self) -> None:
+        """ACK each sender whose flagged frames we now hold, with everything we hold.
+
+        A duplicate of a flagged frame asks again (the first ACK may be lost).
+        """
+        owed = self._ack_owed
+        if self.state is not OPERATIONAL:
+            owed.clear()
+            return
+        aru = self.rx.aru
+        for sender, seq in list(owed.items()):
+            if seq <= aru:
+                del owed[sender]
+                self._out.append(Send(wire.encode_ack(self.node_id, self.ring_id, aru), sender))
+                self.stats["acks_sent"] += 1
+
+    def _on_ack(self, a: Ack, now: float) -> None:
+        """Every member acknowledging up to some seq makes it stable before the
+        token comes back: each ACK reports the sender's aru, which never falls
+        within a ring, so the least of them is held by every member."""
+        if self.state is not OPERATIONAL or a.ring_id != self.ring_id:
+            return
+        acked = self._acked
+        if a.aru <= acked.get(a.sender, 0):
+            return
+        acked[a.sender] = a.aru
+        low = self.rx.aru
+        me = self.node_id
+        for m in self.members:
+            if m != me:
+                low = min(low, acked.get(m, 0))
+        if low > self._stable_seq:
+            done = self._awaited_sent
+            while done and done[0][0] <= low:
+                self._ack_answered += done.popleft()[1]
+            self._stable_seq = low
+            self.stats["ack_stables"] += 1
+            self._out.append(Stable(self.ring_id, low))
 
     def _on_probe(self, p: Probe, now: float) -> None:
         if p.kind == wire.LEAVE:
@@ -818,6 +877,9 @@ class Srp:
         self._last_token_aru = 0
         self._stable_seq = 0
         self._awaited_sent.clear()
+        self._acked.clear()
+        self._ack_owed.clear()
+        self._ack_answered = 0
         self._rep_last_seq = -1
         self._sent_seq = 0
         self._originated = False
@@ -1017,19 +1079,28 @@ class Srp:
                     out.append(Send(wire.encode_mcast(me, ring_id, t.seq, flags, payload)))
                     sent += 1
             else:
-                take = self.queue.take_frame
+                queue = self.queue
+                take = queue.take_frame
                 emit = out.append if sink is None else sink
+                # stable_acks: a frame that ends awaited messages asks for ACKs (in a
+                # ring of two the token itself goes straight back to us)
+                ask = cfg.stable_acks and len(self.members) > 2
+                framed = queue.awaited_framed
                 while sent < allowed:
                     frame = take()
                     if frame is None:
                         break
                     t.seq += 1
-                    rx.add(t.seq, Frame(me, 0, frame))
-                    emit(Send(wire.encode_mcast(me, ring_id, t.seq, 0, frame)))
+                    flags = 0
+                    if ask and queue.awaited_framed != framed:
+                        framed = queue.awaited_framed
+                        flags = MCAST_ACK
+                    rx.add(t.seq, Frame(me, flags, frame))
+                    emit(Send(wire.encode_mcast(me, ring_id, t.seq, flags, frame)))
                     sent += 1
-                framed = self.queue.awaited_framed
+                framed = queue.awaited_framed
                 if framed:
-                    self.queue.awaited_framed = 0
+                    queue.awaited_framed = 0
                     self._awaited_sent.append((t.seq, framed))
         self.stats["frames_sent"] += sent
         t.fcc = max(0, t.fcc - self._my_last_sent) + sent
@@ -1065,6 +1136,8 @@ class Srp:
                 self._stable_seq = low
                 out.append(Stable(ring_id, low))
             low = min(low, rx.delivered)
+            answered += self._ack_answered  # (answered since our last visit)
+            self._ack_answered = 0
         rx.free(low)
         # 6. an idle ring's token rests at the representative
         if not recovering and ring_id.rep == me:

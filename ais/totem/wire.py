@@ -34,6 +34,7 @@ COMMIT = 4
 MERGE_DETECT = 5
 WAKE = 6
 LEAVE = 7  #: the sender is stopping and leaves its ring (a PROBE body: that ring)
+ACK = 8  #: a member holds every frame up to ``aru``: the answer to a frame flagged MCAST_ACK
 
 #: upper bounds that keep a hostile packet from making us allocate much
 MAX_NODES = 256
@@ -83,6 +84,16 @@ class Token:
 
 
 @dataclass(slots=True)
+class Ack:
+    """``sender`` holds every frame of ``ring_id`` up to ``aru`` (unicast to a frame's
+    sender that asked with ``MCAST_ACK``)."""
+
+    sender: int
+    ring_id: RingId
+    aru: int
+
+
+@dataclass(slots=True)
 class Join:
     """A gather-state join: the sender's process and fail sets."""
 
@@ -125,7 +136,7 @@ class Probe:
     ring_id: RingId
 
 
-Packet = Mcast | Token | Join | Commit | Probe
+Packet = Mcast | Token | Join | Commit | Probe | Ack
 
 
 def _layout(cls: type | None, name: str, *entries: object, **kw: Any) -> Layout:
@@ -156,6 +167,9 @@ MCAST_FIXED: struct.Struct = _layout(  # type: ignore[assignment]
     ("seq", u64), ("flags", u8)).struct
 assert MCAST_FIXED.size == MCAST_PACKET.min_size
 MCAST_RECOVERED = 0x01  #: payload is an old ring's frame carried through recovery
+#: a client of the sender waits for a message that ends in this frame: each member
+#: sends an ACK once it holds everything up to the frame (stability within a hop)
+MCAST_ACK = 0x02
 #: bytes a regular frame's packet adds to its payload (packet and mcast headers)
 MCAST_OVERHEAD = MCAST_PACKET.min_size
 
@@ -209,6 +223,9 @@ PROBE_PACKET = _layout(Probe, "probe", Const(u8, VERSION),
                        ("kind", u8.only(MERGE_DETECT, WAKE, LEAVE)),
                        ("sender", u32), ("ring_id", RING_ID))
 
+#  header | ring id (12) | aru (8)
+ACK_PACKET = _layout(Ack, "ACK", *_header(ACK), ("ring_id", RING_ID), ("aru", u64))
+
 # Application items packed inside an MCAST payload.
 ITEM_WHOLE = 0
 ITEM_FRAGMENT = 1
@@ -227,6 +244,8 @@ encode_join = JOIN_PACKET.encode
 encode_commit = COMMIT_PACKET.encode
 #: (kind, sender, ring_id) -> bytes
 encode_probe = PROBE_PACKET.pack
+#: (sender, ring_id, aru) -> bytes
+encode_ack = ACK_PACKET.pack
 
 
 def decode_recovered_untrusted(payload: bytes) -> Recovered:
@@ -237,7 +256,7 @@ _DECODE_BY_TYPE: dict[int, Callable[[bytes], Packet]] = {
     kind: layout.decode for kind, layout in (
         (MCAST, MCAST_PACKET), (TOKEN, TOKEN_PACKET), (JOIN, JOIN_PACKET),
         (COMMIT, COMMIT_PACKET), (MERGE_DETECT, PROBE_PACKET), (WAKE, PROBE_PACKET),
-        (LEAVE, PROBE_PACKET))}
+        (LEAVE, PROBE_PACKET), (ACK, ACK_PACKET))}
 
 
 def decode_untrusted(data: bytes) -> Packet:
