@@ -151,11 +151,14 @@ _UDP_GRO = getattr(socket, "UDP_GRO", 104)
 #: are 64 segments on older kernels and a 64 KiB skb)
 GSO_MAX_SEGMENTS = 64
 #: a token visit's first frames leave in a segmented send of this many ...
-STREAM_FIRST = 4
+STREAM_FIRST = 8
 #: ... and later ones of twice the last, up to this many: a receiver is then
 #: never far behind, so it hands the token on soon after the last frame
-#: (sends of up to 64 cost a 2-node ring 10% of its throughput)
-STREAM_MAX = 8
+#: (sends of up to 64 cost a 2-node ring 10% of its throughput).  Each send
+#: costs ~15 us however short (on veth the receiver's kernel side runs in it):
+#: 8 and 16 gave 75 KB writes on 2 nodes 7% more than 4 and 8 once the
+#: receivers took a read's frames in one call (netns_bench, MTU 1500)
+STREAM_MAX = 16
 GSO_MAX_BYTES = 65000
 #: errors that say the kernel or the route cannot segment: fall back for good
 _GSO_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO})
