@@ -142,6 +142,8 @@ class RingStats:
                 "rings_formed": ss["rings_formed"],
                 "leaves": ss["leaves"],
                 "writer_holds": ss["writer_holds"],
+                "acks_sent": ss["acks_sent"],
+                "ack_stables": ss["ack_stables"],
                 "rx_packets": ts["rx_packets"],
                 "tx_packets": ts["tx_packets"],
             },
@@ -166,6 +168,10 @@ _RING_METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("leaves", "ais_ring_leaves", "leave messages honoured", True),
     ("writer_holds", "ais_ring_writer_holds", "token visits held for a local client's next "
      "write (writer_hold)", True),
+    ("acks_sent", "ais_ring_acks_sent", "ACKs sent for frames a writer's client waits for "
+     "(stable_acks)", True),
+    ("ack_stables", "ais_ring_ack_stables", "times ACKs made this node's messages stable "
+     "before the token came back (stable_acks)", True),
 )
 
 
