@@ -263,19 +263,24 @@ class Srp:
 
     def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]:
         """Datagrams read together, in arrival order: what ``receive`` on each in
-        turn would do, except that the deliveries a run of frames makes come
-        after the run (the transport performs a read's actions together anyway).
+        turn would do, except that the frames they bring are delivered after
+        all of them (the transport performs a read's actions together anyway):
+        a token read behind a run of frames is handled, and passed on, before
+        that run's messages are joined.  (Its visit then frees only what was
+        delivered before; the next visit frees the rest.)
         """
         self._out = []
         i, n = 0, len(datas)
+        stored_any = False
         while i < n:
             j, stored = self._frame_run(datas, i, now)
-            if stored:
-                self._deliver_ready()
+            stored_any |= stored
             if j == i:
                 self._receive_full(datas[i], now)
                 j += 1
             i = j
+        if stored_any and self.state is OPERATIONAL:
+            self._deliver_ready()
         if self._ack_owed:
             # after the whole read: a token read with the frames leaves first
             self._send_acks()
