@@ -222,6 +222,7 @@ class Srp:
         self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
         self._apart_until = 0.0
         self._out: list[Action] = []
+        self._succ: tuple[tuple[int, ...], int] = ((), 0)  #: (members, our successor in them)
         #: where a token visit's new frames go, one ``Send`` each, as they are
         #: framed (default: the returned actions, like every other Send).  A
         #: shell may set it to seal and send them at once, so the first frames
@@ -385,8 +386,13 @@ class Srp:
                 self._out.append(CancelTimer(kind))
 
     def _successor(self, members: tuple[int, ...]) -> int:
+        cached = self._succ
+        if cached[0] is members:
+            return cached[1]
         i = members.index(self.node_id)
-        return members[(i + 1) % len(members)]
+        succ = members[(i + 1) % len(members)]
+        self._succ = (members, succ)
+        return succ
 
     def _set_state(self, state: RingState, reason: str) -> None:
         if state is not self.state:
@@ -1249,12 +1255,10 @@ class Srp:
         self._wake_pending = False
         self._forwarded_at = now
         self._resent = False
-        cfg = self.cfg
-        if idle and t.ring_id.rep != me:
-            # It may rest at the representative before it comes back.
-            self._arm_retransmit(self._rto() + cfg.token_hold, now)
-        else:
-            self._arm_retransmit(self._rto(), now)
+        rto = self._rto()
+        # An idle token may rest at the representative before it comes back.
+        self._arm_retransmit(rto + self.cfg.token_hold if idle and t.ring_id.rep != me else rto,
+                             now, rto)
 
     # ------------------------------------------------- retransmission timing
 
@@ -1292,9 +1296,10 @@ class Srp:
         cfg = self.cfg
         return max(cfg.token_retransmit_min, min(cfg.token_retransmit, cfg.token / 20.0))
 
-    def _arm_retransmit(self, delay: float, now: float) -> None:
-        """First resend after ``delay`` ms; later ones after the RTO, doubling."""
-        self._rt_next = min(self._rto(), self._rt_ceiling())
+    def _arm_retransmit(self, delay: float, now: float, rto: float | None = None) -> None:
+        """First resend after ``delay`` ms; later ones after the RTO (``_rto()``,
+        never above the ceiling), doubling."""
+        self._rt_next = self._rto() if rto is None else rto
         self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
 
 
