@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="frame_size to configure (default: derived from loopback's MTU)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--modes", default="all", help="ckptbench.py --mode values, comma-separated")
+    ap.add_argument("--totem", default="", help="extra lines for the totem section")
     a = ap.parse_args(argv)
+    totem = "\n".join(filter(None, [f"\tframe_size: {a.frame_size}" if a.frame_size else "",
+                                     a.totem]))
     for n in (int(x) for x in a.nodes.split(",")):
-        with tempfile.TemporaryDirectory() as d, \
-                Cluster(Path(d), n, totem=f"\tframe_size: {a.frame_size}"
-                        if a.frame_size else "") as c:
+        with tempfile.TemporaryDirectory() as d, Cluster(Path(d), n, totem=totem) as c:
             c.start_all()
             for i in range(1, n + 1):
                 c.wait_socket(i)
