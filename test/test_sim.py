@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ais.totem.events import Deliver, TotemConfig
+from ais.totem.events import Deliver, Stable, TotemConfig
 from ais.totem.sim import (MsgKey, SimOptions, crypto_available, main, payload_of, run,
                            run_sync)
 
@@ -324,6 +324,26 @@ def test_checker_catches_a_stable_that_a_member_lacks(monkeypatch: pytest.Monkey
     assert "stable" in {v.invariant for v in r.violations}, r.report()
     monkeypatch.undo()
     assert_ok(73, STABLE_WRITERS)
+
+
+def test_checker_catches_a_stable_taken_from_one_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stable_acks: a writer that believed the most advanced member's ACK instead of
+    the least advanced one's would report frames stable that a member lacks; the
+    checker sees it in the first seed of STABLE_WRITERS."""
+    def on_ack(self: Srp, a: Any, now: float) -> None:
+        if self.state.value != "operational" or a.ring_id != self.ring_id:
+            return
+        self._acked[a.sender] = max(self._acked.get(a.sender, 0), a.aru)
+        low = min(self.rx.aru, max(self._acked.values()))
+        if low > self._stable_seq:
+            self._stable_seq = low
+            self._out.append(Stable(self.ring_id, low))
+    monkeypatch.setattr(Srp, "_on_ack", on_ack)
+    bad = [s for s in seeds(3) if "stable" in {v.invariant for v in run(s, STABLE_WRITERS)
+                                              .violations}]
+    assert bad, "the checker missed a Stable a member lacked"
+    monkeypatch.undo()
+    assert_ok(bad[0], STABLE_WRITERS)
 
 
 @SLOW

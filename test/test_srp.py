@@ -534,8 +534,9 @@ def test_stable_acks_answer_a_writer_a_round_trip_after_its_frame() -> None:
 
 def test_stable_acks_only_where_they_pay() -> None:
     """Nobody asks for ACKs for messages no local client waits for, nor in a ring
-    of two (the token goes straight back to the writer); lost ACKs cost nothing
-    but the early answer: the token still brings stability."""
+    of two (the token goes straight back to the writer), nor while the node's
+    earlier awaited messages are still short of stability; lost ACKs cost
+    nothing but the early answer: the token still brings stability."""
     net = formed(4)
     net.run(1)
     net.sent.clear()
@@ -551,6 +552,25 @@ def test_stable_acks_only_where_they_pay() -> None:
     net.drop = lambda src, dst, pkt: isinstance(pkt, wire.Ack)
     assert 4 * LATENCY - 1e-9 <= _answered_after_sent(net, B, b"acks lost") < 0.01
     assert net.nodes[B].srp.stats["ack_stables"] == 0
+    # a node whose awaited messages are still short of stability asks for none (its
+    # busy clients keep the ring full anyway): m1's ACKs are lost, so m2 leaves
+    # on the next visit while m1 waits for the token; m3, after both, asks again
+    net.sent.clear()
+
+    def frame_of(payload: bytes) -> wire.Mcast:
+        assert net.run_until(lambda: any(isinstance(p, wire.Mcast) and payload in p.payload
+                                         for _, _, _, p in net.sent), 1)
+        return next(p for _, _, _, p in net.sent
+                    if isinstance(p, wire.Mcast) and payload in p.payload)
+    net.mcast(B, b"m1", True)
+    first = frame_of(b"m1")
+    net.mcast(B, b"m2", True)
+    second = frame_of(b"m2")
+    assert first.flags == wire.MCAST_ACK and second.flags == 0
+    net.drop = None
+    assert net.run_until(lambda: not net.nodes[B].srp._awaited_sent, 1)
+    net.mcast(B, b"m3", True)
+    assert frame_of(b"m3").flags == wire.MCAST_ACK
 
 
 def test_writer_hold_sends_a_synchronous_writers_next_message_on_the_same_visit() -> None:

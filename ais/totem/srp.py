@@ -1093,9 +1093,12 @@ class Srp:
                 queue = self.queue
                 take = queue.take_frame
                 emit = out.append if sink is None else sink
-                # stable_acks: a frame that ends awaited messages asks for ACKs (in a
-                # ring of two the token itself goes straight back to us)
-                ask = cfg.stable_acks and len(self.members) > 2
+                # stable_acks: a frame that ends awaited messages asks for ACKs.  Not
+                # in a ring of two (the token itself goes straight back to us), nor
+                # while awaited messages of ours are still short of stability: busy
+                # clients keep the ring full anyway, and the ACKs would only add
+                # packets (8 clients on 3 nodes: 10-20% fewer writes with them)
+                ask = cfg.stable_acks and len(self.members) > 2 and not self._awaited_sent
                 framed = queue.awaited_framed
                 while sent < allowed:
                     frame = take()
