@@ -1,0 +1,120 @@
+"""A receiver's cost per datagram: ``Srp.receive`` one by one against ``receive_many``.
+
+    python bench/receive_bench.py [--nodes 3] [--size 74822] [--count 300] [--frame-size 1413]
+
+A ring of ``--nodes`` on the scripted network (``test/totem_harness.py``);
+node 1 writes ``--count`` messages of ``--size`` bytes, one at a time, at
+Ethernet's frame size.  Everything node 2 receives meanwhile (frames and
+tokens) is recorded, sealed with the ring's cipher, and replayed into copies
+of node 2 taken before the writes: opened and handed to the core one
+datagram at a time, and in the runs a read brings (up to 44 frames, what
+``UDP_GRO`` coalesces into 64 KiB; a token alone).  Prints microseconds per
+datagram, the best of 7 replays.  Speed is printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
+
+from ais.totem.crypto import Crypto  # noqa: E402
+from ais.totem.events import TotemConfig  # noqa: E402
+from ais.totem.srp import Srp  # noqa: E402
+from totem_harness import Net  # noqa: E402
+
+KEY = b"k" * 32
+RUN = 44  #: frames of 1448 bytes in one 64 KiB GRO read
+
+
+def record(nodes: int, size: int, count: int, frame_size: int) -> tuple[Srp, list]:
+    """Node 2 before the writes, and what it received during them: (data, now)."""
+    cfg = dataclasses.replace(TotemConfig(), frame_size=frame_size)
+    net = Net(list(range(1, nodes + 1)), cfg)
+    net.start()
+    assert net.run_until(net.one_ring, 5)
+    payload = bytes(size)
+
+    def write(n: int) -> None:
+        node = net.nodes[2]
+        for _ in range(n):
+            node.deliveries.clear()  # (keeps memory flat)
+            net.sent.clear()
+            net.mcast(1, payload, True)
+            assert net.run_until(lambda: bool(node.messages), 5)
+    write(10)
+    start = copy.deepcopy(net.nodes[2].srp)
+    got: list = []
+    call = net._call
+
+    def recording(i: int, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        if i == 2 and fn.__name__ == "receive":
+            got.append((args[0], net.now))
+        call(i, fn, *args)
+    net._call = recording  # type: ignore[method-assign]
+    write(count)
+    return start, got
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--size", type=int, default=74822)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--frame-size", type=int, default=1413)
+    a = ap.parse_args(argv)
+    start, got = record(a.nodes, a.size, a.count, a.frame_size)
+    sealer = Crypto(KEY)
+    sealed = [(sealer.seal(d), now) for d, now in got]
+    runs: list[list] = []
+    cur: list = []
+    for d, now in sealed:
+        if len(d) < 300:  # a token: a read of its own
+            if cur:
+                runs.append(cur)
+                cur = []
+            runs.append([(d, now)])
+        else:
+            cur.append((d, now))
+            if len(cur) == RUN:
+                runs.append(cur)
+                cur = []
+    if cur:
+        runs.append(cur)
+
+    def one_by_one() -> float:
+        srp, opener = copy.deepcopy(start), Crypto(KEY)
+        gc.collect()
+        t0 = time.perf_counter()
+        for d, now in sealed:
+            srp.receive(opener.open_untrusted(d), now)
+        return time.perf_counter() - t0
+
+    def by_read() -> float:
+        srp, opener = copy.deepcopy(start), Crypto(KEY)
+        gc.collect()
+        t0 = time.perf_counter()
+        for run in runs:
+            srp.receive_many([opener.open_untrusted(d) for d, _ in run], run[-1][1])
+        return time.perf_counter() - t0
+
+    frames = sum(len(d) > 300 for d, _ in got)
+    print(f"node 2 of {a.nodes}: {len(got)} datagrams ({frames} frames) for {a.count} "
+          f"writes of {a.size} bytes; opened and handed to the core:")
+    ways = [("receive, one by one", one_by_one)]
+    if hasattr(Srp, "receive_many"):  # (so that older trees can be measured too)
+        ways.append(("receive_many, per read", by_read))
+    for name, fn in ways:
+        best = min(fn() for _ in range(7))
+        print(f"  {name:24} {best / len(got) * 1e6:6.2f} us per datagram")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
