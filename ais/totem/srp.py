@@ -47,6 +47,23 @@ then carried out, as for the representative's rest, as the same visit (it
 is not a consecutive one for stability).  No hold while awaited messages of
 ours are still short of stability, nor at the representative of a ring of two.
 
+Stable ACKs.  In a ring of three or more, a frame that ends a message a
+local client waits for carries ``MCAST_ACK`` (only while none of the node's
+earlier awaited messages are still short of stability).  Every member that
+holds everything up to such a frame unicasts an ACK with its aru to the
+frame's sender, once, after the rest of the read it came in.  Arus never
+fall within a ring, so once every other member's ACK covers a seq (and we
+hold it too) it is reported ``Stable`` a round trip after it left instead of
+when the token comes back; the token still carries the same news (lost ACKs
+only lose the head start) and alone frees frames.  ``_ack_answered`` carries
+the messages answered this way into the next visit's writer hold.
+
+Reads.  ``receive_many`` takes what one wake-up read: a run of common frames
+is stored with the checks made once for the run (``_frame_run``, also the
+single-datagram fast path), anything else takes the full path in order, and
+the frames are delivered after all of it, so a token read behind them is
+passed on before their messages are joined.
+
 Membership.  GATHER exchanges JOIN messages (process set, fail set); when all
 of (proc - fail) sent sets equal to ours, the lowest of them creates a commit
 token for a new ring id (highest ring seq seen + 4).  Its first rotation
