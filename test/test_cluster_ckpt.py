@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,50 +180,47 @@ def test_testckpt_and_benchmarks_on_a_two_node_cluster(tmp_path):
         print(p.stdout)
 
 
+def _writer_on_node_2(tmp_path: Path, totem: str = "") -> dict[int, dict]:
+    """300 synchronous 1 KiB writes from a client of node 2 of three real executives;
+    every node's ring stats (ais-status --json) afterwards.  Every write returned,
+    so every node held it (WR_ALL_REPLICAS)."""
+    with Cluster(tmp_path, 3, totem=totem) as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        p = c.client(2, str(ROOT / "examples" / "ckptbench.py"), "--count", "300",
+                     "--sizes", "1", timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "300 writes" in p.stdout, p.stdout
+        stats = {}
+        for n in (1, 2, 3):
+            r = c.client(n, "import sys; from ais.status import main; "
+                         "sys.exit(main(sys.argv[1:]))", "--json")
+            assert r.returncode == 0, r.stderr
+            stats[n] = json.loads(r.stdout.splitlines()[0])["ring"]["stats"]
+        return stats
+
+
 @pytest.mark.timeout(180)
-def _ring_stats(c: Cluster, n: int) -> dict:
-    r = c.client(n, "import sys; from ais.status import main; sys.exit(main(sys.argv[1:]))",
-                 "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.splitlines()[0])["ring"]["stats"]
-
-
 def test_writer_hold_on_real_executives(tmp_path):
-    """Three real executives: a synchronous writer on node 2 (not the representative)
-    gets the token kept for its next write, which its node counts (ring stats
-    ``writer_holds`` in ais-status --json); node 3, with no client, never holds.
-    Every write returned, so every node held it (WR_ALL_REPLICAS).  (Without
-    stable_acks, which answer most writes before the token is back.)"""
-    with Cluster(tmp_path, 3, totem="stable_acks: off") as c:
-        start_ready(c, [1, 2, 3])
-        c.wait_ring([1, 2, 3])
-        p = c.client(2, str(ROOT / "examples" / "ckptbench.py"), "--count", "300",
-                     "--sizes", "1", timeout=120)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert "300 writes" in p.stdout, p.stdout
-
-        assert _ring_stats(c, 2)["writer_holds"] >= 150  # most: the rest met other traffic
-        assert _ring_stats(c, 3)["writer_holds"] == 0
-        assert all(_ring_stats(c, n)["acks_sent"] == 0 for n in (1, 2, 3))
+    """The writer on node 2 (not the representative) gets the token kept for its next
+    write, which its node counts (``writer_holds``); node 3, with no client, never
+    holds.  (Without stable_acks, which answer most writes before the token is back.)"""
+    stats = _writer_on_node_2(tmp_path, "stable_acks: off")
+    assert stats[2]["writer_holds"] >= 150  # most: the rest met other traffic
+    assert stats[3]["writer_holds"] == 0
+    assert all(stats[n]["acks_sent"] == 0 for n in (1, 2, 3))
 
 
+@pytest.mark.timeout(180)
 def test_stable_acks_on_real_executives(tmp_path):
-    """Three real executives, stable_acks on (the default): each synchronous write of
-    a client of node 2 asks the others for ACKs, and node 2 answers most writes on
-    them before the token comes back (ring stats ``acks_sent``, ``ack_stables``).
-    Every write returned, so every node held it (WR_ALL_REPLICAS)."""
-    with Cluster(tmp_path, 3) as c:
-        start_ready(c, [1, 2, 3])
-        c.wait_ring([1, 2, 3])
-        p = c.client(2, str(ROOT / "examples" / "ckptbench.py"), "--count", "300",
-                     "--sizes", "1", timeout=120)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert "300 writes" in p.stdout, p.stdout
-        stats = {n: _ring_stats(c, n) for n in (1, 2, 3)}
-        assert stats[1]["acks_sent"] >= 300 and stats[3]["acks_sent"] >= 300
-        assert stats[2]["acks_sent"] == 0  # nobody else waited for anything
-        assert stats[2]["ack_stables"] >= 150  # most: the token won some races
-        assert stats[1]["ack_stables"] == stats[3]["ack_stables"] == 0
+    """stable_acks on (the default): each write of the client of node 2 asks the
+    others for ACKs, and node 2 answers most writes on them before the token comes
+    back (``acks_sent``, ``ack_stables``)."""
+    stats = _writer_on_node_2(tmp_path)
+    assert stats[1]["acks_sent"] >= 300 and stats[3]["acks_sent"] >= 300
+    assert stats[2]["acks_sent"] == 0  # nobody else waited for anything
+    assert stats[2]["ack_stables"] >= 150  # most: the token won some races
+    assert stats[1]["ack_stables"] == stats[3]["ack_stables"] == 0
 
 
 RETENTION = PRELUDE + r"""
