@@ -80,11 +80,11 @@ Versions.  Each checkpoint carries ``updates`` (replicated changes since
 creation: write, overwrite, section create/delete/expiry, expiration change,
 retention duration set, active replica set), the ring of its last update,
 and ``digest``, a hash chained over its creation and every update message
-applied, in order (16 bytes of BLAKE2b over the previous digest and the
-message with its sender, not over the data).  Equal versions mean equal histories, hence
-equal bytes.  The last ``HISTORY_MAX`` earlier versions, and as many at the
-ends of earlier rings, travel along so a merge can tell how much a losing
-replica had that the winner lacks.
+applied, in order (16 bytes of SHA-256 over the previous digest, the
+message id, its sender and its payload, data included: ``_chain``).  Equal
+versions mean equal histories, hence equal bytes.  The last ``HISTORY_MAX``
+earlier versions, and as many at the ends of earlier rings, travel along so a
+merge can tell how much a losing replica had that the winner lacks.
 
 Merge rule.  The A.01.01 checkpoint specification describes replicas and
 how writes reach them, but says nothing about reconciling replicas after a
