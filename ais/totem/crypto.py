@@ -209,7 +209,6 @@ class Crypto:
             raise InvalidDigest(f"bad header or short packet ({len(data)} bytes)")
         nonce = bytes(data[1:_HEADER])
         window = self._window
-        state = None
         if window:
             session = nonce[:_SESSION_BYTES]
             counter = int.from_bytes(nonce[_SESSION_BYTES:], "big")
@@ -229,33 +228,26 @@ class Crypto:
             raise InvalidDigest("MAC check failed") from None
         except (ValueError, TypeError) as e:
             raise InvalidDigest(str(e)) from None
-        if state is not None:
-            if session != self._last_session:
-                # the most recently used at the end, for eviction; a run of
-                # packets from one sender finds it there already
-                self._sessions.move_to_end(session)
-                self._last_session = session
-            high = state[0]
-            if counter > high:
-                ahead = counter - high
-                if ahead < window:
-                    # Bits beyond the window are never read (``back >= window``
-                    # is refused first), so the bitmap is cut back only once it
-                    # has grown to twice the window: one big-int operation
-                    # less for most packets.
-                    bits = state[1] << ahead | 1
-                    state[1] = bits & self._mask if bits.bit_length() > 2 * window else bits
-                else:
-                    state[1] = 1
-                state[0] = counter
-            else:
-                state[1] |= 1 << (high - counter)
-        elif window:
+        if window:
             sessions = self._sessions
-            if len(sessions) >= MAX_SESSIONS:
-                sessions.popitem(last=False)
-            sessions[session] = [counter, 1]  # (at the end)
-            self._last_session = session
+            if state is None:
+                if len(sessions) >= MAX_SESSIONS:
+                    sessions.popitem(last=False)
+                sessions[session] = [counter, 1]  # (at the end)
+                self._last_session = session
+            else:
+                if session != self._last_session:
+                    # the most recently used at the end, for eviction; a run of
+                    # packets from one sender finds it there already
+                    sessions.move_to_end(session)
+                    self._last_session = session
+                high = state[0]
+                if counter > high:
+                    state[1] = (state[1] << (counter - high) | 1) & self._mask \
+                        if counter - high < window else 1
+                    state[0] = counter
+                else:
+                    state[1] |= 1 << (high - counter)
         return plain
 
 

@@ -239,7 +239,6 @@ class Srp:
         self._apart: frozenset[int] = frozenset()  # ... and whom we keep away from
         self._apart_until = 0.0
         self._out: list[Action] = []
-        self._succ: tuple[tuple[int, ...], int] = ((), 0)  #: (members, our successor in them)
         #: where a token visit's new frames go, one ``Send`` each, as they are
         #: framed (default: the returned actions, like every other Send).  A
         #: shell may set it to seal and send them at once, so the first frames
@@ -269,15 +268,7 @@ class Srp:
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         """One datagram from the network (already authenticated and decrypted)."""
-        self._out = []
-        taken, stored = self._frame_run((data,), 0, now)
-        if stored:
-            self._deliver_ready()
-        elif not taken:
-            self._receive_full(data, now)
-        if self._ack_owed:
-            self._send_acks()
-        return self._out
+        return self.receive_many((data,), now)
 
     def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]:
         """Datagrams read together, in arrival order: what ``receive`` on each in
@@ -403,13 +394,8 @@ class Srp:
                 self._out.append(CancelTimer(kind))
 
     def _successor(self, members: tuple[int, ...]) -> int:
-        cached = self._succ
-        if cached[0] is members:
-            return cached[1]
         i = members.index(self.node_id)
-        succ = members[(i + 1) % len(members)]
-        self._succ = (members, succ)
-        return succ
+        return members[(i + 1) % len(members)]
 
     def _set_state(self, state: RingState, reason: str) -> None:
         if state is not self.state:
@@ -541,12 +527,19 @@ class Srp:
             if m != me:
                 low = min(low, acked.get(m, 0))
         if low > self._stable_seq:
-            done = self._awaited_sent
-            while done and done[0][0] <= low:
-                self._ack_answered += done.popleft()[1]
-            self._stable_seq = low
+            self._ack_answered += self._report_stable(low)
             self.stats["ack_stables"] += 1
-            self._out.append(Stable(self.ring_id, low))
+
+    def _report_stable(self, low: int) -> int:
+        """Every member holds every frame up to ``low`` (above what was reported):
+        say so; returns how many of our awaited messages that answers."""
+        answered = 0
+        done = self._awaited_sent
+        while done and done[0][0] <= low:
+            answered += done.popleft()[1]
+        self._stable_seq = low
+        self._out.append(Stable(self.rx.ring_id, low))
+        return answered
 
     def _on_probe(self, p: Probe, now: float) -> None:
         if p.kind == wire.LEAVE:
@@ -566,7 +559,7 @@ class Srp:
                         # was lost here, resend after a rotation's wait, not
                         # after the representative's rest as well.
                         self._forwarded_idle = False
-                        self._arm_retransmit(self._rto(), now)
+                        self._arm_retransmit(now)
         elif (p.ring_id != self.ring_id and p.sender not in self.members
                 and not self._is_apart(p.sender, now) and self.guard.may_gather(now)):
             self._enter_gather(f"merge detect from ring {p.ring_id}", now)
@@ -880,7 +873,7 @@ class Srp:
         dest = self._successor(c.members)
         self._last_sent = (data, dest)
         self._out.append(Send(data, dest))
-        self._arm_retransmit(self._rto(), now)
+        self._arm_retransmit(now)
 
     def _enter_recovery(self, c: Commit, now: float) -> None:
         self._set_state(RECOVERY, f"ring {c.ring_id}")
@@ -1012,8 +1005,7 @@ class Srp:
         self._deliver_ready()
         rx.free(rx.delivered)
         if rx.delivered > self._stable_seq:  # a ring of one: held by every member at once
-            self._stable_seq = rx.delivered
-            self._out.append(Stable(rx.ring_id, rx.delivered))
+            self._report_stable(rx.delivered)
 
     def _release_held(self, now: float) -> None:
         """Somebody has something to send: the resting token moves on at once."""
@@ -1161,11 +1153,7 @@ class Srp:
         answered = 0  # awaited messages of ours that just became stable
         if not recovering:
             if low > self._stable_seq:  # every member holds every frame up to low
-                done = self._awaited_sent
-                while done and done[0][0] <= low:
-                    answered += done.popleft()[1]
-                self._stable_seq = low
-                out.append(Stable(ring_id, low))
+                answered = self._report_stable(low)
             low = min(low, rx.delivered)
             answered += self._ack_answered  # (answered since our last visit)
             self._ack_answered = 0
@@ -1275,10 +1263,8 @@ class Srp:
         self._wake_pending = False
         self._forwarded_at = now
         self._resent = False
-        rto = self._rto()
         # An idle token may rest at the representative before it comes back.
-        self._arm_retransmit(rto + self.cfg.token_hold if idle and t.ring_id.rep != me else rto,
-                             now, rto)
+        self._arm_retransmit(now, self.cfg.token_hold if idle and t.ring_id.rep != me else 0.0)
 
     # ------------------------------------------------- retransmission timing
 
@@ -1316,11 +1302,11 @@ class Srp:
         cfg = self.cfg
         return max(cfg.token_retransmit_min, min(cfg.token_retransmit, cfg.token / 20.0))
 
-    def _arm_retransmit(self, delay: float, now: float, rto: float | None = None) -> None:
-        """First resend after ``delay`` ms; later ones after the RTO (``_rto()``,
-        never above the ceiling), doubling."""
-        self._rt_next = self._rto() if rto is None else rto
-        self._arm(TimerKind.TOKEN_RETRANSMIT, delay, now)
+    def _arm_retransmit(self, now: float, extra: float = 0.0) -> None:
+        """First resend after the RTO plus ``extra`` ms; later ones after the RTO
+        (never above the ceiling), doubling."""
+        self._rt_next = rto = self._rto()
+        self._arm(TimerKind.TOKEN_RETRANSMIT, rto + extra, now)
 
 
 __all__ = ["Srp", "RingState", "SendQueueFull"]
