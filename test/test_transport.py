@@ -151,6 +151,35 @@ def cleanup() -> Iterable[list[object]]:
 # -- stand-in tests ------------------------------------------------------------------
 
 @pytest.mark.timeout(20)
+def test_callbacks_of_timers_and_mcast_may_block(cleanup: list) -> None:
+    """What a timer or an ``mcast`` brings is performed from the event loop's hub,
+    where nothing may block; a delivery there reaches services that may (AMF
+    starts component processes), so it runs in a greenlet: a callback that
+    yields is no ring failure, and what it delivers arrives in order."""
+    port = free_port()
+    rid = RingId(8, node_of("127.0.0.1"))
+    srp = StubSrp("127.0.0.1",
+                  on_start=lambda now: [StartTimer(TimerKind.JOIN, now + 0.01)],
+                  on_timer=lambda k, now: [Deliver(1, b"from a timer", rid)])
+    srp.mcast = lambda payload, now, awaited=False: [Deliver(1, payload, rid)]  # type: ignore
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    got: list[bytes] = []
+
+    def blocking(d: Deliver) -> None:
+        gevent.sleep(0.001)  # (a process start waits on a pipe like this)
+        got.append(d.payload)
+    h.t.on_deliver = blocking
+    h.t.start()
+    gevent.sleep(0.05)
+    h.t.mcast(b"one")
+    h.t.mcast(b"two")
+    gevent.sleep(0.05)
+    assert h.fatal == []
+    assert got == [b"from a timer", b"one", b"two"]
+
+
+@pytest.mark.timeout(20)
 def test_packets_go_encrypted_to_members_but_not_self(cleanup: list) -> None:
     port = free_port()
     raw2 = udp_sock("127.0.0.2", port)

@@ -11,7 +11,9 @@ Theory of operation (STYLE P1, P2):
   first, and the answers are performed together, so the sends among them (a
   token read behind a run of frames) leave before that run's deliveries.
   Each armed timer kind has one event-loop timer watcher, whose callback
-  performs in the hub like the ``mcast`` callback below; ``StartTimer``
+  runs in the hub like the ``mcast`` callback below (both perform sends and
+  timers there, and hand anything for the callbacks, which may block, to a
+  greenlet); ``StartTimer``
   replaces it, ``CancelTimer`` stops it.  (A greenlet per timer, as before,
   cost a spawn and a kill per token visit and several switches: about a tenth
   of a token's handling.)  Everything runs in one thread and the
@@ -179,6 +181,10 @@ class SrpLike(Protocol):
     def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]: ...
     def leave(self, now: float) -> list[Action]: ...
 
+
+
+#: actions the hub may perform itself: they call no callback
+_HUB_SAFE = (Send, StartTimer, CancelTimer)
 
 
 def _sends_first(actions: list[Action]) -> list[Action]:
@@ -688,21 +694,37 @@ class Transport:
         del self._timers[kind]
         self.stats["timers_fired"] += 1
         try:
-            self._perform(self.srp.timer(kind, self.clock()))
+            actions = self.srp.timer(kind, self.clock())
         except Exception as e:
             # In the hub, nobody else would hear of it: gevent only prints it.
             self._fatal(e)
+            return
+        self._perform_from_hub(actions)
 
     # -- performing actions ----------------------------------------------------
 
     def _drain_queued(self) -> None:
         self._drain_armed = False
+        self._perform_from_hub([])
+
+    def _perform_from_hub(self, actions: list[Action]) -> None:
+        """Perform what a timer or ``mcast`` brought; we run in the hub, where
+        nothing may block.  Sends and timers are performed at once; anything
+        for the callbacks (they reach the services, which may block: AMF starts
+        component processes) in a greenlet of its own, in the same order."""
+        if any(not isinstance(a, _HUB_SAFE) for a in self._pending) or \
+                any(not isinstance(a, _HUB_SAFE) for a in actions):
+            gevent.spawn(self._perform_guarded, actions)
+        else:
+            self._perform_guarded(actions)
+
+    def _perform_guarded(self, actions: list[Action]) -> None:
         if self.state is not TransportState.RUNNING:
             return
         try:
-            self._perform([])
+            self._perform(actions)
         except Exception as e:
-            # In the hub, nobody else would hear of it: gevent only prints it.
+            # Nobody else would hear of it: gevent only prints it.
             self._fatal(e)
 
     def _perform(self, actions: list[Action]) -> None:
