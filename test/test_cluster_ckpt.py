@@ -214,12 +214,14 @@ def test_writer_hold_on_real_executives(tmp_path):
 @pytest.mark.timeout(180)
 def test_stable_acks_on_real_executives(tmp_path):
     """stable_acks on (the default): each write of the client of node 2 asks the
-    others for ACKs, and node 2 answers most writes on them before the token comes
-    back (``acks_sent``, ``ack_stables``)."""
+    others for ACKs, and node 2 answers writes on them before the token comes back
+    (``acks_sent``, ``ack_stables``).  How many ACKs beat the token depends on which
+    process the kernel wakes first: 55-65% here, alone or beside two busy loops, 46% in
+    one CI run; the simulator's test_sim measures the gain itself, deterministically."""
     stats = _writer_on_node_2(tmp_path)
     assert stats[1]["acks_sent"] >= 300 and stats[3]["acks_sent"] >= 300
     assert stats[2]["acks_sent"] == 0  # nobody else waited for anything
-    assert stats[2]["ack_stables"] >= 150  # most: the token won some races
+    assert stats[2]["ack_stables"] >= 30  # without ACKs taken in: 0
     assert stats[1]["ack_stables"] == stats[3]["ack_stables"] == 0
 
 
