@@ -521,7 +521,8 @@ class TotemSettings:
 "0: they are exact", within=(0, 4 * 1024 * 1024))
     frame_size: int | None = _setting(
         _positive_int, None,
-        "largest frame before encryption, if you would rather set it directly",
+        "largest frame before encryption, if you would rather set it directly (above the "
+        "interface's MTU IP fragments the datagrams, and the executive warns)",
         shown="derived from `netmtu`", within=FRAME_SIZE_RANGE)
     netmtu: int | None = _setting(
         _positive_int, None,

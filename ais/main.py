@@ -169,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     node_id = node_of(bind_addr)
     node_log = NodeAdapter(logging.getLogger("ais.totem"), bind_addr)
     state_file = os.path.join(statedir, f"ringseq-{bind_addr}")
-    totem_cfg = cfg.to_totem_config(netif.interface_mtu(bind_addr, interfaces))
+    iface_mtu = netif.interface_mtu(bind_addr, interfaces)
+    totem_cfg = cfg.to_totem_config(iface_mtu)
+    if iface_mtu is not None and totem_cfg.frame_size + config_mod.FRAME_OVERHEAD > iface_mtu:
+        # It works (IP fragments them), but a lost fragment loses the frame.
+        logger.warning("frames of %d bytes make datagrams larger than the MTU of the ring's "
+                       "interface (%d): IP fragments them, and one lost fragment loses the "
+                       "frame (see frame_size and netmtu)", totem_cfg.frame_size, iface_mtu)
     if cfg.network.members:
         # udpu: the ring refuses packets naming anyone else (ais/totem/guard.py)
         totem_cfg = dataclasses.replace(

@@ -3,6 +3,7 @@ namespaces the test creates (``transport: udp``, ``bindnetaddr`` given as the
 network address, as in the QUICKSTART)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -43,3 +44,33 @@ def test_multicast_cluster_forms_survives_a_kill_and_testclm_sees_it(tmp_path, n
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_frames_larger_than_the_mtu_still_reach_every_member(tmp_path, netns_lan) -> None:
+    """``frame_size: 4000`` on a LAN of MTU 1500: the kernel refuses to segment
+    such frames (EMSGSIZE), so the transport sends them one by one and IP
+    fragments them.  (Before, the refused segmented sends were dropped: the
+    first large writes left the receivers behind, they declared they failed
+    to receive, and each node went on alone while the writes still returned.)
+    The executive warns about the fragmentation at start."""
+    nss, addrs = netns_lan
+    with Cluster(tmp_path, 2, netns=nss[:2], addrs=addrs[:2], bindnetaddr="10.250.0.0",
+                 port=5405, totem="frame_size: 4000") as c:
+        c.start_all()
+        c.wait_ring([1, 2])
+        assert "larger than the MTU of the ring's interface (1500)" in c.nodes[1].log_text()
+        p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", "40",
+                     "--sizes", "73", timeout=120)
+        assert p.returncode == 0 and "40 writes" in p.stdout, p.stdout + p.stderr
+        stats = {}
+        for n in (1, 2):
+            r = c.client(n, "import sys; from ais.status import main; "
+                         "sys.exit(main(sys.argv[1:]))", "--json")
+            assert r.returncode == 0, r.stderr
+            ring = json.loads(r.stdout.splitlines()[0])["ring"]
+            assert len(ring["members"]) == 2, ring
+            stats[n] = ring["stats"]
+        assert stats[1]["rings_formed"] == stats[2]["rings_formed"] == 1
+        # 40 writes of 73 KiB in frames of 4000 bytes: ~19 frames each
+        assert stats[2]["rx_packets"] >= 40 * 18
+        assert "failed to receive" not in c.nodes[2].log_text()

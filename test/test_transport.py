@@ -979,23 +979,26 @@ def test_a_token_read_behind_frames_is_forwarded_before_their_deliveries(cleanup
 
 
 class _NoSegmentation:
-    """A socket whose kernel refuses UDP_SEGMENT (as before Linux 4.18)."""
+    """A socket whose kernel refuses UDP_SEGMENT (EINVAL: as before Linux 4.18;
+    EMSGSIZE: segments larger than the interface's MTU)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, code: int = errno.EINVAL) -> None:
         self._sock = sock
+        self.code = code
         self.refused = 0
 
     def sendmsg(self, *args: object) -> int:
         self.refused += 1
-        raise OSError(errno.EINVAL, "Invalid argument")
+        raise OSError(self.code, os.strerror(self.code))
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._sock, name)
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EMSGSIZE])
 def test_without_segmentation_offload_it_falls_back_to_one_send_each(
-        cleanup: list, caplog: pytest.LogCaptureFixture) -> None:
+        cleanup: list, caplog: pytest.LogCaptureFixture, code: int) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     port = free_port()
     raw = udp_sock("127.0.0.2", port)
@@ -1003,7 +1006,7 @@ def test_without_segmentation_offload_it_falls_back_to_one_send_each(
     h = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
     cleanup.append(h.t)
     h.t.start()
-    fake = _NoSegmentation(h.t._sock)  # type: ignore[arg-type]
+    fake = _NoSegmentation(h.t._sock, code)  # type: ignore[arg-type]
     h.t._sock = fake  # type: ignore[assignment]
     h.t._gso = True
     burst = _burst(10)

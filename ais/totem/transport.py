@@ -163,8 +163,11 @@ STREAM_FIRST = 8
 #: receivers took a read's frames in one call (netns_bench, MTU 1500)
 STREAM_MAX = 16
 GSO_MAX_BYTES = 65000
-#: errors that say the kernel or the route cannot segment: fall back for good
-_GSO_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO})
+#: errors that say the kernel or the route cannot segment: fall back for good.
+#: EMSGSIZE: frames larger than the interface's MTU (``frame_size`` set above
+#: it), which the kernel only segments if it may fragment them, one by one
+_GSO_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO,
+                              errno.EMSGSIZE})
 #: room for the UDP_GRO control message (an int)
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
