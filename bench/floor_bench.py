@@ -68,13 +68,18 @@ def hop_main(args: argparse.Namespace) -> int:
         conn.send(udp.recv(65536))
 
 
-def rate(fn: Callable[[], None], count: int) -> float:
-    """Round trips per second of ``fn`` over ``count`` calls (after 200 warm-up)."""
+def rate(send: Callable[[bytes], object], recv: Callable[[int], object], size: int,
+         count: int) -> float:
+    """Round trips per second: ``send`` a message of ``size`` bytes, ``recv`` the
+    answer, ``count`` times (after 200 to warm up)."""
+    msg = bytes(size)
     for _ in range(200):
-        fn()
+        send(msg)
+        recv(65536)
     t0 = time.perf_counter()
     for _ in range(count):
-        fn()
+        send(msg)
+        recv(65536)
     return count / (time.perf_counter() - t0)
 
 
@@ -88,12 +93,7 @@ def unix_pingpong(size: int, count: int) -> float:
             b.send(data)
         os._exit(0)
     b.close()
-    msg = bytes(size)
-
-    def once() -> None:
-        a.send(msg)
-        a.recv(65536)
-    r = rate(once, count)
+    r = rate(a.send, a.recv, size, count)
     a.close()
     os.waitpid(pid, 0)
     return r
@@ -125,12 +125,7 @@ def chain(nss: list[str], addrs: list[str], size: int, count: int, tmp: str,
         # the client runs in A's namespace: a Unix socket is a file, any namespace reaches it
         c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         c.connect(path)
-        msg = bytes(size)
-
-        def once() -> None:
-            c.send(msg)
-            c.recv(65536)
-        r = rate(once, count)
+        r = rate(c.send, c.recv, size, count)
         c.close()
         return r
     finally:
@@ -156,13 +151,8 @@ def udp_pingpong(nss: list[str], addrs: list[str], size: int, count: int) -> flo
 def udp_client_main(args: argparse.Namespace) -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", PORT))
-    msg = bytes(args.size)
     to = (args.to, PORT)
-
-    def once() -> None:
-        s.sendto(msg, to)
-        s.recv(65536)
-    print(f"{rate(once, args.count):.1f}")
+    print(f"{rate(lambda m: s.sendto(m, to), s.recv, args.size, args.count):.1f}")
     return 0
 
 
