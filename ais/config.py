@@ -447,6 +447,8 @@ class LoggingConfig:
 
 
 _RING = TotemConfig()
+#: ms the executive polls after activity (``busy_poll``): not the ring's, the event loop's
+BUSY_POLL = 0.5
 #: Smallest and largest ring frame: room for headers, and one UDP datagram
 #: (65507 bytes) with space left for the crypto envelope.
 FRAME_SIZE_RANGE = (576, 65000)
@@ -507,6 +509,12 @@ class TotemSettings:
         "in rings of three or more: the frame that ends a message a local client waits for "
         "asks every member for an ACK; once all answered, the client is answered without "
         "waiting for the token to come round (on/off)", shown="on")
+    busy_poll: float = _setting(
+        _millis_or_zero, BUSY_POLL,
+        "after each packet or client request the executive keeps polling its sockets this "
+        "long instead of sleeping, giving the processor to anything else runnable meanwhile: "
+        "a sleeping process wakes slowly where idle processors halt (virtual machines), and "
+        "a synchronous write waits for four wake-ups; 0: off", within=(0, 100))
     window_size: int = _setting(_positive_int, _RING.window_size,
                                 "frames per rotation, whole ring (a minimum: see "
                                 "`window_bytes`)")

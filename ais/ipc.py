@@ -66,6 +66,7 @@ import secrets
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -408,6 +409,8 @@ class IpcServer:
         self._limit_logs: dict[str, RateLimiter] = {}
         self._error_log = RateLimiter(burst=5, interval=10.0)
         self._trim_armed = False
+        #: called for each client request read (the transport's busy polling)
+        self.on_request: Callable[[], None] | None = None
         self.group_gid: int | None = None
         if group is not None:
             try:
@@ -544,6 +547,8 @@ class IpcServer:
                 frame = reader.next()
                 if frame is None:
                     break
+                if self.on_request is not None:
+                    self.on_request()
                 served += 1
                 if served % YIELD_EVERY == 0:
                     # A pipelining client: let the writers, the ring and the other

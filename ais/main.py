@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mcast_addr=net.mcastaddr, members=[str(m) for m in net.members],
         on_deliver=host.on_deliver, on_confchg=on_confchg, on_stable=host.on_stable,
         log=node_log,
-        state_file=state_file)
+        state_file=state_file, busy_poll=cfg.totem.busy_poll / 1000.0)
     ring_stats = RingStats(srp, transport)
     status = host.service_by_name("status")
     if status is not None:
@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_connections=lim.max_connections, max_queued_callbacks=lim.max_queued_callbacks,
         max_queued_bytes=lim.max_queued_bytes, max_buffered_bytes=lim.max_buffered_bytes,
         frame_timeout=lim.frame_timeout / 1000.0))
+    ipc.on_request = transport.kick  # a client's next request is read at once
     # As the reference does: services and the client socket first, then the
     # ring; requests that need the ring wait in the host until it has formed.
     metrics = None

@@ -144,6 +144,8 @@ class RingStats:
                 "writer_holds": ss["writer_holds"],
                 "acks_sent": ss["acks_sent"],
                 "ack_stables": ss["ack_stables"],
+                "busy_polls": ts["busy_polls"],
+                "busy_poll_ms": ts["busy_poll_us"] // 1000,
                 "rx_packets": ts["rx_packets"],
                 "tx_packets": ts["tx_packets"],
             },
@@ -172,6 +174,10 @@ _RING_METRICS: tuple[tuple[str, str, str, bool], ...] = (
      "(stable_acks)", True),
     ("ack_stables", "ais_ring_ack_stables", "times ACKs made this node's messages stable "
      "before the token came back (stable_acks)", True),
+    ("busy_polls", "ais_busy_polls", "times the event loop began polling instead of sleeping "
+     "(busy_poll)", True),
+    ("busy_poll_ms", "ais_busy_poll_milliseconds", "time spent polling instead of sleeping "
+     "(busy_poll)", True),
 )
 
 

@@ -204,11 +204,13 @@ def _writer_on_node_2(tmp_path: Path, totem: str = "") -> dict[int, dict]:
 def test_writer_hold_on_real_executives(tmp_path):
     """The writer on node 2 (not the representative) gets the token kept for its next
     write, which its node counts (``writer_holds``); node 3, with no client, never
-    holds.  (Without stable_acks, which answer most writes before the token is back.)"""
-    stats = _writer_on_node_2(tmp_path, "stable_acks: off")
+    holds.  (Without stable_acks, which answer most writes before the token is back,
+    and without busy polling, which then never starts.)"""
+    stats = _writer_on_node_2(tmp_path, "stable_acks: off\nbusy_poll: 0")
     assert stats[2]["writer_holds"] >= 150  # most: the rest met other traffic
     assert stats[3]["writer_holds"] == 0
     assert all(stats[n]["acks_sent"] == 0 for n in (1, 2, 3))
+    assert all(stats[n]["busy_polls"] == stats[n]["busy_poll_ms"] == 0 for n in (1, 2, 3))
 
 
 @pytest.mark.timeout(180)
@@ -223,6 +225,11 @@ def test_stable_acks_on_real_executives(tmp_path):
     assert stats[2]["acks_sent"] == 0  # nobody else waited for anything
     assert stats[2]["ack_stables"] >= 30  # without ACKs taken in: 0
     assert stats[1]["ack_stables"] == stats[3]["ack_stables"] == 0
+    # busy_poll (default 0.5 ms): every node polled after the packets it read
+    # (and node 2 after its client's requests), through most of the ~0.2 s the
+    # writes took here: the windows follow one another, so they are few
+    assert all(stats[n]["busy_polls"] >= 1 and stats[n]["busy_poll_ms"] >= 20
+               for n in (1, 2, 3))
 
 
 RETENTION = PRELUDE + r"""

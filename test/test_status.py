@@ -131,7 +131,7 @@ class _FakeTransport:
     def __init__(self) -> None:
         self.stats = dict.fromkeys(("deliveries", "deliver_bytes", "invalid_digest",
                                     "unknown_peer", "leave_refused", "rx_packets",
-                                    "tx_packets"), 0)
+                                    "tx_packets", "busy_polls", "busy_poll_us"), 0)
 
 
 def test_ring_stats_rates_over_the_window_and_uptime() -> None:
@@ -187,6 +187,7 @@ SAMPLE = {
                        "bad_digest": 4, "refused": 0, "send_queue_msgs": 3,
                        "send_queue_bytes": 300, "rings_formed": 2, "leaves": 1,
                        "writer_holds": 7, "acks_sent": 5, "ack_stables": 3,
+                       "busy_polls": 9, "busy_poll_ms": 12,
                        "rx_packets": 1, "tx_packets": 1}},
     "services": {"clm": {"view": 8, "members": ["127.0.0.1", "127.0.0.2"], "trackers": 0},
                  "ckpt": {"checkpoints": 2, "linked": 2, "sections": 5, "bytes": 1000},
@@ -206,6 +207,7 @@ def test_metric_names_and_values() -> None:
                  "ais_ring_send_queue_bytes 300.0", "ais_ring_formed_total 2.0",
                  "ais_ring_leaves_total 1.0", "ais_ring_writer_holds_total 7.0",
                  "ais_ring_acks_sent_total 5.0", "ais_ring_ack_stables_total 3.0",
+                 "ais_busy_polls_total 9.0", "ais_busy_poll_milliseconds_total 12.0",
                  "ais_clm_members 2.0", "ais_clm_view 8.0",
                  "ais_ckpt_checkpoints 2.0", "ais_ckpt_sections 5.0", "ais_ckpt_bytes 1000.0",
                  "ais_amf_ok 1.0",

@@ -30,8 +30,8 @@ from ais.totem.crypto import Crypto
 from ais.totem.events import (
     Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer,
     TimerKind, TotemConfig, node_of)
-from ais.totem.transport import (STREAM_FIRST, STREAM_MAX, Transport, TransportState, load_ring_seq,
-                                 save_ring_seq)
+from ais.totem.transport import (STREAM_FIRST, STREAM_MAX, BusyPoll, Transport,
+                                 TransportState, load_ring_seq, save_ring_seq)
 
 KEY = bytes(range(128))
 OTHER_KEY = bytes(range(1, 129))
@@ -1018,3 +1018,50 @@ def test_without_segmentation_offload_it_falls_back_to_one_send_each(
     assert h.t.stats["send_errors"] == 0 and h.t.stats["gso_sends"] == 0
     assert any("segmentation offload refused" in r.getMessage() for r in caplog.records)
     h.t._sock = fake._sock  # type: ignore[assignment]
+
+
+# -- busy polling ----------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+def test_busy_poll_keeps_the_loop_turning_for_its_window_then_sleeps() -> None:
+    """After a kick the event loop does not block: with nothing to do it turns
+    (yielding the processor each time) until the window has passed, then
+    stops; a kick inside the window only extends it."""
+    stats = {"busy_polls": 0, "busy_poll_us": 0}
+    turns = [0]
+    bp = BusyPoll(0.05, stats, yield_cpu=lambda: turns.__setitem__(0, turns[0] + 1))
+    gevent.sleep(0.03)
+    assert turns[0] == 0 and not bp.polling  # nothing kicked: the loop slept
+    bp.kick()
+    gevent.sleep(0.02)
+    assert bp.polling and turns[0] > 10  # it turned while this greenlet slept
+    bp.kick()  # extends the window: still one
+    gevent.sleep(0.1)
+    assert not bp.polling
+    assert stats["busy_polls"] == 1
+    assert 60_000 <= stats["busy_poll_us"] <= 1_000_000
+    seen = turns[0]
+    gevent.sleep(0.03)
+    assert turns[0] == seen  # asleep again
+
+
+@pytest.mark.timeout(20)
+def test_busy_poll_follows_each_read_and_kick_and_is_off_at_zero(cleanup: list) -> None:
+    port = free_port()
+    raw = udp_sock("127.0.0.2", port)
+    cleanup.append(raw)
+    off = Harness(StubSrp("127.0.0.1"), "127.0.0.1", free_port(), ["127.0.0.1", "127.0.0.2"])
+    assert off.t.busy is None
+    h = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"],
+                busy_poll=0.2)
+    cleanup.append(h.t)
+    h.t.start()
+    assert h.t.busy is not None and not h.t.busy.polling
+    raw.sendto(Crypto(KEY).seal(b"x" * 40), ("127.0.0.1", port))
+    assert wait_until(lambda: h.t.stats["rx_packets"] == 1)
+    assert h.t.busy.polling and h.t.stats["busy_polls"] == 1
+    assert wait_until(lambda: not h.t.busy.polling)
+    h.t.kick()  # a client request (the IPC server calls this)
+    assert h.t.busy.polling and h.t.stats["busy_polls"] == 2
+    h.t.stop()
+    assert not h.t.busy.polling and h.t.stats["busy_poll_us"] > 0
