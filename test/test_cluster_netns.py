@@ -59,18 +59,23 @@ def test_frames_larger_than_the_mtu_still_reach_every_member(tmp_path, netns_lan
         c.start_all()
         c.wait_ring([1, 2])
         assert "larger than the MTU of the ring's interface (1500)" in c.nodes[1].log_text()
-        p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", "40",
-                     "--sizes", "73", timeout=120)
-        assert p.returncode == 0 and "40 writes" in p.stdout, p.stdout + p.stderr
-        stats = {}
-        for n in (1, 2):
+
+        def ring_of(n: int) -> dict:
             r = c.client(n, "import sys; from ais.status import main; "
                          "sys.exit(main(sys.argv[1:]))", "--json")
             assert r.returncode == 0, r.stderr
             ring = json.loads(r.stdout.splitlines()[0])["ring"]
             assert len(ring["members"]) == 2, ring
-            stats[n] = ring["stats"]
-        assert stats[1]["rings_formed"] == stats[2]["rings_formed"] == 1
+            return ring
+
+        before = {n: ring_of(n) for n in (1, 2)}
+        p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", "40",
+                     "--sizes", "73", timeout=120)
+        assert p.returncode == 0 and "40 writes" in p.stdout, p.stdout + p.stderr
+        after = {n: ring_of(n) for n in (1, 2)}
+        for n in (1, 2):  # the same ring throughout
+            assert after[n]["id"] == before[n]["id"]
+            assert after[n]["stats"]["rings_formed"] == before[n]["stats"]["rings_formed"]
         # 40 writes of 73 KiB in frames of 4000 bytes: ~19 frames each
-        assert stats[2]["rx_packets"] >= 40 * 18
+        assert after[2]["stats"]["rx_packets"] - before[2]["stats"]["rx_packets"] >= 40 * 18
         assert "failed to receive" not in c.nodes[2].log_text()

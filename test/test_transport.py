@@ -1029,17 +1029,16 @@ def test_busy_poll_keeps_the_loop_turning_for_its_window_then_sleeps() -> None:
     stops; a kick inside the window only extends it."""
     stats = {"busy_polls": 0, "busy_poll_us": 0}
     turns = [0]
-    bp = BusyPoll(0.05, stats, yield_cpu=lambda: turns.__setitem__(0, turns[0] + 1))
+    bp = BusyPoll(0.3, stats, yield_cpu=lambda: turns.__setitem__(0, turns[0] + 1))
     gevent.sleep(0.03)
     assert turns[0] == 0 and not bp.polling  # nothing kicked: the loop slept
     bp.kick()
     gevent.sleep(0.02)
-    assert bp.polling and turns[0] > 10  # it turned while this greenlet slept
+    assert bp.polling and turns[0] > 0  # it turned while this greenlet slept
     bp.kick()  # extends the window: still one
-    gevent.sleep(0.1)
-    assert not bp.polling
+    assert wait_until(lambda: not bp.polling)
     assert stats["busy_polls"] == 1
-    assert 60_000 <= stats["busy_poll_us"] <= 1_000_000
+    assert 320_000 <= stats["busy_poll_us"] <= 5_000_000
     seen = turns[0]
     gevent.sleep(0.03)
     assert turns[0] == seen  # asleep again
@@ -1053,7 +1052,7 @@ def test_busy_poll_follows_each_read_and_kick_and_is_off_at_zero(cleanup: list) 
     off = Harness(StubSrp("127.0.0.1"), "127.0.0.1", free_port(), ["127.0.0.1", "127.0.0.2"])
     assert off.t.busy is None
     h = Harness(StubSrp("127.0.0.1"), "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"],
-                busy_poll=0.2)
+                busy_poll=1.0)
     cleanup.append(h.t)
     h.t.start()
     assert h.t.busy is not None and not h.t.busy.polling
