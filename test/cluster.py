@@ -11,6 +11,7 @@ wait is bounded.  Nothing leaves loopback.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -213,6 +214,14 @@ aisexec {{
             time.sleep(0.05)
         raise AssertionError(f"no ring {want} within {timeout}s: " + "; ".join(
             f"node {n}: {self.nodes[n].rings()[-3:]}" for n in (on or ns)))
+
+    def status(self, n: int) -> dict:
+        """Node n's status document (``ais-status --json``, one snapshot)."""
+        r = self.client(n, "import sys; from ais.status import main; sys.exit(main(sys.argv[1:]))",
+                        "--json")
+        assert r.returncode == 0, r.stderr
+        (line,) = r.stdout.splitlines()
+        return json.loads(line)
 
     def client(self, n: int, script: str, *args: str, timeout: float = 60.0,
                input: str | None = None) -> subprocess.CompletedProcess:

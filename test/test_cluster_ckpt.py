@@ -7,7 +7,6 @@ with the same bytes.  Clients are separate processes using ``saf.ckpt``.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -191,13 +190,7 @@ def _writer_on_node_2(tmp_path: Path, totem: str = "") -> dict[int, dict]:
                      "--sizes", "1", timeout=120)
         assert p.returncode == 0, p.stdout + p.stderr
         assert "300 writes" in p.stdout, p.stdout
-        stats = {}
-        for n in (1, 2, 3):
-            r = c.client(n, "import sys; from ais.status import main; "
-                         "sys.exit(main(sys.argv[1:]))", "--json")
-            assert r.returncode == 0, r.stderr
-            stats[n] = json.loads(r.stdout.splitlines()[0])["ring"]["stats"]
-        return stats
+        return {n: c.status(n)["ring"]["stats"] for n in (1, 2, 3)}
 
 
 @pytest.mark.timeout(180)

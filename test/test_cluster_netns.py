@@ -3,7 +3,6 @@ namespaces the test creates (``transport: udp``, ``bindnetaddr`` given as the
 network address, as in the QUICKSTART)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -61,10 +60,7 @@ def test_frames_larger_than_the_mtu_still_reach_every_member(tmp_path, netns_lan
         assert "larger than the MTU of the ring's interface (1500)" in c.nodes[1].log_text()
 
         def ring_of(n: int) -> dict:
-            r = c.client(n, "import sys; from ais.status import main; "
-                         "sys.exit(main(sys.argv[1:]))", "--json")
-            assert r.returncode == 0, r.stderr
-            ring = json.loads(r.stdout.splitlines()[0])["ring"]
+            ring = c.status(n)["ring"]
             assert len(ring["members"]) == 2, ring
             return ring
 

@@ -1,7 +1,6 @@
 """Operating real executives: ais-status, clean leave, SIGHUP, systemd notify, metrics."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -39,19 +38,12 @@ TRACKER = (
 )
 
 
-def status_json(c: Cluster, n: int) -> dict:
-    r = c.client(n, STATUS, "--json")
-    assert r.returncode == 0, r.stderr
-    (line,) = r.stdout.splitlines()
-    return json.loads(line)
-
-
 def test_ais_status_on_three_nodes_and_a_clean_leave(tmp_path: Path) -> None:
     with Cluster(tmp_path, 3) as c:
         c.start_all()
         ring = c.wait_ring([1, 2, 3])
         addrs = [c.nodes[n].addr for n in (1, 2, 3)]
-        docs = {n: status_json(c, n) for n in (1, 2, 3)}
+        docs = {n: c.status(n) for n in (1, 2, 3)}
         for n, doc in docs.items():
             assert doc["node"] == c.nodes[n].addr
             assert doc["ring"]["id"] == ring and doc["ring"]["state"] == "operational"
@@ -87,7 +79,7 @@ def test_ais_status_on_three_nodes_and_a_clean_leave(tmp_path: Path) -> None:
         assert "leaving ring" in c.nodes[3].log_text()
         for n in (1, 2):
             assert "127.0.0.3 left ring" in c.nodes[n].log_text()
-            doc = status_json(c, n)
+            doc = c.status(n)
             assert [m["address"] for m in doc["ring"]["members"]] == addrs[:2]
             assert doc["ring"]["stats"]["leaves"] == 1
 
@@ -151,7 +143,7 @@ def test_sighup_notify_and_metrics_on_one_executive(tmp_path: Path, monkeypatch)
                      "ais_ring_uptime_seconds", "ais_clm_members 1.0",
                      "ais_ckpt_checkpoints 0.0", "ais_ckpt_sections 0.0"):
             assert name in text, name
-        seq = status_json(c, 1)["ring"]["seq"]
+        seq = c.status(1)["ring"]["seq"]
         assert f"ais_ring_seq {float(seq)}" in text
         assert _listening_tcp_ports(node.proc.pid) == {port}
 
