@@ -176,7 +176,9 @@ class Crypto:
         #: sender session id -> [highest counter, bitmap: bit i = counter (highest - i) seen]
         self._sessions: OrderedDict[bytes, list[int]] = OrderedDict()
         self._last_session: bytes | None = None  #: the one moved to the end last
+        self._last_state: list[int] | None = None  #: its entry in ``_sessions``
         self._session = os.urandom(_SESSION_BYTES)
+        self._prefix = _VERSION_BYTE + self._session  #: a sealed packet's first bytes
         self._counter = 0
 
     def seal(self, plain: bytes) -> bytes:
@@ -185,12 +187,15 @@ class Crypto:
         Returns:
             ``OVERHEAD`` bytes more than ``plain``.
         """
-        self._counter += 1
-        if self._counter >= _COUNTER_LIMIT:  # 2**56 packets: not in this universe, but exact
+        counter = self._counter = self._counter + 1
+        if counter >= _COUNTER_LIMIT:  # 2**56 packets: not in this universe, but exact
             self._session, self._counter = os.urandom(_SESSION_BYTES), 1
-        nonce = self._session + self._counter.to_bytes(_NONCE_BYTES - _SESSION_BYTES, "big")
+            self._prefix = _VERSION_BYTE + self._session
+            counter = 1
+        tail = counter.to_bytes(_NONCE_BYTES - _SESSION_BYTES, "big")
+        nonce = self._session + tail
         if self._ocb is not None:
-            return b"".join((_VERSION_BYTE, nonce, self._ocb.encrypt(nonce, plain, None)))
+            return b"".join((self._prefix, tail, self._ocb.encrypt(nonce, plain, None)))
         cipher = AES.new(self._key, AES.MODE_OCB, nonce=nonce)
         body, tag = cipher.encrypt_and_digest(plain)
         return _VERSION_BYTE + nonce + body + tag
@@ -212,7 +217,8 @@ class Crypto:
         if window:
             session = nonce[:_SESSION_BYTES]
             counter = int.from_bytes(nonce[_SESSION_BYTES:], "big")
-            state = self._sessions.get(session)
+            state = self._last_state if session == self._last_session \
+                else self._sessions.get(session)
             if state is not None and counter <= state[0]:
                 back = state[0] - counter
                 if back >= window or state[1] >> back & 1:
@@ -233,14 +239,14 @@ class Crypto:
             if state is None:
                 if len(sessions) >= MAX_SESSIONS:
                     sessions.popitem(last=False)
-                sessions[session] = [counter, 1]  # (at the end)
-                self._last_session = session
+                state = sessions[session] = [counter, 1]  # (at the end)
+                self._last_session, self._last_state = session, state
             else:
                 if session != self._last_session:
                     # the most recently used at the end, for eviction; a run of
                     # packets from one sender finds it there already
                     sessions.move_to_end(session)
-                    self._last_session = session
+                    self._last_session, self._last_state = session, state
                 high = state[0]
                 if counter > high:
                     state[1] = (state[1] << (counter - high) | 1) & self._mask \

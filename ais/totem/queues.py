@@ -10,6 +10,9 @@ from typing import NamedTuple
 from .events import RingId
 from .wire import FRAGMENT_ITEM, ITEM_FRAGMENT, ITEM_WHOLE, WHOLE_ITEM
 
+_pack_fragment = FRAGMENT_ITEM.pack
+_unpack_fragment = FRAGMENT_ITEM.unpack_from
+
 
 class Frame(NamedTuple):
     """A received (or own) frame: who sent it, its flags and its packed payload."""
@@ -105,6 +108,8 @@ class SendQueue:
         self._offset = 0  # bytes of the head message already framed
         self._index = 0  # next fragment index of the head message
         self._msg_no = 0  # per-sender number of fragmented messages
+        self._count = 0  # fragments of the head message (set at its first)
+        self._chunk = capacity - FRAGMENT_ITEM.size  # message bytes a fragment carries
 
     def __len__(self) -> int:
         return len(self.msgs)
@@ -158,20 +163,25 @@ class SendQueue:
         return b"".join(parts)
 
     def _fragment(self) -> bytes:
+        # (every frame of a large message comes through here: kept lean)
         m = self.msgs[0]
-        chunk = self.capacity - FRAGMENT_ITEM.size
-        count = -(-len(m) // chunk)
-        if self._offset == 0:
+        chunk = self._chunk
+        off = self._offset
+        if off == 0:
             self._msg_no = (self._msg_no + 1) & 0xFFFFFFFF
             self._index = 0
-        data = m[self._offset:self._offset + chunk]
-        item = FRAGMENT_ITEM.pack(ITEM_FRAGMENT, len(data), self._msg_no, self._index, count)
-        self._offset += len(data)
-        self._index += 1
-        if self._offset >= len(m):
+            self._count = -(-len(m) // chunk)
+        end = off + chunk
+        data = m[off:end]
+        index = self._index
+        item = _pack_fragment(ITEM_FRAGMENT, len(data), self._msg_no, index, self._count)
+        if end >= len(m):
             self._pop()
             self._offset = 0
             self._index = 0
+        else:
+            self._offset = end
+            self._index = index + 1
         return item + data
 
 
@@ -198,8 +208,17 @@ class Reassembler:
         frag_size = FRAGMENT_ITEM.size
         if end > frag_size and payload[0] == ITEM_FRAGMENT:
             # The frames of a large message: one fragment filling the frame.
-            _, n, no, idx, count = FRAGMENT_ITEM.unpack_from(payload)
+            _, n, no, idx, count = _unpack_fragment(payload)
             if frag_size + n == end:
+                p = self._partial.get(sender)
+                if p is not None and 0 < idx == p[1] < count - 1 and p[0] == no \
+                        and p[2] == count and p[4] + n <= self.max_message:
+                    # the middle of the message being joined (``_fragment``'s
+                    # outcome, without its general checks)
+                    p[3].append(payload[frag_size:])
+                    p[1] = idx + 1
+                    p[4] += n
+                    return out
                 self._fragment(sender, no, idx, count, payload[frag_size:], out)
                 return out
         off = 0

@@ -139,6 +139,7 @@ logger = logging.getLogger("ais.totem.srp")
 _unpack_mcast = MCAST_FIXED.unpack_from  #: a frame's fixed part, for the hot path
 _MCAST_SIZE = MCAST_FIXED.size
 _new_frame = tuple.__new__  #: Frame(...) without the keyword-capable constructor
+_pack_mcast_head = MCAST_FIXED.pack  #: a frame's fixed part, for the sender's hot path
 
 #: retransmit-list entries a token may carry (bounded so the token fits a frame)
 RTR_LIMIT = 100
@@ -1109,18 +1110,25 @@ class Srp:
                 # packets (8 clients on 3 nodes: 10-20% fewer writes with them)
                 ask = cfg.stable_acks and len(self.members) > 2 and not self._awaited_sent
                 framed = queue.awaited_framed
+                add = rx.add
+                head = _pack_mcast_head
+                ring_seq, ring_rep = ring_id.seq, ring_id.rep
+                seq = t.seq
                 while sent < allowed:
                     frame = take()
                     if frame is None:
                         break
-                    t.seq += 1
+                    seq += 1
                     flags = 0
                     if ask and queue.awaited_framed != framed:
                         framed = queue.awaited_framed
                         flags = MCAST_ACK
-                    rx.add(t.seq, Frame(me, flags, frame))
-                    emit(Send(wire.encode_mcast(me, ring_id, t.seq, flags, frame)))
+                    add(seq, _new_frame(Frame, (me, flags, frame)))
+                    # (wire.encode_mcast's bytes, packed flat)
+                    emit(Send(head(wire.VERSION, wire.MCAST, me, ring_seq, ring_rep, seq, flags)
+                              + frame))
                     sent += 1
+                t.seq = seq
                 framed = queue.awaited_framed
                 if framed:
                     queue.awaited_framed = 0

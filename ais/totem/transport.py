@@ -449,6 +449,8 @@ class Transport:
         self._performer_wake = gevent.event.Event()
         self._watcher: Any = None  # the receiver's io watcher while it exists
         self._timers: dict[TimerKind, Any] = {}  # armed kind -> its loop timer watcher
+        self._timer_at: dict[TimerKind, float] = {}  # armed kind -> when it is due
+        self._timer_due: dict[TimerKind, float] = {}  # ... and when its loop timer fires
         self._pending: deque[Action] = deque()
         self._performing = False
         #: an event-loop callback will perform what ``mcast`` queued
@@ -766,22 +768,34 @@ class Transport:
     # -- timers ----------------------------------------------------------------
 
     def _arm(self, kind: TimerKind, at: float) -> None:
-        self._disarm(kind)
+        w = self._timers.get(kind)
+        if w is not None:
+            if self._timer_due[kind] <= at:
+                # The loop timer already armed comes first: it re-arms for the
+                # rest when it fires (a ring's token-loss timer moves later on
+                # every visit; this spares a loop timer each time).
+                self._timer_at[kind] = at
+                return
+            w.stop()
         w = get_hub().loop.timer(max(0.0, at - self.clock()))
         self._timers[kind] = w
-        w.start(self._fire, kind, at, w)
+        self._timer_at[kind] = self._timer_due[kind] = at
+        w.start(self._fire, kind, w)
 
     def _disarm(self, kind: TimerKind) -> None:
         w = self._timers.pop(kind, None)
         if w is not None:
             w.stop()
 
-    def _fire(self, kind: TimerKind, at: float, w: Any) -> None:
+    def _fire(self, kind: TimerKind, w: Any) -> None:
         if self._timers.get(kind) is not w or self.state is not TransportState.RUNNING:
             return  # replaced or cancelled after it fell due
+        at = self._timer_at[kind]
         if at - self.clock() > 0:
-            # The event loop's cached time may run a hair ahead of ``clock``;
-            # the core must never see a timer before its time.
+            # Moved later since it was armed; or the event loop's cached time
+            # runs a hair ahead of ``clock``: the core must never see a timer
+            # before its time.
+            del self._timers[kind]
             self._arm(kind, at)
             return
         del self._timers[kind]
