@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from pathlib import Path
 
 import gevent
@@ -30,6 +31,7 @@ from ais.totem.crypto import Crypto
 from ais.totem.events import (
     Action, CancelTimer, ConfChange, Deliver, RingId, Send, SendQueueFull, Stable, StartTimer,
     TimerKind, TotemConfig, node_of)
+from ais.totem import transport as transport_module
 from ais.totem.transport import (STREAM_FIRST, STREAM_MAX, BusyPoll, Transport,
                                  TransportState, load_ring_seq, save_ring_seq)
 
@@ -120,6 +122,27 @@ class StubSrp:
 
     def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]:
         return [Send(payload)]
+
+
+class _CountingHub:
+    """The gevent hub, counting the loop timers the transport creates."""
+
+    class _Loop:
+        def __init__(self, loop: Any) -> None:
+            self._loop, self.timers = loop, 0
+
+        def timer(self, *a: Any, **kw: Any) -> Any:
+            self.timers += 1
+            return self._loop.timer(*a, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._loop, name)
+
+    def __init__(self, hub: Any) -> None:
+        self._hub, self.loop = hub, self._Loop(hub.loop)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hub, name)
 
 
 class Harness:
@@ -317,6 +340,48 @@ def test_timers_fire_rearm_and_cancel(cleanup: list) -> None:
     assert merge_at - t0 >= 0.3
     # Never early, and spaced by the re-arm interval.
     assert all(b - a >= 0.05 for a, b in zip(joins, joins[1:]))
+    assert h.fatal == [] and h.t._timers == {}
+
+
+@pytest.mark.timeout(20)
+def test_a_timer_moved_later_on_every_visit_fires_once_at_its_last_time(
+        cleanup: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token-loss pattern: re-armed later again and again, it keeps the loop
+    timer it has (re-arming that one for the rest when it falls due) and fires
+    once, never before its latest time; a timer moved earlier fires early."""
+    port = free_port()
+    moves: list[float] = []  # when TOKEN_LOSS was last moved, and to what
+
+    def on_timer(kind: TimerKind, now: float) -> list[Action]:
+        if kind is TimerKind.JOIN and len(moves) < 12:
+            moves.append(now + 0.1)
+            return [StartTimer(TimerKind.TOKEN_LOSS, now + 0.1),
+                    StartTimer(TimerKind.JOIN, now + 0.02)]
+        return []
+
+    def on_start(now: float) -> list[Action]:
+        moves.append(now + 0.1)
+        return [StartTimer(TimerKind.TOKEN_LOSS, now + 0.1),
+                StartTimer(TimerKind.JOIN, now + 0.02),
+                StartTimer(TimerKind.WAKE, now + 0.3),
+                StartTimer(TimerKind.WAKE, now + 0.05)]  # moved earlier
+
+    srp = StubSrp("127.0.0.1", on_start=on_start, on_timer=on_timer)
+    h = Harness(srp, "127.0.0.1", port, ["127.0.0.1", "127.0.0.2"])
+    cleanup.append(h.t)
+    t0 = time.monotonic()
+    hub = _CountingHub(gevent.get_hub())
+    monkeypatch.setattr(transport_module, "get_hub", lambda: hub)
+    h.t.start()
+    assert wait_until(lambda: any(k is TimerKind.TOKEN_LOSS for k, _ in srp.fired), timeout=5)
+    gevent.sleep(0.2)
+    loss = [now for k, now in srp.fired if k is TimerKind.TOKEN_LOSS]
+    wake = [now for k, now in srp.fired if k is TimerKind.WAKE]
+    assert len(moves) == 12 and len(loss) == 1 and loss[0] >= moves[-1]
+    assert len(wake) == 1 and 0.05 <= wake[0] - t0 < 0.3
+    # 12 moves of TOKEN_LOSS, 12 JOINs, 2 WAKEs: replacing TOKEN_LOSS's loop
+    # timer at each move would take 26; kept, it is re-armed about every 0.1 s
+    assert hub.loop.timers <= 12 + 2 + 6, hub.loop.timers
     assert h.fatal == [] and h.t._timers == {}
 
 
