@@ -225,6 +225,23 @@ def test_stable_acks_on_real_executives(tmp_path):
                for n in (1, 2, 3))
 
 
+@pytest.mark.timeout(120)
+def test_an_idle_ring_does_not_busy_poll(tmp_path):
+    """busy_poll follows reads that bring work; an idle ring's token passing by
+    (every ``token_hold`` ms) is not one, so idle executives sleep between
+    rotations.  Each status request polls its node once (a client request)."""
+    with Cluster(tmp_path, 3, totem="busy_poll: 2") as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        time.sleep(1.0)  # (past the lingering after the ring formed)
+        before = {n: c.status(n)["ring"]["stats"] for n in (1, 2, 3)}
+        time.sleep(3.0)
+        after = {n: c.status(n)["ring"]["stats"] for n in (1, 2, 3)}
+    for n in (1, 2, 3):
+        assert after[n]["rx_packets"] - before[n]["rx_packets"] >= 6  # the token went round
+        assert after[n]["busy_polls"] - before[n]["busy_polls"] <= 3, (before[n], after[n])
+
+
 RETENTION = PRELUDE + r"""
 SECOND = 10**9
 name = sys.argv[1]

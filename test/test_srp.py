@@ -5,6 +5,8 @@ virtual clock, so every test is deterministic.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from ais.totem import wire
@@ -1229,3 +1231,29 @@ def test_fail_to_receive_settings_come_from_openais_conf() -> None:
     assert (tc.fail_recv_const, tc.fail_recv_backoff) == (80, 5000.0)
     with pytest.raises(Exception, match="fail_recv_const"):
         parse_openais_conf(text.replace("80", "0"))
+
+
+def test_quiet_read_is_an_idle_rings_traffic_only() -> None:
+    """``quiet_read`` (what busy polling skips): true after a read of an idle
+    ring's token or a merge probe; false once frames come, and at the writer
+    whose queued message the token takes."""
+    net = Net([1, 2, 3])
+    net.start()
+    assert net.run_until(net.one_ring, 5)
+    net.run(3.0)  # long past the lingering: the token goes round marked idle
+    reads: dict[int, list[bool]] = {2: [], 3: []}
+    call = net._call
+
+    def recording(i: int, fn: Callable[..., list], *args: object) -> None:
+        call(i, fn, *args)
+        if i in reads and getattr(fn, "__name__", "") == "receive":
+            reads[i].append(net.nodes[i].srp.quiet_read)
+    net._call = recording  # type: ignore[method-assign]
+    net.run(2.0)
+    assert len(reads[2]) >= 4 and all(reads[2]), reads[2]
+    reads[2].clear()
+    reads[3].clear()
+    net.mcast(3, b"m" * 3000)  # three frames from node 3, awaited by nobody
+    assert net.run_until(lambda: b"m" * 3000 in net.nodes[2].messages, 5)
+    assert not all(reads[2])  # the reads that brought the frames
+    assert not all(reads[3])  # the token's visit that sent them

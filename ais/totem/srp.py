@@ -245,6 +245,11 @@ class Srp:
         #: shell may set it to seal and send them at once, so the first frames
         #: are on their way while the visit frames the rest; it must only send.
         self.frame_sink: Callable[[Send], None] | None = None
+        #: the last ``receive_many`` brought only an idle ring's traffic (its
+        #: token marked idle, merge probes) and left nothing queued or sent (a
+        #: shell's busy polling need not follow such a read)
+        self.quiet_read = False
+        self._busy_input = False  # this read brought something other than an idle token
         self._gone = False  # we left (``leave``): ignore everything from now on
         self._left: set[int] = set()  # members that left the installed ring (LEAVE)
         self.stats |= {
@@ -282,6 +287,8 @@ class Srp:
         self._out = []
         i, n = 0, len(datas)
         stored_any = False
+        self._busy_input = False
+        frames_sent = self.stats["frames_sent"]
         while i < n:
             j, stored = self._frame_run(datas, i, now)
             stored_any |= stored
@@ -294,6 +301,8 @@ class Srp:
         if self._ack_owed:
             # after the whole read: a token read with the frames leaves first
             self._send_acks()
+        self.quiet_read = not (stored_any or self._busy_input or self.queue.msgs
+                               or self.stats["frames_sent"] != frames_sent)
         return self._out
 
     def _receive_full(self, data: bytes, now: float) -> None:
@@ -303,6 +312,8 @@ class Srp:
             self.stats["bad_packets"] += 1
             self.guard.refuse(str(e), None, now)
             return
+        if not (isinstance(pkt, Probe) or isinstance(pkt, Token) and pkt.flags & TOKEN_IDLE):
+            self._busy_input = True  # (an idle token and merge probes are an idle ring's)
         if pkt.sender != self.node_id and not self._gone and not self._stalled(now):
             why = self.guard.check(pkt)
             if why is not None:

@@ -667,10 +667,9 @@ class Transport:
         watcher = self._watcher = hub.loop.io(sock.fileno(), 1)  # 1 = readable
         try:
             busy = self.busy
+            srp = self.srp
             while self.state is TransportState.RUNNING:
                 hub.wait(watcher)
-                if busy is not None:
-                    busy.kick()
                 # What is waiting is read and given to the core first, and the
                 # answers performed together: the sends (a token behind a run
                 # of frames) leave before the deliveries of that run.
@@ -678,6 +677,10 @@ class Transport:
                 try:
                     self._read_batch(sock, actions)
                 finally:
+                    if busy is not None and not getattr(srp, "quiet_read", False):
+                        # (an idle ring's token passing by is no reason to
+                        # poll: its next visit is a rotation away)
+                        busy.kick()
                     if actions and self.state is TransportState.RUNNING:
                         self._perform(actions)
         finally:
