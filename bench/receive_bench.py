@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import gc
 import sys
 import time
@@ -25,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
 from ais.totem.crypto import Crypto  # noqa: E402
-from ais.totem.events import TotemConfig  # noqa: E402
 from ais.totem.srp import Srp  # noqa: E402
-from totem_harness import Net  # noqa: E402
+from totem_harness import record_writes  # noqa: E402
 
 KEY = b"k" * 32
 RUN = 44  #: frames of 1448 bytes in one 64 KiB GRO read
@@ -35,31 +33,8 @@ RUN = 44  #: frames of 1448 bytes in one 64 KiB GRO read
 
 def record(nodes: int, size: int, count: int, frame_size: int) -> tuple[Srp, list]:
     """Node 2 before the writes, and what it received during them: (data, now)."""
-    cfg = dataclasses.replace(TotemConfig(), frame_size=frame_size)
-    net = Net(list(range(1, nodes + 1)), cfg)
-    net.start()
-    assert net.run_until(net.one_ring, 5)
-    payload = bytes(size)
-
-    def write(n: int) -> None:
-        node = net.nodes[2]
-        for _ in range(n):
-            node.deliveries.clear()  # (keeps memory flat)
-            net.sent.clear()
-            net.mcast(1, payload, True)
-            assert net.run_until(lambda: bool(node.messages), 5)
-    write(10)
-    start = copy.deepcopy(net.nodes[2].srp)
-    got: list = []
-    call = net._call
-
-    def recording(i: int, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        if i == 2 and fn.__name__ == "receive":
-            got.append((args[0], net.now))
-        call(i, fn, *args)
-    net._call = recording  # type: ignore[method-assign]
-    write(count)
-    return start, got
+    start, got = record_writes(nodes, size, count, frame_size, 2)
+    return start, [args for kind, args in got if kind == "receive"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import gc
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,42 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
 from ais.totem.crypto import Crypto  # noqa: E402
-from ais.totem.events import Send, TotemConfig  # noqa: E402
+from ais.totem.events import Send  # noqa: E402
 from ais.totem.srp import Srp  # noqa: E402
-from totem_harness import Net  # noqa: E402
+from totem_harness import record_writes  # noqa: E402
 
 KEY = b"k" * 32
-
-
-def record(nodes: int, size: int, count: int, frame_size: int
-           ) -> tuple[Srp, list[tuple[str, tuple[Any, ...]]]]:
-    """Node 1 before the writes, and its inputs during them: (kind, args)."""
-    cfg = dataclasses.replace(TotemConfig(), frame_size=frame_size)
-    net = Net(list(range(1, nodes + 1)), cfg)
-    net.start()
-    assert net.run_until(net.one_ring, 5)
-    payload = bytes(size)
-
-    def write(n: int) -> None:
-        reader = net.nodes[2]
-        for _ in range(n):
-            reader.deliveries.clear()  # (keeps memory flat)
-            net.sent.clear()
-            net.mcast(1, payload, True)
-            assert net.run_until(lambda: bool(reader.messages), 5)
-    write(10)
-    start = copy.deepcopy(net.nodes[1].srp)
-    got: list[tuple[str, tuple[Any, ...]]] = []
-    call = net._call
-
-    def recording(i: int, fn: Callable[..., list], *args: Any) -> None:
-        if i == 1:
-            kind = fn.__name__ if fn.__name__ in ("receive", "timer") else "mcast"
-            got.append((kind, args + (net.now,)))
-        call(i, fn, *args)
-    net._call = recording  # type: ignore[method-assign]
-    write(count)
-    return start, got
 
 
 def replay(start: Srp, got: list[tuple[str, tuple[Any, ...]]]) -> tuple[float, int]:
@@ -104,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame-size", type=int, default=1413)
     ap.add_argument("--replays", type=int, default=7)
     a = ap.parse_args(argv)
-    start, got = record(a.nodes, a.size, a.count, a.frame_size)
+    start, got = record_writes(a.nodes, a.size, a.count, a.frame_size, 1)
     best, frames = min(replay(start, got) for _ in range(a.replays))
     print(f"node 1 of {a.nodes} writes {a.count} messages of {a.size} bytes ({frames} frames); "
           f"its core and cipher, best of {a.replays} replays:")

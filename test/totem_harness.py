@@ -174,3 +174,41 @@ def ids(n: int) -> list[int]:
 
 
 __all__ = ["Net", "Node", "ids", "TimerKind"]
+
+
+def record_writes(nodes: int, size: int, count: int, frame_size: int, node: int
+                  ) -> tuple[Srp, list[tuple[str, tuple]]]:
+    """For the replay benchmarks: a ring of ``nodes`` at ``frame_size`` whose
+    node 1 writes ``count`` messages of ``size`` bytes, one at a time (each
+    awaited, each waited for at node 2).  Returns a copy of ``node``'s core
+    taken before the writes and what it was given during them: ("receive",
+    (data, now)), ("mcast", (payload, now)) or ("timer", (kind, now)).
+    """
+    import copy
+    import dataclasses
+    net = Net(list(range(1, nodes + 1)), dataclasses.replace(TotemConfig(),
+                                                              frame_size=frame_size))
+    net.start()
+    assert net.run_until(net.one_ring, 5)
+    payload = bytes(size)
+
+    def write(n: int) -> None:
+        reader = net.nodes[2]
+        for _ in range(n):
+            reader.deliveries.clear()  # (keeps memory flat)
+            net.sent.clear()
+            net.mcast(1, payload, True)
+            assert net.run_until(lambda: bool(reader.messages), 5)
+    write(10)
+    start = copy.deepcopy(net.nodes[node].srp)
+    got: list[tuple[str, tuple]] = []
+    call = net._call
+
+    def recording(i: int, fn: Callable[..., list], *args: object) -> None:
+        if i == node:
+            kind = fn.__name__ if fn.__name__ in ("receive", "timer") else "mcast"
+            got.append((kind, args + (net.now,)))
+        call(i, fn, *args)
+    net._call = recording  # type: ignore[method-assign]
+    write(count)
+    return start, got
