@@ -14,7 +14,9 @@ it in agreed order), ``1kx8`` (``1kx16``) the same from 8 (16) client threads at
 (``examples/ckptbenchth.py``, each thread its own handle and section).  Each
 round runs every workload once; the table shows the medians over
 ``--rounds``, and the CPU the executives used during the large writes
-(percent of one core each, median).  The namespaces and processes are
+(percent of one core each, median), also as processor time per large
+write (µs each; busy polling's turns count too: ``--totem "busy_poll: 0"``
+leaves only the work).  The namespaces and processes are
 removed at the end, also on failure or Ctrl-C.
 """
 from __future__ import annotations
@@ -81,6 +83,7 @@ def bench_row(nss: list[str], addrs: list[str], nodes: int, transport: str,
         c.wait_ring(list(c.nodes))
         figures: dict[str, list[float]] = {w: [] for w in args.work}
         cpus: list[list[float]] = []
+        cpu_us: list[list[float]] = []  # per round: each executive's CPU per large write
         for r in range(args.rounds):
             for w in args.work:
                 count = args.large_count if WORKS[w][1] == "large" else args.small_count
@@ -89,6 +92,8 @@ def bench_row(nss: list[str], addrs: list[str], nodes: int, transport: str,
                 figures[w].append(fig)
                 if w == "large":
                     cpus.append(cpu)
+                    writes_per_s = fig * 1e6 / (WORKS[w][0] * 1024)
+                    cpu_us.append([x / 100 / writes_per_s * 1e6 for x in cpu])
                 print(f"  round {r + 1}: {nodes} node(s) {transport} {w}: {fig:.1f} "
                       f"{WORKS[w][2]}, executives' CPU "
                       + "/".join(f"{x:.0f}%" for x in cpu), file=sys.stderr, flush=True)
@@ -97,6 +102,7 @@ def bench_row(nss: list[str], addrs: list[str], nodes: int, transport: str,
     row: dict[str, object] = {w: statistics.median(v) for w, v in figures.items()}
     if cpus:
         row["cpu"] = [statistics.median(col) for col in zip(*cpus)]
+        row["cpu_us"] = [statistics.median(col) for col in zip(*cpu_us)]
     return row
 
 
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((n, mtu, transport, row))
     head = ["nodes", "MTU", "transport"] + [TITLES[w] for w in args.work]
     if "large" in args.work:
-        head.append("executives' CPU (large)")
+        head += ["executives' CPU (large)", "CPU per large write (µs)"]
     print(f"\nmedians of {args.rounds} round(s); large/25k: {args.large_count} writes, "
           f"1k: {args.small_count} writes; encryption on")
     print("| " + " | ".join(head) + " |")
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             cpu = row.get("cpu", [])
             assert isinstance(cpu, list)
             cells.append(" / ".join(f"{x:.0f}%" for x in cpu))
+            per_write = row.get("cpu_us", [])
+            assert isinstance(per_write, list)
+            cells.append(" / ".join(f"{x:.0f}" for x in per_write))
         print("| " + " | ".join(cells) + " |")
     return 0
 
