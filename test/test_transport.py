@@ -102,6 +102,7 @@ class StubSrp:
                  on_timer: Callable[[TimerKind, float], list[Action]] = lambda k, now: []):
         self.node_id = node_of(addr)
         self.max_ring_seq = 0
+        self.quiet_read = False
         self.received: list[bytes] = []
         self.fired: list[tuple[TimerKind, float]] = []
         self._on_start, self._on_receive, self._on_timer = on_start, on_receive, on_timer

@@ -13,8 +13,9 @@ Theory of operation (STYLE P1, P2):
   Each armed timer kind has one event-loop timer watcher, whose callback
   runs in the hub like the ``mcast`` callback below (both perform sends and
   timers there, and hand anything for the callbacks, which may block, to a
-  greenlet); ``StartTimer``
-  replaces it, ``CancelTimer`` stops it.  (A greenlet per timer, as before,
+  greenlet); ``StartTimer`` replaces it (or, for a later time, keeps it and
+  re-arms it for the rest when it fires), ``CancelTimer`` stops it.  (A
+  greenlet per timer, as before,
   cost a spawn and a kill per token visit and several switches: about a tenth
   of a token's handling.)  Everything runs in one thread and the
   core never yields, so there are no locks.
@@ -53,7 +54,9 @@ Theory of operation (STYLE P1, P2):
 * Send errors (ENOBUFS, EAGAIN, EMSGSIZE, ECONNREFUSED...) are counted and
   logged at debug: UDP may lose packets and the protocol recovers.
 * Busy polling (``busy_poll`` seconds, 0: off): after each read of the ring's
-  socket, and each ``kick`` (the IPC server's client requests), the event
+  socket that brings work (``Srp.quiet_read`` is false: more than an idle
+  ring's token or merge probe), and each ``kick`` (the IPC server's client
+  requests), the event
   loop polls instead of sleeping for that long (an idle watcher keeps libev
   from blocking), yielding the processor to anything else runnable on each
   turn.  A process that sleeps between the hops of a synchronous write pays
@@ -185,6 +188,7 @@ class SrpLike(Protocol):
 
     node_id: int
     max_ring_seq: int
+    quiet_read: bool
 
     def start(self, now: float) -> list[Action]: ...
     def receive(self, data: bytes, now: float) -> list[Action]: ...
@@ -370,7 +374,8 @@ class Transport:
         on_fatal: called with the exception when a ring greenlet dies of a
             bug; the default logs it and exits the process with status 1.
         busy_poll: seconds the event loop polls instead of sleeping after
-            each read and ``kick`` (see "Busy polling"); 0: off.
+            each read that brings work and each ``kick`` (see "Busy
+            polling"); 0: off.
     Raises:
         ValueError: inconsistent mode/addresses.
     """
@@ -448,9 +453,9 @@ class Transport:
         self._performer: Greenlet | None = None
         self._performer_wake = gevent.event.Event()
         self._watcher: Any = None  # the receiver's io watcher while it exists
-        self._timers: dict[TimerKind, Any] = {}  # armed kind -> its loop timer watcher
+        #: armed kind -> (its loop timer watcher, when that fires)
+        self._timers: dict[TimerKind, tuple[Any, float]] = {}
         self._timer_at: dict[TimerKind, float] = {}  # armed kind -> when it is due
-        self._timer_due: dict[TimerKind, float] = {}  # ... and when its loop timer fires
         self._pending: deque[Action] = deque()
         self._performing = False
         #: an event-loop callback will perform what ``mcast`` queued
@@ -537,7 +542,7 @@ class Transport:
         for g in (self._receiver, self._performer):
             if g is not None and g is not me:
                 g.kill(block=False)
-        for w in self._timers.values():
+        for w, _ in self._timers.values():
             w.stop()
         self._timers.clear()
         self._pending.clear()
@@ -677,7 +682,7 @@ class Transport:
                 try:
                     self._read_batch(sock, actions)
                 finally:
-                    if busy is not None and not getattr(srp, "quiet_read", False):
+                    if busy is not None and not srp.quiet_read:
                         # (an idle ring's token passing by is no reason to
                         # poll: its next visit is a rotation away)
                         busy.kick()
@@ -771,27 +776,27 @@ class Transport:
     # -- timers ----------------------------------------------------------------
 
     def _arm(self, kind: TimerKind, at: float) -> None:
-        w = self._timers.get(kind)
-        if w is not None:
-            if self._timer_due[kind] <= at:
+        self._timer_at[kind] = at
+        armed = self._timers.get(kind)
+        if armed is not None:
+            if armed[1] <= at:
                 # The loop timer already armed comes first: it re-arms for the
                 # rest when it fires (a ring's token-loss timer moves later on
                 # every visit; this spares a loop timer each time).
-                self._timer_at[kind] = at
                 return
-            w.stop()
+            armed[0].stop()
         w = get_hub().loop.timer(max(0.0, at - self.clock()))
-        self._timers[kind] = w
-        self._timer_at[kind] = self._timer_due[kind] = at
+        self._timers[kind] = (w, at)
         w.start(self._fire, kind, w)
 
     def _disarm(self, kind: TimerKind) -> None:
-        w = self._timers.pop(kind, None)
-        if w is not None:
-            w.stop()
+        armed = self._timers.pop(kind, None)
+        if armed is not None:
+            armed[0].stop()
 
     def _fire(self, kind: TimerKind, w: Any) -> None:
-        if self._timers.get(kind) is not w or self.state is not TransportState.RUNNING:
+        armed = self._timers.get(kind)
+        if armed is None or armed[0] is not w or self.state is not TransportState.RUNNING:
             return  # replaced or cancelled after it fell due
         at = self._timer_at[kind]
         if at - self.clock() > 0:
