@@ -45,7 +45,7 @@ messages came as were answered (clients answered together send together),
 on any other message or a WAKE, or when the time is up; the held visit is
 then carried out, as for the representative's rest, as the same visit (it
 is not a consecutive one for stability).  No hold while awaited messages of
-ours are still short of stability, nor at the representative of a ring of two.
+ours are still short of stability.
 
 Stable ACKs.  In a ring of three or more, a frame that ends a message a
 local client waits for carries ``MCAST_ACK`` (only while none of the node's
@@ -1202,13 +1202,12 @@ class Srp:
         # while awaited messages of ours are still on their way to stability: the
         # token must go round for them anyway, and their clients' next writes
         # would wait behind the hold (several busy clients overlap their own
-        # turnaround with the rotation instead).  Nor at the representative of a
-        # ring of two: there the token's idle round is two hops and it rests at
-        # the representative afterwards, about when the next write comes; the
-        # hold measured 5-8% fewer MB/s for 75 KB writes (netns_bench, MTU 1500)
+        # turnaround with the rotation instead).  The representative of a ring
+        # of two holds too: without it its writer's next message waits for the
+        # token's two-hop idle round (netns_bench, MTU 1500, alternated: a third
+        # more 1 KiB writes/s, 75 KB writes no slower)
         if (answered and may_hold and cfg.writer_hold and not sent and not t.rtr
                 and not self._awaited_sent
-                and (ring_id.rep != me or len(self.members) > 2)
                 and t.aru == t.seq and not t.backlog and not self.queue.msgs):
             # until as many awaited messages came as were answered: clients
             # answered together send their next writes together
