@@ -289,6 +289,27 @@ def test_writers_held_without_stable_acks_keep_every_invariant() -> None:
         assert_ok(seed, o)
 
 
+def test_writers_at_both_nodes_of_a_ring_of_two_keep_every_invariant(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both nodes of a ring of two hold the token for their writer, the
+    representative too, under loss, one-way loss, a crash, a partition and a pause."""
+    o = dataclasses.replace(STABLE_WRITERS, nodes=2, sync_writers=2, crashes=1, partitions=1)
+    rep_holds = 0
+    hold = Srp._hold
+
+    def counting(self: Srp, t: Any, ms: float, expected: int, prev_aru: int,
+                 now: float) -> None:
+        nonlocal rep_holds
+        if expected and len(self.members) == 2 and self.ring_id.rep == self.node_id:
+            rep_holds += 1
+        hold(self, t, ms, expected, prev_aru, now)
+
+    monkeypatch.setattr(Srp, "_hold", counting)
+    for seed in seeds(40):
+        assert_ok(seed, o)
+    assert rep_holds > 100, rep_holds
+
+
 def test_writer_hold_and_stable_acks_speed_up_writers_acknowledged_at_stability() -> None:
     """Simulated time, two synchronous writers on a ring of three: with the hold a
     write costs one rotation, without it about two; with stable_acks a write is
