@@ -207,6 +207,24 @@ def test_writer_hold_on_real_executives(tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_writer_hold_at_the_representative_of_two_real_executives(tmp_path):
+    """In a ring of two the representative (node 1, the lowest address) keeps the
+    token for its client's next write as well: one rotation a write."""
+    with Cluster(tmp_path, 2, totem="busy_poll: 0") as c:
+        start_ready(c, [1, 2])
+        c.wait_ring([1, 2])
+        before = {n: c.status(n)["ring"]["stats"] for n in (1, 2)}
+        p = c.client(1, str(ROOT / "examples" / "ckptbench.py"), "--count", "300",
+                     "--sizes", "1", timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "300 writes" in p.stdout, p.stdout
+        after = {n: c.status(n)["ring"]["stats"] for n in (1, 2)}
+    held = {n: after[n]["writer_holds"] - before[n]["writer_holds"] for n in (1, 2)}
+    assert held[1] >= 150, held  # most: the rest met other traffic
+    assert held[2] == 0, held
+
+
+@pytest.mark.timeout(180)
 def test_stable_acks_on_real_executives(tmp_path):
     """stable_acks on (the default): each write of the client of node 2 asks the
     others for ACKs, and node 2 answers writes on them before the token comes back
