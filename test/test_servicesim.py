@@ -44,6 +44,11 @@ MIXES: dict[str, SvcOptions] = {
     # five nodes, everything at once
     "five": SvcOptions(nodes=5, loss=0.1, partitions=2, crashes=2, restarts=2, pauses=1,
                        asym=1, ack_crashes=2),
+    # a ring of two: either node's writers get the token held for their next write
+    # (the representative's too), under loss, pauses, crashes, quick restarts and
+    # kills right after an acknowledged write
+    "pair": SvcOptions(nodes=2, loss=0.1, dup=0.05, reorder=0.2, crashes=2, restarts=2,
+                       pauses=1, ack_crashes=2),
     # a node cut off as it sends client data: sides end the old ring differently
     "splits": SvcOptions(loss=0.15, split_writes=3, messages=30),
     # partitions and flapping links, nobody crashes
@@ -321,7 +326,7 @@ def test_a_name_conflict_loser_that_vanishes_is_caught(monkeypatch: pytest.Monke
     assert len(gone) == 3, r.report()
 
 
-@pytest.mark.parametrize("mix", ["crashes", "five"])
+@pytest.mark.parametrize("mix", ["crashes", "five", "pair"])
 def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
