@@ -733,8 +733,13 @@ class Transport:
                 self.stats["gro_reads"] += 1
                 if self._admit(src[0], len(data), -(-len(data) // seg)):
                     host = src[0]
-                    for i in range(0, len(data), seg):
-                        self._open(data[i:i + seg], host, plains)
+                    run = self.crypto.open_run(data, seg)
+                    if run is None:  # (not one clean run: each on its own)
+                        for i in range(0, len(data), seg):
+                            self._open(data[i:i + seg], host, plains)
+                    else:
+                        for plain in run:
+                            self._accept(plain, host, plains)
             elif self._admit(src[0], len(data), 1):
                 self._open(data, src[0], plains)
 
@@ -765,6 +770,11 @@ class Transport:
                                    "invalid digest: dropped %d-byte packet from %s "
                                    "(another key?)", len(data), host)
             return
+        self._accept(plain, host, plains)
+
+    def _accept(self, plain: bytes, host: str, plains: list[bytes]) -> None:
+        """An authentic datagram's plaintext joins ``plains`` unless it is a
+        LEAVE naming another node than its sender."""
         if len(plain) >= PACKET_HEADER.size and plain[1] == LEAVE and \
                 PACKET_HEADER.unpack_from(plain)[2] != node_of(host):
             self.stats["leave_refused"] += 1
