@@ -91,8 +91,9 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       merged members each holding a change to the checkpoint that the other
       lacked (the simulator follows, per replica, which changes it reflects:
       those it delivered, plus, when a sync round completes, those of every
-      member).  There merge rule 2 chooses one replica, and losing the
-      other's writes is allowed; convergence (a) is still required.
+      member; nothing, on a node that deleted it).  There merge rule 2
+      chooses one replica, and losing the other's writes is allowed;
+      convergence (a) is still required.
     - and, for checkpoints created with one name on sides that never saw
       each other (members each holding a checkpoint of that name the other
       never had, or creations in concurrent configurations: neither
@@ -1541,8 +1542,15 @@ class ServiceSim(Simulation):
             self.members_of[a.ring_id] = a.members
             self.pending_upd[node.id] = []  # an abandoned round's held messages are dropped
             self.installed_at[(a.ring_id, (node.id, node.inc))] = self.now
-            self.snap[(a.ring_id, node.id)] = {
-                ck: frozenset(v) for ck, v in self.held.get((node.id, node.inc), {}).items()}
+            held = self.held.get((node.id, node.inc), {})
+            ckpt = getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
+            if ckpt is not None:
+                # A checkpoint deleted here (or never here) reflects nothing of this
+                # node's history any more: merge rule 1 keeps the other sides'
+                # replica as it is, the tombstone adds nothing to it.
+                for ck in [k for k in held if k[0] != "name" and k not in ckpt.ckpts]:
+                    del held[ck]
+            self.snap[(a.ring_id, node.id)] = {ck: frozenset(v) for ck, v in held.items()}
         self.tr(node, f"{'TRANS' if a.transitional else 'CONF'} {a.ring_id} members "
                 f"{self.names(a.members)} left {self.names(a.left)} "
                 f"joined {self.names(a.joined)}")
@@ -2111,6 +2119,30 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
         for i in (1, 3):
             d.do(9.0, i, _write_once(0, 300))
             d.do(9.5, i, _read_back(0))
+    elif n == 5:
+        # Merge rule 3's loser, then rule 2 on it.  As in scenario 4 each side of a
+        # split creates stable-0; node 3's has more updates and keeps the name, the
+        # other (open on nodes 1 and 2) is unlinked.  Node 1 writes to it in a ring
+        # with node 3, which, alone next and with no opener, deletes it.  Node 3 then
+        # meets node 2 and takes node 2's replica (it deleted its own), and node 2
+        # writes to it there, more often than node 1 did.  At the heal node 2's
+        # replica wins by its updates and node 1's write is lost, as merge rule 2
+        # says: the tombstone on node 3 brought none of node 1's history to node 2.
+        def group(g: dict[int, int], text: str) -> None:
+            sim.group = g
+            sim.tr(None, f"PARTITION {text}")
+        sim.at(1.5, lambda: group({n1: 0, n2: 0, n3: 1}, "[n1,n2] | [n3]"))
+        d.do(2.5, 1, _open_and_fill(0, 1, 300, 1))
+        d.do(2.8, 2, _open_and_fill(0, 1, 300, 1))
+        d.do(2.5, 3, _open_and_fill(0, 1, 300, 6))
+        sim.at(4.0, lambda: sim.f_heal(0))
+        sim.at(4.5, lambda: group({n1: 0, n2: 1, n3: 0}, "[n1,n3] | [n2]"))
+        d.do(6.0, 1, _write_once(0, 300))
+        sim.at(6.5, lambda: group({n1: 0, n2: 1, n3: 2}, "[n1] | [n2] | [n3]"))
+        sim.at(8.0, lambda: group({n1: 0, n2: 1, n3: 1}, "[n1] | [n2,n3]"))
+        for t in (9.0, 9.2, 9.4, 9.6):
+            d.do(t, 2, _write_once(0, 300))
+        sim.at(10.5, lambda: sim.f_heal(0))
     else:
         raise ValueError(f"no scenario {n}")
     return sim.run()
@@ -2125,7 +2157,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Simulate CLM and CKPT on Totem rings under "
                                             "faults and check the replicated state.")
     p.add_argument("--seed", type=int, help="one run, printing its full trace")
-    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4),
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5),
                    help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
     p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
     p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")
