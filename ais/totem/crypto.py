@@ -239,26 +239,30 @@ class Crypto:
         except (ValueError, TypeError) as e:
             raise InvalidDigest(str(e)) from None
         if window:
-            sessions = self._sessions
-            if state is None:
-                if len(sessions) >= MAX_SESSIONS:
-                    sessions.popitem(last=False)
-                state = sessions[session] = [counter, 1]  # (at the end)
-                self._last_session, self._last_state = session, state
+            state = self._heard(session, state)
+            high = state[0]
+            if counter > high:
+                state[1] = (state[1] << (counter - high) | 1) & self._mask \
+                    if counter - high < window else 1
+                state[0] = counter
             else:
-                if session != self._last_session:
-                    # the most recently used at the end, for eviction; a run of
-                    # packets from one sender finds it there already
-                    sessions.move_to_end(session)
-                    self._last_session, self._last_state = session, state
-                high = state[0]
-                if counter > high:
-                    state[1] = (state[1] << (counter - high) | 1) & self._mask \
-                        if counter - high < window else 1
-                    state[0] = counter
-                else:
-                    state[1] |= 1 << (high - counter)
+                state[1] |= 1 << (high - counter)
         return plain
+
+    def _heard(self, session: bytes, state: list[int] | None) -> list[int]:
+        """``session``'s replay state, made the most recently heard (at the end,
+        for eviction); ``state`` None: a new one, nothing heard yet (counters
+        start at 1), the least recently heard session evicted to make room."""
+        sessions = self._sessions
+        if state is None:
+            if len(sessions) >= MAX_SESSIONS:
+                sessions.popitem(last=False)
+            state = sessions[session] = [0, 0]
+        elif session != self._last_session:
+            # a run of packets from one sender finds it at the end already
+            sessions.move_to_end(session)
+        self._last_session, self._last_state = session, state
+        return state
 
     def open_run(self, data: bytes, seg: int) -> list[bytes] | None:
         """Open a coalesced run of datagrams (``seg`` bytes each, the last
@@ -299,21 +303,13 @@ class Crypto:
         except (InvalidTag, ValueError, TypeError):
             return None
         if window:
+            state = self._heard(session, state)
             last = (expect - 1) & _COUNTER_MASK
-            bits = (1 << len(plains)) - 1
-            if state is None:
-                sessions = self._sessions
-                if len(sessions) >= MAX_SESSIONS:
-                    sessions.popitem(last=False)
-                state = sessions[session] = [last, bits & self._mask]
-            else:
-                if session != self._last_session:
-                    self._sessions.move_to_end(session)
-                shift = last - state[0]
-                state[1] = (state[1] << shift | bits) & self._mask if shift < window \
-                    else bits & self._mask
-                state[0] = last
-            self._last_session, self._last_state = session, state
+            bits = (1 << len(plains)) - 1  # counters last, last - 1, ... of the run
+            shift = last - state[0]
+            state[1] = (state[1] << shift | bits) & self._mask if shift < window \
+                else bits & self._mask
+            state[0] = last
         return plains
 
 
