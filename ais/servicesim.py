@@ -1489,7 +1489,7 @@ class ServiceSim(Simulation):
                     raise TypeError(f"unknown action {a!r}")
         finally:
             self.draining[node.id] = False
-        ckpt = getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
+        ckpt = self._ckpt_of(node)
         if ckpt is not None:
             # Every checkpoint id ever linked to a name; a replica "holds" the ids its
             # names ever led to, so creations on two sides conflict like changes do.
@@ -1543,7 +1543,7 @@ class ServiceSim(Simulation):
             self.pending_upd[node.id] = []  # an abandoned round's held messages are dropped
             self.installed_at[(a.ring_id, (node.id, node.inc))] = self.now
             held = self.held.get((node.id, node.inc), {})
-            ckpt = getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
+            ckpt = self._ckpt_of(node)
             if ckpt is not None:
                 # A checkpoint deleted here (or never here) reflects nothing of this
                 # node's history any more: merge rule 1 keeps the other sides'
@@ -1579,6 +1579,10 @@ class ServiceSim(Simulation):
             if any(t.since[h] <= installed.get((ring, h), -1.0) for h in t.holders & members):
                 t.add(key, self.now)
         self.tr(node, f"sync round {host.ring_id} done")
+
+    def _ckpt_of(self, node: _Node) -> Any:
+        """``node``'s checkpoint service, or None (node down, or run without it)."""
+        return getattr(self.hosts[node.id], "services", {}).get(cw.CKPT_SERVICE_ID)
 
     def _holds(self, node: _Node, ck: tuple[int, int, int] | None, key: Any) -> None:
         """``node`` applied the message ``key`` (a change to ``ck``, if not None)."""
