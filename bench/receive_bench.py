@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 
 from ais.totem.crypto import Crypto  # noqa: E402
 from ais.totem.srp import Srp  # noqa: E402
-from totem_harness import record_writes  # noqa: E402
+from totem_harness import add_write_args, record_writes  # noqa: E402
 
 KEY = b"k" * 32
 RUN = 44  #: frames of 1448 bytes in one 64 KiB GRO read
@@ -40,10 +40,7 @@ def record(nodes: int, size: int, count: int, frame_size: int) -> tuple[Srp, lis
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--size", type=int, default=74822)
-    ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--frame-size", type=int, default=1413)
+    add_write_args(ap, nodes=3)
     a = ap.parse_args(argv)
     start, got = record(a.nodes, a.size, a.count, a.frame_size)
     sealer = Crypto(KEY)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 from ais.totem.crypto import Crypto  # noqa: E402
 from ais.totem.events import Send  # noqa: E402
 from ais.totem.srp import Srp  # noqa: E402
-from totem_harness import record_writes  # noqa: E402
+from totem_harness import add_write_args, record_writes  # noqa: E402
 
 KEY = b"k" * 32
 
@@ -65,10 +65,7 @@ def replay(start: Srp, got: list[tuple[str, tuple[Any, ...]]]) -> tuple[float, i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=2)
-    ap.add_argument("--size", type=int, default=74822)
-    ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--frame-size", type=int, default=1413)
+    add_write_args(ap, nodes=2)
     ap.add_argument("--replays", type=int, default=7)
     a = ap.parse_args(argv)
     start, got = record_writes(a.nodes, a.size, a.count, a.frame_size, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 from ais.totem import wire
@@ -174,6 +175,14 @@ def ids(n: int) -> list[int]:
 
 
 __all__ = ["Net", "Node", "ids", "TimerKind"]
+
+
+def add_write_args(ap: Any, nodes: int) -> None:
+    """The replay benchmarks' options for ``record_writes`` (an argparse parser)."""
+    ap.add_argument("--nodes", type=int, default=nodes)
+    ap.add_argument("--size", type=int, default=74822)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--frame-size", type=int, default=1413)
 
 
 def record_writes(nodes: int, size: int, count: int, frame_size: int, node: int
