@@ -260,6 +260,43 @@ def test_an_idle_ring_does_not_busy_poll(tmp_path):
         assert after[n]["busy_polls"] - before[n]["busy_polls"] <= 3, (before[n], after[n])
 
 
+@pytest.mark.timeout(120)
+def test_a_writer_waiting_through_a_failure_polls_only_briefly(tmp_path):
+    """The writer's node polls past ``busy_poll`` while its write is on its way
+    to stability (``Srp.awaiting``), but never more than 8 windows after the
+    last packet or request that brought work: here node 3 stops (SIGSTOP)
+    with the token, so node 1's client waits the ~1.6 s until the ring is
+    re-formed without it, and node 1 spends a small part of that polling."""
+    with Cluster(tmp_path, 3, totem="busy_poll: 2") as c:
+        start_ready(c, [1, 2, 3])
+        c.wait_ring([1, 2, 3])
+        ok = c.client(1, PRELUDE + r"""
+with ckpt.initialize() as h, h.checkpoint_open("w", RW, ckpt.CreationAttributes(
+        ckpt.SA_CKPT_WR_ALL_REPLICAS, 1 << 20, 10**9, 1, 1 << 20, 0)) as ck:
+    ck.write(ckpt.IOVector(ckpt.SA_CKPT_DEFAULT_SECTION_ID, b"x" * 100000))
+print("ok")""")
+        assert ok.stdout.strip() == "ok", ok.stdout + ok.stderr
+        time.sleep(0.5)
+        before = c.status(1)["ring"]["stats"]
+        c.pause(3)
+        t0 = time.monotonic()
+        p = c.client(1, PRELUDE + r"""
+with ckpt.initialize() as h, h.checkpoint_open("w", RW) as ck:
+    for i in range(40):
+        ck.write(ckpt.IOVector(ckpt.SA_CKPT_DEFAULT_SECTION_ID, b"y" * 100000))
+print("wrote")""", timeout=60)
+        took = time.monotonic() - t0
+        after = c.status(1)["ring"]["stats"]
+        c.resume(3)
+    assert p.stdout.strip() == "wrote", p.stdout + p.stderr
+    assert took > 1.0, took  # the writes waited for the failure to be detected
+    polled = (after["busy_poll_ms"] - before["busy_poll_ms"]) / 1000
+    print(f"took {took:.2f} s, node 1 polled {polled:.3f} s")
+    # (two status requests and the writes, then a failure and a new ring:
+    # with no end to the awaiting polls node 1 would poll throughout)
+    assert polled < took / 3, (took, polled)
+
+
 RETENTION = PRELUDE + r"""
 SECOND = 10**9
 name = sys.argv[1]

@@ -612,6 +612,28 @@ def test_writer_hold_in_a_ring_of_two_at_either_node() -> None:
             assert all(at_once) if hold else not any(at_once), (hold, node, at_once)
 
 
+def test_awaiting_from_a_queued_message_until_it_is_stable() -> None:
+    """``Srp.awaiting`` (the transport polls while it holds): true from the
+    moment a message of ours is queued until the Stable that covers it, false
+    at the other nodes and on an idle ring."""
+    net = formed(3, TotemConfig(writer_hold=0.0, stable_acks=False))
+    net.run(1)
+    assert not any(n.srp.awaiting for n in net.nodes.values())
+    net.mcast(B, b"w", True)
+    assert net.nodes[B].srp.awaiting
+    seen = []
+
+    def done() -> bool:
+        seen.append(net.nodes[B].srp.awaiting)
+        n = net.nodes[B]
+        mine = [d.seq for d in n.deliveries if isinstance(d, Deliver) and d.payload == b"w"]
+        return bool(mine) and bool(n.stables) and n.stables[-1].seq >= mine[0]
+    assert net.run_until(done, 1)
+    assert all(seen[:-1])  # sent, not yet stable: still awaiting
+    assert not net.nodes[B].srp.awaiting
+    assert not net.nodes[A].srp.awaiting and not net.nodes[C].srp.awaiting
+
+
 def test_writer_hold_waits_for_every_answered_writer() -> None:
     """Three synchronous writers on one node, answered at the same visit: the token
     waits for all three next writes (not just the first), which leave together."""

@@ -103,6 +103,7 @@ class StubSrp:
         self.node_id = node_of(addr)
         self.max_ring_seq = 0
         self.quiet_read = False
+        self.awaiting = False
         self.received: list[bytes] = []
         self.fired: list[tuple[TimerKind, float]] = []
         self._on_start, self._on_receive, self._on_timer = on_start, on_receive, on_timer
@@ -1108,6 +1109,50 @@ def test_busy_poll_keeps_the_loop_turning_for_its_window_then_sleeps() -> None:
     seen = turns[0]
     gevent.sleep(0.03)
     assert turns[0] == seen  # asleep again
+
+
+def test_busy_poll_goes_on_while_our_messages_wait_up_to_its_await_window() -> None:
+    """Past its window the loop keeps polling while ``awaiting`` says our own
+    messages wait (a write on its way to stability), up to ``await_window``
+    after the last kick; it stops at the first turn that finds nothing waiting."""
+    stats = {"busy_polls": 0, "busy_poll_us": 0}
+    now = [10.0]
+    waiting = [True]
+    asked = [0]
+
+    def awaiting() -> bool:
+        asked[0] += 1
+        return waiting[0]
+    bp = BusyPoll(0.5, stats, clock=lambda: now[0], yield_cpu=None,
+                  awaiting=awaiting, await_window=4.0)
+    bp.kick()
+    for t in (10.2, 10.49):
+        now[0] = t
+        bp._turn()
+        assert bp.polling
+    assert asked[0] == 0  # inside the window nothing is asked
+    for t in (10.6, 12.0, 13.9):
+        now[0] = t
+        bp._turn()
+        assert bp.polling, t  # past the window, but our message waits
+    now[0] = 14.01
+    bp._turn()
+    assert not bp.polling  # the await window (from the kick) is over
+    assert stats["busy_poll_us"] == 4_010_000
+    bp.kick()  # at 14.01
+    now[0] = 14.6
+    bp._turn()
+    assert bp.polling
+    waiting[0] = False  # the token brought stability
+    now[0] = 14.7
+    bp._turn()
+    assert not bp.polling and stats["busy_polls"] == 2
+    # without ``awaiting`` a window is a window
+    plain = BusyPoll(0.5, stats, clock=lambda: now[0], yield_cpu=None)
+    plain.kick()
+    now[0] = 15.21
+    plain._turn()
+    assert not plain.polling
 
 
 @pytest.mark.timeout(20)

@@ -305,6 +305,11 @@ class Srp:
                                or self.stats["frames_sent"] != frames_sent)
         return self._out
 
+    @property
+    def awaiting(self) -> bool:
+        """Messages of ours wait for the token or for stability (polling worth it)."""
+        return bool(self._awaited_sent or self.queue.msgs)
+
     def _receive_full(self, data: bytes, now: float) -> None:
         try:
             pkt = wire.decode_untrusted(data)
