@@ -686,6 +686,11 @@ class _FrameReader:
                     raise IpcProtocolError("silent inside a frame")
             else:
                 data = self.sock.recv(_CHUNK)
+                if data:
+                    # the usual read: exactly one whole request, decoded in place
+                    frame = w.whole_frame(data)
+                    if frame is not None:
+                        return frame
             if not data:
                 if self.buf.pending:
                     raise IpcProtocolError(f"connection closed inside a frame "

@@ -103,28 +103,35 @@ class _Channel:
             Timeout: the deadline passed.
             IpcProtocolError: the executive sent garbage.
         """
+        buf = self.buf
         while True:
-            frame = self.buf.next_frame()
-            if frame is not None:
-                return frame
-            if self.buf.pending and (deadline is None or
-                                     deadline > time.monotonic() + FRAME_GUARD):
+            if buf.pending:
+                frame = buf.next_frame()
+                if frame is not None:
+                    return frame
+            if buf.pending and (deadline is None or
+                                deadline > time.monotonic() + FRAME_GUARD):
                 # Half a frame in: the rest comes at once or never.
                 deadline = time.monotonic() + FRAME_GUARD
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            sock = self.sock
             try:
-                r, _, _ = select.select([self.sock], [], [], timeout)
+                # (the socket's own timeout: one call, where select() then
+                # recv() took two from Python)
+                sock.settimeout(timeout)
+                data = sock.recv(65536)
+            except TimeoutError:
+                raise Timeout("no answer from the executive") from None
             except (OSError, ValueError) as exc:
-                raise Library(f"executive connection lost: {exc}") from None
-            if not r:
-                raise Timeout("no answer from the executive")
-            try:
-                data = self.sock.recv(65536)
-            except OSError as exc:
                 raise Library(f"executive connection lost: {exc}") from None
             if not data:
                 raise Library("the executive closed the connection")
-            self.buf.feed(data)
+            if not buf.pending:
+                # the usual read: exactly one whole frame, decoded in place
+                frame = w.whole_frame(data)
+                if frame is not None:
+                    return frame
+            buf.feed(data)
 
     def shutdown(self) -> None:
         try:

@@ -126,6 +126,15 @@ def decode_frame_untrusted(data: bytes | memoryview) -> Frame:
     return Frame(service, msg_id, error, seq, bytes(data[FRAME_HEADER.size:]))
 
 
+def whole_frame(data: bytes) -> Frame | None:
+    """``data`` decoded when it is exactly one frame; None when it is more or
+    less (a stream's pieces: ``FrameBuffer``).  Raises IpcProtocolError."""
+    if len(data) < FRAME_HEADER.size or decode_frame_size_untrusted(data) != len(data):
+        return None
+    _, service, msg_id, error, seq = FRAME_HEADER.unpack_from(data)
+    return Frame(service, msg_id, error, seq, data[FRAME_HEADER.size:])
+
+
 class FrameBuffer:
     """Splits a byte stream into frames; both ends of a connection use it."""
 

@@ -21,7 +21,7 @@ import pytest
 from helpers_exec import ExecThread
 from saf import _wire as w
 from saf import clm
-from saf.errors import Library, Security, TryAgain
+from saf.errors import SA_OK, Library, Security, TryAgain
 from saf.types import SA_DISPATCH_ALL, SA_TRACK_CURRENT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -339,3 +339,70 @@ def test_outbox_sends_at_once_when_nothing_waits_and_keeps_order_behind_a_backlo
         out.finish(flush=False)
         a.close()
         b.close()
+
+
+def _fake_executive(path: str, answer) -> threading.Thread:
+    """A stand-in executive on ``path``: completes the handshake of one request
+    channel, then calls ``answer(sock, request_frame)`` for each request."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def run() -> None:
+        conn, _ = srv.accept()
+        buf = w.FrameBuffer()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf.feed(data)
+                while (f := buf.next_frame()) is not None:
+                    if f.msg_id == w.MSG_HELLO:
+                        conn.sendall(w.encode_frame(w.Frame(f.service, w.MSG_HELLO, SA_OK, f.seq,
+                                                            w.encode_hello_reply(
+                                                                w.HelloReply(1, 5)))))
+                    else:
+                        answer(conn, f)
+        finally:
+            conn.close()
+            srv.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.timeout(30)
+def test_client_reads_answers_whole_in_pieces_and_late_and_times_out(tmp_path, monkeypatch):
+    """The client library's read of an answer: one whole frame in one read (the
+    usual case), a frame split over several reads, a late answer to an earlier
+    request ahead of the right one in the same read, and no answer at all
+    (Timeout after the call's own time, the connection still usable)."""
+    from saf._conn import Connection
+    from saf.errors import Timeout
+    path = str(tmp_path / "fake.sock")
+    monkeypatch.setenv("AIS_SOCKET", path)
+
+    def answer(conn: socket.socket, f: w.Frame) -> None:
+        kind = f.body
+        reply = w.encode_frame(w.Frame(f.service, f.msg_id, SA_OK, f.seq, b"re:" + kind))
+        if kind == b"whole":
+            conn.sendall(reply)
+        elif kind == b"pieces":
+            for i in range(0, len(reply), 5):
+                conn.sendall(reply[i:i + 5])
+                time.sleep(0.01)
+        elif kind == b"late":
+            old = w.encode_frame(w.Frame(f.service, f.msg_id, SA_OK, f.seq - 1, b"stale"))
+            conn.sendall(old + reply)
+        # b"silent": no answer
+    _fake_executive(path, answer)
+    c = Connection(9, with_callbacks=False)
+    assert c.request(1, b"whole") == b"re:whole"
+    assert c.request(1, b"pieces") == b"re:pieces"
+    t0 = time.monotonic()
+    with pytest.raises(Timeout):
+        c.request(1, b"silent", timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    assert c.request(1, b"late") == b"re:late"
+    assert c.request(1, b"whole") == b"re:whole"

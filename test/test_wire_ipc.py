@@ -306,3 +306,39 @@ def test_initialize_checks_the_version_before_connecting(monkeypatch, tmp_path):
     with pytest.raises(VersionError):
         _conn.initialize(_Handle, None, Version("B", 1, 1))
     _conn.check_version(Version("A", 1, 1))
+
+
+@pytest.mark.timeout(30)
+def test_whole_frame_agrees_with_the_frame_buffer():
+    """``whole_frame`` (the one-read fast path of both ends) decodes exactly
+    what a FrameBuffer fed the same bytes would, when they are one whole frame,
+    and declines anything else: a frame and more, part of one, garbage (which
+    either declines or raises IpcProtocolError like the buffer)."""
+    one = w.encode_frame(w.Frame(3, 7, 0, 42, b"answer"))
+    assert w.whole_frame(one) == w.Frame(3, 7, 0, 42, b"answer")
+    assert w.whole_frame(one + one) is None
+    assert w.whole_frame(one[:-1]) is None
+    assert w.whole_frame(one[:5]) is None
+    with pytest.raises(IpcProtocolError):
+        w.whole_frame(struct.pack("!IHHiI", w.MAX_FRAME + 1, 1, 1, 0, 0))
+    rng = random.Random(2)
+    for _ in range(3000):
+        data = bytearray(one if rng.random() < 0.5 else w.encode_frame(
+            w.Frame(1, 2, 0, 3, bytes(rng.randrange(256) for _ in range(rng.randrange(50))))))
+        for _ in range(rng.randrange(3)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        data = data[:rng.randrange(len(data) + 1)] if rng.random() < 0.3 else data
+        buf = w.FrameBuffer()
+        try:
+            buf.feed(bytes(data))
+            expect = buf.next_frame()
+            if buf.pending:
+                expect = None
+        except IpcProtocolError:
+            try:  # a bad header, or a frame then a bad one: never a frame
+                assert w.whole_frame(bytes(data)) is None
+            except IpcProtocolError:
+                pass
+            continue
+        assert w.whole_frame(bytes(data)) == expect
