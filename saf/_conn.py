@@ -114,15 +114,17 @@ class _Channel:
                 # Half a frame in: the rest comes at once or never.
                 deadline = time.monotonic() + FRAME_GUARD
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            sock = self.sock
+            # (select, not the socket's own timeout: that would stay on the
+            # socket and bound the next sendall too)
             try:
-                # (the socket's own timeout: one call, where select() then
-                # recv() took two from Python)
-                sock.settimeout(timeout)
-                data = sock.recv(65536)
-            except TimeoutError:
-                raise Timeout("no answer from the executive") from None
+                r, _, _ = select.select([self.sock], [], [], timeout)
             except (OSError, ValueError) as exc:
+                raise Library(f"executive connection lost: {exc}") from None
+            if not r:
+                raise Timeout("no answer from the executive")
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
                 raise Library(f"executive connection lost: {exc}") from None
             if not data:
                 raise Library("the executive closed the connection")
