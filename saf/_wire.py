@@ -131,8 +131,7 @@ def whole_frame(data: bytes) -> Frame | None:
     less (a stream's pieces: ``FrameBuffer``).  Raises IpcProtocolError."""
     if len(data) < FRAME_HEADER.size or decode_frame_size_untrusted(data) != len(data):
         return None
-    _, service, msg_id, error, seq = FRAME_HEADER.unpack_from(data)
-    return Frame(service, msg_id, error, seq, data[FRAME_HEADER.size:])
+    return decode_frame_untrusted(data)
 
 
 class FrameBuffer:
