@@ -316,13 +316,13 @@ class BusyPoll:
     Counts windows and the time spent polling into ``stats``
     (``busy_polls``, ``busy_poll_us``).
 
-    ``awaiting`` (optional): while it answers true when the window ends, the
-    loop goes on polling, a few turns at a time, up to ``await_window`` s
-    after the last kick.  The writer's node uses it to stay awake until the
-    token brings its write's stability: on a ring of three the token comes
-    back about a millisecond after the visit that sent a large write, past
-    the usual window, and the wake-up it would pay then is on the client's
-    critical path.  A ring with nothing of ours in flight never asks.
+    ``awaiting`` (optional): while it answers true past the window, the loop
+    goes on polling, up to ``await_window`` s after the last kick.  The
+    writer's node uses it to stay awake until the token brings its write's
+    stability: on a ring of three the token comes back about a millisecond
+    after the visit that sent a large write, past the usual window, and the
+    wake-up it would pay then is on the client's critical path.  A ring with
+    nothing of ours in flight never asks.
     """
 
     def __init__(self, window: float, stats: dict[str, int], *,
@@ -356,12 +356,10 @@ class BusyPoll:
 
     def _turn(self) -> None:
         now = self.clock()
-        if now >= self._until:
-            aw = self.awaiting
-            if (aw is not None and now < self._kicked + self.await_window and aw()):
-                self._until = now + self.window / 8
-            else:
-                self.stop(now)
+        if now >= self._until and not (self.awaiting is not None
+                                       and now < self._kicked + self.await_window
+                                       and self.awaiting()):
+            self.stop(now)
         elif self.yield_cpu is not None:
             self.yield_cpu()
 
