@@ -58,11 +58,14 @@ def test_testclm_on_a_survivor_prints_each_change(tmp_path) -> None:
                 assert f"Node name is 127.0.0.{n}" in text
             assert "NodeGetCallback local machine 55" in text
             c.kill(3)
-            out.wait_for(lambda t: "NODE STATE LEFT." in t)
+            # (the whole callback printed: its record ends before "Done calling")
+            out.wait_for(lambda t: "Done calling trackCallback"
+                         in t.partition("NODE STATE LEFT.")[2])
             left = out.text().split("NODE STATE LEFT.")[1]
             assert "Node name is 127.0.0.3" in left.split("Done calling trackCallback")[0]
             c.start(3)
-            out.wait_for(lambda t: "NODE STATE JOINED." in t.split("NODE STATE LEFT.")[1])
+            out.wait_for(lambda t: "Done calling trackCallback" in t.split(
+                "NODE STATE LEFT.")[1].partition("NODE STATE JOINED.")[2])
             joined = out.text().split("NODE STATE LEFT.")[1].split("NODE STATE JOINED.")[1]
             assert "Node name is 127.0.0.3" in joined.split("Done calling trackCallback")[0]
             proc.stdin.write("\n")
