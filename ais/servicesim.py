@@ -79,12 +79,14 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       delivered the message inside a sync round they never completed, and
       so never applied it);
       of an ACTIVE_REPLICA(_WEAK) write, the acknowledging node (the active
-      replica); of an open that found its checkpoint (delivered in another
-      ring than the one that created it: CKPT answers it at agreed delivery),
-      the answering node (a member that delivered it inside a sync round it
-      never completed never held the checkpoint).  Then every node that
-      delivers it, and every node that completes a sync round with a holder
-      (one that held it when it installed that round's ring), holds it; a
+      replica); of an open that found its checkpoint (CKPT answers it at
+      agreed delivery, even when the open that created it came just before
+      in the same frame and is not safe yet; the simulator notes which opens
+      created one), the answering node (a member that delivered it inside a
+      sync round it never completed never held the checkpoint).  Then every
+      node that delivers it, and every node that completes a sync round with
+      a holder (one that held it when it installed that round's ring: not
+      for a message delivered in that ring itself), holds it; a
       crash ends a holder.  An acknowledgement whose holders all crashed is
       lost with them (checkpoints live in memory only);
     - except for checkpoints with *conflicting histories*: a sync round
@@ -130,6 +132,7 @@ import argparse
 import heapq
 import ipaddress
 import logging
+import math
 import random
 import struct
 import sys
@@ -1304,6 +1307,9 @@ class ServiceSim(Simulation):
         self.tracks_by_key: dict[Any, list[AckTrack]] = {}
         #: (node, incarnation, conn, seq) -> the last message that request caused, as
         #: delivered there, and the members of the configuration it was delivered in
+        #: (node, incarnation, connection, request seq) of the opens that created
+        #: their checkpoint
+        self.creating_opens: set[tuple[int, int, int, int]] = set()
         self.key_of_request: dict[tuple[int, int, int, int],
                                   tuple[Any, frozenset[tuple[int, int]]]] = {}
         #: message -> the incarnations that applied it
@@ -1670,6 +1676,20 @@ class ServiceSim(Simulation):
         self.ring_of[nid] = None
         host.attach_ring(_Port(self, node))
         ckpt = host.services[cw.CKPT_SERVICE_ID]
+        run_exec = host._run_exec
+
+        def run_exec_noting_creations(svc: Any, msg: Any, inc: int = node.inc) -> None:
+            # Which of this node's clients' opens created their checkpoint (answered
+            # safe) and which found it (answered at agreed delivery, even when the
+            # creating open came in the same frame and is not safe yet).
+            # Decided before the handler runs: it may answer at once.
+            if svc is ckpt and msg.msg_id == ckpt_mod.MSG_OPEN and msg.tag.node == nid:
+                op = cw.decode_open_untrusted(msg.payload)
+                if op.attributes is not None and ckpt.ckpts.get(
+                        ckpt.names.get(op.name)) is None:  # type: ignore[arg-type]
+                    self.creating_opens.add((nid, inc, msg.tag.conn_id, msg.tag.seq))
+            run_exec(svc, msg)
+        host._run_exec = run_exec_noting_creations  # type: ignore[method-assign]
         done = ckpt.sync_done
 
         def sync_done(inc: int = node.inc) -> None:
@@ -1803,10 +1823,10 @@ class ServiceSim(Simulation):
         self.client_acks.append(a)
         found = self.key_of_request.get((c.node_id, c.inc, c.conn.conn_id, seq))
         key, members = found if found is not None else (None, frozenset())
-        # An open delivered in another ring than the one its checkpoint's id names
-        # did not create it: CKPT answers that at agreed delivery (the checkpoint
-        # was there already), so only who applied it is known to hold it.
-        created = a.sid is None and (key is None or (key[0].seq, key[0].rep) == a.ckpt[:2])
+        # An open that found its checkpoint (there already, or created by an open
+        # before it, maybe in the same frame) is answered at agreed delivery, so
+        # only who applied it is known to hold it.
+        created = a.sid is None and (c.node_id, c.inc, c.conn.conn_id, seq) in self.creating_opens
         if created or (a.sid is not None and a.mode == cw.SA_CKPT_WR_ALL_REPLICAS):
             # safe: every member of the configuration it was delivered in holds it --
             # or, answered at that ring's transitional configuration, every member
@@ -1822,9 +1842,14 @@ class ServiceSim(Simulation):
                    and self.nodes[x[0]].srp is not None}
         t = AckTrack(a, key, holders)
         if key is not None:
-            # delivered in ring key[0], before the holders installed any later ring
+            # Delivered in ring key[0], before the holders installed any later ring:
+            # held from just after they installed key[0].  Not from that instant:
+            # key[0]'s own sync round passes on the state its members had when
+            # they installed it, which lacks every message delivered in it.
             for h in holders:
-                t.since[h] = min(t.since[h], self.installed_at.get((key[0], h), a.at))
+                installed = self.installed_at.get((key[0], h))
+                if installed is not None:
+                    t.since[h] = min(t.since[h], math.nextafter(installed, math.inf))
         self.tracks.append(t)
         if key is not None:
             self.tracks_by_key.setdefault(key, []).append(t)
@@ -2011,6 +2036,14 @@ def _open_and_fill(name_i: int, sections: int, size: int, writes: int
     return make
 
 
+def _open_only(name_i: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    def make(c: _Client) -> Generator[Any, Any, Any]:
+        err, body = yield from op_open(stable_name(name_i), stable_attrs(name_i))
+        if err == SA_OK:
+            c.handle = cw.decode_handle_untrusted(body)
+    return make
+
+
 def _write_once(sid_j: int, size: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
     def make(c: _Client) -> Generator[Any, Any, Any]:
         h = c.handle
@@ -2047,7 +2080,8 @@ SCENARIO_OPTIONS = SvcOptions(nodes=3, messages=0, clients=1, duration=12.0, set
 def scenario(n: int, full_trace: bool = False) -> SvcResult:
     """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7, or scenario 4
     (module docstring), and check it."""
-    o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0)
+    o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0,
+                clients=2 if n == 6 else SCENARIO_OPTIONS.clients)
     sim = ServiceSim(n, o)
     sim.sres.scenario = n
     d = _Driver(sim)
@@ -2147,6 +2181,24 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
         for t in (9.0, 9.2, 9.4, 9.6):
             d.do(t, 2, _write_once(0, 300))
         sim.at(10.5, lambda: sim.f_heal(0))
+    elif n == 6:
+        # Two clients of node 1 open stable-0, which does not exist yet, at once: both
+        # opens leave node 1, and never reach the others.  The first creates
+        # the checkpoint and is answered once every member holds it (never, here); the
+        # second finds it and is answered at agreed delivery, at once.  Node 1 is killed
+        # as soon as an open returns: its client goes with it, and so may the checkpoint.
+        def lossy() -> None:
+            sim.drop_rules.append(lambda src, dst, data: src == n1 and b"stable-0" in data)
+
+            def on_ack(c: _Client, a: Ack) -> None:
+                sim.tr(None, f"{c.name}'s open acknowledged: killing its node")
+                sim.at(sim.now, lambda: sim.crash_now(n1))
+            for k in (0, 1):
+                d.client(1, k).on_ack = on_ack
+        sim.at(2.0, lossy)
+        d.do(2.0, 1, _open_only(0), 0)
+        d.do(2.0, 1, _open_only(0), 1)
+        sim.at(3.0, lambda: sim.crash_now(n1))
     else:
         raise ValueError(f"no scenario {n}")
     return sim.run()
@@ -2161,7 +2213,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Simulate CLM and CKPT on Totem rings under "
                                             "faults and check the replicated state.")
     p.add_argument("--seed", type=int, help="one run, printing its full trace")
-    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5),
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5, 6),
                    help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
     p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
     p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")

@@ -400,6 +400,63 @@ def test_a_holding_that_began_after_a_ring_is_not_passed_on_by_its_round() -> No
     assert any("n2 sync round 10.0.0.2/20 done" in ln for ln in t[alone:])
 
 
+def test_an_open_that_found_a_checkpoint_not_yet_safe_goes_with_its_node() -> None:
+    """Scenario 6 (seen first as seed 320471 of the crashes mix): two clients of n1 open
+    stable-0 at once and neither open reaches the others.  The first creates it and
+    waits for safe delivery; the second finds it and returns at agreed delivery; n1 is
+    killed then.  Only n1 ever held the checkpoint and its client died with it: no
+    violation.  The checker used to count every open delivered in the ring that created
+    the checkpoint as the creation, whose holders are every member."""
+    r = scenario(6, full_trace=True)
+    assert r.ok, r.report()
+    t = r.trace
+    answered = [ln for ln in t if "<- open #1" in ln]
+    assert len(answered) == 1 and "n1.0/c1 <- open #1: OK" in answered[0], answered
+    assert any("[10.0.0.1] checkpoint b'stable-0' created" in ln for ln in t)
+    assert any("n1 CRASH incarnation 0" in ln for ln in t)
+    assert not any("[10.0.0.2] checkpoint b'stable-0' created" in ln
+                   or "[10.0.0.3] checkpoint b'stable-0' created" in ln for ln in t)
+
+
+def test_checker_catches_a_creating_open_answered_before_it_is_safe(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario 6 with the executive answering every open at agreed delivery: the
+    creating open returns before the others have its frame and its node dies, so the
+    checkpoint it promised is gone from the survivors -- reported on both."""
+    from ais.executive import ServiceHost
+    claim = ServiceHost._claim_and_answer
+
+    def unsafe_opens(self: ServiceHost, tag: Any, code: int, body: bytes, safe: bool) -> bool:
+        if self._pending.get((tag.conn_id, tag.seq)) == cw.REQ_OPEN:
+            safe = False
+        return claim(self, tag, code, body, safe)
+    monkeypatch.setattr(ServiceHost, "_claim_and_answer", unsafe_opens)
+    r = scenario(6)
+    gone = [v for v in r.violations if v.invariant == "lost"
+            and "checkpoint stable-0" in v.detail and "n1.0/c0 was told" in v.detail]
+    assert len(gone) == 2, r.report()
+
+
+def test_a_message_delivered_in_a_ring_is_not_passed_on_by_that_rings_round() -> None:
+    """Seed 310807 of four nodes under every fault at once: n1, cut off as it sends a
+    WR_ALL_REPLICAS section creation in ring 10.0.0.1/8, answers it at that ring's
+    transitional configuration (n1 alone) and later crashes; n4 completes /8's sync
+    round afterwards.  That round passed on the state its members had when they
+    installed /8, without the creation, so n1 alone held it and its loss is no
+    violation; the checker used to date a holding that began in a ring at that ring's
+    installation, which made n4 a holder."""
+    o = SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2, crashes=3,
+                   restarts=3, pauses=2, asym=2, ack_crashes=2, split_writes=2, amf_admin=1,
+                   full_trace=True)
+    r = run(310807, o)
+    assert r.ok, r.report()
+    t = r.trace
+    i = next(i for i, ln in enumerate(t) if "n1 n1.0/c1 <- section_create #2: OK" in ln)
+    assert "n1 TRANS 10.0.0.1/8 members [n1]" in "".join(t[i - 3:i])
+    assert any("n4 sync round 10.0.0.1/8 done" in ln for ln in t[i:])
+    assert any("n1 CRASH incarnation 0" in ln for ln in t[i:])
+
+
 def test_a_checkpoint_made_under_a_name_that_diverged_before_may_lose_it() -> None:
     """Seed 1630 of the five-node mix: the name stable-1 diverged early; later a
     restarted n1 creates another stable-1 with n5 alone, its opener crashes, and the
