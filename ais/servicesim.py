@@ -1684,7 +1684,7 @@ class ServiceSim(Simulation):
             # creating open came in the same frame and is not safe yet).
             # Decided before the handler runs: it may answer at once.
             if svc is ckpt and msg.msg_id == ckpt_mod.MSG_OPEN and msg.tag.node == nid:
-                op = cw.decode_open_untrusted(msg.payload)
+                op = cw.decode_open_untrusted(ckpt_mod.OPEN_MSG.decode(msg.payload)[1])
                 if op.attributes is not None and ckpt.ckpts.get(
                         ckpt.names.get(op.name)) is None:  # type: ignore[arg-type]
                     self.creating_opens.add((nid, inc, msg.tag.conn_id, msg.tag.seq))
@@ -2199,6 +2199,33 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
         d.do(2.0, 1, _open_only(0), 0)
         d.do(2.0, 1, _open_only(0), 1)
         sim.at(3.0, lambda: sim.crash_now(n1))
+    elif n == 7:
+        # Node 1 and node 3 each create a checkpoint in the same rotation (stable-0 and
+        # stable-2, both WR_ALL_REPLICAS); neither OPEN reaches the other side and the
+        # ring splits into [n1] and [n2,n3].  Each side delivers its own creation only,
+        # as the old ring's last message, so counting creations per ring gave both
+        # checkpoints one id and the heal merged them into one.  Both must stay, with
+        # the writes made on them before and after the heal.
+        def lossy() -> None:
+            # (by destination: a member holding a frame retransmits it too)
+            sim.drop_rules.append(lambda src, dst, data: dst != n1 and b"stable-0" in data)
+            sim.drop_rules.append(lambda src, dst, data: dst == n1 and b"stable-2" in data)
+        sim.at(2.0, lossy)
+        d.do(2.0, 1, _open_and_fill(0, 1, 100, 1))
+        d.do(2.0, 3, _open_and_fill(2, 1, 100, 1))
+
+        def split() -> None:
+            sim.group = {n1: 0, n2: 1, n3: 1}
+            sim.tr(None, "PARTITION [n1] | [n2,n3]")
+        sim.at(2.003, split)
+
+        def heal() -> None:
+            sim.drop_rules.clear()
+            sim.f_heal(0)
+        sim.at(5.0, heal)
+        for i in (1, 3):
+            d.do(8.0, i, _write_once(0, 100))
+            d.do(8.5, i, _read_back(0))
     else:
         raise ValueError(f"no scenario {n}")
     return sim.run()
@@ -2213,7 +2240,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Simulate CLM and CKPT on Totem rings under "
                                             "faults and check the replicated state.")
     p.add_argument("--seed", type=int, help="one run, printing its full trace")
-    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5, 6),
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5, 6, 7),
                    help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
     p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
     p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")

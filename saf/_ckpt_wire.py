@@ -155,11 +155,14 @@ HANDLE: struct.Struct = HANDLE_LAYOUT.struct  # type: ignore[assignment]
 
 # Cluster-wide checkpoint id (16 bytes), first in ring messages about a checkpoint:
 #  0                 8           12          16
-#  | ring seq u64    | ring rep  | counter   |
-#  the ring in which the creating OPEN was delivered, and how many checkpoints
-#  that ring had created before it: unique across partitions and restarts.
-CKPT_ID_LAYOUT = Layout(None, "checkpoint id", ("ring_seq", u64), ("ring_rep", u32),
-                        ("counter", u32))
+#  | ring seq u64    | node      | number    |
+#  the ring in which the creating OPEN was delivered, the node that multicast it
+#  and that node's number for it (carried in the OPEN): the same on every node
+#  that delivers the OPEN, whatever else each one delivered.  (A count of the
+#  ring's creations would not be: the sides of a partition deliver different
+#  sets of the old ring's last messages.)  A node is in one ring per ring seq.
+CKPT_ID_LAYOUT = Layout(None, "checkpoint id", ("ring_seq", u64), ("node", u32),
+                        ("number", u32))
 CKPT_ID: struct.Struct = CKPT_ID_LAYOUT.struct  # type: ignore[assignment]
 
 CkptId = tuple[int, int, int]

@@ -418,6 +418,26 @@ def test_an_open_that_found_a_checkpoint_not_yet_safe_goes_with_its_node() -> No
                    or "[10.0.0.3] checkpoint b'stable-0' created" in ln for ln in t)
 
 
+def test_checkpoints_created_on_the_two_sides_of_a_split_keep_apart() -> None:
+    """Scenario 7 (seen first as seed 321073 of four nodes under every fault): n1 and n3
+    each create a checkpoint as the ring splits into [n1] and [n2,n3], and each side
+    delivers only its own creation.  Ids counted per ring named both (4, rep, 1), so
+    the heal merged the two and n1's client lost its section (error 12 on its read).
+    Ids now name the OPEN itself: both checkpoints stay, with every write."""
+    r = scenario(7, full_trace=True)
+    assert r.ok, r.report()
+    t = r.trace
+    heal = next(i for i, ln in enumerate(t) if "-- HEAL" in ln)
+    before = t[:heal]
+    assert any("[10.0.0.1] checkpoint b'stable-0' created" in ln for ln in before)
+    assert any("[10.0.0.3] checkpoint b'stable-2' created" in ln for ln in before)
+    assert not any("[10.0.0.1] checkpoint b'stable-2' created" in ln
+                   or "[10.0.0.3] checkpoint b'stable-0' created" in ln for ln in before)
+    for who in ("n1 n1.0/c0", "n3 n3.0/c0"):
+        assert any(f"{who} <- read #5: OK" in ln for ln in t[heal:]), who
+    assert r.acked_writes == 4
+
+
 def test_checker_catches_a_creating_open_answered_before_it_is_safe(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario 6 with the executive answering every open at agreed delivery: the

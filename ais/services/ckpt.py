@@ -39,8 +39,14 @@ Answered at agreed delivery: errors (nothing changed), an OPEN of an existing
 checkpoint and CLOSE (reference counts are per node and re-announced in every
 sync round), reads, status and iterator snapshots (local reads).
 
-Identity.  A checkpoint's id is (ring seq, ring rep, n): the ring in which
-its creating OPEN was delivered and how many that ring created before it.
+Identity.  A checkpoint's id is (ring seq, node, number): the ring in which
+its creating OPEN was delivered, the node whose client asked, and that node's
+number for the OPEN (``OPEN_MSG``).  Every node that delivers the OPEN gives
+the checkpoint the same id, whatever else it delivered: the sides of a
+partition each deliver their own part of the old ring's last messages, so
+counting creations per ring would give one id to different checkpoints.  A
+node installs one ring per ring seq (its highest is kept on disk), so ids do
+not repeat across restarts either.
 Unlink drops the name at once (a later OPEN with attributes creates a new
 checkpoint); the data goes when the last opener closes.
 
@@ -287,6 +293,9 @@ class _ConnState:
 
 _ID = cw.CKPT_ID_LAYOUT
 
+# OPEN: | number u32 | the client's OPEN body |: the asking node numbers its OPENs;
+# one that creates its checkpoint names it (ring seq, asking node, number)
+OPEN_MSG = Layout(None, "OPEN", ("number", u32), ("body", rest()))
 # CLOSE: | CKPT_ID | handle u32 (the asker's handle; 0 when the node closes on its own) |
 CLOSE_MSG = Layout(None, "CLOSE", ("ckpt_id", _ID), ("handle", u32))
 # CLOSE_MANY: | count u32 | count x CKPT_ID |: the sender's node drops one
@@ -377,8 +386,8 @@ class CkptService(Service):
         self._counted_ckpts: dict[CkptId, Checkpoint] | None = None
         self.ckpts: dict[CkptId, Checkpoint] = {}
         self.names: dict[bytes, CkptId] = {}
-        self._id_ring: tuple[int, int] | None = None
-        self._id_count = 0
+        #: the number of this node's last OPEN (see OPEN_MSG)
+        self._open_number = 0
         # sync round
         self._round: SyncInfo | None = None
         self._sync_gen: Iterator[tuple[int, bytes]] | None = None
@@ -439,13 +448,6 @@ class CkptService(Service):
         if ck is None:
             self.host.reply_error(msg.tag, BadHandle("checkpoint no longer exists"))
         return ck, rest
-
-    def _new_id(self, msg: ExecMessage) -> CkptId:
-        ring = (msg.ring_id.seq, msg.ring_id.rep)
-        if ring != self._id_ring:
-            self._id_ring, self._id_count = ring, 0
-        self._id_count += 1
-        return (ring[0], ring[1], self._id_count)
 
     def _updated(self, ck: Checkpoint, msg: ExecMessage) -> None:
         ring = (msg.ring_id.seq, msg.ring_id.rep)
@@ -585,7 +587,8 @@ class CkptService(Service):
                                 conn.conn_id, conn.pid, op.name,
                                 self.limits.max_checkpoint_opens)
             raise NoResources("too many open checkpoints on this connection")
-        self.host.mcast(self, MSG_OPEN, req.body, tag=req.tag)
+        self._open_number = self._open_number % 0xFFFFFFFF + 1
+        self.host.mcast(self, MSG_OPEN, OPEN_MSG.pack(self._open_number, req.body), tag=req.tag)
         cs.opening += 1
         if is_async:
             return b""  # the handle comes in the open callback
@@ -595,7 +598,8 @@ class CkptService(Service):
 
     @exec_handler(MSG_OPEN)
     def exec_open(self, msg: ExecMessage) -> None:
-        op = cw.decode_open_untrusted(msg.payload)
+        number, body = OPEN_MSG.decode(msg.payload)
+        op = cw.decode_open_untrusted(body)
         ckpt_id = self.names.get(op.name)
         ck = self.ckpts.get(ckpt_id) if ckpt_id is not None else None
         err: SaError | None = None
@@ -614,7 +618,7 @@ class CkptService(Service):
                 err = self._sections_full(op.name)
             else:
                 created = True
-                new_id = self._new_id(msg)
+                new_id = (msg.ring_id.seq, msg.tag.node, number)
                 ck = Checkpoint(new_id, op.name, op.attributes,
                                 digest=_genesis(new_id, op.name, op.attributes))
                 if op.attributes.max_sections == 1:
