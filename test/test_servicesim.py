@@ -55,6 +55,15 @@ MIXES: dict[str, SvcOptions] = {
     "partitions": SvcOptions(loss=0.05, dup=0.02, reorder=0.1, partitions=3, flaps=1),
     # pauses longer than the token timeout and asymmetric (size-dependent) loss
     "pauses": SvcOptions(pauses=2, asym=2, loss=0.05),
+    # four nodes, heavier loss, every fault at once and AMF operator actions: the mix
+    # whose wide sweep found two sides giving one checkpoint id to two creations
+    "chaos": SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2, crashes=3,
+                        restarts=3, pauses=2, asym=2, ack_crashes=2, split_writes=2,
+                        amf_admin=1),
+    # restarts while sync rounds crawl (a tiny sync budget and send queue, writes up
+    # to 30 KB): rounds restart and are abandoned half-way
+    "slow_sync": SvcOptions(loss=0.1, dup=0.05, crashes=2, restarts=4, sync_budget=256,
+                            send_queue=4, max_write=30000),
 }
 
 
@@ -341,7 +350,7 @@ def test_a_replica_deleted_on_a_node_brings_none_of_its_history_to_a_merge() -> 
                for ln in r.trace), "\n".join(r.trace[-40:])
 
 
-@pytest.mark.parametrize("mix", ["crashes", "five", "pair"])
+@pytest.mark.parametrize("mix", ["crashes", "five", "pair", "chaos", "slow_sync"])
 def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
