@@ -40,13 +40,13 @@ checkpoint and CLOSE (reference counts are per node and re-announced in every
 sync round), reads, status and iterator snapshots (local reads).
 
 Identity.  A checkpoint's id is (ring seq, node, number): the ring in which
-its creating OPEN was delivered, the node whose client asked, and that node's
-number for the OPEN (``OPEN_MSG``).  Every node that delivers the OPEN gives
-the checkpoint the same id, whatever else it delivered: the sides of a
-partition each deliver their own part of the old ring's last messages, so
-counting creations per ring would give one id to different checkpoints.  A
-node installs one ring per ring seq (its highest is kept on disk), so ids do
-not repeat across restarts either.
+its creating OPEN was delivered, the node that multicast it (whose client
+asked), and that node's number for the OPEN (``OPEN_MSG``).  Every node that
+delivers the OPEN gives the checkpoint the same id, whatever else it
+delivered: the sides of a partition each deliver their own part of the old
+ring's last messages, so counting creations per ring would give one id to
+different checkpoints.  A node installs one ring per ring seq (its highest
+is kept on disk), so ids do not repeat across restarts either.
 Unlink drops the name at once (a later OPEN with attributes creates a new
 checkpoint); the data goes when the last opener closes.
 
@@ -618,7 +618,7 @@ class CkptService(Service):
                 err = self._sections_full(op.name)
             else:
                 created = True
-                new_id = (msg.ring_id.seq, msg.tag.node, number)
+                new_id = (msg.ring_id.seq, msg.sender, number)
                 ck = Checkpoint(new_id, op.name, op.attributes,
                                 digest=_genesis(new_id, op.name, op.attributes))
                 if op.attributes.max_sections == 1:
