@@ -161,7 +161,12 @@ def decode_ring_message_untrusted(data: bytes) -> RingMessage:
 
 
 class RingPort(Protocol):
-    """What the host needs of the ring: ``Transport`` has this shape."""
+    """What the host needs of the ring: ``Transport`` has this shape.
+
+    A ring may also offer ``requeue_front(payloads)`` (``Srp.requeue_front``):
+    the host then re-sends an abandoned sync round's held messages ahead of
+    what it queued since; without it they go at the back.
+    """
 
     def mcast(self, payload: bytes, awaited: bool = False) -> None:
         """Queue ``payload`` for agreed delivery; may raise ``SendQueueFull``.
@@ -716,13 +721,22 @@ class ServiceHost:
         (virtual synchrony), but a node joining now never saw them and will
         receive state without them.  So nobody applies them late: each node
         sends its own again, to be delivered in the new configuration, and
-        drops the others' (their senders do the same on their side).
+        drops the others' (their senders do the same on their side).  They go
+        in front of what this node queued since (``requeue_front``), which the
+        ring has not framed in the new configuration yet (``install_pause``):
+        otherwise a sender's later messages would be delivered first.
         """
         held, self._held_deliveries = self._held_deliveries, []
-        for svc, msg in held:
-            if msg.sender == self.node_id:
-                self._queue_out(RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0,
-                                            msg.payload))
+        mine = [RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0, msg.payload)
+                for svc, msg in held if msg.sender == self.node_id]
+        requeue = getattr(self.ring, "requeue_front", None)
+        if requeue is not None and mine:
+            # Ahead of what this node queued since, which the ring has not framed
+            # yet in the new configuration: each sender's order holds.
+            requeue([encode_ring_message(m) for m in mine])
+            return
+        for m in mine:
+            self._queue_out(m)
 
     def _queue_out(self, msg: RingMessage) -> None:
         queue = self._outbox.setdefault(msg.service, collections.deque())

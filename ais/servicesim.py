@@ -148,6 +148,7 @@ from ais.services import ckpt as ckpt_mod
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
 from ais.services.amf import AmfService
+from ais.services.evs import EvsService
 from ais.config import parse_groups_conf
 from saf import _amf_wire as aw
 from ais.totem.events import (
@@ -159,6 +160,7 @@ from ais.totem.sim import options_to_args
 from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record and trace logger
 from saf import _ckpt_wire as cw
 from saf import _clm_wire as w
+from saf import _evs_wire as ew
 from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
 from saf.types import (
     SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,
@@ -269,6 +271,10 @@ class SvcOptions(SimOptions):
     #: node incarnation; non-zero also runs the wider model (spares, an nway group:
     #: SIM_AMF_WIDE)
     amf_admin: int = 0
+    #: EVS handles per node incarnation (0: the host runs no EVS service); each joins
+    #: group G, every other one H too (and leaves H half-way), and multicasts numbered
+    #: messages to its groups
+    evs: int = 0
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -921,6 +927,179 @@ class _AmfAdmin:
         self.closed = True
 
 
+EVS_G, EVS_H = ew.group_key(b"G"), ew.group_key(b"H")
+
+
+class _EvsMember:
+    """An EVS process on one node incarnation (``SvcOptions.evs``): joins G (every other
+    one H too), then multicasts numbered messages to its joined groups one at a time,
+    20-80 ms apart, retrying TRY_AGAIN; every other one leaves H half-way.  Records every
+    callback, for ``check_evs_history`` and ``check_evs_state``."""
+
+    def __init__(self, sim: ServiceSim, node: _Node, host: ServiceHost, k: int,
+                 count: int) -> None:
+        self.sim, self.nid, self.inc, self.host = sim, node.id, node.inc, host
+        self.conn_id = host.new_conn_id()
+        self.service_id = ew.EVS_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = 0
+        self.pid = 100 + k
+        self.closed = False
+        self.name = f"{node.name}.{node.inc}/e{k}"
+        self.tag = sim.next_uid  # numbers this process's messages: b"<tag>:<n>"
+        sim.next_uid += 1
+        self.key = (node.id, self.conn_id, self.pid)
+        self.groups = {EVS_G, EVS_H} if k % 2 else {EVS_G}
+        self.leaves_h = bool(k % 2)
+        self.count = count
+        self.sent = 0
+        #: ("msg", sender tag, n) and ("conf", group, members) in callback order
+        self.events: list[tuple[Any, ...]] = []
+        #: numbers of this process's messages the executive took (answered OK), in order
+        self.taken: list[int] = []
+        self.pending: int | None = None  # the seq of the request in flight
+        self._seq = 0
+        self._what: dict[int, tuple[str, int]] = {}
+        self.joined = False
+        host.lib_connect(self)
+        self._step()
+
+    @property
+    def alive(self) -> bool:
+        return self.sim.hosts.get(self.nid) is self.host and not self.closed
+
+    def _request(self, kind: str, n: int, msg_id: int, body: bytes) -> None:
+        self._seq += 1
+        self.pending = self._seq
+        self._what[self._seq] = (kind, n)
+        self.host.lib_request(self, msg_id, self._seq, body)
+
+    def _next(self, delay: float) -> None:
+        self.sim.push(self.sim.now + delay, _CALL, self._step)
+
+    def _step(self) -> None:
+        if not self.alive or self.pending is not None:
+            return
+        if not self.joined:
+            self._request("join", 0, ew.EVS_REQ_JOIN, ew.encode_group_list(sorted(self.groups)))
+        elif self.leaves_h and self.sent >= self.count // 2:
+            self._request("leave", 0, ew.EVS_REQ_LEAVE, ew.encode_group_list([EVS_H]))
+        elif self.sent < self.count:
+            n = self.sent + 1
+            data = b"%d:%d" % (self.tag, n)
+            self._request("mcast", n, ew.EVS_REQ_MCAST_JOINED, ew.encode_mcast(
+                ew.McastRequest(2, 3, (), data), True))
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        kind, n = self._what.pop(seq, ("?", 0))
+        if seq == self.pending:
+            self.pending = None
+        if not self.alive:
+            return
+        if kind == "mcast":
+            if error == SA_OK:
+                self.taken.append(n)
+                self.sent = n
+            elif error != TryAgain.code:
+                self.sim.violations.append(Violation(
+                    "evs", f"{self.name}: multicast #{n} answered with error {error}"))
+                self.sent = n  # (not retried)
+        elif error == SA_OK:
+            if kind == "join":
+                self.joined = True
+            else:
+                self.leaves_h = False
+                self.groups.discard(EVS_H)
+        elif error != TryAgain.code:
+            self.sim.violations.append(Violation(
+                "evs", f"{self.name}: {kind} answered with error {error}"))
+        self._next(self.sim.rng.uniform(0.02, 0.08))
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if self.closed:
+            return
+        if msg_id == ew.EVS_CB_DELIVER:
+            cb = ew.decode_deliver_untrusted(body)
+            tag, n = cb.data.split(b":")
+            self.events.append(("msg", int(tag), int(n)))
+        elif msg_id == ew.EVS_CB_CONFCHG:
+            c = ew.decode_confchg_untrusted(body)
+            self.events.append(("conf", c.group, frozenset(
+                (m.node, m.conn, m.pid) for m in c.members)))
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
+
+
+def check_evs_history(members: list[_EvsMember], live: list[_EvsMember]
+                      ) -> list[Violation]:
+    """EVS delivery over the whole run, dead processes' histories included: one agreed
+    order (any two processes deliver the messages they share in the same order), each
+    sender's messages in the order it sent them, no message twice or never sent, and
+    every process alive at the end got each of its own messages the executive took."""
+    vs: list[Violation] = []
+    alive = {id(m) for m in live}  # (a restarted node's processes may reuse conn ids)
+    sent = {(m.tag, n) for m in members for n in range(1, m.sent + 1)}
+    orders: list[tuple[_EvsMember, dict[tuple[int, int], int]]] = []
+    for m in members:
+        seen: dict[tuple[int, int], int] = {}
+        last: dict[int, int] = {}
+        for e in m.events:
+            if e[0] != "msg":
+                continue
+            k = (e[1], e[2])
+            if k in seen:
+                vs.append(Violation("evs", f"{m.name} got message {k} twice"))
+            elif k not in sent:
+                vs.append(Violation("evs", f"{m.name} got message {k}, never sent"))
+            elif e[2] <= last.get(e[1], 0):
+                vs.append(Violation("evs", f"{m.name} got {k} after #{last[e[1]]} of that "
+                                           "sender"))
+            seen[k] = len(seen)
+            last[e[1]] = max(e[2], last.get(e[1], 0))
+        orders.append((m, seen))
+        if id(m) in alive:
+            mine = [e[2] for e in m.events if e[0] == "msg" and e[1] == m.tag]
+            if mine != m.taken:
+                vs.append(Violation("evs", f"{m.name} delivered {mine[:8]}... of its own "
+                                           f"messages, not the {len(m.taken)} taken"))
+    for i, (a, oa) in enumerate(orders):
+        for b, ob in orders[i + 1:]:
+            common = [k for k in ob if k in oa]  # in b's order
+            pos = [oa[k] for k in common]
+            if any(x > y for x, y in zip(pos, pos[1:])):
+                vs.append(Violation("evs", f"{a.name} and {b.name} delivered messages in "
+                                           "different orders"))
+    return _capped(vs)
+
+
+def check_evs_state(tables: dict[str, dict[bytes, frozenset[tuple[int, int, int]]]],
+                    members: list[_EvsMember]) -> list[Violation]:
+    """Every live node's group table lists exactly the live processes of each group, and
+    each live process's last configuration callback for its groups says the same."""
+    want: dict[bytes, frozenset[tuple[int, int, int]]] = {}
+    for g in (EVS_G, EVS_H):
+        keys = frozenset(m.key for m in members if g in m.groups)
+        if keys:
+            want[g] = keys
+    vs = [Violation("evs", f"{n}: groups {_groups_text(t)}, live members "
+                           f"{_groups_text(want)}") for n, t in sorted(tables.items())
+          if t != want]
+    for m in members:
+        for g in sorted(m.groups):
+            last = [e[2] for e in m.events if e[0] == "conf" and e[1] == g]
+            if not last or last[-1] != want.get(g):
+                vs.append(Violation("evs", f"{m.name}: last view of "
+                                           f"{g.rstrip(bytes(1)).decode()} "
+                                           f"{sorted(last[-1]) if last else None}, live "
+                                           f"members {sorted(want.get(g, ()))}"))
+    return _capped(vs)
+
+
+def _groups_text(t: dict[bytes, frozenset[tuple[int, int, int]]]) -> str:
+    return ", ".join(f"{g.rstrip(bytes(1)).decode()}: {len(k)}" for g, k in sorted(t.items()))
+
+
 class _TrackConn:
     """A CLM client: SA_TRACK_CURRENT | SA_TRACK_CHANGES, keeping the last callback."""
 
@@ -1236,6 +1415,24 @@ class _Port:
         finally:
             sim.in_mcast = None
 
+    def requeue_front(self, payloads: list[bytes]) -> None:
+        node, sim = self.node, self.sim
+        if node.srp is None or node.inc != self.inc:
+            return
+        sim.requeued += len(payloads)
+        requeue = getattr(node.srp, "requeue_front", None)
+        if requeue is None:  # (a core without it: at the back, as before)
+            for p in payloads:
+                self.mcast(p)
+            return
+        sim.in_mcast = node.id
+        try:
+            acts = requeue(payloads, sim.now)
+            if acts:
+                sim.queue_actions(node, acts)
+        finally:
+            sim.in_mcast = None
+
 
 class _TraceHandler(logging.Handler):
     """Log records of the hosts and services become trace lines."""
@@ -1276,6 +1473,11 @@ class ServiceSim(Simulation):
         self.in_mcast: int | None = None
         self.clients: dict[int, list[_Client]] = {n: [] for n in self.ids}
         self.all_clients: list[_Client] = []
+        #: EVS processes (SvcOptions.evs) per node, of its current incarnation; and all
+        self.evs_members: dict[int, list[_EvsMember]] = {}
+        self.all_evs: list[_EvsMember] = []
+        #: messages hosts re-sent in front of their queues (an abandoned sync round's)
+        self.requeued = 0
         self.next_uid = 1
         self.requests = 0
         self.answered = 0
@@ -1668,7 +1870,8 @@ class ServiceSim(Simulation):
         node.hist = History(nid, node.inc)
         self.histories[(nid, node.inc)] = node.hist
         host = ServiceHost(nid, [ClmService("simcluster", boot_timestamp=BOOT), CkptService()]
-                           + ([AmfService(self.amf_model)] if self.o.amf else []),
+                           + ([AmfService(self.amf_model)] if self.o.amf else [])
+                           + ([EvsService()] if self.o.evs else []),
                            _Clock(self, nid, node.inc))
         self.hosts[nid] = host
         self.fifo[nid].clear()
@@ -1704,6 +1907,9 @@ class ServiceSim(Simulation):
             self.next_uid += 1
             self.clients[nid].append(c)
             self.all_clients.append(c)
+        self.evs_members[nid] = [_EvsMember(self, node, host, k, max(4, self.o.messages // 2))
+                                 for k in range(self.o.evs)]
+        self.all_evs += self.evs_members[nid]
         ids = sorted(self.nodes)
         relayed = set(SIM_AMF_PROXIED.values())
         for k, (_, _, comp) in enumerate(self.amf_model.components()):
@@ -1893,6 +2099,9 @@ class ServiceSim(Simulation):
                 return False
             if any(c.pending is not None for c in self.clients[n.id]):
                 return False
+            if any(m.pending is not None or m.sent < m.count
+                   for m in self.evs_members.get(n.id, ())):
+                return False
         counts = {self.in_ring[n.id] for n in up}
         return len(counts) == 1
 
@@ -1951,6 +2160,18 @@ class ServiceSim(Simulation):
         vs += check_values(replicas, self.written)
         vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
                              [node_id_from_totem(n.id) for n in self.up()])
+        if self.o.evs:
+            tables = {}
+            for n in self.up():
+                host = self.hosts[n.id]
+                evs = host.services[ew.EVS_SERVICE_ID] if host is not None else None
+                if isinstance(evs, EvsService):
+                    tables[n.name] = {g: frozenset((node, conn, pid) for (node, conn), pid
+                                                   in ms.items())
+                                      for g, ms in evs.groups.items() if ms}
+            live = [m for n in self.up() for m in self.evs_members[n.id]]
+            vs += check_evs_state(tables, live)
+            vs += check_evs_history(self.all_evs, live)
         return vs
 
     def finish(self) -> SvcResult:  # type: ignore[override]
@@ -2266,6 +2487,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amf-admin", type=int, default=d.amf_admin, metavar="N",
                    help="AMF lock/shutdown/unlock operations per node incarnation, on a "
                         "model with spares and an nway group")
+    p.add_argument("--evs", type=int, default=d.evs, metavar="N",
+                   help="EVS processes per node incarnation, multicasting to groups G "
+                        "and H; their delivery order and views are checked")
     return p
 
 
@@ -2279,7 +2503,8 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
-        max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin)
+        max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin,
+        evs=a.evs)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:

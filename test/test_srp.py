@@ -41,6 +41,7 @@ def test_lone_node_forms_ring_of_one() -> None:
     # it waited one join interval for others before going alone
     assert net.now >= 0.1
     net.mcast(A, b"solo")
+    net.run(0.001)  # (a ring of one starts delivering once its installation is handled)
     assert node.messages == [b"solo"]
 
 
@@ -1105,6 +1106,7 @@ def test_ring_of_one_makes_its_frames_stable_at_once() -> None:
     net = Net([A])
     net.start()
     assert net.run_until(net.one_ring, 1)
+    net.run(0.001)  # (its installation handled: see install_pause)
     out = net.nodes[A].srp.mcast(b"solo", net.now)
     (d,) = [a for a in out if isinstance(a, Deliver)]
     assert Stable(d.ring_id, d.seq) in out and d.seq > 0
@@ -1282,3 +1284,68 @@ def test_quiet_read_is_an_idle_rings_traffic_only() -> None:
     assert net.run_until(lambda: b"m" * 3000 in net.nodes[2].messages, 5)
     assert not all(reads[2])  # the reads that brought the frames
     assert not all(reads[3])  # the token's visit that sent them
+
+
+# ------------------------------------------------- re-sends across a configuration change
+
+def _sent_payload_calls(net: Net, i: int, payload: bytes) -> list[int]:
+    """Indexes of node i's recorded core calls whose actions send a frame carrying
+    ``payload``."""
+    return [k for k, acts in enumerate(net.calls.get(i, []))
+            for a in acts if isinstance(a, Send) and payload in a.data]
+
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_the_visit_that_installs_a_ring_frames_no_queued_message(pause: bool) -> None:
+    """A message queued while the ring re-forms leaves on a later visit than the one
+    that installs the new ring (``install_pause``), so the host can still put what an
+    abandoned sync round held in front of it; without the pause it leaves at once."""
+    net = Net(ids(2), TotemConfig(install_pause=pause), sink=False)
+    net._record = True  # every call's actions, for the check below
+    net.start()
+    assert net.run_until(net.one_ring, 5)
+    net.partition({A}, {B})
+    net.run(1.5)  # each alone
+    net.heal()
+    net.mcast(A, b"queued while merging")  # (the merge has not formed yet)
+    assert net.run_until(lambda: net.one_ring() and len(net.nodes[A].srp.members) == 2, 10)
+    net.run(0.5)
+    calls = net.calls[A]
+    installing = [k for k, acts in enumerate(calls) for a in acts
+                  if isinstance(a, ConfChange) and not a.transitional and len(a.members) == 2]
+    sent = _sent_payload_calls(net, A, b"queued while merging")
+    assert installing and sent
+    assert (sent[0] > installing[-1]) is pause
+    assert b"queued while merging" in payloads(net.nodes[B])
+
+
+def test_requeue_front_goes_ahead_of_what_was_queued_since() -> None:
+    net = formed(2)
+    srp = net.nodes[A].srp
+    net.partition({A}, {B})
+    net.run(1.5)
+    net.heal()
+    for p in (b"later-1", b"later-2"):
+        net.mcast(A, p)
+    net._call(A, lambda ps, now: srp.requeue_front(ps, now), [b"held-1", b"held-2"])
+    assert net.run_until(lambda: len(payloads(net.nodes[B])) >= 4, 10)
+    mine = [p for p in payloads(net.nodes[B]) if p[:4] in (b"late", b"held")]
+    assert mine == [b"held-1", b"held-2", b"later-1", b"later-2"]
+    assert srp.stats["requeued_late"] == 0
+
+
+def test_requeue_front_behind_a_message_partly_sent_goes_at_the_back() -> None:
+    from ais.totem.queues import SendQueue
+    q = SendQueue(200)
+    q.push(b"x" * 500)
+    assert q.take_frame() is not None and q.partly_framed
+    q.push(b"later")
+    srp = Srp(A, TotemConfig())  # (not started: nothing is framed meanwhile)
+    srp.queue = q
+    srp.requeue_front([b"held"], 0.0)
+    assert srp.stats["requeued_late"] == 1
+    assert list(q.msgs) == [b"x" * 500, b"later", b"held"]  # (the partly sent head goes on)
+    q2 = SendQueue(200)
+    q2.push(b"later")
+    q2.push_front([b"held-1", b"held-2"])
+    assert list(q2.msgs) == [b"held-1", b"held-2", b"later"] and q2.bytes == 17

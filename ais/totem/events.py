@@ -152,6 +152,12 @@ class TotemConfig:
     #: it is stable at once instead of when the token has gone round to its
     #: sender again (two or more hops later)
     stable_acks: bool = True
+    #: the token visit that installs a new ring frames none of this node's queued
+    #: messages, and a ring of one starts delivering a moment later (a zero-delay
+    #: timer): the host first handles the configuration, which may put what an
+    #: abandoned sync round held in front of them (``Srp.requeue_front``), so each
+    #: sender's order holds.  Off only to replay histories recorded before it
+    install_pause: bool = True
     #: minimum gap between two wake-up requests from one node
     wake_interval: float = 20.0
     #: largest frame the ring sends (payload of one UDP datagram before crypto)

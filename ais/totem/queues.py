@@ -119,6 +119,19 @@ class SendQueue:
         self.awaited.append(awaited)
         self.bytes += len(payload)
 
+    def push_front(self, payloads: list[bytes]) -> None:
+        """Queue ``payloads`` ahead of everything queued, in their order (nothing of
+        the head message may be framed yet: see ``partly_framed``)."""
+        assert not self._offset
+        self.msgs.extendleft(reversed(payloads))
+        self.awaited.extendleft([False] * len(payloads))
+        self.bytes += sum(len(p) for p in payloads)
+
+    @property
+    def partly_framed(self) -> bool:
+        """Some fragments of the head message have been taken."""
+        return bool(self._offset)
+
     def _pop(self) -> None:
         self.bytes -= len(self.msgs.popleft())
         if self.awaited.popleft():

@@ -256,7 +256,7 @@ class Srp:
             "bad_packets": 0, "tokens": 0, "dup_tokens": 0, "frames_sent": 0,
             "frames_received": 0, "retransmits": 0, "token_retransmits": 0,
             "rings_formed": 0, "gathers": 0, "stalls": 0, "stale_dropped": 0,
-            "failed_to_receive": 0, "leaves": 0, "writer_holds": 0,
+            "failed_to_receive": 0, "leaves": 0, "writer_holds": 0, "requeued_late": 0,
             "acks_sent": 0, "ack_stables": 0,
         }
         self._handlers: dict[type, Callable] = {
@@ -357,22 +357,53 @@ class Srp:
             raise SendQueueFull()
         was_empty = not q.msgs
         q.push(bytes(payload), awaited)
-        if self.state is OPERATIONAL:
-            if len(self.members) == 1:
-                self._solo_flush()
-            elif self._held is not None:
-                self._hold_for -= awaited
-                if self._hold_for <= 0 or not awaited:
-                    self._release_held(now)
-            elif was_empty and self._forwarded_idle:
-                if self.ring_id.rep == self.node_id:
-                    # The idle token rests only here, so it is on its way back
-                    # and its visit takes this message: a WAKE would only cost
-                    # both ends a packet.  Should it be lost, the timer asks.
-                    self._arm(TimerKind.WAKE, self._wake_delay(), now)
-                else:
-                    self._send_wake(now)
+        self._queued(was_empty, awaited, now)
         return self._out
+
+    def requeue_front(self, payloads: Sequence[bytes], now: float) -> list[Action]:
+        """Queue messages this node multicast before again, ahead of everything
+        queued since, in their order (queue limits do not apply: they were taken
+        once).  The host re-sends so what an abandoned sync round held; the
+        messages queued meanwhile must stay behind them, or its sender's order
+        breaks.  Meant right after a ring is installed: its first token visit
+        here frames no application message (``_token_visit``), so nothing queued
+        has left in the new ring yet.  Should part of the queue's head have left
+        anyway, the messages go at the back (counted in ``requeued_late``).
+        """
+        self._out = []
+        q = self.queue
+        if not payloads:
+            return self._out
+        was_empty = not q.msgs
+        if q.partly_framed:
+            self.stats["requeued_late"] += 1
+            for p in payloads:
+                q.push(bytes(p))
+        else:
+            q.push_front([bytes(p) for p in payloads])
+        self._queued(was_empty, False, now)
+        return self._out
+
+    def _queued(self, was_empty: bool, awaited: bool, now: float) -> None:
+        """Messages were queued: a ring of one delivers them, a held token moves on,
+        and a ring whose token rests elsewhere is asked for it."""
+        if self.state is not OPERATIONAL:
+            return
+        if len(self.members) == 1:
+            if TimerKind.WAKE not in self._timers:  # (armed: a ring just installed)
+                self._solo_flush()
+        elif self._held is not None:
+            self._hold_for -= awaited
+            if self._hold_for <= 0 or not awaited:
+                self._release_held(now)
+        elif was_empty and self._forwarded_idle:
+            if self.ring_id.rep == self.node_id:
+                # The idle token rests only here, so it is on its way back
+                # and its visit takes this message: a WAKE would only cost
+                # both ends a packet.  Should it be lost, the timer asks.
+                self._arm(TimerKind.WAKE, self._wake_delay(), now)
+            else:
+                self._send_wake(now)
 
     def leave(self, now: float) -> list[Action]:
         """This node stops: tell the ring, so that the others re-form at once.
@@ -747,7 +778,11 @@ class Srp:
             self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
 
     def _timer_wake(self, now: float) -> None:
-        if self.state is OPERATIONAL and self.queue.msgs and len(self.members) > 1:
+        if self.state is not OPERATIONAL:
+            return
+        if len(self.members) == 1:
+            self._solo_flush()  # a ring of one just installed (``_finish_recovery``)
+        elif self.queue.msgs:
             self._send_wake(now)
 
     def _stalled(self, now: float) -> bool:
@@ -987,7 +1022,12 @@ class Srp:
             self._arm(TimerKind.MERGE_DETECT, self.cfg.merge_detect, now)
         self._deliver_ready()
         if len(members) == 1:
-            self._solo_flush()
+            if self.cfg.install_pause:
+                # Not at once: the host re-queues in front what an abandoned sync
+                # round held (``requeue_front``) when it handles this configuration.
+                self._arm(TimerKind.WAKE, 0.0, now)
+            else:
+                self._solo_flush()
 
     # --------------------------------------------------------------- ordering
 
@@ -1068,11 +1108,13 @@ class Srp:
         # Frames go to the sink only on an installed ring: the configuration
         # change that installs one is performed (the ring seq saved) first.
         sink = None if recovering else self.frame_sink
+        installed = False  # this visit installs the new ring here
         if recovering:
             assert self._new_ring is not None
             if t.flags & TOKEN_COMPLETE:
                 self._finish_recovery(now)
                 recovering = False
+                installed = True
             elif self._new_ring.rep == me:
                 rx = self._new_rx
                 assert rx is not None
@@ -1081,6 +1123,7 @@ class Srp:
                     t.flags |= TOKEN_COMPLETE
                     self._finish_recovery(now)
                     recovering = False
+                    installed = True
                 else:
                     t.retrans_flg = 0
         rx = self._new_rx if recovering else self.rx
@@ -1104,7 +1147,11 @@ class Srp:
             self.stats["retransmits"] += retransmitted
         # 2. new frames, within flow control
         backlog = len(self._recovery) if recovering else self.queue.frames_pending()
-        allowed = self._allowed(t, backlog) - retransmitted
+        # The visit that installs a ring frames none of our queued messages: the
+        # host first handles the new configuration, which may put messages an
+        # abandoned sync round held in front of them (``requeue_front``).
+        allowed = 0 if installed and cfg.install_pause \
+            else self._allowed(t, backlog) - retransmitted
         sent = 0
         if allowed > 0:
             if recovering:

@@ -198,6 +198,7 @@ class SrpLike(Protocol):
     def receive_many(self, datas: Sequence[bytes], now: float) -> list[Action]: ...
     def timer(self, kind: TimerKind, now: float) -> list[Action]: ...
     def mcast(self, payload: bytes, now: float, awaited: bool = False) -> list[Action]: ...
+    def requeue_front(self, payloads: Sequence[bytes], now: float) -> list[Action]: ...
     def leave(self, now: float) -> list[Action]: ...
 
 
@@ -537,6 +538,21 @@ class Transport:
             self._fatal(e)
             raise
         if actions or self._batch:
+            self._pending.extend(actions)
+            if not self._performing and not self._drain_armed:
+                self._drain_armed = True
+                get_hub().loop.run_callback(self._drain_queued)
+
+    def requeue_front(self, payloads: Sequence[bytes]) -> None:
+        """``Srp.requeue_front``; performed like ``mcast``'s answer."""
+        if self.state is not TransportState.RUNNING:
+            return
+        try:
+            actions = self.srp.requeue_front(payloads, self.clock())
+        except Exception as e:
+            self._fatal(e)
+            raise
+        if actions:
             self._pending.extend(actions)
             if not self._performing and not self._drain_armed:
                 self._drain_armed = True
