@@ -1404,30 +1404,22 @@ class _Port:
         self.sim, self.node, self.inc = sim, node, node.inc
 
     def mcast(self, payload: bytes, awaited: bool = False) -> None:
-        node, sim = self.node, self.sim
-        if node.srp is None or node.inc != self.inc:
+        if self.node.srp is None or self.node.inc != self.inc:
             raise SendQueueFull()
-        sim.in_mcast = node.id
-        try:
-            acts = node.srp.mcast(payload, sim.now, awaited)
-            if acts:
-                sim.queue_actions(node, acts)
-        finally:
-            sim.in_mcast = None
+        self._core(lambda srp, now: srp.mcast(payload, now, awaited))
 
     def requeue_front(self, payloads: list[bytes]) -> None:
+        if self.node.srp is None or self.node.inc != self.inc:
+            return
+        self.sim.requeued += len(payloads)
+        self._core(lambda srp, now: srp.requeue_front(payloads, now))
+
+    def _core(self, call: Callable[[Any, float], list[Any]]) -> None:
+        """Run ``call(srp, now)`` and queue what the core answers."""
         node, sim = self.node, self.sim
-        if node.srp is None or node.inc != self.inc:
-            return
-        sim.requeued += len(payloads)
-        requeue = getattr(node.srp, "requeue_front", None)
-        if requeue is None:  # (a core without it: at the back, as before)
-            for p in payloads:
-                self.mcast(p)
-            return
         sim.in_mcast = node.id
         try:
-            acts = requeue(payloads, sim.now)
+            acts = call(node.srp, sim.now)
             if acts:
                 sim.queue_actions(node, acts)
         finally:

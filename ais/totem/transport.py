@@ -537,11 +537,7 @@ class Transport:
         except Exception as e:
             self._fatal(e)
             raise
-        if actions or self._batch:
-            self._pending.extend(actions)
-            if not self._performing and not self._drain_armed:
-                self._drain_armed = True
-                get_hub().loop.run_callback(self._drain_queued)
+        self._answer_later(actions)
 
     def requeue_front(self, payloads: Sequence[bytes]) -> None:
         """``Srp.requeue_front``; performed like ``mcast``'s answer."""
@@ -552,7 +548,12 @@ class Transport:
         except Exception as e:
             self._fatal(e)
             raise
-        if actions:
+        self._answer_later(actions)
+
+    def _answer_later(self, actions: list[Action]) -> None:
+        """The core's answer to a call from outside the ring, performed after the
+        caller returned (and a pending batch flushed)."""
+        if actions or self._batch:
             self._pending.extend(actions)
             if not self._performing and not self._drain_armed:
                 self._drain_armed = True
