@@ -39,12 +39,16 @@ the same state (the same delivered sync messages); afterwards they apply the
 messages of that ring they deliver, which are the same for members that
 leave it through the same transitional configuration, i.e. that install the
 same next ring.  Messages delivered during a round that does not complete are
-never applied (they are re-sent, see ``_resend_held``), so the id holds until
-the next completed round.  To keep "completed" the same on all members of a
-transitional configuration, a round whose ring's transitional configuration
-has been delivered can no longer complete: announcements, sync messages and
-barriers delivered after it (possibly past a gap) are ignored and the next
-configuration starts a new round.  A round abandoned midway changes nothing
+never applied (they are re-sent, see ``_end_held``), so the id holds until
+the next completed round (services that apply theirs instead,
+``apply_held_on_abort``, rebuild their state every round without the id).
+To keep "completed" the same on all members of a transitional configuration,
+a round whose ring's transitional configuration has been delivered can no
+longer complete: announcements, sync messages and barriers delivered after
+it (possibly past a gap) are ignored and the next configuration starts a new
+round.  (Members that leave a ring through *different* transitional
+configurations can disagree: one delivered the last barrier, the other
+not -- see ``_end_held``.)  A round abandoned midway changes nothing
 and so can never install less than some member holds.
 
 Chosen policy for client requests during a round: handlers declared
@@ -67,7 +71,7 @@ round's last barrier to be stable.
 
 The service kit (``ais.services.base``) is implemented here: one queue per
 service for ``mcast_retried`` (and for the host's own re-sends of held
-messages, ``_resend_held``), with one retry timer per service while the ring
+messages, ``_end_held``), with one retry timer per service while the ring
 refuses; ``_pending`` (request -> its id) and ``_deadlines`` (deferred
 requests' TIMEOUT timers) decide whether ``reply`` still has someone to
 answer -- the first answer claims the request, a safe one at once, so a
@@ -699,7 +703,8 @@ class ServiceHost:
         if self._sync is not None:
             for svc in self.services.values():
                 svc.sync_abort()
-            self._resend_held()
+            self._sync = None
+            self._end_held()
         self._sync = _SyncRound(conf.ring_id, tuple(sorted(conf.members)),
                                 tuple(sorted(conf.joined)), tuple(sorted(conf.left)),
                                 list(self.services.values()))
@@ -714,29 +719,45 @@ class ServiceHost:
 
     # --- sync rounds ---------------------------------------------------------------
 
-    def _resend_held(self) -> None:
-        """An abandoned round's held messages were never applied anywhere.
+    def _end_held(self) -> None:
+        """An abandoned round's held messages: re-sent, or applied here (EVS).
 
-        Every member of the abandoned configuration holds the same ones
-        (virtual synchrony), but a node joining now never saw them and will
-        receive state without them.  So nobody applies them late: each node
-        sends its own again, to be delivered in the new configuration, and
-        drops the others' (their senders do the same on their side).  They go
-        in front of what this node queued since (``requeue_front``), which the
-        ring has not framed in the new configuration yet (``install_pause``):
-        otherwise a sender's later messages would be delivered first.
+        A replicated service's held messages were applied nowhere in the
+        abandoned configuration -- unless some member completed the round
+        there, see below.  Every member of the transitional configuration
+        holds the same ones (virtual synchrony), but a node joining now never
+        saw them and will receive state without them.  So nobody applies them
+        late: each node sends its own again, to be delivered in the new
+        configuration, and drops the others' (their senders do the same on
+        their side).  They go in front of what this node queued since
+        (``requeue_front``), which the ring has not framed in the new
+        configuration yet (``install_pause``): otherwise a sender's later
+        messages would be delivered first.
+
+        Members of one ring may leave it through different transitional
+        configurations, one after delivering the last barrier (it completed
+        the round and applied the held messages), the other without it; the
+        second's re-sends can then meet the first again after a merge.  A
+        service whose state every round rebuilds from per-node data
+        (``Service.apply_held_on_abort``, EVS) has no need of re-sends: its
+        held messages are applied here, in their order, as Totem delivered
+        them, so each is applied once wherever it was delivered.
         """
         held, self._held_deliveries = self._held_deliveries, []
         mine = [RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0, msg.payload)
-                for svc, msg in held if msg.sender == self.node_id]
+                for svc, msg in held
+                if msg.sender == self.node_id and not svc.apply_held_on_abort]
         requeue = getattr(self.ring, "requeue_front", None)
         if requeue is not None and mine:
             # Ahead of what this node queued since, which the ring has not framed
             # yet in the new configuration: each sender's order holds.
             requeue([encode_ring_message(m) for m in mine])
-            return
-        for m in mine:
-            self._queue_out(m)
+        else:
+            for m in mine:
+                self._queue_out(m)
+        for svc, msg in held:
+            if svc.apply_held_on_abort:
+                self._apply(svc, msg)
 
     def _queue_out(self, msg: RingMessage) -> None:
         queue = self._outbox.setdefault(msg.service, collections.deque())

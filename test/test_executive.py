@@ -325,3 +325,120 @@ def test_servicesim_port_never_delivers_inside_mcast(monkeypatch):
     monkeypatch.setattr(ServiceSim, "queue_actions", ServiceSim.perform)
     r = run(2, o)
     assert "reentry" in {v.invariant for v in r.violations}
+
+
+# --- a ring whose members leave it through different transitional configurations -----------
+
+from ais.executive import (  # noqa: E402
+    HOST_MSG_SYNC_BARRIER, HOST_SERVICE_ID, decode_ring_message_untrusted,
+)
+from ais.totem.events import Deliver  # noqa: E402
+
+
+class _Recording:
+    """A ring port that only records: what the host multicast, and what it re-sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.front: list[bytes] = []
+
+    def mcast(self, payload: bytes, awaited: bool = False) -> None:
+        self.sent.append(payload)
+
+    def requeue_front(self, payloads: list[bytes]) -> None:
+        self.front.extend(payloads)
+
+
+class Replicated(Service):
+    """Replicated state: held messages of an abandoned round are re-sent."""
+
+    name = "toy-replicated"
+    service_id = 79
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    @exec_handler(1)
+    def exec_add(self, msg):
+        self.values.append(msg.payload)
+
+
+class PerNode(Replicated):
+    """State rebuilt every round (as EVS): held messages are applied where delivered."""
+
+    name = "toy-pernode"
+    service_id = 80
+    apply_held_on_abort = True
+
+
+def _split_round() -> tuple[dict[int, ServiceHost], dict[int, _Recording]]:
+    """Nodes 3 and 4 form ring R; node 4 multicasts one message for each service during
+    R's sync round; node 3's barrier reaches only node 3, so node 3 completes the round
+    and node 4 does not; the ring then splits, each node alone on its side."""
+    sched = ManualScheduler()
+    hosts = {n: ServiceHost(n, [Replicated(), PerNode()], sched) for n in (3, 4)}
+    ports = {n: _Recording() for n in hosts}
+    for n, h in hosts.items():
+        h.attach_ring(ports[n])
+    ring = RingId(8, 3)
+    seq = 0
+
+    def deliver(sender: int, payload: bytes, to: tuple[int, ...] = (3, 4)) -> None:
+        nonlocal seq
+        seq += 1
+        for n in to:
+            hosts[n].on_deliver(Deliver(sender, payload, ring, seq))
+        sched.run()
+
+    for h in hosts.values():
+        h.on_confchg(ConfChange(False, ring, (3, 4), joined=(3, 4)))
+    sched.run()
+    for n in (3, 4):  # the state announcements
+        deliver(n, ports[n].sent.pop(0))
+    for s in (Replicated, PerNode):
+        hosts[4].mcast(rec4 := hosts[4].service_by_id(s.service_id), 1, b"m")
+        assert rec4 is not None
+    sched.run()
+    barriers = {}
+    for n in (3, 4):
+        for p in ports[n].sent:
+            m = decode_ring_message_untrusted(p)
+            if m.service == HOST_SERVICE_ID and m.msg_id == HOST_MSG_SYNC_BARRIER:
+                barriers[n] = p
+            else:
+                deliver(n, p)  # node 4's two ordinary messages: held by both
+        ports[n].sent.clear()
+    deliver(4, barriers[4])
+    deliver(3, barriers[3], to=(3,))  # lost on its way to node 4, then the split
+    assert not hosts[3].syncing and hosts[4].syncing
+    for n in (3, 4):
+        other = 7 - n
+        hosts[n].on_confchg(ConfChange(True, ring, (n,), left=(other,)))
+        hosts[n].on_confchg(ConfChange(False, RingId(12, n), (n,), left=(other,)))
+    sched.run()
+    return hosts, ports
+
+
+@pytest.mark.timeout(20)
+def test_split_round_per_node_service_applies_held_messages_once_and_resends_nothing():
+    """Node 3 applied node 4's messages when it completed the round; node 4, which could
+    not complete it, applies the per-node service's message when the round is abandoned
+    instead of re-sending it -- a re-send would reach node 3 again after a merge."""
+    hosts, ports = _split_round()
+    for n in (3, 4):
+        assert hosts[n].service_by_id(PerNode.service_id).values == [b"m"]
+    resent = [decode_ring_message_untrusted(p) for p in ports[4].front + ports[4].sent]
+    assert [m.service for m in resent if m.service != HOST_SERVICE_ID] == [Replicated.service_id]
+    assert not ports[3].front
+
+
+@pytest.mark.timeout(20)
+def test_split_round_replicated_service_resends_its_held_message():
+    """The replicated service's message: applied by node 3 in the completed round, never
+    applied by node 4 in the abandoned one, and re-sent by node 4, its sender."""
+    hosts, ports = _split_round()
+    assert hosts[3].service_by_id(Replicated.service_id).values == [b"m"]
+    assert hosts[4].service_by_id(Replicated.service_id).values == []
+    (front,) = ports[4].front
+    m = decode_ring_message_untrusted(front)
+    assert (m.service, m.msg_id, m.payload) == (Replicated.service_id, 1, b"m")

@@ -593,9 +593,10 @@ def _evs_split_sweep(n: int) -> tuple[list[Any], int]:
 
 def test_evs_sender_order_survives_abandoned_sync_rounds() -> None:
     """Messages a node multicast while its ring re-formed are delivered during the new
-    ring's sync round and held; when the next configuration abandons that round, the
-    host sends them again -- in front of what it queued since (``requeue_front``), or a
-    sender's later messages were delivered first (seed 40: #7-#10 before #1-#6)."""
+    ring's sync round and held; when the next configuration abandons that round, EVS's
+    are delivered where Totem delivered them (``apply_held_on_abort``) and the other
+    services' are sent again by their senders, in front of what they queued since
+    (``requeue_front``): each sender's order, one agreed order, nothing twice."""
     bad, requeued = _evs_split_sweep(60)
     assert not bad, bad[0].report()
     assert requeued > 0  # the sweep does abandon rounds with held messages
@@ -603,10 +604,38 @@ def test_evs_sender_order_survives_abandoned_sync_rounds() -> None:
 
 def test_evs_order_breaks_with_held_messages_resent_at_the_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sweep above with the re-sent messages queued behind the others (as before
-    ``requeue_front``): the checker reports a sender's order broken."""
+    """The sweep above with EVS re-sending its held messages as replicated services do,
+    and behind what the node queued since (as before ``requeue_front``): the checker
+    reports a sender's order broken (seed 40: #7-#10 before #1-#6)."""
     from ais.servicesim import _Port
+    from ais.services.evs import EvsService
+    monkeypatch.setattr(EvsService, "apply_held_on_abort", False)
     monkeypatch.delattr(_Port, "requeue_front")  # the host then re-sends as it used to
     bad, _ = _evs_split_sweep(60)
     assert any("of that sender" in v.detail or "of its own messages" in v.detail
                for r in bad for v in r.violations), [r.line() for r in bad]
+
+
+#: four nodes, every fault, EVS processes: the line where a split sync round showed
+EVS_CHAOS = SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2, crashes=3,
+                       pauses=2, restarts=3, asym=2, ack_crashes=2, split_writes=2, evs=2)
+
+
+def test_evs_message_of_a_split_sync_round_delivered_once() -> None:
+    """Seed 1053: n3 completes a ring's sync round (it has both barriers) and n4 does not
+    (n3's barrier never reaches it; they leave the ring through different transitional
+    configurations).  n4 used to re-send the held messages n3 had delivered, and after
+    the merge n3's processes got them twice; they are now delivered where Totem
+    delivered them and never re-sent."""
+    r = run(1053, EVS_CHAOS)
+    assert r.ok, r.report()
+
+
+def test_evs_message_of_a_split_sync_round_twice_when_resent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed with EVS re-sending its held messages: the checker sees n3's
+    processes get them twice."""
+    from ais.services.evs import EvsService
+    monkeypatch.setattr(EvsService, "apply_held_on_abort", False)
+    r = run(1053, EVS_CHAOS)
+    assert any("twice" in v.detail for v in r.violations), r.line()

@@ -160,7 +160,9 @@ in the host and run after ``sync_done`` (the client just sees a slower
 reply).  Handlers that only read local state (``hold_during_sync=False``,
 the default) run at once.  A new configuration during a round abandons it
 and starts another; ``sync_start`` is then called again without a
-``sync_done`` in between, so services must treat it as a restart.
+``sync_done`` in between, so services must treat it as a restart.  The
+ordinary messages the abandoned round held are re-sent by their senders
+(or, for a service with ``apply_held_on_abort``, applied then and there).
 
 Services reach the world only through ``self.host`` (``HostAPI``, the kit
 above).  They import neither gevent, socket nor time, so the same code runs
@@ -583,6 +585,18 @@ class Service:
     lib_handlers: ClassVar[dict[int, LibHandlerSpec]] = {}
     #: ring message id -> handler spec
     exec_handlers: ClassVar[dict[int, ExecHandlerSpec]] = {}
+    #: what becomes of this service's ordinary messages held by a sync round
+    #: that a new configuration abandons.  False (replicated state): never
+    #: applied; each sender sends its own again in the new configuration.
+    #: True: applied where they were delivered, in their order, right then --
+    #: Totem's own delivery, with no re-send.  Only for a service whose every
+    #: sync round rebuilds its whole replicated state from per-node data (so it
+    #: never relies on ``SyncInfo.groups``) and whose messages otherwise only
+    #: reach local clients: EVS.  A re-send could otherwise reach a node that
+    #: already applied the message, because the members of one ring may leave
+    #: it through different transitional configurations, one having completed
+    #: the round and the other not.
+    apply_held_on_abort: ClassVar[bool] = False
 
     host: HostAPI
 

@@ -144,6 +144,11 @@ class EvsService(Service):
 
     name = "evs"
     service_id = ew.EVS_SERVICE_ID
+    # Every round rebuilds the table from per-node lists, and an MCAST only
+    # reaches local handles: messages an abandoned round held are delivered
+    # where Totem delivered them, never re-sent (a re-send could reach a node
+    # that already delivered the message).
+    apply_held_on_abort = True
 
     def __init__(self) -> None:
         #: group -> {(node, conn): pid}, the replicated table
