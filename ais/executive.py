@@ -387,8 +387,12 @@ class ServiceHost:
         """Multicast a service message in agreed order.
 
         Raises:
-            TryAgain: no ring yet, or its send queue is full.
+            TryAgain: no ring yet, or its send queue is full, or messages this
+                service sent with ``mcast_retried`` still wait for room (they
+                go first: a service's messages leave in the order it sent them).
         """
+        if self._outbox.get(service.service_id):
+            raise TryAgain("earlier messages of this service wait for the ring")
         self._send(RingMessage(service.service_id, msg_id, 0, tag, 0, payload))
 
     def mcast_sync(self, service: Service, msg_id: int, payload: bytes) -> None:

@@ -143,8 +143,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Callable, Generator, Iterable
 
-from ais.executive import FLAG_SYNC, RING_HEADER, ServiceHost
+from ais.executive import (
+    FLAG_SYNC, RING_HEADER, RingMessage, ServiceHost, encode_ring_message,
+)
 from ais.services import ckpt as ckpt_mod
+from ais.services.base import ExecMessage
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
 from ais.services.amf import AmfService
@@ -943,7 +946,7 @@ class _EvsMember:
         self.service_id = ew.EVS_SERVICE_ID
         self.private: dict[str, Any] = {}
         self.uid = self.gid = 0
-        self.pid = 100 + k
+        self.pid = 100 + k + 1000 * node.inc  # unique across incarnations: views are too
         self.closed = False
         self.name = f"{node.name}.{node.inc}/e{k}"
         self.tag = sim.next_uid  # numbers this process's messages: b"<tag>:<n>"
@@ -1070,6 +1073,48 @@ def check_evs_history(members: list[_EvsMember], live: list[_EvsMember]
             if any(x > y for x, y in zip(pos, pos[1:])):
                 vs.append(Violation("evs", f"{a.name} and {b.name} delivered messages in "
                                            "different orders"))
+    return _capped(vs)
+
+
+def check_evs_synchrony(members: list[_EvsMember]) -> list[Violation]:
+    """Virtual synchrony, per group: two processes that both install a view of a group
+    and then, next, the same following view delivered the same messages between the
+    two.  Views are matched by their member lists; a pair of consecutive views that
+    one process installed more than once (possible when a restarted node's processes
+    reuse a conn id) is left out rather than guessed at."""
+    vs: list[Violation] = []
+    # per process and group: {(view, next view): messages delivered between} -- every
+    # message reaches a process in each of its groups it shares, so each group's epochs
+    # hold all the process's messages (the simulated processes all join G)
+    spans: list[tuple[_EvsMember, dict[tuple[bytes, Any, Any], frozenset[Any] | None]]] = []
+    for m in members:
+        pairs: dict[tuple[bytes, Any, Any], frozenset[Any] | None] = {}
+        current: dict[bytes, tuple[Any, list[Any]]] = {}
+        for e in m.events:
+            if e[0] == "msg":
+                for _, since in current.values():
+                    since.append((e[1], e[2]))
+                continue
+            g, view = e[1], e[2]
+            if g in current:
+                before, since = current[g]
+                key = (g, before, view)
+                pairs[key] = None if key in pairs else frozenset(since)
+            current[g] = (view, [])
+        spans.append((m, pairs))
+    for i, (a, pa) in enumerate(spans):
+        for b, pb in spans[i + 1:]:
+            for key, got in pa.items():
+                other = pb.get(key, None)
+                if got is None or other is None or got == other:
+                    continue
+                g, _before, after = key
+                vs.append(Violation("evs", f"{a.name} and {b.name} both went from one "
+                                           f"view of {g.rstrip(bytes(1)).decode()} to the "
+                                           f"next ({len(after)} members) having delivered "
+                                           f"different messages: {sorted(got - other)[:4]} "
+                                           f"only at {a.name}, {sorted(other - got)[:4]} "
+                                           f"only at {b.name}"))
     return _capped(vs)
 
 
@@ -1793,6 +1838,22 @@ class ServiceSim(Simulation):
         for t in self.tracks_by_key.get(key, ()):
             t.add(me, self.now)
 
+    def _unholds(self, node: _Node, inc: int, msg: ExecMessage) -> None:
+        """``node`` applied a CKPT change that its replica refused (say, a write to a
+        section it never had: in a transitional configuration Totem delivers what
+        its members have, past a sender's message none of them got).  Its replica
+        does not reflect the change, so it is no holder of it."""
+        me = (node.id, inc)
+        p = encode_ring_message(RingMessage(cw.CKPT_SERVICE_ID, msg.msg_id, 0, msg.tag, 0,
+                                            msg.payload))
+        key = (msg.ring_id, msg.sender, zlib.crc32(p))
+        self.applied.get(key, set()).discard(me)
+        for v in self.held.get(me, {}).values():
+            v.discard(key)
+        for t in self.tracks_by_key.get(key, ()):
+            t.holders.discard(me)
+            t.since.pop(me, None)
+
     def _merged(self, node: _Node, ring: RingId | None) -> None:
         """A sync round completed here: the replica now reflects every member's history
         (when they conflict, the merge rule chose one: the checkpoint is marked)."""
@@ -1883,7 +1944,22 @@ class ServiceSim(Simulation):
                 if op.attributes is not None and ckpt.ckpts.get(
                         ckpt.names.get(op.name)) is None:  # type: ignore[arg-type]
                     self.creating_opens.add((nid, inc, msg.tag.conn_id, msg.tag.seq))
-            run_exec(svc, msg)
+            if svc is not ckpt or msg.sync or msg.msg_id not in _UPDATES:
+                run_exec(svc, msg)
+                return
+            refused: list[Any] = []
+            reply_error = host.reply_error
+
+            def noting_refusal(tag: Any, error: Any, **kw: Any) -> bool:
+                refused.append(tag)
+                return reply_error(tag, error, **kw)
+            host.reply_error = noting_refusal  # type: ignore[method-assign]
+            try:
+                run_exec(svc, msg)
+            finally:
+                del host.reply_error
+            if refused:
+                self._unholds(node, inc, msg)
         host._run_exec = run_exec_noting_creations  # type: ignore[method-assign]
         done = ckpt.sync_done
 
@@ -2164,6 +2240,7 @@ class ServiceSim(Simulation):
             live = [m for n in self.up() for m in self.evs_members[n.id]]
             vs += check_evs_state(tables, live)
             vs += check_evs_history(self.all_evs, live)
+            vs += check_evs_synchrony(self.all_evs)
         return vs
 
     def finish(self) -> SvcResult:  # type: ignore[override]

@@ -9,8 +9,11 @@ import pytest
 
 from ais.executive import ServiceHost
 from ais.services.clm import ClmService
+from ais.services import evs as evs_svc
+from ais.services.base import NO_TAG, ExecMessage, SyncInfo
 from ais.services.evs import EvsService
-from ais.totem.events import node_of
+from ais.testing import ManualScheduler
+from ais.totem.events import RingId, node_of
 from helpers_exec import BOOT, ExecThread, FakeConn, ServiceCluster
 from saf import _evs_wire as ew
 from saf import evs
@@ -233,6 +236,60 @@ def test_merge_teaches_each_side_the_other_sides_members():
     cl.form([A, B], [C])
     assert confs(a)[-1][3] == (me(cl, C, c),)
     assert confs(c)[-1][3] in ((me(cl, A, a),), (me(cl, B, b),))
+
+
+@pytest.mark.timeout(20)
+def test_hidden_partition_is_seen_as_a_departure_and_a_return():
+    """A and B split and heal before either side's sync round can complete: each side's
+    processes still see the other side's leave at the transitional configuration and
+    come back when the healed ring's round completes, and a message delivered in
+    between is delivered between those two views on each side (virtual synchrony)."""
+    cl = EvsCluster([A, B])
+    cl.form([A, B])
+    a, b = cl.connect(A), cl.connect(B)
+    cl.join(A, a, G1)
+    cl.join(B, b, G1)
+    for conn in (a, b):
+        conn.callbacks.clear()
+    cl.bus.pause()
+    cl.send(B, b, b"in flight", run=False)
+    cl.bus.reconfigure([node_of(A)], [node_of(B)])
+    cl.bus.reconfigure([node_of(A), node_of(B)])  # before the split's rounds can end
+    cl.bus.resume()
+    cl.run()
+    cl.send(A, a, b"after")
+    both = (me(cl, A, a), me(cl, B, b))
+    assert events(a) == [("msg", b"in flight"),
+                         ("conf", b"key1", (me(cl, A, a),), (me(cl, B, b),), ()),
+                         ("conf", b"key1", both, (), (me(cl, B, b),)), ("msg", b"after")]
+    assert events(b) == [("msg", b"in flight"),
+                         ("conf", b"key1", (me(cl, B, b),), (me(cl, A, a),), ()),
+                         ("conf", b"key1", both, (), (me(cl, A, a),)), ("msg", b"after")]
+
+
+@pytest.mark.timeout(20)
+def test_same_conn_with_another_pid_is_another_member():
+    """A node that restarted before the others saw it go numbers its connections from
+    1 again: in the next sync round its new process announces a (node, conn) the table
+    still holds for the old one.  The pid tells them apart: the old one leaves, the new
+    one joins."""
+    host = evs_host(A, ManualScheduler())
+    svc = host.service_by_name("evs")
+    assert isinstance(svc, EvsService)
+    a = FakeConn(host.new_conn_id(), ew.EVS_SERVICE_ID, pid=1000)
+    host.lib_connect(a)
+    old, new = ew.Member(node_of(B), 7, 2000), ew.Member(node_of(B), 7, 3000)
+    svc._add((node_of(A), a.conn_id), 1000, G1)
+    svc._add((old.node, old.conn), old.pid, G1)
+    ring = RingId(8, node_of(A))
+    svc.sync_start(SyncInfo(ring, (node_of(A), node_of(B)), (), (), (), ()))
+    for node, conn, pid in ((node_of(A), a.conn_id, 1000), (new.node, new.conn, new.pid)):
+        svc.exec_sync_members(ExecMessage(node, evs_svc.MSG_SYNC_MEMBERS,
+                                          evs_svc.SYNC_MEMBERS.pack([(G1, conn, pid)]),
+                                          NO_TAG, ring, sync=True))
+    svc.sync_done()
+    mine = ew.Member(node_of(A), a.conn_id, 1000)
+    assert confs(a) == [("conf", b"key1", tuple(sorted((mine, new))), (old,), (new,))]
 
 
 @pytest.mark.timeout(20)

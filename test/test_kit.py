@@ -25,7 +25,7 @@ from ais.services.base import (
 )
 from ais.testing import FakeBus, FakePort, ManualScheduler
 from ais.totem.events import SendQueueFull
-from saf.errors import SA_OK, Timeout
+from saf.errors import SA_OK, Timeout, TryAgain
 
 MSG_NOTE, MSG_ASK, MSG_ARM, MSG_EXPIRE, MSG_FWD, MSG_FWD_T = 1, 2, 3, 4, 5, 6
 REQ_ASK, REQ_ASK_T, REQ_FWD, REQ_FWD_T, REQ_CONNS = 1, 2, 3, 4, 5
@@ -153,6 +153,26 @@ def test_mcast_retried_sends_in_order_while_the_ring_refuses():
     h1.mcast_retried(toy(h1), MSG_NOTE, b"x")
     sched.run()
     assert toy(hosts[2]).notes[-1] == b"x"
+
+
+@pytest.mark.timeout(20)
+def test_mcast_waits_behind_the_services_retried_messages():
+    """While a service's ``mcast_retried`` messages wait for room, its direct ``mcast``
+    is refused (TryAgain) rather than sent ahead of them: the service's order holds."""
+    sched, bus, hosts = cluster(2)
+    bus.reconfigure([1, 2])
+    sched.run()
+    h1 = hosts[1]
+    port = FlakyPort(bus, 1)
+    h1.attach_ring(port)
+    port.refuse = 1
+    h1.mcast_retried(toy(h1), MSG_NOTE, b"first")  # refused: waits for its retry
+    with pytest.raises(TryAgain):
+        h1.mcast(toy(h1), MSG_NOTE, b"second")  # the ring has room, but not before it
+    sched.advance(0.1)
+    h1.mcast(toy(h1), MSG_NOTE, b"second")
+    sched.run()
+    assert toy(h1).notes == toy(hosts[2]).notes == [b"first", b"second"]
 
 
 @pytest.mark.timeout(20)

@@ -507,6 +507,29 @@ def test_a_checkpoint_made_under_a_name_that_diverged_before_may_lose_it() -> No
     assert any("n1 CRASH incarnation 1" in ln for ln in t[opened:])
 
 
+def test_change_refused_by_a_replica_is_not_held_there() -> None:
+    """Seed 1200004 of the chaos mix: n3 creates section 1.1 and overwrites it (both
+    answered at agreed delivery, ACTIVE mode) in a ring of n1, n3 and n4, and is cut off
+    as the creation leaves; n1, paused, comes back alone and in its transitional
+    configuration Totem delivers what it has: the overwrite, past the creation nobody
+    with it got.  n1's replica refuses the overwrite (no such section), then n3 and n4
+    die, and the section is rightly gone.  The checker counted n1 a holder of the
+    overwrite because it applied the message; a change its replica refused is not held
+    there."""
+    r = run(1200004, MIXES["chaos"])
+    assert r.ok, r.report()
+
+
+def test_change_refused_by_a_replica_counted_held_is_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed with refused changes counted as held: the section's loss is
+    reported (the history the checker once took for a loss)."""
+    monkeypatch.setattr(ServiceSim, "_unholds", lambda *a: None)
+    r = run(1200004, MIXES["chaos"])
+    assert any(v.invariant == "lost" and "section 1.1" in v.detail for v in r.violations), \
+        r.line()
+
+
 def test_sweep_split_on_write() -> None:
     sweep(MIXES["splits"], 100)
 
@@ -550,6 +573,27 @@ def test_evs_checker_catches_broken_histories() -> None:
     # a dead process need not have got its own messages
     dead = _proc("b", 2, [1, 2], msgs((1, 1), (2, 1), (1, 2)))
     assert check_evs_history([a, dead], [a]) == []
+
+
+def test_evs_synchrony_checker() -> None:
+    """Two processes that go from one view to the same next view must have delivered
+    the same messages in between; different next views, or a pair of views one of them
+    installed twice (not told apart), are not compared."""
+    from ais.servicesim import check_evs_synchrony
+    v1, v2, v3 = frozenset({1}), frozenset({1, 2}), frozenset({2})
+
+    def hist(*es: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [("conf", EVS_G, e) if isinstance(e, frozenset) else ("msg", *e) for e in es]
+    a = _proc("a", 1, [], hist(v1, (1, 1), (2, 1), v2, (1, 2)))
+    b = _proc("b", 2, [], hist(v1, (1, 1), (2, 1), v2, (2, 2)))
+    assert check_evs_synchrony([a, b]) == []
+    c = _proc("c", 3, [], hist(v1, (1, 1), v2))
+    vs = check_evs_synchrony([a, c])
+    assert len(vs) == 1 and "(2, 1)" in vs[0].detail and "only at a" in vs[0].detail
+    d = _proc("d", 4, [], hist(v1, (1, 1), v3))  # another next view: nothing to compare
+    assert check_evs_synchrony([a, d]) == []
+    e = _proc("e", 5, [], hist(v1, v2, v1, (1, 1), v2))  # v1 -> v2 twice: left out
+    assert check_evs_synchrony([a, e]) == []
 
 
 def test_evs_state_checker_compares_tables_and_last_views() -> None:
@@ -623,6 +667,31 @@ def test_evs_order_breaks_with_held_messages_resent_at_the_back(
 
 
 EVS_CHAOS = MIXES["evs_chaos"]
+
+
+#: five nodes with partitions, flaps, crashes, restarts, pauses, one-way loss and EVS
+EVS_FIVE = SvcOptions(nodes=5, loss=0.15, dup=0.05, reorder=0.3, partitions=3, flaps=1,
+                      crashes=3, restarts=3, pauses=2, asym=2, evs=2)
+
+
+def test_evs_processes_that_split_and_heal_unseen_see_each_other_leave() -> None:
+    """Seed 1017: n1 and n2 leave ring 16 through different transitional configurations
+    (n1 then spends ring 20 with n3, whose round never completes) and meet again in
+    ring 24.  Their processes now see each other's leave at the transitional
+    configurations and come back at ring 24's round; before, neither saw the other go,
+    and they went from the same view to the same next view having delivered different
+    messages (each got a message the other did not)."""
+    r = run(1017, EVS_FIVE)
+    assert r.ok, r.report()
+
+
+def test_evs_synchrony_broken_without_transitional_views(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ais.services.base import Service
+    from ais.services.evs import EvsService
+    monkeypatch.setattr(EvsService, "on_confchg", Service.on_confchg)
+    r = run(1017, EVS_FIVE)
+    assert any("both went from one view" in v.detail for v in r.violations), r.line()
 
 
 def test_evs_message_of_a_split_sync_round_delivered_once() -> None:

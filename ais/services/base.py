@@ -29,10 +29,12 @@ What every service needs besides its own logic is on ``self.host``
 its own queues, timers or connection registries:
 
 * ``host.mcast(self, MSG_X, payload, tag=req.tag)`` -- a message a client
-  waits for; raises ``TryAgain`` when the ring is full (the client sees it).
+  waits for; raises ``TryAgain`` when the ring is full (the client sees it),
+  and while the service's ``mcast_retried`` messages wait, which go first.
 * ``host.mcast_retried(self, MSG_X, payload)`` -- a message the service sends
   on its own (a client left, a deadline passed): queued per service, sent in
-  order, retried while the ring is full; never raises.
+  order, retried while the ring is full; never raises.  Whatever the
+  service sends, either way, leaves in the order it was sent.
 * ``host.reply(msg.tag, body)`` / ``host.reply_error(msg.tag, NotExist())``
   -- every node calls it; the answer goes only to the asking node's client,
   if it still waits.  It returns True exactly then: a service uses False to

@@ -72,7 +72,7 @@ from ais.services.base import (
     DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, Request, Service, SyncInfo,
     exec_handler, lib_handler, register_service,
 )
-from ais.totem.events import fmt_node
+from ais.totem.events import ConfChange, fmt_node
 from saf import _evs_wire as ew
 from saf._codec import Layout, array, pad, rest, u8, u16, u32, u64
 from saf.errors import InvalidParam, IpcProtocolError, NotExist, TryAgain
@@ -327,6 +327,26 @@ class EvsService(Service):
             return
         self._emit(targets, ew.EVS_CB_DELIVER, body)
 
+    def on_confchg(self, conf: ConfChange) -> None:
+        # A transitional configuration: the processes of the nodes that did not
+        # come along leave every group now, at the same point of the order on
+        # every member of it, before the messages delivered in it.  So two
+        # processes that go from one view to the next delivered the same
+        # messages in between (virtual synchrony), however the ring split and
+        # healed meanwhile: those that stayed together see the same departures,
+        # and the next completed sync round brings the others back as joins.
+        if not conf.transitional:
+            return
+        stay = set(conf.members)
+        changes: dict[bytes, list[ew.Member]] = {}
+        for key in sorted(k for k in self.by_member if k[0] not in stay):
+            for group in sorted(self.by_member.get(key, ())):
+                pid = self._remove(key, group)
+                if pid is not None:
+                    changes.setdefault(group, []).append(ew.Member(key[0], key[1], pid))
+        for group in sorted(changes):
+            self._confchg(group, changes[group], [])
+
     # --- sync: per-node member lists ------------------------------------------------------
 
     def sync_start(self, info: SyncInfo) -> None:
@@ -377,8 +397,13 @@ class EvsService(Service):
         changes: list[tuple[bytes, list[ew.Member], list[ew.Member]]] = []
         for group in sorted(set(old) | set(new)):
             before, after = old.get(group, {}), new.get(group, {})
-            left = [ew.Member(n, c, pid) for (n, c), pid in before.items() if (n, c) not in after]
-            joined = [ew.Member(n, c, pid) for (n, c), pid in after.items() if (n, c) not in before]
+            # A node that restarted before the others saw it go numbers its
+            # connections from 1 again: the same (node, conn) with another pid is
+            # another process, the old one gone.
+            left = [ew.Member(n, c, pid) for (n, c), pid in before.items()
+                    if after.get((n, c)) != pid]
+            joined = [ew.Member(n, c, pid) for (n, c), pid in after.items()
+                      if before.get((n, c)) != pid]
             if left or joined:
                 changes.append((group, left, joined))
         self.groups = new
