@@ -11,6 +11,8 @@ has sent END.  Every delivery and confchg is written, in order, to OUT.
 Prints READY once the group is complete and DELIVERED n every 200 messages.
 ``--stall S``: join, print READY, then neither dispatch nor send for S
 seconds; then try one call and print ALIVE or DISCONNECTED.
+``--watch``: once READY, send NAME:i about every 10 ms and print each confchg
+line as it comes, until the file OUT.stop appears (or the time limit).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main() -> int:
     ap.add_argument("--stall", type=float, default=0.0)
     ap.add_argument("--group", default="g")
     ap.add_argument("--limit", type=float, default=120.0)
+    ap.add_argument("--watch", action="store_true")
     a = ap.parse_args()
     log: list[str] = []
     state = {"members": [], "ends": set(), "left_seen": False, "n": 0}
@@ -54,6 +57,8 @@ def main() -> int:
         state["members"] = members
         names = [",".join(m.address for m in ms) for ms in (members, left, joined)]
         log.append("C members={} left={} joined={}".format(*names))
+        if a.watch:
+            print(log[-1], flush=True)
         if left:
             state["left_seen"] = True
 
@@ -75,6 +80,8 @@ def main() -> int:
         except Library:
             print("DISCONNECTED", flush=True)
         return 0
+    if a.watch:
+        return watch(h, a, log, end)
     pad = b"|" + b"x" * max(0, a.size)
     sent = after = 0
     ended = False
@@ -108,6 +115,34 @@ def main() -> int:
     with open(a.out, "w") as f:
         f.write("\n".join(log) + "\n")
     print(f"DONE {state['n']}", flush=True)
+    return 0
+
+
+def watch(h: evs.EvsHandle, a: argparse.Namespace, log: list[str], end: float) -> int:
+    """Send about every 10 ms and dispatch, through whatever the ring goes through."""
+    fd = h.fd_get()
+    stop = a.out + ".stop"
+    sent = 0
+    next_send = time.monotonic()
+    try:
+        while time.monotonic() < end and not os.path.exists(stop):
+            select.select([fd], [], [], 0.01)
+            h.dispatch(evs.EVS_DISPATCH_ALL)
+            if time.monotonic() >= next_send:
+                try:
+                    h.mcast_joined(evs.EVS_TYPE_AGREED, evs.EVS_PRIO_LOW,
+                                   f"{a.name}:{sent}".encode())
+                    sent += 1
+                    next_send = time.monotonic() + 0.01
+                except TryAgain:
+                    pass
+        h.flush()
+        h.dispatch(evs.EVS_DISPATCH_ALL)
+    except Library as exc:
+        print(f"LIBRARY {exc}", flush=True)
+    with open(a.out, "w") as f:
+        f.write("\n".join(log) + "\n")
+    print(f"DONE {sent}", flush=True)
     return 0
 
 

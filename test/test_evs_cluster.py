@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster import ROOT, Cluster
+from faulthub import fault_hub  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -174,3 +175,69 @@ def test_client_that_stops_dispatching_is_bounded_and_others_unaffected(tmp_path
         n = min(len(s) for s in seqs)
         assert seqs[0][:n] == seqs[1][:n] == seqs[2][:n]
         assert any("left=127.0.0.1" in line for line in wlog if line.startswith("C "))
+
+
+@pytest.mark.netns
+def test_partition_and_heal_each_side_sees_the_other_leave_and_return(tmp_path,
+                                                                      fault_hub) -> None:
+    """Three executives behind the fault hub, an EVS process on each multicasting every
+    10 ms; the hub splits [1, 2] | [3], then heals.  Each side's processes see the other
+    side's leave and, after the heal, join again; the two processes that stayed together
+    deliver the same views and messages in one order; n3's messages sent while it was
+    cut off never reach the other side, and both sides go on receiving after the heal."""
+    hub = fault_hub
+    with Cluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs, bindnetaddr=hub.network,
+                 port=5405) as c:
+        for n in c.nodes:
+            c.start(n)
+        for n in c.nodes:
+            c.wait_socket(n)
+        c.wait_ring([1, 2, 3])
+        a1, a2, a3 = hub.addrs
+        outs = [tmp_path / f"out{i}" for i in (1, 2, 3)]
+        agents = [Agent(c, i, f"n{i}", outs[i - 1], 3, "--watch") for i in (1, 2, 3)]
+        try:
+            for a in agents:
+                a.wait_for(lambda line: line == "READY")
+            time.sleep(0.5)
+            hub.partition([1, 2], [3])
+            for a, gone in ((agents[0], a3), (agents[1], a3), (agents[2], f"{a1},{a2}")):
+                a.wait_for(lambda line, g=gone: line.startswith("C ") and f"left={g} " in line)
+            time.sleep(0.5)
+            hub.heal()
+            for a, back in ((agents[0], a3), (agents[1], a3), (agents[2], f"{a1},{a2}")):
+                a.wait_for(lambda line, b=back: line.startswith("C ") and line.endswith(
+                    f"joined={b}"))
+            time.sleep(0.5)
+            for out in outs:
+                (out.parent / (out.name + ".stop")).touch()
+            logs = [a.finish(60) for a in agents]
+        finally:
+            for a in agents:
+                a.stop()
+    full = f"C members={a1},{a2},{a3} "
+    logs = [log[next(i for i, line in enumerate(log) if line.startswith(full)) + 1:]
+            for log in logs]
+    views = [[line for line in log if line.startswith("C ")] for log in logs]
+    assert views[0] == views[1] == [f"C members={a1},{a2} left={a3} joined=",
+                                    f"C members={a1},{a2},{a3} left= joined={a3}"]
+    assert views[2] == [f"C members={a3} left={a1},{a2} joined=",
+                        f"C members={a1},{a2},{a3} left= joined={a1},{a2}"]
+    # n1 and n2 stayed together: one sequence of views and messages (the tails may
+    # differ by what arrived after one of them stopped)
+    k = min(len(logs[0]), len(logs[1]))
+    cut = max(i for i, line in enumerate(logs[0][:k]) if line.startswith("C ")) + 1
+    assert logs[0][:cut] == logs[1][:cut]
+    side, alone = logs[0], logs[2]
+    split_at = [side.index(views[0][0]), alone.index(views[2][0])]
+    heal_at = [side.index(views[0][1]), alone.index(views[2][1])]
+    n3_here = [int(m.split(":")[1]) for m in messages(side) if m.startswith("n3:")]
+    n3_there = [int(m.split(":")[1]) for m in messages(alone) if m.startswith("n3:")]
+    during = {int(m.split(":")[1]) for m in messages(alone[split_at[1]:heal_at[1]])
+              if m.startswith("n3:")}
+    assert during and not during & set(n3_here)  # sent while cut off: its side only
+    assert n3_here == sorted(n3_here) and n3_there == sorted(n3_there)
+    for log, at in ((side, heal_at[0]), (alone, heal_at[1])):
+        after = messages(log[at:])
+        assert any(m.startswith("n1:") for m in after) and any(m.startswith("n3:")
+                                                               for m in after)
