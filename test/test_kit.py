@@ -133,15 +133,21 @@ class FlakyPort(FakePort):
 # --- mcast_retried -------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(20)
-def test_mcast_retried_sends_in_order_while_the_ring_refuses():
+def flaky_pair(refuse: int) -> tuple[ManualScheduler, dict[int, ServiceHost], FlakyPort]:
+    """A ring of two whose node 1 sends through a port refusing its next ``refuse``."""
     sched, bus, hosts = cluster(2)
     bus.reconfigure([1, 2])
     sched.run()
-    h1 = hosts[1]
     port = FlakyPort(bus, 1)
-    h1.attach_ring(port)
-    port.refuse = 3
+    hosts[1].attach_ring(port)
+    port.refuse = refuse
+    return sched, hosts, port
+
+
+@pytest.mark.timeout(20)
+def test_mcast_retried_sends_in_order_while_the_ring_refuses():
+    sched, hosts, port = flaky_pair(3)
+    h1 = hosts[1]
     for i in range(5):
         h1.mcast_retried(toy(h1), MSG_NOTE, bytes([i]))  # never raises
     sched.run()
@@ -159,13 +165,8 @@ def test_mcast_retried_sends_in_order_while_the_ring_refuses():
 def test_mcast_waits_behind_the_services_retried_messages():
     """While a service's ``mcast_retried`` messages wait for room, its direct ``mcast``
     is refused (TryAgain) rather than sent ahead of them: the service's order holds."""
-    sched, bus, hosts = cluster(2)
-    bus.reconfigure([1, 2])
-    sched.run()
+    sched, hosts, _ = flaky_pair(1)
     h1 = hosts[1]
-    port = FlakyPort(bus, 1)
-    h1.attach_ring(port)
-    port.refuse = 1
     h1.mcast_retried(toy(h1), MSG_NOTE, b"first")  # refused: waits for its retry
     with pytest.raises(TryAgain):
         h1.mcast(toy(h1), MSG_NOTE, b"second")  # the ring has room, but not before it
