@@ -19,7 +19,12 @@ so it takes effect at the same point of the order everywhere:
   bounded chunks); at ``sync_done`` the table becomes the union of the
   announcements of the new configuration's members.  The processes of a node
   that left are thus gone, and a joining (or merging) node learns everyone,
-  at the same point of the order on every member of the new ring.
+  at the same point of the order on every member of the new ring.  Before
+  that, at the transitional configuration, the processes of the nodes that
+  did not come along already leave (``on_confchg``), so a split that heals
+  before any round completes is still a departure and a return.  Messages a
+  round held when a new configuration abandons it are delivered then, where
+  Totem delivered them (``apply_held_on_abort``), never re-sent.
 
 Whenever a group's member list changes, every local member of the group
 (after the change) gets a CONFCHG callback: the group, its members, and who
