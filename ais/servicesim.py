@@ -1947,18 +1947,18 @@ class ServiceSim(Simulation):
             if svc is not ckpt or msg.sync or msg.msg_id not in _UPDATES:
                 run_exec(svc, msg)
                 return
-            refused: list[Any] = []
-            reply_error = host.reply_error
-
-            def noting_refusal(tag: Any, error: Any, **kw: Any) -> bool:
-                refused.append(tag)
-                return reply_error(tag, error, **kw)
-            host.reply_error = noting_refusal  # type: ignore[method-assign]
+            # Every change a replica makes moves its checkpoint's update count
+            # (retention expiry removes the checkpoint): a message that moved
+            # neither was refused there.
             try:
-                run_exec(svc, msg)
-            finally:
-                del host.reply_error
-            if refused:
+                ck_id = cw.split_ckpt_id_untrusted(msg.payload)[0]
+            except Exception:  # noqa: BLE001 -- the handler drops it too
+                ck_id = None
+            before = ckpt.ckpts.get(ck_id) if ck_id is not None else None
+            count = before.updates if before is not None else -1
+            run_exec(svc, msg)
+            after = ckpt.ckpts.get(ck_id) if ck_id is not None else None
+            if before is None or (after is before and after.updates == count):
                 self._unholds(node, inc, msg)
         host._run_exec = run_exec_noting_creations  # type: ignore[method-assign]
         done = ckpt.sync_done

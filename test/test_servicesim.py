@@ -520,6 +520,17 @@ def test_change_refused_by_a_replica_is_not_held_there() -> None:
     assert r.ok, r.report()
 
 
+def test_write_refused_by_a_replica_is_not_held_there() -> None:
+    """Seed 1600396, a ring of two at 25% loss with every fault and EVS: n2, alone in its
+    transitional configuration, delivers n1's write past the section's creation it never
+    got; the write (answered at agreed delivery, ACTIVE mode) is refused there -- with an
+    I/O status in its reply, not an error -- and n1 crashes.  Nothing held it."""
+    o = SvcOptions(nodes=2, loss=0.25, dup=0.1, reorder=0.3, crashes=2, restarts=3, pauses=2,
+                   asym=2, ack_crashes=2, split_writes=2, evs=3)
+    r = run(1600396, o)
+    assert r.ok, r.report()
+
+
 def test_change_refused_by_a_replica_counted_held_is_reported(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The same seed with refused changes counted as held: the section's loss is
