@@ -443,6 +443,11 @@ def _ack_text(a: Ack) -> str:
     return f"write #{a.counter} of {a.name.decode()} {a.ckpt} section {a.sid.decode()}"
 
 
+def _update_key(ring_id: RingId, sender: int, ring_payload: bytes) -> tuple[Any, ...]:
+    """How the checker names one delivered CKPT message (its ring, sender and bytes)."""
+    return (ring_id, sender, zlib.crc32(ring_payload))
+
+
 def _capped(vs: list[Violation], limit: int = 6) -> list[Violation]:
     if len(vs) <= limit:
         return vs
@@ -1752,7 +1757,7 @@ class ServiceSim(Simulation):
         if len(p) >= RING_HEADER.size:
             service, msg_id, flags = struct.unpack_from("!HHB", p)
             if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC:
-                key = (d.ring_id, d.sender, zlib.crc32(p))
+                key = _update_key(d.ring_id, d.sender, p)
                 tag_node, conn, seq = struct.unpack_from("!III", p, 8)
                 if tag_node == node.id and conn:
                     # safe delivery means: every member of this configuration has it
@@ -1844,9 +1849,8 @@ class ServiceSim(Simulation):
         its members have, past a sender's message none of them got).  Its replica
         does not reflect the change, so it is no holder of it."""
         me = (node.id, inc)
-        p = encode_ring_message(RingMessage(cw.CKPT_SERVICE_ID, msg.msg_id, 0, msg.tag, 0,
-                                            msg.payload))
-        key = (msg.ring_id, msg.sender, zlib.crc32(p))
+        key = _update_key(msg.ring_id, msg.sender, encode_ring_message(
+            RingMessage(cw.CKPT_SERVICE_ID, msg.msg_id, 0, msg.tag, 0, msg.payload)))
         self.applied.get(key, set()).discard(me)
         for v in self.held.get(me, {}).values():
             v.discard(key)

@@ -363,7 +363,7 @@ class Srp:
     def requeue_front(self, payloads: Sequence[bytes], now: float) -> list[Action]:
         """Queue messages this node multicast before again, ahead of everything
         queued since, in their order (queue limits do not apply: they were taken
-        once).  The host re-sends so what an abandoned sync round held; the
+        once).  The host re-sends this way what an abandoned sync round held; the
         messages queued meanwhile must stay behind them, or its sender's order
         breaks.  Meant right after a ring is installed: its first token visit
         here frames no application message (``_token_visit``), so nothing queued
