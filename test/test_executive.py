@@ -396,8 +396,7 @@ def _split_round() -> tuple[dict[int, ServiceHost], dict[int, _Recording]]:
     for n in (3, 4):  # the state announcements
         deliver(n, ports[n].sent.pop(0))
     for s in (Replicated, PerNode):
-        hosts[4].mcast(rec4 := hosts[4].service_by_id(s.service_id), 1, b"m")
-        assert rec4 is not None
+        hosts[4].mcast(hosts[4].service_by_id(s.service_id), 1, b"m")
     sched.run()
     barriers = {}
     for n in (3, 4):
