@@ -13,7 +13,7 @@ from ais.services import evs as evs_svc
 from ais.services.base import NO_TAG, ExecMessage, SyncInfo
 from ais.services.evs import EvsService
 from ais.testing import ManualScheduler
-from ais.totem.events import RingId, node_of
+from ais.totem.events import ConfChange, RingId, node_of
 from helpers_exec import BOOT, ExecThread, FakeConn, ServiceCluster
 from saf import _evs_wire as ew
 from saf import evs
@@ -267,6 +267,82 @@ def test_hidden_partition_is_seen_as_a_departure_and_a_return():
                          ("conf", b"key1", both, (), (me(cl, A, a),)), ("msg", b"after")]
 
 
+def _abandon_a_round(cl: EvsCluster, first: list[str], then: list[str], *queued) -> None:
+    """Form ring ``first``, then ring ``then`` before ``first``'s sync round can
+    complete: the callables in ``queued`` (client requests) send in ``first``,
+    during its round, so their messages are held; ``then`` abandons that round
+    and they are applied there."""
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(x) for x in first])
+    for fn in queued:
+        fn()
+    cl.bus.reconfigure([node_of(x) for x in then])
+    cl.bus.resume()
+    cl.run()
+
+
+@pytest.mark.timeout(20)
+def test_merge_whose_round_is_abandoned_shows_no_half_merged_view():
+    """A and B come from different partitions; the ring that merges them re-forms before
+    its sync round completes, so the messages it held are applied on tables that hold
+    only each node's own side: a JOIN from A and a multicast from B.  Nobody is shown
+    a view made of that (before, A's process saw {a, a2} and B's {a2, b}, each then
+    getting to the merged view through different messages); the new process and the
+    merge appear when the next round completes, the same view on both nodes, and the
+    new process gets only what is ordered after that view."""
+    cl = EvsCluster([A, B, C])
+    cl.form([A], [B])
+    a, b, a2 = cl.connect(A), cl.connect(B), cl.connect(A)
+    cl.join(A, a, G1)
+    cl.join(B, b, G1)
+    for conn in (a, b):
+        conn.callbacks.clear()
+
+    def join_a2() -> None:
+        cl.hosts[A].lib_request(a2, ew.EVS_REQ_JOIN, 99, ew.encode_group_list([G1]))
+
+    _abandon_a_round(cl, [A, B], [A, B, C], join_a2,
+                     lambda: cl.send(B, b, b"from b", run=False))
+    assert [f.error for f in a2.responses if f.seq == 99] == [SA_OK]
+    cl.send(A, a, b"after")
+    merged = tuple(sorted((me(cl, A, a), me(cl, A, a2), me(cl, B, b))))
+    assert events(a) == [("msg", b"from b"),
+                         ("conf", b"key1", merged, (), (me(cl, A, a2), me(cl, B, b))),
+                         ("msg", b"after")]
+    assert events(a2) == [("conf", b"key1", merged, (), (me(cl, A, a2), me(cl, B, b))),
+                          ("msg", b"after")]
+    assert events(b) == [("msg", b"from b"),
+                         ("conf", b"key1", merged, (), (me(cl, A, a), me(cl, A, a2))),
+                         ("msg", b"after")]
+    assert cl.evs(A).groups == cl.evs(B).groups
+
+
+@pytest.mark.timeout(20)
+def test_leave_and_join_again_during_an_abandoned_round_is_shown_as_both():
+    """a leaves key1 and joins it again while a round is pending, b multicasting in
+    between: at the next completed round b is shown a leave, then a's return (a missed
+    b's message, so the two views around it must differ), and a gets the return."""
+    cl = EvsCluster([A, B, C])
+    cl.form([A, B])
+    a, b = cl.connect(A), cl.connect(B)
+    cl.join(A, a, G1)
+    cl.join(B, b, G1)
+    for conn in (a, b):
+        conn.callbacks.clear()
+    host = cl.hosts[A]
+    body = ew.encode_group_list([G1])
+    _abandon_a_round(cl, [A, B, C], [A, B],
+                     lambda: host.lib_request(a, ew.EVS_REQ_LEAVE, 97, body),
+                     lambda: cl.send(B, b, b"while out", run=False),
+                     lambda: host.lib_request(a, ew.EVS_REQ_JOIN, 98, body))
+    assert [f.error for f in a.responses if f.seq in (97, 98)] == [SA_OK, SA_OK]
+    both = (me(cl, A, a), me(cl, B, b))
+    assert events(b) == [("msg", b"while out"),
+                         ("conf", b"key1", (me(cl, B, b),), (me(cl, A, a),), ()),
+                         ("conf", b"key1", both, (), (me(cl, A, a),))]
+    assert events(a) == [("conf", b"key1", both, (), (me(cl, A, a),))]
+
+
 @pytest.mark.timeout(20)
 def test_same_conn_with_another_pid_is_another_member():
     """A node that restarted before the others saw it go numbers its connections from
@@ -281,7 +357,9 @@ def test_same_conn_with_another_pid_is_another_member():
     old, new = ew.Member(node_of(B), 7, 2000), ew.Member(node_of(B), 7, 3000)
     svc._add((node_of(A), a.conn_id), 1000, G1)
     svc._add((old.node, old.conn), old.pid, G1)
+    svc._shown = None  # as if a completed round had shown that table
     ring = RingId(8, node_of(A))
+    svc.on_confchg(ConfChange(False, ring, (node_of(A), node_of(B))))
     svc.sync_start(SyncInfo(ring, (node_of(A), node_of(B)), (), (), (), ()))
     for node, conn, pid in ((node_of(A), a.conn_id, 1000), (new.node, new.conn, new.pid)):
         svc.exec_sync_members(ExecMessage(node, evs_svc.MSG_SYNC_MEMBERS,

@@ -723,3 +723,35 @@ def test_evs_message_of_a_split_sync_round_twice_when_resent(
     monkeypatch.setattr(EvsService, "apply_held_on_abort", False)
     r = run(1053, EVS_CHAOS)
     assert any("twice" in v.detail for v in r.violations), r.line()
+
+
+#: six nodes with partitions, a flap, crashes, restarts, pauses, one-way loss and EVS
+EVS_SIX = SvcOptions(nodes=6, loss=0.1, partitions=3, flaps=1, crashes=3, restarts=3, pauses=2,
+                     asym=1, evs=1)
+
+
+@pytest.mark.parametrize("seed, options", [(1600591, EVS_CHAOS), (1700114, EVS_SIX)])
+def test_evs_no_view_of_a_half_merged_table(seed: int, options: SvcOptions) -> None:
+    """Seed 1600591: n1 (restarted) and n3 merge in ring 8, whose sync round the next
+    configuration abandons; the messages it held (n1's processes joining, n3's
+    multicasts) were applied on tables holding only each node's own side, and each
+    node's processes were shown those views: n1's {n1's}, n3's {n1's and n3's}.  They
+    then reached the merged view at different points of n3's messages.  Now changes
+    applied while a round is pending are shown only when one completes.  Seed 1700114
+    (six nodes) went wrong the same way."""
+    r = run(seed, options)
+    assert r.ok, r.report()
+
+
+def test_evs_synchrony_broken_when_views_follow_a_pending_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ais.services.evs import EvsService
+    shown = EvsService.on_confchg
+
+    def loud(self: EvsService, conf: Any) -> None:
+        shown(self, conf)
+        self._shown = None  # every change shown at once, as before
+
+    monkeypatch.setattr(EvsService, "on_confchg", loud)
+    r = run(1600591, EVS_CHAOS)
+    assert any("both went from one view" in v.detail for v in r.violations), r.line()

@@ -26,17 +26,25 @@ so it takes effect at the same point of the order everywhere:
   round held when a new configuration abandons it are delivered then, where
   Totem delivered them (``apply_held_on_abort``), never re-sent.
 
-Whenever a group's member list changes, every local member of the group
-(after the change) gets a CONFCHG callback: the group, its members, and who
-left and joined; a joining handle thus gets one that lists itself as joined,
-and a leaving one gets none.  Members are listed sorted, so the callback is
-byte-identical on every node that makes it.
+Views.  Whenever a group's member list changes, every local member of the
+group (after the change) gets a CONFCHG callback: the group, its members, and
+who left and joined; a joining handle thus gets one that lists itself as
+joined, and a leaving one gets none.  Members are listed sorted, so the
+callback is byte-identical on every node that makes it.  A view is shown only
+where every node showing it agrees on the table: at a change delivered
+outside a sync round, at a transitional configuration, at a completed round.
+From a regular configuration until its round completes the table may hold
+only this node's side of a merge, so the changes applied meanwhile (an
+abandoned round's held messages) are quiet: the processes keep the view they
+were shown, a multicast reaches only those in it, and the completed round
+shows the net change (a member that left and joined again meanwhile is shown
+leaving first).
 
 MCAST (``mcast_joined``: tagged with the handle's groups at send time;
 ``mcast_groups``: with an explicit list) is delivered, when the ring delivers
 it, to every local handle that shares at least one group with it, once, the
 sender included if it is a member.  A handle that joins therefore sees
-exactly the messages ordered after its JOIN.
+exactly the messages ordered after the view that shows it joining.
 
 Guarantees (spec 2): UNORDERED, FIFO and AGREED are all delivered in agreed
 order (a stronger guarantee than asked is a valid one).  SAFE is delivered
@@ -164,6 +172,12 @@ class EvsService(Service):
         self.local: dict[int, LibConn] = {}
         #: group -> this node's conns in it
         self.local_index: dict[bytes, set[int]] = {}
+        #: group -> the members its local processes were last shown, while a
+        #: sync round is pending (None once a round completes: the table is
+        #: what they were shown) -- see ``on_confchg``
+        self._shown: dict[bytes, dict[Key, int]] | None = {}
+        #: members that left a group (LEAVE, EXIT) quietly while still shown
+        self._dropped: dict[bytes, set[Key]] = {}
         self._round: SyncInfo | None = None
         self._announced: dict[int, list[tuple[bytes, int, int]]] = {}
         self._to_announce: list[tuple[bytes, int, int]] | None = None
@@ -234,18 +248,33 @@ class EvsService(Service):
                     del self.local_index[group]
         return pid
 
-    def members_of(self, group: bytes) -> list[ew.Member]:
-        """The group's members, sorted (the same list on every node)."""
-        return sorted(ew.Member(n, c, pid) for (n, c), pid in
-                      self.groups.get(ew.group_key(group), {}).items())
+    def _view(self, group: bytes) -> dict[Key, int]:
+        """The members of ``group`` its local processes were last shown."""
+        shown = self._shown
+        return self.groups.get(group, {}) if shown is None else shown.get(group, {})
 
-    def _confchg(self, group: bytes, left: list[ew.Member], joined: list[ew.Member]) -> None:
-        conns = self.local_index.get(group)
+    def _confchg(self, group: bytes, left: list[ew.Member], joined: list[ew.Member],
+                 view: dict[Key, int] | None = None) -> None:
+        """Show ``view`` (default: the group's view) to its local members still in
+        the group; the member list is sorted, so byte-identical on every node."""
+        if view is None:
+            view = self._view(group)
+        table = self.groups.get(group, {})
+        me = self.host.node_id
+        conns = sorted(c for (n, c), pid in view.items() if n == me and table.get((n, c)) == pid)
         if not conns:
             return
+        members = tuple(sorted(ew.Member(n, c, pid) for (n, c), pid in view.items()))
         body = ew.encode_confchg(ew.ConfchgCallback(
-            group, tuple(self.members_of(group)), tuple(sorted(left)), tuple(sorted(joined))))
-        self._emit(sorted(conns), ew.EVS_CB_CONFCHG, body)
+            group, members, tuple(sorted(left)), tuple(sorted(joined))))
+        self._emit(conns, ew.EVS_CB_CONFCHG, body)
+
+    def _quiet_remove(self, key: Key, group: bytes) -> None:
+        """Take ``key`` out of ``group`` while a round is pending: shown at its end."""
+        pid = self._remove(key, group)
+        shown = self._shown
+        if pid is not None and shown is not None and shown.get(group, {}).get(key) == pid:
+            self._dropped.setdefault(group, set()).add(key)
 
     def _emit(self, conns: Iterable[int], cb_id: int, body: bytes) -> None:
         if self._held:
@@ -272,8 +301,9 @@ class EvsService(Service):
     def exec_join(self, msg: ExecMessage) -> None:
         conn, pid, groups = RING_WHO.decode(msg.payload)
         key = (msg.sender, conn)
+        quiet = self._shown is not None
         for group in _dedupe(groups):
-            if self._add(key, pid, group):
+            if self._add(key, pid, group) and not quiet:
                 self._confchg(group, [], [ew.Member(msg.sender, conn, pid)])
         self.host.reply(msg.tag)
 
@@ -287,20 +317,23 @@ class EvsService(Service):
             # A concurrent leave got there first: nothing changes (all or nothing).
             self.host.reply_error(msg.tag, NotExist("group not joined"))
             return
+        self._drop(key, groups)
+        self.host.reply(msg.tag)
+
+    def _drop(self, key: Key, groups: Iterable[bytes]) -> None:
         for group in groups:
+            if self._shown is not None:
+                self._quiet_remove(key, group)
+                continue
             pid = self._remove(key, group)
             if pid is not None:
-                self._confchg(group, [ew.Member(msg.sender, conn, pid)], [])
-        self.host.reply(msg.tag)
+                self._confchg(group, [ew.Member(key[0], key[1], pid)], [])
 
     @exec_handler(MSG_EXIT)
     def exec_exit(self, msg: ExecMessage) -> None:
         (conn,) = RING_EXIT.decode(msg.payload)
         key = (msg.sender, conn)
-        for group in sorted(self.by_member.get(key, ())):
-            pid = self._remove(key, group)
-            if pid is not None:
-                self._confchg(group, [ew.Member(msg.sender, conn, pid)], [])
+        self._drop(key, sorted(self.by_member.get(key, ())))
 
     @exec_handler(MSG_MCAST)
     def exec_mcast(self, msg: ExecMessage) -> None:
@@ -312,12 +345,18 @@ class EvsService(Service):
             if self._queues:
                 self._pump_waiting()
         index = self.local_index
-        if len(groups) == 1:
+        shown = self._shown
+        if len(groups) == 1 and shown is None:
             targets: Iterable[int] = index.get(groups[0], ())
         else:
             found: set[int] = set()
+            me = self.host.node_id
             for g in groups:
                 s = index.get(g)
+                if s and shown is not None:
+                    # A round is pending: only processes shown the group get it.
+                    view = shown.get(g, {})
+                    s = {c for c in s if (me, c) in view}
                 if s:
                     found |= s
             targets = sorted(found)
@@ -333,6 +372,12 @@ class EvsService(Service):
         self._emit(targets, ew.EVS_CB_DELIVER, body)
 
     def on_confchg(self, conf: ConfChange) -> None:
+        # A regular configuration starts a sync round: views wait for it (see
+        # "Views" above; ``_shown`` holds them meanwhile).
+        if not conf.transitional:
+            if self._shown is None:
+                self._shown = {g: dict(m) for g, m in self.groups.items()}
+            return
         # A transitional configuration: the processes of the nodes that did not
         # come along leave every group now, at the same point of the order on
         # every member of it, before the messages delivered in it.  So two
@@ -340,15 +385,20 @@ class EvsService(Service):
         # messages in between (virtual synchrony), however the ring split and
         # healed meanwhile: those that stayed together see the same departures,
         # and the next completed sync round brings the others back as joins.
-        if not conf.transitional:
-            return
         stay = set(conf.members)
+        shown = self._shown
         changes: dict[bytes, list[ew.Member]] = {}
         for key in sorted(k for k in self.by_member if k[0] not in stay):
             for group in sorted(self.by_member.get(key, ())):
                 pid = self._remove(key, group)
-                if pid is not None:
+                if pid is not None and shown is None:
                     changes.setdefault(group, []).append(ew.Member(key[0], key[1], pid))
+        if shown is not None:
+            for group, view in shown.items():
+                for key in sorted(k for k in view if k[0] not in stay):
+                    changes.setdefault(group, []).append(
+                        ew.Member(key[0], key[1], view.pop(key)))
+                    self._dropped.get(group, set()).discard(key)
         for group in sorted(changes):
             self._confchg(group, changes[group], [])
 
@@ -398,10 +448,20 @@ class EvsService(Service):
             for group, conn, pid in self._announced.get(node, ()):
                 new.setdefault(group, {})[(node, conn)] = pid
         self._announced = {}
-        old = self.groups
-        changes: list[tuple[bytes, list[ew.Member], list[ew.Member]]] = []
+        # The net change from what the local processes were shown.
+        old = self.groups if self._shown is None else self._shown
+        dropped, self._dropped, self._shown = self._dropped, {}, None
+        changes: list[tuple[bytes, list[ew.Member], list[ew.Member], dict[Key, int]]] = []
         for group in sorted(set(old) | set(new)):
             before, after = old.get(group, {}), new.get(group, {})
+            # A member that left and joined again while the round was pending
+            # is shown leaving first: it missed the messages in between.
+            again = [k for k in dropped.get(group, ()) if k in before and after.get(k) == before[k]]
+            if again:
+                mid = {k: p for k, p in before.items() if k not in again}
+                changes.append((group, [ew.Member(n, c, before[(n, c)]) for n, c in again],
+                                [], mid))
+                before = mid
             # A node that restarted before the others saw it go numbers its
             # connections from 1 again: the same (node, conn) with another pid is
             # another process, the old one gone.
@@ -410,7 +470,7 @@ class EvsService(Service):
             joined = [ew.Member(n, c, pid) for (n, c), pid in after.items()
                       if before.get((n, c)) != pid]
             if left or joined:
-                changes.append((group, left, joined))
+                changes.append((group, left, joined, after))
         self.groups = new
         # Whatever a ring change lost cannot hold the window shut; what it did
         # not lose comes back later and finds nothing to clear.
@@ -425,11 +485,11 @@ class EvsService(Service):
                 if key[0] == me:
                     self.local_index.setdefault(group, set()).add(key[1])
         self._pump_waiting()
-        for group, left, joined in changes:
+        for group, left, joined, view in changes:
             if left:
                 self.log.debug("group %r: %d left (%s)", group.rstrip(b"\0"), len(left),
                                ", ".join(sorted({fmt_node(m.node) for m in left})))
-            self._confchg(group, left, joined)
+            self._confchg(group, left, joined, view)
 
     # --- library requests -------------------------------------------------------------------
 
