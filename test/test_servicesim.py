@@ -755,3 +755,35 @@ def test_evs_synchrony_broken_when_views_follow_a_pending_round(
     monkeypatch.setattr(EvsService, "on_confchg", loud)
     r = run(1600591, EVS_CHAOS)
     assert any("both went from one view" in v.detail for v in r.violations), r.line()
+
+
+#: five nodes, every fault, AMF operator actions and EVS
+EVS_CHAOS5 = SvcOptions(nodes=5, loss=0.15, dup=0.05, reorder=0.3, partitions=3, flaps=1,
+                        crashes=3, restarts=3, pauses=2, asym=2, ack_crashes=2, split_writes=2,
+                        amf_admin=2, messages=80, max_write=30000, evs=2)
+
+
+def test_evs_quiet_join_answered_once_shown() -> None:
+    """Seed 1601636: n2's processes join while a round is pending (their JOINs are
+    applied quietly when the next configuration abandons it); answered at once, they
+    multicast, and when that ring's round is abandoned too their own messages arrive
+    while no view shows them yet, so they never got them.  A quiet JOIN is now
+    answered when a completed round shows it."""
+    r = run(1601636, EVS_CHAOS5)
+    assert r.ok, r.report()
+
+
+def test_evs_own_messages_lost_when_quiet_join_answered_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ais.services.evs import MSG_JOIN, EvsService
+    spec = EvsService.exec_handlers[MSG_JOIN]
+
+    def join(self: EvsService, msg: Any) -> None:  # answered when applied, as before
+        spec.fn(self, msg)
+        if msg.tag in self._join_replies:
+            self._join_replies.remove(msg.tag)
+            self.host.reply(msg.tag)
+
+    monkeypatch.setitem(EvsService.exec_handlers, MSG_JOIN, replace(spec, fn=join))
+    r = run(1601636, EVS_CHAOS5)
+    assert any("of its own messages" in v.detail for v in r.violations), r.line()

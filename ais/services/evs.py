@@ -36,9 +36,11 @@ outside a sync round, at a transitional configuration, at a completed round.
 From a regular configuration until its round completes the table may hold
 only this node's side of a merge, so the changes applied meanwhile (an
 abandoned round's held messages) are quiet: the processes keep the view they
-were shown, a multicast reaches only those in it, and the completed round
-shows the net change (a member that left and joined again meanwhile is shown
-leaving first).
+were shown, a multicast reaches only those in it (and none from a node on
+the other side of a merge not completed yet: the two sides' processes share
+no view), and the completed round shows the net change (a member that left
+and joined again meanwhile is shown leaving first) and answers the quiet
+JOINs of this node's handles (a handle multicasts only once it is shown).
 
 MCAST (``mcast_joined``: tagged with the handle's groups at send time;
 ``mcast_groups``: with an explicit list) is delivered, when the ring delivers
@@ -178,6 +180,11 @@ class EvsService(Service):
         self._shown: dict[bytes, dict[Key, int]] | None = {}
         #: members that left a group (LEAVE, EXIT) quietly while still shown
         self._dropped: dict[bytes, set[Key]] = {}
+        #: the nodes whose processes the views here may show: the last completed
+        #: round's members, less those a transitional configuration left behind
+        self._peers: frozenset[int] = frozenset()
+        #: this node's JOINs applied quietly: answered once a view shows them
+        self._join_replies: list[Any] = []
         self._round: SyncInfo | None = None
         self._announced: dict[int, list[tuple[bytes, int, int]]] = {}
         self._to_announce: list[tuple[bytes, int, int]] | None = None
@@ -305,7 +312,12 @@ class EvsService(Service):
         for group in _dedupe(groups):
             if self._add(key, pid, group) and not quiet:
                 self._confchg(group, [], [ew.Member(msg.sender, conn, pid)])
-        self.host.reply(msg.tag)
+        if not quiet:
+            self.host.reply(msg.tag)
+        elif msg.sender == self.host.node_id:
+            # Answered when a view shows the join: until then the handle could
+            # multicast without getting its own messages.
+            self._join_replies.append(msg.tag)
 
     @exec_handler(MSG_LEAVE)
     def exec_leave(self, msg: ExecMessage) -> None:
@@ -346,6 +358,10 @@ class EvsService(Service):
                 self._pump_waiting()
         index = self.local_index
         shown = self._shown
+        if shown is not None and msg.sender not in self._peers:
+            # From the other side of a merge no round has completed yet: its
+            # sender's view never showed this node's processes, nor theirs it.
+            groups = ()
         if len(groups) == 1 and shown is None:
             targets: Iterable[int] = index.get(groups[0], ())
         else:
@@ -386,6 +402,7 @@ class EvsService(Service):
         # healed meanwhile: those that stayed together see the same departures,
         # and the next completed sync round brings the others back as joins.
         stay = set(conf.members)
+        self._peers &= stay
         shown = self._shown
         changes: dict[bytes, list[ew.Member]] = {}
         for key in sorted(k for k in self.by_member if k[0] not in stay):
@@ -451,6 +468,7 @@ class EvsService(Service):
         # The net change from what the local processes were shown.
         old = self.groups if self._shown is None else self._shown
         dropped, self._dropped, self._shown = self._dropped, {}, None
+        self._peers = frozenset(info.members)
         changes: list[tuple[bytes, list[ew.Member], list[ew.Member], dict[Key, int]]] = []
         for group in sorted(set(old) | set(new)):
             before, after = old.get(group, {}), new.get(group, {})
@@ -490,6 +508,9 @@ class EvsService(Service):
                 self.log.debug("group %r: %d left (%s)", group.rstrip(b"\0"), len(left),
                                ", ".join(sorted({fmt_node(m.node) for m in left})))
             self._confchg(group, left, joined, view)
+        replies, self._join_replies = self._join_replies, []
+        for tag in replies:
+            self.host.reply(tag)
 
     # --- library requests -------------------------------------------------------------------
 
