@@ -1123,6 +1123,25 @@ def check_evs_synchrony(members: list[_EvsMember]) -> list[Violation]:
     return _capped(vs)
 
 
+def check_evs_senders(members: list[_EvsMember]) -> list[Violation]:
+    """A process delivers messages only from itself and from processes some view of
+    it has shown: a sender on the far side of a merge whose round has not completed
+    shares no view with it.  (The simulated processes multicast only to groups they
+    joined.)"""
+    vs: list[Violation] = []
+    key_of = {m.tag: m.key for m in members}
+    for m in members:
+        seen = {m.key}
+        for e in m.events:
+            if e[0] == "conf":
+                seen |= e[2]
+            elif key_of.get(e[1]) not in seen:
+                vs.append(Violation("evs", f"{m.name} got message {(e[1], e[2])} from a "
+                                           "process no view of it had shown"))
+                break
+    return _capped(vs)
+
+
 def check_evs_state(tables: dict[str, dict[bytes, frozenset[tuple[int, int, int]]]],
                     members: list[_EvsMember]) -> list[Violation]:
     """Every live node's group table lists exactly the live processes of each group, and
@@ -2245,6 +2264,7 @@ class ServiceSim(Simulation):
             vs += check_evs_state(tables, live)
             vs += check_evs_history(self.all_evs, live)
             vs += check_evs_synchrony(self.all_evs)
+            vs += check_evs_senders(self.all_evs)
         return vs
 
     def finish(self) -> SvcResult:  # type: ignore[override]
