@@ -344,6 +344,37 @@ def test_leave_and_join_again_during_an_abandoned_round_is_shown_as_both():
 
 
 @pytest.mark.timeout(20)
+def test_transitional_tail_delivers_only_from_processes_shown_to_those_shown():
+    """Past a gap in a transitional configuration: C's new process c2 joined and then
+    multicast, and only the multicast reached A and B (its JOIN was in the gap); c's
+    last message arrives after the configuration took c out of the views, and so does
+    A's new process a3 joining.  c's message goes to a, which was shown c, and not to
+    a3, which never was; c2's goes to nobody, no view here having shown c2."""
+    cl = EvsCluster([A, B, C])
+    cl.form([A, B, C])
+    a, c, c2, a3 = cl.connect(A), cl.connect(C), cl.connect(C), cl.connect(A)
+    cl.join(A, a, G1)
+    cl.join(C, c, G1)
+    for conn in (a, c):
+        conn.callbacks.clear()
+    cl.bus.pause()
+    cl.hosts[C].lib_request(c2, ew.EVS_REQ_JOIN, 90, ew.encode_group_list([G1]))
+    cl.hosts[A].lib_request(a3, ew.EVS_REQ_JOIN, 91, ew.encode_group_list([G1]))
+    cl.send(C, c2, b"ghost", (G1,), run=False)
+    cl.send(C, c, b"last words", run=False)
+    join_c2, join_a3, ghost, last = cl.bus.take_queued()
+    tail = [join_a3, ghost, last]  # what A and B deliver after the transitional one
+    cl.bus.reconfigure([node_of(A), node_of(B)], [node_of(C)],
+                       tails={node_of(A): tail, node_of(B): tail})
+    cl.bus.resume()
+    cl.run()
+    ma, ma3, mc = me(cl, A, a), me(cl, A, a3), me(cl, C, c)
+    assert events(a) == [("conf", b"key1", (ma,), (mc,), ()),
+                         ("conf", b"key1", (ma, ma3), (), (ma3,)), ("msg", b"last words")]
+    assert events(a3) == [("conf", b"key1", (ma, ma3), (), (ma3,))]
+
+
+@pytest.mark.timeout(20)
 def test_same_conn_with_another_pid_is_another_member():
     """A node that restarted before the others saw it go numbers its connections from
     1 again: in the next sync round its new process announces a (node, conn) the table

@@ -812,6 +812,16 @@ def test_evs_no_message_from_the_far_side_of_an_unfinished_merge() -> None:
     assert r.ok, r.report()
 
 
+def test_evs_no_message_from_a_process_whose_join_was_in_a_gap() -> None:
+    """Seed 1900168 of five nodes: n5 leaves a ring alone and, past a gap Totem skips
+    in its transitional configuration, delivers its own processes' JOINs and then a
+    message of n4's process, whose JOIN was in the gap: n5's processes never saw it in
+    a view.  A departed process's last messages now go only to those a view showed
+    it to."""
+    r = run(1900168, EVS_CHAOS5)
+    assert r.ok, r.report()
+
+
 def test_evs_far_side_messages_delivered_without_the_peer_rule(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from ais.services.evs import EvsService

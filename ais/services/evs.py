@@ -36,11 +36,19 @@ outside a sync round, at a transitional configuration, at a completed round.
 From a regular configuration until its round completes the table may hold
 only this node's side of a merge, so the changes applied meanwhile (an
 abandoned round's held messages) are quiet: the processes keep the view they
-were shown, a multicast reaches only those in it (and none from a node on
-the other side of a merge not completed yet: the two sides' processes share
-no view), and the completed round shows the net change (a member that left
-and joined again meanwhile is shown leaving first) and answers the quiet
-JOINs of this node's handles (a handle multicasts only once it is shown).
+were shown, a multicast reaches only those in it, and the completed round
+shows the net change (a member that left and joined again meanwhile is shown
+leaving first) and answers the quiet JOINs of this node's handles (a handle
+multicasts only once it is shown).
+
+Whose multicasts are delivered here: the peers' (the members of the last
+completed round, less those a transitional configuration left behind) and,
+in a transitional configuration, those of the processes it took out of the
+views, to the processes those views showed them to.  So nothing arrives from
+the far side of a merge whose round has not completed (no view there showed
+this node's processes, nor any here theirs), nor, past a gap Totem skips in
+a transitional configuration, from a departed process whose JOIN was in the
+gap, nor to a process that joined after the departure.
 
 MCAST (``mcast_joined``: tagged with the handle's groups at send time;
 ``mcast_groups``: with an explicit list) is delivered, when the ring delivers
@@ -183,6 +191,10 @@ class EvsService(Service):
         #: the nodes whose processes the views here may show: the last completed
         #: round's members, less those a transitional configuration left behind
         self._peers: frozenset[int] = frozenset()
+        #: after a transitional configuration, per group: the processes it took
+        #: out of the view here and this node's processes that view showed them
+        #: to (their last messages may still be delivered in it)
+        self._gone: dict[bytes, tuple[set[Key], set[int]]] = {}
         #: this node's JOINs applied quietly: answered once a view shows them
         self._join_replies: list[Any] = []
         self._round: SyncInfo | None = None
@@ -358,15 +370,22 @@ class EvsService(Service):
                 self._pump_waiting()
         index = self.local_index
         shown = self._shown
-        if shown is not None and msg.sender not in self._peers:
-            # From the other side of a merge no round has completed yet: its
-            # sender's view never showed this node's processes, nor theirs it.
-            groups = ()
-        if len(groups) == 1 and shown is None:
-            targets: Iterable[int] = index.get(groups[0], ())
+        found: set[int]
+        if msg.sender not in self._peers:
+            # Only from a process a transitional configuration just took out of
+            # the views, to those they showed it to: not from the far side of a
+            # merge no round has completed yet, nor, past a gap in a transitional
+            # configuration, from one whose JOIN was among the messages lost.
+            key, found = (msg.sender, conn), set()
+            for g in groups:
+                gone = self._gone.get(g)
+                if gone is not None and key in gone[0]:
+                    found |= gone[1] & index.get(g, set())
+            targets: Iterable[int] = sorted(found)
+        elif len(groups) == 1 and shown is None:
+            targets = index.get(groups[0], ())
         else:
-            found: set[int] = set()
-            me = self.host.node_id
+            found, me = set(), self.host.node_id
             for g in groups:
                 s = index.get(g)
                 if s and shown is not None:
@@ -391,6 +410,7 @@ class EvsService(Service):
         # A regular configuration starts a sync round: views wait for it (see
         # "Views" above; ``_shown`` holds them meanwhile).
         if not conf.transitional:
+            self._gone = {}
             if self._shown is None:
                 self._shown = {g: dict(m) for g, m in self.groups.items()}
             return
@@ -404,6 +424,12 @@ class EvsService(Service):
         stay = set(conf.members)
         self._peers &= stay
         shown = self._shown
+        me = self.host.node_id
+        self._gone = {}
+        for group, view in (self.groups if shown is None else shown).items():
+            out = {k for k in view if k[0] not in stay}
+            if out:
+                self._gone[group] = (out, {c for n, c in view if n == me})
         changes: dict[bytes, list[ew.Member]] = {}
         for key in sorted(k for k in self.by_member if k[0] not in stay):
             for group in sorted(self.by_member.get(key, ())):
