@@ -43,12 +43,14 @@ multicasts only once it is shown).
 
 Whose multicasts are delivered here: the peers' (the members of the last
 completed round, less those a transitional configuration left behind) and,
-in a transitional configuration, those of the processes it took out of the
-views, to the processes those views showed them to.  So nothing arrives from
-the far side of a merge whose round has not completed (no view there showed
-this node's processes, nor any here theirs), nor, past a gap Totem skips in
-a transitional configuration, from a departed process whose JOIN was in the
-gap, nor to a process that joined after the departure.
+in a transitional configuration, those of a process it took out of the view
+of each of the message's groups, while none of those views gained a member.
+So nothing arrives from the far side of a merge whose round has not
+completed (no view there showed this node's processes, nor any here
+theirs), nor, past a gap Totem skips in a transitional configuration, from
+a departed process whose JOIN was in the gap, nor in a view with a member
+that never saw the sender (the message reaches every member of a view or
+none).
 
 MCAST (``mcast_joined``: tagged with the handle's groups at send time;
 ``mcast_groups``: with an explicit list) is delivered, when the ring delivers
@@ -192,9 +194,9 @@ class EvsService(Service):
         #: round's members, less those a transitional configuration left behind
         self._peers: frozenset[int] = frozenset()
         #: after a transitional configuration, per group: the processes it took
-        #: out of the view here and this node's processes that view showed them
-        #: to (their last messages may still be delivered in it)
-        self._gone: dict[bytes, tuple[set[Key], set[int]]] = {}
+        #: out of the view (their last messages may still be delivered in it),
+        #: until the view gains a member
+        self._gone: dict[bytes, set[Key]] = {}
         #: this node's JOINs applied quietly: answered once a view shows them
         self._join_replies: list[Any] = []
         self._round: SyncInfo | None = None
@@ -323,6 +325,8 @@ class EvsService(Service):
         quiet = self._shown is not None
         for group in _dedupe(groups):
             if self._add(key, pid, group) and not quiet:
+                # (a departed process's last messages would reach the newcomer)
+                self._gone.pop(group, None)
                 self._confchg(group, [], [ew.Member(msg.sender, conn, pid)])
         if not quiet:
             self.host.reply(msg.tag)
@@ -370,22 +374,19 @@ class EvsService(Service):
                 self._pump_waiting()
         index = self.local_index
         shown = self._shown
-        found: set[int]
         if msg.sender not in self._peers:
-            # Only from a process a transitional configuration just took out of
-            # the views, to those they showed it to: not from the far side of a
-            # merge no round has completed yet, nor, past a gap in a transitional
-            # configuration, from one whose JOIN was among the messages lost.
-            key, found = (msg.sender, conn), set()
-            for g in groups:
-                gone = self._gone.get(g)
-                if gone is not None and key in gone[0]:
-                    found |= gone[1] & index.get(g, set())
-            targets: Iterable[int] = sorted(found)
-        elif len(groups) == 1 and shown is None:
-            targets = index.get(groups[0], ())
+            gone = self._gone
+            if not all((msg.sender, conn) in gone.get(g, ()) for g in groups):
+                # Only a process a transitional configuration just took out of
+                # every one of these views, none of which gained a member since:
+                # not one from the far side of a merge no round has completed,
+                # nor, past a gap Totem skipped, one whose JOIN was in the gap.
+                groups = ()
+        if len(groups) == 1 and shown is None:
+            targets: Iterable[int] = index.get(groups[0], ())
         else:
-            found, me = set(), self.host.node_id
+            found: set[int] = set()
+            me = self.host.node_id
             for g in groups:
                 s = index.get(g)
                 if s and shown is not None:
@@ -424,12 +425,11 @@ class EvsService(Service):
         stay = set(conf.members)
         self._peers &= stay
         shown = self._shown
-        me = self.host.node_id
         self._gone = {}
         for group, view in (self.groups if shown is None else shown).items():
             out = {k for k in view if k[0] not in stay}
             if out:
-                self._gone[group] = (out, {c for n, c in view if n == me})
+                self._gone[group] = out
         changes: dict[bytes, list[ew.Member]] = {}
         for key in sorted(k for k in self.by_member if k[0] not in stay):
             for group in sorted(self.by_member.get(key, ())):
