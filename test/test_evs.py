@@ -98,6 +98,16 @@ def me(cl: EvsCluster, addr: str, conn: FakeConn) -> ew.Member:
     return ew.Member(node_of(addr), conn.conn_id, conn.pid)
 
 
+def _joined(cl: EvsCluster, *addrs: str) -> list[FakeConn]:
+    """A connection on each of ``addrs``, each joined to key1, its callbacks cleared."""
+    conns = [cl.connect(addr) for addr in addrs]
+    for addr, conn in zip(addrs, conns):
+        cl.join(addr, conn, G1)
+    for conn in conns:
+        conn.callbacks.clear()
+    return conns
+
+
 # --- the service on fake rings ------------------------------------------------------------
 
 @pytest.mark.timeout(20)
@@ -246,11 +256,7 @@ def test_hidden_partition_is_seen_as_a_departure_and_a_return():
     between is delivered between those two views on each side (virtual synchrony)."""
     cl = EvsCluster([A, B])
     cl.form([A, B])
-    a, b = cl.connect(A), cl.connect(B)
-    cl.join(A, a, G1)
-    cl.join(B, b, G1)
-    for conn in (a, b):
-        conn.callbacks.clear()
+    a, b = _joined(cl, A, B)
     cl.bus.pause()
     cl.send(B, b, b"in flight", run=False)
     cl.bus.reconfigure([node_of(A)], [node_of(B)])
@@ -293,11 +299,8 @@ def test_merge_whose_round_is_abandoned_shows_no_half_merged_view():
     only B's side: no view of A's process showed B's before it."""
     cl = EvsCluster([A, B, C])
     cl.form([A], [B])
-    a, b, a2 = cl.connect(A), cl.connect(B), cl.connect(A)
-    cl.join(A, a, G1)
-    cl.join(B, b, G1)
-    for conn in (a, b):
-        conn.callbacks.clear()
+    a, b = _joined(cl, A, B)
+    a2 = cl.connect(A)
 
     def join_a2() -> None:
         cl.hosts[A].lib_request(a2, ew.EVS_REQ_JOIN, 99, ew.encode_group_list([G1]))
@@ -324,11 +327,7 @@ def test_leave_and_join_again_during_an_abandoned_round_is_shown_as_both():
     b's message, so the two views around it must differ), and a gets the return."""
     cl = EvsCluster([A, B, C])
     cl.form([A, B])
-    a, b = cl.connect(A), cl.connect(B)
-    cl.join(A, a, G1)
-    cl.join(B, b, G1)
-    for conn in (a, b):
-        conn.callbacks.clear()
+    a, b = _joined(cl, A, B)
     host = cl.hosts[A]
     body = ew.encode_group_list([G1])
     _abandon_a_round(cl, [A, B, C], [A, B],
@@ -353,11 +352,8 @@ def test_transitional_tail_delivers_a_departed_process_to_views_that_showed_it()
     all of a view or none of it)."""
     cl = EvsCluster([A, B, C])
     cl.form([A, B, C])
-    a, c, c2, a3 = cl.connect(A), cl.connect(C), cl.connect(C), cl.connect(A)
-    cl.join(A, a, G1)
-    cl.join(C, c, G1)
-    for conn in (a, c):
-        conn.callbacks.clear()
+    a, c = _joined(cl, A, C)
+    c2, a3 = cl.connect(C), cl.connect(A)
     cl.bus.pause()
     cl.send(C, c, b"first", run=False)
     cl.hosts[C].lib_request(c2, ew.EVS_REQ_JOIN, 90, ew.encode_group_list([G1]))
