@@ -290,13 +290,6 @@ class EvsService(Service):
             group, members, tuple(sorted(left)), tuple(sorted(joined))))
         self._emit(conns, ew.EVS_CB_CONFCHG, body)
 
-    def _quiet_remove(self, key: Key, group: bytes) -> None:
-        """Take ``key`` out of ``group`` while a round is pending: shown at its end."""
-        pid = self._remove(key, group)
-        shown = self._shown
-        if pid is not None and shown is not None and shown.get(group, {}).get(key) == pid:
-            self._dropped.setdefault(group, set()).add(key)
-
     def _emit(self, conns: Iterable[int], cb_id: int, body: bytes) -> None:
         if self._held:
             self._held.append([True, list(conns), cb_id, body])
@@ -349,13 +342,17 @@ class EvsService(Service):
         self.host.reply(msg.tag)
 
     def _drop(self, key: Key, groups: Iterable[bytes]) -> None:
+        """Take ``key`` out of ``groups``; while a round is pending, quietly (shown
+        when it completes)."""
+        shown = self._shown
         for group in groups:
-            if self._shown is not None:
-                self._quiet_remove(key, group)
-                continue
             pid = self._remove(key, group)
-            if pid is not None:
+            if pid is None:
+                continue
+            if shown is None:
                 self._confchg(group, [ew.Member(key[0], key[1], pid)], [])
+            elif shown.get(group, {}).get(key) == pid:
+                self._dropped.setdefault(group, set()).add(key)
 
     @exec_handler(MSG_EXIT)
     def exec_exit(self, msg: ExecMessage) -> None:
