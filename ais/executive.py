@@ -96,14 +96,14 @@ import collections
 import itertools
 import logging
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 from collections.abc import Callable, Iterable
 
 from ais.log import NodeAdapter, RateLimiter
 from ais.services.base import (
-    DEFERRED, NO_TAG, Deferred, ExecMessage, LibConn, ReplyTag, Request, Service, StateGroup,
-    StateId, SyncInfo, TimerHandle,
+    DEFERRED, NO_TAG, NOTICE, Deferred, ExecMessage, LibConn, ReplyTag, Request, Service,
+    StateGroup, StateId, SyncInfo, TimerHandle, applied_elsewhere,
 )
 from ais.services.base import (  # the process-start host API (AMF instantiation)
     ProcessHandle,
@@ -121,11 +121,13 @@ logger = logging.getLogger(__name__)
 #  | service | msg_id | flags | pad  | tag.node | tag.conn | tag.seq  | sync ring seq  | payload
 #  service u16  Service.service_id (HOST_SERVICE_ID for the host's own messages)
 #  flags   u8   FLAG_SYNC: sent with mcast_sync during the round named by "sync ring seq"
+#               FLAG_RESENT: re-sent after an abandoned round; ORIGIN precedes the payload
 #  tag     3 x u32  ReplyTag of the client request that caused it (all 0: none)
 #  sync ring seq u64  RingId.seq of the round (sync messages and barriers), else 0
 RING_HEADER = struct.Struct("!HHB3xIIIQ")
 
 FLAG_SYNC = 0x01
+FLAG_RESENT = 0x02
 HOST_SERVICE_ID = 0xFFFF
 HOST_MSG_SYNC_BARRIER = 1
 HOST_MSG_SYNC_STATE = 2
@@ -135,6 +137,58 @@ HOST_MSG_SYNC_STATE = 2
 #  | synced ring seq | synced rep    | next ring seq   | next rep     |
 SYNC_STATE = struct.Struct("!QIQI")
 _NO_RING = RingId(0, 0)
+
+# ORIGIN (22 bytes), in front of a re-sent message's payload: where it was first
+# delivered -- a delivery is named by its ring, the seq of the frame that ended it
+# and its index among the messages that frame ended (``MessageKey``).
+#  0          8          12         20      22
+#  | ring seq | ring rep | seq      | index |
+ORIGIN = struct.Struct("!QIQH")
+
+# The applied-messages record (``Applied``) follows SYNC_STATE: a u16 count of
+# rings, then per ring APPLIED_RING and ``extra`` times APPLIED_EXTRA.
+#  0          8          12         20      22
+#  | ring seq | ring rep | upto     | extra |      then extra x | seq u64 | index u16 |
+APPLIED_COUNT = struct.Struct("!H")
+APPLIED_RING = struct.Struct("!QIQH")
+APPLIED_EXTRA = struct.Struct("!QH")
+#: rings an applied-messages record keeps (the newest), and names per ring beyond ``upto``
+APPLIED_RINGS_MAX = 16
+APPLIED_EXTRA_MAX = 1024
+
+#: (ring, frame seq, index among the messages that frame ended): one delivery
+MessageKey = tuple[RingId, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Which messages of one ring a replicated state holds: each that ended in a
+    frame up to ``upto`` and those named in ``extra`` ((seq, index) pairs)."""
+
+    upto: int = 0
+    extra: frozenset[tuple[int, int]] = frozenset()
+
+    def covers(self, seq: int, index: int) -> bool:
+        return 0 < seq <= self.upto or (seq, index) in self.extra
+
+    def union(self, other: Applied) -> Applied:
+        upto = max(self.upto, other.upto)
+        extra = frozenset(e for e in self.extra | other.extra if not 0 < e[0] <= upto)
+        if len(extra) > APPLIED_EXTRA_MAX:
+            extra = frozenset(sorted(extra)[-APPLIED_EXTRA_MAX:])
+        return Applied(upto, extra)
+
+
+def merge_applied(records: Iterable[dict[RingId, Applied]]) -> dict[RingId, Applied]:
+    """The union of applied-messages records, keeping the ``APPLIED_RINGS_MAX`` newest rings."""
+    out: dict[RingId, Applied] = {}
+    for rec in records:
+        for ring, a in rec.items():
+            have = out.get(ring)
+            out[ring] = a if have is None else have.union(a)
+    if len(out) > APPLIED_RINGS_MAX:
+        out = {r: out[r] for r in sorted(out)[-APPLIED_RINGS_MAX:]}
+    return out
 
 
 class RingMessageError(ValueError):
@@ -196,6 +250,8 @@ class _SyncRound:
     to_process: list[Service]
     #: announced StateId (None: fresh) per member, as delivered
     states: dict[int, StateId | None] = field(default_factory=dict)
+    #: announced applied-messages records, per member
+    applied: dict[int, dict[RingId, Applied]] = field(default_factory=dict)
     state_sent: bool = False
     #: set once every announcement is delivered and services' sync_start ran
     info: SyncInfo | None = None
@@ -206,19 +262,46 @@ class _SyncRound:
     closed: bool = False
 
 
-def encode_state(state: StateId | None) -> bytes:
+def encode_state(state: StateId | None, applied: dict[RingId, Applied] | None = None) -> bytes:
     if state is None:
-        return SYNC_STATE.pack(0, 0, 0, 0)
-    return SYNC_STATE.pack(state.synced.seq, state.synced.rep, state.next.seq, state.next.rep)
+        head = SYNC_STATE.pack(0, 0, 0, 0)
+    else:
+        head = SYNC_STATE.pack(state.synced.seq, state.synced.rep, state.next.seq,
+                               state.next.rep)
+    applied = applied or {}
+    parts = [head, APPLIED_COUNT.pack(len(applied))]
+    for ring in sorted(applied):
+        a = applied[ring]
+        parts.append(APPLIED_RING.pack(ring.seq, ring.rep, a.upto, len(a.extra)))
+        parts += [APPLIED_EXTRA.pack(seq, index) for seq, index in sorted(a.extra)]
+    return b"".join(parts)
 
 
-def decode_state_untrusted(data: bytes) -> StateId | None:
-    if len(data) != SYNC_STATE.size:
+def decode_state_untrusted(data: bytes) -> tuple[StateId | None, dict[RingId, Applied]]:
+    """A sync state announcement: the sender's StateId and applied-messages record."""
+    end = SYNC_STATE.size + APPLIED_COUNT.size
+    if len(data) < end:
         raise RingMessageError(f"sync state announcement of {len(data)} bytes")
-    s_seq, s_rep, n_seq, n_rep = SYNC_STATE.unpack(data)
-    if not s_seq:
-        return None
-    return StateId(RingId(s_seq, s_rep), RingId(n_seq, n_rep))
+    s_seq, s_rep, n_seq, n_rep = SYNC_STATE.unpack_from(data)
+    (rings,) = APPLIED_COUNT.unpack_from(data, SYNC_STATE.size)
+    if rings > APPLIED_RINGS_MAX:
+        raise RingMessageError(f"applied-messages record of {rings} rings")
+    applied: dict[RingId, Applied] = {}
+    for _ in range(rings):
+        if len(data) < end + APPLIED_RING.size:
+            raise RingMessageError("applied-messages record cut short")
+        r_seq, r_rep, upto, n = APPLIED_RING.unpack_from(data, end)
+        end += APPLIED_RING.size
+        if n > APPLIED_EXTRA_MAX or len(data) < end + n * APPLIED_EXTRA.size:
+            raise RingMessageError("applied-messages record cut short")
+        extra = frozenset(APPLIED_EXTRA.unpack_from(data, end + i * APPLIED_EXTRA.size)
+                          for i in range(n))
+        end += n * APPLIED_EXTRA.size
+        applied[RingId(r_seq, r_rep)] = Applied(upto, extra)
+    if end != len(data):
+        raise RingMessageError(f"{len(data) - end} bytes after a sync state announcement")
+    state = StateId(RingId(s_seq, s_rep), RingId(n_seq, n_rep)) if s_seq else None
+    return state, applied
 
 
 def state_groups(states: dict[int, StateId | None]) -> tuple[tuple[StateGroup, ...],
@@ -289,7 +372,19 @@ class ServiceHost:
         self._unsafe: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._cause: tuple[RingId, int] | None = None  # the delivery being handled
         self._configured = False
-        self._held_deliveries: list[tuple[Service, ExecMessage]] = []
+        #: ordinary messages a sync round holds: service, message, where it was first
+        #: delivered, and whether it is a re-send (then from another ring)
+        self._held_deliveries: list[tuple[Service, ExecMessage, MessageKey, bool]] = []
+        #: which messages this node's replicated state holds, by ring (see ``_end_held``)
+        self._applied: dict[RingId, Applied] = {}
+        #: the last delivery's frame seq and its index among the messages that frame ended
+        self._dseq = -1
+        self._dindex = 0
+        #: after the transitional configuration of a ring whose round this node
+        #: completed: that ring, its last frame delivered before, the deliveries since
+        self._tail: tuple[RingId, int, set[tuple[int, int]]] | None = None
+        #: replays not run (``ExecHandlerSpec.replay`` False), per service name
+        self.replays_dropped: collections.Counter[str] = collections.Counter()
         # messages sent without a client waiting, per service id, retried in order
         self._outbox: dict[int, collections.deque[RingMessage]] = {}
         self._outbox_armed: set[int] = set()
@@ -515,7 +610,7 @@ class ServiceHost:
         ring's transitional configuration is delivered (recovery gave every
         member of it every message delivered in the old ring).  At once in a
         ring of one, outside a delivery, or for a message delivered after its
-        ring's transitional configuration (``Deliver.seq`` 0).
+        ring's transitional configuration (the ring is no longer the live one).
         """
         cause = self._cause
         if (cause is None or cause[1] <= self._stable_seq or cause[0] != self._live_ring
@@ -617,6 +712,12 @@ class ServiceHost:
         self._drain()
 
     def _deliver(self, d: Deliver) -> None:
+        if d.seq == self._dseq:
+            self._dindex += 1
+        else:
+            self._dseq, self._dindex = d.seq, 0
+        if self._live_ring is None and self._tail is not None and d.ring_id == self._tail[0]:
+            self._tail[2].add((d.seq, self._dindex))
         try:
             m = decode_ring_message_untrusted(d.payload)
         except RingMessageError as exc:
@@ -628,7 +729,7 @@ class ServiceHost:
                 self._barrier(d.sender, m.sync_seq, d.seq)
             elif m.msg_id == HOST_MSG_SYNC_STATE:
                 try:
-                    self._announced(d.sender, m.sync_seq, decode_state_untrusted(m.payload))
+                    self._announced(d.sender, m.sync_seq, *decode_state_untrusted(m.payload))
                 except RingMessageError as exc:
                     self.log.error("dropping sync state from %s: %s", fmt_node(d.sender), exc)
             else:
@@ -641,6 +742,9 @@ class ServiceHost:
                               "dropping message %d for unknown service %d from %s",
                               m.msg_id, m.service, fmt_node(d.sender))
             return
+        if m.flags & FLAG_RESENT:
+            self._deliver_resent(d, m, svc)
+            return
         msg = ExecMessage(d.sender, m.msg_id, m.payload, m.tag, d.ring_id,
                           sync=bool(m.flags & FLAG_SYNC), seq=d.seq)
         if msg.sync:
@@ -649,9 +753,55 @@ class ServiceHost:
                 return  # a message of an abandoned (or ending) round
             self._apply(svc, msg)
         elif self.syncing:
-            self._held_deliveries.append((svc, msg))
+            self._held_deliveries.append((svc, msg, (d.ring_id, d.seq, self._dindex), False))
         else:
             self._apply(svc, msg)
+
+    def _deliver_resent(self, d: Deliver, m: RingMessage, svc: Service) -> None:
+        """A message re-sent after an abandoned round: its name precedes the payload."""
+        if len(m.payload) < ORIGIN.size or m.flags & FLAG_SYNC:
+            self._bad_log.log(self.log, logging.ERROR, "dropping re-sent message from %s: "
+                              "no origin", fmt_node(d.sender))
+            return
+        r_seq, r_rep, o_seq, o_index = ORIGIN.unpack_from(m.payload)
+        key = (RingId(r_seq, r_rep), o_seq, o_index)
+        msg = ExecMessage(d.sender, m.msg_id, m.payload[ORIGIN.size:], m.tag, d.ring_id,
+                          seq=d.seq)
+        if self.syncing:
+            self._held_deliveries.append((svc, msg, key, True))
+        else:
+            self._apply_resent(svc, msg, key)
+
+    def _apply_resent(self, svc: Service, msg: ExecMessage, key: MessageKey,
+                      applied_at: int = 0,
+                      announced: dict[int, dict[RingId, Applied]] | None = None) -> None:
+        """A re-sent message: applied as any other, or a replay if a state holds it.
+
+        Args:
+            announced: the records of the round just completed, per member; None
+                outside a round (every member then holds the same state).
+        """
+        ring, seq, index = key
+        if announced is None:
+            mine = self._applied.get(ring)
+            held = mine is not None and mine.covers(seq, index)
+            applied_by = frozenset(self._members) if held else frozenset()
+        else:
+            applied_by = frozenset(n for n, rec in announced.items()
+                                   if ring in rec and rec[ring].covers(seq, index))
+        if not applied_by:
+            self._applied = merge_applied([self._applied,
+                                           {ring: Applied(0, frozenset({(seq, index)}))}])
+            self._apply(svc, msg, applied_at)
+        elif svc.exec_handlers[msg.msg_id].replay:
+            self._apply(svc, replace(msg, applied_by=applied_by), applied_at)
+        else:
+            self.replays_dropped[svc.name] += 1
+            self.log.log(NOTICE, "%s: message %d from %s, first delivered in ring %s, was "
+                         "applied there by %s: not applied again", svc.name, msg.msg_id,
+                         fmt_node(msg.sender), ring,
+                         ", ".join(fmt_node(n) for n in sorted(applied_by)))
+            self.reply_error(msg.tag, applied_elsewhere())
 
     def _apply(self, svc: Service, msg: ExecMessage, applied_at: int = 0) -> None:
         """Run the handler of ``msg``, the cause of the safe replies it makes.
@@ -689,10 +839,20 @@ class ServiceHost:
             # Recovery gave every member of the transitional configuration every
             # message delivered in the old ring: whatever waited for that is safe.
             self._live_ring = None
+            if self._sync is None and self._synced_ring == conf.ring_id:
+                # This node's state holds every message of the ring delivered so far
+                # (its round completed), and will hold those delivered after this.
+                self._tail = (conf.ring_id, max(self._dseq, 0), set())
             self._release_unsafe()
             if self._sync is not None:
                 self._sync.closed = True
         else:
+            if self._tail is not None:
+                ring, upto, tail = self._tail
+                self._applied = merge_applied([self._applied, {ring: Applied(upto, frozenset(
+                    tail))}])
+                self._tail = None
+            self._dseq = -1
             self.ring_id = conf.ring_id
             self.ring_members = tuple(sorted(conf.members))
             self._release_unsafe()  # no transitional (the first ring): nothing was unsafe
@@ -741,15 +901,21 @@ class ServiceHost:
         Members of one ring may leave it through different transitional
         configurations, one after delivering the last barrier (it completed
         the round and applied the held messages), the other without it; the
-        second's re-sends can then meet the first again after a merge.  A
-        service whose state every round rebuilds from per-node data
-        (``Service.apply_held_on_abort``, EVS) has no need of re-sends: its
-        held messages are applied here, in their order, as Totem delivered
-        them, so each is applied once wherever it was delivered.
+        second's re-sends can then meet the first's state again after a
+        merge.  So a re-send carries its name (``ORIGIN``: where it was
+        first delivered), every member announces which messages its state
+        holds (``Applied``, per ring whose round it completed), and a re-send
+        some member's announced state holds is a replay, handed to services
+        with those members (``_apply_resent``).  A service whose state every
+        round rebuilds from per-node data (``Service.apply_held_on_abort``,
+        EVS) has no need of re-sends: its held messages are applied here, in
+        their order, as Totem delivered them, so each is applied once
+        wherever it was delivered.
         """
         held, self._held_deliveries = self._held_deliveries, []
-        mine = [RingMessage(svc.service_id, msg.msg_id, 0, msg.tag, 0, msg.payload)
-                for svc, msg in held
+        mine = [RingMessage(svc.service_id, msg.msg_id, FLAG_RESENT, msg.tag, 0,
+                            ORIGIN.pack(key[0].seq, key[0].rep, key[1], key[2]) + msg.payload)
+                for svc, msg, key, _ in held
                 if msg.sender == self.node_id and not svc.apply_held_on_abort]
         requeue = getattr(self.ring, "requeue_front", None)
         if requeue is not None and mine:
@@ -759,7 +925,7 @@ class ServiceHost:
         else:
             for m in mine:
                 self._queue_out(m)
-        for svc, msg in held:
+        for svc, msg, _, _ in held:
             if svc.apply_held_on_abort:
                 self._apply(svc, msg)
 
@@ -793,7 +959,8 @@ class ServiceHost:
         if not rnd.state_sent:
             try:
                 self._send(RingMessage(HOST_SERVICE_ID, HOST_MSG_SYNC_STATE, 0, NO_TAG,
-                                       rnd.ring_id.seq, encode_state(self.state_id)))
+                                       rnd.ring_id.seq,
+                                       encode_state(self.state_id, self._applied)))
             except TryAgain:
                 self._arm_pump(rnd, self.SYNC_RETRY_DELAY)
                 return
@@ -826,12 +993,14 @@ class ServiceHost:
             rnd.pump_armed = True
             self.call_later(delay, lambda: self._pump_sync(rnd))
 
-    def _announced(self, sender: int, seq: int, state: StateId | None) -> None:
+    def _announced(self, sender: int, seq: int, state: StateId | None,
+                   applied: dict[RingId, Applied] | None = None) -> None:
         rnd = self._sync
         if rnd is None or seq != rnd.ring_id.seq or rnd.closed or rnd.info is not None \
                 or sender not in rnd.members:
             return
         rnd.states.setdefault(sender, state)
+        rnd.applied.setdefault(sender, applied or {})
         if len(rnd.states) < len(rnd.members):
             return
         # The same delivered announcements on every member: the same groups everywhere.
@@ -858,20 +1027,27 @@ class ServiceHost:
         self._configured = True
         self._synced_ring, self._next_ring = rnd.ring_id, None
         self._members = rnd.members
+        # The state each member now holds was merged from those announced (a
+        # record may now claim a change a merge dropped from some objects; see
+        # ExecMessage.applied_by for how a service tells).
+        self._applied = merge_applied([self._applied, *rnd.applied.values()])
         self.log.debug("sync round %s complete", rnd.ring_id)
         for svc in self.services.values():
             svc.sync_done()
         for fn in list(self._after_sync):
             fn()
         held, self._held_deliveries = self._held_deliveries, []
-        for i, (svc, msg) in enumerate(held):
+        for i, (svc, msg, key, resent) in enumerate(held):
             if self.syncing:
                 # A handler started nothing new, but stay safe: re-hold the rest in order.
                 self._held_deliveries = held[i:] + self._held_deliveries
                 break
             # Held by every member once stable, but applied by a member only
             # when it completes the round: safe when the last barrier is.
-            self._apply(svc, msg, done_seq)
+            if resent:
+                self._apply_resent(svc, msg, key, done_seq, rnd.applied)
+            else:
+                self._apply(svc, msg, done_seq)
         requests, self._held_requests = self._held_requests, []
         for conn, msg_id, seq, body in requests:
             if conn.closed:

@@ -144,7 +144,7 @@ from typing import Any
 from collections.abc import Callable, Generator, Iterable
 
 from ais.executive import (
-    FLAG_SYNC, RING_HEADER, RingMessage, ServiceHost, encode_ring_message,
+    FLAG_RESENT, FLAG_SYNC, ORIGIN, RING_HEADER, RingMessage, ServiceHost, encode_ring_message,
 )
 from ais.services import ckpt as ckpt_mod
 from ais.services.base import ExecMessage
@@ -1776,15 +1776,20 @@ class ServiceSim(Simulation):
         if len(p) >= RING_HEADER.size:
             service, msg_id, flags = struct.unpack_from("!HHB", p)
             if service == cw.CKPT_SERVICE_ID and not flags & FLAG_SYNC:
-                key = _update_key(d.ring_id, d.sender, p)
+                named = p
+                if flags & FLAG_RESENT:
+                    # named as the host hands it on: the re-send's origin taken off
+                    named = (p[:4] + b"\x00" + p[5:RING_HEADER.size]
+                             + p[RING_HEADER.size + ORIGIN.size:])
+                key = _update_key(d.ring_id, d.sender, named)
                 tag_node, conn, seq = struct.unpack_from("!III", p, 8)
                 if tag_node == node.id and conn:
                     # safe delivery means: every member of this configuration has it
                     members = frozenset((m, self.nodes[m].inc) for m in self.conf_members[node.id]
                                         if m in self.nodes and self.nodes[m].srp is not None)
                     self.key_of_request[(node.id, node.inc, conn, seq)] = (key, members)
-                ck = (cw.CKPT_ID.unpack_from(p, RING_HEADER.size)
-                      if msg_id in _UPDATES and len(p) >= RING_HEADER.size + cw.CKPT_ID.size
+                ck = (cw.CKPT_ID.unpack_from(named, RING_HEADER.size)
+                      if msg_id in _UPDATES and len(named) >= RING_HEADER.size + cw.CKPT_ID.size
                       else None)
                 host = self.hosts[node.id]
                 if host is not None and host.syncing:

@@ -120,6 +120,7 @@ class FakeBus:
         #: while True, deliveries are not followed by ``Stable`` until ``stabilize``
         self.hold_stable = False
         self._last_seq: dict[RingId, int] = {}
+        self._tails_seen: dict[tuple[RingId, int, bytes], int] = {}
 
     def port(self, host: ServiceHost) -> FakePort:
         """Attach ``host`` to the bus (down until a reconfiguration includes it)."""
@@ -247,11 +248,22 @@ class FakeBus:
                 if old is not None and old_ring is not None:
                     host.on_confchg(ConfChange(True, old_ring, tuple(sorted(old & comp))))
                     for sender, payload in tails.get(node, ()):
-                        host.on_deliver(Deliver(sender, payload, old_ring))
+                        host.on_deliver(Deliver(sender, payload, old_ring,
+                                                self._tail_seq(old_ring, sender, payload)))
                 prev = old or frozenset()
                 host.on_confchg(ConfChange(False, ring_id, tuple(sorted(comp)),
                                            left=tuple(sorted(prev - comp)),
                                            joined=tuple(sorted(comp - prev))))
+
+
+    def _tail_seq(self, ring: RingId, sender: int, payload: bytes) -> int:
+        """A frame seq of ``ring`` for a message delivered past its transitional
+        configuration: one past the ring's last, the same at every node."""
+        key = (ring, sender, payload)
+        seq = self._tails_seen.get(key)
+        if seq is None:
+            seq = self._tails_seen[key] = self._last_seq[ring] = self._last_seq.get(ring, 0) + 1
+        return seq
 
 
 class FakePort:

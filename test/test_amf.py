@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from amf_harness import SAMPLE, AmfCluster
+from helpers_exec import FakeConn
 
 from ais.services.amf import (
     AmfService, Phase, decode_unit_record_untrusted, encode_unit_record,
@@ -469,3 +470,72 @@ def test_a_node_with_another_groups_conf_is_reported(caplog):
     with caplog.at_level("ERROR"):
         cl2.form([A, B])
     assert "runs another AMF model" not in caplog.text
+
+
+@pytest.mark.parametrize("a_alone_completes", [False, True])
+def test_registration_applied_in_another_partition_is_answered_once(a_alone_completes):
+    """A process on B registers during a sync round that A completes (registering it)
+    and B does not; the ring splits and merges again before B's own round could
+    complete, so B re-sends the registration, a replay.  The merge takes B's
+    registrations from B's side (A's holds them only second-hand), where this one was
+    never applied, so the replay registers the component anew, whether A completed a
+    round alone meanwhile (B's components failed there: their node had left) or not:
+    the process gets SA_OK once (not "already registered"), the replicas agree, and the
+    component is unregistered everywhere when its process ends."""
+    from test_ckpt import _apart_then_merged, _only_first_completes
+
+    from ais.totem.events import node_of
+
+    cl = AmfCluster([A, B])
+    cl.form([A], [B])
+    p = cl.proc(B, "comp_a_in_su_y", register=False)
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)])
+    seq = cl.next_seq()
+    cl.hosts[B].lib_request(p.conn, aw.AMF_REQ_REGISTER,
+                            seq, aw.encode_names(b"comp_a_in_su_y", b""))
+    _only_first_completes(cl, A, B)
+    assert cl.amf(A).comps["comp_a_in_su_y"].registered
+    assert not cl.amf(B).comps["comp_a_in_su_y"].registered
+    _apart_then_merged(cl, A, B, first_completes=a_alone_completes)
+    assert [f.error for f in p.conn.responses if f.seq == seq] == [SA_OK]
+    for addr in (A, B):
+        c = cl.amf(addr).comps["comp_a_in_su_y"]
+        assert c.registered and c.host == node_of(B)
+        assert c.incarnation == 2
+    assert len(cl.digests()) == 1
+    p.kill()
+    assert not any(cl.amf(addr).comps["comp_a_in_su_y"].registered for addr in (A, B))
+
+
+def test_error_report_applied_in_another_partition_restarts_the_component_once():
+    """B reports an error on A's component during a round that A completes (restarting
+    the component) and B does not; the ring splits and merges again, and B re-sends
+    the report.  The merge takes the component's record from A's side, which holds the
+    report: the replay is not applied again (a second restart, a restart counted
+    twice), and B's client learns the outcome is unknown (SA_ERR_TIMEOUT)."""
+    from test_ckpt import _apart_then_merged, _only_first_completes
+
+    from ais.totem.events import node_of
+    from saf.errors import Timeout
+
+    cl = AmfCluster([A, B])
+    cl.form([A], [B])
+    t = cl.proc(A, "comp_a_in_su_y")
+    conn = FakeConn(cl.hosts[B].new_conn_id(), aw.AMF_SERVICE_ID)
+    cl.hosts[B].lib_connect(conn)
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)])
+    seq = cl.next_seq()
+    cl.hosts[B].lib_request(conn, aw.AMF_REQ_ERROR_REPORT, seq, aw.encode_error_report(
+        aw.ErrorReport(b"", b"comp_a_in_su_y", 0, aw.ErrorDescriptor(
+            probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
+            recommended_recovery=aw.SA_AMF_COMPONENT_RESTART))))
+    _only_first_completes(cl, A, B)
+    assert cl.amf(A).comps["comp_a_in_su_y"].restarts == 1
+    _apart_then_merged(cl, A, B, first_completes=False)
+    for addr in (A, B):
+        assert cl.amf(addr).comps["comp_a_in_su_y"].restarts == 1
+    assert [f.error for f in conn.responses if f.seq == seq] == [Timeout.code]
+    assert len(cl.digests()) == 1
+    assert t.states().count("TERMINATE") == 1

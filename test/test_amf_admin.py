@@ -245,3 +245,40 @@ def test_unlock_during_a_shutdown_expires_it_and_a_lock_supersedes_it():
     assert t3.pending[1:] == [("EXPIRED", SHUTDOWN_OP), ("CONFIRM", SWITCHOVER_OP)]
     assert cl.amf(B).units["raidB"].admin == Admin.LOCKED
     assert len(cl.digests()) == 1
+
+
+@pytest.mark.parametrize("op", [LOCK, UNLOCK])
+def test_admin_operation_applied_in_another_partition(op):
+    """An operator on B locks (or unlocks) a unit during a sync round that A completes,
+    applying it, and B does not; the ring splits and merges again before B's round
+    alone completed, so B re-sends the request: a replay.  A merge keeps the highest
+    administrative state of the two sides: A's lock is kept, so the replay is not
+    applied again ("already locked") and the operator hears TIMEOUT ("maybe done");
+    A's unlock is not (B's side is still locked), so the replay unlocks and answers
+    SA_OK."""
+    from helpers_exec import FakeConn
+    from test_ckpt import _apart_then_merged, _only_first_completes
+
+    from ais.totem.events import node_of
+    from saf.errors import Timeout
+
+    cl = AmfCluster([A, B])
+    cl.form([A, B])
+    if op == UNLOCK:
+        assert cl.admin(A, LOCK, "raidB") == SA_OK
+    cl.form([A], [B])
+    conn = FakeConn(cl.hosts[B].new_conn_id(), aw.AMF_SERVICE_ID)
+    cl.hosts[B].lib_connect(conn)
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)])
+    seq = cl.next_seq()
+    cl.hosts[B].lib_request(conn, aw.AMF_REQ_ADMIN, seq, aw.encode_admin(
+        aw.AdminRequest(op, b"raidB")))
+    _only_first_completes(cl, A, B)
+    applied = Admin.LOCKED if op == LOCK else Admin.UNLOCKED
+    assert cl.amf(A).units["raidB"].admin == applied != cl.amf(B).units["raidB"].admin
+    _apart_then_merged(cl, A, B, first_completes=False)
+    assert [f.error for f in conn.responses if f.seq == seq] == \
+        [Timeout.code if op == LOCK else SA_OK]
+    assert cl.amf(A).units["raidB"].admin == cl.amf(B).units["raidB"].admin == applied
+    assert len(cl.digests()) == 1

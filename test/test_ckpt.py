@@ -16,7 +16,7 @@ from ais.executive import ServiceHost
 from ais.testing import FakeBus, ManualScheduler
 from ais.services.ckpt import SYNC_CHUNK, CkptService
 from ais.services.clm import ClmService
-from ais.totem.events import node_of
+from ais.totem.events import Deliver, Stable, node_of
 from helpers_exec import BOOT, ExecThread, on, FakeConn
 from saf import _ckpt_wire as cw
 from saf import ckpt
@@ -1195,6 +1195,128 @@ def test_different_last_writes_of_the_old_ring_converge_at_heal(caplog):
         assert cl.digests() == d
 
 
+def _only_first_completes(cl: Any, first: str, other: str) -> None:
+    """Carry out the bus's events; each message reaches ``first`` and ``other`` alike,
+    except the one that completes ``first``'s sync round (the last barrier), which
+    ``other`` never gets: ``first`` completes the round and applies what it held,
+    ``other`` does not -- a ring its members leave through different transitional
+    configurations."""
+    bus = cl.bus
+    hf, ho = cl.hosts[first], cl.hosts[other]
+    while bus._queue:
+        kind, arg = bus._queue[0]
+        if kind != "msg" or arg[0] not in (hf.node_id, ho.node_id):
+            bus.step()
+            cl.sched.run()
+            continue
+        _, (sender, payload) = bus._queue.popleft()
+        ring = bus._ring[sender]
+        seq = bus._last_seq[ring] = bus._last_seq.get(ring, 0) + 1
+        was_syncing = hf.syncing
+        hf.on_deliver(Deliver(sender, payload, ring, seq))
+        if was_syncing and not hf.syncing:
+            return
+        ho.on_deliver(Deliver(sender, payload, ring, seq))
+        for h in (hf, ho):
+            h.on_stable(Stable(ring, seq))
+        cl.sched.run()
+    raise AssertionError(f"{first}'s round never completed")
+
+
+def _apart_then_merged(cl: Any, first: str, other: str, meanwhile: Any = None,
+                       first_completes: bool = True, third: str | None = None) -> None:
+    """After ``_only_first_completes``: the ring splits, ``first`` completes a round
+    alone (then runs ``meanwhile``; ``first_completes`` False: it does not either), and
+    the two merge again (with ``third``, alone until then) before ``other``'s round
+    alone could complete; what ``other`` queued meanwhile (its re-sends first) is
+    delivered in the merged ring."""
+    bus = cl.bus
+    rest = [[node_of(third)]] if third else []
+    bus.reconfigure([node_of(first)], [node_of(other)], *rest)
+    bus.step()
+    queued = bus.take_queued()
+    if first_completes:
+        bus._queue.extend(("msg", m) for m in queued if m[0] == node_of(first))
+        bus.resume()
+        cl.sched.run()
+        assert not cl.hosts[first].syncing and cl.hosts[other].syncing
+        if meanwhile is not None:
+            meanwhile()
+            cl.sched.run()
+        bus.pause()
+    bus.reconfigure([node_of(first), node_of(other)] + [n for c in rest for n in c])
+    bus._queue.extend(("msg", m) for m in queued if not first_completes
+                      or m[0] == node_of(other))
+    bus.resume()
+    cl.settle()
+
+
+@pytest.mark.timeout(20)
+def test_write_applied_in_another_partition_is_not_applied_again():
+    """B's write is delivered during a round that A completes (applying it) and B does
+    not.  The ring splits, A's client writes after it, and the two meet again before
+    B's round alone completed: B re-sends its write.  Applying it again would put the
+    older data over the newer write A's client was told had succeeded; it is a replay,
+    applied nowhere, and B's client learns the outcome is unknown (SA_ERR_TIMEOUT,
+    "maybe done").  A checkpoint opened (and created) by B in the same round is open
+    through the handle B's client gets: an open runs again, as its node's reference
+    count is announced anew each round."""
+    cl = cluster(A, B)
+    a, b, b2 = cl.client(A), cl.client(B), cl.client(B)
+    ha = a.open(b"ck", RW, attrs())
+    a.section_create(ha, b"s", b"base")
+    hb = b.open(b"ck", RW)
+    cl.form([A], [B])
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)])
+    sw = b.send(cw.REQ_WRITE, _write_body(hb, b"s", b"BBBB"))
+    so = b2.send(cw.REQ_OPEN, cw.encode_open(cw.OpenReq(b"ck2", RW, attrs(), SA_TIME_END)))
+    _only_first_completes(cl, A, B)
+    assert bytes(the_ckpt(cl, A, b"ck").sections[b"s"].data) == b"BBBB"
+    assert the_ckpt(cl, A, b"ck2") is not None and the_ckpt(cl, B, b"ck2") is None
+    sa: list[int] = []
+    _apart_then_merged(cl, A, B, lambda: sa.append(
+        a.send(cw.REQ_WRITE, _write_body(ha, b"s", b"AAAA"))))
+    assert a.response(sa[0]).error == SA_OK
+    assert a.read1(ha, b"s") == b.read1(hb, b"s") == b"AAAA"
+    assert b.response(sw).error == Timeout.code
+    assert cl.digests()[0] == cl.digests()[1]
+    opened = b2.response(so)
+    assert opened is not None and opened.error == SA_OK
+    h2 = cw.decode_handle_untrusted(opened.body)
+    assert the_ckpt(cl, A, b"ck2").refs == the_ckpt(cl, B, b"ck2").refs == {node_of(B): 1}
+    b2.section_create(h2, b"t", b"made through the replayed open")
+    assert a.read1(a.open(b"ck2"), b"t") == b"made through the replayed open"
+    b2.close(h2)
+    assert the_ckpt(cl, A, b"ck2").refs == the_ckpt(cl, B, b"ck2").refs == {node_of(A): 1}
+
+
+@pytest.mark.timeout(20)
+def test_replayed_write_is_applied_where_the_merge_kept_a_replica_without_it():
+    """As above, but C, apart all along, wrote more often: the merge keeps C's replica,
+    which never had B's write (only A's did).  The replay is applied on it then (B's
+    client is answered SA_OK) instead of being lost with A's replica."""
+    cl = cluster(A, B, C)
+    a, b, c = cl.client(A), cl.client(B), cl.client(C)
+    ha = a.open(b"ck", RW, attrs())
+    a.section_create(ha, b"s", b"base")
+    hb, hc = b.open(b"ck", RW), c.open(b"ck", RW)
+    cl.form([A], [B], [C])
+    for i in range(5):
+        c.write(hc, [(b"s", 0, b"C%d" % i)])
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)], [node_of(C)])
+    sw = b.send(cw.REQ_WRITE, _write_body(hb, b"s", b"BB"))
+    _only_first_completes(cl, A, B)
+    _apart_then_merged(cl, A, B, first_completes=False, third=C)
+    assert b.response(sw).error == SA_OK
+    # C's fifth write, then B's on top of it
+    assert a.read1(ha, b"s") == b.read1(hb, b"s") == c.read1(hc, b"s") == b"BBse"
+    d = cl.digests()
+    assert d[0] == d[1] == d[2]
+    assert the_ckpt(cl, A, b"ck").updates == 1 + 5 + 1  # the section, C's five, B's
+
+
 def test_merge_rule_orders_by_updates_then_ring_then_digest():
     svc = CkptService()
     svc.exec_init(ServiceHost(node_of(A), [], ManualScheduler()))
@@ -1253,7 +1375,6 @@ def test_all_replicas_write_is_answered_only_once_every_member_holds_it():
 def test_write_delivered_only_by_its_node_that_then_dies_was_never_acknowledged():
     # Finding 3: a node delivers its own frame as it sends it; if it dies before the
     # others received the frame, the write is gone -- it must not have been answered.
-    from ais.totem.events import Deliver
     cl = cluster(A, B, C)
     a = cl.client(A)
     h = a.open(b"ck", RW, attrs())

@@ -54,7 +54,9 @@ def test_held_message_of_a_departed_sender_stays_with_its_sender():
 
 from ais.executive import ServiceHost  # noqa: E402
 from ais.testing import FakeBus, FakePort, ManualScheduler  # noqa: E402
-from ais.services.base import DEFERRED, Service, exec_handler, lib_handler  # noqa: E402
+from ais.services.base import (  # noqa: E402
+    DEFERRED, ExecHandlerSpec, Service, exec_handler, lib_handler,
+)
 from ais.totem.events import ConfChange, RingId, Stable  # noqa: E402
 from helpers_exec import FakeConn  # noqa: E402
 
@@ -330,7 +332,7 @@ def test_servicesim_port_never_delivers_inside_mcast(monkeypatch):
 # --- a ring whose members leave it through different transitional configurations -----------
 
 from ais.executive import (  # noqa: E402
-    HOST_MSG_SYNC_BARRIER, HOST_SERVICE_ID, decode_ring_message_untrusted,
+    FLAG_RESENT, HOST_MSG_SYNC_BARRIER, HOST_SERVICE_ID, ORIGIN, decode_ring_message_untrusted,
 )
 from ais.totem.events import Deliver  # noqa: E402
 
@@ -362,6 +364,10 @@ class Replicated(Service):
     def exec_add(self, msg):
         self.values.append(msg.payload)
 
+    @exec_handler(2)
+    def exec_add_plain(self, msg):
+        self.values.append(msg.payload)
+
 
 class PerNode(Replicated):
     """State rebuilt every round (as EVS): held messages are applied where delivered."""
@@ -371,10 +377,11 @@ class PerNode(Replicated):
     apply_held_on_abort = True
 
 
-def _split_round() -> tuple[dict[int, ServiceHost], dict[int, _Recording]]:
+def _split_round(complete: bool = True) -> tuple[dict[int, ServiceHost], dict[int, _Recording]]:
     """Nodes 3 and 4 form ring R; node 4 multicasts one message for each service during
     R's sync round; node 3's barrier reaches only node 3, so node 3 completes the round
-    and node 4 does not; the ring then splits, each node alone on its side."""
+    and node 4 does not (``complete`` False: node 3's barrier is lost altogether); the
+    ring then splits, each node alone on its side."""
     sched = ManualScheduler()
     hosts = {n: ServiceHost(n, [Replicated(), PerNode()], sched) for n in (3, 4)}
     ports = {n: _Recording() for n in hosts}
@@ -408,8 +415,9 @@ def _split_round() -> tuple[dict[int, ServiceHost], dict[int, _Recording]]:
                 deliver(n, p)  # node 4's two ordinary messages: held by both
         ports[n].sent.clear()
     deliver(4, barriers[4])
-    deliver(3, barriers[3], to=(3,))  # lost on its way to node 4, then the split
-    assert not hosts[3].syncing and hosts[4].syncing
+    if complete:
+        deliver(3, barriers[3], to=(3,))  # lost on its way to node 4, then the split
+    assert hosts[3].syncing is not complete and hosts[4].syncing
     for n in (3, 4):
         other = 7 - n
         hosts[n].on_confchg(ConfChange(True, ring, (n,), left=(other,)))
@@ -440,4 +448,140 @@ def test_split_round_replicated_service_resends_its_held_message():
     assert hosts[4].service_by_id(Replicated.service_id).values == []
     (front,) = ports[4].front
     m = decode_ring_message_untrusted(front)
-    assert (m.service, m.msg_id, m.payload) == (Replicated.service_id, 1, b"m")
+    assert (m.service, m.msg_id, m.flags) == (Replicated.service_id, 1, FLAG_RESENT)
+    # where it was first delivered travels with it: ring R, the third frame, its first message
+    assert m.payload == ORIGIN.pack(8, 3, 3, 0) + b"m"
+
+
+def _merge(hosts: dict[int, ServiceHost], ports: dict[int, _Recording], ring: RingId) -> None:
+    """Both nodes of ``_split_round`` meet again in ``ring``, before either side's own
+    round completed; what each queued (node 4's re-send first) is delivered in it."""
+    sched = hosts[3].scheduler
+    for n in (3, 4):
+        hosts[n].on_confchg(ConfChange(True, RingId(12, n), (n,)))
+        hosts[n].on_confchg(ConfChange(False, ring, (3, 4), joined=(7 - n,)))
+    sched.run()
+    seq = 0
+    for _ in range(10):
+        pending = [(n, p) for n in (3, 4) for p in ports[n].front + ports[n].sent]
+        for n in (3, 4):
+            ports[n].front.clear()
+            ports[n].sent.clear()
+        if not pending:
+            return
+        for sender, p in pending:
+            seq += 1
+            for n in (3, 4):
+                hosts[n].on_deliver(Deliver(sender, p, ring, seq))
+            sched.run()
+    raise AssertionError("the merged ring never went quiet")
+
+
+@pytest.mark.timeout(20)
+def test_resent_message_already_applied_elsewhere_is_not_applied_again():
+    """Node 4 re-sends its message; node 3, which applied it when it completed ring R's
+    round, meets node 4 again before node 4's own round could complete.  Node 3's
+    announcement names the messages of R its state holds, so in the merged ring the
+    re-send is a replay: applied nowhere (node 3's value stays single); messages sent
+    in the merged ring are applied as usual."""
+    hosts, ports = _split_round()
+    for n in (3, 4):
+        hosts[n].mcast(hosts[n].service_by_id(Replicated.service_id), 2, b"after")
+    _merge(hosts, ports, RingId(16, 3))
+    assert not hosts[3].syncing and not hosts[4].syncing
+    assert hosts[3].service_by_id(Replicated.service_id).values == [b"m", b"after", b"after"]
+    assert hosts[4].service_by_id(Replicated.service_id).values == [b"after", b"after"]
+    assert hosts[3].replays_dropped["toy-replicated"] == 1
+    assert hosts[4].replays_dropped["toy-replicated"] == 1
+
+
+@pytest.mark.timeout(20)
+def test_handler_that_takes_replays_runs_with_the_mark(monkeypatch):
+    """A handler declared ``replay=True`` is run for the replay, told it is one and by
+    whom it was applied (node 3, on both nodes)."""
+    seen: list[tuple[int, bytes, bool, frozenset[int]]] = []
+
+    def record(self, msg):
+        seen.append((self.host.node_id, msg.payload, msg.replay, msg.applied_by))
+
+    monkeypatch.setitem(Replicated.exec_handlers, 1, ExecHandlerSpec(record, replay=True))
+    hosts, ports = _split_round()
+    _merge(hosts, ports, RingId(16, 3))
+    assert seen == [(3, b"m", False, frozenset()), (3, b"m", True, frozenset({3})),
+                    (4, b"m", True, frozenset({3}))]
+    assert not hosts[3].replays_dropped and not hosts[4].replays_dropped
+
+
+@pytest.mark.timeout(20)
+def test_resent_message_nobody_applied_is_applied_once():
+    """The same history, but node 3 never completed ring R's round (its barrier was lost
+    too): the re-send is the message's first application, on both nodes."""
+    hosts, ports = _split_round(complete=False)
+    _merge(hosts, ports, RingId(16, 3))
+    for n in (3, 4):
+        assert hosts[n].service_by_id(Replicated.service_id).values == [b"m"]
+        assert not hosts[n].replays_dropped
+
+
+# --- the sync state announcement and its applied-messages record -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ais.executive import (  # noqa: E402
+    APPLIED_EXTRA_MAX, APPLIED_RINGS_MAX, Applied, RingMessageError, decode_state_untrusted,
+    encode_state, merge_applied,
+)
+from ais.services.base import StateId  # noqa: E402
+
+_rings = st.builds(RingId, st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1))
+_applied = st.builds(Applied, st.integers(0, 2**64 - 1), st.frozensets(
+    st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**16 - 1)), max_size=20))
+_records = st.dictionaries(_rings, _applied, max_size=APPLIED_RINGS_MAX)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.none() | st.builds(StateId, _rings, _rings), _records)
+def test_announcement_round_trip(state, record):
+    assert decode_state_untrusted(encode_state(state, record)) == (state, record)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_records, st.data())
+def test_announcement_cut_or_padded_is_refused(record, data):
+    wire = encode_state(None, record)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(RingMessageError):
+        decode_state_untrusted(wire[:cut])
+    with pytest.raises(RingMessageError):
+        decode_state_untrusted(wire + data.draw(st.binary(min_size=1, max_size=30)))
+
+
+def test_announcement_over_its_bounds_is_refused():
+    wire = encode_state(None, {RingId(i + 1, 1): Applied(1) for i in range(APPLIED_RINGS_MAX)})
+    too_many = wire[:24] + (APPLIED_RINGS_MAX + 1).to_bytes(2, "big") + wire[26:]
+    with pytest.raises(RingMessageError, match="rings"):
+        decode_state_untrusted(too_many)
+    big = encode_state(None, {RingId(1, 1): Applied(0, frozenset(
+        (i + 1, 0) for i in range(APPLIED_EXTRA_MAX + 1)))})
+    with pytest.raises(RingMessageError):
+        decode_state_untrusted(big)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_records, max_size=4), st.data())
+def test_merged_record_covers_what_any_record_covers(records, data):
+    """The union: a name is covered by the merge exactly when some record covers it
+    (within the bounds: the newest rings, the highest names beyond ``upto``)."""
+    merged = merge_applied(records)
+    kept = sorted(set().union(*records))[-APPLIED_RINGS_MAX:]
+    assert sorted(merged) == kept
+    names = [(r, a.upto, 0) for rec in records for r, a in rec.items()]
+    names += [(r, seq, index) for rec in records for r, a in rec.items() for seq, index in a.extra]
+    for ring, seq, index in data.draw(st.lists(st.sampled_from(names), max_size=10)) \
+            if names else []:
+        for probe in ((ring, seq, index), (ring, seq + 1, index), (ring, seq, index + 1)):
+            want = probe[0] in kept and any(
+                probe[0] in r and r[probe[0]].covers(*probe[1:]) for r in records)
+            got = probe[0] in merged and merged[probe[0]].covers(*probe[1:])
+            assert got == want

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from ais.executive import FLAG_SYNC, RingMessage, ServiceHost, encode_ring_message
+from ais.executive import (
+    FLAG_RESENT, FLAG_SYNC, ORIGIN, RingMessage, ServiceHost, encode_ring_message,
+)
 from ais.testing import FakeBus, ManualScheduler
 from ais.services.base import NO_TAG, ReplyTag
 from ais.services.ckpt import CkptService
@@ -195,9 +197,13 @@ def fuzz_exec(cl: Cluster, rng: random.Random, count: int) -> int:
         sender = rng.choice([node_of(A), node_of(B)])
         tag = rng.choice([NO_TAG, ReplyTag(node_of(A), rng.randint(0, 5), rng.randint(0, 9)),
                           ReplyTag(node_of(B), 1, 1)])
-        flags = FLAG_SYNC if rng.random() < 0.1 else 0
+        flags = rng.choice([FLAG_SYNC, FLAG_RESENT] + [0] * 18)
+        if flags == FLAG_RESENT and rng.random() < 0.8:
+            # a re-send naming a delivery of this ring or another (maybe a replay)
+            payload = ORIGIN.pack(rng.choice([ring.seq, 4, 2**64 - 1]), ring.rep,
+                                  rng.randint(0, 50), rng.randint(0, 3)) + payload
         data = encode_ring_message(RingMessage(service, msg_id, flags, tag,
-                                               ring.seq if flags else 0, payload))
+                                               ring.seq if flags == FLAG_SYNC else 0, payload))
         for host in cl.hosts.values():
             host.on_deliver(Deliver(sender, data, ring))
         cl.sched.advance(rng.choice([0.0, 0.0, 0.5, 3.0]))

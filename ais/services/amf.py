@@ -224,7 +224,7 @@ from ais.config import AmfComponent, AmfModel, GroupModel, ServiceGroup, Service
 from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, NOTICE, Deferred, ExecMessage, HostAPI, LibConn, ProcessHandle, Request, Service,
-    SyncInfo, TimerHandle, exec_handler, lib_handler, register_service,
+    SyncInfo, TimerHandle, applied_elsewhere, exec_handler, lib_handler, register_service,
 )
 from ais.totem.events import fmt_node
 from saf import _amf_wire as aw
@@ -1234,7 +1234,21 @@ class AmfService(Service):
     def _comp_named(self, raw: bytes) -> Comp | None:
         return self.comps.get(_name(raw))
 
-    @exec_handler(MSG_REGISTER)
+    def _replayed(self, c: Comp | None, msg: ExecMessage) -> bool:
+        """Whether ``msg``, a replay (``ExecMessage.applied_by``), changed ``c`` already.
+
+        A merge takes a registered component's record from the state group of
+        its node, so it did if that node's state held the message.  The asker is
+        then told TIMEOUT ("maybe done"); otherwise the message is applied now.
+        """
+        if not msg.replay or c is None or not c.registered or c.host not in msg.applied_by:
+            return False
+        self.host.reply_error(msg.tag, applied_elsewhere())
+        return True
+
+    # A replay runs as a new registration: a merge keeps a registration only from a
+    # state group its node belongs to, and the sender's group never applied this one.
+    @exec_handler(MSG_REGISTER, replay=True)
     def exec_register(self, msg: ExecMessage) -> None:
         conn_id, comp_raw, proxy_raw = REGISTER.decode(msg.payload)
         c = self._comp_named(comp_raw)
@@ -1269,10 +1283,12 @@ class AmfService(Service):
         self.host.reply(msg.tag)
         self._after([c.unit.group])
 
-    @exec_handler(MSG_UNREGISTER)
+    @exec_handler(MSG_UNREGISTER, replay=True)
     def exec_unregister(self, msg: ExecMessage) -> None:
         conn_id, inc, closed, comp_raw, proxy_raw = UNREGISTER.decode(msg.payload)
         c = self._comp_named(comp_raw)
+        if self._replayed(c, msg):
+            return
         if c is None:
             self.host.reply_error(msg.tag, NotExist("no such component"))
             return
@@ -1313,10 +1329,12 @@ class AmfService(Service):
                 conn.private.get("amf_comps", set()).discard(c.name)
         self._fail(c.unit)
 
-    @exec_handler(MSG_ERROR_REPORT)
+    @exec_handler(MSG_ERROR_REPORT, replay=True)
     def exec_error_report(self, msg: ExecMessage) -> None:
         rep = aw.decode_error_report_untrusted(msg.payload)
         c = self._comp_named(rep.erroneous)
+        if self._replayed(c, msg):
+            return
         if c is None:
             self.host.reply_error(msg.tag, NotExist("no such component"))
             return
@@ -1364,10 +1382,12 @@ class AmfService(Service):
                     self._set_error(o, cause)  # its callbacks go through the hung proxy
                     self._wide = True
 
-    @exec_handler(MSG_ERROR_CANCEL)
+    @exec_handler(MSG_ERROR_CANCEL, replay=True)
     def exec_error_cancel(self, msg: ExecMessage) -> None:
         (comp_raw,) = aw.decode_names_untrusted(msg.payload, 1, "ERROR_CANCEL")
         c = self._comp_named(comp_raw)
+        if self._replayed(c, msg):
+            return
         if c is None:
             self.host.reply_error(msg.tag, NotExist("no such component"))
             return
@@ -1382,11 +1402,12 @@ class AmfService(Service):
         self.host.reply(msg.tag)
         self._after([c.unit.group])
 
-    @exec_handler(MSG_CONFIRM)
+    @exec_handler(MSG_CONFIRM, replay=True)
     def exec_confirm(self, msg: ExecMessage) -> None:
         inc, kind, state, comp_raw, csi_raw = CONFIRM.decode(msg.payload)
         c = self._comp_named(comp_raw)
-        if c is None or not c.talkable or c.host != msg.sender or c.incarnation != inc:
+        if self._replayed(c, msg) or c is None or not c.talkable or c.host != msg.sender \
+                or c.incarnation != inc:
             return
         csi = _name(csi_raw)
         if kind == KIND_READINESS and c.want_readiness == state:
@@ -1397,11 +1418,12 @@ class AmfService(Service):
             return  # a superseded request
         self._after([c.unit.group])
 
-    @exec_handler(MSG_FAULT)
+    @exec_handler(MSG_FAULT, replay=True)
     def exec_fault(self, msg: ExecMessage) -> None:
         inc, cause, comp_raw = FAULT.decode(msg.payload)
         c = self._comp_named(comp_raw)
-        if c is None or not c.registered or c.host != msg.sender or c.incarnation != inc:
+        if self._replayed(c, msg) or c is None or not c.registered or c.host != msg.sender \
+                or c.incarnation != inc:
             return
         if c.error == cause:
             return
@@ -1409,9 +1431,16 @@ class AmfService(Service):
         self._set_error(c, cause)
         self._after([c.unit.group])
 
-    @exec_handler(MSG_ADMIN)
+    # Replays: a merge keeps the highest administrative state of a unit, so a lock
+    # or shutdown some member applied is there (TIMEOUT, "maybe done"); an unlock
+    # is there only if every side applied it: it runs, unless already unlocked.
+    @exec_handler(MSG_ADMIN, replay=True)
     def exec_admin(self, msg: ExecMessage) -> None:
         op = aw.decode_admin_untrusted(msg.payload)
+        if msg.replay and op.op in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN,
+                                    aw.AMF_ADMIN_LOCK_NODE):
+            self.host.reply_error(msg.tag, applied_elsewhere())
+            return
         if op.op in (aw.AMF_ADMIN_LOCK_NODE, aw.AMF_ADMIN_UNLOCK_NODE):
             self._admin_node(msg, op)
             return
@@ -1421,7 +1450,8 @@ class AmfService(Service):
             return
         if op.op == aw.AMF_ADMIN_UNLOCK:
             if unit.admin == Admin.UNLOCKED:
-                self.host.reply_error(msg.tag, BadOperation(f"{unit.name} is not locked"))
+                self.host.reply_error(msg.tag, applied_elsewhere() if msg.replay
+                                      else BadOperation(f"{unit.name} is not locked"))
                 return
             self._unlock(unit)
         elif op.op in (aw.AMF_ADMIN_LOCK, aw.AMF_ADMIN_SHUTDOWN):
@@ -1472,8 +1502,9 @@ class AmfService(Service):
             units = [u for u in self.units.values() if u.admin != Admin.UNLOCKED
                      and u.locked_by == node]
             if not units:
-                self.host.reply_error(msg.tag, BadOperation(
-                    f"no unit locked by a lock of {fmt_node(node)}"))
+                self.host.reply_error(msg.tag, applied_elsewhere() if msg.replay else
+                                      BadOperation(f"no unit locked by a lock of "
+                                                   f"{fmt_node(node)}"))
                 return
             for u in units:
                 self._unlock(u)

@@ -165,6 +165,9 @@ and starts another; ``sync_start`` is then called again without a
 ``sync_done`` in between, so services must treat it as a restart.  The
 ordinary messages the abandoned round held are re-sent by their senders
 (or, for a service with ``apply_held_on_abort``, applied then and there).
+A member of that ring may have completed the round and applied them where
+their sender could not; a re-send that meets such a member's state again is
+a *replay* (``ExecMessage.applied_by``), see ``exec_handler``.
 
 Services reach the world only through ``self.host`` (``HostAPI``, the kit
 above).  They import neither gevent, socket nor time, so the same code runs
@@ -180,7 +183,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from collections.abc import Callable
 
 from ais.totem.events import ConfChange, RingId
-from saf.errors import SA_OK, SaError
+from saf.errors import SA_OK, SaError, Timeout
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +243,22 @@ class ExecMessage:
     sync: bool = False  #: sent with ``mcast_sync`` during a sync round
     #: ``Deliver.seq`` of the frame that carried it (0: not known; see ``HostAPI.when_safe``)
     seq: int = 0
+    #: for a replay (see ``exec_handler``): the members of this round whose state
+    #: already held the message's change when they announced it
+    applied_by: frozenset[int] = frozenset()
+
+    @property
+    def replay(self) -> bool:
+        """A re-send of a message some member's state already holds: a member of the
+        ring that first delivered it completed that ring's sync round (applying it)
+        where its sender could not, and met the sender again later."""
+        return bool(self.applied_by)
+
+
+def applied_elsewhere() -> Timeout:
+    """The answer to a replay whose change the state holds: SA_ERR_TIMEOUT, "it may or
+    may not have been done" (the outcome reached only the members that applied it)."""
+    return Timeout("applied in another partition before this node could see the outcome")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -441,6 +460,7 @@ class LibHandlerSpec:
 @dataclass(frozen=True, slots=True)
 class ExecHandlerSpec:
     fn: Callable[..., None]
+    replay: bool = False
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -461,10 +481,26 @@ def lib_handler(msg_id: int, *, hold_during_sync: bool = False) -> Callable[[F],
     return mark
 
 
-def exec_handler(msg_id: int) -> Callable[[F], F]:
-    """Declare a method ``(self, msg: ExecMessage) -> None`` as ring message handler."""
+def exec_handler(msg_id: int, *, replay: bool = False) -> Callable[[F], F]:
+    """Declare a method ``(self, msg: ExecMessage) -> None`` as ring message handler.
+
+    Args:
+        replay: whether the handler also gets replays (``ExecMessage.replay``):
+            a message re-sent after an abandoned sync round that some members'
+            states already hold (``msg.applied_by``), because they completed
+            that round and applied it, then met the sender again in a later
+            configuration.  By default the host does not run the handler for
+            a replay and answers the sender's client, if it still waits, with
+            SA_ERR_TIMEOUT (the outcome is not known here; the SAF meaning of
+            TIMEOUT is "it may or may not have been done").  Declare True for
+            a handler that is right to run again (reads, per-node data every
+            sync round rebuilds) or that decides from ``msg.applied_by``
+            whether the state it changes came from a member that applied it
+            (a merge may have kept another member's version).
+    """
     def mark(fn: F) -> F:
         fn.__ais_exec_id__ = msg_id  # type: ignore[attr-defined]
+        fn.__ais_exec_replay__ = replay  # type: ignore[attr-defined]
         return fn
     return mark
 
@@ -619,7 +655,7 @@ class Service:
                 mid = attr.__ais_exec_id__
                 if mid in ex and ex[mid].fn.__name__ != attr.__name__:
                     raise TypeError(f"{cls.__name__}: two exec handlers for id {mid}")
-                ex[mid] = ExecHandlerSpec(attr)
+                ex[mid] = ExecHandlerSpec(attr, attr.__ais_exec_replay__)
         cls.lib_handlers = lib
         cls.exec_handlers = ex
 

@@ -130,7 +130,7 @@ from collections.abc import Callable, Iterator
 from ais.log import RateLimiter
 from ais.services.base import (
     DEFERRED, Deferred, ExecMessage, HostAPI, LibConn, LowestMemberTimers, Request, Service,
-    SyncInfo, exec_handler, forward, lib_handler, register_service,
+    SyncInfo, applied_elsewhere, exec_handler, forward, lib_handler, register_service,
 )
 from ais.totem.events import fmt_node
 from saf import _ckpt_wire as cw
@@ -398,6 +398,9 @@ class CkptService(Service):
         self._incoming_tombs: dict[int, set[CkptId]] = {}
         self._remaining: dict[tuple[int, CkptId, bytes], int] = {}
         self._announced: dict[int, dict[CkptId, int]] = {}
+        #: per checkpoint, the member whose replica the last sync round's merge
+        #: installed (empty after a round with nothing to merge; see ``_holds``)
+        self._source: dict[CkptId, int] = {}
 
     # --- hooks -------------------------------------------------------------------------
 
@@ -441,13 +444,37 @@ class CkptService(Service):
             raise BadHandle(f"no open checkpoint handle {handle}")
         return h
 
-    def _ckpt_of(self, msg: ExecMessage) -> tuple[Checkpoint | None, bytes]:
-        """The checkpoint a message is about (None: gone; the asker gets BAD_HANDLE)."""
+    def _ckpt_of(self, msg: ExecMessage,
+                 changes: bool = True) -> tuple[Checkpoint | None, bytes]:
+        """The checkpoint a message is about (None: gone; the asker gets BAD_HANDLE).
+
+        Args:
+            changes: the message changes the checkpoint: None too if it is a replay
+                this replica already holds (the asker gets TIMEOUT, ``_holds``).
+        """
         ckpt_id, rest = cw.split_ckpt_id_untrusted(msg.payload)
         ck = self.ckpts.get(ckpt_id)
         if ck is None:
             self.host.reply_error(msg.tag, BadHandle("checkpoint no longer exists"))
+        elif changes and self._holds(ck, msg):
+            return None, rest
         return ck, rest
+
+    def _holds(self, ck: Checkpoint, msg: ExecMessage) -> bool:
+        """Whether this replica of ``ck`` already holds the change of ``msg``, a replay
+        (``ExecMessage.applied_by``); if so the asker is told TIMEOUT ("maybe done").
+
+        The replica the last sync round installed came from the member named in
+        ``_source`` (its merge's choice, the same on every member), or, after a
+        round with one state group, from all of them alike.
+        """
+        if not msg.replay:
+            return False
+        source = self._source.get(ck.id)
+        if source is not None and source not in msg.applied_by:
+            return False  # the merge kept a replica that never had it: apply it now
+        self.host.reply_error(msg.tag, applied_elsewhere())
+        return True
 
     def _updated(self, ck: Checkpoint, msg: ExecMessage) -> None:
         ring = (msg.ring_id.seq, msg.ring_id.rep)
@@ -596,7 +623,7 @@ class CkptService(Service):
         return self.host.defer(req.tag, op.timeout / 1e9 if 0 < op.timeout < SA_TIME_END
                                else None)
 
-    @exec_handler(MSG_OPEN)
+    @exec_handler(MSG_OPEN, replay=True)
     def exec_open(self, msg: ExecMessage) -> None:
         number, body = OPEN_MSG.decode(msg.payload)
         op = cw.decode_open_untrusted(body)
@@ -674,7 +701,7 @@ class CkptService(Service):
         h.closing = True
         return DEFERRED
 
-    @exec_handler(MSG_CLOSE)
+    @exec_handler(MSG_CLOSE, replay=True)
     def exec_close(self, msg: ExecMessage) -> None:
         ckpt_id, handle = CLOSE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
@@ -689,7 +716,7 @@ class CkptService(Service):
                 self._conn_state(conn).handles.pop(handle, None)
             self.host.reply(msg.tag)
 
-    @exec_handler(MSG_CLOSE_MANY)
+    @exec_handler(MSG_CLOSE_MANY, replay=True)
     def exec_close_many(self, msg: ExecMessage) -> None:
         """The sender's node drops one reference to each listed checkpoint."""
         (ids,) = CLOSE_MANY_MSG.decode(msg.payload)
@@ -703,12 +730,15 @@ class CkptService(Service):
 
     lib_unlink = forward(cw.REQ_UNLINK, MSG_UNLINK, body=_unlink_body)
 
-    @exec_handler(MSG_UNLINK)
+    @exec_handler(MSG_UNLINK, replay=True)
     def exec_unlink(self, msg: ExecMessage) -> None:
         ckpt_id = self.names.pop(msg.payload, None)
         ck = self.ckpts.get(ckpt_id) if ckpt_id is not None else None
         if ck is None:
-            self.host.reply_error(msg.tag, NotExist("no checkpoint of that name"))
+            # A replay finds the name gone where the unlink was applied (a merge
+            # keeps a deletion); linked still where the kept replica never had it.
+            self.host.reply_error(msg.tag, applied_elsewhere()
+                                  if msg.replay else NotExist("no checkpoint of that name"))
             return
         ck.linked = False
         if not ck.total_refs:
@@ -721,7 +751,7 @@ class CkptService(Service):
         check=lambda rest: _require(cw.decode_retention_untrusted(rest) >= 0,
                                     "negative retention duration")))
 
-    @exec_handler(MSG_RETENTION_SET)
+    @exec_handler(MSG_RETENTION_SET, replay=True)
     def exec_retention_set(self, msg: ExecMessage) -> None:
         ck, rest = self._ckpt_of(msg)
         if ck is None:
@@ -738,7 +768,7 @@ class CkptService(Service):
 
     lib_active_set = forward(cw.REQ_ACTIVE_SET, MSG_ACTIVE_SET, body=_by_handle(_WRITE))
 
-    @exec_handler(MSG_ACTIVE_SET)
+    @exec_handler(MSG_ACTIVE_SET, replay=True)
     def exec_active_set(self, msg: ExecMessage) -> None:
         ck, _ = self._ckpt_of(msg)
         if ck is None:
@@ -752,11 +782,11 @@ class CkptService(Service):
 
     lib_status_get = forward(cw.REQ_STATUS_GET, MSG_STATUS, body=_by_handle())
 
-    @exec_handler(MSG_STATUS)
+    @exec_handler(MSG_STATUS, replay=True)
     def exec_status(self, msg: ExecMessage) -> None:
         if not self._origin(msg):
             return
-        ck, _ = self._ckpt_of(msg)
+        ck, _ = self._ckpt_of(msg, changes=False)
         if ck is not None:
             self.host.reply(msg.tag, cw.encode_status(
                 cw.CheckpointStatus(ck.attrs, len(ck.sections), ck.used)))
@@ -767,7 +797,7 @@ class CkptService(Service):
         _WRITE, lambda rest: _require(cw.decode_section_create_untrusted(rest).expiration >= 0,
                                       "negative expiration time")))
 
-    @exec_handler(MSG_SECTION_CREATE)
+    @exec_handler(MSG_SECTION_CREATE, replay=True)
     def exec_section_create(self, msg: ExecMessage) -> None:
         ck, rest = self._ckpt_of(msg)
         if ck is None:
@@ -803,7 +833,7 @@ class CkptService(Service):
     lib_section_delete = forward(cw.REQ_SECTION_DELETE, MSG_SECTION_DELETE,
                                  body=_by_handle(_WRITE))
 
-    @exec_handler(MSG_SECTION_DELETE)
+    @exec_handler(MSG_SECTION_DELETE, replay=True)
     def exec_section_delete(self, msg: ExecMessage) -> None:
         ck, sid = self._ckpt_of(msg)
         if ck is None:
@@ -850,7 +880,7 @@ class CkptService(Service):
             _WRITE, lambda rest: _require(cw.decode_section_expiration_untrusted(rest)[1] >= 0,
                                           "negative expiration time")))
 
-    @exec_handler(MSG_SECTION_EXPIRATION_SET)
+    @exec_handler(MSG_SECTION_EXPIRATION_SET, replay=True)
     def exec_section_expiration_set(self, msg: ExecMessage) -> None:
         ck, rest = self._ckpt_of(msg)
         if ck is None:
@@ -871,7 +901,7 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.host.reply(msg.tag, safe=self._safe(ck, msg))
 
-    @exec_handler(MSG_SECTION_EXPIRE)
+    @exec_handler(MSG_SECTION_EXPIRE, replay=True)
     def exec_section_expire(self, msg: ExecMessage) -> None:
         ckpt_id, exp, sid = SECTION_EXPIRE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
@@ -882,7 +912,7 @@ class CkptService(Service):
         self._updated(ck, msg)
         self.log.debug("section %r of %r expired", sid, ck.name)
 
-    @exec_handler(MSG_RETENTION_EXPIRE)
+    @exec_handler(MSG_RETENTION_EXPIRE, replay=True)
     def exec_retention_expire(self, msg: ExecMessage) -> None:
         ckpt_id, epoch = EXPIRE_MSG.decode(msg.payload)
         ck = self.ckpts.get(ckpt_id)
@@ -897,11 +927,11 @@ class CkptService(Service):
         check=lambda rest: _require(cw.decode_iter_init_untrusted(rest)[0] in cw.SECTION_FILTERS,
                                     "sections chosen")))
 
-    @exec_handler(MSG_ITER_INIT)
+    @exec_handler(MSG_ITER_INIT, replay=True)
     def exec_iter_init(self, msg: ExecMessage) -> None:
         if not self._origin(msg):
             return
-        ck, rest = self._ckpt_of(msg)
+        ck, rest = self._ckpt_of(msg, changes=False)
         conn = self.host.conn_of(msg.tag)
         if ck is None or conn is None:
             return
@@ -948,7 +978,7 @@ class CkptService(Service):
         _WRITE, lambda rest: _require(bool(cw.decode_write_untrusted(rest).vectors),
                                       "no IO vectors")))
 
-    @exec_handler(MSG_WRITE)
+    @exec_handler(MSG_WRITE, replay=True)
     def exec_write(self, msg: ExecMessage) -> None:
         ck, rest = self._ckpt_of(msg)
         if ck is None:
@@ -988,7 +1018,7 @@ class CkptService(Service):
 
     lib_overwrite = forward(cw.REQ_OVERWRITE, MSG_OVERWRITE, body=_by_handle(_WRITE))
 
-    @exec_handler(MSG_OVERWRITE)
+    @exec_handler(MSG_OVERWRITE, replay=True)
     def exec_overwrite(self, msg: ExecMessage) -> None:
         ck, rest = self._ckpt_of(msg)
         if ck is None:
@@ -1015,11 +1045,11 @@ class CkptService(Service):
     lib_read = forward(cw.REQ_READ, MSG_READ, body=_by_handle(
         _READ, lambda rest: _require(bool(cw.decode_read_untrusted(rest)), "no IO vectors")))
 
-    @exec_handler(MSG_READ)
+    @exec_handler(MSG_READ, replay=True)
     def exec_read(self, msg: ExecMessage) -> None:
         if not self._origin(msg):
             return
-        ck, rest = self._ckpt_of(msg)
+        ck, rest = self._ckpt_of(msg, changes=False)
         if ck is None:
             return
         out: list[bytes] = []
@@ -1051,7 +1081,7 @@ class CkptService(Service):
         self.host.mcast(self, MSG_SYNCHRONIZE, body, tag=req.tag)
         return b""  # the outcome comes in the synchronize callback
 
-    @exec_handler(MSG_SYNCHRONIZE)
+    @exec_handler(MSG_SYNCHRONIZE, replay=True)
     def exec_synchronize(self, msg: ExecMessage) -> None:
         # Every replica applied every earlier write when this barrier is delivered:
         # that is all synchronisation means when writes go through the ring.
@@ -1182,6 +1212,7 @@ class CkptService(Service):
         if info is None:
             return
         replaced: set[CkptId] = set()
+        self._source = {}
         if self._incoming:
             replaced = self._install(self._merge(self._incoming))
             tombs: set[CkptId] = set()  # from delivered messages only, like the rest
@@ -1215,7 +1246,8 @@ class CkptService(Service):
         # Deadlines already past are then sent by the (new) lowest member: the timers do it.
 
     def _merge(self, sides: dict[int, dict[CkptId, Checkpoint]]) -> dict[CkptId, Checkpoint]:
-        """The merge rule of the module docstring; a function of the staged sides only."""
+        """The merge rule of the module docstring; a function of the staged sides only
+        (it also records which side each checkpoint came from, ``_source``)."""
         by_id: dict[CkptId, Checkpoint] = {}
         sender_of: dict[CkptId, int] = {}
         unlinked: set[CkptId] = set()
@@ -1256,6 +1288,7 @@ class CkptService(Service):
             sender = sender_of[ckpt_id]
             for sid, sec in ck.sections.items():
                 sec.remaining = self._remaining.get((sender, ckpt_id, sid), SA_TIME_END)
+        self._source = sender_of
         return by_id
 
     def _log_loss(self, win: Checkpoint, win_sender: int, lost: Checkpoint,

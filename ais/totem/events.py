@@ -62,8 +62,8 @@ class Deliver:
     sender: int
     payload: bytes
     ring_id: RingId
-    #: seq of the frame that carried (the end of) the message in ``ring_id``; 0 when
-    #: not meaningful (old-ring frames delivered after the transitional configuration)
+    #: seq of the frame that carried (the end of) the message in ``ring_id``, also for
+    #: old-ring frames delivered after the transitional configuration; 0: not known
     seq: int = 0
 
 

@@ -991,7 +991,7 @@ class Srp:
             for s in sorted(s for s in old.frames if s > old.delivered):
                 f = old.frames[s]
                 for payload in reasm.unpack(f.sender, f.payload):
-                    out.append(Deliver(f.sender, payload, old.ring_id))
+                    out.append(Deliver(f.sender, payload, old.ring_id, s))
         self._reasm.reset()
         assert self._new_ring is not None
         members = self._new_members
