@@ -472,6 +472,27 @@ def test_a_node_with_another_groups_conf_is_reported(caplog):
     assert "runs another AMF model" not in caplog.text
 
 
+def sent_in_a_split_round(cl: AmfCluster, conn: FakeConn, msg_id: int, body: bytes) -> int:
+    """B sends a request as A and B (apart) merge; A completes that ring's sync round,
+    applying it, and B does not (``test_ckpt._only_first_completes``).  Its seq."""
+    from test_ckpt import _only_first_completes
+
+    from ais.totem.events import node_of
+
+    cl.bus.pause()
+    cl.bus.reconfigure([node_of(A), node_of(B)])
+    seq = cl.next_seq()
+    cl.hosts[B].lib_request(conn, msg_id, seq, body)
+    _only_first_completes(cl, A, B)
+    return seq
+
+
+def client_of(cl: AmfCluster, addr: str) -> FakeConn:
+    conn = FakeConn(cl.hosts[addr].new_conn_id(), aw.AMF_SERVICE_ID)
+    cl.hosts[addr].lib_connect(conn)
+    return conn
+
+
 @pytest.mark.parametrize("a_alone_completes", [False, True])
 def test_registration_applied_in_another_partition_is_answered_once(a_alone_completes):
     """A process on B registers during a sync round that A completes (registering it)
@@ -482,19 +503,15 @@ def test_registration_applied_in_another_partition_is_answered_once(a_alone_comp
     round alone meanwhile (B's components failed there: their node had left) or not:
     the process gets SA_OK once (not "already registered"), the replicas agree, and the
     component is unregistered everywhere when its process ends."""
-    from test_ckpt import _apart_then_merged, _only_first_completes
+    from test_ckpt import _apart_then_merged
 
     from ais.totem.events import node_of
 
     cl = AmfCluster([A, B])
     cl.form([A], [B])
     p = cl.proc(B, "comp_a_in_su_y", register=False)
-    cl.bus.pause()
-    cl.bus.reconfigure([node_of(A), node_of(B)])
-    seq = cl.next_seq()
-    cl.hosts[B].lib_request(p.conn, aw.AMF_REQ_REGISTER,
-                            seq, aw.encode_names(b"comp_a_in_su_y", b""))
-    _only_first_completes(cl, A, B)
+    seq = sent_in_a_split_round(cl, p.conn, aw.AMF_REQ_REGISTER,
+                                aw.encode_names(b"comp_a_in_su_y", b""))
     assert cl.amf(A).comps["comp_a_in_su_y"].registered
     assert not cl.amf(B).comps["comp_a_in_su_y"].registered
     _apart_then_merged(cl, A, B, first_completes=a_alone_completes)
@@ -514,24 +531,18 @@ def test_error_report_applied_in_another_partition_restarts_the_component_once()
     the report.  The merge takes the component's record from A's side, which holds the
     report: the replay is not applied again (a second restart, a restart counted
     twice), and B's client learns the outcome is unknown (SA_ERR_TIMEOUT)."""
-    from test_ckpt import _apart_then_merged, _only_first_completes
+    from test_ckpt import _apart_then_merged
 
-    from ais.totem.events import node_of
     from saf.errors import Timeout
 
     cl = AmfCluster([A, B])
     cl.form([A], [B])
     t = cl.proc(A, "comp_a_in_su_y")
-    conn = FakeConn(cl.hosts[B].new_conn_id(), aw.AMF_SERVICE_ID)
-    cl.hosts[B].lib_connect(conn)
-    cl.bus.pause()
-    cl.bus.reconfigure([node_of(A), node_of(B)])
-    seq = cl.next_seq()
-    cl.hosts[B].lib_request(conn, aw.AMF_REQ_ERROR_REPORT, seq, aw.encode_error_report(
+    conn = client_of(cl, B)
+    seq = sent_in_a_split_round(cl, conn, aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(
         aw.ErrorReport(b"", b"comp_a_in_su_y", 0, aw.ErrorDescriptor(
             probable_cause=aw.SA_AMF_SOFTWARE_ERROR,
             recommended_recovery=aw.SA_AMF_COMPONENT_RESTART))))
-    _only_first_completes(cl, A, B)
     assert cl.amf(A).comps["comp_a_in_su_y"].restarts == 1
     _apart_then_merged(cl, A, B, first_completes=False)
     for addr in (A, B):

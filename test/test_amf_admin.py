@@ -256,10 +256,9 @@ def test_admin_operation_applied_in_another_partition(op):
     applied again ("already locked") and the operator hears TIMEOUT ("maybe done");
     A's unlock is not (B's side is still locked), so the replay unlocks and answers
     SA_OK."""
-    from helpers_exec import FakeConn
-    from test_ckpt import _apart_then_merged, _only_first_completes
+    from test_amf import client_of, sent_in_a_split_round
+    from test_ckpt import _apart_then_merged
 
-    from ais.totem.events import node_of
     from saf.errors import Timeout
 
     cl = AmfCluster([A, B])
@@ -267,14 +266,9 @@ def test_admin_operation_applied_in_another_partition(op):
     if op == UNLOCK:
         assert cl.admin(A, LOCK, "raidB") == SA_OK
     cl.form([A], [B])
-    conn = FakeConn(cl.hosts[B].new_conn_id(), aw.AMF_SERVICE_ID)
-    cl.hosts[B].lib_connect(conn)
-    cl.bus.pause()
-    cl.bus.reconfigure([node_of(A), node_of(B)])
-    seq = cl.next_seq()
-    cl.hosts[B].lib_request(conn, aw.AMF_REQ_ADMIN, seq, aw.encode_admin(
+    conn = client_of(cl, B)
+    seq = sent_in_a_split_round(cl, conn, aw.AMF_REQ_ADMIN, aw.encode_admin(
         aw.AdminRequest(op, b"raidB")))
-    _only_first_completes(cl, A, B)
     applied = Admin.LOCKED if op == LOCK else Admin.UNLOCKED
     assert cl.amf(A).units["raidB"].admin == applied != cl.amf(B).units["raidB"].admin
     _apart_then_merged(cl, A, B, first_completes=False)
