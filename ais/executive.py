@@ -383,7 +383,9 @@ class ServiceHost:
         #: after the transitional configuration of a ring whose round this node
         #: completed: that ring, its last frame delivered before, the deliveries since
         self._tail: tuple[RingId, int, set[tuple[int, int]]] | None = None
-        #: replays not run (``ExecHandlerSpec.replay`` False), per service name
+        #: replays (``ExecMessage.applied_by``), and those not run because the handler
+        #: does not take them (``ExecHandlerSpec.replay`` False), per service name
+        self.replays: collections.Counter[str] = collections.Counter()
         self.replays_dropped: collections.Counter[str] = collections.Counter()
         # messages sent without a client waiting, per service id, retried in order
         self._outbox: dict[int, collections.deque[RingMessage]] = {}
@@ -793,7 +795,9 @@ class ServiceHost:
             self._applied = merge_applied([self._applied,
                                            {ring: Applied(0, frozenset({(seq, index)}))}])
             self._apply(svc, msg, applied_at)
-        elif svc.exec_handlers[msg.msg_id].replay:
+            return
+        self.replays[svc.name] += 1
+        if svc.exec_handlers[msg.msg_id].replay:
             self._apply(svc, replace(msg, applied_by=applied_by), applied_at)
         else:
             self.replays_dropped[svc.name] += 1

@@ -510,6 +510,7 @@ def test_handler_that_takes_replays_runs_with_the_mark(monkeypatch):
     assert seen == [(3, b"m", False, frozenset()), (3, b"m", True, frozenset({3})),
                     (4, b"m", True, frozenset({3}))]
     assert not hosts[3].replays_dropped and not hosts[4].replays_dropped
+    assert hosts[3].replays["toy-replicated"] == hosts[4].replays["toy-replicated"] == 1
 
 
 @pytest.mark.timeout(20)
