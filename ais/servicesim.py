@@ -120,6 +120,9 @@ right after a WR_ALL_REPLICAS write was acknowledged, the write's frame lost
 on the way to the others.  Scenario 4 (merge rule 3, no finding): each side of
 a partition creates a checkpoint of one name and keeps it open; after the
 heal both openers write to and read back their own, the loser unlinked.
+Scenario 8 (four nodes): a section creation held by a sync round that two
+members complete and its sender's node cannot, sent again when they meet
+next: a replay (``_replay_scenario``).
 
 Output and replay as in ``ais.totem.sim``: ``python -m ais.servicesim``
 prints one line per run and ``N runs, M violations``; ``--seed N`` replays
@@ -144,10 +147,11 @@ from typing import Any
 from collections.abc import Callable, Generator, Iterable
 
 from ais.executive import (
-    FLAG_RESENT, FLAG_SYNC, ORIGIN, RING_HEADER, RingMessage, ServiceHost, encode_ring_message,
+    FLAG_RESENT, FLAG_SYNC, HOST_MSG_SYNC_BARRIER, HOST_SERVICE_ID, ORIGIN, RING_HEADER,
+    RingMessage, ServiceHost, encode_ring_message,
 )
 from ais.services import ckpt as ckpt_mod
-from ais.services.base import ExecMessage
+from ais.services.base import ExecMessage, ReplyTag
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
 from ais.services.amf import AmfService
@@ -164,7 +168,7 @@ from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record a
 from saf import _ckpt_wire as cw
 from saf import _clm_wire as w
 from saf import _evs_wire as ew
-from saf.errors import SA_OK, BadHandle, NotExist, TryAgain
+from saf.errors import SA_OK, BadHandle, NotExist, Timeout, TryAgain
 from saf.types import (
     SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,
 )
@@ -298,6 +302,9 @@ class SvcResult(RunResult):
     answered: int = 0
     acked_writes: int = 0
     sync_rounds: int = 0
+    #: re-sent messages some member's state already held (``ServiceHost.replays``), on
+    #: the hosts alive at the end
+    replays: int = 0
 
     def line(self) -> str:
         res = "ok" if self.ok else "VIOLATION " + ",".join(
@@ -2278,6 +2285,7 @@ class ServiceSim(Simulation):
         r.deliveries = self.deliveries
         r.configurations = len(self.rings)
         r.requests, r.answered, r.sync_rounds = self.requests, self.answered, self.sync_rounds
+        r.replays = sum(sum(h.replays.values()) for h in self.hosts.values() if h is not None)
         vs = list(self.violations)
         if not any(v.invariant == "exception" for v in vs):
             live = [c for n in self.up() for c in self.clients[n.id]]
@@ -2397,14 +2405,14 @@ SCENARIO_OPTIONS = SvcOptions(nodes=3, messages=0, clients=1, duration=12.0, set
 
 
 def scenario(n: int, full_trace: bool = False) -> SvcResult:
-    """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7, or scenario 4
-    (module docstring), and check it."""
+    """Run the fixed schedule reproducing finding ``n`` (1-3) of issue 7, or scenario
+    4-8 (module docstring), and check it."""
     o = replace(SCENARIO_OPTIONS, full_trace=full_trace, start_spread=0.0,
-                clients=2 if n == 6 else SCENARIO_OPTIONS.clients)
+                clients=2 if n == 6 else SCENARIO_OPTIONS.clients, nodes=4 if n == 8 else 3)
     sim = ServiceSim(n, o)
     sim.sres.scenario = n
     d = _Driver(sim)
-    n1, n2, n3 = sim.ids
+    n1, n2, n3 = sim.ids[:3]
     if n == 1:
         # State on every node; node 1 (the lowest) killed and back before the others
         # noticed; then node 3 leaves and rejoins: a sync round with a joiner in which
@@ -2545,9 +2553,80 @@ def scenario(n: int, full_trace: bool = False) -> SvcResult:
         for i in (1, 3):
             d.do(8.0, i, _write_once(0, 100))
             d.do(8.5, i, _read_back(0))
+    elif n == 8:
+        _replay_scenario(sim, d)
     else:
         raise ValueError(f"no scenario {n}")
     return sim.run()
+
+
+def _replay_scenario(sim: ServiceSim, d: _Driver) -> None:
+    """Scenario 8, a replay (``ais.executive``: re-sent messages are named).
+
+    n2 creates a section as [n1,n3] and [n2,n4] merge, so the creation is delivered
+    during the merged ring R's sync round and held.  n1's and n3's frames with
+    barriers are kept from n2 and n4: n1 and n3 complete the round (creating the
+    section), n2 and n4 cannot.  The ring splits the same way again; as soon as n2
+    and n4 form their ring, n4 is paused (their round cannot complete) and the split
+    heals, so n2 leaves that ring alone and meets n1 and n3 directly, sending the
+    creation again.  n1 and n3 announce that their state holds it: applied again,
+    it answered "exists"; as a replay it is not applied, and answered TIMEOUT.
+    """
+    n1, n2, n3, n4 = sim.ids
+    apart = {n1: 0, n2: 1, n3: 0, n4: 1}
+
+    def group(text: str) -> None:
+        sim.group = dict(apart)
+        sim.tr(None, f"PARTITION {text}")
+    d.do(1.0, 2, _open_and_fill(0, 1, 100, 1))
+    sim.at(2.0, lambda: group("[n1,n3] | [n2,n4]"))
+    barrier = encode_ring_message(RingMessage(HOST_SERVICE_ID, HOST_MSG_SYNC_BARRIER, 0,
+                                              ReplyTag(0, 0, 0), 0, b""))[:20]
+
+    def no_barrier(src: int, dst: int, data: bytes) -> bool:
+        return src in (n1, n3) and dst in (n2, n4) and barrier in data
+    step: dict[str, Any] = {"phase": 0}
+
+    def watch() -> None:
+        h1, h2, node2, node4 = sim.hosts[n1], sim.hosts[n2], sim.nodes[n2], sim.nodes[n4]
+        assert h1 is not None and h2 is not None and node2.srp is not None
+        phase = step["phase"]
+        if phase == 0 and getattr(node2.srp.state, "name", "") != "OPERATIONAL":
+            sim.tr(None, "n2 merging: it creates a section; n1's and n3's barriers kept "
+                         "from n2 and n4")
+            sim.drop_rules.append(no_barrier)
+            d.do(sim.now, 2, _create_section(1))
+            step["phase"], step["before"] = 1, h1.ring_id
+        elif phase == 1 and h1.ring_id != step["before"] and n2 in h1.ring_members \
+                and not h1.syncing:
+            step["phase"], step["R"] = 2, h1.ring_id
+            group(f"[n1,n3] | [n2,n4] (n1 completed the round of {h1.ring_id})")
+        elif phase == 2 and h2.ring_id != step["R"] and n1 not in h2.ring_members:
+            step["phase"] = 3
+            node4.paused = True
+            sim.paused_ever.add(n4)
+            sim.push(sim.now + 5.0, _FAULT, "resume", (n4, node4.inc))
+            sim.tr(node4, f"PAUSE for 5.00s (n2 and n4 formed {h2.ring_id})")
+            sim.f_heal(0)
+        elif phase == 3 and n1 in h2.ring_members:
+            sim.tr(None, f"n2 meets n1 and n3 in {h2.ring_id}")
+            sim.drop_rules.clear()
+            return
+        sim.at(sim.now + 0.0005, watch)
+    def heal() -> None:
+        sim.f_heal(0)
+        watch()
+    sim.at(5.0, heal)
+
+
+def _create_section(sid_j: int) -> Callable[[_Client], Generator[Any, Any, Any]]:
+    """Create the client's section ``sid_j``: answered OK, or TIMEOUT for a replay."""
+    def make(c: _Client) -> Generator[Any, Any, Any]:
+        err, _ = yield from op_section_create(c, c.handle, b"%d.%d" % (c.uid, sid_j), 32)
+        if err not in (SA_OK, Timeout.code):
+            c.sim.violations.append(Violation(
+                "scenario", f"{c.name}: section creation answered {err}"))
+    return make
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -2559,7 +2638,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Simulate CLM and CKPT on Totem rings under "
                                             "faults and check the replicated state.")
     p.add_argument("--seed", type=int, help="one run, printing its full trace")
-    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5, 6, 7),
+    p.add_argument("--scenario", type=int, choices=(1, 2, 3, 4, 5, 6, 7, 8),
                    help="run the fixed schedule of issue 7 finding N (with --trace: the trace)")
     p.add_argument("--trace", action="store_true", help="with --scenario: print the trace")
     p.add_argument("--seeds", type=int, default=10, help="number of runs (default 10)")

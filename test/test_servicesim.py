@@ -454,6 +454,29 @@ def test_checkpoints_created_on_the_two_sides_of_a_split_keep_apart() -> None:
     assert r.acked_writes == 4
 
 
+def test_resent_creation_applied_in_another_partition_is_a_replay() -> None:
+    """Scenario 8, on the real Totem core: n2's section creation is held by a sync round
+    that n1 and n3 complete (creating the section) and n2 cannot (their barriers are
+    kept from it); n2 then meets them again without completing a round of its own and
+    sends the creation again.  n1 and n3 announce that their state holds it, so every
+    member takes it for a replay (three replays, one per member of the merged ring): not
+    applied again, and n2's client is answered TIMEOUT ("maybe done")."""
+    r = scenario(8, full_trace=True)
+    assert r.ok, r.report()
+    assert r.replays == 3
+    assert any("n2 n2.0/c0 <- section_create #4: 5" in ln for ln in r.trace)
+
+
+def test_resent_creation_applied_twice_without_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario 8 with no re-send ever recognised: the creation is applied a second
+    time and answered "exists" (14), though n2's client's creation is what made it."""
+    from ais.executive import Applied
+    monkeypatch.setattr(Applied, "covers", lambda self, seq, index: False)
+    r = scenario(8)
+    assert r.replays == 0
+    assert [v.detail for v in r.violations] == ["n2.0/c0: section creation answered 14"]
+
+
 def test_checker_catches_a_creating_open_answered_before_it_is_safe(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario 6 with the executive answering every open at agreed delivery: the
