@@ -467,6 +467,16 @@ def test_resent_creation_applied_in_another_partition_is_a_replay() -> None:
     assert any("n2 n2.0/c0 <- section_create #4: 5" in ln for ln in r.trace)
 
 
+def test_replays_in_a_seeded_run() -> None:
+    """Seed 2320121 of the pauses line, the first run of the sweeps to meet replays on
+    its own: an AMF confirmation n1 re-sent, which n3's state held, is a replay at n3
+    twice (rounds only n3 completed), handed to the handler, which applies it by the
+    component's side (n1's); everything checks out."""
+    r = run(2320121, MIXES["pauses"])
+    assert r.ok, r.report()
+    assert r.replays == 2
+
+
 def test_resent_creation_applied_twice_without_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario 8 with no re-send ever recognised: the creation is applied a second
     time and answered "exists" (14), though n2's client's creation is what made it."""
