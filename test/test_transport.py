@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -383,11 +382,9 @@ def test_a_timer_moved_later_on_every_visit_fires_once_at_its_last_time(
     assert len(moves) == 12 and len(loss) == 1 and loss[0] >= moves[-1]
     assert len(wake) == 1 and 0.05 <= wake[0] - t0 < 0.3
     # 12 moves of TOKEN_LOSS, 12 JOINs, 2 WAKEs: replacing TOKEN_LOSS's loop
-    # timer at each move would take 26; kept, it is re-armed when it falls due,
-    # once per 0.1 s the moves went on for (longer on a busy machine: the JOINs
-    # that move it come late), plus its first arming and the last stretch
-    rearms = math.ceil((moves[-1] - moves[0]) / 0.1) + 2
-    assert rearms < 12 and hub.loop.timers <= 12 + 2 + rearms, (hub.loop.timers, rearms)
+    # timer at each move would take 26; kept, it is re-armed when it falls due
+    # (18-22 timers in all here, more when a busy machine runs the loop late)
+    assert hub.loop.timers <= 12 + 2 + 9, hub.loop.timers
     assert h.fatal == [] and h.t._timers == {}
 
 
