@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ais.totem.queues import Reassembler, SendQueue
-from ais.totem.wire import FRAGMENT_ITEM, ITEM_FRAGMENT, WHOLE_ITEM
+from ais.totem.wire import FRAGMENT_ITEM, ITEM_FRAGMENT, ITEM_WHOLE, WHOLE_ITEM
 
 MAX_MESSAGE = 200
 
@@ -113,3 +113,28 @@ def test_small_messages_share_a_frame() -> None:
     payload = q.take_frame()
     assert payload is not None and len(payload) == 4 * (WHOLE_ITEM.size + 10)
     assert Reassembler(1000).unpack(1, payload) == [bytes([i]) * 10 for i in range(4)]
+
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 700), min_size=1, max_size=12), st.integers(40, 300))
+def test_a_frame_holds_one_fragment_or_whole_messages(sizes: list[int], capacity: int) -> None:
+    """A message that spans frames travels one fragment a frame, so a frame holding
+    several messages holds whole ones only.  The host names a delivery by its frame's
+    seq and its place among the messages that frame ended (ais.executive, re-sent
+    messages): with whole messages only, every member that delivers a frame delivers
+    all of it, in the same order, even past a gap."""
+    q = SendQueue(capacity)
+    for i, n in enumerate(sizes):
+        q.push(bytes([i]) * n)
+    while (payload := q.take_frame()) is not None:
+        if payload[0] == ITEM_FRAGMENT:
+            _, n, _, _, _ = FRAGMENT_ITEM.unpack_from(payload)
+            assert FRAGMENT_ITEM.size + n == len(payload)
+        else:
+            off = 0
+            while off < len(payload):
+                kind, n = WHOLE_ITEM.unpack_from(payload, off)
+                assert kind == ITEM_WHOLE
+                off += WHOLE_ITEM.size + n
+            assert off == len(payload)
