@@ -763,7 +763,7 @@ class ServiceHost:
         """A message re-sent after an abandoned round: its name precedes the payload."""
         if len(m.payload) < ORIGIN.size or m.flags & FLAG_SYNC:
             self._bad_log.log(self.log, logging.ERROR, "dropping re-sent message from %s: "
-                              "no origin", fmt_node(d.sender))
+                              "no origin, or flagged sync too", fmt_node(d.sender))
             return
         r_seq, r_rep, o_seq, o_index = ORIGIN.unpack_from(m.payload)
         key = (RingId(r_seq, r_rep), o_seq, o_index)

@@ -151,7 +151,7 @@ from ais.executive import (
     RingMessage, ServiceHost, encode_ring_message,
 )
 from ais.services import ckpt as ckpt_mod
-from ais.services.base import ExecMessage, ReplyTag
+from ais.services.base import NO_TAG, ExecMessage
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
 from ais.services.amf import AmfService
@@ -2581,7 +2581,7 @@ def _replay_scenario(sim: ServiceSim, d: _Driver) -> None:
     d.do(1.0, 2, _open_and_fill(0, 1, 100, 1))
     sim.at(2.0, lambda: group("[n1,n3] | [n2,n4]"))
     barrier = encode_ring_message(RingMessage(HOST_SERVICE_ID, HOST_MSG_SYNC_BARRIER, 0,
-                                              ReplyTag(0, 0, 0), 0, b""))[:20]
+                                              NO_TAG, 0, b""))[:20]
 
     def no_barrier(src: int, dst: int, data: bytes) -> bool:
         return src in (n1, n3) and dst in (n2, n4) and barrier in data
@@ -2603,10 +2603,8 @@ def _replay_scenario(sim: ServiceSim, d: _Driver) -> None:
             group(f"[n1,n3] | [n2,n4] (n1 completed the round of {h1.ring_id})")
         elif phase == 2 and h2.ring_id != step["R"] and n1 not in h2.ring_members:
             step["phase"] = 3
-            node4.paused = True
-            sim.paused_ever.add(n4)
-            sim.push(sim.now + 5.0, _FAULT, "resume", (n4, node4.inc))
-            sim.tr(node4, f"PAUSE for 5.00s (n2 and n4 formed {h2.ring_id})")
+            sim.tr(None, f"n2 and n4 formed {h2.ring_id}: n4 paused, the split healed")
+            sim.pause(node4, 5.0)
             sim.f_heal(0)
         elif phase == 3 and n1 in h2.ring_members:
             sim.tr(None, f"n2 meets n1 and n3 in {h2.ring_id}")

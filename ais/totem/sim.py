@@ -814,7 +814,10 @@ class Simulation:
         cands = [n for n in self.up() if not n.paused]
         if not cands:
             return
-        node = self.rng.choice(cands)
+        self.pause(self.rng.choice(cands), length)
+
+    def pause(self, node: _Node, length: float) -> None:
+        """Stop ``node`` for ``length`` seconds: what reaches it waits (``f_resume``)."""
         node.paused = True
         self.paused_ever.add(node.id)
         self.pause_log.append((self.now, "pause"))
