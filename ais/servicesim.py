@@ -107,6 +107,16 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
       (``loser_keeps``).  A loser nobody holds open may be gone.
 (c) every request of a client whose node is alive was answered (an error
     counts) within ``settle`` seconds after the faults stopped.
+(d) AMF, once it is quiet as well (no callback unanswered, every unit in
+    or out of service, no component process waiting to register or to
+    restart; part of settling): every live node holds the same AMF state;
+    each component process acts in the HA state that state gives its
+    component for each CSI (it takes a state on when the callback arrives)
+    and is the registration the state names; no CSI has more processes
+    acting active than its group allows; every unit that could serve
+    (unlocked, its components registered without errors) is in service, and
+    every group (each CSI of an N-way group) has as many active as its units
+    allow (``check_amf_service``).
 
 A section's bytes must also decode as a value some client wrote (no torn
 or mixed data), on every replica and in every read reply.
@@ -154,6 +164,7 @@ from ais.services import ckpt as ckpt_mod
 from ais.services.base import NO_TAG, ExecMessage
 from ais.services.ckpt import CkptService
 from ais.services.clm import ClmService
+from ais.services import amf as amf_mod
 from ais.services.amf import AmfService
 from ais.services.evs import EvsService
 from ais.config import parse_groups_conf
@@ -773,9 +784,98 @@ def check_amf(digests: dict[str, Any]) -> list[Violation]:
                     for n in names[1:] if digests[n] != digests[names[0]]])
 
 
+def amf_unquiet(svc: AmfService) -> str:
+    """What is under way in ``svc`` ("": nothing): a callback awaiting its answer, a unit
+    neither in service nor out of it, a component not yet in the states it is wanted in."""
+    busy = (amf_mod.KIND_READINESS, amf_mod.KIND_HA, amf_mod.KIND_TERMINATE,
+            amf_mod.KIND_EXTERNAL)
+    for i in svc.invocations.values():
+        if i.kind in busy and not i.superseded:
+            return f"a callback to {i.comp} is unanswered"
+    for unit in svc.units.values():
+        if unit.phase not in (amf_mod.Phase.IDLE, amf_mod.Phase.ASSIGNED):
+            return f"unit {unit.name} is {unit.phase.name.lower()}"
+        for c in unit.comps:
+            if c.talkable and (c.has != c.want_has or c.readiness != c.want_readiness):
+                return (f"{c.name} has {c.readiness}/{c.has}, is wanted "
+                        f"{c.want_readiness}/{c.want_has}")
+    return ""
+
+
+def check_amf_service(svc: AmfService, procs: list[_AmfComp]) -> list[Violation]:
+    """(d) for AMF, once it is quiet after the faults (``svc``: a live node's service, all
+    alike by ``check_amf``; ``procs``: the live component processes):
+
+    - a process whose registration was answered OK is the one the state registers, and it
+      acts in exactly the HA state the state says its component has for each CSI;
+    - no CSI has more processes acting active for it than its group allows;
+    - the service is available: every unit that could be in service (unlocked, its
+      components registered without errors) is, and every group (every CSI of an N-way
+      group) has as many active as its units allow.
+    """
+    vs: list[Violation] = []
+    comps = svc.comps
+    for p in procs:
+        for name in {p.name} | ({p.proxied} if p.proxied else set()):
+            c = comps.get(name)
+            if c is None or name in p.unregistered:
+                continue
+            if not c.registered or (c.host, c.conn_id) != (p.host.node_id, p.conn_id):
+                vs.append(Violation("amf-registration",
+                                    f"{name}: its process at node {p.nid} (connection "
+                                    f"{p.conn_id}) was told it is registered; the state says "
+                                    f"registered={c.registered} at node {c.host} connection "
+                                    f"{c.conn_id}"))
+                continue
+            for csi in c.csis:
+                acts = p.belief.get((name, csi), amf_mod.QUIESCED)
+                if acts != c.has[csi]:
+                    vs.append(Violation("amf-belief",
+                                        f"{name}/{csi}: its process acts in HA state {acts}, "
+                                        f"the state says {c.has[csi]}"))
+    for g in svc.groups:
+        limit = 1 if g.per_csi else g.spec.active_units
+        for prot in g.spec.protections:
+            acting = sorted(f"{p.name}@{p.nid}" for p in procs for m in prot.members
+                            if p.belief.get((m, prot.name)) == amf_mod.ACTIVE)
+            if len(acting) > limit:
+                vs.append(Violation("amf-split-brain",
+                                    f"{prot.name}: {len(acting)} processes act active "
+                                    f"({', '.join(acting)}), the group allows {limit}"))
+        if not svc._may_activate(g):
+            continue
+        eligible = [u for u in g.units if u.admin == amf_mod.Admin.UNLOCKED
+                    and all(c.registered and c.error == 0 for c in u.comps)]
+        for u in eligible:
+            if u.phase != amf_mod.Phase.ASSIGNED:
+                vs.append(Violation("amf-availability",
+                                    f"unit {u.name} could be in service but is "
+                                    f"{u.phase.name.lower()}"))
+        if g.per_csi:
+            for prot in g.spec.protections:
+                members = [comps[m] for m in prot.members]
+                if any(c.unit in eligible for c in members) and not any(
+                        c.has[prot.name] == amf_mod.ACTIVE for c in members):
+                    vs.append(Violation("amf-availability",
+                                        f"{prot.name}: no active component, though "
+                                        f"{[c.name for c in members if c.unit in eligible]} "
+                                        f"could take it"))
+        else:
+            active = sum(1 for u in g.units if u.role == amf_mod.Role.ACTIVE)
+            want = min(g.spec.active_units, len(eligible))
+            if active < want:
+                vs.append(Violation("amf-availability",
+                                    f"group {g.spec.name}: {active} active unit(s), "
+                                    f"{len(eligible)} could serve, {g.spec.active_units} "
+                                    f"wanted"))
+    return _capped(vs)
+
+
 class _AmfComp:
     """An AMF component process on one node incarnation: registers (retrying EXIST and
-    TRY_AGAIN every 0.5 s) and answers every callback 1 ms later, as testamf1..6 do."""
+    TRY_AGAIN every 0.5 s) and answers every callback 1 ms later, as testamf1..6 do.
+    It takes on each HA state a CSI-set callback gives it when the callback arrives
+    (``belief``), for ``check_amf_service``."""
 
     def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
                  name: str) -> None:
@@ -790,6 +890,11 @@ class _AmfComp:
         #: component each registration request in flight is about
         self.proxied = SIM_AMF_PROXIED.get(name, "")
         self._reg_seq: dict[int, str] = {}
+        #: (component, CSI) -> the HA state this process acts in (none: not assigned)
+        self.belief: dict[tuple[str, str], int] = {}
+        #: components it serves that are not registered (yet, or again)
+        self.unregistered = {name}
+        sim.amf_procs.append(self)
         host.lib_connect(self)
         self._register()
 
@@ -800,6 +905,7 @@ class _AmfComp:
         if self._alive():
             self.seq += 1
             self._reg_seq[self.seq] = self.proxied if proxied else self.name
+            self.unregistered.add(self._reg_seq[self.seq])
             names = (self.proxied.encode(), self.name.encode()) if proxied \
                 else (self.name.encode(), b"")
             self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq, aw.encode_names(*names))
@@ -814,26 +920,40 @@ class _AmfComp:
             if cb.readiness_state == aw.SA_AMF_STOPPING:
                 answer = aw.AMF_REQ_STOPPING_COMPLETE
         elif msg_id == aw.AMF_CB_CSI_SET:
-            inv = aw.decode_csi_set_cb_untrusted(body).invocation
+            cs = aw.decode_csi_set_cb_untrusted(body)
+            inv = cs.invocation
+            self.belief[(cs.comp_name.decode(), cs.csi_name.decode())] = cs.ha_state
         elif msg_id == aw.AMF_CB_CSI_REMOVE:
-            inv = aw.decode_csi_remove_cb_untrusted(body).invocation
+            cr = aw.decode_csi_remove_cb_untrusted(body)
+            inv = cr.invocation
+            self._forget(cr.comp_name.decode(), cr.csi_name.decode())
         elif msg_id == aw.AMF_CB_PENDING_CONFIRM:
             inv = aw.decode_invocation_cb_untrusted(body).invocation
         elif msg_id == aw.AMF_CB_TERMINATE:
             # Answer, exit, and come back 0.3 s later (a supervisor restarts it).
             cb = aw.decode_invocation_cb_untrusted(body)
             inv = cb.invocation
+            self._forget(cb.comp_name.decode())
             self.host.call_later(0.001, lambda: self._answer(inv, answer))
-            if self.proxied and cb.comp_name == self.proxied.encode():
-                # The proxy "restarts" the proxied one: unregister, register again.
+            self.host.call_later(0.002, self._exit)
+            return
+        elif msg_id in (aw.AMF_CB_EXT_RESTART, aw.AMF_CB_EXT_CONTROL):
+            # The proxy restarts the proxied one (unregister, register again 0.3 s
+            # later) or powers it off (it keeps its registration, serving nothing).
+            cb = aw.decode_invocation_cb_untrusted(body)
+            inv = cb.invocation
+            self._forget(cb.comp_name.decode())
+            if msg_id == aw.AMF_CB_EXT_RESTART:
                 self.host.call_later(0.002, self._unregister_proxied)
                 self.host.call_later(0.3, lambda: self._register(proxied=True))
-            else:
-                self.host.call_later(0.002, self._exit)
-            return
         else:
             return
         self.host.call_later(0.001, lambda: self._answer(inv, answer))
+
+    def _forget(self, comp: str, csi: str = "") -> None:
+        """No longer acting for ``csi`` of ``comp`` (every CSI of it: "")."""
+        for key in [k for k in self.belief if k[0] == comp and csi in ("", k[1])]:
+            del self.belief[key]
 
     def _answer(self, inv: int, msg_id: int = aw.AMF_REQ_RESPONSE) -> None:
         if self._alive():
@@ -847,24 +967,32 @@ class _AmfComp:
         self.closed = True
         self.host.lib_exit(self)
 
+        token = object()
+
         def restart() -> None:
+            del self.sim.amf_restarts[token]
             if self.sim.hosts.get(self.nid) is self.host:
                 _AmfComp(self.sim, self.nid, self.inc, self.host, self.name)
+        self.sim.amf_restarts[token] = self.host
         self.host.call_later(0.3, restart)
 
     def _unregister_proxied(self) -> None:
         if self._alive():
             self.seq += 1
+            self.unregistered.add(self.proxied)
             self.host.lib_request(self, aw.AMF_REQ_UNREGISTER, self.seq, aw.encode_names(
                 self.proxied.encode(), self.name.encode()))
 
     def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
         if msg_id != aw.AMF_REQ_REGISTER:
             return
-        proxied = self._reg_seq.pop(seq, self.name) != self.name
+        name = self._reg_seq.pop(seq, self.name)
+        proxied = name != self.name
         if error != SA_OK:
             self.host.call_later(0.5, lambda: self._register(proxied))
-        elif self.proxied and not proxied:
+            return
+        self.unregistered.discard(name)
+        if self.proxied and not proxied:
             self._register(proxied=True)
 
     def close(self, reason: str = "") -> None:
@@ -1531,6 +1659,9 @@ class ServiceSim(Simulation):
         self.amf_model = SIM_AMF_WIDE if options.amf_admin else SIM_AMF_MODEL
         #: AMF operator requests (admin, error report, cancel) answered SA_OK
         self.amf_admin_ok = 0
+        #: every AMF component process started; the hosts of those waiting to start again
+        self.amf_procs: list[_AmfComp] = []
+        self.amf_restarts: dict[object, ServiceHost] = {}
         self.result = self.sres
         self.hosts: dict[int, ServiceHost | None] = {n: None for n in self.ids}
         self.fifo: dict[int, deque[Any]] = {n: deque() for n in self.ids}
@@ -2182,9 +2313,9 @@ class ServiceSim(Simulation):
             return
         self.push(self.now + 0.25, _CHECK)
 
-    def quiescent(self) -> bool:
+    def quiescent(self, amf: bool = True) -> bool:
         """One configuration of exactly the live nodes, synced, every request answered,
-        and every message sent delivered everywhere."""
+        every message sent delivered everywhere, and (``amf``) AMF quiet."""
         up = self.up()
         if not up:
             return False
@@ -2206,7 +2337,27 @@ class ServiceSim(Simulation):
                    for m in self.evs_members.get(n.id, ())):
                 return False
         counts = {self.in_ring[n.id] for n in up}
-        return len(counts) == 1
+        return len(counts) == 1 and not (amf and self.o.amf and self._amf_unquiet(up))
+
+    def _amf_digests(self) -> dict[str, Any]:
+        return {n.name: h.services[aw.AMF_SERVICE_ID].digest()  # type: ignore[attr-defined]
+                for n in self.up() if (h := self.hosts[n.id]) is not None
+                and aw.AMF_SERVICE_ID in h.services}
+
+    def _amf_unquiet(self, up: list[_Node]) -> str:
+        """What AMF has not finished of what the faults started ("": nothing left), at
+        every live node and process."""
+        hosts = [(n, h) for n in up if (h := self.hosts[n.id]) is not None]
+        if any(h in [h for _, h in hosts] for h in self.amf_restarts.values()):
+            return "a component process is about to start again"
+        for p in self.amf_procs:
+            if p._alive() and p.unregistered:
+                return f"{', '.join(sorted(p.unregistered))} not registered (yet)"
+        for n, h in hosts:
+            why = amf_unquiet(h.services[aw.AMF_SERVICE_ID])  # type: ignore[arg-type]
+            if why:
+                return f"AMF at {n.name}: {why}"
+        return ""
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -2233,9 +2384,12 @@ class ServiceSim(Simulation):
         """Checks (a) and (b) on the live nodes' current state (module docstring)."""
         digests, views, replicas = self.observe()
         vs = check_convergence(digests, views)
-        vs += check_amf({n.name: h.services[aw.AMF_SERVICE_ID].digest()  # type: ignore[attr-defined]
-                         for n in self.up() if (h := self.hosts[n.id]) is not None
-                         and aw.AMF_SERVICE_ID in h.services})
+        vs += check_amf(self._amf_digests())
+        amfs = [h.services[aw.AMF_SERVICE_ID] for n in self.up()
+                if (h := self.hosts[n.id]) is not None and aw.AMF_SERVICE_ID in h.services]
+        if amfs and not vs:
+            vs += check_amf_service(amfs[0],  # type: ignore[arg-type]
+                                    [p for p in self.amf_procs if p._alive()])
         desc = ring_graph(self.installs.values())
         # Of the checkpoints created with one name on sides that never met, the one
         # that kept the name (linked) must hold everything; the others only what
@@ -2293,8 +2447,12 @@ class ServiceSim(Simulation):
                        if c.pending is not None]
             vs += check_answered(waiting, self.quiet_at, self.o.settle)
             if not self.done and not waiting:
+                why = "no common synced ring"
+                if self.o.amf and self.quiescent(amf=False):
+                    why = f"AMF never quiet: {self._amf_unquiet(self.up())}"
+                    vs += check_amf(self._amf_digests())  # (a cause, often)
                 vs.append(Violation("liveness", f"not settled {self.o.settle}s after the "
-                                                f"faults stopped (no common synced ring)"))
+                                                f"faults stopped ({why})"))
             if self.done:
                 vs += self.check_state()
         r.violations = vs

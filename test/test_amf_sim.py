@@ -1,5 +1,7 @@
 """AMF under the seeded service simulator: every live node holds the same AMF state
-after every fault schedule (``ais.servicesim.check_amf``)."""
+after every fault schedule (``ais.servicesim.check_amf``), and once AMF is quiet its
+processes act as that state says, no CSI has two actives where one is allowed, and every
+unit that could serve does (``check_amf_service``)."""
 from __future__ import annotations
 
 import pytest
@@ -59,5 +61,54 @@ def test_the_identity_check_covers_the_states_of_every_csi_of_a_component(monkey
             csi = c.csis[0]  # a non-host applies a confirm to the component's first CSI
         set_current(self, c, readiness, ha, forced, csi)
     monkeypatch.setattr(amf.AmfService, "_set_current", wrong_csi)
-    assert any("AMF states" in v.detail for seed in range(12)
+    # (where no later merge re-streams ks's record from its host, the other nodes'
+    # wrong CSI state also keeps AMF from ever being quiet: seed 12)
+    assert any("AMF states" in v.detail for seed in range(16)
                for v in servicesim.ServiceSim(seed, ADMIN).run().violations)
+
+
+# --- after the faults: processes, split brain, availability (check_amf_service) ----------
+
+#: the service sweeps' chaos line (test_servicesim.MIXES) and its AMF operator line
+CHAOS = servicesim.SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2,
+                              crashes=3, restarts=3, pauses=2, asym=2, ack_crashes=2,
+                              split_writes=2, amf_admin=1)
+OPERATOR = servicesim.SvcOptions(loss=0.1, crashes=2, restarts=2, amf_admin=3, ack_crashes=1)
+
+
+def test_amf_checker_catches_two_actives_kept_after_a_merge(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 0 of chaos with the merge demoting nobody: both sides' active units stay
+    active, and two processes act active for one CSI."""
+    merge = amf.AmfService._merge
+    monkeypatch.setattr(amf.AmfService, "_merge",
+                        lambda self, info, streams: (merge(self, info, streams), [])[1])
+    r = servicesim.run(0, CHAOS)
+    assert {v.invariant for v in r.violations} == {"amf-split-brain"}, r.report()
+
+
+def test_amf_checker_catches_a_group_left_without_an_active(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 9 of OPERATOR with standbys never promoted: a group whose active unit went
+    out of service keeps none active although a unit could serve."""
+    monkeypatch.setattr(amf.AmfService, "_balance",
+                        lambda self, g: self._balance_csis(g) if g.per_csi else False)
+    r = servicesim.run(9, OPERATOR)
+    assert {v.invariant for v in r.violations} == {"amf-availability"}, r.report()
+
+
+def test_amf_checker_catches_a_process_acting_in_a_state_taken_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 7 of OPERATOR with the simulated processes ignoring CSI removals and
+    terminations: a process still acts in a state the cluster took from it."""
+    monkeypatch.setattr(servicesim._AmfComp, "_forget", lambda self, comp, csi="": None)
+    r = servicesim.run(7, OPERATOR)
+    assert "amf-belief" in {v.invariant for v in r.violations}, r.report()
+
+
+@pytest.mark.parametrize("seed", [0, 7, 9])
+def test_amf_settles_available_after_operator_actions_and_faults(seed: int) -> None:
+    """The same runs unpatched: AMF ends quiet, every process acting as the state says,
+    one active per CSI, every unit that can serve in service."""
+    r = servicesim.run(seed, OPERATOR if seed else CHAOS)
+    assert r.ok, r.report()

@@ -71,6 +71,9 @@ MIXES: dict[str, SvcOptions] = {
     "evs_chaos": SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2,
                             crashes=3, pauses=2, restarts=3, asym=2, ack_crashes=2,
                             split_writes=2, evs=2),
+    # AMF operator actions (locks, shutdowns, node locks, error reports with every
+    # recovery, cancels) on the wide model, under loss, crashes and quick restarts
+    "amf_admin": SvcOptions(loss=0.1, crashes=2, restarts=2, amf_admin=3, ack_crashes=1),
 }
 
 
@@ -357,7 +360,8 @@ def test_a_replica_deleted_on_a_node_brings_none_of_its_history_to_a_merge() -> 
                for ln in r.trace), "\n".join(r.trace[-40:])
 
 
-@pytest.mark.parametrize("mix", ["crashes", "five", "pair", "chaos", "slow_sync", "evs_chaos"])
+@pytest.mark.parametrize("mix", ["crashes", "five", "pair", "chaos", "slow_sync", "evs_chaos",
+                                 "amf_admin"])
 def test_sweep_with_crashes(mix: str) -> None:
     sweep(MIXES[mix], 100)
 
@@ -884,3 +888,4 @@ def test_evs_far_side_messages_delivered_without_the_peer_rule(
     monkeypatch.setattr(EvsService, "__init__", fresh)
     r = run(1600032, EVS_SIX)
     assert any("no view of it had shown" in v.detail for v in r.violations), r.line()
+
