@@ -289,6 +289,9 @@ class SvcOptions(SimOptions):
     #: node incarnation; non-zero also runs the wider model (spares, an nway group:
     #: SIM_AMF_WIDE)
     amf_admin: int = 0
+    #: AMF component processes stopped for 1.5-4 s (SIGSTOP and SIGCONT: their callbacks
+    #: wait, then are handled in order), per node incarnation
+    amf_hangs: int = 0
     #: EVS handles per node incarnation (0: the host runs no EVS service); each joins
     #: group G, every other one H too (and leaves H half-way), and multicasts numbered
     #: messages to its groups
@@ -894,6 +897,8 @@ class _AmfComp:
         self.belief: dict[tuple[str, str], int] = {}
         #: components it serves that are not registered (yet, or again)
         self.unregistered = {name}
+        #: callbacks that came while it was stopped (None: running)
+        self.held: list[tuple[int, bytes]] | None = None
         sim.amf_procs.append(self)
         host.lib_connect(self)
         self._register()
@@ -910,7 +915,23 @@ class _AmfComp:
                 else (self.name.encode(), b"")
             self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq, aw.encode_names(*names))
 
+    def hang(self, length: float) -> None:
+        """Stop for ``length`` s: callbacks wait in the socket meanwhile."""
+        if self._alive() and self.held is None:
+            self.held = []
+            self.sim.tr(self.sim.nodes[self.nid], f"AMF process {self.name} stops for "
+                                                  f"{length:.2f}s")
+            self.host.call_later(length, self._resume)
+
+    def _resume(self) -> None:
+        held, self.held = self.held or [], None
+        for msg_id, body in held:
+            self.send_callback(msg_id, body)
+
     def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if self.held is not None:
+            self.held.append((msg_id, body))
+            return
         answer = aw.AMF_REQ_RESPONSE
         if msg_id == aw.AMF_CB_HEALTHCHECK:
             inv = aw.decode_healthcheck_cb_untrusted(body).invocation
@@ -2149,6 +2170,11 @@ class ServiceSim(Simulation):
         for k, (_, _, comp) in enumerate(self.amf_model.components()):
             if self.o.amf and ids[k % len(ids)] == nid and comp.name not in relayed:
                 _AmfComp(self, nid, node.inc, host, comp.name)
+        if self.o.amf and self.o.amf_hangs:
+            rng = random.Random(f"amf-hangs {self.seed} {nid} {node.inc}")
+            for _ in range(self.o.amf_hangs):
+                host.call_later(rng.uniform(0.5, max(1.0, self.o.duration)),
+                                self._hang_one(host, nid, rng.random(), rng.uniform(1.5, 4.0)))
         if self.o.amf and self.o.amf_admin:
             _AmfAdmin(self, nid, node.inc, host,
                       [u.name for g in self.amf_model.groups for u in g.units],
@@ -2339,6 +2365,14 @@ class ServiceSim(Simulation):
         counts = {self.in_ring[n.id] for n in up}
         return len(counts) == 1 and not (amf and self.o.amf and self._amf_unquiet(up))
 
+    def _hang_one(self, host: ServiceHost, nid: int, pick: float,
+                  length: float) -> Callable[[], None]:
+        def hang() -> None:
+            procs = [p for p in self.amf_procs if p.nid == nid and p._alive()]
+            if self.hosts.get(nid) is host and procs:
+                procs[int(pick * len(procs))].hang(length)
+        return hang
+
     def _amf_digests(self) -> dict[str, Any]:
         return {n.name: h.services[aw.AMF_SERVICE_ID].digest()  # type: ignore[attr-defined]
                 for n in self.up() if (h := self.hosts[n.id]) is not None
@@ -2353,6 +2387,8 @@ class ServiceSim(Simulation):
         for p in self.amf_procs:
             if p._alive() and p.unregistered:
                 return f"{', '.join(sorted(p.unregistered))} not registered (yet)"
+            if p._alive() and p.held is not None:
+                return f"the process of {p.name} is stopped"
         for n, h in hosts:
             why = amf_unquiet(h.services[aw.AMF_SERVICE_ID])  # type: ignore[arg-type]
             if why:
@@ -2820,6 +2856,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amf-admin", type=int, default=d.amf_admin, metavar="N",
                    help="AMF lock/shutdown/unlock operations per node incarnation, on a "
                         "model with spares and an nway group")
+    p.add_argument("--amf-hangs", type=int, default=d.amf_hangs, metavar="N",
+                   help="AMF component processes stopped for 1.5-4 s, per node incarnation")
     p.add_argument("--evs", type=int, default=d.evs, metavar="N",
                    help="EVS processes per node incarnation, multicasting to groups G "
                         "and H; their delivery order and views are checked")
@@ -2836,7 +2874,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         clients=a.clients, stable=a.stable,
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
-        max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin,
+        max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin, amf_hangs=a.amf_hangs,
         evs=a.evs)
 
 

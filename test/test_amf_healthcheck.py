@@ -73,6 +73,30 @@ def test_a_key_timeout_detects_a_stopped_component_sooner():
     assert p2.take() == ["ACTIVE"]
 
 
+def test_a_stopped_component_finds_the_terminate_callback_when_it_runs_again():
+    """Failed as not responding, the stopped c1 is told to terminate at once; resumed, it
+    handles the callbacks that waited in order, the terminate callback last, while its
+    standby c2 is active: it is not left acting as c1's active."""
+    cl = AmfCluster([A, B], units_conf("2n", 2))
+    cl.form([A, B])
+    p1, p2 = cl.proc(A, "c1"), cl.proc(B, "c2")
+    assert cl.roles(A) == {"u1": "ACTIVE", "u2": "STANDBY"}
+    p1.take()
+    p2.take()
+    p1.stopped = True
+    cl.advance(0.3)  # one period + timeout (140 ms) and then some
+    assert cl.amf(B).comps["c1"].error == aw.SA_AMF_NOT_RESPONDING
+    assert p2.take() == ["ACTIVE"]
+    waiting = [f.msg_id for f in p1.conn.callbacks[p1._done:]]
+    assert waiting[-1] == aw.AMF_CB_TERMINATE and waiting.count(aw.AMF_CB_TERMINATE) == 1
+    p1.stopped = False
+    p1.pump()
+    cl.advance(0.5)
+    assert p1.take()[-1] == "TERMINATE"
+    assert cl.amf(A).comps["c1"].error == aw.SA_AMF_NOT_RESPONDING, "a late answer changes nothing"
+    assert len(cl.digests()) == 1
+
+
 def test_healthcheck_start_errors():
     cl = AmfCluster([A, B], units_conf("2n", 2, FAST))
     cl.form([A, B])

@@ -122,6 +122,10 @@ def test_a_hung_proxy_fails_its_proxied_components():
     comps = cl.amf(A).comps
     assert comps["proxy1"].error == comps["c1"].error == aw.SA_AMF_NOT_RESPONDING
     assert p2.take() == ["ACTIVE"]
+    # waiting for the proxy when it runs again: its own terminate callback (exiting, it
+    # takes c1's registration with it)
+    assert [(m, cb.comp_name) for m, cb in external_cbs(proxy)] == [
+        (aw.AMF_CB_TERMINATE, b"proxy1")]
 
 
 def test_proxy_registration_errors():
@@ -213,4 +217,8 @@ def test_an_unanswered_external_control_callback_is_a_failure():
     cl.advance(5.1)  # response-timeout (5000 ms default) passes without an answer
     assert cl.amf(B).comps["c1"].error == aw.SA_AMF_NOT_RESPONDING
     assert cl.amf(A).comps["proxy1"].error == 0, "the proxy itself is fine"
+    # c1 does not respond: its proxy is asked to restart it (the external component's
+    # terminate callback), so that it stops acting for the states taken from it
+    assert [(m, cb.comp_name) for m, cb in external_cbs(proxy)][-1] == (
+        aw.AMF_CB_EXT_RESTART, b"c1")
     assert len(cl.digests()) == 1

@@ -112,3 +112,25 @@ def test_amf_settles_available_after_operator_actions_and_faults(seed: int) -> N
     one active per CSI, every unit that can serve in service."""
     r = servicesim.run(seed, OPERATOR if seed else CHAOS)
     assert r.ok, r.report()
+
+
+#: component processes stopped (SIGSTOP) for 1.5-4 s and resumed, among operator actions
+HANGS = servicesim.SvcOptions(loss=0.05, crashes=1, amf_hangs=2, amf_admin=1)
+
+
+def test_stopped_components_stop_acting_when_they_run_again() -> None:
+    """A process stopped past its healthcheck timeout is failed and its CSIs go to others;
+    when it runs again it finds the terminate callback waiting and stops acting (exits,
+    its supervisor starts it again): the checks hold after every schedule."""
+    for seed in range(20):
+        r = servicesim.run(seed, HANGS)
+        assert r.ok, r.report()
+
+
+def test_stopped_components_keep_acting_without_the_terminate_callback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As before the fix: nothing tells a resumed process that the cluster failed it, and
+    it goes on acting in states others hold by then (the same schedules)."""
+    monkeypatch.setattr(amf.AmfService, "_stop_unresponsive", lambda self, c, inc: None)
+    found = {v.invariant for seed in range(6) for v in servicesim.run(seed, HANGS).violations}
+    assert {"amf-belief", "amf-split-brain"} <= found, found

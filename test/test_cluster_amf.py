@@ -165,7 +165,12 @@ def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> Non
             text = status(c, 1)
             assert "role active" in unit_line(text, "raidA")
             assert "comp_a_in_su_y (pgA): on 127.0.0.1, OUT_OF_SERVICE/QUIESCED, error 30" in text
-            # Repair: the stopped process is killed and started again; raidB comes back standby.
+            # Resumed, the stopped process finds the terminate callback waiting: the
+            # cluster failed it, and it must stop acting as comp_a_in_su_y's active.
+            t3.signal(signal.SIGCONT)
+            t3.wait(lambda p: "ComponentTerminateCallback" in p.lines,
+                    "the terminate callback after SIGCONT")
+            # Repair: the process is killed and started again; raidB comes back standby.
             t3.stop()
             time.sleep(0.5)
             t3b = run(3)

@@ -73,7 +73,11 @@ is noticed at most period + 40 ms after its last answer, leaving ~10 ms for
 the failover itself (the aim: standby active within one period + 50 ms).
 
 Failure of a component: if it cannot be talked to (unregistered or
-NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once;
+NOT_RESPONDING) its state is forced to OUT_OF_SERVICE/QUIESCED at once
+(one found NOT_RESPONDING is sent the terminate callback, a proxied one the
+external restart callback, by its host at once: a process that was only
+stopped finds it waiting when it runs again, and so stops acting in the
+states others now hold);
 its unit, if enabled, goes QUIESCING -> STOPPING -> IDLE, and comes back by
 itself once every component is registered and healthy again (error cancel,
 re-registration).  A repaired unit becomes STANDBY while the group has its
@@ -761,9 +765,29 @@ class AmfService(Service):
 
     def _report_fault(self, comp: str, incarnation: int, cause: int) -> None:
         if cause == NOT_RESPONDING:
+            if (comp, incarnation) not in self._faulted:
+                self._stop_unresponsive(self.comps[comp], incarnation)
             self._faulted.add((comp, incarnation))
             self._stop_healthcheck(comp)
         self._send_own(MSG_FAULT, FAULT.pack(incarnation, cause, comp.encode()))
+
+    def _stop_unresponsive(self, c: Comp, incarnation: int) -> None:
+        """``c`` stopped answering: it gets the terminate callback (a proxied one, the
+        external restart callback) now.  A process that is merely stopped (SIGSTOP, a
+        long pause) finds it waiting when it runs again, and stops acting in the states
+        the cluster has meanwhile taken from it (others may hold them by then)."""
+        conn = self.conns.get(c.conn_id)
+        if (c.host != self.host.node_id or c.incarnation != incarnation or not c.registered
+                or conn is None or conn.closed):
+            return
+        self.log.log(NOTICE, "component %s does not respond: told to terminate", c.name)
+        inv = _Invocation(c.name, incarnation, KIND_EXTERNAL if c.proxy else KIND_TERMINATE, 0)
+        n = self._new_invocation(inv)
+        body = aw.encode_invocation_cb(aw.InvocationCb(n, c.name.encode()))
+        conn.send_callback(aw.AMF_CB_EXT_RESTART if c.proxy else aw.AMF_CB_TERMINATE, body)
+        # (an answer, however late, changes nothing: it failed already)
+        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
+                                         lambda: self._forget_invocation(n))
 
     # --- healthchecks (host only) -----------------------------------------------------------
 
