@@ -825,7 +825,7 @@ def check_amf_service(svc: AmfService, procs: list[_AmfComp]) -> list[Violation]
                 continue
             if not c.registered or (c.host, c.conn_id) != (p.host.node_id, p.conn_id):
                 vs.append(Violation("amf-registration",
-                                    f"{name}: its process at node {p.nid} (connection "
+                                    f"{name}: its process at {p.node_name} (connection "
                                     f"{p.conn_id}) was told it is registered; the state says "
                                     f"registered={c.registered} at node {c.host} connection "
                                     f"{c.conn_id}"))
@@ -839,7 +839,7 @@ def check_amf_service(svc: AmfService, procs: list[_AmfComp]) -> list[Violation]
     for g in svc.groups:
         limit = 1 if g.per_csi else g.spec.active_units
         for prot in g.spec.protections:
-            acting = sorted(f"{p.name}@{p.nid}" for p in procs for m in prot.members
+            acting = sorted(f"{p.name}@{p.node_name}" for p in procs for m in prot.members
                             if p.belief.get((m, prot.name)) == amf_mod.ACTIVE)
             if len(acting) > limit:
                 vs.append(Violation("amf-split-brain",
@@ -915,12 +915,16 @@ class _AmfComp:
                 else (self.name.encode(), b"")
             self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq, aw.encode_names(*names))
 
+    @property
+    def node_name(self) -> str:
+        return self.sim.nodes[self.nid].name
+
     def hang(self, length: float) -> None:
         """Stop for ``length`` s: callbacks wait in the socket meanwhile."""
         if self._alive() and self.held is None:
             self.held = []
-            self.sim.tr(self.sim.nodes[self.nid], f"AMF process {self.name} stops for "
-                                                  f"{length:.2f}s")
+            self.sim.tr(self.sim.nodes[self.nid],
+                        f"AMF process {self.name} stops for {length:.2f}s")
             self.host.call_later(length, self._resume)
 
     def _resume(self) -> None:
