@@ -958,7 +958,7 @@ class _AmfComp:
             # Answer, exit, and come back 0.3 s later (a supervisor restarts it).
             cb = aw.decode_invocation_cb_untrusted(body)
             inv = cb.invocation
-            self._forget(cb.comp_name.decode())
+            self.belief.clear()  # (a proxy stops relaying for its proxied one too)
             self.host.call_later(0.001, lambda: self._answer(inv, answer))
             self.host.call_later(0.002, self._exit)
             return

@@ -134,3 +134,14 @@ def test_stopped_components_keep_acting_without_the_terminate_callback(
     monkeypatch.setattr(amf.AmfService, "_stop_unresponsive", lambda self, c, inc: None)
     found = {v.invariant for seed in range(6) for v in servicesim.run(seed, HANGS).violations}
     assert {"amf-belief", "amf-split-brain"} <= found, found
+
+
+def test_a_proxy_told_to_terminate_stops_relaying_at_once() -> None:
+    """Seed 2360288 of the service sweeps' amf_admin line: the stopped proxy1 runs again
+    as AMF falls quiet and handles its terminate callback; it exits 2 ms later, and from
+    the callback on it no longer acts for relayed1 either (the checker once read it as
+    relayed1's active in those 2 ms)."""
+    o = servicesim.SvcOptions(loss=0.1, crashes=2, restarts=2, amf_admin=3, amf_hangs=2,
+                              ack_crashes=1)
+    r = servicesim.run(2360288, o)
+    assert r.ok, r.report()
