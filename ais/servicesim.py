@@ -899,6 +899,8 @@ class _AmfComp:
         self.unregistered = {name}
         #: callbacks that came while it was stopped (None: running)
         self.held: list[tuple[int, bytes]] | None = None
+        #: told to terminate, about to exit
+        self.exiting = False
         sim.amf_procs.append(self)
         host.lib_connect(self)
         self._register()
@@ -959,6 +961,7 @@ class _AmfComp:
             cb = aw.decode_invocation_cb_untrusted(body)
             inv = cb.invocation
             self.belief.clear()  # (a proxy stops relaying for its proxied one too)
+            self.exiting = True
             self.host.call_later(0.001, lambda: self._answer(inv, answer))
             self.host.call_later(0.002, self._exit)
             return
@@ -2393,6 +2396,8 @@ class ServiceSim(Simulation):
                 return f"{', '.join(sorted(p.unregistered))} not registered (yet)"
             if p._alive() and p.held is not None:
                 return f"the process of {p.name} is stopped"
+            if p._alive() and p.exiting:
+                return f"the process of {p.name} is exiting"
         for n, h in hosts:
             why = amf_unquiet(h.services[aw.AMF_SERVICE_ID])  # type: ignore[arg-type]
             if why:
