@@ -896,7 +896,7 @@ class _AmfComp:
         #: (component, CSI) -> the HA state this process acts in (none: not assigned)
         self.belief: dict[tuple[str, str], int] = {}
         #: components it serves that are not registered (yet, or again)
-        self.unregistered = {name}
+        self.unregistered = {name, self.proxied} - {""}
         #: callbacks that came while it was stopped (None: running)
         self.held: list[tuple[int, bytes]] | None = None
         #: told to terminate, about to exit
@@ -912,7 +912,6 @@ class _AmfComp:
         if self._alive():
             self.seq += 1
             self._reg_seq[self.seq] = self.proxied if proxied else self.name
-            self.unregistered.add(self._reg_seq[self.seq])
             names = (self.proxied.encode(), self.name.encode()) if proxied \
                 else (self.name.encode(), b"")
             self.host.lib_request(self, aw.AMF_REQ_REGISTER, self.seq, aw.encode_names(*names))
@@ -1017,7 +1016,8 @@ class _AmfComp:
         name = self._reg_seq.pop(seq, self.name)
         proxied = name != self.name
         if error != SA_OK:
-            self.host.call_later(0.5, lambda: self._register(proxied))
+            if name in self.unregistered:  # (not: a second registration of a restart)
+                self.host.call_later(0.5, lambda: self._register(proxied))
             return
         self.unregistered.discard(name)
         if self.proxied and not proxied:

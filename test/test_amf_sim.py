@@ -155,3 +155,15 @@ def test_a_process_told_to_terminate_is_compared_once_gone(seed: int, options) -
     active relayed2 as unserved)."""
     r = servicesim.run(seed, options)
     assert r.ok, r.report()
+
+
+def test_a_proxy_asked_twice_to_restart_its_component_registers_it_once() -> None:
+    """Seed 2391159 (five nodes, stopped processes, operator actions): relayed1 is found
+    not responding twice while its proxy is stopped (an operator cancelled the first
+    error in between), so the proxy finds two external restart callbacks when it runs
+    again; the second registration answers EXIST, which the proxy takes as done (the
+    simulated proxy once retried it forever, and AMF was never quiet)."""
+    o = servicesim.SvcOptions(nodes=5, loss=0.1, partitions=3, flaps=1, crashes=3, pauses=2,
+                              restarts=3, amf_admin=2, amf_hangs=2, evs=1)
+    r = servicesim.run(2391159, o)
+    assert r.ok, r.report()
