@@ -2389,7 +2389,8 @@ class ServiceSim(Simulation):
         """What AMF has not finished of what the faults started ("": nothing left), at
         every live node and process."""
         hosts = [(n, h) for n in up if (h := self.hosts[n.id]) is not None]
-        if any(h in [h for _, h in hosts] for h in self.amf_restarts.values()):
+        live = {id(h) for _, h in hosts}
+        if any(id(h) in live for h in self.amf_restarts.values()):
             return "a component process is about to start again"
         for p in self.amf_procs:
             if p._alive() and p.unregistered:

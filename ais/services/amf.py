@@ -686,15 +686,19 @@ class AmfService(Service):
                       if [m for m in members if m.unit is oc.unit].index(oc) == place]
         return (same_place or actives)[0].name.encode()
 
-    def _terminate(self, c: Comp, restart: bool = False) -> None:
+    def _terminate(self, c: Comp, restart: bool = False, failed: LibConn | None = None) -> None:
         """The terminate callback (its unit was taken out of service administratively, or
         it is to restart).  A proxied component is an external one: its proxy gets the
         external restart callback, or the external control callback with POWER_OFF for an
-        administrative stop; an error answer or none in time means it failed."""
-        conn = self._conn_of(c)
+        administrative stop; an error answer or none in time means it failed.
+
+        ``failed``: the connection of a component already failed as not responding (no
+        longer talked to otherwise); it is sent the callback all the same, and no answer
+        to it matters."""
+        conn = failed or self._conn_of(c)
         if conn is None:
             return
-        if c.proxy:
+        if c.proxy and not failed:
             inv = _Invocation(c.name, c.incarnation, KIND_EXTERNAL, 0)
             n = self._new_invocation(inv)
             if restart:
@@ -706,10 +710,11 @@ class AmfService(Service):
             inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
                                              lambda: self._response_timed_out(n))
             return
-        inv = _Invocation(c.name, c.incarnation, KIND_TERMINATE, 0)
+        kind = KIND_EXTERNAL if c.proxy else KIND_TERMINATE
+        inv = _Invocation(c.name, c.incarnation, kind, 0)
         n = self._new_invocation(inv)
-        conn.send_callback(aw.AMF_CB_TERMINATE, aw.encode_invocation_cb(
-            aw.InvocationCb(n, c.name.encode())))
+        conn.send_callback(aw.AMF_CB_EXT_RESTART if c.proxy else aw.AMF_CB_TERMINATE,
+                           aw.encode_invocation_cb(aw.InvocationCb(n, c.name.encode())))
         # Its answer changes nothing (the unit is out of service already): forget it later.
         inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
                                          lambda: self._forget_invocation(n))
@@ -781,13 +786,7 @@ class AmfService(Service):
                 or conn is None or conn.closed):
             return
         self.log.log(NOTICE, "component %s does not respond: told to terminate", c.name)
-        inv = _Invocation(c.name, incarnation, KIND_EXTERNAL if c.proxy else KIND_TERMINATE, 0)
-        n = self._new_invocation(inv)
-        body = aw.encode_invocation_cb(aw.InvocationCb(n, c.name.encode()))
-        conn.send_callback(aw.AMF_CB_EXT_RESTART if c.proxy else aw.AMF_CB_TERMINATE, body)
-        # (an answer, however late, changes nothing: it failed already)
-        inv.timer = self.host.call_later(c.unit.group.spec.response_timeout / 1000.0,
-                                         lambda: self._forget_invocation(n))
+        self._terminate(c, restart=True, failed=conn)
 
     # --- healthchecks (host only) -----------------------------------------------------------
 
