@@ -179,7 +179,7 @@ from ais.totem.sim import _Node, _TraceLog  # the base simulator's node record a
 from saf import _ckpt_wire as cw
 from saf import _clm_wire as w
 from saf import _evs_wire as ew
-from saf.errors import SA_OK, BadHandle, NotExist, Timeout, TryAgain
+from saf.errors import SA_OK, BadHandle, FailedOperation, NotExist, Timeout, TryAgain
 from saf.types import (
     SA_TIME_END, SA_TRACK_CHANGES, SA_TRACK_CURRENT, ClusterChange, node_id_from_totem,
 )
@@ -292,6 +292,11 @@ class SvcOptions(SimOptions):
     #: AMF component processes stopped for 1.5-4 s (SIGSTOP and SIGCONT: their callbacks
     #: wait, then are handled in order), per node incarnation
     amf_hangs: int = 0
+    #: AMF component processes that fail on their own, per node incarnation: half crash
+    #: (the connection closes without a word; a supervisor starts the program again 0.3-1 s
+    #: later), a tenth crash for good, the rest refuse the next CSI-set callback they get
+    #: (SA_AIS_ERR_FAILED_OPERATION) and do not take that state on
+    amf_faults: int = 0
     #: EVS handles per node incarnation (0: the host runs no EVS service); each joins
     #: group G, every other one H too (and leaves H half-way), and multicasts numbered
     #: messages to its groups
@@ -901,6 +906,10 @@ class _AmfComp:
         self.held: list[tuple[int, bytes]] | None = None
         #: told to terminate, about to exit
         self.exiting = False
+        #: answers the next CSI-set callback with an error (and does not take the state on)
+        self.refuse_next = False
+        #: what it did of the faults it was given (amf_faults)
+        self.crashed = self.refused = False
         sim.amf_procs.append(self)
         host.lib_connect(self)
         self._register()
@@ -948,6 +957,12 @@ class _AmfComp:
         elif msg_id == aw.AMF_CB_CSI_SET:
             cs = aw.decode_csi_set_cb_untrusted(body)
             inv = cs.invocation
+            if self.refuse_next:
+                self.refuse_next, self.refused = False, True
+                self.sim.tr(self.sim.nodes[self.nid], f"AMF process {self.name} refuses "
+                            f"{cs.csi_name.decode()!r} HA state {cs.ha_state}")
+                self.host.call_later(0.001, lambda: self._answer(inv, answer, FailedOperation.code))
+                return
             self.belief[(cs.comp_name.decode(), cs.csi_name.decode())] = cs.ha_state
         elif msg_id == aw.AMF_CB_CSI_REMOVE:
             cr = aw.decode_csi_remove_cb_untrusted(body)
@@ -982,17 +997,29 @@ class _AmfComp:
         for key in [k for k in self.belief if k[0] == comp and csi in ("", k[1])]:
             del self.belief[key]
 
-    def _answer(self, inv: int, msg_id: int = aw.AMF_REQ_RESPONSE) -> None:
+    def _answer(self, inv: int, msg_id: int = aw.AMF_REQ_RESPONSE, error: int = SA_OK) -> None:
         if self._alive():
             self.seq += 1
             self.host.lib_request(self, msg_id, self.seq,
-                                  aw.encode_response(aw.Response(inv, SA_OK)))
+                                  aw.encode_response(aw.Response(inv, error)))
 
-    def _exit(self) -> None:
+    def crash(self, back_after: float | None) -> None:
+        """Die without a word (callbacks in flight unanswered); started again
+        ``back_after`` s later (None: never)."""
+        if self._alive():
+            self.crashed = True
+            self.sim.tr(self.sim.nodes[self.nid], f"AMF process {self.name} crashes"
+                        + ("" if back_after is None else f", back in {back_after:.2f}s"))
+            self._exit(back_after)
+
+    def _exit(self, back_after: float | None = 0.3) -> None:
         if not self._alive():
             return
         self.closed = True
+        self.belief.clear()
         self.host.lib_exit(self)
+        if back_after is None:
+            return
 
         token = object()
 
@@ -1001,7 +1028,7 @@ class _AmfComp:
             if self.sim.hosts.get(self.nid) is self.host:
                 _AmfComp(self.sim, self.nid, self.inc, self.host, self.name)
         self.sim.amf_restarts[token] = self.host
-        self.host.call_later(0.3, restart)
+        self.host.call_later(back_after, restart)
 
     def _unregister_proxied(self) -> None:
         if self._alive():
@@ -2182,6 +2209,12 @@ class ServiceSim(Simulation):
             for _ in range(self.o.amf_hangs):
                 host.call_later(rng.uniform(0.5, max(1.0, self.o.duration)),
                                 self._hang_one(host, nid, rng.random(), rng.uniform(1.5, 4.0)))
+        if self.o.amf and self.o.amf_faults:
+            rng = random.Random(f"amf-faults {self.seed} {nid} {node.inc}")
+            for _ in range(self.o.amf_faults):
+                host.call_later(rng.uniform(0.5, max(1.0, self.o.duration)),
+                                self._fail_one(host, nid, rng.random(), rng.random(),
+                                               rng.uniform(0.3, 1.0)))
         if self.o.amf and self.o.amf_admin:
             _AmfAdmin(self, nid, node.inc, host,
                       [u.name for g in self.amf_model.groups for u in g.units],
@@ -2379,6 +2412,18 @@ class ServiceSim(Simulation):
             if self.hosts.get(nid) is host and procs:
                 procs[int(pick * len(procs))].hang(length)
         return hang
+
+    def _fail_one(self, host: ServiceHost, nid: int, pick: float, kind: float,
+                  back_after: float) -> Callable[[], None]:
+        def fail() -> None:
+            procs = [p for p in self.amf_procs if p.nid == nid and p._alive()]
+            if self.hosts.get(nid) is host and procs:
+                p = procs[int(pick * len(procs))]
+                if kind < 0.6:
+                    p.crash(back_after if kind < 0.5 else None)
+                else:
+                    p.refuse_next = True
+        return fail
 
     def _amf_digests(self) -> dict[str, Any]:
         return {n.name: h.services[aw.AMF_SERVICE_ID].digest()  # type: ignore[attr-defined]
@@ -2868,6 +2913,9 @@ def _parser() -> argparse.ArgumentParser:
                         "model with spares and an nway group")
     p.add_argument("--amf-hangs", type=int, default=d.amf_hangs, metavar="N",
                    help="AMF component processes stopped for 1.5-4 s, per node incarnation")
+    p.add_argument("--amf-faults", type=int, default=d.amf_faults, metavar="N",
+                   help="AMF component processes crashing or refusing a CSI, per node "
+                        "incarnation")
     p.add_argument("--evs", type=int, default=d.evs, metavar="N",
                    help="EVS processes per node incarnation, multicasting to groups G "
                         "and H; their delivery order and views are checked")
@@ -2885,7 +2933,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin, amf_hangs=a.amf_hangs,
-        evs=a.evs)
+        amf_faults=a.amf_faults, evs=a.evs)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:

@@ -165,10 +165,40 @@ def test_refusing_a_callback_is_a_component_error():
     t3 = cl.proc(A, "comp_a_in_su_y")
     t4 = cl.proc(A, "comp_b_in_su_y", register=False)
     t4.answer_with = 2  # SA_ERR_LIBRARY
+    t4.stopped = True
     t4.register()
+    t4.stopped = False
+    t4.pump()  # refuses IN_SERVICE: a software error, and its unit goes down
+    t4.answer_with = SA_OK  # (it answers the rest)
+    cl.settle()
     assert cl.amf(A).comps["comp_b_in_su_y"].error == aw.SA_AMF_SOFTWARE_ERROR
+    assert t4.take() == ["IN_SERVICE", "OUT_OF_SERVICE"]
     assert cl.amf(A).units["raidB"].phase == Phase.IDLE
     assert t3.take() == ["IN_SERVICE", "OUT_OF_SERVICE"]
+    assert cl.amf(A).comps["comp_b_in_su_y"].error == aw.SA_AMF_SOFTWARE_ERROR
+
+
+def test_refusing_to_give_work_up_is_cleaned_up():
+    """A component that refuses to be quiesced (or taken out of service) would hold its
+    unit's failover up for ever: it is cleaned up as a hung one (terminated, taken as
+    quiesced), and the standby takes over at once."""
+    cl = AmfCluster([A])
+    cl.form([A])
+    t1, t2, t3, t4 = quickstart_start(cl)
+    for p in (t1, t2, t3, t4):
+        p.take()
+    assert cl.roles(A)["raidB"] == "ACTIVE"
+    t4.answer_with = 2  # SA_ERR_LIBRARY
+    # an error on t3 fails raidB over: t4 is asked to quiesce and refuses
+    cl.call(A, aw.AMF_REQ_ERROR_REPORT, aw.encode_error_report(aw.ErrorReport(
+        b"", b"comp_a_in_su_y", 0, aw.ErrorDescriptor(0, 21, 0, 0))))
+    cl.settle()
+    assert t4.take() == ["QUIESCED", "TERMINATE"]
+    assert cl.amf(A).comps["comp_b_in_su_y"].error == aw.SA_AMF_NOT_RESPONDING
+    assert cl.state(A, "comp_b_in_su_y") == ("OUT_OF_SERVICE", "QUIESCED")
+    assert cl.amf(A).units["raidB"].phase == Phase.IDLE
+    assert cl.roles(A)["raidA"] == "ACTIVE"
+    assert t1.take()[-1] == "ACTIVE" and t2.take()[-1] == "ACTIVE"
 
 
 def test_late_answer_confirms_only_what_it_answered():

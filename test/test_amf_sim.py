@@ -167,3 +167,38 @@ def test_a_proxy_asked_twice_to_restart_its_component_registers_it_once() -> Non
                               restarts=3, amf_admin=2, amf_hangs=2, evs=1)
     r = servicesim.run(2391159, o)
     assert r.ok, r.report()
+
+
+#: component processes that crash on their own (most come back, some never do) or refuse
+#: a CSI assignment, among operator actions and node crashes
+FAILING = servicesim.SvcOptions(loss=0.1, crashes=1, restarts=1, amf_admin=1, amf_faults=3)
+
+
+def test_components_that_crash_or_refuse_are_recovered() -> None:
+    """A crashed process's units fail over and come back when it registers again; one
+    that refuses an assignment is failed (software error), and one that refuses to give
+    its work up is cleaned up: the checks hold after every schedule."""
+    crashed = refused = 0
+    for seed in range(20):
+        sim = servicesim.ServiceSim(seed, FAILING)
+        r = sim.run()
+        assert r.ok, r.report()
+        crashed += sum(1 for p in sim.amf_procs if p.crashed)
+        refused += sum(1 for p in sim.amf_procs if p.refused)
+    assert crashed >= 20 and refused >= 10, (crashed, refused)
+
+
+def test_a_refused_quiesce_stalls_the_failover_without_the_clean_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As before the fix (a refused quiesce taken as one more software error): the unit
+    waits for its component's quiesce for ever, and AMF is never quiet (seed 6)."""
+    answered = amf.AmfService._answered
+
+    def old(self, n, inv, error):
+        if error != amf.SA_OK and inv.kind == amf.KIND_HA and inv.state == amf.QUIESCED:
+            inv = amf._Invocation(inv.comp, inv.incarnation, inv.kind, amf.ACTIVE, csi=inv.csi)
+        return answered(self, n, inv, error)
+    monkeypatch.setattr(amf.AmfService, "_answered", old)
+    r = servicesim.run(6, FAILING)
+    assert [v.invariant for v in r.violations] == ["liveness"], r.report()
+    assert "quiescing" in r.violations[0].detail

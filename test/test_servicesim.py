@@ -73,9 +73,9 @@ MIXES: dict[str, SvcOptions] = {
                             split_writes=2, evs=2),
     # AMF operator actions (locks, shutdowns, node locks, error reports with every
     # recovery, cancels) on the wide model, component processes stopped and resumed,
-    # under loss, crashes and quick restarts
+    # crashing on their own or refusing assignments, under loss, crashes and quick restarts
     "amf_admin": SvcOptions(loss=0.1, crashes=2, restarts=2, amf_admin=3, amf_hangs=2,
-                            ack_crashes=1),
+                            ack_crashes=1, amf_faults=2),
 }
 
 

@@ -59,7 +59,10 @@ Detection, on the host only, then multicast as a fact (``MSG_FAULT`` or
 ``healthcheck-timeout`` (one is sent every ``healthcheck-period`` to every
 component holding an ACTIVE or STANDBY assignment), a readiness/CSI callback
 not answered within ``response-timeout`` or answered with an error (cause
-SOFTWARE_ERROR: the component is still talked to), a closed connection
+SOFTWARE_ERROR: the component is still talked to; but one that refuses to
+give work up -- quiesced, CSI removal, out of service, stopping -- is cleaned
+up as NOT_RESPONDING, so that its unit's failover or stop never waits on it), a
+closed connection
 (exit, crash, Ctrl-C, finalize).  Any process may report an error
 (``MSG_ERROR_REPORT``) or cancel one (``MSG_ERROR_CANCEL``).  Healthcheck
 keys: a component may call saAmfHealthcheckStart(comp, key) on the connection
@@ -1919,6 +1922,13 @@ class AmfService(Service):
         elif error == SA_OK:
             self._send_own(MSG_CONFIRM, CONFIRM.pack(inv.incarnation, inv.kind, inv.state,
                                                      inv.comp.encode(), inv.csi.encode()))
+        elif (inv.state == QUIESCED) if inv.kind == KIND_HA else inv.state != IN_SERVICE:
+            # It will not give the work up: nothing more it says can be trusted, and its
+            # unit must not wait for it.  Cleaned up as a hung one is: terminated, and
+            # taken as quiesced everywhere.
+            self.log.warning("component %s refused to give up its work (error %d): "
+                             "cleaned up", inv.comp, error)
+            self._report_fault(inv.comp, inv.incarnation, NOT_RESPONDING)
         else:
             self.log.warning("component %s refused a callback (error %d)", inv.comp, error)
             self._report_fault(inv.comp, inv.incarnation, aw.SA_AMF_SOFTWARE_ERROR)
