@@ -294,13 +294,17 @@ class SvcOptions(SimOptions):
     amf_hangs: int = 0
     #: AMF component processes that fail on their own, per node incarnation: half crash
     #: (the connection closes without a word; a supervisor starts the program again 0.3-1 s
-    #: later), a tenth crash for good, the rest refuse the next CSI-set callback they get
+    #: later), a tenth crash for good, some unregister and register again 0.3-1 s later
+    #: (testamf2), the rest refuse the next CSI-set callback they get
     #: (SA_AIS_ERR_FAILED_OPERATION) and do not take that state on
     amf_faults: int = 0
     #: EVS handles per node incarnation (0: the host runs no EVS service); each joins
     #: group G, every other one H too (and leaves H half-way), and multicasts numbered
     #: messages to its groups
     evs: int = 0
+    #: EVS processes that crash on their own (the connection closes; another process
+    #: starts in their place 0.3-1 s later), per node incarnation
+    evs_faults: int = 0
 
     def to_args(self) -> list[str]:
         """Command-line flags that reproduce these options (non-defaults only)."""
@@ -909,7 +913,9 @@ class _AmfComp:
         #: answers the next CSI-set callback with an error (and does not take the state on)
         self.refuse_next = False
         #: what it did of the faults it was given (amf_faults)
-        self.crashed = self.refused = False
+        self.crashed = self.refused = self.left = False
+        #: unregister requests in flight -> when to register again
+        self._unreg_seq: dict[int, float] = {}
         sim.amf_procs.append(self)
         host.lib_connect(self)
         self._register()
@@ -1003,6 +1009,23 @@ class _AmfComp:
             self.host.lib_request(self, msg_id, self.seq,
                                   aw.encode_response(aw.Response(inv, error)))
 
+    def leave(self, back_after: float) -> None:
+        """Unregister (as testamf2 does) and register again ``back_after`` s after the
+        answer; it acts for its component until the unregistration is answered."""
+        if self._alive() and not self.proxied and not self.exiting and self.held is None \
+                and self.name not in self.unregistered:
+            self.left = True
+            self.sim.tr(self.sim.nodes[self.nid], f"AMF process {self.name} unregisters")
+            self.unregistered.add(self.name)
+            self._send_unregister(back_after)
+
+    def _send_unregister(self, back_after: float) -> None:
+        if self._alive():
+            self.seq += 1
+            self._unreg_seq[self.seq] = back_after
+            self.host.lib_request(self, aw.AMF_REQ_UNREGISTER, self.seq,
+                                  aw.encode_names(self.name.encode(), b""))
+
     def crash(self, back_after: float | None) -> None:
         """Die without a word (callbacks in flight unanswered); started again
         ``back_after`` s later (None: never)."""
@@ -1038,6 +1061,14 @@ class _AmfComp:
                 self.proxied.encode(), self.name.encode()))
 
     def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        if msg_id == aw.AMF_REQ_UNREGISTER and seq in self._unreg_seq:
+            back_after = self._unreg_seq.pop(seq)
+            if error in (SA_OK, NotExist.code):
+                self._forget(self.name)
+                self.host.call_later(back_after, self._register)
+            else:
+                self.host.call_later(0.5, lambda: self._send_unregister(back_after))
+            return
         if msg_id != aw.AMF_REQ_REGISTER:
             return
         name = self._reg_seq.pop(seq, self.name)
@@ -2199,6 +2230,11 @@ class ServiceSim(Simulation):
         self.evs_members[nid] = [_EvsMember(self, node, host, k, max(4, self.o.messages // 2))
                                  for k in range(self.o.evs)]
         self.all_evs += self.evs_members[nid]
+        if self.o.evs and self.o.evs_faults:
+            rng = random.Random(f"evs-faults {self.seed} {nid} {node.inc}")
+            for _ in range(self.o.evs_faults):
+                host.call_later(rng.uniform(0.3, max(1.0, self.o.duration)),
+                                self._evs_crash(node, host, rng.random(), rng.uniform(0.3, 1.0)))
         ids = sorted(self.nodes)
         relayed = set(SIM_AMF_PROXIED.values())
         for k, (_, _, comp) in enumerate(self.amf_model.components()):
@@ -2400,10 +2436,32 @@ class ServiceSim(Simulation):
             if any(c.pending is not None for c in self.clients[n.id]):
                 return False
             if any(m.pending is not None or m.sent < m.count
-                   for m in self.evs_members.get(n.id, ())):
+                   for m in self.evs_members.get(n.id, ()) if not m.closed):
                 return False
         counts = {self.in_ring[n.id] for n in up}
         return len(counts) == 1 and not (amf and self.o.amf and self._amf_unquiet(up))
+
+    def _evs_crash(self, node: _Node, host: ServiceHost, pick: float,
+                   back_after: float) -> Callable[[], None]:
+        """An EVS process of ``node`` dies on its own; another starts 0.3-1 s later."""
+        def crash() -> None:
+            members = self.evs_members[node.id]
+            live = [m for m in members if m.alive]
+            if self.hosts.get(node.id) is not host or not live:
+                return
+            m = live[int(pick * len(live))]
+            self.tr(node, f"EVS process {m.name} crashes")
+            m.closed = True
+            host.lib_exit(m)
+
+            def again() -> None:
+                if self.hosts.get(node.id) is host:
+                    new = _EvsMember(self, node, host, len(members),
+                                     max(4, self.o.messages // 2))
+                    members.append(new)
+                    self.all_evs.append(new)
+            host.call_later(back_after, again)
+        return crash
 
     def _hang_one(self, host: ServiceHost, nid: int, pick: float,
                   length: float) -> Callable[[], None]:
@@ -2421,6 +2479,8 @@ class ServiceSim(Simulation):
                 p = procs[int(pick * len(procs))]
                 if kind < 0.6:
                     p.crash(back_after if kind < 0.5 else None)
+                elif kind < 0.75:
+                    p.leave(back_after)
                 else:
                     p.refuse_next = True
         return fail
@@ -2517,7 +2577,7 @@ class ServiceSim(Simulation):
                     tables[n.name] = {g: frozenset((node, conn, pid) for (node, conn), pid
                                                    in ms.items())
                                       for g, ms in evs.groups.items() if ms}
-            live = [m for n in self.up() for m in self.evs_members[n.id]]
+            live = [m for n in self.up() for m in self.evs_members[n.id] if not m.closed]
             vs += check_evs_state(tables, live)
             vs += check_evs_history(self.all_evs, live)
             vs += check_evs_synchrony(self.all_evs)
@@ -2916,6 +2976,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amf-faults", type=int, default=d.amf_faults, metavar="N",
                    help="AMF component processes crashing or refusing a CSI, per node "
                         "incarnation")
+    p.add_argument("--evs-faults", type=int, default=d.evs_faults, metavar="N",
+                   help="EVS processes crashing on their own, per node incarnation")
     p.add_argument("--evs", type=int, default=d.evs, metavar="N",
                    help="EVS processes per node incarnation, multicasting to groups G "
                         "and H; their delivery order and views are checked")
@@ -2933,7 +2995,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin, amf_hangs=a.amf_hangs,
-        amf_faults=a.amf_faults, evs=a.evs)
+        amf_faults=a.amf_faults, evs=a.evs, evs_faults=a.evs_faults)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:

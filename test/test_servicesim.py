@@ -70,7 +70,7 @@ MIXES: dict[str, SvcOptions] = {
     # a held message delivered twice
     "evs_chaos": SvcOptions(nodes=4, loss=0.2, dup=0.05, reorder=0.3, partitions=2,
                             crashes=3, pauses=2, restarts=3, asym=2, ack_crashes=2,
-                            split_writes=2, evs=2),
+                            split_writes=2, evs=2, evs_faults=2),
     # AMF operator actions (locks, shutdowns, node locks, error reports with every
     # recovery, cancels) on the wide model, component processes stopped and resumed,
     # crashing on their own or refusing assignments, under loss, crashes and quick restarts
@@ -686,6 +686,30 @@ def test_evs_processes_under_loss_and_pauses(mix: str) -> None:
         assert r.ok, r.report()
         delivered += sum(1 for m in sim.all_evs for e in m.events if e[0] == "msg")
     assert delivered > 25 * 6 * 30  # every process got at least its own messages
+
+
+#: EVS processes crashing on their own (others start in their place) under loss
+EVS_CRASHES = SvcOptions(evs=2, evs_faults=3, loss=0.1, crashes=1, restarts=1)
+
+
+def test_evs_processes_that_crash_leave_every_view() -> None:
+    """A process that dies while its node lives leaves its groups on every node (the
+    tables and the survivors' last views list only live processes), and the processes
+    started in its place join and deliver as any other."""
+    crashed = 0
+    for seed in seeds(15):
+        sim = ServiceSim(seed, EVS_CRASHES)
+        r = sim.run()
+        assert r.ok, r.report()
+        crashed += sum(1 for m in sim.all_evs if m.closed)
+    assert crashed >= 15 * 4
+
+
+def test_evs_state_check_catches_a_dead_process_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ais.services.evs import EvsService
+    monkeypatch.setattr(EvsService, "on_lib_exit", lambda self, conn: None)
+    found = [v for seed in seeds(3) for v in run(seed, EVS_CRASHES).violations]
+    assert any("live members" in v.detail for v in found), found[:3]
 
 
 #: partitions and crashes with EVS processes: sync rounds abandoned while nodes send
