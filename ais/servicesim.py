@@ -118,6 +118,11 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
     every group (each CSI of an N-way group) has as many active as its units
     allow (``check_amf_service``).
 
+(e) reference counts: every live node's count of opens of each checkpoint in
+    the replicated state is the number of handles its live clients hold open,
+    and no handle names a checkpoint that is gone (``check_refs``; a client
+    that crashes on its own, ``client_crashes``, has closed all of its).
+
 A section's bytes must also decode as a value some client wrote (no torn
 or mixed data), on every replica and in every read reply.
 
@@ -302,6 +307,9 @@ class SvcOptions(SimOptions):
     #: group G, every other one H too (and leaves H half-way), and multicasts numbered
     #: messages to its groups
     evs: int = 0
+    #: CKPT clients that crash on their own, a request in flight or not (the connection
+    #: closes; another client starts in their place 0.3-1 s later), per node incarnation
+    client_crashes: int = 0
     #: EVS processes that crash on their own (the connection closes; another process
     #: starts in their place 0.3-1 s later), per node incarnation
     evs_faults: int = 0
@@ -1260,6 +1268,27 @@ class _EvsMember:
         self.closed = True
 
 
+def check_refs(svc: CkptService, local: dict[int, dict[tuple[int, int, int], int]]
+               ) -> list[Violation]:
+    """(e) Reference counts, once settled: every live node's count in the replicated
+    state (``svc``: any live node's service, all alike by (a)) is the number of handles
+    its live clients hold open (``local``: node id -> checkpoint id -> handles), and no
+    handle names a checkpoint that is gone.  A client that died closed all of its."""
+    vs = []
+    for node, mine in sorted(local.items()):
+        for ck_id in sorted(set(mine) | {i for i, ck in svc.ckpts.items() if node in ck.refs}):
+            ck = svc.ckpts.get(ck_id)
+            if ck is None:
+                vs.append(Violation("ckpt-refs", f"node {node:#x}: {mine[ck_id]} handle(s) "
+                                                 f"open on checkpoint {ck_id}, which is gone"))
+            elif ck.refs.get(node, 0) != mine.get(ck_id, 0):
+                vs.append(Violation("ckpt-refs", f"{ck.name.decode(errors='replace')} "
+                                                 f"{ck_id}: node {node:#x} holds "
+                                                 f"{mine.get(ck_id, 0)} handle(s) open, the "
+                                                 f"replicated count is {ck.refs.get(node, 0)}"))
+    return _capped(vs)
+
+
 def check_evs_history(members: list[_EvsMember], live: list[_EvsMember]
                       ) -> list[Violation]:
     """EVS delivery over the whole run, dead processes' histories included: one agreed
@@ -1486,6 +1515,8 @@ class _Client:
         self.on_ack: Callable[[_Client, Ack], None] | None = None
         #: the handle a scenario's steps share
         self.handle = 0
+        #: died on its own (``client_crashes``), not with its node
+        self.crashed = False
 
     def step(self) -> None:
         """Send the script's next request, if the last one was answered."""
@@ -2227,6 +2258,12 @@ class ServiceSim(Simulation):
             self.next_uid += 1
             self.clients[nid].append(c)
             self.all_clients.append(c)
+        if self.o.client_crashes and script is None:
+            rng = random.Random(f"client-crashes {self.seed} {nid} {node.inc}")
+            for _ in range(self.o.client_crashes):
+                host.call_later(rng.uniform(0.3, max(1.0, self.o.duration)),
+                                self._client_crash(node, host, rng.random(),
+                                                   rng.uniform(0.3, 1.0)))
         self.evs_members[nid] = [_EvsMember(self, node, host, k, max(4, self.o.messages // 2))
                                  for k in range(self.o.evs)]
         self.all_evs += self.evs_members[nid]
@@ -2441,6 +2478,31 @@ class ServiceSim(Simulation):
         counts = {self.in_ring[n.id] for n in up}
         return len(counts) == 1 and not (amf and self.o.amf and self._amf_unquiet(up))
 
+    def _client_crash(self, node: _Node, host: ServiceHost, pick: float,
+                      back_after: float) -> Callable[[], None]:
+        """A CKPT client of ``node`` dies on its own, maybe with a request in flight (its
+        handles close as its connection does); another starts 0.3-1 s later."""
+        def crash() -> None:
+            live = [c for c in self.clients[node.id] if c.alive]
+            if self.hosts.get(node.id) is not host or not live:
+                return
+            c = live[int(pick * len(live))]
+            self.tr(node, f"client {c.name} crashes"
+                    + (f" with {c.pending.kind} #{c.pending.seq} unanswered"
+                       if c.pending is not None else ""))
+            c.kill()
+            c.crashed = True
+            host.lib_exit(c.conn)
+
+            def again() -> None:
+                if self.hosts.get(node.id) is host:
+                    new = _Client(self, node, len(self.clients[node.id]), self.next_uid)
+                    self.next_uid += 1
+                    self.clients[node.id].append(new)
+                    self.all_clients.append(new)
+            host.call_later(back_after, again)
+        return crash
+
     def _evs_crash(self, node: _Node, host: ServiceHost, pick: float,
                    back_after: float) -> Callable[[], None]:
         """An EVS process of ``node`` dies on its own; another starts 0.3-1 s later."""
@@ -2566,6 +2628,17 @@ class ServiceSim(Simulation):
             self.conflicted)
         vs += check_acked(req, replicas)
         vs += check_values(replicas, self.written)
+        svcs = [(n, h.services[cw.CKPT_SERVICE_ID]) for n in self.up()
+                if (h := self.hosts[n.id]) is not None]
+        if svcs and not vs:
+            local: dict[int, dict[tuple[int, int, int], int]] = {}
+            for n, _ in svcs:
+                mine = local[self.hosts[n.id].node_id] = {}  # type: ignore[union-attr]
+                for c in self.clients[n.id]:
+                    cs = c.conn.private.get("ckpt")
+                    for hd in cs.handles.values() if c.alive and cs is not None else ():
+                        mine[hd.ckpt_id] = mine.get(hd.ckpt_id, 0) + 1
+            vs += check_refs(svcs[0][1], local)  # type: ignore[arg-type]
         vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
                              [node_id_from_totem(n.id) for n in self.up()])
         if self.o.evs:
@@ -2976,6 +3049,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--amf-faults", type=int, default=d.amf_faults, metavar="N",
                    help="AMF component processes crashing or refusing a CSI, per node "
                         "incarnation")
+    p.add_argument("--client-crashes", type=int, default=d.client_crashes, metavar="N",
+                   help="CKPT clients crashing on their own, per node incarnation")
     p.add_argument("--evs-faults", type=int, default=d.evs_faults, metavar="N",
                    help="EVS processes crashing on their own, per node incarnation")
     p.add_argument("--evs", type=int, default=d.evs, metavar="N",
@@ -2995,7 +3070,8 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin, amf_hangs=a.amf_hangs,
-        amf_faults=a.amf_faults, evs=a.evs, evs_faults=a.evs_faults)
+        amf_faults=a.amf_faults, evs=a.evs, evs_faults=a.evs_faults,
+        client_crashes=a.client_crashes)
 
 
 def _sweep_one(job: tuple[int, SvcOptions]) -> SvcResult:

@@ -688,6 +688,30 @@ def test_evs_processes_under_loss_and_pauses(mix: str) -> None:
     assert delivered > 25 * 6 * 30  # every process got at least its own messages
 
 
+#: CKPT clients crashing on their own, a request in flight or not, under loss and crashes
+CLIENT_CRASHES = SvcOptions(loss=0.1, crashes=1, restarts=1, client_crashes=3)
+
+
+def test_ckpt_clients_that_crash_close_their_handles() -> None:
+    """A client that dies while its node lives closes every handle it held, in agreed
+    order: each node's replicated count of opens is what its live clients hold, and
+    every other check (convergence, acknowledged writes, answers) holds."""
+    crashed = 0
+    for seed in seeds(15):
+        sim = ServiceSim(seed, CLIENT_CRASHES)
+        r = sim.run()
+        assert r.ok, r.report()
+        crashed += sum(1 for c in sim.all_clients if c.crashed)
+    assert crashed >= 15 * 5
+
+
+def test_refs_check_catches_a_dead_clients_opens_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ais.services.ckpt import CkptService
+    monkeypatch.setattr(CkptService, "on_lib_exit", lambda self, conn: None)
+    found = {v.invariant for seed in seeds(3) for v in run(seed, CLIENT_CRASHES).violations}
+    assert found == {"ckpt-refs"}, found
+
+
 #: EVS processes crashing on their own (others start in their place) under loss
 EVS_CRASHES = SvcOptions(evs=2, evs_faults=3, loss=0.1, crashes=1, restarts=1)
 
