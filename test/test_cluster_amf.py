@@ -567,3 +567,70 @@ def test_n_plus_1_standby_takes_over_one_csi_across_executives(tmp_path: Path) -
         finally:
             for p in procs:
                 p.stop()
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(240)
+def test_failovers_under_loss_leave_one_active_agreed_everywhere(tmp_path: Path,
+                                                                 fault_hub) -> None:
+    """At 10 % loss both ways on every link: a component process killed -9 (its node
+    lives) fails its unit over to the standby on another node; the process started
+    again makes its unit standby (no failback); then the new active's executive is
+    killed -9 and the unit on node 1 is active again.  After each step every live node
+    shows the same state with exactly one active unit."""
+    hub = fault_hub
+    procs: list[Prog] = []
+
+    def agreed(nodes: list[int]) -> str:
+        end = time.monotonic() + 30
+        while len({status(c, n) for n in nodes}) > 1 and time.monotonic() < end:
+            time.sleep(0.3)
+        texts = {status(c, n) for n in nodes}
+        assert len(texts) == 1, texts
+        text = texts.pop()
+        assert text.count("role active") == 1, text
+        return text
+
+    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
+                    bindnetaddr=hub.network, port=5405) as c:
+        try:
+            for n in (1, 2, 3):
+                c.start(n)
+            for n in (1, 2, 3):
+                c.wait_socket(n)
+            c.wait_ring([1, 2, 3])
+            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
+            procs += b
+            for p in b:
+                p.wait_states([IN_SERVICE, ACTIVE])
+            a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
+            procs += a
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY])
+            hub.set(loss=0.10)
+            b[0].proc.kill()  # testamf3 (comp_a_in_su_y) dies; its executive lives
+            b[0].proc.wait(timeout=10)
+            for p in a:
+                p.wait_states([IN_SERVICE, STANDBY, ACTIVE], timeout=30)
+            b[1].wait(lambda q: q.states()[-2:] == [QUIESCED, OOS], "raidB quiesced", 30)
+            text = agreed([1, 2, 3])
+            assert "role active" in unit_line(text, "raidA")
+            b3 = Prog(c, 1, 3)  # started again: raidB comes back as standby
+            procs.append(b3)
+            b3.wait_states([IN_SERVICE, STANDBY], timeout=30)
+            text = agreed([1, 2, 3])
+            assert "role standby" in unit_line(text, "raidB")
+            assert "role active" in unit_line(text, "raidA")
+            c.kill(3)  # the active unit's executive, kill -9
+            c.wait_ring([1, 2], timeout=30)
+            for p in (b3, b[1]):
+                p.wait(lambda q: q.states()[-1:] == [ACTIVE], "raidB active again", 30)
+            text = agreed([1, 2])
+            assert "role active" in unit_line(text, "raidB")
+            assert "comp_a_in_su_x (pgA): unregistered" in text
+            dropped = sum(v["dropped"] for v in hub.stats().values())
+            assert dropped >= 10, hub.stats()  # the loss was real
+        finally:
+            hub.heal()
+            for p in procs:
+                p.stop()
