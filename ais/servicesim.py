@@ -2478,15 +2478,28 @@ class ServiceSim(Simulation):
         counts = {self.in_ring[n.id] for n in up}
         return len(counts) == 1 and not (amf and self.o.amf and self._amf_unquiet(up))
 
+    def _crash_one(self, node: _Node, host: ServiceHost, pick: float, back_after: float,
+                   live: Callable[[], list[Any]], kill: Callable[[Any], None],
+                   start: Callable[[], None]) -> Callable[[], None]:
+        """A process of ``node`` (one of ``live()``, by ``pick``) dies on its own (``kill``);
+        another starts in its place ``back_after`` s later (``start``), if the node lives."""
+        def crash() -> None:
+            procs = live()
+            if self.hosts.get(node.id) is not host or not procs:
+                return
+            kill(procs[int(pick * len(procs))])
+
+            def again() -> None:
+                if self.hosts.get(node.id) is host:
+                    start()
+            host.call_later(back_after, again)
+        return crash
+
     def _client_crash(self, node: _Node, host: ServiceHost, pick: float,
                       back_after: float) -> Callable[[], None]:
         """A CKPT client of ``node`` dies on its own, maybe with a request in flight (its
         handles close as its connection does); another starts 0.3-1 s later."""
-        def crash() -> None:
-            live = [c for c in self.clients[node.id] if c.alive]
-            if self.hosts.get(node.id) is not host or not live:
-                return
-            c = live[int(pick * len(live))]
+        def kill(c: _Client) -> None:
             self.tr(node, f"client {c.name} crashes"
                     + (f" with {c.pending.kind} #{c.pending.seq} unanswered"
                        if c.pending is not None else ""))
@@ -2494,36 +2507,31 @@ class ServiceSim(Simulation):
             c.crashed = True
             host.lib_exit(c.conn)
 
-            def again() -> None:
-                if self.hosts.get(node.id) is host:
-                    new = _Client(self, node, len(self.clients[node.id]), self.next_uid)
-                    self.next_uid += 1
-                    self.clients[node.id].append(new)
-                    self.all_clients.append(new)
-            host.call_later(back_after, again)
-        return crash
+        def start() -> None:
+            new = _Client(self, node, len(self.clients[node.id]), self.next_uid)
+            self.next_uid += 1
+            self.clients[node.id].append(new)
+            self.all_clients.append(new)
+        return self._crash_one(node, host, pick, back_after,
+                               lambda: [c for c in self.clients[node.id] if c.alive],
+                               kill, start)
 
     def _evs_crash(self, node: _Node, host: ServiceHost, pick: float,
                    back_after: float) -> Callable[[], None]:
         """An EVS process of ``node`` dies on its own; another starts 0.3-1 s later."""
-        def crash() -> None:
-            members = self.evs_members[node.id]
-            live = [m for m in members if m.alive]
-            if self.hosts.get(node.id) is not host or not live:
-                return
-            m = live[int(pick * len(live))]
+        members = self.evs_members[node.id]
+
+        def kill(m: _EvsMember) -> None:
             self.tr(node, f"EVS process {m.name} crashes")
             m.closed = True
             host.lib_exit(m)
 
-            def again() -> None:
-                if self.hosts.get(node.id) is host:
-                    new = _EvsMember(self, node, host, len(members),
-                                     max(4, self.o.messages // 2))
-                    members.append(new)
-                    self.all_evs.append(new)
-            host.call_later(back_after, again)
-        return crash
+        def start() -> None:
+            new = _EvsMember(self, node, host, len(members), max(4, self.o.messages // 2))
+            members.append(new)
+            self.all_evs.append(new)
+        return self._crash_one(node, host, pick, back_after,
+                               lambda: [m for m in members if m.alive], kill, start)
 
     def _hang_one(self, host: ServiceHost, nid: int, pick: float,
                   length: float) -> Callable[[], None]:

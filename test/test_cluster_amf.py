@@ -266,6 +266,26 @@ def test_two_executives_fail_over_when_one_is_killed(tmp_path: Path) -> None:
                 p.stop()
 
 
+def b_active_on_1_a_standby_on_3(c: Cluster, procs: list[Prog]
+                                 ) -> tuple[list[Prog], list[Prog]]:
+    """Three executives in the fault hub's namespaces; raidB's programs on node 1
+    (active), raidA's on node 3 (standby); every program is added to ``procs``."""
+    for n in (1, 2, 3):
+        c.start(n)
+    for n in (1, 2, 3):
+        c.wait_socket(n)
+    c.wait_ring([1, 2, 3])
+    b = [Prog(c, 1, 3), Prog(c, 1, 4)]
+    procs += b
+    for p in b:
+        p.wait_states([IN_SERVICE, ACTIVE])
+    a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
+    procs += a
+    for p in a:
+        p.wait_states([IN_SERVICE, STANDBY])
+    return b, a
+
+
 @pytest.mark.netns
 def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Path,
                                                                     fault_hub) -> None:
@@ -277,19 +297,7 @@ def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Pa
     with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
                     bindnetaddr=hub.network, port=5405) as c:
         try:
-            for n in (1, 2, 3):
-                c.start(n)
-            for n in (1, 2, 3):
-                c.wait_socket(n)
-            c.wait_ring([1, 2, 3])
-            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
-            procs += b
-            for p in b:
-                p.wait_states([IN_SERVICE, ACTIVE])
-            a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
-            procs += a
-            for p in a:
-                p.wait_states([IN_SERVICE, STANDBY])
+            b, a = b_active_on_1_a_standby_on_3(c, procs)
             hub.partition([1, 2], [3])
             for p in a:
                 p.wait_states([IN_SERVICE, STANDBY, ACTIVE], timeout=30)
@@ -594,19 +602,7 @@ def test_failovers_under_loss_leave_one_active_agreed_everywhere(tmp_path: Path,
     with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
                     bindnetaddr=hub.network, port=5405) as c:
         try:
-            for n in (1, 2, 3):
-                c.start(n)
-            for n in (1, 2, 3):
-                c.wait_socket(n)
-            c.wait_ring([1, 2, 3])
-            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
-            procs += b
-            for p in b:
-                p.wait_states([IN_SERVICE, ACTIVE])
-            a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
-            procs += a
-            for p in a:
-                p.wait_states([IN_SERVICE, STANDBY])
+            b, a = b_active_on_1_a_standby_on_3(c, procs)
             hub.set(loss=0.10)
             b[0].proc.kill()  # testamf3 (comp_a_in_su_y) dies; its executive lives
             b[0].proc.wait(timeout=10)
