@@ -580,3 +580,22 @@ def test_error_report_applied_in_another_partition_restarts_the_component_once()
     assert [f.error for f in conn.responses if f.seq == seq] == [Timeout.code]
     assert len(cl.digests()) == 1
     assert t.states().count("TERMINATE") == 1
+
+
+def test_the_same_component_registered_on_both_sides_of_a_partition():
+    """One program run on two nodes: the second registration is refused (EXIST) while
+    the ring is whole, accepted while the nodes are apart.  After the heal the merge
+    keeps the first side's, and the other process gets the terminate callback."""
+    cl = AmfCluster([A, B])
+    cl.form([A, B])
+    t3 = cl.proc(A, "comp_a_in_su_y")
+    assert cl.proc(B, "comp_a_in_su_y", register=False).register() == Exist.code
+    cl.form([A], [B])
+    cl.settle()
+    u = cl.proc(B, "comp_a_in_su_y")
+    assert cl.amf(B).comps["comp_a_in_su_y"].host == cl.amf(B).host.node_id
+    cl.form([A, B])
+    cl.settle()
+    assert cl.amf(A).comps["comp_a_in_su_y"].host == cl.amf(A).host.node_id
+    assert u.take()[-1:] == ["TERMINATE"] and "TERMINATE" not in t3.take()
+    assert cl.digests() and len(cl.digests()) == 1

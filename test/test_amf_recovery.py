@@ -167,3 +167,27 @@ def test_start_rate_is_limited():
     assert len(starts) == SPAWN_LIMIT, "at most SPAWN_LIMIT starts in SPAWN_WINDOW"
     cl.advance(60.0)
     assert len([p for p in sa.started if p.name == "c1"]) == SPAWN_LIMIT + 1
+
+
+def test_a_registration_lost_in_a_merge_stops_its_process():
+    """Each side of a partition starts the other side's component: after the heal the
+    merge keeps one registration of each, and the process registered on the losing
+    side -- acting in its side's states, c2 as active -- gets the terminate callback
+    and, started by AMF, SIGTERM after the grace second: one process per component,
+    one active for the CSI."""
+    cl = AmfCluster([A, B], SPAWNED)
+    sa, sb = FakeSpawner(cl, A), FakeSpawner(cl, B)
+    cl.form([A, B])
+    cl.advance(0.3)
+    cl.form([A], [B])
+    cl.advance(2.0)
+    assert sorted(p.name for p in sa.live()) == sorted(p.name for p in sb.live()) == ["c1", "c2"]
+    assert cl.roles(B) == {"u1": "STANDBY", "u2": "ACTIVE"}
+    cl.form([A, B])
+    cl.advance(3.0)
+    assert cl.roles(A) == cl.roles(B) == {"u1": "ACTIVE", "u2": "STANDBY"}
+    assert sorted(p.name for p in sa.live()) == ["c1", "c2"] and sb.live() == []
+    for p in sb.started:
+        assert p.comp.seen[-1] == ("terminate", "TERMINATE")
+        assert p.signals == [signal.SIGTERM]
+    assert [s for s in sb.started if s.name == "c2"][0].comp.seen[-2] == ("ha", "ACTIVE")

@@ -791,6 +791,19 @@ class AmfService(Service):
         self.log.log(NOTICE, "component %s does not respond: told to terminate", c.name)
         self._terminate(c, restart=True, failed=conn)
 
+    def _lost_registration(self, c: Comp, conn: LibConn) -> None:
+        """The process on ``conn`` registered ``c`` on its side of a partition, and the
+        merge kept another side's registration (a process started there, or the same
+        program run on two nodes): it serves nothing now, and is told to terminate (one
+        this node started is stopped too), lest it go on acting in its side's states."""
+        self.log.log(NOTICE, "component %s: the merge kept its registration on %s; the "
+                     "process registered here is told to terminate", c.name,
+                     fmt_node(c.host) if c.registered else "no node")
+        self._terminate(c, restart=True, failed=conn)
+        p = self.procs.get(c.name)
+        if p is not None and not (c.registered and c.host == self.host.node_id):
+            self._stop_process(p, "it lost its registration in a merge")
+
     # --- healthchecks (host only) -----------------------------------------------------------
 
     def _wants_healthcheck(self, c: Comp) -> bool:
@@ -1635,6 +1648,8 @@ class AmfService(Service):
         for unit in self.units.values():
             self._apply_admin(unit)
         # This node's own registrations, as the (possibly merged) state says.
+        owned = [(lc, name) for lc in self.conns.values()
+                 for name in sorted(lc.private.get("amf_comps", ()))]
         for lc in self.conns.values():
             lc.private["amf_comps"] = set()
         for c in self.comps.values():
@@ -1645,6 +1660,9 @@ class AmfService(Service):
                         c.conn_id, c.incarnation, True, c.name.encode(), b""))
                 else:
                     conn.private.setdefault("amf_comps", set()).add(c.name)
+        for lc, name in owned:
+            if name not in lc.private["amf_comps"] and not lc.closed:
+                self._lost_registration(self.comps[name], lc)
         for name in [n for n, i in self.invocations.items()
                      if self.comps[i.comp].incarnation != i.incarnation
                      or self.comps[i.comp].host != me]:
