@@ -152,6 +152,7 @@ import ipaddress
 import logging
 import math
 import random
+import re
 import struct
 import sys
 import traceback
@@ -297,6 +298,9 @@ class SvcOptions(SimOptions):
     #: AMF component processes stopped for 1.5-4 s (SIGSTOP and SIGCONT: their callbacks
     #: wait, then are handled in order), per node incarnation
     amf_hangs: int = 0
+    #: the wide model with the raid group's components started by AMF (``instantiate=``)
+    #: instead of by the simulator's supervisors
+    amf_spawn: bool = False
     #: AMF component processes that fail on their own, per node incarnation: half crash
     #: (the connection closes without a word; a supervisor starts the program again 0.3-1 s
     #: later), a tenth crash for good, some unregister and register again 0.3-1 s later
@@ -667,7 +671,7 @@ member=comp_b_in_su_y
 #: SIM_AMF_MODEL with a spare unit (nplusm 1+1 of 3), an nway group whose units are
 #: active for some CSIs and standby for others, and an N+1 group (nway) whose standby
 #: component ks carries both CSIs (--amf-admin)
-SIM_AMF_WIDE = parse_groups_conf("""
+SIM_AMF_WIDE_TEXT = ("""
 group {
 name=raid
 model=nplusm
@@ -790,7 +794,13 @@ member=k2
 member=ks
 }
 }
-""", "<servicesim wide>")
+""")
+SIM_AMF_WIDE = parse_groups_conf(SIM_AMF_WIDE_TEXT, "<servicesim wide>")
+#: SIM_AMF_WIDE with the raid group's six components started by AMF itself
+#: (``instantiate=``: their unit's home node runs them, --amf-spawn)
+SIM_AMF_SPAWN = parse_groups_conf(re.sub(r"(name=comp_[ab]_in_su_[xyz]\nmodel=x_active\n)",
+                                          r"\1instantiate=sim-component\n", SIM_AMF_WIDE_TEXT),
+                                   "<servicesim spawn>")
 #: SIM_AMF_WIDE's proxied components: proxy -> the component it registers and serves
 #: (the relayed one has no process of its own; it fails with its proxy)
 SIM_AMF_PROXIED = {"proxy1": "relayed1", "proxy2": "relayed2"}
@@ -828,7 +838,8 @@ def check_amf_service(svc: AmfService, procs: list[_AmfComp]) -> list[Violation]
 
     - a process whose registration was answered OK is the one the state registers, and it
       acts in exactly the HA state the state says its component has for each CSI;
-    - no CSI has more processes acting active for it than its group allows;
+    - no CSI has more processes acting active for it than its group allows, and no
+      component has a live process on two nodes;
     - the service is available: every unit that could be in service (unlocked, its
       components registered without errors) is, and every group (every CSI of an N-way
       group) has as many active as its units allow.
@@ -853,6 +864,11 @@ def check_amf_service(svc: AmfService, procs: list[_AmfComp]) -> list[Violation]
                     vs.append(Violation("amf-belief",
                                         f"{name}/{csi}: its process acts in HA state {acts}, "
                                         f"the state says {c.has[csi]}"))
+    where: dict[str, list[str]] = {}
+    for p in procs:
+        where.setdefault(p.name, []).append(p.node_name)
+    vs += [Violation("amf-duplicate", f"{name}: a live process on each of {', '.join(nodes)}")
+           for name, nodes in sorted(where.items()) if len(nodes) > 1]
     for g in svc.groups:
         limit = 1 if g.per_csi else g.spec.active_units
         for prot in g.spec.protections:
@@ -898,8 +914,10 @@ class _AmfComp:
     (``belief``), for ``check_amf_service``."""
 
     def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost,
-                 name: str) -> None:
+                 name: str, started: _SimChild | None = None) -> None:
         self.sim, self.nid, self.inc, self.host, self.name = sim, nid, inc, host, name
+        #: the handle of the AMF start that made it (None: a supervisor restarts it)
+        self.started = started
         self.conn_id = host.new_conn_id()
         self.service_id = aw.AMF_SERVICE_ID
         self.private: dict[str, Any] = {}
@@ -1049,6 +1067,9 @@ class _AmfComp:
         self.closed = True
         self.belief.clear()
         self.host.lib_exit(self)
+        if self.started is not None:
+            self.started.exited(0 if self.exiting else -9)
+            return
         if back_after is None:
             return
 
@@ -1091,6 +1112,43 @@ class _AmfComp:
 
     def close(self, reason: str = "") -> None:
         self.closed = True
+
+
+class _SimChild:
+    """A process AMF started (``ServiceHost.spawner``): an ``_AmfComp`` that connects
+    and registers 50 ms later; SIGKILL ends it at once, other signals 1 ms later (it
+    exits as asked); AMF hears of every exit through ``on_exit``."""
+
+    _pids = 1000
+
+    def __init__(self, sim: ServiceSim, nid: int, inc: int, host: ServiceHost, name: str,
+                 on_exit: Callable[[int], None]) -> None:
+        _SimChild._pids += 1
+        self.pid = _SimChild._pids
+        self.sim, self.host, self.on_exit = sim, host, on_exit
+        self.proc: _AmfComp | None = None
+        self.returncode: int | None = None
+
+        def run() -> None:
+            if self.returncode is None and sim.hosts.get(nid) is host:
+                self.proc = _AmfComp(sim, nid, inc, host, name, started=self)
+        host.call_later(0.05, run)
+
+    def kill(self, sig: int) -> None:
+        if self.returncode is not None:
+            return
+        if self.proc is None:
+            self.exited(-sig)
+        elif sig == 9:
+            self.proc.crash(None)
+        else:
+            self.proc.exiting = True
+            self.host.call_later(0.001, self.proc._exit)
+
+    def exited(self, rc: int) -> None:
+        if self.returncode is None:
+            self.returncode = rc
+            self.host.call_later(0.0, lambda: self.on_exit(rc))
 
 
 #: recommended recoveries the simulated operator reports errors with
@@ -1773,7 +1831,8 @@ class ServiceSim(Simulation):
             self.config = TotemConfig(send_queue_limit=options.send_queue,
                                       send_queue_bytes=256 * 1024)
         self.sres = SvcResult(seed, options)
-        self.amf_model = SIM_AMF_WIDE if options.amf_admin else SIM_AMF_MODEL
+        self.amf_model = (SIM_AMF_SPAWN if options.amf_spawn else SIM_AMF_WIDE
+                          if options.amf_admin else SIM_AMF_MODEL)
         #: AMF operator requests (admin, error report, cancel) answered SA_OK
         self.amf_admin_ok = 0
         #: every AMF component process started; the hosts of those waiting to start again
@@ -2274,8 +2333,12 @@ class ServiceSim(Simulation):
                                 self._evs_crash(node, host, rng.random(), rng.uniform(0.3, 1.0)))
         ids = sorted(self.nodes)
         relayed = set(SIM_AMF_PROXIED.values())
+        if self.o.amf:
+            host.spawner = lambda argv, env, on_exit: _SimChild(
+                self, nid, node.inc, host, env["AIS_COMPONENT_NAME"], on_exit)
         for k, (_, _, comp) in enumerate(self.amf_model.components()):
-            if self.o.amf and ids[k % len(ids)] == nid and comp.name not in relayed:
+            if self.o.amf and ids[k % len(ids)] == nid and comp.name not in relayed \
+                    and not comp.instantiate:
                 _AmfComp(self, nid, node.inc, host, comp.name)
         if self.o.amf and self.o.amf_hangs:
             rng = random.Random(f"amf-hangs {self.seed} {nid} {node.inc}")
@@ -2575,7 +2638,12 @@ class ServiceSim(Simulation):
             if p._alive() and p.exiting:
                 return f"the process of {p.name} is exiting"
         for n, h in hosts:
-            why = amf_unquiet(h.services[aw.AMF_SERVICE_ID])  # type: ignore[arg-type]
+            svc = h.services[aw.AMF_SERVICE_ID]
+            assert isinstance(svc, AmfService)
+            for name, proc in svc.procs.items():
+                if proc.timer is not None and not svc.comps[name].registered:
+                    return f"AMF at {n.name} is to start {name}"
+            why = amf_unquiet(svc)
             if why:
                 return f"AMF at {n.name}: {why}"
         return ""
@@ -3054,6 +3122,8 @@ def _parser() -> argparse.ArgumentParser:
                         "model with spares and an nway group")
     p.add_argument("--amf-hangs", type=int, default=d.amf_hangs, metavar="N",
                    help="AMF component processes stopped for 1.5-4 s, per node incarnation")
+    p.add_argument("--amf-spawn", action=argparse.BooleanOptionalAction, default=d.amf_spawn,
+                   help="the wide model with the raid group's components started by AMF")
     p.add_argument("--amf-faults", type=int, default=d.amf_faults, metavar="N",
                    help="AMF component processes crashing or refusing a CSI, per node "
                         "incarnation")
@@ -3078,7 +3148,7 @@ def options_from_args(a: argparse.Namespace) -> SvcOptions:
         max_write=a.max_write, sync_budget=a.sync_budget, send_queue=a.send_queue,
         duration=a.duration, settle=a.settle, start_spread=a.start_spread,
         max_steps=a.max_steps, amf=a.amf, amf_admin=a.amf_admin, amf_hangs=a.amf_hangs,
-        amf_faults=a.amf_faults, evs=a.evs, evs_faults=a.evs_faults,
+        amf_faults=a.amf_faults, amf_spawn=a.amf_spawn, evs=a.evs, evs_faults=a.evs_faults,
         client_crashes=a.client_crashes)
 
 

@@ -191,3 +191,24 @@ def test_a_registration_lost_in_a_merge_stops_its_process():
         assert p.comp.seen[-1] == ("terminate", "TERMINATE")
         assert p.signals == [signal.SIGTERM]
     assert [s for s in sb.started if s.name == "c2"][0].comp.seen[-2] == ("ha", "ACTIVE")
+
+
+def test_a_process_started_for_a_component_registered_elsewhere_is_stopped():
+    """The heal comes before the processes each side started for the other's component
+    have registered: the merged state has each component registered where it was, the
+    new processes' registrations would be refused (EXIST), and AMF stops them: one
+    process per component."""
+    cl = AmfCluster([A, B], SPAWNED)
+    sa, sb = FakeSpawner(cl, A), FakeSpawner(cl, B)
+    cl.form([A, B])
+    cl.advance(0.3)
+    cl.form([A], [B])
+    cl.advance(0.01)  # each side has started the other's component, not registered yet
+    assert len(sa.live()) == len(sb.live()) == 2
+    cl.form([A, B])
+    cl.advance(3.0)
+    assert [p.name for p in sa.live()] == ["c1"] and [p.name for p in sb.live()] == ["c2"]
+    for p in sa.started + sb.started:
+        if p.returncode is not None:
+            assert p.signals == [signal.SIGTERM]
+    assert cl.roles(A) == cl.roles(B) == {"u1": "ACTIVE", "u2": "STANDBY"}

@@ -204,3 +204,37 @@ def test_a_refused_quiesce_stalls_the_failover_without_the_clean_up(
     r = servicesim.run(6, FAILING)
     assert [v.invariant for v in r.violations] == ["liveness"], r.report()
     assert "quiescing" in r.violations[0].detail
+
+
+#: AMF starts the raid group's components itself: after a crash, on the node that takes
+#: a unit over after its home left, on each side of a partition
+SPAWN = servicesim.SvcOptions(loss=0.1, crashes=1, restarts=1, partitions=2, amf_spawn=True,
+                              amf_faults=2)
+
+
+def test_components_amf_starts_itself_one_process_each_after_faults() -> None:
+    """Every check holds, and no component has a live process on two nodes, though each
+    side of a partition starts the components whose home is on the other."""
+    spawned = 0
+    for seed in range(15):
+        sim = servicesim.ServiceSim(seed, SPAWN)
+        r = sim.run()
+        assert r.ok, r.report()
+        spawned += sum(1 for p in sim.amf_procs if p.started is not None)
+    assert spawned >= 15 * 8
+
+
+def test_processes_of_the_losing_side_act_on_without_being_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As before the fixes: nothing stops a process whose registration the merge did
+    not keep (it acts on in its side's states), nor one started for a component
+    registered elsewhere (it waits to register for ever)."""
+    monkeypatch.setattr(amf.AmfService, "_lost_registration", lambda self, c, conn: None)
+    stop = amf.AmfService._stop_process
+
+    def stop_unless_registered_elsewhere(self, p, why, grace=1.0):
+        if "registered on" not in why:
+            stop(self, p, why, grace)
+    monkeypatch.setattr(amf.AmfService, "_stop_process", stop_unless_registered_elsewhere)
+    found = {v.invariant for seed in range(3) for v in servicesim.run(seed, SPAWN).violations}
+    assert {"amf-registration", "amf-duplicate"} <= found, found

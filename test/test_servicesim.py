@@ -53,8 +53,10 @@ MIXES: dict[str, SvcOptions] = {
                        pauses=1, ack_crashes=2),
     # a node cut off as it sends client data: sides end the old ring differently
     "splits": SvcOptions(loss=0.15, split_writes=3, messages=30),
-    # partitions and flapping links, nobody crashes
-    "partitions": SvcOptions(loss=0.05, dup=0.02, reorder=0.1, partitions=3, flaps=1),
+    # partitions and flapping links, nobody crashes; AMF starts the raid group's
+    # components itself (each side starts the other side's), some of which crash
+    "partitions": SvcOptions(loss=0.05, dup=0.02, reorder=0.1, partitions=3, flaps=1,
+                             amf_spawn=True, amf_faults=1),
     # pauses longer than the token timeout and asymmetric (size-dependent) loss
     "pauses": SvcOptions(pauses=2, asym=2, loss=0.05),
     # four nodes, heavier loss, every fault at once and AMF operator actions: the mix

@@ -1203,6 +1203,11 @@ class AmfService(Service):
                 if p is not None and p.handle is not None:
                     if unit.admin == Admin.LOCKED and unit.phase == Phase.IDLE:
                         self._stop_process(p, "its unit is locked")
+                    elif c.registered and c.host != me:
+                        # Started while the other node's registration was not known
+                        # here (a partition, a merge): that one serves.
+                        self._stop_process(p, f"{c.name} is registered on "
+                                              f"{fmt_node(c.host)}", grace=0.0)
                     elif c.registered and c.host == me and c.error == NOT_RESPONDING \
                             and not p.killed:
                         # Hung (stopped, looping): restart it; the cluster failed it already.
