@@ -630,3 +630,44 @@ def test_failovers_under_loss_leave_one_active_agreed_everywhere(tmp_path: Path,
             hub.heal()
             for p in procs:
                 p.stop()
+
+
+@pytest.mark.netns
+def test_a_component_run_on_both_sides_of_a_partition_is_stopped_on_one(tmp_path: Path,
+                                                                         fault_hub) -> None:
+    """testamf3 runs on node 1; while node 3 is cut off, a second testamf3 there
+    registers the same component on that side.  After the heal the merge keeps node
+    1's registration (the lowest side's), and node 3's process gets the terminate
+    callback; every node agrees."""
+    hub = fault_hub
+    procs: list[Prog] = []
+    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
+                    bindnetaddr=hub.network, port=5405) as c:
+        try:
+            b, a = b_active_on_1_a_standby_on_3(c, procs)
+            second = Prog(c, 3, 3)
+            procs.append(second)
+            second.wait(lambda p: any("register result is 14" in ln for ln in p.lines),
+                        "EXIST while the ring is whole")
+            second.stop()
+            hub.partition([1, 2], [3])
+            c.wait_ring([3], timeout=30)
+            second = Prog(c, 3, 3)
+            procs.append(second)
+            second.wait(lambda p: any("register result is 1 " in ln for ln in p.lines),
+                        "registered on node 3's side")
+            hub.heal()
+            c.wait_ring([1, 2, 3], timeout=30)
+            second.wait(lambda p: "ComponentTerminateCallback" in p.lines, "terminate", 30)
+            assert "ComponentTerminateCallback" not in b[0].lines
+            end = time.monotonic() + 10
+            while len({status(c, n) for n in (1, 2, 3)}) > 1 and time.monotonic() < end:
+                time.sleep(0.2)
+            texts = {status(c, n) for n in (1, 2, 3)}
+            assert len(texts) == 1, texts
+            final = texts.pop()
+            assert f"comp_a_in_su_y (pgA): on {hub.addrs[0]}," in final, final
+            assert final.count("role active") == 1
+        finally:
+            for p in procs:
+                p.stop()
