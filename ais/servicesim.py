@@ -116,7 +116,9 @@ quiet (``check_convergence``, ``check_acked``, ``check_answered``):
     acting active than its group allows; every unit that could serve
     (unlocked, its components registered without errors) is in service, and
     every group (each CSI of an N-way group) has as many active as its units
-    allow (``check_amf_service``).
+    allow (``check_amf_service``); no component has a live process on two
+    nodes; each node's client tracking every protection group was last told
+    the members' readiness and HA states that state gives (``check_pg_trackers``).
 
 (e) reference counts: every live node's count of opens of each checkpoint in
     the replicated state is the number of handles its live clients hold open,
@@ -1503,6 +1505,56 @@ class _TrackConn:
         self.closed = True
 
 
+class _PgTracker:
+    """An AMF client tracking every protection group (SA_TRACK_CURRENT |
+    SA_TRACK_CHANGES), keeping each one's last callback as (component, readiness, HA
+    state) triples."""
+
+    def __init__(self, host: ServiceHost, csis: list[str]) -> None:
+        self.conn_id = host.new_conn_id()
+        self.service_id = aw.AMF_SERVICE_ID
+        self.private: dict[str, Any] = {}
+        self.uid = self.gid = self.pid = 0
+        self.closed = False
+        self.last: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self.errors: list[int] = []
+        host.lib_connect(self)
+        for k, csi in enumerate(csis, 1):
+            host.lib_request(self, aw.AMF_REQ_PG_TRACK_START, k, aw.encode_pg_track_start(
+                aw.PgTrackStart(csi.encode(), SA_TRACK_CURRENT | SA_TRACK_CHANGES, 0)))
+
+    def send_callback(self, msg_id: int, body: bytes = b"", error: int = SA_OK) -> None:
+        if msg_id == aw.AMF_CB_PG_TRACK and not self.closed:
+            cb = aw.decode_pg_track_cb_untrusted(body)
+            self.last[cb.csi_name.decode()] = tuple(
+                (n.member.comp_name.decode(), n.member.readiness_state, n.member.ha_state)
+                for n in cb.items)
+
+    def send_response(self, msg_id: int, seq: int, error: int, body: bytes = b"") -> None:
+        if error != SA_OK:
+            self.errors.append(error)
+
+    def close(self, reason: str = "") -> None:
+        self.closed = True
+
+
+def check_pg_trackers(svc: AmfService, trackers: dict[str, _PgTracker]) -> list[Violation]:
+    """(d) for AMF's protection group tracking: each live node's tracker of every
+    protection group was last told the members' readiness and HA states the (common)
+    state gives them."""
+    vs = []
+    for node, t in sorted(trackers.items()):
+        if t.errors:
+            vs.append(Violation("amf-pg-track", f"{node}: track start refused {t.errors}"))
+        for csi in sorted(svc.protections):
+            want = tuple((m.comp_name.decode(), m.readiness_state, m.ha_state)
+                         for m in svc._pg_members(csi))
+            if t.last.get(csi) != want:
+                vs.append(Violation("amf-pg-track", f"{node}: last {csi} callback "
+                                                    f"{t.last.get(csi)}, the state {want}"))
+    return _capped(vs)
+
+
 class _Conn:
     """A ``LibConn`` without a socket: frames go to its client."""
 
@@ -1904,6 +1956,7 @@ class ServiceSim(Simulation):
         self.split_writes = options.split_writes
         #: per incarnation: whether a holder was a member when its last configuration began
         self.trackers: dict[int, _TrackConn] = {}
+        self.pg_trackers: dict[int, _PgTracker] = {}
         self.scripts: dict[int, Callable[[_Client], Generator[Any, Any, Any]]] = {}
 
     # -- schedule ----------------------------------------------------------------------
@@ -2310,6 +2363,9 @@ class ServiceSim(Simulation):
             self._round_done(node, inc)
         ckpt.sync_done = sync_done  # type: ignore[method-assign]
         self.trackers[nid] = _TrackConn(host)
+        if self.o.amf:
+            self.pg_trackers[nid] = _PgTracker(host, sorted(
+                p.name for g in self.amf_model.groups for p in g.protections))
         script = self.scripts.get(nid)
         self.clients[nid] = []
         for k in range(self.o.clients):
@@ -2679,6 +2735,9 @@ class ServiceSim(Simulation):
         if amfs and not vs:
             vs += check_amf_service(amfs[0],  # type: ignore[arg-type]
                                     [p for p in self.amf_procs if p._alive()])
+            vs += check_pg_trackers(amfs[0],  # type: ignore[arg-type]
+                                    {n.name: self.pg_trackers[n.id] for n in self.up()
+                                     if self.hosts[n.id] is not None})
         desc = ring_graph(self.installs.values())
         # Of the checkpoints created with one name on sides that never met, the one
         # that kept the name (linked) must hold everything; the others only what

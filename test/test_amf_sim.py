@@ -238,3 +238,15 @@ def test_processes_of_the_losing_side_act_on_without_being_stopped(
     monkeypatch.setattr(amf.AmfService, "_stop_process", stop_unless_registered_elsewhere)
     found = {v.invariant for seed in range(3) for v in servicesim.run(seed, SPAWN).violations}
     assert {"amf-registration", "amf-duplicate"} <= found, found
+
+
+def test_pg_tracker_check_catches_callbacks_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every node runs a client tracking every protection group; once AMF is quiet its
+    last callback for each must list the members' states.  Trackers told nothing after
+    the first (current) callback are caught."""
+    sim = servicesim.ServiceSim(0, FAILING)
+    assert sim.run().ok
+    assert all(len(t.last) == 9 for t in sim.pg_trackers.values())
+    monkeypatch.setattr(amf.AmfService, "_notify_trackers", lambda self, c, csi: None)
+    found = {v.invariant for v in servicesim.run(0, FAILING).violations}
+    assert found == {"amf-pg-track"}, found
