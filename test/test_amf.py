@@ -598,4 +598,7 @@ def test_the_same_component_registered_on_both_sides_of_a_partition():
     cl.settle()
     assert cl.amf(A).comps["comp_a_in_su_y"].host == cl.amf(A).host.node_id
     assert u.take()[-1:] == ["TERMINATE"] and "TERMINATE" not in t3.take()
+    # its answer to the terminate callback is taken (not refused as an unknown invocation)
+    last = u.conn.responses[-1]
+    assert last.msg_id == aw.AMF_REQ_RESPONSE and last.error == SA_OK
     assert cl.digests() and len(cl.digests()) == 1

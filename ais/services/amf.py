@@ -1665,15 +1665,16 @@ class AmfService(Service):
                         c.conn_id, c.incarnation, True, c.name.encode(), b""))
                 else:
                     conn.private.setdefault("amf_comps", set()).add(c.name)
-        for lc, name in owned:
-            if name not in lc.private["amf_comps"] and not lc.closed:
-                self._lost_registration(self.comps[name], lc)
         for name in [n for n, i in self.invocations.items()
                      if self.comps[i.comp].incarnation != i.incarnation
                      or self.comps[i.comp].host != me]:
             inv = self.invocations.pop(name)
             if inv.timer is not None:
                 inv.timer.cancel()
+        # (after that clean-up, so that the terminate callback's answer is still taken)
+        for lc, name in owned:
+            if name not in lc.private["amf_comps"] and not lc.closed:
+                self._lost_registration(self.comps[name], lc)
         self._after()
         # Requests whose callback this node never sent (or whose answer was lost).
         for c in self.comps.values():
