@@ -155,6 +155,7 @@ import logging
 import math
 import random
 import re
+import signal
 import struct
 import sys
 import traceback
@@ -1070,7 +1071,7 @@ class _AmfComp:
         self.belief.clear()
         self.host.lib_exit(self)
         if self.started is not None:
-            self.started.exited(0 if self.exiting else -9)
+            self.started.exited(self.started.term_status if self.exiting else -signal.SIGKILL)
             return
         if back_after is None:
             return
@@ -1130,6 +1131,8 @@ class _SimChild:
         self.sim, self.host, self.on_exit = sim, host, on_exit
         self.proc: _AmfComp | None = None
         self.returncode: int | None = None
+        #: its exit status when it exits as asked (0; -SIGTERM once sent that)
+        self.term_status = 0
 
         def run() -> None:
             if self.returncode is None and sim.hosts.get(nid) is host:
@@ -1141,9 +1144,10 @@ class _SimChild:
             return
         if self.proc is None:
             self.exited(-sig)
-        elif sig == 9:
+        elif sig == signal.SIGKILL:
             self.proc.crash(None)
         else:
+            self.term_status = -sig
             self.proc.exiting = True
             self.host.call_later(0.001, self.proc._exit)
 
@@ -2763,17 +2767,18 @@ class ServiceSim(Simulation):
             self.conflicted)
         vs += check_acked(req, replicas)
         vs += check_values(replicas, self.written)
-        svcs = [(n, h.services[cw.CKPT_SERVICE_ID]) for n in self.up()
-                if (h := self.hosts[n.id]) is not None]
-        if svcs and not vs:
+        hosts = [(n, h) for n in self.up() if (h := self.hosts[n.id]) is not None]
+        if hosts and not vs:
             local: dict[int, dict[tuple[int, int, int], int]] = {}
-            for n, _ in svcs:
-                mine = local[self.hosts[n.id].node_id] = {}  # type: ignore[union-attr]
+            for n, h in hosts:
+                mine = local[h.node_id] = {}
                 for c in self.clients[n.id]:
                     cs = c.conn.private.get("ckpt")
                     for hd in cs.handles.values() if c.alive and cs is not None else ():
                         mine[hd.ckpt_id] = mine.get(hd.ckpt_id, 0) + 1
-            vs += check_refs(svcs[0][1], local)  # type: ignore[arg-type]
+            ckpt = hosts[0][1].services[cw.CKPT_SERVICE_ID]
+            assert isinstance(ckpt, CkptService)
+            vs += check_refs(ckpt, local)
         vs += check_trackers({n.name: self.trackers[n.id].last for n in self.up()},
                              [node_id_from_totem(n.id) for n in self.up()])
         if self.o.evs:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster import ROOT, Cluster
@@ -104,6 +105,22 @@ def status(c: Cluster, n: int) -> str:
 
 def unit_line(text: str, unit: str) -> str:
     return next(ln for ln in text.splitlines() if ln.strip().startswith(f"unit {unit}:"))
+
+
+def same_status(c: Cluster, nodes: tuple[int, ...] = (1, 2), timeout: float = 10.0) -> str:
+    """``ais.amf_status`` of ``nodes``, once it is the same on all of them."""
+    end = time.monotonic() + timeout
+    while len({status(c, n) for n in nodes}) > 1 and time.monotonic() < end:
+        time.sleep(0.2)
+    texts = {status(c, n) for n in nodes}
+    assert len(texts) == 1, texts
+    return texts.pop()
+
+
+def hub_cluster(tmp_path: Path, hub: Any) -> AmfCluster:
+    """Executives in the fault hub's namespaces, on its network."""
+    return AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
+                      bindnetaddr=hub.network, port=5405)
 
 
 def test_quickstart_walkthrough_with_the_example_programs(tmp_path: Path) -> None:
@@ -266,6 +283,17 @@ def test_two_executives_fail_over_when_one_is_killed(tmp_path: Path) -> None:
                 p.stop()
 
 
+def launch(c: Cluster, procs: list[Prog], n: int, progs: list[tuple[int | str, ...]],
+           states: list[str]) -> list[Prog]:
+    """Start example programs on node n (each: testamf number, then arguments), add them
+    to ``procs``, and wait until each has printed ``states``."""
+    started = [Prog(c, n, i, *args) for i, *args in progs]
+    procs += started
+    for p in started:
+        p.wait_states(states)
+    return started
+
+
 def b_active_on_1_a_standby_on_3(c: Cluster, procs: list[Prog]
                                  ) -> tuple[list[Prog], list[Prog]]:
     """Three executives in the fault hub's namespaces; raidB's programs on node 1
@@ -275,14 +303,8 @@ def b_active_on_1_a_standby_on_3(c: Cluster, procs: list[Prog]
     for n in (1, 2, 3):
         c.wait_socket(n)
     c.wait_ring([1, 2, 3])
-    b = [Prog(c, 1, 3), Prog(c, 1, 4)]
-    procs += b
-    for p in b:
-        p.wait_states([IN_SERVICE, ACTIVE])
-    a = [Prog(c, 3, 1), Prog(c, 3, 4, "-n", "comp_b_in_su_x")]
-    procs += a
-    for p in a:
-        p.wait_states([IN_SERVICE, STANDBY])
+    b = launch(c, procs, 1, [(3,), (4,)], [IN_SERVICE, ACTIVE])
+    a = launch(c, procs, 3, [(1,), (4, "-n", "comp_b_in_su_x")], [IN_SERVICE, STANDBY])
     return b, a
 
 
@@ -294,8 +316,7 @@ def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Pa
     lowest node keeps its active, the other unit is standby, every node agrees."""
     hub = fault_hub
     procs: list[Prog] = []
-    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
-                    bindnetaddr=hub.network, port=5405) as c:
+    with hub_cluster(tmp_path, hub) as c:
         try:
             b, a = b_active_on_1_a_standby_on_3(c, procs)
             hub.partition([1, 2], [3])
@@ -307,12 +328,7 @@ def test_partition_healed_with_an_active_on_each_side_ends_with_one(tmp_path: Pa
             c.wait_ring([1, 2, 3], timeout=30)
             for p in a:
                 p.wait_states([IN_SERVICE, STANDBY, ACTIVE, STANDBY], timeout=30)
-            end = time.monotonic() + 10
-            while len({status(c, n) for n in (1, 2, 3)}) > 1 and time.monotonic() < end:
-                time.sleep(0.2)
-            texts = {status(c, n) for n in (1, 2, 3)}
-            assert len(texts) == 1, texts
-            final = texts.pop()
+            final = same_status(c, (1, 2, 3))
             assert final.count("role active") == 1
             assert "role active" in unit_line(final, "raidB")
             assert "role standby" in unit_line(final, "raidA")
@@ -341,15 +357,6 @@ def admin(c: Cluster, n: int, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30, cwd=str(ROOT))
 
 
-def same_status(c: Cluster) -> str:
-    end = time.monotonic() + 10
-    while status(c, 1) != status(c, 2) and time.monotonic() < end:
-        time.sleep(0.2)
-    text = status(c, 1)
-    assert text == status(c, 2)
-    return text
-
-
 def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Path) -> None:
     """2n on two executives: active raidB (node 1), standby raidA (node 2), spare raidC
     (node 1).  amf_admin lock raidB on node 2 removes raidB's CSIs, raidA takes over and
@@ -360,18 +367,9 @@ def test_2n_spare_and_admin_lock_unlock_shutdown_across_executives(tmp_path: Pat
         try:
             c.start_all()
             c.wait_ring([1, 2])
-            b = [Prog(c, 1, 3), Prog(c, 1, 4)]
-            procs += b
-            for p in b:
-                p.wait_states([IN_SERVICE, ACTIVE])
-            a = [Prog(c, 2, 1), Prog(c, 2, 4, "-n", "comp_b_in_su_x")]
-            procs += a
-            for p in a:
-                p.wait_states([IN_SERVICE, STANDBY])
-            z = [Prog(c, 1, 5), Prog(c, 1, 6)]
-            procs += z
-            for p in z:
-                p.wait_states([IN_SERVICE])
+            b = launch(c, procs, 1, [(3,), (4,)], [IN_SERVICE, ACTIVE])
+            a = launch(c, procs, 2, [(1,), (4, "-n", "comp_b_in_su_x")], [IN_SERVICE, STANDBY])
+            z = launch(c, procs, 1, [(5,), (6,)], [IN_SERVICE])
             text = same_status(c)
             assert "role spare" in unit_line(text, "raidC")
             lock = admin(c, 2, "lock", "raidB")
@@ -589,18 +587,12 @@ def test_failovers_under_loss_leave_one_active_agreed_everywhere(tmp_path: Path,
     hub = fault_hub
     procs: list[Prog] = []
 
-    def agreed(nodes: list[int]) -> str:
-        end = time.monotonic() + 30
-        while len({status(c, n) for n in nodes}) > 1 and time.monotonic() < end:
-            time.sleep(0.3)
-        texts = {status(c, n) for n in nodes}
-        assert len(texts) == 1, texts
-        text = texts.pop()
+    def agreed(nodes: tuple[int, ...]) -> str:
+        text = same_status(c, nodes, timeout=30)
         assert text.count("role active") == 1, text
         return text
 
-    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
-                    bindnetaddr=hub.network, port=5405) as c:
+    with hub_cluster(tmp_path, hub) as c:
         try:
             b, a = b_active_on_1_a_standby_on_3(c, procs)
             hub.set(loss=0.10)
@@ -609,19 +601,19 @@ def test_failovers_under_loss_leave_one_active_agreed_everywhere(tmp_path: Path,
             for p in a:
                 p.wait_states([IN_SERVICE, STANDBY, ACTIVE], timeout=30)
             b[1].wait(lambda q: q.states()[-2:] == [QUIESCED, OOS], "raidB quiesced", 30)
-            text = agreed([1, 2, 3])
+            text = agreed((1, 2, 3))
             assert "role active" in unit_line(text, "raidA")
             b3 = Prog(c, 1, 3)  # started again: raidB comes back as standby
             procs.append(b3)
             b3.wait_states([IN_SERVICE, STANDBY], timeout=30)
-            text = agreed([1, 2, 3])
+            text = agreed((1, 2, 3))
             assert "role standby" in unit_line(text, "raidB")
             assert "role active" in unit_line(text, "raidA")
             c.kill(3)  # the active unit's executive, kill -9
             c.wait_ring([1, 2], timeout=30)
             for p in (b3, b[1]):
                 p.wait(lambda q: q.states()[-1:] == [ACTIVE], "raidB active again", 30)
-            text = agreed([1, 2])
+            text = agreed((1, 2))
             assert "role active" in unit_line(text, "raidB")
             assert "comp_a_in_su_x (pgA): unregistered" in text
             dropped = sum(v["dropped"] for v in hub.stats().values())
@@ -641,8 +633,7 @@ def test_a_component_run_on_both_sides_of_a_partition_is_stopped_on_one(tmp_path
     callback; every node agrees."""
     hub = fault_hub
     procs: list[Prog] = []
-    with AmfCluster(tmp_path, hub.size, netns=hub.nss, addrs=hub.addrs,
-                    bindnetaddr=hub.network, port=5405) as c:
+    with hub_cluster(tmp_path, hub) as c:
         try:
             b, a = b_active_on_1_a_standby_on_3(c, procs)
             second = Prog(c, 3, 3)
@@ -660,12 +651,7 @@ def test_a_component_run_on_both_sides_of_a_partition_is_stopped_on_one(tmp_path
             c.wait_ring([1, 2, 3], timeout=30)
             second.wait(lambda p: "ComponentTerminateCallback" in p.lines, "terminate", 30)
             assert "ComponentTerminateCallback" not in b[0].lines
-            end = time.monotonic() + 10
-            while len({status(c, n) for n in (1, 2, 3)}) > 1 and time.monotonic() < end:
-                time.sleep(0.2)
-            texts = {status(c, n) for n in (1, 2, 3)}
-            assert len(texts) == 1, texts
-            final = texts.pop()
+            final = same_status(c, (1, 2, 3))
             assert f"comp_a_in_su_y (pgA): on {hub.addrs[0]}," in final, final
             assert final.count("role active") == 1
         finally:

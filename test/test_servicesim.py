@@ -691,6 +691,17 @@ def test_evs_processes_under_loss_and_pauses(mix: str) -> None:
     assert delivered > 25 * 6 * 30  # every process got at least its own messages
 
 
+def passing_runs(o: SvcOptions, n: int, count: Any) -> int:
+    """Run ``n`` seeds of ``o``, each without a violation; the sum of ``count(sim)``."""
+    total = 0
+    for seed in seeds(n):
+        sim = ServiceSim(seed, o)
+        r = sim.run()
+        assert r.ok, r.report()
+        total += count(sim)
+    return total
+
+
 #: CKPT clients crashing on their own, a request in flight or not, under loss and crashes
 CLIENT_CRASHES = SvcOptions(loss=0.1, crashes=1, restarts=1, client_crashes=3)
 
@@ -699,12 +710,7 @@ def test_ckpt_clients_that_crash_close_their_handles() -> None:
     """A client that dies while its node lives closes every handle it held, in agreed
     order: each node's replicated count of opens is what its live clients hold, and
     every other check (convergence, acknowledged writes, answers) holds."""
-    crashed = 0
-    for seed in seeds(15):
-        sim = ServiceSim(seed, CLIENT_CRASHES)
-        r = sim.run()
-        assert r.ok, r.report()
-        crashed += sum(1 for c in sim.all_clients if c.crashed)
+    crashed = passing_runs(CLIENT_CRASHES, 15, lambda sim: sum(c.crashed for c in sim.all_clients))
     assert crashed >= 15 * 5
 
 
@@ -723,12 +729,7 @@ def test_evs_processes_that_crash_leave_every_view() -> None:
     """A process that dies while its node lives leaves its groups on every node (the
     tables and the survivors' last views list only live processes), and the processes
     started in its place join and deliver as any other."""
-    crashed = 0
-    for seed in seeds(15):
-        sim = ServiceSim(seed, EVS_CRASHES)
-        r = sim.run()
-        assert r.ok, r.report()
-        crashed += sum(1 for m in sim.all_evs if m.closed)
+    crashed = passing_runs(EVS_CRASHES, 15, lambda sim: sum(m.closed for m in sim.all_evs))
     assert crashed >= 15 * 4
 
 
